@@ -1,0 +1,1 @@
+"""Answer "which inpainting checkpoint do I use with this model?": resolve, recommend, render, and the CLI."""

@@ -1,0 +1,340 @@
+"""Civitai: turn `/api/v1/models` pages into registry rows, and crawl every Checkpoint model.
+
+Items drift over the years (domain.md section 1): every field is optional here, enum values are kept as
+written, and dates come with or without a trailing ``Z``.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from crawler import detect, links, runs
+from crawler.families import family_for_base_model
+from crawler.http import JsonClient, RetryPolicy
+from crawler.names import normalize_name
+from crawler.schema import CrawlLock, CrawlRun, File, Model, Version
+from crawler.store import upsert
+
+DEFAULT_URL = "https://civitai.com"
+URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
+TOKEN_ENV = "CIVITAI_API_TOKEN"
+PAGE_SIZE = 100
+# "Oldest" walks in ascending last-version time then id: it can repeat an item across a page boundary (deduped
+# by upsert) but never skips one, unlike "Newest" and the metric sorts.
+SORT = "Oldest"
+PERIODS = [
+    ("Day", timedelta(days=1)),
+    ("Week", timedelta(days=7)),
+    ("Month", timedelta(days=31)),
+    ("Year", timedelta(days=365)),
+]
+
+
+def parse_dt(value) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    # Civitai writes UTC with or without the "Z".
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _str(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _hash(hashes: dict, key: str) -> str | None:
+    for k, v in hashes.items():
+        if k.lower() == key.lower() and isinstance(v, str) and v:
+            return v.upper()
+    return None
+
+
+@dataclass
+class ParsedModel:
+    model: dict
+    versions: list[dict]
+    files: list[dict]
+    inpaint_versions: set[str] = field(default_factory=set)
+
+
+def parse_model(item: dict) -> ParsedModel | None:
+    """One `/models` item to rows; None when it has no usable id."""
+    mid = item.get("id")
+    if not isinstance(mid, int | str) or isinstance(mid, bool):
+        return None
+    model_id = f"civitai:{mid}"
+    name = _str(item.get("name")) or f"model {mid}"
+    tags = [t if isinstance(t, str) else _str(_dict(t).get("name")) for t in _list(item.get("tags"))]
+    tags = [t for t in tags if t]
+    creator = _str(_dict(item.get("creator")).get("username"))
+    raw_versions = [v for v in _list(item.get("modelVersions")) if isinstance(v, dict) and v.get("id") is not None]
+
+    def file_names(v: dict) -> list[str]:
+        return [f["name"] for f in _list(v.get("files")) if isinstance(f, dict) and _str(f.get("name"))]
+
+    dedicated = not any(
+        detect.version_has_own_signal(_str(v.get("name")), _str(v.get("baseModelType")), file_names(v))
+        for v in raw_versions
+    )
+    versions, files, inpaint = [], [], set()
+    newest: datetime | None = None
+    for position, v in enumerate(raw_versions):
+        vid = f"civitai:v{v['id']}"
+        vname = _str(v.get("name")) or f"version {v['id']}"
+        base_model = _str(v.get("baseModel"))
+        bmt = _str(v.get("baseModelType"))
+        found = detect.detect_version(
+            version_name=vname,
+            base_model_type=bmt,
+            file_names=file_names(v),
+            model_name=name,
+            model_tags=tags,
+            model_is_dedicated=dedicated,
+        )
+        if found.is_inpainting:
+            inpaint.add(vid)
+        published = parse_dt(v.get("publishedAt")) or parse_dt(v.get("createdAt"))
+        updated = parse_dt(v.get("updatedAt")) or published
+        newest = max(filter(None, [newest, updated, published]), default=None)
+        versions.append(
+            {
+                "id": vid,
+                "model_id": model_id,
+                "source_id": str(v["id"]),
+                "name": vname,
+                "base_model": base_model,
+                "base_model_type": bmt,
+                "family": family_for_base_model(base_model),
+                "published_at": published,
+                "updated_at": updated,
+                "position": position,
+                "is_inpainting": found.is_inpainting,
+                "inpaint_confidence": found.confidence,
+                "inpaint_evidence": json.dumps(found.evidence),
+                "download_url": _str(v.get("downloadUrl")),
+            }
+        )
+        for n, f in enumerate(_list(v.get("files"))):
+            if not isinstance(f, dict):
+                continue
+            meta, hashes = _dict(f.get("metadata")), _dict(f.get("hashes"))
+            fid = f"civitai:f{f['id']}" if f.get("id") is not None else f"{vid}/file{n}"
+            size = f.get("sizeKB")
+            files.append(
+                {
+                    "id": fid,
+                    "version_id": vid,
+                    "name": _str(f.get("name")) or fid,
+                    "type": _str(f.get("type")),
+                    "size_kb": float(size) if isinstance(size, int | float) and not isinstance(size, bool) else None,
+                    "format": _str(meta.get("format")),
+                    "fp": _str(meta.get("fp")),
+                    "primary": f.get("primary") is True,
+                    "sha256": _hash(hashes, "SHA256"),
+                    "autov1": _hash(hashes, "AutoV1"),
+                    "autov2": _hash(hashes, "AutoV2"),
+                    "autov3": _hash(hashes, "AutoV3"),
+                    "crc32": _hash(hashes, "CRC32"),
+                    "blake3": _hash(hashes, "BLAKE3"),
+                    "download_url": _str(f.get("downloadUrl")),
+                }
+            )
+    base_model = versions[0]["base_model"] if versions else None
+    model = {
+        "id": model_id,
+        "source": "civitai",
+        "source_id": str(mid),
+        "name": name,
+        "name_norm": normalize_name(name),
+        "type": _str(item.get("type")),
+        "creator": creator,
+        "tags": json.dumps(tags),
+        "nsfw": item.get("nsfw") is True,
+        "mode": _str(item.get("mode")),
+        "base_model": base_model,
+        "family": family_for_base_model(base_model),
+        "is_inpainting": bool(versions) and len(inpaint) == len(versions),
+        "has_inpainting": bool(inpaint),
+        "updated_at": newest,
+    }
+    digest = hashlib.blake2b(
+        json.dumps([model, versions, files], default=str, sort_keys=True).encode(), digest_size=16
+    ).hexdigest()
+    model["content_hash"] = digest
+    return ParsedModel(model, versions, files, inpaint)
+
+
+@dataclass
+class PageResult:
+    models: int = 0
+    versions: int = 0
+    written: int = 0  # models whose content changed
+    new_inpainting: int = 0
+    unknown_base_models: set[str] = field(default_factory=set)
+
+
+def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
+    """Write one page and the run's next cursor in one transaction: a kill leaves either both or neither."""
+    parsed: dict[str, ParsedModel] = {}
+    for item in items:
+        p = parse_model(item) if isinstance(item, dict) else None
+        if p is not None:
+            parsed[p.model["id"]] = p  # a repeated id within a page: the later copy wins
+    result = PageResult(models=len(parsed), versions=sum(len(p.versions) for p in parsed.values()))
+    for p in parsed.values():
+        result.unknown_base_models.update(
+            v["base_model"] for v in p.versions if v["family"] is None and v["base_model"]
+        )
+    with engine.begin() as conn:
+        ids = list(parsed)
+        known = dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
+        changed = [p for mid, p in parsed.items() if known.get(mid) != p.model["content_hash"]]
+        if changed:
+            changed_ids = [p.model["id"] for p in changed]
+            was_inpaint = set(
+                conn.execute(
+                    select(Version.id).where(Version.model_id.in_(changed_ids), Version.is_inpainting.is_(True))
+                ).scalars()
+            )
+            result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
+            upsert(conn, Model.__table__, [p.model for p in changed])
+            upsert(conn, Version.__table__, [v for p in changed for v in p.versions])
+            upsert(conn, File.__table__, [f for p in changed for f in p.files])
+            links.link_within_models(conn, [(p.model, p.versions) for p in changed])
+        result.written = len(changed)
+        if run_id is not None:
+            now = runs.utcnow()
+            conn.execute(
+                update(CrawlRun)
+                .where(CrawlRun.id == run_id)
+                .values(
+                    cursor=next_cursor,
+                    pages=CrawlRun.pages + 1,
+                    items=CrawlRun.items + result.models,
+                    versions=CrawlRun.versions + result.versions,
+                    new_inpainting=CrawlRun.new_inpainting + result.new_inpainting,
+                    heartbeat_at=now,
+                )
+            )
+            conn.execute(update(CrawlLock).where(CrawlLock.run_id == run_id).values(heartbeat_at=now))
+    return result
+
+
+def period_for(since: datetime | None, now: datetime) -> str | None:
+    """The narrowest Civitai ``period`` that covers everything changed since ``since`` (a day of margin)."""
+    if since is None:
+        return None
+    age = now - since + timedelta(days=1)
+    return next((name for name, span in PERIODS if age <= span), None)
+
+
+@dataclass
+class CrawlSummary:
+    run_id: int
+    mode: str
+    resumed: bool
+    pages: int = 0
+    models: int = 0
+    versions: int = 0
+    written: int = 0
+    new_inpainting: int = 0
+    new_links: int = 0
+    unknown_base_models: set[str] = field(default_factory=set)
+    retries: int = 0
+    errors: int = 0
+    status: str = "running"
+    error: str | None = None
+
+
+def crawl(
+    engine: Engine,
+    *,
+    mode: str = "full",
+    base_url: str | None = None,
+    token: str | None = None,
+    policy: RetryPolicy | None = None,
+    max_pages: int | None = None,
+    on_page: Callable[[CrawlSummary], None] | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> CrawlSummary:
+    """Crawl every Checkpoint model. ``mode="incremental"`` asks only for models changed since the last
+    successful run. A run that was killed or failed is resumed from its last committed page."""
+    base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    token = token or os.environ.get(TOKEN_ENV) or None
+    since = period = None
+    if mode == "incremental":
+        last = runs.last_successful(engine, "civitai")
+        since = last.started_at if last else None
+        period = period_for(since, runs.utcnow())
+    started = runs.start(engine, "civitai", mode, since=since, period=period)
+    run = started.run
+    summary = CrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
+    params = {"types": "Checkpoint", "nsfw": "true", "limit": str(PAGE_SIZE), "sort": SORT}
+    if run.period:
+        params["period"] = run.period
+
+    client = JsonClient(base_url, token=token, policy=policy, on_retry=on_retry)
+
+    def fetch(cursor: str | None) -> tuple[list, str | None]:
+        body, _ = client.get("/api/v1/models", params=params | ({"cursor": cursor} if cursor else {}))
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise ValueError(f"unexpected /models answer: {str(body)[:120]}")
+        meta = _dict(body.get("metadata"))
+        nxt = meta.get("nextCursor")
+        return body["items"], (str(nxt) if nxt not in (None, "") else None)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civitai-prefetch")
+    try:
+        pending = pool.submit(fetch, run.cursor)
+        next_cursor = run.cursor
+        while pending is not None:
+            items, next_cursor = pending.result()
+            # The next page downloads while this one is parsed and written.
+            more = next_cursor is not None and (max_pages is None or summary.pages + 1 < max_pages)
+            pending = pool.submit(fetch, next_cursor) if more else None
+            page = store_page(engine, items, run.id, next_cursor)
+            summary.pages += 1
+            summary.models += page.models
+            summary.versions += page.versions
+            summary.written += page.written
+            summary.new_inpainting += page.new_inpainting
+            summary.unknown_base_models |= page.unknown_base_models
+            summary.retries = client.retries
+            if on_page:
+                on_page(summary)
+        if next_cursor is not None:  # stopped by max_pages: leave the run resumable
+            summary.status = "interrupted"
+            runs.finish(engine, run, "interrupted", f"stopped after {summary.pages} pages (--max-pages)")
+            return summary
+        summary.new_links = links.link_sibling_models(engine)
+        summary.status = "ok"
+        runs.finish(engine, run, "ok")
+    except BaseException as exc:
+        summary.status, summary.error, summary.errors = "failed", str(exc) or type(exc).__name__, 1
+        with engine.begin() as conn:
+            conn.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
+        runs.finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        summary.retries = client.retries
+        client.close()
+    return summary

@@ -1,0 +1,100 @@
+"""Is a version an inpainting release? Evidence from every field a source offers (domain.md section 2).
+
+``baseModelType`` is missing on old Civitai versions and back-filled as ``Standard`` even for inpainting ones,
+so names count as much as the flag. Names are split at CamelCase boundaries before matching, and a match must
+start a word: "MajicInpainting" is inpainting, "ThinPaintLine" is not.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+# Spellings seen in the wild, typos included; "inp" only as its own token ("v1.2.1-inp").
+_WORDS = r"in[\s_-]?paint(?:ing|ed|er)?|inpaitn?ing|inpaiting|inpainitng|inpaintng|impaint(?:ing)?|inp"
+_INPAINT_RE = re.compile(rf"(?<![a-z0-9])(?<!non-)(?<!non )(?<!no )(?:{_WORDS})(?![a-z])")
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+# (what, confidence) per kind of evidence; combined as independent signals.
+FLAG = 0.95
+VERSION_NAME = 0.9
+FILE_NAME = 0.85
+MODEL_NAME = 0.8
+TAG = 0.4
+THRESHOLD = 0.5
+
+
+def _words(text: str) -> str:
+    return _CAMEL_RE.sub(" ", text).lower()
+
+
+def mentions_inpainting(text: str | None) -> bool:
+    return bool(text) and _INPAINT_RE.search(_words(text)) is not None
+
+
+def strip_inpainting(text: str) -> str:
+    """The name without its inpainting words: "majicMIX realistic v7-inpainting" -> "majicmix realistic v7"."""
+    stripped = _INPAINT_RE.sub(" ", _words(text))
+    return re.sub(r"[\s_\-()\[\]]+", " ", stripped).strip()
+
+
+@dataclass
+class Detection:
+    is_inpainting: bool = False
+    confidence: float = 0.0
+    evidence: list[str] = field(default_factory=list)
+
+
+def _combine(signals: list[tuple[float, str]]) -> Detection:
+    miss = 1.0
+    for conf, _ in signals:
+        miss *= 1.0 - conf
+    confidence = round(1.0 - miss, 4)
+    return Detection(confidence >= THRESHOLD, confidence, [why for _, why in signals])
+
+
+def detect_version(
+    *,
+    version_name: str | None,
+    base_model_type: str | None,
+    file_names: list[str],
+    model_name: str | None = None,
+    model_tags: list[str] = (),
+    model_is_dedicated: bool = False,
+) -> Detection:
+    """Evidence for one version. ``model_is_dedicated``: no version of the model says inpainting on its own, so
+    the model's name and tags speak for every version (a separate "<name> InPainting" model)."""
+    if base_model_type in ("Pix2Pix", "Refiner"):
+        return Detection(False, 0.0, [f'baseModelType is "{base_model_type}"'])
+    signals: list[tuple[float, str]] = []
+    if base_model_type == "Inpainting":
+        signals.append((FLAG, 'baseModelType is "Inpainting"'))
+    if mentions_inpainting(version_name):
+        label = "" if base_model_type in (None, "Inpainting") else f' (typed "{base_model_type}")'
+        signals.append((VERSION_NAME, f'version name "{version_name}" says inpainting{label}'))
+    for name in file_names:
+        if mentions_inpainting(name):
+            signals.append((FILE_NAME, f'file "{name}" says inpainting'))
+            break
+    if model_is_dedicated:
+        if mentions_inpainting(model_name):
+            signals.append((MODEL_NAME, f'model name "{model_name}" says inpainting'))
+        tagged = [t for t in model_tags if mentions_inpainting(t)]
+        if tagged:
+            signals.append((TAG, f'model tagged "{tagged[0]}"'))
+    return _combine(signals)
+
+
+def version_has_own_signal(version_name: str | None, base_model_type: str | None, file_names: list[str]) -> bool:
+    return (
+        base_model_type == "Inpainting"
+        or mentions_inpainting(version_name)
+        or any(mentions_inpainting(n) for n in file_names)
+    )
+
+
+_VERSION_LABEL_RE = re.compile(r"v?\d+(?:\.\d+)*[a-z]?")
+
+
+def version_label(name: str) -> str:
+    """A comparable label: "V6.0 B1 inpainting (VAE)" -> "6.0 b1 vae"; used to pair an inpainting version with
+    the normal version it was made from."""
+    return " ".join(t.lstrip("v") if _VERSION_LABEL_RE.fullmatch(t) else t for t in strip_inpainting(name).split())

@@ -1,0 +1,54 @@
+"""Map what sources say about a base model to a family id from data/families.json."""
+
+import re
+from functools import cache
+
+from data import load
+
+
+def all_families() -> list[dict]:
+    return load("families")["families"]
+
+
+@cache
+def by_id() -> dict[str, dict]:
+    return {f["id"]: f for f in all_families()}
+
+
+def family(family_id: str | None) -> dict | None:
+    return by_id().get(family_id) if family_id else None
+
+
+def _key(value: str) -> str:
+    return re.sub(r"\s+", " ", value.strip().lower())
+
+
+@cache
+def _civitai_index() -> dict[str, str]:
+    return {_key(s): f["id"] for f in all_families() for s in f["civitai_base_models"]}
+
+
+@cache
+def _hf_index() -> dict[str, str]:
+    return {r.lower(): f["id"] for f in all_families() for r in f["hf_base_repos"]}
+
+
+def family_for_base_model(base_model: str | None) -> str | None:
+    """Civitai ``baseModel`` string to family id; None for unknown strings (stored as-is, listed by status)."""
+    if not base_model:
+        return None
+    return _civitai_index().get(_key(base_model))
+
+
+def family_for_hf_repo(repo_id: str | None) -> str | None:
+    return _hf_index().get(repo_id.lower()) if repo_id else None
+
+
+def official_target(family_id: str | None) -> dict | None:
+    """The family whose official inpainting pair applies: its own, or its parent's (Pony -> SDXL)."""
+    fam = family(family_id)
+    while fam is not None:
+        if fam.get("inpaint"):
+            return fam
+        fam = family(fam.get("parent"))
+    return None

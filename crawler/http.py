@@ -1,0 +1,155 @@
+"""The one HTTP layer every crawler request goes through: retries with backoff, clear errors, no token leaks.
+
+Retried: 429, 5xx, timeouts, connection errors and HTML/non-JSON bodies (edge pages). Not retried: other 4xx.
+``Retry-After`` (seconds or HTTP date) and Hugging Face's ``RateLimit: "api";r=0;t=<s>`` set the wait when
+present; otherwise exponential backoff with full jitter.
+"""
+
+import email.utils
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+USER_AGENT = "inpaint-advisor/0.1 (+https://github.com/inpaint-advisor)"
+_SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
+
+
+class CrawlError(Exception):
+    """Base class: a request that could not be answered."""
+
+
+class ApiError(CrawlError):
+    """A 4xx answer: retrying will not help (bad cursor, not found, auth)."""
+
+    def __init__(self, status: int, url: str, detail: str):
+        self.status, self.url, self.detail = status, url, detail
+        super().__init__(f"HTTP {status} from {url}: {detail}")
+
+
+class RetriesExhausted(CrawlError):
+    def __init__(self, url: str, attempts: int, last: str):
+        self.url, self.attempts, self.last = url, attempts, last
+        super().__init__(f"gave up on {url} after {attempts} attempts: {last}")
+
+
+def redact(url: str) -> str:
+    """The URL without secret query parameters, for logs and error messages."""
+    parts = urlsplit(url)
+    query = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*,:/")))
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    value = response.headers.get("retry-after")
+    if value:
+        if value.strip().isdigit():
+            return float(value)
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is not None:
+            return max(0.0, parsed.timestamp() - now)
+    ratelimit = response.headers.get("ratelimit")
+    if ratelimit:
+        match = re.search(r"\bt=(\d+)", ratelimit)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return _short(response.text) or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)[:300]
+    return _short(str(body))
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    max_retry_after: float = 300.0
+
+
+class JsonClient:
+    """A small JSON-over-HTTP client with the retry policy above. ``on_retry`` sees each retried failure."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        on_retry: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.policy = policy or RetryPolicy()
+        self.on_retry = on_retry
+        self._sleep = sleep
+        self.retries = 0
+        self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, follow_redirects=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.policy.max_delay, self.policy.base_delay * 2**attempt)
+        return random.uniform(cap / 2, cap)
+
+    def get(self, url: str, params: dict | list | None = None) -> tuple[object, httpx.Response]:
+        """GET and parse JSON; returns (body, response) so callers can read headers such as ``Link``."""
+        last = ""
+        for attempt in range(self.policy.attempts):
+            wait: float | None = None
+            try:
+                response = self._client.get(url, params=params)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}"
+                shown = url
+            else:
+                shown = redact(str(response.url))
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    is_json = "json" in response.headers.get("content-type", "")
+                    last = f"HTTP {status} {_short(response.text, 80) if is_json else ''}".strip()
+                    wait = _retry_after(response, time.time())
+                elif status >= 400:
+                    raise ApiError(status, shown, _error_detail(response))
+                else:
+                    try:
+                        return json.loads(response.content), response
+                    except ValueError:
+                        html = b"<html" in response.content[:512].lower()
+                        kind = "an HTML page" if html else "a body that is not JSON"
+                        last = f"HTTP {status} with {kind} instead of JSON"
+            if attempt + 1 == self.policy.attempts:
+                break
+            delay = min(wait, self.policy.max_retry_after) if wait is not None else self._backoff(attempt)
+            self.retries += 1
+            if self.on_retry:
+                self.on_retry(f"{last}; retrying in {delay:.1f}s")
+            self._sleep(delay)
+        raise RetriesExhausted(redact(url) if "://" in url else url, self.policy.attempts, last)
