@@ -49,6 +49,8 @@ def crawl_civitai(
             help="Civitai base URL (a mirror or a local replay).",
         ),
     ] = None,
+    retries: Annotated[int, typer.Option(min=1, help="Attempts per request before giving up.")] = 6,
+    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay in seconds (doubles, max 30 s).")] = 1.0,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -62,8 +64,9 @@ def crawl_civitai(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from advisor import jsonout, render
-    from crawler import civitai, db as registry
-    from crawler.http import CrawlError
+    from crawler import civitai
+    from crawler import db as registry
+    from crawler.http import CrawlError, RetryPolicy
     from crawler.runs import CrawlLocked
 
     engine = registry.get_engine(db)
@@ -91,7 +94,13 @@ def crawl_civitai(
     try:
         with progress:
             summary = civitai.crawl(
-                engine, mode=mode, base_url=url, max_pages=max_pages, on_page=on_page, on_retry=on_retry
+                engine,
+                mode=mode,
+                base_url=url,
+                max_pages=max_pages,
+                on_page=on_page,
+                on_retry=on_retry,
+                policy=RetryPolicy(attempts=retries, base_delay=backoff),
             )
     except CrawlLocked as exc:
         raise _fail(str(exc)) from None

@@ -239,10 +239,10 @@ def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str
 
 
 def period_for(since: datetime | None, now: datetime) -> str | None:
-    """The narrowest Civitai ``period`` that covers everything changed since ``since`` (a day of margin)."""
+    """The narrowest Civitai ``period`` that covers everything changed since ``since`` (an hour of margin)."""
     if since is None:
         return None
-    age = now - since + timedelta(days=1)
+    age = now - since + timedelta(hours=1)
     return next((name for name, span in PERIODS if age <= span), None)
 
 

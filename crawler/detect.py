@@ -1,8 +1,8 @@
 """Is a version an inpainting release? Evidence from every field a source offers (domain.md section 2).
 
 ``baseModelType`` is missing on old Civitai versions and back-filled as ``Standard`` even for inpainting ones,
-so names count as much as the flag. Names are split at CamelCase boundaries before matching, and a match must
-start a word: "MajicInpainting" is inpainting, "ThinPaintLine" is not.
+so names count as much as the flag. Names are split at CamelCase boundaries before matching, and a match must not
+follow a letter: "MajicInpainting" and "dreamshaper_8Inpainting" are inpainting, "ThinPaintLine" is not.
 """
 
 import re
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 # Spellings seen in the wild, typos included; "inp" only as its own token ("v1.2.1-inp").
 _WORDS = r"in[\s_-]?paint(?:ing|ed|er)?|inpaitn?ing|inpaiting|inpainitng|inpaintng|impaint(?:ing)?|inp"
-_INPAINT_RE = re.compile(rf"(?<![a-z0-9])(?<!non-)(?<!non )(?<!no )(?:{_WORDS})(?![a-z])")
-_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_INPAINT_RE = re.compile(rf"(?<![a-z])(?<!non-)(?<!non )(?<!no )(?:{_WORDS})(?![a-z])")
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 # (what, confidence) per kind of evidence; combined as independent signals.
 FLAG = 0.95

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Set up a local virtualenv and run things in it. Needs only Python >= 3.11.
+
+    python3 tasks.py run lookup "majicmix realistic"   # any inpaint-advisor command
+    python3 tasks.py test                                # ruff + the whole test suite (what CI runs)
+    python3 tasks.py bench crawl|merge|lookup            # benchmarks/, see README
+
+Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
+exact release cached on the machine if there is one, else the CPU wheel index.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("INPAINT_ADVISOR_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+TORCH_PIN = os.environ.get("INPAINT_ADVISOR_TORCH", "torch==2.13.0")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    return subprocess.run([str(c) for c in cmd], check=check, **kw)
+
+
+def setup() -> None:
+    stamp = VENV / ".inpaint-advisor-setup"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH_PIN.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == want and PY.exists():
+        return
+    if not PY.exists():
+        sh(sys.executable, "-m", "venv", VENV)
+    pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    has_torch = sh(PY, "-c", "import torch", check=False, capture_output=True).returncode == 0
+    if not has_torch and sh(*pip, TORCH_PIN, check=False).returncode != 0:
+        sh(*pip, "torch", "--index-url", TORCH_CPU_INDEX)
+    sh(*pip, "-e", f"{ROOT}[dev]")
+    stamp.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    task, rest = argv[0], argv[1:]
+    setup()
+    if task == "setup":
+        return 0
+    if task == "run":
+        return sh(BIN / "inpaint-advisor", *rest, check=False).returncode
+    if task == "lint":
+        return sh(PY, "-m", "ruff", "check", ROOT, check=False).returncode
+    if task == "test":
+        lint = sh(PY, "-m", "ruff", "check", ROOT, check=False).returncode
+        tests = sh(PY, "-m", "pytest", *rest, check=False, cwd=ROOT).returncode
+        return tests or lint
+    if task == "bench":
+        names = rest or ["crawl", "merge", "lookup"]
+        return max(sh(PY, ROOT / "benchmarks" / f"bench_{n}.py", check=False, cwd=ROOT).returncode for n in names)
+    print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
