@@ -60,11 +60,13 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _hash(hashes: dict, key: str) -> str | None:
-    for k, v in hashes.items():
-        if k.lower() == key.lower() and isinstance(v, str) and v:
-            return v.upper()
-    return None
+_HASH_KINDS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
+
+
+def _hashes(raw: dict) -> dict[str, str | None]:
+    """Civitai's ``hashes`` object (key case varies, any may be missing) as upper-case hex per kind."""
+    found = {k.lower(): v.upper() for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and v}
+    return {kind: found.get(kind) for kind in _HASH_KINDS}
 
 
 @dataclass
@@ -135,7 +137,7 @@ def parse_model(item: dict) -> ParsedModel | None:
         for n, f in enumerate(_list(v.get("files"))):
             if not isinstance(f, dict):
                 continue
-            meta, hashes = _dict(f.get("metadata")), _dict(f.get("hashes"))
+            meta = _dict(f.get("metadata"))
             fid = f"civitai:f{f['id']}" if f.get("id") is not None else f"{vid}/file{n}"
             size = f.get("sizeKB")
             files.append(
@@ -148,12 +150,7 @@ def parse_model(item: dict) -> ParsedModel | None:
                     "format": _str(meta.get("format")),
                     "fp": _str(meta.get("fp")),
                     "primary": f.get("primary") is True,
-                    "sha256": _hash(hashes, "SHA256"),
-                    "autov1": _hash(hashes, "AutoV1"),
-                    "autov2": _hash(hashes, "AutoV2"),
-                    "autov3": _hash(hashes, "AutoV3"),
-                    "crc32": _hash(hashes, "CRC32"),
-                    "blake3": _hash(hashes, "BLAKE3"),
+                    **_hashes(_dict(f.get("hashes"))),
                     "download_url": _str(f.get("downloadUrl")),
                 }
             )
@@ -175,9 +172,8 @@ def parse_model(item: dict) -> ParsedModel | None:
         "has_inpainting": bool(inpaint),
         "updated_at": newest,
     }
-    digest = hashlib.blake2b(
-        json.dumps([model, versions, files], default=str, sort_keys=True).encode(), digest_size=16
-    ).hexdigest()
+    # repr() of plain dicts built in a fixed order is deterministic, and several times cheaper than json.dumps.
+    digest = hashlib.blake2b(repr((model, versions, files)).encode(), digest_size=16).hexdigest()
     model["content_hash"] = digest
     return ParsedModel(model, versions, files, inpaint)
 

@@ -7,6 +7,7 @@ follow a letter: "MajicInpainting" and "dreamshaper_8Inpainting" are inpainting,
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # Spellings seen in the wild, typos included; "inp" only as its own token ("v1.2.1-inp").
 _WORDS = r"in[\s_-]?paint(?:ing|ed|er)?|inpaitn?ing|inpaiting|inpainitng|inpaintng|impaint(?:ing)?|inp"
@@ -26,6 +27,7 @@ def _words(text: str) -> str:
     return _CAMEL_RE.sub(" ", text).lower()
 
 
+@lru_cache(maxsize=65536)  # each name is asked about twice per crawl item (own signal, then evidence)
 def mentions_inpainting(text: str | None) -> bool:
     return bool(text) and _INPAINT_RE.search(_words(text)) is not None
 
