@@ -1,5 +1,6 @@
 """`inpaint-advisor`: a thin typer layer over the library functions in crawler/, advisor/ and merge/."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,7 +16,7 @@ app = typer.Typer(
 crawl_app = typer.Typer(help="Fill the registry from a model hub.", no_args_is_help=True)
 app.add_typer(crawl_app, name="crawl")
 
-out = Console()
+out_console = Console()
 err = Console(stderr=True)
 
 DbOption = Annotated[
@@ -111,9 +112,9 @@ def crawl_civitai(
     except KeyboardInterrupt:
         raise _fail("interrupted; run the same command again to resume.", 130) from None
     if as_json:
-        out.print_json(jsonout.dumps(summary))
+        out_console.print_json(jsonout.dumps(summary))
     else:
-        render.crawl_summary(out, summary)
+        render.crawl_summary(out_console, summary)
 
 
 @app.command()
@@ -128,9 +129,68 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
 
     st = registry_status(registry.get_engine(db))
     if as_json:
-        out.print_json(jsonout.dumps(st))
+        out_console.print_json(jsonout.dumps(st))
     else:
-        render.registry_status(out, st)
+        render.registry_status(out_console, st)
+
+
+@app.command()
+def merge(
+    inpaint: Annotated[Path, typer.Option("--inpaint", "-a", help="A: the official inpainting model of the family.")],
+    model: Annotated[Path, typer.Option("--model", "-b", help="B: your fine-tune.")],
+    base: Annotated[Path, typer.Option("--base", "-c", help="C: the base model B was trained from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")],
+    multiplier: Annotated[float, typer.Option("--multiplier", "-m", help="M in A + (B - C) * M.")] = 1.0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Output precision: fp16, bf16 or fp32 (math is fp32 always).")] = "fp16",
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    title: Annotated[str | None, typer.Option(help="modelspec.title (default: OUT's name).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build an inpainting model from a fine-tune: OUT = A + (B - C) * M.
+
+    A, B and C may be .safetensors, .ckpt (loaded safely, never executed) or diffusers folders (SDXL's official
+    inpainting model only exists as one). Checks family and slot order from tensor shapes before any work,
+    streams tensor by tensor (memory does not grow with model size), and writes OUT only when complete.
+
+    Example: [bold]inpaint-advisor merge --inpaint sd-v1-5-inpainting.ckpt --model majicmixRealistic_v7.safetensors
+    --base v1-5-pruned-emaonly.safetensors --out majicmixRealistic_v7-inpainting.safetensors[/]
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from advisor import jsonout, render
+    from merge.engine import MergeError, plan_merge, run_merge
+    from merge.safetensors_io import CheckpointError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
+    try:
+        plan = plan_merge(inpaint, model, base, out, multiplier=multiplier, dtype=dtype, device=device, force=force)
+    except (MergeError, CheckpointError) as exc:
+        raise _fail(str(exc)) from None
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=as_json,
+    )
+    try:
+        with progress:
+            task = progress.add_task(f"merging on {plan.device}", total=plan.output_bytes)
+            result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n))
+    except (MergeError, CheckpointError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; nothing was written to {out}", 130) from None
+    finally:
+        plan.close()
+    if as_json:
+        out_console.print_json(jsonout.dumps(result))
+    else:
+        render.merge_result(out_console, result)
 
 
 def main() -> None:

@@ -7,6 +7,10 @@ from crawler.civitai import CrawlSummary
 from crawler.stats import RegistryStatus
 
 
+def _sample(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def crawl_summary(console: Console, s: CrawlSummary) -> None:
     color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
     head = f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"
@@ -73,3 +77,31 @@ def registry_status(console: Console, st: RegistryStatus) -> None:
                 note[:60],
             )
         console.print(table)
+
+
+def merge_result(console: Console, r) -> None:
+    console.print(
+        f"[green]wrote[/] {r.out} ({r.bytes_written / 1e9:.2f} GB, {r.dtype}) in {r.seconds:.1f}s on {r.device}"
+    )
+    console.print(
+        f"{r.family} {r.variant}: {r.added} tensors merged, {len(r.channel_merged)} by channel "
+        f"({_sample(r.channel_merged)}), {r.copied} copied from A; M = {r.multiplier}"
+    )
+    if r.markers:
+        console.print(f"carried B's prediction markers: {', '.join(r.markers)}")
+    if r.only_in_b:
+        console.print(
+            f"[yellow]{len(r.only_in_b)} keys only in B were dropped[/] (output keys are A's): {_sample(r.only_in_b)}"
+        )
+    if r.mismatched:
+        console.print(
+            f"[yellow]{len(r.mismatched)} keys differ in shape and were copied from A:[/] {_sample(r.mismatched)}"
+        )
+    if r.missing_in_bc:
+        console.print(
+            f"[yellow]{len(r.missing_in_bc)} keys missing in B or C were copied from A:[/] {_sample(r.missing_in_bc)}"
+        )
+    if r.nonfinite:
+        console.print(f"[red]NaN/Inf in {len(r.nonfinite)} output tensors:[/] {_sample(r.nonfinite)}")
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {w}")

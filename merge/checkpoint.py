@@ -1,0 +1,171 @@
+"""Open any checkpoint as a ``TensorSource``: names, dtypes and shapes up front, tensors read one at a time.
+
+- ``.safetensors``: header only, then positioned reads.
+- ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: ``torch.load(weights_only=True, mmap=True)``; a pickle that needs
+  anything beyond tensors and containers is refused, never executed. A nested ``state_dict`` is unwrapped.
+- diffusers folders (SD 1.x/2.x, SDXL): component files converted on the fly to single-file names.
+"""
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from merge import diffusers_keys
+from merge.safetensors_io import NAMES, CheckpointError, Header, TensorInfo, read_header, read_into
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+
+
+class TensorSource:
+    path: Path
+    kind: str
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def files(self) -> list[Path]:
+        """The files whose bytes make up this checkpoint (for hashing and free-space checks)."""
+        return [self.path]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SafetensorsSource(TensorSource):
+    kind = "safetensors"
+
+    def __init__(self, path: Path, header: Header | None = None):
+        self.path = path
+        self.header = header or read_header(path)
+        self.tensors = self.header.tensors
+        self.metadata = self.header.metadata
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        info = self.tensors[name]
+        if buffer is None or buffer.numel() < info.nbytes:
+            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        return read_into(self._fd, info, buffer)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StateDictSource(TensorSource):
+    kind = "pickle"
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (pre-zip) format cannot be memory-mapped
+                if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path}: refusing to load this pickle: it needs code execution to unpickle, which could run "
+                f"anything. Convert it to .safetensors with a tool you trust. ({str(exc).splitlines()[0][:200]})"
+            ) from None
+        except (EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint, or truncated ({exc})") from None
+        while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        self._sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        self.tensors = {k: TensorInfo(NAMES[v.dtype], tuple(v.shape)) for k, v in self._sd.items()}
+        self.metadata = {}
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self._sd[name].contiguous()
+
+
+_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+_WEIGHT_FILES = ("diffusion_pytorch_model{}.safetensors", "model{}.safetensors")
+
+
+class DiffusersSource(TensorSource):
+    kind = "diffusers"
+
+    def __init__(self, path: Path, prefer_fp16: bool = True):
+        self.path = path
+        self.parts: dict[str, SafetensorsSource] = {}
+        index = path / "model_index.json"
+        self.class_name = json.loads(index.read_text()).get("_class_name") if index.exists() else None
+        for comp in _COMPONENTS:
+            folder = path / comp
+            if not folder.is_dir():
+                continue
+            variants = (".fp16", "") if prefer_fp16 else ("", ".fp16")
+            found = [folder / pattern.format(v) for v in variants for pattern in _WEIGHT_FILES]
+            file = next((f for f in found if f.exists()), None)
+            if file is None:
+                raise CheckpointError(f"{folder}: no .safetensors weights (only .bin? convert them first)")
+            self.parts[comp] = SafetensorsSource(file)
+        if "unet" not in self.parts:
+            raise CheckpointError(f"{path}: a diffusers folder needs at least unet/")
+        sdxl = "text_encoder_2" in self.parts or "add_embedding.linear_1.weight" in self.parts["unet"].tensors
+        self.recipes = diffusers_keys.build_recipes({c: list(p.tensors) for c, p in self.parts.items()}, sdxl)
+        self.tensors = {name: self._info(r) for name, r in self.recipes.items()}
+        self.metadata = {}
+
+    def _info(self, r: diffusers_keys.Recipe) -> TensorInfo:
+        infos = [self.parts[r.component].tensors[s] for s in r.sources]
+        shape = infos[0].shape
+        if r.op == "cat":
+            shape = (sum(i.shape[0] for i in infos), *shape[1:])
+        elif r.op == "transpose":
+            shape = tuple(reversed(shape))
+        elif r.op == "conv1x1":
+            shape = (*shape, 1, 1)
+        return TensorInfo(infos[0].dtype, shape)
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        r = self.recipes[name]
+        part = self.parts[r.component]
+        if r.op == "cat":
+            return torch.cat([part.read(s) for s in r.sources], dim=0)
+        t = part.read(r.sources[0], buffer)
+        if r.op == "transpose":
+            return t.t().contiguous()
+        if r.op == "conv1x1":
+            return t.reshape(*t.shape, 1, 1)
+        return t
+
+    def files(self) -> list[Path]:
+        return [p.path for p in self.parts.values()]
+
+    def close(self) -> None:
+        for p in self.parts.values():
+            p.close()
+
+
+def open_checkpoint(path: str | os.PathLike) -> TensorSource:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return DiffusersSource(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return StateDictSource(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"PK":  # a zip-format torch checkpoint under another name
+        return StateDictSource(path)
+    return SafetensorsSource(path)

@@ -1,0 +1,467 @@
+"""``out = A + (B - C) * M``, streamed tensor by tensor (domain.md section 5).
+
+A = the official inpainting model, B = the fine-tune, C = the base B came from. Output keys are A's. Floating
+tensors present in all three with equal shapes get the delta; the UNet's first conv (A has 9 or 8 input
+channels, B and C 4) gets it on channels 0-3 only; integer tensors and keys only in A are copied; keys only in
+B are reported; B's ``v_pred``/``ztsnr`` markers are carried over.
+
+Arithmetic is fp32 whatever the inputs, as ``A - M * (C - B)``: the same value as ``A + (B - C) * M``, but when
+B == C the subtracted term is +0.0, which leaves every A value (-0.0 included) bit for bit unchanged.
+"""
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from merge import hashing, layout
+from merge.checkpoint import TensorSource, open_checkpoint
+from merge.safetensors_io import DTYPES, CheckpointError, SafetensorsWriter
+
+OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
+SUPPORTED = {"sd1", "sd2", "sdxl"}
+MARKERS = ("v_pred", "ztsnr")
+CHUNK = 1 << 18  # elements per fused step: three fp32 buffers stay in cache
+IN_FLIGHT_BYTES = 384 * 2**20  # read-ahead budget between the reader thread and the compute loop
+IMPLEMENTATION = {"sd1": "https://github.com/CompVis/stable-diffusion",
+                  "sd2": "https://github.com/Stability-AI/stablediffusion",
+                  "sdxl": "https://github.com/Stability-AI/generative-models"}  # fmt: skip
+
+
+class MergeError(Exception):
+    """Inputs that cannot be merged as asked; nothing was written."""
+
+
+@dataclass
+class Entry:
+    name: str
+    dtype: str  # output safetensors dtype
+    shape: tuple[int, ...]
+    rule: str  # "add" | "channels" | "copy" | "marker"
+
+
+@dataclass
+class MergePlan:
+    a: TensorSource
+    b: TensorSource
+    c: TensorSource
+    layouts: dict[str, layout.Layout]
+    out: Path
+    multiplier: float
+    dtype: str
+    device: str
+    entries: list[Entry]
+    only_in_b: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    missing_in_bc: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def output_bytes(self) -> int:
+        from merge.safetensors_io import TensorInfo
+
+        return sum(TensorInfo(e.dtype, e.shape).nbytes for e in self.entries)
+
+    def close(self) -> None:
+        for s in (self.a, self.b, self.c):
+            s.close()
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    family: str
+    variant: str
+    tensors: int
+    added: int
+    channel_merged: list[str]
+    copied: int
+    only_in_b: list[str]
+    mismatched: list[str]
+    missing_in_bc: list[str]
+    markers: list[str]
+    nonfinite: list[str]
+    warnings: list[str]
+    bytes_written: int
+    seconds: float
+    device: str
+    dtype: str
+    multiplier: float
+    input_sha256: dict[str, str]
+
+
+ROLE = {"a": "A (--inpaint)", "b": "B (--model)", "c": "C (--base)"}
+
+
+def _check_family(lay: dict[str, layout.Layout]) -> None:
+    fams = {k: v.family for k, v in lay.items()}
+    for k, v in lay.items():
+        if v.family not in SUPPORTED:
+            raise MergeError(f"{ROLE[k]} is {v.label}: merges support SD 1.x, SD 2.x and SDXL checkpoints")
+    if len(set(fams.values())) > 1:
+        odd = next(k for k in "bc" if fams[k] != fams["a"])
+        raise MergeError(
+            f"{ROLE[odd]} is {lay[odd].label}, but A (--inpaint) is {lay['a'].label}: A, B and C must be one "
+            "family (use the official inpainting model and base of B's family; see `inpaint-advisor lookup`)"
+        )
+
+
+def _check_variants(lay: dict[str, layout.Layout]) -> None:
+    a, b, c = lay["a"], lay["b"], lay["c"]
+    if a.variant == "normal":
+        swapped = next((k for k in "bc" if lay[k].variant in ("inpaint", "pix2pix")), None)
+        if swapped:
+            raise MergeError(
+                f"A (--inpaint) is a normal {a.label} model but {ROLE[swapped]} is {lay[swapped].label}: the slots "
+                f"look swapped. Pass the inpainting model as --inpaint and the normal one as "
+                f"{'--model' if swapped == 'b' else '--base'}."
+            )
+        raise MergeError(
+            f"A (--inpaint) is not an inpainting model ({a.label}, {a.in_channels} UNet input channels): pass the "
+            "official inpainting checkpoint of the family as --inpaint"
+        )
+    if a.variant not in ("inpaint", "pix2pix"):
+        raise MergeError(f"A (--inpaint) is {a.label}: expected an inpainting (9-channel) or pix2pix UNet")
+    for k, lo in (("b", b), ("c", c)):
+        if lo.variant != "normal" and lo.in_channels is not None:
+            raise MergeError(
+                f"{ROLE[k]} is {lo.label} ({lo.in_channels} UNet input channels); it must be a normal model"
+                + (
+                    ": B already is an inpainting model, nothing to build"
+                    if k == "b" and lo.variant == "inpaint"
+                    else ""
+                )
+            )
+
+
+def _check_output(out: Path, inputs: list[TensorSource], force: bool, needed: int) -> None:
+    for src in inputs:
+        for f in [src.path, *src.files()]:
+            if out.resolve() == f.resolve() or (out.exists() and f.exists() and out.samefile(f)):
+                raise MergeError(f"OUT {out} is one of the inputs ({f}); choose another name")
+    if out.exists() and not force:
+        raise MergeError(f"{out} exists; pass --force to replace it")
+    if out.suffix.lower() != ".safetensors":
+        raise MergeError(f"OUT must end in .safetensors (got {out.name})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
+    if free < needed + 64 * 2**20:
+        raise MergeError(
+            f"not enough free space in {out.parent}: the output needs {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB are free"
+        )
+
+
+def _clean_stale_partials(out: Path) -> None:
+    """Remove ``.<OUT>.partial-<pid>`` files left by merges that were killed."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            p.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+def plan_merge(
+    inpaint,
+    model,
+    base,
+    out,
+    *,
+    multiplier: float = 1.0,
+    dtype: str = "fp16",
+    device: str = "auto",
+    force: bool = False,
+) -> MergePlan:
+    """Open the inputs and check everything that can be checked before any tensor is read."""
+    if dtype not in OUT_DTYPES:
+        raise MergeError(f"--dtype must be one of {', '.join(OUT_DTYPES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise MergeError("--device cuda was asked for, but torch sees no CUDA device")
+    sources: list[TensorSource] = []
+    try:
+        for p in (inpaint, model, base):
+            sources.append(open_checkpoint(p))
+        a, b, c = sources
+        lay = {"a": layout.detect(a.tensors), "b": layout.detect(b.tensors), "c": layout.detect(c.tensors)}
+        _check_family(lay)
+        _check_variants(lay)
+        out_dtype = OUT_DTYPES[dtype]
+        entries, mismatched, missing = [], [], []
+        order = sorted(a.tensors, key=lambda k: (a.tensors[k].start, k))
+        for name in order:
+            ia = a.tensors[name]
+            ib, ic = b.tensors.get(name), c.tensors.get(name)
+            target = out_dtype if ia.is_float else ia.dtype
+            rule = "copy"
+            if ia.is_float and ib is not None and ic is not None and ib.is_float and ic.is_float:
+                if ia.shape == ib.shape == ic.shape:
+                    rule = "add"
+                elif (
+                    ib.shape == ic.shape
+                    and len(ia.shape) == len(ib.shape) >= 2
+                    and ia.shape[0] == ib.shape[0]
+                    and ia.shape[2:] == ib.shape[2:]
+                    and ia.shape[1] > ib.shape[1]
+                ):
+                    rule = "channels"
+                else:
+                    mismatched.append(name)
+            elif ia.is_float and (ib is None or ic is None):
+                missing.append(name)
+            entries.append(Entry(name, target, ia.shape, rule))
+        markers = [m for m in MARKERS if m in b.tensors and m not in a.tensors]
+        for m in markers:
+            entries.append(Entry(m, b.tensors[m].dtype, b.tensors[m].shape, "marker"))
+        only_b = sorted(k for k in b.tensors if k not in a.tensors and k not in MARKERS)
+        plan = MergePlan(a, b, c, lay, Path(out), multiplier, dtype, device, entries, only_b, mismatched, missing)
+        pred = lambda lo: "v" if "v_pred" in lo.prediction else "epsilon"  # noqa: E731
+        if pred(lay["a"]) != pred(lay["b"]):
+            plan.warnings.append(
+                f"A predicts {pred(lay['a'])} but B predicts {pred(lay['b'])}: the output keeps B's markers "
+                f"({', '.join(lay['b'].prediction) or 'none'}), and may need testing in your UI"
+            )
+        if lay["b"].dtype != lay["c"].dtype:
+            plan.warnings.append(f"B is {lay['b'].dtype} and C is {lay['c'].dtype}: the delta carries rounding noise")
+        _check_output(plan.out, sources, force, plan.output_bytes + 2 * 2**20)
+        return plan
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise
+
+
+# -- arithmetic -------------------------------------------------------------------------------------------------
+class _Scratch:
+    def __init__(self):
+        self.d = torch.empty(CHUNK, dtype=torch.float32)
+        self.t = torch.empty(CHUNK, dtype=torch.float32)
+
+
+def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out: torch.Tensor, s: _Scratch) -> None:
+    """out = A - M * (C - B), in fp32 chunks that stay in cache (no full-size fp32 temporaries)."""
+    af, bf, cf, of = a.reshape(-1), b.reshape(-1), c.reshape(-1), out.reshape(-1)
+    n = af.numel()
+    for i in range(0, n, CHUNK):
+        j = min(n, i + CHUNK)
+        d, t = s.d[: j - i], s.t[: j - i]
+        d.copy_(cf[i:j])
+        t.copy_(bf[i:j])
+        d.sub_(t)
+        t.copy_(af[i:j])
+        t.sub_(d, alpha=m)
+        of[i:j].copy_(t)
+
+
+def _combine(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, dtype: torch.dtype, device: str, s: _Scratch
+) -> torch.Tensor:
+    if device == "cpu":
+        out = torch.empty(a.shape, dtype=dtype)
+        _fused_cpu(a, b, c, m, out, s)
+        return out
+    a32, b32, c32 = (t.to(device, non_blocking=True).float() for t in (a, b, c))
+    return torch.sub(a32, c32.sub_(b32), alpha=m).to(dtype).cpu()
+
+
+def _apply(entry: Entry, a, b, c, m: float, s: _Scratch, device: str) -> torch.Tensor:
+    dtype = DTYPES[entry.dtype]
+    if entry.rule == "add" and m != 0.0:
+        return _combine(a, b, c, m, dtype, device, s)
+    if entry.rule == "channels" and m != 0.0:
+        k = b.shape[1]
+        out = a.to(dtype).contiguous()
+        out[:, :k] = _combine(a[:, :k].contiguous(), b, c, m, dtype, device, s)
+        return out
+    return a.to(dtype) if a.dtype != dtype else a
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+def _reader(plan: MergePlan, q: queue.Queue, budget: threading.Semaphore, stop: threading.Event) -> None:
+    """Read A, B and C tensors ahead of the compute loop, within a byte budget, in output order."""
+    try:
+        for e in plan.entries:
+            if stop.is_set():
+                return
+            if e.rule == "marker":
+                tensors = (plan.b.read(e.name), None, None)
+            elif e.rule in ("add", "channels"):
+                tensors = (plan.a.read(e.name), plan.b.read(e.name), plan.c.read(e.name))
+            else:
+                tensors = (plan.a.read(e.name), None, None)
+            units = max(1, sum(t.numel() * t.element_size() for t in tensors if t is not None) >> 20)
+            for _ in range(min(units, IN_FLIGHT_BYTES >> 20)):
+                budget.acquire()
+            q.put((e, tensors, min(units, IN_FLIGHT_BYTES >> 20)))
+        q.put(None)
+    except BaseException as exc:  # hand the error to the compute loop
+        q.put(exc)
+
+
+def _placeholder(i: int) -> str:
+    return f"{i:064d}"
+
+
+def _metadata(plan: MergePlan, title: str) -> dict[str, str]:
+    la, lb = plan.layouts["a"], plan.layouts["b"]
+    names = [Path(s.path).name for s in (plan.a, plan.b, plan.c)]
+    family = la.family
+    arch = la.architecture or f"{family}-{la.variant}"
+    recipe = {
+        "type": "inpaint-advisor", "primary_model_hash": _placeholder(1), "secondary_model_hash": _placeholder(2),
+        "tertiary_model_hash": _placeholder(3), "interp_method": "Add difference", "multiplier": plan.multiplier,
+        "save_as_half": plan.dtype == "fp16", "custom_name": title, "config_source": 0, "bake_in_vae": None,
+        "discard_weights": "", "is_inpainting": la.variant == "inpaint", "is_instruct_pix2pix": la.variant == "pix2pix",
+    }  # fmt: skip
+    models = {_placeholder(i + 1): {"name": n, "legacy_hash": None, "sd_merge_recipe": None} for i, n in
+              enumerate(names)}  # fmt: skip
+    own = {
+        "tool": "inpaint-advisor", "formula": "A + (B - C) * M", "M": plan.multiplier, "dtype": plan.dtype,
+        "inputs": {role: {"file": n, "sha256": _placeholder(i + 1), "family": plan.layouts[k].family,
+                          "variant": plan.layouts[k].variant}
+                   for i, (role, k, n) in enumerate(zip("ABC", "abc", names, strict=True))},
+        "first_conv": "delta on B's input channels, A's extra channels kept",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": arch,
+        "modelspec.implementation": IMPLEMENTATION.get(family, ""),
+        "modelspec.title": title,
+        "modelspec.resolution": layout.RESOLUTION.get(family, ""),
+        "modelspec.merged_from": ", ".join(names),
+        "modelspec.prediction_type": "v" if "v_pred" in lb.prediction else "epsilon",
+        "modelspec.date": datetime.now(UTC).date().isoformat(),
+        "sd_merge_recipe": json.dumps(recipe),
+        "sd_merge_models": json.dumps(models),
+        "inpaint_advisor.recipe": json.dumps(own),
+        "format": "pt",
+    }
+
+
+def run_merge(
+    plan: MergePlan,
+    *,
+    title: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    hash_inputs: bool = True,
+) -> MergeResult:
+    t0 = time.perf_counter()
+    _clean_stale_partials(plan.out)
+    title = title or plan.out.stem
+    hashes: dict[int, str] = {}
+
+    def hash_all():
+        for i, src in enumerate((plan.a, plan.b, plan.c), start=1):
+            hashes[i] = hashing.file_hashes(src.files()[0]).sha256
+
+    hasher = threading.Thread(target=hash_all, daemon=True, name="merge-hash") if hash_inputs else None
+    if hasher:
+        hasher.start()
+    metadata = _metadata(plan, title)
+    writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], metadata)
+    q: queue.Queue = queue.Queue()
+    budget = threading.Semaphore(IN_FLIGHT_BYTES >> 20)
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(plan, q, budget, stop), daemon=True, name="merge-read")
+    reader.start()
+    scratch = _Scratch()
+    added, channels, copied, nonfinite = 0, [], 0, []
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            entry, (a, b, c), units = item
+            out = _apply(entry, a, b, c, plan.multiplier, scratch, plan.device)
+            if entry.rule in ("add", "channels") and plan.multiplier != 0.0:
+                added += entry.rule == "add"
+                if entry.rule == "channels":
+                    channels.append(entry.name)
+                if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                    nonfinite.append(entry.name)
+            else:
+                copied += 1
+            writer.write(entry.name, out)
+            for _ in range(units):
+                budget.release()
+            if progress:
+                progress(writer.sizes[entry.name])
+        if hasher:
+            hasher.join()
+            final = {}
+            for k, v in metadata.items():
+                for i, sha in hashes.items():
+                    v = v.replace(_placeholder(i), sha)
+                final[k] = v
+            writer.update_metadata(final)
+        writer.commit()
+    except OSError as exc:
+        writer.abort()
+        if exc.errno == 28:
+            raise MergeError(f"the disk filled up while writing {plan.out}; nothing was kept") from None
+        raise
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        stop.set()
+        for _ in range(IN_FLIGHT_BYTES >> 20):
+            budget.release()  # unblock the reader so it can exit
+    la = plan.layouts["a"]
+    return MergeResult(
+        out=plan.out,
+        family=la.family or "",
+        variant=la.variant,
+        tensors=len(plan.entries),
+        added=added,
+        channel_merged=channels,
+        copied=copied,
+        only_in_b=plan.only_in_b,
+        mismatched=plan.mismatched,
+        missing_in_bc=plan.missing_in_bc,
+        markers=[e.name for e in plan.entries if e.rule == "marker"],
+        nonfinite=nonfinite,
+        warnings=plan.warnings,
+        bytes_written=writer.total_size,
+        seconds=time.perf_counter() - t0,
+        device=plan.device,
+        dtype=plan.dtype,
+        multiplier=plan.multiplier,
+        input_sha256={"A": hashes.get(1, ""), "B": hashes.get(2, ""), "C": hashes.get(3, "")},
+    )
+
+
+def merge(
+    inpaint,
+    model,
+    base,
+    out,
+    *,
+    multiplier: float = 1.0,
+    dtype: str = "fp16",
+    device: str = "auto",
+    force: bool = False,
+    title: str | None = None,
+    progress=None,
+    hash_inputs: bool = True,
+) -> MergeResult:
+    """Build an inpainting checkpoint: the Python API behind `inpaint-advisor merge`."""
+    try:
+        plan = plan_merge(inpaint, model, base, out, multiplier=multiplier, dtype=dtype, device=device, force=force)
+    except CheckpointError as exc:
+        raise MergeError(str(exc)) from None
+    try:
+        return run_merge(plan, title=title, progress=progress, hash_inputs=hash_inputs)
+    finally:
+        plan.close()

@@ -1,0 +1,103 @@
+"""SHA256, AutoV1, AutoV2 and AutoV3 of a model file in one streaming read, cached by path + size + mtime.
+
+AutoV2 is the first 10 hex digits of SHA256 (A1111's "model hash"); AutoV1 hashes the 64 KiB at 1 MiB;
+AutoV3 hashes a safetensors file's tensor data (header excluded), first 12 hex digits — as Civitai computes
+them (AutoV3 per domain.md is the least certain of the four).
+"""
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+CHUNK = 8 * 2**20
+_lock = threading.Lock()
+
+
+@dataclass
+class FileHashes:
+    sha256: str
+    autov2: str
+    autov1: str | None
+    autov3: str | None
+
+
+def cache_path() -> Path:
+    return (
+        Path(os.environ.get("INPAINT_ADVISOR_CACHE", user_cache_dir("inpaint-advisor", appauthor=False)))
+        / "hashes.json"
+    )
+
+
+def _key(path: Path) -> tuple[str, str]:
+    st = path.stat()
+    return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _load() -> dict:
+    try:
+        return json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached(path: str | os.PathLike) -> FileHashes | None:
+    name, stamp = _key(Path(path))
+    entry = _load().get(name)
+    if entry and entry.get("stamp") == stamp:
+        return FileHashes(**{k: entry[k] for k in ("sha256", "autov2", "autov1", "autov3")})
+    return None
+
+
+def _store(path: Path, hashes: FileHashes) -> None:
+    name, stamp = _key(path)
+    with _lock:
+        data = _load()
+        data[name] = {"stamp": stamp, **asdict(hashes)}
+        target = cache_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, target)
+
+
+def _safetensors_data_start(head: bytes) -> int | None:
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    return 8 + n if head[8:9] == b"{" and n < 100 * 2**20 else None
+
+
+def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=None) -> FileHashes:
+    """``progress(nbytes)`` is called after each chunk (for a progress bar)."""
+    path = Path(path)
+    if use_cache and (hit := cached(path)) is not None:
+        return hit
+    full = hashlib.sha256()
+    data = hashlib.sha256()
+    autov1 = None
+    with open(path, "rb", buffering=0) as f:
+        first = f.read(CHUNK)
+        start = _safetensors_data_start(first)
+        size = os.fstat(f.fileno()).st_size
+        if size >= 0x110000:
+            autov1 = hashlib.sha256(os.pread(f.fileno(), 0x10000, 0x100000)).hexdigest()[:8].upper()
+        pos, chunk = 0, first
+        while chunk:
+            full.update(chunk)
+            if start is not None and pos + len(chunk) > start:
+                data.update(memoryview(chunk)[max(0, start - pos) :])
+            pos += len(chunk)
+            if progress:
+                progress(len(chunk))
+            chunk = f.read(CHUNK)
+    sha = full.hexdigest().upper()
+    hashes = FileHashes(sha, sha[:10], autov1, data.hexdigest()[:12].upper() if start is not None else None)
+    if use_cache:
+        _store(path, hashes)
+    return hashes

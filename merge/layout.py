@@ -1,0 +1,93 @@
+"""Family and variant of a checkpoint from tensor names and shapes alone (domain.md section 2)."""
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from merge.safetensors_io import TensorInfo
+
+UNET = "model.diffusion_model."
+CONV_IN = UNET + "input_blocks.0.0.weight"
+VARIANTS = {4: "normal", 9: "inpaint", 8: "pix2pix", 5: "depth"}
+CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "flux1": "FLUX.1",
+                "sd3": "SD 3", None: "an unknown architecture"}  # fmt: skip
+ARCHITECTURES = {  # ModelSpec names
+    ("sd1", "normal"): "stable-diffusion-v1", ("sd1", "inpaint"): "stable-diffusion-v1-inpainting",
+    ("sd2", "normal"): "stable-diffusion-v2-512", ("sd2", "inpaint"): "stable-diffusion-v2-inpainting",
+    ("sdxl", "normal"): "stable-diffusion-xl-v1-base", ("sdxl", "inpaint"): "stable-diffusion-xl-v1-inpainting",
+    ("sd1", "pix2pix"): "stable-diffusion-v1-instruct-pix2pix", ("sd2", "depth"): "stable-diffusion-v2-depth",
+}  # fmt: skip
+RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sdxl": "1024x1024", "sdxl-refiner": "1024x1024"}
+_ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks).*attn2\.to_k\.weight$")
+_FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
+_SD3_KEY = "joint_blocks.0.context_block.attn.qkv.weight"
+
+
+@dataclass
+class Layout:
+    family: str | None
+    variant: str  # normal | inpaint | pix2pix | depth | fill | unknown
+    prediction: list[str] = field(default_factory=list)  # markers present: "v_pred", "ztsnr"
+    dtype: str = ""  # the most common floating dtype
+    params: int = 0
+    in_channels: int | None = None
+    components: list[str] = field(default_factory=list)  # unet, vae, text_encoder(s)
+
+    @property
+    def label(self) -> str:
+        name = FAMILY_NAMES.get(self.family, self.family or "an unknown architecture")
+        suffix = {"inpaint": " inpainting", "normal": ""}.get(self.variant, f" {self.variant}")
+        return name + suffix
+
+    @property
+    def architecture(self) -> str | None:
+        return ARCHITECTURES.get((self.family, self.variant))
+
+
+def _find(tensors: dict[str, TensorInfo], suffix: str) -> TensorInfo | None:
+    for prefix in ("", UNET, "model.", "transformer."):
+        if prefix + suffix in tensors:
+            return tensors[prefix + suffix]
+    return None
+
+
+def detect(tensors: dict[str, TensorInfo]) -> Layout:
+    floats = Counter()
+    params = 0
+    for t in tensors.values():
+        params += t.numel
+        if t.is_float:
+            floats[t.dtype] += t.numel
+    markers = [m for m in ("v_pred", "ztsnr") if m in tensors]
+    layout = Layout(None, "unknown", markers, floats.most_common(1)[0][0] if floats else "", params)
+    layout.components = [name for name, prefix in [
+        ("unet", UNET), ("vae", "first_stage_model."), ("text_encoder", "cond_stage_model."),
+        ("text_encoder", "conditioner.embedders.0."), ("text_encoder_2", "conditioner.embedders.1."),
+    ] if any(k.startswith(prefix) for k in tensors)]  # fmt: skip
+    layout.components = list(dict.fromkeys(layout.components))
+
+    flux = _find(tensors, _FLUX_KEY)
+    if flux is not None:
+        img_in = _find(tensors, "img_in.weight")
+        layout.family = "flux1"
+        layout.in_channels = img_in.shape[1] if img_in else None
+        layout.variant = {64: "normal", 384: "fill"}.get(layout.in_channels, "unknown")
+        return layout
+    if _find(tensors, _SD3_KEY) is not None:
+        layout.family, layout.variant = "sd3", "normal"
+        return layout
+    conv_in = tensors.get(CONV_IN)
+    if conv_in is not None and len(conv_in.shape) == 4:
+        layout.in_channels = conv_in.shape[1]
+        layout.variant = VARIANTS.get(layout.in_channels, "unknown")
+    width = next((t.shape[-1] for k, t in tensors.items() if _ATTN2_K.match(k)), None)
+    layout.family = CROSS_ATTN.get(width)
+    if layout.family is None:  # no UNet cross-attention (a partial file): the text encoders still tell
+        if any(k.startswith("conditioner.embedders.1.model.") for k in tensors):
+            layout.family = "sdxl"
+        elif any(k.startswith("cond_stage_model.model.") for k in tensors):
+            layout.family = "sd2"
+        elif any(k.startswith("cond_stage_model.transformer.") for k in tensors):
+            layout.family = "sd1"
+    return layout

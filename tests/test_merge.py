@@ -1,0 +1,303 @@
+"""The add-difference engine on tiny checkpoints with real key names (tests/sd_layouts.py)."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from merge.checkpoint import open_checkpoint
+from merge.engine import MergeError, merge
+from merge.safetensors_io import CheckpointError
+from tests.conftest import ROOT, cli_env, run_cli
+from tests.sd_layouts import write_checkpoint
+
+CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+POS_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+
+
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+
+
+def trio(tmp_path, family="sd1", a_extra=None, b_extra=None, a_dtype=torch.float16):
+    paths = [tmp_path / f"{n}.safetensors" for n in "abc"]
+    a = write_checkpoint(paths[0], family, "inpaint", 1, extra=a_extra, dtype=a_dtype)
+    b = write_checkpoint(paths[1], family, "normal", 2, extra=b_extra)
+    c = write_checkpoint(paths[2], family, "normal", 3)
+    return paths, (a, b, c)
+
+
+def expected(a, b, c, m=1.0, dtype=torch.float16):
+    return (a.float() + (b.float() - c.float()) * m).to(dtype)
+
+
+def test_every_rule_gives_exact_values(tmp_path):
+    extra_a = {"model_ema.decay": torch.tensor(0.9999), "only.in.a": torch.ones(3, dtype=torch.float16)}
+    extra_b = {"only.in.b": torch.ones(2, dtype=torch.float16)}
+    (pa, pb, pc), (a, b, c) = trio(tmp_path, a_extra=extra_a, b_extra=extra_b)
+    out = tmp_path / "out.safetensors"
+    r = merge(pa, pb, pc, out)
+    o = load_file(out)
+    assert set(o) == set(a)  # output keys are A's
+    for k in (
+        "model.diffusion_model.out.2.weight",
+        "first_stage_model.decoder.conv_out.weight",
+        "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
+    ):
+        assert torch.equal(o[k], expected(a[k], b[k], c[k]))
+    # first conv: delta on channels 0-3, mask and masked-image channels 4-8 stay A's
+    assert o[CONV_IN].shape == (40, 9, 3, 3)
+    assert torch.equal(o[CONV_IN][:, :4], expected(a[CONV_IN][:, :4], b[CONV_IN], c[CONV_IN]))
+    assert torch.equal(o[CONV_IN][:, 4:], a[CONV_IN][:, 4:])
+    assert r.channel_merged == [CONV_IN]
+    # integers never go through arithmetic; keys only in A are copied; only-in-B is reported
+    assert o[POS_IDS].dtype == torch.int64 and torch.equal(o[POS_IDS], a[POS_IDS])
+    assert torch.equal(o["only.in.a"], a["only.in.a"])
+    assert o["model_ema.decay"].dtype == torch.float16
+    assert r.only_in_b == ["only.in.b"] and r.nonfinite == []
+
+
+def test_multiplier_zero_and_equal_b_c_give_a_bit_for_bit(tmp_path):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path)
+    neg_zero = a["model.diffusion_model.out.2.bias"].clone()
+    neg_zero[0] = -0.0
+    save_file({**a, "model.diffusion_model.out.2.bias": neg_zero}, str(pa))
+    a = load_file(pa)
+    for m, base in ((0.0, pc), (1.0, pb), (0.7, pb)):
+        out = tmp_path / f"out-{m}-{base.stem}.safetensors"
+        merge(pa, pb, base, out, multiplier=m)
+        o = load_file(out)
+        for k in a:
+            assert o[k].view(torch.uint8).equal(a[k].contiguous().view(torch.uint8)), (m, k)
+
+
+def test_multiplier_scales_the_delta_and_dtypes_are_honoured(tmp_path):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path)
+    k = "model.diffusion_model.out.2.weight"
+    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        out = tmp_path / f"{dtype}.safetensors"
+        merge(pa, pb, pc, out, multiplier=0.5, dtype=dtype)
+        o = load_file(out)
+        assert o[k].dtype == torch_dtype
+        assert torch.equal(o[k], expected(a[k], b[k], c[k], 0.5, torch_dtype))
+        assert o[POS_IDS].dtype == torch.int64
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_sd2_and_sdxl_merge(tmp_path, family):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path, family)
+    out = tmp_path / "out.safetensors"
+    r = merge(pa, pb, pc, out)
+    o = load_file(out)
+    assert r.family == family and r.channel_merged == [CONV_IN]
+    k = next(k for k in a if k.endswith("attn2.to_k.weight"))
+    assert torch.equal(o[k], expected(a[k], b[k], c[k]))
+    assert torch.equal(o[CONV_IN][:, 4:], a[CONV_IN][:, 4:])
+    with safe_open(out, "pt") as f:
+        arch = f.metadata()["modelspec.architecture"]
+    assert arch == {"sd2": "stable-diffusion-v2-inpainting", "sdxl": "stable-diffusion-xl-v1-inpainting"}[family]
+
+
+def test_prediction_markers_of_b_are_carried_with_a_warning(tmp_path):
+    marker = {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}
+    (pa, pb, pc), _ = trio(tmp_path, "sdxl", b_extra=marker)
+    out = tmp_path / "out.safetensors"
+    r = merge(pa, pb, pc, out)
+    o = load_file(out)
+    assert "v_pred" in o and "ztsnr" in o and r.markers == ["v_pred", "ztsnr"]
+    assert any("A predicts epsilon but B predicts v" in w for w in r.warnings)
+    with safe_open(out, "pt") as f:
+        assert f.metadata()["modelspec.prediction_type"] == "v"
+
+
+def test_metadata_names_the_inputs_by_sha256(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    out = tmp_path / "majic-inpainting.safetensors"
+    merge(pa, pb, pc, out)
+    with safe_open(out, "pt") as f:
+        md = f.metadata()
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest().upper() for p in (pa, pb, pc)]
+    assert md["modelspec.sai_model_spec"] == "1.0.0"
+    assert md["modelspec.architecture"] == "stable-diffusion-v1-inpainting"
+    assert md["modelspec.title"] == "majic-inpainting" and md["modelspec.resolution"] == "512x512"
+    assert md["modelspec.merged_from"] == "a.safetensors, b.safetensors, c.safetensors"
+    recipe = json.loads(md["sd_merge_recipe"])
+    assert recipe["interp_method"] == "Add difference" and recipe["multiplier"] == 1.0
+    assert [recipe["primary_model_hash"], recipe["secondary_model_hash"], recipe["tertiary_model_hash"]] == shas
+    assert list(json.loads(md["sd_merge_models"])) == shas
+    own = json.loads(md["inpaint_advisor.recipe"])
+    assert own["inputs"]["B"]["sha256"] == shas[1] and own["formula"] == "A + (B - C) * M"
+
+
+def test_mixed_families_are_refused_with_a_clear_message(tmp_path):
+    pa = tmp_path / "a.safetensors"
+    write_checkpoint(pa, "sd1", "inpaint", 1)
+    write_checkpoint(tmp_path / "b.safetensors", "sdxl", "normal", 2)
+    write_checkpoint(tmp_path / "c.safetensors", "sd1", "normal", 3)
+    with pytest.raises(MergeError, match=r"B \(--model\) is SDXL, but A \(--inpaint\) is SD 1.x inpainting"):
+        merge(pa, tmp_path / "b.safetensors", tmp_path / "c.safetensors", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_swapped_slots_are_refused_and_named(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    result = run_cli(
+        "merge", "--inpaint", str(pb), "--model", str(pa), "--base", str(pc), "--out", str(tmp_path / "o.safetensors")
+    )
+    assert result.returncode == 1
+    assert "A (--inpaint) is a normal SD 1.x model but B (--model) is SD 1.x inpainting" in result.stderr
+    assert "swapped" in result.stderr
+    with pytest.raises(MergeError, match="not an inpainting model"):
+        merge(pb, pb, pc, tmp_path / "o.safetensors")
+
+
+def test_b_that_is_already_inpainting_is_refused(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    with pytest.raises(MergeError, match="B already is an inpainting model"):
+        merge(pa, pa, pc, tmp_path / "o.safetensors")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ['EXPLOIT_MARKER'])}",))
+
+
+def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("EXPLOIT_MARKER", str(marker))
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Exploit()}, bad)
+    with pytest.raises(CheckpointError, match="refusing to load this pickle"):
+        open_checkpoint(bad)
+    assert not marker.exists()
+    with open(bad, "rb") as f:  # the file really is an exploit: a plain unpickle would have run it
+        assert b"system" in f.read()
+
+
+def test_ckpt_inputs_with_nested_state_dict_merge_like_safetensors(tmp_path):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path)
+    ckpt = tmp_path / "a.ckpt"
+    torch.save({"state_dict": dict(a), "global_step": 470000}, ckpt)
+    merge(ckpt, pb, pc, tmp_path / "from-ckpt.safetensors")
+    merge(pa, pb, pc, tmp_path / "from-st.safetensors")
+    x, y = load_file(tmp_path / "from-ckpt.safetensors"), load_file(tmp_path / "from-st.safetensors")
+    assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_truncated_input_gets_a_clear_error(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    data = pb.read_bytes()
+    pb.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MergeError, match="truncated"):
+        merge(pa, pb, pc, tmp_path / "o.safetensors")
+    pb.write_bytes(b"<html>not a model</html>")
+    with pytest.raises(MergeError, match="not a safetensors file"):
+        merge(pa, pb, pc, tmp_path / "o.safetensors")
+
+
+def test_output_never_overwrites_an_input_or_an_existing_file(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    before = pb.read_bytes()
+    with pytest.raises(MergeError, match="is one of the inputs"):
+        merge(pa, pb, pc, pb, force=True)
+    assert pb.read_bytes() == before
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"keep me")
+    with pytest.raises(MergeError, match="exists; pass --force"):
+        merge(pa, pb, pc, out)
+    assert out.read_bytes() == b"keep me"
+    merge(pa, pb, pc, out, force=True)
+    assert out.read_bytes() != b"keep me"
+
+
+def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):
+    (pa, pb, pc), _ = trio(tmp_path)
+    import merge.engine as engine
+
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(MergeError, match="not enough free space"):
+        merge(pa, pb, pc, tmp_path / "o.safetensors")
+    assert list(tmp_path.glob("*o.safetensors*")) == []
+
+
+def test_nan_and_inf_in_the_output_are_reported(tmp_path):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path)
+    k = "model.diffusion_model.out.2.bias"
+    bad = b[k].clone()
+    bad[0] = float("inf")
+    save_file({**b, k: bad}, str(pb))
+    r = merge(pa, pb, pc, tmp_path / "o.safetensors")
+    assert r.nonfinite == [k]
+
+
+_SLOW_MERGE = """
+import sys, time
+from merge.engine import plan_merge, run_merge
+plan = plan_merge(*sys.argv[1:5])
+seen = [0]
+def progress(n):
+    seen[0] += 1
+    if seen[0] == 200:
+        print("HALF", flush=True)
+        time.sleep(60)
+run_merge(plan, progress=progress)
+"""
+
+
+def test_a_merge_killed_mid_write_leaves_no_output(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    out = tmp_path / "o.safetensors"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_MERGE, str(pa), str(pb), str(pc), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path)),
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline().strip() == "HALF"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        child.kill()
+    assert not out.exists()
+    partials = list(tmp_path.glob(".o.safetensors.partial-*"))
+    assert len(partials) == 1  # the half-written file never carried OUT's name
+    merge(pa, pb, pc, out)  # the next merge cleans it up
+    assert out.exists() and not list(tmp_path.glob(".o.safetensors.partial-*"))
+
+
+def test_cli_merge_prints_a_summary_and_json(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path, b_extra={"only.in.b": torch.ones(2, dtype=torch.float16)})
+    args = ["merge", "-a", str(pa), "-b", str(pb), "-c", str(pc), "-o", str(tmp_path / "o.safetensors")]
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))
+    human = run_cli(*args, env=env)
+    assert human.returncode == 0, human.stderr
+    assert "1 by channel" in human.stdout and "1 keys only in B were dropped" in human.stdout
+    data = json.loads(run_cli(*args, "--force", "--json", env=env).stdout)
+    assert data["channel_merged"] == [CONV_IN] and data["only_in_b"] == ["only.in.b"] and data["device"] == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_and_cpu_agree_to_one_ulp(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path, "sdxl")
+    merge(pa, pb, pc, tmp_path / "cpu.safetensors", device="cpu")
+    merge(pa, pb, pc, tmp_path / "gpu.safetensors", device="cuda")
+    x, y = load_file(tmp_path / "cpu.safetensors"), load_file(tmp_path / "gpu.safetensors")
+    for k in x:
+        if x[k].is_floating_point():
+            ulps = (
+                (x[k].view(torch.int16).int() - y[k].view(torch.int16).int()).abs().max().item() if x[k].numel() else 0
+            )
+            assert ulps <= 1, k
