@@ -6,7 +6,9 @@
 - diffusers folders (SD 1.x/2.x, SDXL): component files converted on the fly to single-file names.
 """
 
+import contextlib
 import json
+import mmap
 import os
 import pickle
 import zipfile
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from merge import diffusers_keys
-from merge.safetensors_io import NAMES, CheckpointError, Header, TensorInfo, read_header, read_into
+from merge.safetensors_io import NAMES, CheckpointError, Header, TensorInfo, read_header, read_into, typed_view
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 
@@ -33,6 +35,9 @@ class TensorSource:
         """The files whose bytes make up this checkpoint (for hashing and free-space checks)."""
         return [self.path]
 
+    def prefetch(self, name: str) -> None:
+        """Hint that ``name`` will be read soon (a no-op where reads are already in memory)."""
+
     def close(self) -> None:
         pass
 
@@ -44,6 +49,9 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
+    """Tensors are read-only views of a memory map: no copy, and the pages belong to the page cache, not to
+    this process's anonymous memory. ``prefetch`` asks the kernel to read ahead of the consumer."""
+
     kind = "safetensors"
 
     def __init__(self, path: Path, header: Header | None = None):
@@ -52,14 +60,28 @@ class SafetensorsSource(TensorSource):
         self.tensors = self.header.tensors
         self.metadata = self.header.metadata
         self._fd = os.open(path, os.O_RDONLY)
+        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if self.header.file_size else None
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.tensors[name]
-        if buffer is None or buffer.numel() < info.nbytes:
-            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-        return read_into(self._fd, info, buffer)
+        if self._mm is None:
+            return read_into(
+                self._fd, info, buffer if buffer is not None else torch.empty(info.nbytes, dtype=torch.uint8)
+            )
+        return typed_view(self._mm, info, info.start)
+
+    def prefetch(self, name: str) -> None:
+        info = self.tensors[name]
+        if self._mm is not None and info.nbytes:
+            page = mmap.PAGESIZE
+            start = info.start - info.start % page
+            self._mm.madvise(mmap.MADV_WILLNEED, start, info.end - start)
 
     def close(self) -> None:
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):  # views still alive (held by a caller): freed with them
+                self._mm.close()
+            self._mm = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -150,6 +172,11 @@ class DiffusersSource(TensorSource):
 
     def files(self) -> list[Path]:
         return [p.path for p in self.parts.values()]
+
+    def prefetch(self, name: str) -> None:
+        r = self.recipes[name]
+        for s in r.sources:
+            self.parts[r.component].prefetch(s)
 
     def close(self) -> None:
         for p in self.parts.values():

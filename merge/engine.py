@@ -11,11 +11,11 @@ B == C the subtracted term is +0.0, which leaves every A value (-0.0 included) b
 
 import json
 import os
-import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,13 +24,12 @@ import torch
 
 from merge import hashing, layout
 from merge.checkpoint import TensorSource, open_checkpoint
-from merge.safetensors_io import DTYPES, CheckpointError, SafetensorsWriter
+from merge.safetensors_io import CheckpointError, SafetensorsWriter
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 SUPPORTED = {"sd1", "sd2", "sdxl"}
 MARKERS = ("v_pred", "ztsnr")
 CHUNK = 1 << 18  # elements per fused step: three fp32 buffers stay in cache
-IN_FLIGHT_BYTES = 384 * 2**20  # read-ahead budget between the reader thread and the compute loop
 IMPLEMENTATION = {"sd1": "https://github.com/CompVis/stable-diffusion",
                   "sd2": "https://github.com/Stability-AI/stablediffusion",
                   "sdxl": "https://github.com/Stability-AI/generative-models"}  # fmt: skip
@@ -249,9 +248,16 @@ class _Scratch:
         self.t = torch.empty(CHUNK, dtype=torch.float32)
 
 
-def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out: torch.Tensor, s: _Scratch) -> None:
-    """out = A - M * (C - B), in fp32 chunks that stay in cache (no full-size fp32 temporaries)."""
-    af, bf, cf, of = a.reshape(-1), b.reshape(-1), c.reshape(-1), out.reshape(-1)
+_LIMIT = {torch.float16: torch.finfo(torch.float16).max, torch.bfloat16: torch.finfo(torch.bfloat16).max,
+          torch.float32: torch.finfo(torch.float32).max}  # fmt: skip
+
+
+def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out: torch.Tensor, s: _Scratch) -> bool:
+    """out = A - M * (C - B), in fp32 chunks that stay in cache (no full-size fp32 temporaries). Returns whether
+    every value is finite in the output dtype (checked on the fp32 chunk while it is still in cache)."""
+    af, bf, cf, of = a.reshape(-1), b.reshape(-1), c.reshape(-1), out.view(-1)
+    limit = _LIMIT[out.dtype]
+    finite = True
     n = af.numel()
     for i in range(0, n, CHUNK):
         j = min(n, i + CHUNK)
@@ -261,52 +267,49 @@ def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out:
         d.sub_(t)
         t.copy_(af[i:j])
         t.sub_(d, alpha=m)
+        lo, hi = torch.aminmax(t)
+        finite = finite and -limit <= lo.item() and hi.item() <= limit  # NaN compares False
         of[i:j].copy_(t)
+    return finite
 
 
-def _combine(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, dtype: torch.dtype, device: str, s: _Scratch
-) -> torch.Tensor:
+def _combine_into(out: torch.Tensor, a, b, c, m: float, device: str, s: _Scratch) -> bool:
     if device == "cpu":
-        out = torch.empty(a.shape, dtype=dtype)
-        _fused_cpu(a, b, c, m, out, s)
-        return out
+        return _fused_cpu(a, b, c, m, out, s)
     a32, b32, c32 = (t.to(device, non_blocking=True).float() for t in (a, b, c))
-    return torch.sub(a32, c32.sub_(b32), alpha=m).to(dtype).cpu()
+    result = torch.sub(a32, c32.sub_(b32), alpha=m).to(out.dtype)
+    out.copy_(result.cpu())
+    return bool(torch.isfinite(result).all())
 
 
-def _apply(entry: Entry, a, b, c, m: float, s: _Scratch, device: str) -> torch.Tensor:
-    dtype = DTYPES[entry.dtype]
+def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: _Scratch, device: str) -> bool:
+    """Fill ``slot`` (the output tensor's place in the file); returns False if it holds NaN/Inf."""
     if entry.rule == "add" and m != 0.0:
-        return _combine(a, b, c, m, dtype, device, s)
+        return _combine_into(slot, a, b, c, m, device, s)
     if entry.rule == "channels" and m != 0.0:
         k = b.shape[1]
-        out = a.to(dtype).contiguous()
-        out[:, :k] = _combine(a[:, :k].contiguous(), b, c, m, dtype, device, s)
-        return out
-    return a.to(dtype) if a.dtype != dtype else a
+        part = torch.empty(b.shape, dtype=slot.dtype)
+        finite = _combine_into(part, a[:, :k].contiguous(), b, c, m, device, s)
+        slot.copy_(a)
+        slot[:, :k] = part
+        return finite
+    slot.copy_(a)
+    return True
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-def _reader(plan: MergePlan, q: queue.Queue, budget: threading.Semaphore, stop: threading.Event) -> None:
-    """Read A, B and C tensors ahead of the compute loop, within a byte budget, in output order."""
-    try:
-        for e in plan.entries:
-            if stop.is_set():
-                return
-            if e.rule == "marker":
-                tensors = (plan.b.read(e.name), None, None)
-            elif e.rule in ("add", "channels"):
-                tensors = (plan.a.read(e.name), plan.b.read(e.name), plan.c.read(e.name))
-            else:
-                tensors = (plan.a.read(e.name), None, None)
-            units = max(1, sum(t.numel() * t.element_size() for t in tensors if t is not None) >> 20)
-            for _ in range(min(units, IN_FLIGHT_BYTES >> 20)):
-                budget.acquire()
-            q.put((e, tensors, min(units, IN_FLIGHT_BYTES >> 20)))
-        q.put(None)
-    except BaseException as exc:  # hand the error to the compute loop
-        q.put(exc)
+def _prefetcher(plan: MergePlan, writer: SafetensorsWriter, position: list[int], stop: threading.Event) -> None:
+    """Ask the kernel to read the next tensors of A, B and C, and to map in their output pages, while the
+    current ones are computed."""
+    for i, e in enumerate(plan.entries):
+        while not stop.is_set() and i > position[0] + 8:
+            stop.wait(0.002)
+        if stop.is_set():
+            return
+        sources = {"marker": (plan.b,), "copy": (plan.a,)}.get(e.rule, (plan.a, plan.b, plan.c))
+        for src in sources:
+            src.prefetch(e.name)
+        writer.prefault(e.name)
 
 
 def _placeholder(i: int) -> str:
@@ -370,54 +373,70 @@ def run_merge(
     if hasher:
         hasher.start()
     metadata = _metadata(plan, title)
-    writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], metadata)
-    q: queue.Queue = queue.Queue()
-    budget = threading.Semaphore(IN_FLIGHT_BYTES >> 20)
+    try:
+        writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], metadata)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise MergeError(f"no space left for {plan.out} ({plan.output_bytes / 1e9:.2f} GB)") from None
+        raise
+    position = [0]
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(plan, q, budget, stop), daemon=True, name="merge-read")
-    reader.start()
-    scratch = _Scratch()
+    prefetch = threading.Thread(target=_prefetcher, args=(plan, writer, position, stop), daemon=True,
+                                name="merge-prefetch")  # fmt: skip
+    prefetch.start()
+    local = threading.local()
+
+    def process(entry: Entry) -> bool:
+        if not hasattr(local, "scratch"):
+            local.scratch = _Scratch()
+        if entry.rule == "marker":
+            a, b, c = plan.b.read(entry.name), None, None
+        elif entry.rule == "copy":
+            a, b, c = plan.a.read(entry.name), None, None
+        else:
+            a, b, c = plan.a.read(entry.name), plan.b.read(entry.name), plan.c.read(entry.name)
+        return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)
+
+    # Output slots are independent places in the mapped file, so tensors are computed on several threads
+    # (torch releases the GIL) with one torch thread each: cheaper than splitting every small op in two.
+    workers = 1 if plan.device != "cpu" else max(1, min(4, os.cpu_count() or 1))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else torch_threads)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge")
     added, channels, copied, nonfinite = 0, [], 0, []
     try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            entry, (a, b, c), units = item
-            out = _apply(entry, a, b, c, plan.multiplier, scratch, plan.device)
+        futures = [pool.submit(process, e) for e in plan.entries]
+        for i, (entry, future) in enumerate(zip(plan.entries, futures, strict=True)):
+            position[0] = i
+            finite = future.result()
+            writer.done(entry.name)
             if entry.rule in ("add", "channels") and plan.multiplier != 0.0:
                 added += entry.rule == "add"
                 if entry.rule == "channels":
                     channels.append(entry.name)
-                if out.is_floating_point() and not bool(torch.isfinite(out).all()):
-                    nonfinite.append(entry.name)
             else:
                 copied += 1
-            writer.write(entry.name, out)
-            for _ in range(units):
-                budget.release()
+            if not finite:
+                nonfinite.append(entry.name)
             if progress:
-                progress(writer.sizes[entry.name])
+                progress(writer.infos[entry.name].nbytes)
         if hasher:
             hasher.join()
             final = {}
             for k, v in metadata.items():
-                for i, sha in hashes.items():
-                    v = v.replace(_placeholder(i), sha)
+                for n, sha in hashes.items():
+                    v = v.replace(_placeholder(n), sha)
                 final[k] = v
             writer.update_metadata(final)
         writer.commit()
-    except OSError as exc:
-        writer.abort()
-        if exc.errno == 28:
-            raise MergeError(f"the disk filled up while writing {plan.out}; nothing was kept") from None
-        raise
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no worker may touch the map once it is gone
         writer.abort()
         raise
     finally:
         stop.set()
-        for _ in range(IN_FLIGHT_BYTES >> 20):
-            budget.release()  # unblock the reader so it can exit
+        pool.shutdown(wait=True)
+        torch.set_num_threads(torch_threads)
     la = plan.layouts["a"]
     return MergeResult(
         out=plan.out,

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Merge full-size SD1.5 and SDXL checkpoints (real key layouts and shapes, random values) with
+`merge.engine` and, in the same run, with the naive whole-file approach (load three state dicts, compute,
+save), each in its own process; print wall time, peak RSS and peak anonymous memory of each, and the ratios.
+
+    python benchmarks/bench_merge.py [--families sd1,sdxl] [--naive-sdxl] [--dir DIR] [--device cpu|cuda]
+
+Targets (issue #3), 2 cores / 24 GB: SD1.5 at most 0.35x the naive wall time with peak anonymous memory under
+1 GB; SDXL under 1.5 GB. The naive SDXL merge needs about 20 GB and is only run with --naive-sdxl.
+Input hashes for the output metadata are cached by path+size+mtime (as after `probe --hash`); the cold
+hashing cost is printed separately.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NAIVE = r"""
+import sys, torch
+from safetensors.torch import load_file, save_file
+a, b, c = (load_file(p) for p in sys.argv[1:4])
+out = {}
+for k, t in a.items():
+    if t.is_floating_point() and k in b and k in c:
+        if t.shape == b[k].shape:
+            out[k] = (t.float() + (b[k].float() - c[k].float())).half()
+            continue
+        if t.dim() == 4 and t.shape[1] > b[k].shape[1]:
+            x = t.float()
+            x[:, : b[k].shape[1]] += b[k].float() - c[k].float()
+            out[k] = x.half()
+            continue
+    out[k] = t.half() if t.is_floating_point() else t
+save_file(out, sys.argv[4])
+"""
+
+OURS = r"""
+import sys
+from merge.engine import merge
+merge(*sys.argv[1:5], force=True, device=sys.argv[5])
+"""
+
+
+def generate(path: Path, family: str, variant: str, seed: int) -> None:
+    """A full-size checkpoint written tensor by tensor from a random pool (fast, bounded memory)."""
+    import torch
+
+    from merge.safetensors_io import NAMES, SafetensorsWriter
+    from tests.sd_layouts import checkpoint_shapes
+
+    shapes = checkpoint_shapes(family, variant, scale=1)
+    g = torch.Generator().manual_seed(seed)
+    pool = (torch.randn(1 << 25, generator=g) * 0.05).half()  # 64 MiB of fp16 noise
+    layout = [(k, "I64", s[1]) if s and s[0] == "int64" else (k, NAMES[torch.float16], s) for k, s in shapes.items()]
+    w = SafetensorsWriter(path, layout, {})
+    try:
+        for k, dtype, shape in layout:
+            n = 1
+            for d in shape:
+                n *= d
+            if dtype == "I64":
+                w.write(k, torch.arange(n, dtype=torch.int64).reshape(shape))
+                continue
+            start = int(torch.randint(0, pool.numel(), (1,), generator=g))
+            idx = (torch.arange(n) + start) % pool.numel() if n > pool.numel() - start else slice(start, start + n)
+            w.write(k, pool[idx].reshape(shape))
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def measure(cmd: list[str], env: dict) -> dict:
+    """Run a child and sample its anonymous RSS every 10 ms (ru_maxrss also counts file-backed pages).
+    Dirty pages of earlier runs are written back first so that each run pays only for its own writes."""
+    os.sync()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    peak = {"anon": 0}
+
+    def sample():
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak["anon"] = max(peak["anon"], int(line.split()[1]) * 1024)
+            except OSError:
+                break
+            time.sleep(0.01)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    t.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"wall": elapsed, "rss": usage.ru_maxrss * 1024, "anon": peak["anon"], "failed": True}
+    return {"wall": elapsed, "rss": usage.ru_maxrss * 1024, "anon": peak["anon"], "failed": False}
+
+
+def fmt(m: dict) -> str:
+    state = " (FAILED)" if m["failed"] else ""
+    return f"{m['wall']:7.2f} s   peak RSS {m['rss'] / 2**30:6.2f} GiB   peak anon {m['anon'] / 2**30:6.2f} GiB{state}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="sd1,sdxl")
+    ap.add_argument("--naive-sdxl", action="store_true", help="also run the naive SDXL merge (~20 GB)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the inputs (default: a temp dir)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from merge import hashing
+
+    base_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INPAINT_ADVISOR_CACHE": str(base_dir / "cache")}
+    os.environ["INPAINT_ADVISOR_CACHE"] = env["INPAINT_ADVISOR_CACHE"]
+    print(f"{os.cpu_count()} CPUs; inputs under {base_dir}")
+    for family in args.families.split(","):
+        paths = [base_dir / f"{family}-{n}.safetensors" for n in ("inpaint", "finetune", "base")]
+        t0 = time.perf_counter()
+        for p, variant, seed in zip(paths, ("inpaint", "normal", "normal"), (1, 2, 3), strict=True):
+            if not p.exists():
+                generate(p, family, variant, seed)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"\n== {family}: 3 inputs, {size / 1e9:.2f} GB (generated in {time.perf_counter() - t0:.0f}s)")
+        t0 = time.perf_counter()
+        for p in paths:
+            hashing.file_hashes(p)
+        print(f"cold sha256 of the inputs (once, then cached): {time.perf_counter() - t0:.2f} s")
+        out = base_dir / f"{family}-out.safetensors"
+        ours = measure([sys.executable, "-c", OURS, *map(str, paths), str(out), args.device], env)
+        print(f"inpaint-advisor merge   {fmt(ours)}")
+        out.unlink(missing_ok=True)
+        if family != "sdxl" or args.naive_sdxl:
+            naive = measure([sys.executable, "-c", NAIVE, *map(str, paths), str(out)], env)
+            print(f"naive whole-file merge  {fmt(naive)}")
+            out.unlink(missing_ok=True)
+            print(
+                f"ratio ours/naive: wall {ours['wall'] / naive['wall']:.2f}x, peak anon "
+                f"{ours['anon'] / max(naive['anon'], 1):.3f}x"
+            )
+        else:
+            print("naive whole-file merge  skipped (needs ~20 GB: pass --naive-sdxl)")
+        limit = {"sd1": 1.0, "sdxl": 1.5}.get(family)
+        if limit:
+            print(f"target peak anon < {limit} GiB: {'MET' if ours['anon'] < limit * 2**30 else 'NOT MET'}")
+
+
+if __name__ == "__main__":
+    main()
