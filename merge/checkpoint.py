@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from merge import diffusers_keys
-from merge.safetensors_io import NAMES, CheckpointError, Header, TensorInfo, read_header, read_into, typed_view
+from merge.header import CheckpointError, Header, TensorInfo, read_header
+from merge.safetensors_io import NAMES, read_into, typed_view
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 

@@ -24,7 +24,8 @@ import torch
 
 from merge import hashing, layout
 from merge.checkpoint import TensorSource, open_checkpoint
-from merge.safetensors_io import CheckpointError, SafetensorsWriter
+from merge.header import CheckpointError, TensorInfo
+from merge.safetensors_io import SafetensorsWriter
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 SUPPORTED = {"sd1", "sd2", "sdxl"}
@@ -65,8 +66,6 @@ class MergePlan:
 
     @property
     def output_bytes(self) -> int:
-        from merge.safetensors_io import TensorInfo
-
         return sum(TensorInfo(e.dtype, e.shape).nbytes for e in self.entries)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from merge.safetensors_io import TensorInfo
+from merge.header import TensorInfo
 
 UNET = "model.diffusion_model."
 CONV_IN = UNET + "input_blocks.0.0.weight"
