@@ -36,6 +36,65 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@app.command()
+def lookup(
+    query: Annotated[str, typer.Argument(help="A name (typos welcome), Civitai URL/id/AIR, HF repo, hash or file.")],
+    offline: Annotated[bool, typer.Option("--offline", help="Never go to the network.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which inpainting checkpoint should I use with this model?
+
+    Answers, in order: it already is one; its own inpainting release; the creator's inpainting model; the
+    official inpainting model of its family; or how to build one (the exact merge command).
+
+    Examples:
+      [bold]inpaint-advisor lookup "majicmix realistic v7"[/]
+      [bold]inpaint-advisor lookup https://civitai.com/models/4384?modelVersionId=128713[/]
+      [bold]inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072[/]
+      [bold]inpaint-advisor lookup 7C819B6D13[/]  (an AutoV2 hash)
+      [bold]inpaint-advisor lookup ./myModel.safetensors --json[/]
+
+    Exit codes: 0 answered, 1 nothing matched (or several candidates), 2 usage error.
+    """
+    from advisor import jsonout, render
+    from advisor.lookup import lookup as do_lookup
+
+    try:
+        result = do_lookup(query, db=db, offline=offline)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if as_json:
+        out_console.print_json(jsonout.dumps(result))
+    else:
+        render.lookup_result(out_console, result)
+    raise typer.Exit(0 if result.answered else 1)
+
+
+@app.command()
+def probe(
+    path: Annotated[Path, typer.Argument(help="A .safetensors file or a diffusers folder.")],
+    with_hash: Annotated[bool, typer.Option("--hash", help="Add SHA256, AutoV2, AutoV3 (one streaming read).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Family, variant, prediction type, precision and size of a checkpoint, from its header alone.
+
+    Example: [bold]inpaint-advisor probe sd_xl_base_1.0.safetensors --json[/]
+    """
+    from advisor import jsonout, render
+    from advisor.probe import probe as do_probe
+    from merge.header import CheckpointError
+
+    try:
+        result = do_probe(path, with_hash=with_hash)
+    except (CheckpointError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        out_console.print_json(jsonout.dumps(result))
+    else:
+        render.probe_result(out_console, result)
+
+
 @crawl_app.command("civitai")
 def crawl_civitai(
     incremental: Annotated[

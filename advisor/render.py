@@ -1,17 +1,22 @@
 """Rich output for people; every function takes the typed result the library returned."""
 
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from crawler.civitai import CrawlSummary
-from crawler.stats import RegistryStatus
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
+    from crawler.civitai import CrawlSummary
+    from crawler.stats import RegistryStatus
 
 
 def _sample(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def crawl_summary(console: Console, s: CrawlSummary) -> None:
+def crawl_summary(console: Console, s: "CrawlSummary") -> None:
     color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
     head = f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"
     console.print(head)
@@ -34,7 +39,7 @@ def crawl_summary(console: Console, s: CrawlSummary) -> None:
         console.print(f"[red]error:[/] {s.error}")
 
 
-def registry_status(console: Console, st: RegistryStatus) -> None:
+def registry_status(console: Console, st: "RegistryStatus") -> None:
     console.print(f"registry [bold]{st.db}[/]")
     console.print(
         f"{st.models:,} models, {st.versions:,} versions, {st.files:,} files; "
@@ -105,3 +110,74 @@ def merge_result(console: Console, r) -> None:
         console.print(f"[red]NaN/Inf in {len(r.nonfinite)} output tensors:[/] {_sample(r.nonfinite)}")
     for w in r.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+
+
+_KIND_TITLE = {
+    "already-inpainting": "Already an inpainting model",
+    "own-release": "Use its own inpainting release",
+    "sibling-release": "Use the creator's inpainting model",
+    "official": "Use the official inpainting model",
+    "build": "Build an inpainting version",
+    "none": "No inpainting route",
+}
+
+
+def _rec_lines(rec, full: bool) -> list:
+    lines = [Text(rec.reason)]
+    t = rec.target
+    if t is not None and full:
+        facts = [("file", t.file), ("repo", t.repo), ("page", t.url), ("download", t.download_url),
+                 ("sha256", t.sha256), ("size", f"{t.size:,} B" if t.size else None)]  # fmt: skip
+        for label, value in facts:
+            if value:
+                lines.append(Text.assemble((f"{label:>9} ", "dim"), str(value)))
+    if rec.command:
+        lines.append(Text.assemble(("$ ", "dim"), (rec.command, "bold cyan")))
+    for ev in rec.evidence if full else []:
+        lines.append(Text(f"  · {ev}", style="dim"))
+    return lines
+
+
+def lookup_result(console: Console, r) -> None:
+    for note in r.notes:
+        console.print(f"[dim]{note}[/]")
+    if r.match is None and r.candidates:
+        table = Table(title=f"Several models match “{r.query}”")
+        for col in ("score", "id", "name", "creator", "family"):
+            table.add_column(col)
+        for c in r.candidates:
+            table.add_row(f"{c.score:.0f}", c.model_id, c.name, c.creator or "", c.family or "?")
+        console.print(table)
+        console.print("Look one up by id, e.g. [bold]inpaint-advisor lookup " + r.candidates[0].model_id + "[/]")
+        return
+    if r.match is None or r.recommendation is None:
+        console.print(f"[red]nothing matched[/] “{r.query}”")
+        return
+    m = r.match
+    who = f" by {m.creator}" if m.creator else ""
+    version = f" — {m.version_name}" if m.version_name else ""
+    head = Text.assemble((f"{m.name}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
+                         (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
+    rec = r.recommendation
+    body = [head, Text(""), *_rec_lines(rec, True)]
+    color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
+    console.print(Panel(Group(*body), title=_KIND_TITLE[rec.kind], title_align="left", border_style=color))
+    for alt in r.alternatives:  # compact: the reason and the command; --json has every detail
+        console.print(Panel(Group(*_rec_lines(alt, False)), title="Alternative: " + _KIND_TITLE[alt.kind],
+                            title_align="left", border_style="dim"))  # fmt: skip
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def probe_result(console: Console, p) -> None:
+    table = Table.grid(padding=(0, 2))
+    rows = [("file", p.path), ("format", p.format), ("family", p.family or "unknown"), ("variant", p.variant),
+            ("in channels", p.in_channels), ("prediction", p.prediction + (f" ({', '.join(p.markers)})" if p.markers
+                                                                          else "")),
+            ("dtype", p.dtype), ("parameters", f"{p.params / 1e9:.3f} B" if p.params else None),
+            ("components", ", ".join(p.components)), ("architecture", p.architecture),
+            ("sha256", p.sha256), ("AutoV2", p.autov2), ("AutoV3", p.autov3), ("AutoV1", p.autov1)]  # fmt: skip
+    for label, value in rows:
+        if value not in (None, ""):
+            table.add_row(Text(label, style="dim"), str(value))
+    console.print(table)

@@ -5,36 +5,19 @@ SQLAlchemy URL (``postgresql+psycopg://...``).
 """
 
 import os
-from pathlib import Path
 
-from platformdirs import user_data_dir
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from crawler import families
+from crawler.location import ENV_VAR, default_db_path, resolve_db_url  # noqa: F401  (re-exported)
 from crawler.schema import SCHEMA_VERSION, Family, Meta, Source
-
-ENV_VAR = "INPAINT_ADVISOR_DB"
 
 SOURCES = {
     "civitai": ("Civitai", "https://civitai.com"),
     "hf": ("Hugging Face Hub", "https://huggingface.co"),
 }
-
-
-def default_db_path() -> Path:
-    return Path(user_data_dir("inpaint-advisor", appauthor=False)) / "registry.db"
-
-
-def resolve_db_url(db: str | os.PathLike | None = None) -> str:
-    """``db`` (a path or URL) beats ``$INPAINT_ADVISOR_DB`` beats the data-dir default."""
-    value = str(db) if db else os.environ.get(ENV_VAR) or str(default_db_path())
-    if "://" in value:
-        return value
-    path = Path(value).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -90,7 +73,27 @@ def init_db(engine: Engine) -> None:
         session.commit()
     if engine.dialect.name == "sqlite":
         with engine.begin() as conn:
+            for statement in _SQLITE_SEARCH_INDEX:
+                conn.execute(text(statement))
             conn.execute(text("PRAGMA optimize"))
+
+
+# Name search for `lookup`: an FTS5 trigram index over normalised names (typos, substrings and CJK names all
+# match), kept in step with the model table by triggers. SQLite only; elsewhere lookup scans names.
+_SQLITE_SEARCH_INDEX = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS model_fts USING fts5(name_norm, creator, content='model', "
+    "content_rowid='rowid', tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_ai AFTER INSERT ON model BEGIN "
+    "INSERT INTO model_fts(rowid, name_norm, creator) VALUES (new.rowid, new.name_norm, new.creator); END",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_ad AFTER DELETE ON model BEGIN "
+    "INSERT INTO model_fts(model_fts, rowid, name_norm, creator) VALUES ('delete', old.rowid, old.name_norm, "
+    "old.creator); END",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_au AFTER UPDATE OF name_norm, creator ON model BEGIN "
+    "INSERT INTO model_fts(model_fts, rowid, name_norm, creator) VALUES ('delete', old.rowid, old.name_norm, "
+    "old.creator); INSERT INTO model_fts(rowid, name_norm, creator) VALUES (new.rowid, new.name_norm, "
+    "new.creator); END",
+    "INSERT INTO model_fts(model_fts) VALUES ('rebuild')",  # index rows written before this schema version
+]
 
 
 def session(db: str | os.PathLike | None = None) -> Session:

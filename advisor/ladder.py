@@ -1,0 +1,222 @@
+"""The recommendation ladder (the article's advice, most specific first):
+
+already an inpainting model -> its own inpainting release -> a sibling inpainting model by the same creator ->
+the official inpainting checkpoint of its family -> a custom build by add-difference -> no inpainting route.
+"""
+
+from dataclasses import dataclass, field
+
+from crawler import families
+from crawler.detect import version_label
+
+MERGEABLE = {"sd1", "sd2", "sdxl"}
+HF = "https://huggingface.co"
+
+
+@dataclass
+class Target:
+    name: str
+    source: str  # civitai | hf
+    model_id: str | None = None
+    version_id: str | None = None
+    repo: str | None = None
+    file: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    url: str | None = None  # a page to read
+    download_url: str | None = None
+
+
+@dataclass
+class Recommendation:
+    kind: str  # already-inpainting | own-release | sibling-release | official | build | none
+    reason: str
+    target: Target | None = None
+    command: str | None = None
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Subject:
+    """What the ladder is asked about (a registry model, a local file or a bare family)."""
+
+    name: str
+    family: str | None
+    base_model: str | None = None
+    is_inpainting: bool = False
+    model_id: str | None = None
+    version_id: str | None = None
+    version_name: str | None = None
+    versions: list = field(default_factory=list)  # registry VersionRecords, newest first
+    file: str | None = None  # B for a build: a local path or the version's file name
+    prediction: list[str] = field(default_factory=list)
+    inpaint_evidence: list[str] = field(default_factory=list)
+
+
+def _civitai_target(registry, version_id: str) -> Target:
+    model = registry.model_of_version(version_id)
+    version = next(v for v in registry.versions(model.id) if v.id == version_id)
+    mid, vid = model.source_id, version_id.split(":v", 1)[1]
+    return Target(
+        name=f"{model.name} — {version.name}", source="civitai", model_id=model.id, version_id=version_id,
+        file=version.primary_file, sha256=version.sha256,
+        url=f"https://civitai.com/models/{mid}?modelVersionId={vid}",
+        download_url=version.download_url or f"https://civitai.com/api/download/models/{vid}",
+    )  # fmt: skip
+
+
+def _download_command(t: Target) -> str:
+    if t.source == "civitai":
+        name = t.file or "model.safetensors"
+        return f'curl -L -H "Authorization: Bearer $CIVITAI_API_TOKEN" -o "{name}" "{t.download_url}"'
+    if t.file and "/" not in t.file:
+        return f"hf download {t.repo} {t.file} --local-dir ."
+    return f"hf download {t.repo} --local-dir {t.repo.split('/')[1]}"
+
+
+def _hf_target(fam: dict, which: str) -> Target | None:
+    spec = fam.get(which)
+    if not spec:
+        return None
+    mirror = next((m for m in spec["mirrors"] if m.get("alive")), spec["mirrors"][0])
+    repo, file = mirror["repo"], spec.get("file")
+    download = f"{HF}/{repo}/resolve/main/{file}" if file else None
+    return Target(
+        name=repo if not file else f"{repo} / {file}",
+        source="hf",
+        repo=repo,
+        file=file,
+        size=spec.get("size"),
+        sha256=spec.get("sha256"),
+        url=f"{HF}/{repo}",
+        download_url=download,
+    )
+
+
+def _pick_release(subject: Subject, links: list) -> tuple[object, str]:
+    """The link for the user's version if there is one, else the newest, with a note on the mismatch."""
+    if subject.version_id:
+        for link in links:
+            if link.parent_version_id == subject.version_id:
+                return link, "made for your version"
+    positions = {v.id: v.position for v in subject.versions}
+    best = links[0]
+    yours = positions.get(subject.version_id)
+    theirs = positions.get(best.parent_version_id)
+    if yours is not None and theirs is not None and yours != theirs:
+        return best, "made for " + ("a newer" if theirs < yours else "an older") + " version than yours"
+    return best, "made for another version" if subject.version_id else "the newest inpainting release"
+
+
+def build_recommendation(subject: Subject, fam: dict) -> Recommendation:
+    a, c = _hf_target(fam, "inpaint"), _hf_target(fam, "base")
+    a_path = a.file.split("/")[0] if a.file and fam["inpaint"]["layout"] == "single-file" else a.repo.split("/")[1]
+    if fam["inpaint"]["layout"] == "diffusers":
+        a_path = a.repo.split("/")[1] + "/"  # the diffusers folder, read as is
+    b = subject.file or f"<{subject.name} checkpoint>.safetensors"
+    stem = b.rsplit("/", 1)[-1].rsplit(".", 1)[0] if subject.file else "my-model"
+    command = (f'inpaint-advisor merge --inpaint "{a_path}" --model "{b}" --base "{c.file}" '
+               f'--out "{stem}-inpainting.safetensors" --multiplier 1.0')  # fmt: skip
+    return Recommendation(
+        "build",
+        f"Make an inpainting version of {subject.name} itself: A = {a.repo} (official {fam['name']} inpainting), "
+        f"B = your model, C = {c.repo} (its base), M = 1.0. Keeps your model's style, unlike the official model.",
+        Target(name=f"{stem}-inpainting.safetensors", source="build", repo=a.repo, file=a.file),
+        command,
+        [f"download A: {_download_command(a)}", f"download C: {_download_command(c)}"],
+    )
+
+
+def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Recommendation], list[str]]:
+    """(recommendation, alternatives, warnings)"""
+    alternatives: list[Recommendation] = []
+    warnings: list[str] = []
+    own_fam = families.family(subject.family)
+    for caveat in (own_fam or {}).get("caveats", []):
+        warnings.append(caveat)
+
+    if subject.is_inpainting:
+        return (
+            Recommendation(
+                "already-inpainting",
+                f"{subject.name} is itself an inpainting model: use it as is.",
+                evidence=subject.inpaint_evidence,
+            ),
+            alternatives,
+            warnings,
+        )
+
+    links = registry.links_to(subject.model_id) if registry and subject.model_id else []
+    own = [ln for ln in links if ln.kind == "same-model"]
+    sibling = [ln for ln in links if ln.kind == "sibling-model"]
+    rec = None
+    for kind, group in (("own-release", own), ("sibling-release", sibling)):
+        if not group:
+            continue
+        link, note = _pick_release(subject, group)
+        target = _civitai_target(registry, link.inpaint_version_id)
+        what = (
+            "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
+        )
+        r = Recommendation(kind, f"Use {what}: {target.name} ({note}).", target, _download_command(target),
+                           link.evidence)  # fmt: skip
+        if "version" in note and note != "made for your version":
+            warnings.append(f"The inpainting release was {note}.")
+        if rec is None:
+            rec = r
+        else:
+            alternatives.append(r)
+
+    official = families.official_target(subject.family)
+    if official is not None:
+        target = _hf_target(official, "inpaint")
+        approx = official["id"] != subject.family
+        reason = (f"Use the official {official['name']} inpainting model"
+                  + (f", the usual stand-in for {own_fam['name']} (no official one exists)." if approx and own_fam
+                     else "."))  # fmt: skip
+        off = Recommendation("official", reason, target, _download_command(target))
+        if approx:
+            warnings.append(f"{own_fam['name'] if own_fam else subject.family} differs from {official['name']}: "
+                            "expect lower quality than with a dedicated inpainting model.")  # fmt: skip
+        build = build_recommendation(subject, official) if official["id"] in MERGEABLE else None
+        if official["id"] == "sdxl" and build:
+            build.evidence.append("C must carry the fp16-fix VAE the SDXL inpainting UNet was trained with.")
+        if "v_pred" in subject.prediction:
+            warnings.append("Your model predicts v (v_pred marker): the official inpainting model predicts epsilon; "
+                            "the merge keeps your markers, test the result.")  # fmt: skip
+        # A Pony/Illustrious/NoobAI fine-tune is far from SDXL base: building keeps what makes it itself.
+        ranked = [build, off] if approx and build else [off, build]
+        for r in ranked:
+            if r is None:
+                continue
+            if rec is None:
+                rec = r
+            else:
+                alternatives.append(r)
+    if rec is None:
+        extra = (own_fam or {}).get("alternatives", []) + (load_alternatives() if own_fam else [])
+        if own_fam:
+            reason = f"{own_fam['name']} has no official inpainting model and no merge recipe applies."
+        else:
+            reason = f"The base model {subject.base_model or 'of this model'} is unknown to inpaint-advisor."
+        rec = Recommendation("none", reason, evidence=[f"alternative: {x}" for x in extra])
+    return rec, alternatives, warnings
+
+
+def load_alternatives() -> list[str]:
+    from data import load
+
+    return load("families").get("alternatives", [])
+
+
+def choose_version(versions: list, version_id: str | None, hint: str | None):
+    """The version the user means: by id, by a label like "v7", else the newest non-inpainting one."""
+    if version_id:
+        return next((v for v in versions if v.id == version_id), None)
+    if hint:
+        label = version_label(hint)
+        exact = [v for v in versions if version_label(v.name) == label]
+        if exact:
+            return sorted(exact, key=lambda v: v.is_inpainting)[0]
+    normal = [v for v in versions if not v.is_inpainting]
+    return (normal or versions or [None])[0]

@@ -1,0 +1,240 @@
+"""`lookup`: resolve whatever the user pasted to a model, then run the recommendation ladder.
+
+Registry first; a Civitai model, hash or name that is not there is fetched live and stored (unless offline);
+without a network, the bundled data still answers for families, official checkpoints and local files.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from advisor import ladder
+from advisor.probe import probe
+from advisor.query import Query, parse_query
+from advisor.registry import ModelRecord, Registry
+from crawler import families
+from crawler.location import resolve_db_url, sqlite_path
+from crawler.names import normalize_name
+from merge.header import CheckpointError
+
+# A free-text match is taken as the answer when it is good and clearly ahead of the next model (its own
+# inpainting siblings aside): (score, lead) pairs, either suffices. Otherwise candidates are listed.
+ACCEPT = ((86.0, 6.0), (75.0, 20.0))
+
+
+@dataclass
+class Match:
+    source: str  # civitai | hf | file | family
+    model_id: str | None
+    version_id: str | None
+    name: str
+    creator: str | None
+    base_model: str | None
+    family: str | None
+    is_inpainting: bool
+    version_name: str | None = None
+
+
+@dataclass
+class Candidate:
+    model_id: str
+    name: str
+    creator: str | None
+    family: str | None
+    score: float
+
+
+@dataclass
+class LookupResult:
+    query: str
+    match: Match | None
+    candidates: list[Candidate] = field(default_factory=list)
+    recommendation: ladder.Recommendation | None = None
+    alternatives: list[ladder.Recommendation] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> bool:
+        return self.recommendation is not None
+
+
+def _family_by_text(text: str) -> dict | None:
+    """ "SDXL 1.0", "sd 1.5", "Pony", "flux.1 d", "sdxl": a base model, not a fine-tune."""
+    key = normalize_name(text)
+    for fam in families.all_families():
+        names = [fam["id"], fam["name"], *fam["civitai_base_models"], *fam["hf_base_repos"]]
+        if any(normalize_name(n) == key for n in names):
+            return fam
+    return None
+
+
+def _family_match(fam: dict, query: str) -> LookupResult:
+    match = Match("family", None, None, fam["name"], None, None, fam["id"], False)
+    rec, alts, warns = ladder.recommend(ladder.Subject(name=f"your {fam['name']} model", family=fam["id"]))
+    return LookupResult(query, match, [], rec, alts, warns)
+
+
+def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
+    versions = reg.versions(model.id)
+    version = ladder.choose_version(versions, version_id or q.version_id, q.version_hint)
+    family = (version.family if version else None) or model.family
+    base = (version.base_model if version else None) or model.base_model
+    inpainting = version.is_inpainting if version else model.is_inpainting
+    match = Match(model.source, model.id, version.id if version else None, model.name, model.creator, base, family,
+                  inpainting, version.name if version else None)  # fmt: skip
+    subject = ladder.Subject(
+        name=model.name + (f" {version.name}" if version else ""), family=family, base_model=base,
+        is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
+        version_name=version.name if version else None, versions=versions,
+        file=version.primary_file if version else None, inpaint_evidence=version.evidence if version else [],
+    )  # fmt: skip
+    rec, alts, warns = ladder.recommend(subject, reg)
+    if family is None and base:
+        warns.insert(0, f'Base model "{base}" is not in the bundled data yet (stored as-is).')
+    return LookupResult(q.raw, match, [], rec, alts, warns)
+
+
+def _file_answer(q: Query, reg: Registry | None) -> LookupResult:
+    p = probe(q.path)
+    if reg is not None and q.path.is_file():
+        from merge.hashing import cached
+
+        hashes = cached(q.path)
+        if hashes and (hit := reg.by_hash(hashes.sha256, "sha256")):
+            result = _answer(reg, reg.model(hit[0]), q, hit[1])
+            result.notes.append(f"{q.path.name} is this registry file (sha256 {hashes.sha256[:12]}…)")
+            return result
+    is_inpaint = p.variant in ("inpaint", "fill")
+    match = Match("file", None, None, q.path.name, None, None, p.family, is_inpaint)
+    subject = ladder.Subject(
+        name=q.path.name,
+        family=p.family,
+        is_inpainting=is_inpaint,
+        file=str(q.path),
+        prediction=p.markers,
+        inpaint_evidence=[f"UNet takes {p.in_channels} input channels"] if is_inpaint else [],
+    )
+    rec, alts, warns = ladder.recommend(subject)
+    result = LookupResult(q.raw, match, [], rec, alts, warns)
+    result.notes.append(f"classified from tensor shapes: {p.family or 'unknown'} {p.variant}, {p.dtype}, "
+                        f"{p.params / 1e9:.2f} B parameters")  # fmt: skip
+    return result
+
+
+def _fetch(q: Query, db: str | None, base_url: str | None) -> str | None:
+    """Look the model up on Civitai and store it; returns a problem to report in one line, or None."""
+    from crawler import civitai
+    from crawler import db as registry_db
+    from crawler.http import CrawlError, JsonClient, RetryPolicy
+
+    url = (base_url or os.environ.get(civitai.URL_ENV) or civitai.DEFAULT_URL).rstrip("/")
+    token = os.environ.get(civitai.TOKEN_ENV) or None
+    policy = RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0)
+    try:
+        with JsonClient(url, token=token, policy=policy, timeout=10) as client:
+            items = []
+            if q.kind == "civitai":
+                model_id = q.model_id
+                if model_id is None and q.version_id:
+                    body, _ = client.get(f"/api/v1/model-versions/{q.version_id}")
+                    model_id = str(body.get("modelId"))
+                body, _ = client.get(f"/api/v1/models/{model_id}")
+                items = [body]
+            elif q.kind == "hash":
+                body, _ = client.get(f"/api/v1/model-versions/by-hash/{q.hash}")
+                body, _ = client.get(f"/api/v1/models/{body['modelId']}")
+                items = [body]
+            elif q.kind == "text":
+                params = {"query": q.raw, "types": "Checkpoint", "nsfw": "true", "limit": "20"}
+                body, _ = client.get("/api/v1/models", params=params)
+                items = body.get("items", []) if isinstance(body, dict) else []
+    except CrawlError as exc:
+        if getattr(exc, "status", None) == 404:
+            return None
+        return f"offline: could not reach {url} ({exc}); answering from bundled data"
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if items:
+        civitai.store_page(registry_db.get_engine(db), items, None, None)
+    return None
+
+
+def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_url: str | None = None) -> LookupResult:
+    q = parse_query(raw)
+    path = sqlite_path(resolve_db_url(db, create_dir=False))
+    reg = Registry.open(path)
+    try:
+        if q.kind == "file":
+            try:
+                return _file_answer(q, reg)
+            except CheckpointError as exc:
+                return LookupResult(raw, None, notes=[str(exc)])
+        if q.kind == "text" and (fam := _family_by_text(q.raw)):
+            return _family_match(fam, raw)
+        if q.kind == "hf":
+            fam = families.family(families.family_for_hf_repo(q.repo))
+            if fam:
+                return _family_match(fam, raw)
+
+        found = _resolve(reg, q)
+        notes: list[str] = []
+        if found is None and not offline and q.kind in ("civitai", "hash", "text"):
+            problem = _fetch(q, db, civitai_url)
+            if problem:
+                notes.append(problem)
+            else:
+                if reg is not None:
+                    reg.close()
+                reg = Registry.open(path)
+                found = _resolve(reg, q)
+        if isinstance(found, list):
+            return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1))
+                                            for m in found], notes=notes + ["several models match: be more specific, "
+                                                                           "or look one up by id"])  # fmt: skip
+        if found is None:
+            if q.kind == "hf":
+                notes.append("Hugging Face repos other than the known bases are not in the registry yet")
+            return LookupResult(raw, None, notes=notes or ["no model matched"])
+        model, version_id = found
+        result = _answer(reg, model, q, version_id)
+        result.notes = notes + result.notes
+        return result
+    finally:
+        if reg is not None:
+            reg.close()
+
+
+def _resolve(reg: Registry | None, q: Query):
+    """(model, version id) | [candidates] | None"""
+    if reg is None:
+        return None
+    if q.kind == "civitai":
+        if q.model_id:
+            model = reg.model(f"civitai:{q.model_id}")
+            version_id = f"civitai:v{q.version_id}" if q.version_id else None
+            return (model, version_id) if model else None
+        model = reg.model_of_version(f"civitai:v{q.version_id}")
+        return (model, f"civitai:v{q.version_id}") if model else None
+    if q.kind == "hash":
+        hit = reg.by_hash(q.hash, q.hash_kind)
+        if hit is None and q.hash_kind == "autov2":
+            hit = reg.by_hash(q.hash, "autov2")
+        return (reg.model(hit[0]), hit[1]) if hit else None
+    if q.kind == "text":
+        ranked = reg.search(q.text or q.raw, limit=8)
+        if q.version_hint:  # "dreamshaper 8" may also be a name that ends in a number
+            ranked = sorted({m.id: m for m in ranked + reg.search(q.raw, limit=8)}.values(), key=lambda m: -m.score)
+        if not ranked:
+            return None
+        top = ranked[0]
+        runner_up = next((m for m in ranked[1:] if m.id not in _family_of(reg, top)), None)
+        lead = top.score - (runner_up.score if runner_up else 0.0)
+        if any(top.score >= score and lead >= margin for score, margin in ACCEPT):
+            return top, None
+        return [m for m in ranked if m.score >= 50] or None
+    return None
+
+
+def _family_of(reg: Registry, model: ModelRecord) -> set[str]:
+    """The model and its linked inpainting models: not rivals for the match."""
+    return {model.id} | {ln.inpaint_model_id for ln in reg.links_to(model.id)}

@@ -1,0 +1,70 @@
+"""Classify a local checkpoint from its safetensors header (or diffusers configs) alone: no tensor data read,
+no torch import."""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from merge import layout
+from merge.header import CheckpointError, read_header
+
+_DTYPE_NAMES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+
+@dataclass
+class ProbeResult:
+    path: str
+    format: str  # safetensors | diffusers | pickle
+    family: str | None
+    variant: str
+    prediction: str  # "v" when v_pred is present, else "epsilon" (or the family's own)
+    markers: list[str]
+    dtype: str
+    params: int
+    in_channels: int | None
+    components: list[str]
+    architecture: str | None
+    seconds: float
+    sha256: str | None = None
+    autov1: str | None = None
+    autov2: str | None = None
+    autov3: str | None = None
+
+
+def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    in_ch = unet.get("in_channels")
+    family = layout.CROSS_ATTN.get(unet.get("cross_attention_dim"))
+    comps = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
+    return family, layout.VARIANTS.get(in_ch, "unknown"), in_ch, comps
+
+
+def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
+    path = Path(path)
+    t0 = time.perf_counter()
+    if path.is_dir():
+        if not (path / "unet" / "config.json").exists():
+            raise CheckpointError(f"{path}: not a diffusers folder (no unet/config.json)")
+        family, variant, in_ch, comps = _diffusers(path)
+        result = ProbeResult(str(path), "diffusers", family, variant, "epsilon", [], "", 0, in_ch, comps,
+                             layout.ARCHITECTURES.get((family, variant)), 0.0)  # fmt: skip
+    else:
+        if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+            raise CheckpointError(
+                f"{path}: pickle checkpoints cannot be classified without loading them; "
+                "`inpaint-advisor merge` reads them safely (weights_only), or convert to .safetensors"
+            )
+        header = read_header(path)
+        lo = layout.detect(header.tensors)
+        pred = "v" if "v_pred" in lo.prediction else ("flow" if lo.family in ("flux1", "sd3") else "epsilon")
+        result = ProbeResult(str(path), "safetensors", lo.family, lo.variant, pred, lo.prediction,
+                             _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
+                             lo.architecture, 0.0)  # fmt: skip
+    result.seconds = time.perf_counter() - t0
+    if with_hash and path.is_file():
+        from merge.hashing import file_hashes
+
+        h = file_hashes(path)
+        result.sha256, result.autov1, result.autov2, result.autov3 = h.sha256, h.autov1, h.autov2, h.autov3
+    return result

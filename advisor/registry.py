@@ -1,0 +1,166 @@
+"""Read-only registry access for `lookup`, over plain sqlite3: no ORM import on the hot path.
+
+Free-text search takes candidates from the FTS5 trigram index (typos, substrings, CJK) and ranks them with
+rapidfuzz; only a few hundred names are ever scored in Python.
+"""
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rapidfuzz import fuzz
+
+from crawler.names import normalize_name
+
+CANDIDATES = 300
+
+
+@dataclass
+class VersionRecord:
+    id: str
+    model_id: str
+    name: str
+    base_model: str | None
+    family: str | None
+    published_at: str | None
+    position: int
+    is_inpainting: bool
+    evidence: list[str] = field(default_factory=list)
+    primary_file: str | None = None
+    sha256: str | None = None
+    download_url: str | None = None
+
+
+@dataclass
+class ModelRecord:
+    id: str
+    source: str
+    source_id: str
+    name: str
+    creator: str | None
+    base_model: str | None
+    family: str | None
+    is_inpainting: bool
+    has_inpainting: bool
+    score: float = 100.0
+
+
+@dataclass
+class LinkRecord:
+    inpaint_version_id: str
+    inpaint_model_id: str
+    parent_model_id: str
+    parent_version_id: str | None
+    kind: str
+    confidence: float
+    evidence: list[str]
+
+
+_MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
+
+
+class Registry:
+    def __init__(self, path: Path):
+        # read-only: a lookup never changes the registry, and never creates an empty one by accident
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        self.has_fts = bool(self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_fts'").fetchone())
+
+    @classmethod
+    def open(cls, path: Path | None) -> "Registry | None":
+        if path is None or not path.exists():
+            return None
+        try:
+            reg = cls(path)
+            reg.conn.execute("SELECT 1 FROM model LIMIT 1")
+            return reg
+        except sqlite3.Error:
+            return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _model(self, row) -> ModelRecord:
+        return ModelRecord(*row[:7], bool(row[7]), bool(row[8]))
+
+    def model(self, model_id: str) -> ModelRecord | None:
+        row = self.conn.execute(f"SELECT {_MODEL_COLS} FROM model WHERE id = ?", (model_id,)).fetchone()
+        return self._model(row) if row else None
+
+    def model_of_version(self, version_id: str) -> ModelRecord | None:
+        row = self.conn.execute(
+            f"SELECT {', '.join('m.' + c for c in _MODEL_COLS.split(', '))} FROM model m JOIN version v "
+            "ON v.model_id = m.id WHERE v.id = ?",
+            (version_id,),
+        ).fetchone()
+        return self._model(row) if row else None
+
+    def versions(self, model_id: str) -> list[VersionRecord]:
+        rows = self.conn.execute(
+            "SELECT v.id, v.model_id, v.name, v.base_model, v.family, v.published_at, v.position, v.is_inpainting, "
+            "v.inpaint_evidence, v.download_url, "
+            '(SELECT f.name FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
+            '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
+            "FROM version v WHERE v.model_id = ? ORDER BY v.position",
+            (model_id,),
+        ).fetchall()
+        return [
+            VersionRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), json.loads(r[8] or "[]"),
+                          r[10], r[11], r[9])
+            for r in rows
+        ]  # fmt: skip
+
+    def by_hash(self, value: str, kind: str) -> tuple[str, str] | None:
+        """(model id, version id) of the file with this hash."""
+        row = self.conn.execute(
+            f"SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id WHERE f.{kind} = ? LIMIT 1",
+            (value.upper(),),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def links_to(self, model_id: str) -> list[LinkRecord]:
+        rows = self.conn.execute(
+            "SELECT inpaint_version_id, inpaint_model_id, parent_model_id, parent_version_id, kind, confidence, "
+            "evidence FROM inpaintlink WHERE parent_model_id = ? ORDER BY confidence DESC",
+            (model_id,),
+        ).fetchall()
+        return [LinkRecord(*r[:6], json.loads(r[6] or "[]")) for r in rows]
+
+    def links_from(self, inpaint_model_id: str) -> list[LinkRecord]:
+        rows = self.conn.execute(
+            "SELECT inpaint_version_id, inpaint_model_id, parent_model_id, parent_version_id, kind, confidence, "
+            "evidence FROM inpaintlink WHERE inpaint_model_id = ?",
+            (inpaint_model_id,),
+        ).fetchall()
+        return [LinkRecord(*r[:6], json.loads(r[6] or "[]")) for r in rows]
+
+    def search(self, text: str, limit: int = 10) -> list[ModelRecord]:
+        """Models ranked by how well their name matches ``text``; best first, scores 0-100."""
+        wanted = normalize_name(text)
+        if not wanted:
+            return []
+        ids: list[int] = []
+        if self.has_fts and len(wanted.replace(" ", "")) >= 3:
+            grams = {wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]}
+            if grams:
+                match = " OR ".join('"' + g.replace('"', '""') + '"' for g in grams)
+                ids = [r[0] for r in self.conn.execute(
+                    "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?", (match, CANDIDATES)
+                )]  # fmt: skip
+        if ids:
+            marks = ",".join("?" * len(ids))
+            rows = self.conn.execute(f"SELECT {_MODEL_COLS}, name_norm FROM model WHERE rowid IN ({marks})", ids)
+        else:  # short queries, or no FTS (PostgreSQL-built files): a bounded substring scan
+            rows = self.conn.execute(
+                f"SELECT {_MODEL_COLS}, name_norm FROM model WHERE name_norm LIKE ? LIMIT ?",
+                (f"%{wanted}%", CANDIDATES),
+            )
+        scored = []
+        for row in rows:
+            model = self._model(row)
+            name = row[9]
+            model.score = max(fuzz.WRatio(wanted, name), fuzz.token_set_ratio(wanted, name))
+            scored.append(model)
+        # dedicated inpainting models rank just below their parent at equal score
+        scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name)))
+        return scored[:limit]

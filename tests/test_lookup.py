@@ -1,0 +1,236 @@
+"""`lookup` and `probe`: every way of naming a model, the recommendation ladder, JSON, offline behaviour."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from advisor.lookup import lookup
+from advisor.probe import probe
+from advisor.query import parse_query
+from crawler import civitai, db
+from crawler.http import RetryPolicy
+from tests.civitai_fake import FakeCivitai, load_fixture, synthetic_item
+from tests.conftest import ROOT, cli_env, run_cli
+from tests.sd_layouts import write_checkpoint
+
+
+@pytest.fixture
+def registry(tmp_path_factory, serve):
+    path = tmp_path_factory.mktemp("reg") / "registry.db"
+    civitai.crawl(db.get_engine(path), base_url=serve(FakeCivitai(load_fixture())),
+                  policy=RetryPolicy(attempts=2, base_delay=0.001))  # fmt: skip
+    return str(path)
+
+
+def ask(q, registry, **kw):
+    return lookup(q, db=registry, offline=kw.pop("offline", True), **kw)
+
+
+@pytest.mark.parametrize(
+    "query, model_id, version_id",
+    [
+        ("https://civitai.com/models/43331/majicmix-realistic?modelVersionId=94640", "civitai:43331", "civitai:v94640"),
+        ("civitai.com/models/43331", "civitai:43331", "civitai:v176425"),
+        ("civitai:4384", "civitai:4384", "civitai:v128713"),
+        ("urn:air:sd1:checkpoint:civitai:43331@176425", "civitai:43331", "civitai:v176425"),
+        ("7C819B6D13", "civitai:43331", "civitai:v176425"),  # AutoV2
+        ("7c819b6d13663ed720c2254f4fe18373107dfef2448d337913c8fc545640881e", "civitai:43331", "civitai:v176425"),
+        ("7E28A9D1C4B2", "civitai:43331", "civitai:v176425"),  # AutoV3
+        ("EB6FB1F4", "civitai:43331", "civitai:v176425"),  # AutoV1
+    ],
+)
+def test_resolvers_find_the_model_and_version(registry, query, model_id, version_id):
+    r = ask(query, registry)
+    assert (r.match.model_id, r.match.version_id) == (model_id, version_id)
+
+
+@pytest.mark.parametrize(
+    "query, model_id",
+    [
+        ("majicmix realistic v7", "civitai:43331"),
+        ("MajicMix-Realistic", "civitai:43331"),
+        ("majicmix realstic", "civitai:43331"),  # typo
+        ("麦橘写实", "civitai:43331"),  # non-Latin
+        ("epicphotogasm", "civitai:132632"),  # not its InPainting sibling
+        ("Pony Realism", "civitai:372465"),
+        ("dreamshaper 8", "civitai:4384"),
+    ],
+)
+def test_fuzzy_text_finds_the_model(registry, query, model_id):
+    r = ask(query, registry)
+    assert r.match is not None and r.match.model_id == model_id, r.candidates
+
+
+def test_version_suffix_in_text_selects_the_version(registry):
+    assert ask("majicmix realistic v6", registry).match.version_name == "v6"
+
+
+def test_ambiguous_text_lists_ranked_candidates_instead_of_guessing(registry):
+    r = ask("realistc", registry)
+    assert r.match is None and r.recommendation is None
+    names = [c.name for c in r.candidates]
+    assert "CyberRealistic" in names and "majicMIX realistic 麦橘写实" in names
+    assert [c.score for c in r.candidates] == sorted((c.score for c in r.candidates), reverse=True)
+
+
+def test_ladder_own_release_for_the_same_version(registry):
+    r = ask("civitai:43331@176425", registry)
+    assert r.recommendation.kind == "own-release"
+    assert r.recommendation.target.version_id == "civitai:v221343"
+    assert "made for your version" in r.recommendation.reason
+    assert any("v7-inpainting" in r.recommendation.target.name for _ in [0])
+
+
+def test_ladder_flags_a_release_made_for_another_version(registry):
+    r = ask("civitai:43331@94640", registry)  # v6: only v7 has an inpainting release
+    assert r.recommendation.kind == "own-release"
+    assert "made for a newer version than yours" in r.recommendation.reason
+
+
+def test_ladder_sibling_model_by_the_same_creator(registry):
+    r = ask("civitai:132632", registry)
+    assert r.recommendation.kind == "sibling-release"
+    assert r.recommendation.target.model_id == "civitai:145523"
+    assert any("same creator" in e for e in r.recommendation.evidence)
+
+
+def test_ladder_official_then_build_for_a_plain_fine_tune(registry):
+    r = ask("civitai:107842", registry)  # Aniverse: no inpainting release
+    assert r.recommendation.kind == "official"
+    assert r.recommendation.target.repo == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    assert r.recommendation.target.sha256 == "c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19"
+    build = next(a for a in r.alternatives if a.kind == "build")
+    assert build.command.startswith('inpaint-advisor merge --inpaint "sd-v1-5-inpainting.ckpt" --model')
+    assert '--base "v1-5-pruned-emaonly.safetensors"' in build.command and "--multiplier 1.0" in build.command
+
+
+def test_ladder_builds_for_pony_with_a_quality_warning(registry):
+    r = ask("civitai:372465", registry)
+    assert r.recommendation.kind == "build"
+    assert '--model "ponyRealism_V21.safetensors"' in r.recommendation.command
+    assert '--inpaint "stable-diffusion-xl-1.0-inpainting-0.1/"' in r.recommendation.command
+    assert any("lower quality" in w for w in r.warnings)
+    assert any("fp16-fix VAE" in e for e in r.recommendation.evidence)
+    assert r.alternatives[0].kind == "official"
+
+
+def test_ladder_already_inpainting_and_none(registry):
+    assert ask("civitai:4384@131004", registry).recommendation.kind == "already-inpainting"
+    r = ask("civitai:900001", registry)
+    assert r.recommendation.kind == "none" and "Hyper Future 9000" in r.recommendation.reason
+
+
+def test_families_and_base_repos_answer_without_a_registry(tmp_path):
+    empty = str(tmp_path / "none.db")
+    r = lookup("SDXL 1.0", db=empty, offline=True)
+    assert r.match.source == "family" and r.recommendation.kind == "official"
+    assert r.recommendation.target.repo == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    sd3 = lookup("SD 3.5 Large", db=empty, offline=True).recommendation
+    assert sd3.kind == "none" and any("SD3-Controlnet-Inpainting" in e for e in sd3.evidence)
+    hf = lookup("https://huggingface.co/stabilityai/stable-diffusion-2-1", db=empty, offline=True)
+    assert hf.match.family == "sd2-768" and any("v-prediction" in w for w in hf.warnings)
+    flux = lookup("Flux.1 D", db=empty, offline=True).recommendation
+    assert flux.kind == "official" and flux.target.repo == "black-forest-labs/FLUX.1-Fill-dev"
+    assert not (tmp_path / "none.db").exists()  # a lookup never creates a registry
+
+
+def test_local_file_is_classified_and_gets_a_build_command(tmp_path, registry):
+    f = tmp_path / "myToon_v2.safetensors"
+    write_checkpoint(f, "sdxl", "normal", 5)
+    r = ask(str(f), registry)
+    assert r.match.source == "file" and r.match.family == "sdxl"
+    assert r.recommendation.kind == "official"
+    build = next(a for a in r.alternatives if a.kind == "build")
+    assert f'--model "{f}"' in build.command and '--out "myToon_v2-inpainting.safetensors"' in build.command
+    g = tmp_path / "inp.safetensors"
+    write_checkpoint(g, "sd1", "inpaint", 5)
+    assert ask(str(g), registry).recommendation.kind == "already-inpainting"
+
+
+def test_unknown_model_is_fetched_live_stored_and_answered(registry, serve):
+    item = synthetic_item(777001, __import__("random").Random(3), __import__("datetime").datetime(2025, 1, 1))
+    url = serve(FakeCivitai([item]))
+    r = lookup("civitai:777001", db=registry, offline=False, civitai_url=url)
+    assert r.match.model_id == "civitai:777001" and r.recommendation is not None
+    assert lookup("civitai:777001", db=registry, offline=True).match is not None  # stored
+
+
+def test_unreachable_network_is_one_line_and_bundled_data_still_answers(registry):
+    r = lookup("civitai:999999", db=registry, offline=False, civitai_url="http://127.0.0.1:9")
+    assert r.match is None and len(r.notes) == 1 and r.notes[0].startswith("offline: could not reach")
+    assert lookup("SD 1.5", db=registry, offline=False, civitai_url="http://127.0.0.1:9").answered
+
+
+def test_cli_json_schema_and_exit_codes(registry):
+    env = cli_env(INPAINT_ADVISOR_DB=registry)
+    ok = run_cli("lookup", "majicmix realistic v7", "--offline", "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert set(data) >= {"query", "match", "candidates", "recommendation", "alternatives", "warnings"}
+    assert set(data["match"]) >= {"source", "model_id", "version_id", "name", "creator", "base_model", "family",
+                                  "is_inpainting"}  # fmt: skip
+    rec = data["recommendation"]
+    assert rec["kind"] == "own-release" and set(rec) >= {"kind", "target", "command", "reason"}
+    assert set(rec["target"]) >= {"model_id", "version_id", "name", "repo", "file", "sha256", "download_url"}
+    assert run_cli("lookup", "zzzz qqqq xxxx", "--offline", env=env).returncode == 1
+    assert run_cli("lookup", "realistc", "--offline", env=env).returncode == 1
+    assert run_cli("lookup", "https://example.com/x", "--offline", env=env).returncode == 2
+    human = run_cli("lookup", "majicmix realistic v7", "--offline", env=env)
+    assert "Use its own inpainting release" in human.stdout and "v7-inpainting" in human.stdout
+
+
+def test_lookup_does_not_import_torch(registry):
+    code = ("import sys; from advisor.cli import app\n"
+            "try:\n    app(['lookup', 'majicmix realistic v7', '--offline'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'httpx' in sys.modules, 'sqlmodel' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=cli_env(INPAINT_ADVISOR_DB=registry))  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "False False False", out.stderr
+
+
+def test_query_parser_rejects_what_it_cannot_read():
+    with pytest.raises(ValueError):
+        parse_query("   ")
+    with pytest.raises(ValueError, match="not a Civitai model URL"):
+        parse_query("https://civitai.com/user/someone")
+
+
+@pytest.mark.parametrize(
+    "family, variant, channels",
+    [("sd1", "normal", 4), ("sd1", "inpaint", 9), ("sd1", "pix2pix", 8), ("sd2", "depth", 5), ("sd2", "inpaint", 9),
+     ("sdxl", "normal", 4), ("sdxl", "inpaint", 9)],
+)  # fmt: skip
+def test_probe_reads_family_and_variant_from_shapes(tmp_path, family, variant, channels):
+    f = tmp_path / "m.safetensors"
+    write_checkpoint(f, family, variant, 1)
+    p = probe(f)
+    assert (p.family, p.variant, p.in_channels, p.dtype) == (family, variant, channels, "fp16")
+    assert p.params > 0 and p.prediction == "epsilon"
+
+
+def test_probe_json_and_hashes(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "vpred.safetensors"
+    write_checkpoint(f, "sdxl", "normal", 1, extra={"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])})
+    result = run_cli("probe", str(f), "--json", "--hash", env=cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "c")))
+    data = json.loads(result.stdout)
+    assert {k: data[k] for k in ("family", "variant", "prediction", "dtype")} == {
+        "family": "sdxl", "variant": "normal", "prediction": "v", "dtype": "fp16"}  # fmt: skip
+    assert data["params"] > 0 and data["markers"] == ["v_pred", "ztsnr"]
+    raw = f.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest().upper()
+    start = 8 + int.from_bytes(raw[:8], "little")
+    assert data["sha256"] == sha and data["autov2"] == sha[:10]
+    assert data["autov3"] == hashlib.sha256(raw[start:]).hexdigest()[:12].upper()
+
+
+def test_probe_refuses_garbage_clearly(tmp_path):
+    f = tmp_path / "x.safetensors"
+    f.write_bytes(b"<html>rate limited</html>")
+    r = run_cli("probe", str(f))
+    assert r.returncode == 1 and "not a safetensors file" in r.stderr
