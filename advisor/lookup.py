@@ -221,18 +221,28 @@ def _resolve(reg: Registry | None, q: Query):
             hit = reg.by_hash(q.hash, "autov2")
         return (reg.model(hit[0]), hit[1]) if hit else None
     if q.kind == "text":
+        if (exact := reg.exact(q.raw)) is not None:  # "Dark Pony 123456" is a name, not "Dark Pony" version 123456
+            q.version_hint = None
+            return exact, None
         ranked = reg.search(q.text or q.raw, limit=8)
-        if q.version_hint:  # "dreamshaper 8" may also be a name that ends in a number
+        if q.version_hint and not _clear_winner(reg, ranked):
+            # "dreamshaper 8" may also be a name that ends in a number
             ranked = sorted({m.id: m for m in ranked + reg.search(q.raw, limit=8)}.values(), key=lambda m: -m.score)
         if not ranked:
             return None
-        top = ranked[0]
-        runner_up = next((m for m in ranked[1:] if m.id not in _family_of(reg, top)), None)
-        lead = top.score - (runner_up.score if runner_up else 0.0)
-        if any(top.score >= score and lead >= margin for score, margin in ACCEPT):
-            return top, None
+        if _clear_winner(reg, ranked):
+            return ranked[0], None
         return [m for m in ranked if m.score >= 50] or None
     return None
+
+
+def _clear_winner(reg: Registry, ranked: list[ModelRecord]) -> bool:
+    if not ranked:
+        return False
+    top = ranked[0]
+    runner_up = next((m for m in ranked[1:] if m.id not in _family_of(reg, top)), None)
+    lead = top.score - (runner_up.score if runner_up else 0.0)
+    return any(top.score >= score and lead >= margin for score, margin in ACCEPT)
 
 
 def _family_of(reg: Registry, model: ModelRecord) -> set[str]:

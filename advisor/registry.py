@@ -14,6 +14,9 @@ from rapidfuzz import fuzz
 from crawler.names import normalize_name
 
 CANDIDATES = 300
+MIN_TRIGRAMS = 3
+POSTINGS_BUDGET = 6000
+GOOD_ENOUGH = 80.0
 
 
 @dataclass
@@ -64,7 +67,9 @@ class Registry:
     def __init__(self, path: Path):
         # read-only: a lookup never changes the registry, and never creates an empty one by accident
         self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        self.has_fts = bool(self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_fts'").fetchone())
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'model_fts%'")}
+        self.has_fts = "model_fts" in tables
+        self.has_vocab = "model_fts_vocab" in tables
 
     @classmethod
     def open(cls, path: Path | None) -> "Registry | None":
@@ -134,33 +139,65 @@ class Registry:
         ).fetchall()
         return [LinkRecord(*r[:6], json.loads(r[6] or "[]")) for r in rows]
 
+    def _fts_candidates(self, wanted: str, widen: bool = False) -> list[int]:
+        """Rowids of names sharing the query's rarest trigrams. A typo breaks only the trigrams it touches, and
+        ranking cost grows with the posting lists ORed together, so the rarest trigrams are taken up to a
+        budget of postings (``widen`` spends more, for a second try when the first finds nothing good)."""
+        grams = sorted({wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]})
+        if not grams:
+            return []
+        if self.has_vocab:
+            marks = ",".join("?" * len(grams))
+            counts = dict(self.conn.execute(f"SELECT term, doc FROM model_fts_vocab WHERE term IN ({marks})", grams))
+            chosen, spent = [], 0
+            for doc, g in sorted((counts[g], g) for g in grams if g in counts):
+                if len(chosen) >= MIN_TRIGRAMS and spent + doc > POSTINGS_BUDGET * (8 if widen else 1):
+                    break
+                chosen.append(g)
+                spent += doc
+            grams = chosen
+        if not grams:
+            return []
+        match = " OR ".join('"' + g.replace('"', '""') + '"' for g in grams)
+        sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?"
+        return [r[0] for r in self.conn.execute(sql, (match, CANDIDATES))]
+
+    def exact(self, text: str) -> ModelRecord | None:
+        """The one model whose normalised name is ``text``'s, if exactly one is."""
+        rows = self.conn.execute(
+            f"SELECT {_MODEL_COLS} FROM model WHERE name_norm = ? LIMIT 2", (normalize_name(text),)
+        ).fetchall()
+        return self._model(rows[0]) if len(rows) == 1 else None
+
     def search(self, text: str, limit: int = 10) -> list[ModelRecord]:
         """Models ranked by how well their name matches ``text``; best first, scores 0-100."""
         wanted = normalize_name(text)
         if not wanted:
             return []
-        ids: list[int] = []
-        if self.has_fts and len(wanted.replace(" ", "")) >= 3:
-            grams = {wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]}
-            if grams:
-                match = " OR ".join('"' + g.replace('"', '""') + '"' for g in grams)
-                ids = [r[0] for r in self.conn.execute(
-                    "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?", (match, CANDIDATES)
-                )]  # fmt: skip
+        if (exact := self.exact(wanted)) is not None:  # the name as written: no need to rank anything
+            return [exact]
+        use_fts = self.has_fts and len(wanted.replace(" ", "")) >= 3
+        ranked = self._score(wanted, self._fts_candidates(wanted) if use_fts else None)
+        if use_fts and (not ranked or ranked[0].score < GOOD_ENOUGH):
+            ranked = self._score(wanted, self._fts_candidates(wanted, widen=True))
+        return ranked[:limit]
+
+    def _score(self, wanted: str, ids: list[int] | None) -> list[ModelRecord]:
         if ids:
             marks = ",".join("?" * len(ids))
             rows = self.conn.execute(f"SELECT {_MODEL_COLS}, name_norm FROM model WHERE rowid IN ({marks})", ids)
-        else:  # short queries, or no FTS (PostgreSQL-built files): a bounded substring scan
+        elif ids is None:  # short queries, or no FTS (PostgreSQL-built files): a bounded substring scan
             rows = self.conn.execute(
                 f"SELECT {_MODEL_COLS}, name_norm FROM model WHERE name_norm LIKE ? LIMIT ?",
                 (f"%{wanted}%", CANDIDATES),
             )
+        else:
+            return []
         scored = []
         for row in rows:
             model = self._model(row)
-            name = row[9]
-            model.score = max(fuzz.WRatio(wanted, name), fuzz.token_set_ratio(wanted, name))
+            model.score = max(fuzz.WRatio(wanted, row[9]), fuzz.token_set_ratio(wanted, row[9]))
             scored.append(model)
         # dedicated inpainting models rank just below their parent at equal score
         scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name)))
-        return scored[:limit]
+        return scored

@@ -92,6 +92,8 @@ _SQLITE_SEARCH_INDEX = [
     "INSERT INTO model_fts(model_fts, rowid, name_norm, creator) VALUES ('delete', old.rowid, old.name_norm, "
     "old.creator); INSERT INTO model_fts(rowid, name_norm, creator) VALUES (new.rowid, new.name_norm, "
     "new.creator); END",
+    # term -> document count, so lookup can pick a query's rarest trigrams
+    "CREATE VIRTUAL TABLE IF NOT EXISTS model_fts_vocab USING fts5vocab(model_fts, row)",
     "INSERT INTO model_fts(model_fts) VALUES ('rebuild')",  # index rows written before this schema version
 ]
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2  # 2: FTS5 name index (SQLite)
+SCHEMA_VERSION = 3  # 2: FTS5 name index (SQLite); 3: its vocabulary table
 
 
 class Source(SQLModel, table=True):

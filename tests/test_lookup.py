@@ -234,3 +234,12 @@ def test_probe_refuses_garbage_clearly(tmp_path):
     f.write_bytes(b"<html>rate limited</html>")
     r = run_cli("probe", str(f))
     assert r.returncode == 1 and "not a safetensors file" in r.stderr
+
+
+def test_help_and_unusual_arguments_go_through_the_full_cli(registry):
+    env = cli_env(INPAINT_ADVISOR_DB=registry)
+    helped = run_cli("lookup", "--help", env=env)
+    assert helped.returncode == 0 and "recommendation" not in helped.stderr and "Examples" in helped.stdout
+    missing = run_cli("lookup", env=env)
+    assert missing.returncode == 2 and "Missing argument" in missing.stderr
+    assert run_cli("lookup", "--db", registry, "civitai:4384", "--offline", env=env).returncode == 0
