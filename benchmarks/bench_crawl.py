@@ -97,25 +97,33 @@ def main() -> None:
         growth: list[tuple[int, int]] = []
         marks = {args.models // 4, args.models // 2, 3 * args.models // 4}
 
+        def logical_size() -> int:
+            """The committed database's size, WAL included but not double-counted."""
+            import sqlite3
+
+            conn = sqlite3.connect(db_path)
+            try:
+                return conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+            finally:
+                conn.close()
+
         def on_page(s):
             if any(s.models - 100 < m <= s.models for m in marks):
-                wal = db_path.with_name(db_path.name + "-wal")
-                growth.append((s.models, db_path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)))
+                growth.append((s.models, logical_size()))
 
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
         summary = civitai.crawl(engine, base_url=url, on_page=on_page)
         elapsed = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        growth.append((summary.models, logical_size()))
         engine.dispose()
-        size = db_path.stat().st_size + sum(p.stat().st_size for p in db_path.parent.glob("bench.db-*"))
-        growth.append((summary.models, size))
         rate = summary.models / elapsed
         print(
             f"\ninpaint-advisor crawl: {summary.models:,} models ({summary.pages} pages) in {elapsed:.2f}s "
             f"= {rate:,.0f} models/s; peak RSS {peak / 1024:.0f} MiB (before crawl {rss_before / 1024:.0f} MiB)"
         )
-        print("registry growth (models -> bytes, bytes/model):")
+        print("registry growth (models served -> database size, bytes per model):")
         for n, b in growth:
             print(f"  {n:>7,} -> {b / 2**20:7.1f} MiB  {b / n:7.0f} B/model")
 

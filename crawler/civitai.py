@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +16,8 @@ from sqlalchemy.engine import Engine
 
 from crawler import detect, links, runs
 from crawler.families import family_for_base_model
-from crawler.http import JsonClient, RetryPolicy
+from crawler.feed import PageFeed
+from crawler.http import RetryPolicy
 from crawler.names import normalize_name
 from crawler.schema import CrawlLock, CrawlRun, File, Model, Version
 from crawler.store import upsert
@@ -187,13 +187,24 @@ class PageResult:
     unknown_base_models: set[str] = field(default_factory=set)
 
 
-def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
-    """Write one page and the run's next cursor in one transaction: a kill leaves either both or neither."""
+def parse_page(items: list) -> dict[str, ParsedModel]:
     parsed: dict[str, ParsedModel] = {}
     for item in items:
         p = parse_model(item) if isinstance(item, dict) else None
         if p is not None:
             parsed[p.model["id"]] = p  # a repeated id within a page: the later copy wins
+    return parsed
+
+
+def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
+    """Parse and write one page of raw `/models` items (see ``store_parsed``)."""
+    return store_parsed(engine, parse_page(items), run_id, next_cursor)
+
+
+def store_parsed(
+    engine: Engine, parsed: dict[str, ParsedModel], run_id: int | None, next_cursor: str | None
+) -> PageResult:
+    """Write one page and the run's next cursor in one transaction: a kill leaves either both or neither."""
     result = PageResult(models=len(parsed), versions=sum(len(p.versions) for p in parsed.values()))
     for p in parsed.values():
         result.unknown_base_models.update(
@@ -287,33 +298,23 @@ def crawl(
     if run.period:
         params["period"] = run.period
 
-    client = JsonClient(base_url, token=token, policy=policy, on_retry=on_retry)
-
-    def fetch(cursor: str | None) -> tuple[list, str | None]:
-        body, _ = client.get("/api/v1/models", params=params | ({"cursor": cursor} if cursor else {}))
-        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            raise ValueError(f"unexpected /models answer: {str(body)[:120]}")
-        meta = _dict(body.get("metadata"))
-        nxt = meta.get("nextCursor")
-        return body["items"], (str(nxt) if nxt not in (None, "") else None)
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="civitai-prefetch")
+    feed = PageFeed(base_url, token, policy or RetryPolicy(), params, run.cursor, max_pages)
     try:
-        pending = pool.submit(fetch, run.cursor)
         next_cursor = run.cursor
-        while pending is not None:
-            items, next_cursor = pending.result()
-            # The next page downloads while this one is parsed and written.
-            more = next_cursor is not None and (max_pages is None or summary.pages + 1 < max_pages)
-            pending = pool.submit(fetch, next_cursor) if more else None
-            page = store_page(engine, items, run.id, next_cursor)
+        for page in feed:
+            if isinstance(page, str):  # a retried failure, reported by the fetch process
+                if on_retry:
+                    on_retry(page)
+                continue
+            parsed, next_cursor, retries = page
+            stored = store_parsed(engine, parsed, run.id, next_cursor)
             summary.pages += 1
-            summary.models += page.models
-            summary.versions += page.versions
-            summary.written += page.written
-            summary.new_inpainting += page.new_inpainting
-            summary.unknown_base_models |= page.unknown_base_models
-            summary.retries = client.retries
+            summary.models += stored.models
+            summary.versions += stored.versions
+            summary.written += stored.written
+            summary.new_inpainting += stored.new_inpainting
+            summary.unknown_base_models |= stored.unknown_base_models
+            summary.retries = retries
             if on_page:
                 on_page(summary)
         if next_cursor is not None:  # stopped by max_pages: leave the run resumable
@@ -330,7 +331,5 @@ def crawl(
         runs.finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
         raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        summary.retries = client.retries
-        client.close()
+        feed.close()
     return summary

@@ -26,6 +26,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # A page of the crawl writes a few MB: with the default 1,000-page threshold SQLite checkpointed (and
+    # fsynced) the WAL on nearly every commit, and its 2 MB cache kept re-reading index pages.
+    cur.execute("PRAGMA wal_autocheckpoint=20000")
+    cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -31,11 +31,17 @@ class ApiError(CrawlError):
         self.status, self.url, self.detail = status, url, detail
         super().__init__(f"HTTP {status} from {url}: {detail}")
 
+    def __reduce__(self):  # crosses from the crawl's fetch process
+        return (ApiError, (self.status, self.url, self.detail))
+
 
 class RetriesExhausted(CrawlError):
     def __init__(self, url: str, attempts: int, last: str):
         self.url, self.attempts, self.last = url, attempts, last
         super().__init__(f"gave up on {url} after {attempts} attempts: {last}")
+
+    def __reduce__(self):
+        return (RetriesExhausted, (self.url, self.attempts, self.last))
 
 
 def redact(url: str) -> str:

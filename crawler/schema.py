@@ -1,5 +1,8 @@
 """Registry tables.
 
+Secondary indexes exist only where a query needs them (ids, names, creators, hashes, links): each one costs
+every crawled row a B-tree insert, and `status`'s group-bys scan happily without them.
+
 Primary keys are namespaced strings (``civitai:123``, ``civitai:v456``, ``hf:author/repo``) so that a page of
 records can be upserted in bulk without reading back generated ids, and so that the schema stays portable to
 PostgreSQL (no SQLite-only types; JSON is stored as text).
@@ -28,8 +31,8 @@ class Family(SQLModel, table=True):
 
 class Model(SQLModel, table=True):
     id: str = Field(primary_key=True)
-    source: str = Field(foreign_key="source.id", index=True)
-    source_id: str = Field(index=True)
+    source: str = Field(foreign_key="source.id")
+    source_id: str
     name: str
     name_norm: str = Field(index=True)
     type: str | None = None
@@ -38,7 +41,7 @@ class Model(SQLModel, table=True):
     nsfw: bool = False
     mode: str | None = None  # "Archived" / "TakenDown" when set
     base_model: str | None = None  # base model of the newest version, as the source wrote it
-    family: str | None = Field(default=None, index=True)
+    family: str | None = None
     is_inpainting: bool = False  # every version is an inpainting release (a dedicated inpainting model)
     has_inpainting: bool = False  # at least one version or linked model is an inpainting release
     updated_at: datetime | None = None  # newest version change seen at the source
@@ -48,11 +51,11 @@ class Model(SQLModel, table=True):
 class Version(SQLModel, table=True):
     id: str = Field(primary_key=True)
     model_id: str = Field(foreign_key="model.id", index=True)
-    source_id: str = Field(index=True)
+    source_id: str
     name: str
-    base_model: str | None = Field(default=None, index=True)
+    base_model: str | None = None
     base_model_type: str | None = None
-    family: str | None = Field(default=None, index=True)
+    family: str | None = None
     published_at: datetime | None = None
     updated_at: datetime | None = None
     position: int = 0  # 0 = newest, as the source orders versions
