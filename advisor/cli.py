@@ -204,6 +204,13 @@ def merge(
     dtype: Annotated[str, typer.Option(help="Output precision: fp16, bf16 or fp32 (math is fp32 always).")] = "fp16",
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     title: Annotated[str | None, typer.Option(help="modelspec.title (default: OUT's name).")] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync/--no-sync",
+            help="fsync OUT before it appears: durable across a power loss, but bound by the disk's write speed.",
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Build an inpainting model from a fine-tune: OUT = A + (B - C) * M.
@@ -239,7 +246,7 @@ def merge(
     try:
         with progress:
             task = progress.add_task(f"merging on {plan.device}", total=plan.output_bytes)
-            result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n))
+            result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n), sync=sync)
     except (MergeError, CheckpointError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

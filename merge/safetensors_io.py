@@ -24,7 +24,6 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }  # fmt: skip
 NAMES = {v: k for k, v in DTYPES.items()}
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 
 
 def read_into(fd: int, info: TensorInfo, buffer: torch.Tensor) -> torch.Tensor:
@@ -67,8 +66,10 @@ class SafetensorsWriter:
 
     FLUSH_EVERY = 512 * 2**20
 
-    def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict):
+    def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
+                 *, sync: bool = True):  # fmt: skip
         self.path = Path(path)
+        self.sync = sync  # fsync before the rename: durable across a power loss, bounded by the disk's speed
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
         header, offset = {}, 0
         self.infos: dict[str, TensorInfo] = {}
@@ -84,7 +85,6 @@ class SafetensorsWriter:
         self.total_size = 8 + self.header_len + self.data_size
         self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._mm = None
-        self._populate = True
         self._done = 0
         self._flushed = 0
         self._flusher: threading.Thread | None = None
@@ -121,18 +121,6 @@ class SafetensorsWriter:
         """The writable place of tensor ``name`` in the output file."""
         return typed_view(self._mm, self.infos[name], 8 + self.header_len + self.infos[name].start)
 
-    def prefault(self, name: str) -> None:
-        """Map the slot's pages in ahead of the writer (one madvise instead of a fault per 4 KiB page)."""
-        info = self.infos[name]
-        if self._mm is None or not info.nbytes or not self._populate:
-            return
-        start = 8 + self.header_len + info.start
-        aligned = start - start % mmap.PAGESIZE
-        try:
-            self._mm.madvise(MADV_POPULATE_WRITE, aligned, start + info.nbytes - aligned)
-        except OSError:  # kernels before 5.14
-            self._populate = False
-
     def write(self, name: str, data: torch.Tensor) -> None:
         slot = self.slot(name)
         if tuple(data.shape) != tuple(slot.shape):
@@ -144,7 +132,11 @@ class SafetensorsWriter:
         """Mark ``name`` written; start writeback of what has accumulated so the final fsync has little left.
         Called from one thread (the one that commits)."""
         self._done += self.infos[name].nbytes
-        if self._done - self._flushed >= self.FLUSH_EVERY and (self._flusher is None or not self._flusher.is_alive()):
+        if (
+            self.sync
+            and self._done - self._flushed >= self.FLUSH_EVERY
+            and (self._flusher is None or not self._flusher.is_alive())
+        ):
             self._flushed = self._done
             self._flusher = threading.Thread(target=os.fdatasync, args=(self._fd,), daemon=True)
             self._flusher.start()
@@ -160,10 +152,12 @@ class SafetensorsWriter:
         if self._flusher is not None:
             self._flusher.join()
         if self._mm is not None:
-            self._mm.flush()
+            if self.sync:
+                self._mm.flush()
             self._mm.close()
             self._mm = None
-        os.fsync(self._fd)
+        if self.sync:
+            os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         os.replace(self.tmp, self.path)
