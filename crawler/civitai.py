@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from crawler import detect, links, runs
@@ -19,8 +19,8 @@ from crawler.families import family_for_base_model
 from crawler.feed import PageFeed
 from crawler.http import RetryPolicy
 from crawler.names import normalize_name
-from crawler.schema import CrawlLock, CrawlRun, File, Model, Version
-from crawler.store import upsert
+from crawler.pages import PageResult, ParsedModel, store_parsed
+from crawler.schema import CrawlRun
 
 DEFAULT_URL = "https://civitai.com"
 URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
@@ -67,14 +67,6 @@ def _hashes(raw: dict) -> dict[str, str | None]:
     """Civitai's ``hashes`` object (key case varies, any may be missing) as upper-case hex per kind."""
     found = {k.lower(): v.upper() for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and v}
     return {kind: found.get(kind) for kind in _HASH_KINDS}
-
-
-@dataclass
-class ParsedModel:
-    model: dict
-    versions: list[dict]
-    files: list[dict]
-    inpaint_versions: set[str] = field(default_factory=set)
 
 
 def parse_model(item: dict) -> ParsedModel | None:
@@ -178,15 +170,6 @@ def parse_model(item: dict) -> ParsedModel | None:
     return ParsedModel(model, versions, files, inpaint)
 
 
-@dataclass
-class PageResult:
-    models: int = 0
-    versions: int = 0
-    written: int = 0  # models whose content changed
-    new_inpainting: int = 0
-    unknown_base_models: set[str] = field(default_factory=set)
-
-
 def parse_page(items: list) -> dict[str, ParsedModel]:
     parsed: dict[str, ParsedModel] = {}
     for item in items:
@@ -199,50 +182,6 @@ def parse_page(items: list) -> dict[str, ParsedModel]:
 def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
     """Parse and write one page of raw `/models` items (see ``store_parsed``)."""
     return store_parsed(engine, parse_page(items), run_id, next_cursor)
-
-
-def store_parsed(
-    engine: Engine, parsed: dict[str, ParsedModel], run_id: int | None, next_cursor: str | None
-) -> PageResult:
-    """Write one page and the run's next cursor in one transaction: a kill leaves either both or neither."""
-    result = PageResult(models=len(parsed), versions=sum(len(p.versions) for p in parsed.values()))
-    for p in parsed.values():
-        result.unknown_base_models.update(
-            v["base_model"] for v in p.versions if v["family"] is None and v["base_model"]
-        )
-    with engine.begin() as conn:
-        ids = list(parsed)
-        known = dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
-        changed = [p for mid, p in parsed.items() if known.get(mid) != p.model["content_hash"]]
-        if changed:
-            changed_ids = [p.model["id"] for p in changed]
-            was_inpaint = set(
-                conn.execute(
-                    select(Version.id).where(Version.model_id.in_(changed_ids), Version.is_inpainting.is_(True))
-                ).scalars()
-            )
-            result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
-            upsert(conn, Model.__table__, [p.model for p in changed])
-            upsert(conn, Version.__table__, [v for p in changed for v in p.versions])
-            upsert(conn, File.__table__, [f for p in changed for f in p.files])
-            links.link_within_models(conn, [(p.model, p.versions) for p in changed])
-        result.written = len(changed)
-        if run_id is not None:
-            now = runs.utcnow()
-            conn.execute(
-                update(CrawlRun)
-                .where(CrawlRun.id == run_id)
-                .values(
-                    cursor=next_cursor,
-                    pages=CrawlRun.pages + 1,
-                    items=CrawlRun.items + result.models,
-                    versions=CrawlRun.versions + result.versions,
-                    new_inpainting=CrawlRun.new_inpainting + result.new_inpainting,
-                    heartbeat_at=now,
-                )
-            )
-            conn.execute(update(CrawlLock).where(CrawlLock.run_id == run_id).values(heartbeat_at=now))
-    return result
 
 
 def period_for(since: datetime | None, now: datetime) -> str | None:

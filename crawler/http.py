@@ -12,10 +12,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+T = TypeVar("T")
 USER_AGENT = "inpaint-advisor/0.1 (+https://github.com/inpaint-advisor)"
 _SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
 
@@ -90,6 +92,49 @@ class RetryPolicy:
     max_retry_after: float = 300.0
 
 
+class Retryable(Exception):
+    """Raised inside an attempt: this failure is worth another try (``wait``: what the server asked for)."""
+
+    def __init__(self, last: str, wait: float | None = None):
+        self.last, self.wait = last, wait
+        super().__init__(last)
+
+
+def backoff(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with jitter: a uniform wait in [cap/2, cap]."""
+    cap = min(policy.max_delay, policy.base_delay * 2**attempt)
+    return random.uniform(cap / 2, cap)
+
+
+def retrying(
+    attempt: Callable[[], T],
+    policy: RetryPolicy,
+    what: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
+    """Call ``attempt`` until it returns; it raises ``Retryable`` for failures worth another try. ``what`` names
+    the request in the final error (already redacted)."""
+    last = ""
+    for n in range(policy.attempts):
+        try:
+            return attempt()
+        except Retryable as exc:
+            last, wait = exc.last, exc.wait
+        if n + 1 == policy.attempts:
+            break
+        delay = min(wait, policy.max_retry_after) if wait is not None else backoff(policy, n)
+        if on_retry:
+            on_retry(f"{last}; retrying in {delay:.1f}s")
+        sleep(delay)
+    raise RetriesExhausted(what, policy.attempts, last)
+
+
+def retry_wait(response: httpx.Response) -> float | None:
+    return _retry_after(response, time.time())
+
+
 class JsonClient:
     """A small JSON-over-HTTP client with the retry policy above. ``on_retry`` sees each retried failure."""
 
@@ -121,41 +166,32 @@ class JsonClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.policy.max_delay, self.policy.base_delay * 2**attempt)
-        return random.uniform(cap / 2, cap)
+    def _on_retry(self, message: str) -> None:
+        self.retries += 1
+        if self.on_retry:
+            self.on_retry(message)
 
     def get(self, url: str, params: dict | list | None = None) -> tuple[object, httpx.Response]:
         """GET and parse JSON; returns (body, response) so callers can read headers such as ``Link``."""
-        last = ""
-        for attempt in range(self.policy.attempts):
-            wait: float | None = None
+
+        def attempt() -> tuple[object, httpx.Response]:
             try:
                 response = self._client.get(url, params=params)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}"
-                shown = url
-            else:
-                shown = redact(str(response.url))
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    is_json = "json" in response.headers.get("content-type", "")
-                    last = f"HTTP {status} {_short(response.text, 80) if is_json else ''}".strip()
-                    wait = _retry_after(response, time.time())
-                elif status >= 400:
-                    raise ApiError(status, shown, _error_detail(response))
-                else:
-                    try:
-                        return json.loads(response.content), response
-                    except ValueError:
-                        html = b"<html" in response.content[:512].lower()
-                        kind = "an HTML page" if html else "a body that is not JSON"
-                        last = f"HTTP {status} with {kind} instead of JSON"
-            if attempt + 1 == self.policy.attempts:
-                break
-            delay = min(wait, self.policy.max_retry_after) if wait is not None else self._backoff(attempt)
-            self.retries += 1
-            if self.on_retry:
-                self.on_retry(f"{last}; retrying in {delay:.1f}s")
-            self._sleep(delay)
-        raise RetriesExhausted(redact(url) if "://" in url else url, self.policy.attempts, last)
+                raise Retryable(type(exc).__name__) from None
+            status = response.status_code
+            if status == 429 or status >= 500:
+                is_json = "json" in response.headers.get("content-type", "")
+                detail = _short(response.text, 80) if is_json else ""
+                raise Retryable(f"HTTP {status} {detail}".strip(), retry_wait(response))
+            if status >= 400:
+                raise ApiError(status, redact(str(response.url)), _error_detail(response))
+            try:
+                return json.loads(response.content), response
+            except ValueError:
+                html = b"<html" in response.content[:512].lower()
+                kind = "an HTML page" if html else "a body that is not JSON"
+                raise Retryable(f"HTTP {status} with {kind} instead of JSON") from None
+
+        what = redact(url) if "://" in url else url
+        return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._on_retry)

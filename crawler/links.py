@@ -5,7 +5,7 @@ import json
 from collections import defaultdict
 
 from rapidfuzz import fuzz
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from crawler.detect import strip_inpainting, version_label
@@ -81,18 +81,23 @@ def link_sibling_models(engine: Engine) -> int:
     """Link every dedicated inpainting model to the creator's model whose name it extends; returns new links."""
     with engine.begin() as conn:
         dedicated = conn.execute(
-            select(Model.id, Model.name, Model.creator).where(Model.is_inpainting.is_(True), Model.creator.is_not(None))
+            select(Model.id, Model.name, Model.creator, Model.source).where(
+                Model.is_inpainting.is_(True), Model.creator.is_not(None)
+            )
         ).all()
         if not dedicated:
             return 0
         before = set(conn.execute(select(InpaintLink.id).where(InpaintLink.kind == "sibling-model")).scalars())
-        by_creator: dict[str, list] = defaultdict(list)
+        # a Civitai user and a Hugging Face author of the same name are not the same person
+        by_creator: dict[tuple[str, str], list] = defaultdict(list)
         for row in dedicated:
-            by_creator[row.creator].append(row)
+            by_creator[(row.source, row.creator)].append(row)
         rows, parents = [], set()
-        for creator, inpaint_models in by_creator.items():
+        for (source, creator), inpaint_models in by_creator.items():
             candidates = conn.execute(
-                select(Model.id, Model.name).where(Model.creator == creator, Model.is_inpainting.is_(False))
+                select(Model.id, Model.name).where(
+                    Model.source == source, Model.creator == creator, Model.is_inpainting.is_(False)
+                )
             ).all()
             if not candidates:
                 continue
@@ -137,3 +142,19 @@ def _versions(conn: Connection, model_ids: list[str]) -> list[dict]:
         Version.inpaint_confidence,
     ]
     return [dict(r._mapping) for r in conn.execute(select(*cols).where(Version.model_id.in_(model_ids)))]
+
+
+def link_same_files(engine: Engine) -> int:
+    """Record every Civitai file and Hugging Face file with the same SHA256 (one checkpoint published twice);
+    returns how many pairs are new. Plain SQL that SQLite and PostgreSQL both run."""
+    sql = text(
+        "INSERT INTO samefile (id, sha256, model_a, model_b, version_a, version_b) "
+        "SELECT a.id || '=' || b.id, a.sha256, va.model_id, vb.model_id, va.id, vb.id "
+        "FROM file a JOIN version va ON va.id = a.version_id JOIN model ma ON ma.id = va.model_id "
+        "JOIN file b ON b.sha256 = a.sha256 JOIN version vb ON vb.id = b.version_id "
+        "JOIN model mb ON mb.id = vb.model_id "
+        "WHERE ma.source = 'civitai' AND mb.source = 'hf' AND a.sha256 IS NOT NULL "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+    with engine.begin() as conn:
+        return conn.execute(sql).rowcount or 0

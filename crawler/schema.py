@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3  # 2: FTS5 name index (SQLite); 3: its vocabulary table
+SCHEMA_VERSION = 4  # 2: FTS5 name index (SQLite); 3: its vocabulary table; 4: official checks, same-file links
 
 
 class Source(SQLModel, table=True):
@@ -95,6 +95,34 @@ class InpaintLink(SQLModel, table=True):
     kind: str  # "same-model" (a version of the same model) or "sibling-model" (a separate model)
     confidence: float
     evidence: str = "[]"
+
+
+class SameFile(SQLModel, table=True):
+    """The same checkpoint published on two sources (equal SHA256): what one source knows applies to the other."""
+
+    id: str = Field(primary_key=True)  # "<file a>=<file b>", a from the source that sorts first
+    sha256: str = Field(index=True)
+    model_a: str = Field(foreign_key="model.id", index=True)
+    model_b: str = Field(foreign_key="model.id", index=True)
+    version_a: str = Field(foreign_key="version.id")
+    version_b: str = Field(foreign_key="version.id")
+
+
+class OfficialCheck(SQLModel, table=True):
+    """What the last Hugging Face crawl found for each official checkpoint mirror in data/families.json."""
+
+    id: str = Field(primary_key=True)  # "<family>:<role>:<repo>"
+    family: str = Field(foreign_key="family.id")
+    role: str  # "inpaint" | "base"
+    repo: str
+    file: str | None = None
+    alive: bool = False  # the repo answers
+    file_found: bool = False
+    size: int | None = None  # as the Hub reports it
+    sha256: str | None = None  # the Hub's lfs.sha256, lower-case hex
+    matches: bool = False  # file present with the size and sha256 data/ expects
+    detail: str = ""
+    checked_at: datetime
 
 
 class CrawlRun(SQLModel, table=True):

@@ -1,0 +1,398 @@
+"""Hugging Face Hub: every repo descending from a base in data/, with its lineage and whether it is an
+inpainting model, proven from its files (``crawler.hf_inspect``).
+
+One registry model per repo (``hf:author/name``); one version per checkpoint it holds: the diffusers folder
+(``hf:author/name@diffusers``) and each single-file checkpoint at its root (``hf:author/name@file.safetensors``),
+so a repo with ``model.safetensors`` next to ``model-inpainting.safetensors`` links the two like Civitai versions.
+Repos whose commit ``sha`` is unchanged since the last crawl cost no request beyond their listing page.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import select, text, update
+from sqlalchemy.engine import Engine
+
+from crawler import detect, families, links, officials, runs
+from crawler.civitai import parse_dt
+from crawler.hf_inspect import Checkpoint, Inspection, config, inspect
+from crawler.http import RetryPolicy
+from crawler.hub import Hub
+from crawler.names import normalize_name
+from crawler.pages import ParsedModel, store_parsed
+from crawler.schema import CrawlRun, Model
+
+PAGE_SIZE = 100
+# Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
+PARSER_VERSION = 1
+HF_URL = "https://huggingface.co"
+
+
+@dataclass
+class HubRepo:
+    """The fields of a listing item or a ``model_info`` answer that the registry uses."""
+
+    id: str
+    sha: str | None = None
+    last_modified: datetime | None = None
+    created_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
+    card: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    gated: bool = False
+    blobs: tuple[dict, dict] | None = None  # (sizes, sha256) when already known
+
+    @property
+    def author(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.id.split("/", 1)[-1]
+
+    @classmethod
+    def from_listing(cls, item: dict) -> "HubRepo":
+        siblings = item.get("siblings") if isinstance(item.get("siblings"), list) else []
+        return cls(
+            id=item["id"],
+            sha=item.get("sha") if isinstance(item.get("sha"), str) else None,
+            last_modified=parse_dt(item.get("lastModified")),
+            created_at=parse_dt(item.get("createdAt")),
+            tags=[t for t in item.get("tags") or [] if isinstance(t, str)],
+            card=item.get("cardData") if isinstance(item.get("cardData"), dict) else {},
+            config=item.get("config") if isinstance(item.get("config"), dict) else {},
+            files=[s["rfilename"] for s in siblings if isinstance(s, dict) and isinstance(s.get("rfilename"), str)],
+            gated=item.get("gated") not in (None, False, "false"),
+        )
+
+    @classmethod
+    def from_info(cls, info) -> "HubRepo":
+        from crawler.hf_inspect import blobs_of
+
+        card = info.card_data.to_dict() if getattr(info, "card_data", None) is not None else {}
+        return cls(
+            id=info.id,
+            sha=info.sha,
+            last_modified=info.last_modified,
+            created_at=info.created_at,
+            tags=list(info.tags or []),
+            card=card,
+            config=info.config or {},
+            files=[s.rfilename for s in info.siblings or []],
+            gated=info.gated not in (None, False),
+            blobs=blobs_of(info) if any(s.lfs for s in info.siblings or []) else None,
+        )
+
+
+def lineage(card: dict, tags: list[str]) -> tuple[list[str], str | None]:
+    """(base repos, relation). The card's ``base_model`` is a string or a list; the Hub also writes tags
+    ``base_model:<repo>`` and ``base_model:<relation>:<repo>``."""
+    bases: list[str] = []
+    value = card.get("base_model")
+    for b in value if isinstance(value, list) else [value]:
+        if isinstance(b, str) and "/" in b and b not in bases:
+            bases.append(b.strip())
+    relation = card.get("base_model_relation") if isinstance(card.get("base_model_relation"), str) else None
+    for tag in tags:
+        if not tag.startswith("base_model:"):
+            continue
+        parts = tag.split(":", 2)
+        repo = parts[-1]
+        if len(parts) == 3 and relation is None:
+            relation = parts[1]
+        if "/" in repo and repo not in bases:
+            bases.append(repo)
+    return bases, relation
+
+
+def _class_name(cfg: dict) -> str | None:
+    diffusers = cfg.get("diffusers") if isinstance(cfg.get("diffusers"), dict) else {}
+    name = diffusers.get("_class_name") or diffusers.get("class_name")
+    return name if isinstance(name, str) else None
+
+
+def _hints(repo: HubRepo) -> tuple[list[str], str | None]:
+    """Inpainting hints (tags, pipeline class) and the family a pipeline class suggests."""
+    cfg = config()
+    hints = [f'tagged "{t}"' for t in repo.tags if t in cfg["inpaint_hint_tags"]]
+    cls = _class_name(repo.config)
+    if cls and ("Inpaint" in cls or "Fill" in cls):
+        hints.append(f"diffusers pipeline class {cls}")
+    return hints, cfg["diffusers_classes"].get(cls) if cls else None
+
+
+def _family(bases: list[str], arch: str | None, class_family: str | None) -> tuple[str | None, str | None]:
+    """(family, note). Lineage names the family (Pony, Illustrious, ...), shapes prove the architecture: when
+    they disagree the shapes win."""
+    lineage_family = next((f for f in map(families.family_for_hf_repo, bases) if f), None)
+    if lineage_family:
+        lineage_arch = families.family(lineage_family)["architecture"]
+        if arch is None or lineage_arch == arch:
+            return lineage_family, None
+        return arch, f"declares base {bases[0]} but its tensor shapes are {arch}"
+    return arch or class_family, None
+
+
+def _detect(repo: HubRepo, ckpt: Checkpoint, dedicated: bool, hints: list[str]) -> detect.Detection:
+    proof = ckpt.proof
+    if proof.variant and proof.variant != "unknown":
+        is_inpaint = proof.variant in ("inpaint", "fill")
+        evidence = [f"{proof.how}: {proof.variant}"]
+        if hints and not is_inpaint:
+            evidence.append(f"{hints[0]}, but the UNet is not an inpainting UNet (a hint only)")
+        return detect.Detection(is_inpaint, 0.99 if is_inpaint else 0.0, evidence)
+    names = [f.rsplit("/", 1)[-1] for f in ckpt.files]
+    found = detect.detect_version(
+        version_name=ckpt.key if ckpt.key != "diffusers" else None, base_model_type=None, file_names=names,
+        model_name=repo.name, model_tags=repo.tags, model_is_dedicated=dedicated,
+    )  # fmt: skip
+    if hints:  # tags and class names alone stay below the threshold: they need a name to agree
+        miss = (1 - found.confidence) * (1 - detect.TAG)
+        found = detect.Detection(1 - miss >= detect.THRESHOLD, round(1 - miss, 4), found.evidence + hints)
+    if proof.problem:
+        found.evidence.append(f"no proof from files: {proof.problem}")
+    return found
+
+
+def _version_name(key: str) -> str:
+    """ "realmix_v2-inpainting.safetensors" -> "realmix_v2-inpainting", so that it pairs with "realmix_v2"."""
+    return key.rsplit(".", 1)[0] if key != "diffusers" else key
+
+
+def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = HF_URL) -> ParsedModel:
+    model_id = f"hf:{repo.id}"
+    bases, relation = lineage(repo.card, repo.tags)
+    hints, class_family = _hints(repo)
+    dedicated = not any(
+        detect.version_has_own_signal(c.key, None, c.files) or c.proof.variant in ("inpaint", "fill")
+        for c in seen.checkpoints
+    )
+    versions, files, inpaint = [], [], set()
+    for position, ckpt in enumerate(seen.checkpoints):
+        vid = f"{model_id}@{ckpt.key}"
+        found = _detect(repo, ckpt, dedicated, hints)
+        family, note = _family(bases, ckpt.proof.arch, class_family)
+        evidence = found.evidence + ([note] if note else [])
+        if seen.unavailable:
+            evidence.append(f"files not readable: {seen.unavailable}")
+        if found.is_inpainting:
+            inpaint.add(vid)
+        versions.append({
+            "id": vid, "model_id": model_id, "source_id": repo.sha or "", "name": _version_name(ckpt.key),
+            "base_model": bases[0] if bases else None, "base_model_type": relation, "family": family,
+            "published_at": repo.created_at, "updated_at": repo.last_modified, "position": position,
+            "is_inpainting": found.is_inpainting, "inpaint_confidence": found.confidence,
+            "inpaint_evidence": json.dumps(evidence), "download_url": None,
+        })  # fmt: skip
+        for path in ckpt.files:
+            size = seen.sizes.get(path)
+            files.append({
+                "id": f"{model_id}/{path}", "version_id": vid, "name": path,
+                "size_kb": size / 1024 if size is not None else None, "type": "Model",
+                "format": "SafeTensor" if path.endswith(".safetensors") else "PickleTensor", "fp": None,
+                "primary": path == ckpt.files[0], "sha256": seen.sha256.get(path), "autov1": None, "autov2": None,
+                "autov3": None, "crc32": None, "blake3": None,
+                "download_url": f"{endpoint}/{repo.id}/resolve/main/{path}",
+            })  # fmt: skip
+    normal = [v for v in versions if not v["is_inpainting"]] or versions
+    model = {
+        "id": model_id, "source": "hf", "source_id": repo.id, "name": repo.name,
+        "name_norm": normalize_name(repo.name), "type": "Checkpoint", "creator": repo.author,
+        "tags": json.dumps(repo.tags), "nsfw": False,
+        "mode": ("Gated" if "gated" in seen.unavailable else "Unavailable") if seen.unavailable else None,
+        "base_model": bases[0] if bases else None,
+        "family": normal[0]["family"] if normal else _family(bases, None, class_family)[0],
+        "is_inpainting": bool(versions) and len(inpaint) == len(versions), "has_inpainting": bool(inpaint),
+        "updated_at": repo.last_modified, "content_hash": _revision_key(repo.sha),
+    }  # fmt: skip
+    return ParsedModel(model, versions, files, inpaint)
+
+
+def queries() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(label, query parameters) for each listing the crawl walks, in a fixed order (the resume cursor
+    counts them)."""
+    cfg = config()
+    common = [("sort", "lastModified"), ("direction", "-1"), ("limit", str(PAGE_SIZE))]
+    common += [("expand", e) for e in cfg["expand"]]
+    out = []
+    for fam in families.all_families():
+        for base in fam["hf_base_repos"]:
+            for relation in cfg["relations"]:
+                out.append((f"{relation}s of {base}", [("filter", f"base_model:{relation}:{base}"), *common]))
+    for extra in cfg["extra_queries"]:
+        params = [("filter", f) for f in extra["filter"]]
+        if extra.get("pipeline_tag"):
+            params.append(("pipeline_tag", extra["pipeline_tag"]))
+        out.append((extra["label"], params + common))
+    return out
+
+
+@dataclass
+class HfCrawlSummary:
+    run_id: int
+    mode: str
+    resumed: bool
+    pages: int = 0
+    listed: int = 0
+    inspected: int = 0  # new or changed repos whose files were read
+    skipped: int = 0  # adapters, ControlNets, ... listed under a base
+    written: int = 0
+    new_inpainting: int = 0
+    unavailable: int = 0  # gated / deleted repos, recorded
+    requests: int = 0
+    retries: int = 0
+    errors: int = 0
+    officials_alive: int = 0
+    officials_dead: list[str] = field(default_factory=list)
+    same_files: int = 0
+    new_links: int = 0
+    status: str = "running"
+    error: str | None = None
+
+
+def _revision_key(sha: str | None) -> str:
+    return f"{sha}/{PARSER_VERSION}" if sha else ""
+
+
+def _skip(repo: HubRepo) -> bool:
+    skip = set(config()["skip_tags"])
+    return any(t in skip for t in repo.tags)
+
+
+def _stored_shas(engine: Engine, ids: list[str]) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all())
+
+
+def crawl(
+    engine: Engine,
+    *,
+    mode: str = "full",
+    endpoint: str | None = None,
+    token: str | None = None,
+    policy: RetryPolicy | None = None,
+    max_pages: int | None = None,
+    check_officials: bool = True,
+    on_page: Callable[[HfCrawlSummary], None] | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> HfCrawlSummary:
+    """Crawl the Hub. ``incremental`` stops each listing (newest change first) at the last successful run's
+    start. A killed or failed run resumes at its last committed page."""
+    since = None
+    if mode == "incremental":
+        last = runs.last_successful(engine, "hf")
+        since = last.started_at if last else None
+    started = runs.start(engine, "hf", mode, since=since)
+    run = started.run
+    if run.since is not None:
+        since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
+    summary = HfCrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
+    state = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
+    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry)
+    listings = queries()
+    try:
+        pages_left = max_pages
+        qi, next_url = state["query"], state["next"]
+        while qi < len(listings) and pages_left != 0:
+            _label, params = listings[qi]
+            page = hub.list_page(next_url or "/api/models", None if next_url else params)
+            summary.requests += 1
+            repos = [HubRepo.from_listing(i) for i in page.items]
+            stop = since is not None and any(r.last_modified and r.last_modified < since for r in repos)
+            if since is not None:
+                repos = [r for r in repos if r.last_modified is None or r.last_modified >= since]
+            summary.listed += len(repos)
+            wanted = [r for r in repos if not _skip(r)]
+            summary.skipped += len(repos) - len(wanted)
+            stored = _stored_shas(engine, [f"hf:{r.id}" for r in wanted]) if wanted else {}
+            parsed = {}
+            for repo in wanted:
+                if repo.sha and stored.get(f"hf:{repo.id}") == _revision_key(repo.sha):
+                    continue  # same commit as last time: nothing to read
+                seen = inspect(hub, repo.id, repo.sha or "main", repo.files, known_blobs=repo.blobs)
+                summary.inspected += 1
+                summary.requests += seen.requests
+                summary.unavailable += bool(seen.unavailable)
+                summary.errors += len(seen.errors)
+                parsed[f"hf:{repo.id}"] = parse_repo(repo, seen, hub.endpoint)
+            if page.next_url and not stop:
+                cursor = {"query": qi, "next": page.next_url}
+            else:
+                cursor = {"query": qi + 1, "next": None}
+            stored_page = store_parsed(engine, parsed, run.id, json.dumps(cursor))
+            summary.pages += 1
+            summary.written += stored_page.written
+            summary.new_inpainting += stored_page.new_inpainting
+            summary.retries = hub.retries
+            qi, next_url = cursor["query"], cursor["next"]
+            if pages_left is not None:
+                pages_left -= 1
+            if on_page:
+                on_page(summary)
+        if qi < len(listings):  # stopped by max_pages: leave the run resumable
+            summary.status = "interrupted"
+            runs.finish(engine, run, "interrupted", f"stopped after {summary.pages} pages (--max-pages)")
+            return summary
+        if check_officials:
+            checks = officials.check_all(engine, hub)
+            summary.officials_alive = sum(c.alive and c.matches for c in checks)
+            summary.officials_dead = sorted({c.repo for c in checks if not c.alive})
+        resolve_lineage(engine)
+        summary.same_files = links.link_same_files(engine)
+        summary.new_links = links.link_sibling_models(engine)
+        summary.retries = hub.retries
+        summary.status = "ok"
+        runs.finish(engine, run, "ok")
+    except BaseException as exc:
+        summary.status, summary.error, summary.errors = "failed", str(exc) or type(exc).__name__, summary.errors + 1
+        with engine.begin() as conn:
+            conn.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
+        runs.finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+        raise
+    finally:
+        hub.close()
+    return summary
+
+
+def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
+    """Families through chains of Hub repos (base -> fine-tune -> merge of it): a repo whose declared base is
+    another crawled repo takes that repo's family when its own is unknown, or when it is the base architecture
+    of a more specific one (an SDXL-shaped merge of a Pony fine-tune is Pony). Returns rows changed."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, base_model, family FROM model WHERE source = 'hf'")).all()
+        parents = dict(conn.execute(text("SELECT id, parent FROM family")).all())
+    before = {r.id: r.family for r in rows}
+    family = dict(before)
+    base = {r.id: f"hf:{r.base_model}" for r in rows if r.base_model}
+    for _ in range(max_depth):
+        moved = False
+        for model_id, parent_id in base.items():
+            theirs, ours = family.get(parent_id), family.get(model_id)
+            if theirs and theirs != ours and (ours is None or parents.get(theirs) == ours):
+                family[model_id], moved = theirs, True
+        if not moved:
+            break
+    changed = [(f, m) for m, f in family.items() if f != before[m]]
+    if changed:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE model SET family = :f WHERE id = :m"), [{"f": f, "m": m} for f, m in changed])
+            conn.execute(text("UPDATE version SET family = :f WHERE model_id = :m"),
+                         [{"f": f, "m": m} for f, m in changed])  # fmt: skip
+    return len(changed)
+
+
+def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, token: str | None = None,
+              policy: RetryPolicy | None = None) -> str:  # fmt: skip
+    """Look one repo up live and store it (``lookup`` of a repo the crawl has not seen); returns its model id."""
+    with Hub(endpoint, token, policy=policy) as hub:
+        info = hub.model_info(repo_id, files_metadata=True)
+        repo = HubRepo.from_info(info)
+        seen = inspect(hub, repo.id, repo.sha or "main", repo.files, known_blobs=repo.blobs)
+        parsed = parse_repo(repo, seen, hub.endpoint)
+    store_parsed(engine, {parsed.model["id"]: parsed}, None, None)
+    resolve_lineage(engine)
+    links.link_same_files(engine)
+    return parsed.model["id"]

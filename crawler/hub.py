@@ -1,0 +1,176 @@
+"""The Hugging Face Hub, as the crawler needs it: listing pages, model info, small JSON files and safetensors
+headers, every request retried the same way (domain.md section 3).
+
+Listing pages go through our own client rather than ``HfApi.list_models``: the crawl must commit each page with
+the ``Link`` URL of the next one to resume after a kill, and huggingface_hub neither exposes that cursor nor
+retries the first page. ``model_info`` and safetensors header reads use huggingface_hub, wrapped in the same
+retry loop (it does not retry them itself). The endpoint is always passed explicitly: ``HF_ENDPOINT`` is read
+by huggingface_hub once, at import.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from crawler.http import ApiError, CrawlError, JsonClient, Retryable, RetryPolicy, redact, retry_wait, retrying
+from merge.header import TensorInfo
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+ENDPOINT_ENV = "HF_ENDPOINT"
+TOKEN_ENV = "HF_TOKEN"
+
+
+class RepoUnavailable(CrawlError):
+    """Deleted, private or gated: the Hub answers 401/403 ("Repository Not Found", ``GatedRepo``)."""
+
+    def __init__(self, repo: str, reason: str, status: int):
+        self.repo, self.reason, self.status = repo, reason, status
+        super().__init__(f"{repo}: {reason} (HTTP {status})")
+
+
+class FileMissing(CrawlError):
+    def __init__(self, repo: str, path: str):
+        self.repo, self.path = repo, path
+        super().__init__(f"{repo} has no file {path}")
+
+
+def endpoint_from_env(explicit: str | None = None) -> str:
+    return (explicit or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
+
+
+@dataclass
+class Page:
+    items: list[dict]
+    next_url: str | None  # path and query of the next page (the endpoint is not stored)
+
+
+class Hub:
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        token: str | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        on_retry: Callable[[str], None] | None = None,
+    ):
+        self.endpoint = endpoint_from_env(endpoint)
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.on_retry = on_retry
+        self.retries = 0
+        self._json = JsonClient(self.endpoint, token=self.token, policy=self.policy, timeout=timeout,
+                                on_retry=self._count_retry)  # fmt: skip
+        self._api = None
+
+    def close(self) -> None:
+        self._json.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def api(self):
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            # token=False: never fall back to a token saved on disk by another tool unless HF_TOKEN says so
+            self._api = HfApi(endpoint=self.endpoint, token=self.token or False)
+        return self._api
+
+    def _count_retry(self, message: str) -> None:
+        self.retries += 1
+        if self.on_retry:
+            self.on_retry(message)
+
+    # -- listing ----------------------------------------------------------------------------------------------
+    def list_page(self, url: str, params: list[tuple[str, str]] | None = None) -> Page:
+        body, response = self._json.get(url, params=params)
+        if not isinstance(body, list):
+            raise ApiError(200, redact(str(response.url)), "expected a JSON list of models")
+        next_link = response.links.get("next", {}).get("url")
+        return Page([i for i in body if isinstance(i, dict) and isinstance(i.get("id"), str)], _path(next_link))
+
+    # -- one repo ---------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn, repo: str, path: str | None = None):
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            SafetensorsParsingError,
+        )
+
+        def attempt():
+            try:
+                return fn()
+            except GatedRepoError as exc:
+                raise RepoUnavailable(repo, "gated: accept its licence on the Hub and set HF_TOKEN",
+                                      _status(exc)) from None  # fmt: skip
+            except RepositoryNotFoundError as exc:
+                raise RepoUnavailable(repo, "repository not found (deleted or private)", _status(exc)) from None
+            except RemoteEntryNotFoundError:
+                raise FileMissing(repo, path or "?") from None
+            except SafetensorsParsingError as exc:
+                raise ApiError(200, what, f"not a readable safetensors header ({exc})") from None
+            except HfHubHTTPError as exc:
+                response = exc.response
+                status = response.status_code if response is not None else 0
+                if status == 429 or status >= 500:
+                    raise Retryable(f"HTTP {status}", retry_wait(response)) from None
+                raise ApiError(status, what, str(exc).splitlines()[0]) from None
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                raise Retryable(type(exc).__name__) from None
+
+        return retrying(attempt, self.policy, what, on_retry=self._count_retry)
+
+    def model_info(self, repo: str, *, files_metadata: bool = False):
+        """huggingface_hub's ``ModelInfo``; ``files_metadata`` adds sizes and ``lfs.sha256`` per file."""
+        return self._call(
+            f"{self.endpoint}/api/models/{repo}",
+            lambda: self.api.model_info(repo, files_metadata=files_metadata, timeout=self.timeout),
+            repo,
+        )
+
+    def read_json(self, repo: str, revision: str, path: str) -> dict:
+        """A small JSON file of a repo (``unet/config.json``) through the resolve endpoint."""
+        try:
+            body, _ = self._json.get(f"/{repo}/resolve/{revision}/{path}")
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise RepoUnavailable(repo, "gated or private", exc.status) from None
+            if exc.status == 404:
+                raise FileMissing(repo, path) from None
+            raise
+        if not isinstance(body, dict):
+            raise ApiError(200, f"{repo}/{path}", "expected a JSON object")
+        return body
+
+    def safetensors_header(self, repo: str, revision: str, path: str) -> dict[str, TensorInfo]:
+        """Tensor names, dtypes and shapes of a remote safetensors file from a range read of its header."""
+        meta = self._call(
+            f"{self.endpoint}/{repo}/resolve/{revision}/{path}",
+            lambda: self.api.parse_safetensors_file_metadata(repo, path, revision=revision, timeout=self.timeout),
+            repo,
+            path,
+        )
+        return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in meta.tensors.items()}
+
+
+def _status(exc) -> int:
+    response = getattr(exc, "response", None)
+    return response.status_code if response is not None else 0
+
+
+def _path(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")

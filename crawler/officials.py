@@ -1,0 +1,75 @@
+"""Keep the official checkpoints in data/ true: is each mirror still there, with the file, size and sha256 we
+recommend? Repos do vanish (runwayml in 2024, Stability's SD 2 repos in November 2025); `lookup` moves its
+recommendation to the first mirror the last check found alive."""
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from crawler import families, runs
+from crawler.hf_inspect import blobs_of
+from crawler.http import ApiError
+from crawler.hub import Hub, RepoUnavailable
+from crawler.schema import OfficialCheck
+from crawler.store import upsert
+
+
+@dataclass
+class Check:
+    family: str
+    role: str
+    repo: str
+    file: str | None
+    alive: bool
+    file_found: bool
+    size: int | None
+    sha256: str | None
+    matches: bool
+    detail: str
+
+
+def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Check | None:
+    """None when the Hub could not be asked (a transient error): the previous check stays."""
+    wanted = spec.get("file")
+    try:
+        info = hub.model_info(repo, files_metadata=True)
+    except RepoUnavailable as exc:
+        return Check(family, role, repo, wanted, False, False, None, None, False, f"HTTP {exc.status}: {exc.reason}")
+    except ApiError:
+        return None
+    sizes, hashes = blobs_of(info)
+    names = {s.rfilename for s in info.siblings or []}
+    if wanted is None:  # a diffusers repo recommended as a whole
+        found = "model_index.json" in names
+        return Check(family, role, repo, None, True, found, None, None, found,
+                     "diffusers folder present" if found else "no model_index.json")  # fmt: skip
+    found = wanted in names
+    size, sha = sizes.get(wanted), (hashes.get(wanted) or "").lower() or None
+    problems = []
+    if not found:
+        problems.append(f"{wanted} is gone")
+    if found and spec.get("size") and size is not None and size != spec["size"]:
+        problems.append(f"size {size:,} B, expected {spec['size']:,} B")
+    if found and spec.get("sha256") and sha and sha != spec["sha256"].lower():
+        problems.append(f"sha256 {sha[:12]}…, expected {spec['sha256'][:12]}…")
+    detail = "; ".join(problems) or "file, size and sha256 as expected"
+    gated = getattr(info, "gated", False)
+    if gated:
+        detail += " (gated: accept the licence on the Hub)"
+    return Check(family, role, repo, wanted, True, found, size, sha, found and not problems, detail)
+
+
+def check_all(engine: Engine, hub: Hub) -> list[Check]:
+    checks = []
+    for fam in families.all_families():
+        for role in ("inpaint", "base"):
+            spec = fam.get(role)
+            for mirror in (spec or {}).get("mirrors", []):
+                check = check_mirror(hub, fam["id"], role, mirror["repo"], spec)
+                if check is not None:
+                    checks.append(check)
+    now = runs.utcnow()
+    rows = [{"id": f"{c.family}:{c.role}:{c.repo}", **vars(c), "checked_at": now} for c in checks]
+    with engine.begin() as conn:
+        upsert(conn, OfficialCheck.__table__, rows)
+    return checks

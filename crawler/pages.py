@@ -1,0 +1,72 @@
+"""Writing one page of parsed records, source-agnostic: models, versions, files, the inpainting links within
+each model, and the crawl run's next cursor, all in one transaction (a kill leaves either both or neither)."""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from crawler import links, runs
+from crawler.schema import CrawlLock, CrawlRun, File, Model, Version
+from crawler.store import upsert
+
+
+@dataclass
+class ParsedModel:
+    model: dict
+    versions: list[dict]
+    files: list[dict]
+    inpaint_versions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PageResult:
+    models: int = 0
+    versions: int = 0
+    written: int = 0  # models whose content changed
+    new_inpainting: int = 0
+    unknown_base_models: set[str] = field(default_factory=set)
+
+
+def store_parsed(
+    engine: Engine, parsed: dict[str, ParsedModel], run_id: int | None, next_cursor: str | None
+) -> PageResult:
+    """Write one page and the run's next cursor in one transaction: a kill leaves either both or neither."""
+    result = PageResult(models=len(parsed), versions=sum(len(p.versions) for p in parsed.values()))
+    for p in parsed.values():
+        result.unknown_base_models.update(
+            v["base_model"] for v in p.versions if v["family"] is None and v["base_model"]
+        )
+    with engine.begin() as conn:
+        ids = list(parsed)
+        known = dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
+        changed = [p for mid, p in parsed.items() if known.get(mid) != p.model["content_hash"]]
+        if changed:
+            changed_ids = [p.model["id"] for p in changed]
+            was_inpaint = set(
+                conn.execute(
+                    select(Version.id).where(Version.model_id.in_(changed_ids), Version.is_inpainting.is_(True))
+                ).scalars()
+            )
+            result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
+            upsert(conn, Model.__table__, [p.model for p in changed])
+            upsert(conn, Version.__table__, [v for p in changed for v in p.versions])
+            upsert(conn, File.__table__, [f for p in changed for f in p.files])
+            links.link_within_models(conn, [(p.model, p.versions) for p in changed])
+        result.written = len(changed)
+        if run_id is not None:
+            now = runs.utcnow()
+            conn.execute(
+                update(CrawlRun)
+                .where(CrawlRun.id == run_id)
+                .values(
+                    cursor=next_cursor,
+                    pages=CrawlRun.pages + 1,
+                    items=CrawlRun.items + result.models,
+                    versions=CrawlRun.versions + result.versions,
+                    new_inpainting=CrawlRun.new_inpainting + result.new_inpainting,
+                    heartbeat_at=now,
+                )
+            )
+            conn.execute(update(CrawlLock).where(CrawlLock.run_id == run_id).values(heartbeat_at=now))
+    return result
