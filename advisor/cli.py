@@ -121,47 +121,92 @@ def crawl_civitai(
 
     Example: [bold]inpaint-advisor crawl civitai --incremental[/]
     """
+    from crawler import civitai
+    from crawler.http import RetryPolicy
+
+    def describe(s) -> str:
+        return (f"civitai: {s.pages:,} pages, {s.models:,} models, {s.new_inpainting:,} new inpainting, "
+                f"{s.retries} retries")  # fmt: skip
+
+    _run_crawl(
+        lambda engine, on_page, on_retry: civitai.crawl(
+            engine, mode="incremental" if incremental else "full", base_url=url, max_pages=max_pages,
+            on_page=on_page, on_retry=on_retry, policy=RetryPolicy(attempts=retries, base_delay=backoff),
+        ),
+        db, as_json, "crawling civitai", describe, "crawl_summary",
+    )  # fmt: skip
+
+
+@crawl_app.command("hf")
+def crawl_hf(
+    incremental: Annotated[
+        bool, typer.Option("--incremental/--full", help="Only repos changed since the last successful crawl.")
+    ] = False,
+    max_pages: Annotated[int | None, typer.Option(min=1, help="Stop after N pages (resumable later).")] = None,
+    hf_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--hf-endpoint",
+            envvar="HF_ENDPOINT",
+            show_default="https://huggingface.co",
+            help="Hub endpoint (a mirror or a local replay).",
+        ),
+    ] = None,
+    officials: Annotated[
+        bool, typer.Option("--officials/--no-officials", help="Check the official checkpoints' mirrors too.")
+    ] = True,
+    retries: Annotated[int, typer.Option(min=1, help="Attempts per request before giving up.")] = 6,
+    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay in seconds (doubles, max 30 s).")] = 1.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull Hugging Face repos descending from the known bases: lineage, family, and whether each is an
+    inpainting model (proven from unet/config.json or the safetensors header, tags are hints only).
+
+    Also checks that every official inpainting and base checkpoint in the bundled data is still there, with
+    the expected size and sha256; `lookup` then recommends a live mirror. The token comes from HF_TOKEN and is
+    never logged or stored. Resumable like the Civitai crawl.
+
+    Example: [bold]inpaint-advisor crawl hf --incremental[/]
+    """  # fmt: skip
+    from crawler import hf
+    from crawler.http import RetryPolicy
+
+    def describe(s) -> str:
+        return (f"hf: {s.pages:,} pages, {s.listed:,} repos listed, {s.inspected:,} inspected, "
+                f"{s.new_inpainting:,} new inpainting, {s.retries} retries")  # fmt: skip
+
+    _run_crawl(
+        lambda engine, on_page, on_retry: hf.crawl(
+            engine, mode="incremental" if incremental else "full", endpoint=hf_endpoint, max_pages=max_pages,
+            check_officials=officials, on_page=on_page, on_retry=on_retry,
+            policy=RetryPolicy(attempts=retries, base_delay=backoff),
+        ),
+        db, as_json, "crawling the Hugging Face Hub", describe, "hf_crawl_summary",
+    )  # fmt: skip
+
+
+def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str) -> None:
+    """Progress, retry notices, the summary, and the errors every crawl command shares."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from advisor import jsonout, render
-    from crawler import civitai
     from crawler import db as registry
-    from crawler.http import CrawlError, RetryPolicy
+    from crawler.http import CrawlError
     from crawler.runs import CrawlLocked
 
     engine = registry.get_engine(db)
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-        disable=as_json or not err.is_terminal,
-    )
-    task = progress.add_task("crawling civitai")
-
-    def on_page(s: civitai.CrawlSummary) -> None:
-        progress.update(
-            task,
-            description=f"civitai: {s.pages:,} pages, {s.models:,} models, "
-            f"{s.new_inpainting:,} new inpainting, {s.retries} retries",
-        )
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
+    task = progress.add_task(title)
 
     def on_retry(msg: str) -> None:
         if not as_json:
             err.print(f"[yellow]retry:[/] {msg}")
 
-    mode = "incremental" if incremental else "full"
     try:
         with progress:
-            summary = civitai.crawl(
-                engine,
-                mode=mode,
-                base_url=url,
-                max_pages=max_pages,
-                on_page=on_page,
-                on_retry=on_retry,
-                policy=RetryPolicy(attempts=retries, base_delay=backoff),
-            )
+            summary = crawl(engine, lambda s: progress.update(task, description=describe(s)), on_retry)
     except CrawlLocked as exc:
         raise _fail(str(exc)) from None
     except (CrawlError, ValueError) as exc:
@@ -173,7 +218,7 @@ def crawl_civitai(
     if as_json:
         out_console.print_json(jsonout.dumps(summary))
     else:
-        render.crawl_summary(out_console, summary)
+        getattr(render, renderer)(out_console, summary)
 
 
 @app.command()

@@ -51,11 +51,22 @@ class Subject:
     file: str | None = None  # B for a build: a local path or the version's file name
     prediction: list[str] = field(default_factory=list)
     inpaint_evidence: list[str] = field(default_factory=list)
+    same_file_models: list[str] = field(default_factory=list)  # the same checkpoint on another source
+    same_file_versions: list[str] = field(default_factory=list)
 
 
-def _civitai_target(registry, version_id: str) -> Target:
+def _release_target(registry, version_id: str) -> Target:
+    """Where to get a registry version: a Civitai version page and download, or a Hugging Face repo file."""
     model = registry.model_of_version(version_id)
     version = next(v for v in registry.versions(model.id) if v.id == version_id)
+    if model.source == "hf":
+        repo, file = model.source_id, version.primary_file
+        single = file is not None and "/" not in file
+        return Target(
+            name=f"{repo}" + (f" / {file}" if single else " (diffusers folder)"), source="hf", model_id=model.id,
+            version_id=version_id, repo=repo, file=file if single else None, sha256=version.sha256,
+            url=f"{HF}/{repo}", download_url=f"{HF}/{repo}/resolve/main/{file}" if single else None,
+        )  # fmt: skip
     mid, vid = model.source_id, version_id.split(":v", 1)[1]
     return Target(
         name=f"{model.name} — {version.name}", source="civitai", model_id=model.id, version_id=version_id,
@@ -74,12 +85,33 @@ def _download_command(t: Target) -> str:
     return f"hf download {t.repo} --local-dir {t.repo.split('/')[1]}"
 
 
-def _hf_target(fam: dict, which: str) -> Target | None:
+def live_mirror(spec: dict, checks: dict) -> tuple[str, str | None]:
+    """(repo, note): the first mirror the last Hub crawl found alive, else the first data/ marks alive. The
+    note says when a crawl found the usual mirror gone."""
+
+    def alive(m: dict) -> bool:
+        state = checks.get(m["repo"])
+        return state.alive if state is not None else bool(m.get("alive"))
+
+    usual = next((m for m in spec["mirrors"] if m.get("alive")), spec["mirrors"][0])["repo"]
+    chosen = next((m["repo"] for m in spec["mirrors"] if alive(m)), usual)
+    note = None
+    if chosen != usual:
+        state = checks[usual]
+        note = f"{usual} was gone when checked on {str(state.checked_at)[:10]} ({state.detail}): using {chosen}."
+    elif chosen in checks and not checks[chosen].alive:
+        note = f"{chosen} was gone when last checked ({checks[chosen].detail}) and no mirror is known to be alive."
+    return chosen, note
+
+
+def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | None = None) -> Target | None:
     spec = fam.get(which)
     if not spec:
         return None
-    mirror = next((m for m in spec["mirrors"] if m.get("alive")), spec["mirrors"][0])
-    repo, file = mirror["repo"], spec.get("file")
+    repo, note = live_mirror(spec, checks or {})
+    if note and notes is not None and note not in notes:
+        notes.append(note)
+    file = spec.get("file")
     download = f"{HF}/{repo}/resolve/main/{file}" if file else None
     return Target(
         name=repo if not file else f"{repo} / {file}",
@@ -96,8 +128,9 @@ def _hf_target(fam: dict, which: str) -> Target | None:
 def _pick_release(subject: Subject, links: list) -> tuple[object, str]:
     """The link for the user's version if there is one, else the newest, with a note on the mismatch."""
     if subject.version_id:
+        yours_anywhere = {subject.version_id, *subject.same_file_versions}
         for link in links:
-            if link.parent_version_id == subject.version_id:
+            if link.parent_version_id in yours_anywhere:
                 return link, "made for your version"
     positions = {v.id: v.position for v in subject.versions}
     best = links[0]
@@ -108,8 +141,9 @@ def _pick_release(subject: Subject, links: list) -> tuple[object, str]:
     return best, "made for another version" if subject.version_id else "the newest inpainting release"
 
 
-def build_recommendation(subject: Subject, fam: dict) -> Recommendation:
-    a, c = _hf_target(fam, "inpaint"), _hf_target(fam, "base")
+def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None,
+                         notes: list | None = None) -> Recommendation:  # fmt: skip
+    a, c = _hf_target(fam, "inpaint", checks, notes), _hf_target(fam, "base", checks, notes)
     a_path = a.file.split("/")[0] if a.file and fam["inpaint"]["layout"] == "single-file" else a.repo.split("/")[1]
     if fam["inpaint"]["layout"] == "diffusers":
         a_path = a.repo.split("/")[1] + "/"  # the diffusers folder, read as is
@@ -146,7 +180,9 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
             warnings,
         )
 
-    links = registry.links_to(subject.model_id) if registry and subject.model_id else []
+    checks = registry.official_checks() if registry else {}
+    links = [ln for mid in [subject.model_id, *subject.same_file_models] if registry and mid
+             for ln in registry.links_to(mid)]  # fmt: skip
     own = [ln for ln in links if ln.kind == "same-model"]
     sibling = [ln for ln in links if ln.kind == "sibling-model"]
     rec = None
@@ -154,7 +190,7 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         if not group:
             continue
         link, note = _pick_release(subject, group)
-        target = _civitai_target(registry, link.inpaint_version_id)
+        target = _release_target(registry, link.inpaint_version_id)
         what = (
             "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
         )
@@ -169,7 +205,7 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
 
     official = families.official_target(subject.family)
     if official is not None:
-        target = _hf_target(official, "inpaint")
+        target = _hf_target(official, "inpaint", checks, warnings)
         approx = official["id"] != subject.family
         reason = (f"Use the official {official['name']} inpainting model"
                   + (f", the usual stand-in for {own_fam['name']} (no official one exists)." if approx and own_fam
@@ -178,7 +214,7 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         if approx:
             warnings.append(f"{own_fam['name'] if own_fam else subject.family} differs from {official['name']}: "
                             "expect lower quality than with a dedicated inpainting model.")  # fmt: skip
-        build = build_recommendation(subject, official) if official["id"] in MERGEABLE else None
+        build = build_recommendation(subject, official, checks, warnings) if official["id"] in MERGEABLE else None
         if official["id"] == "sdxl" and build:
             build.evidence.append("C must carry the fp16-fix VAE the SDXL inpainting UNet was trained with.")
         if "v_pred" in subject.prediction:

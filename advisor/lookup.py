@@ -74,24 +74,53 @@ def _family_match(fam: dict, query: str) -> LookupResult:
     return LookupResult(query, match, [], rec, alts, warns)
 
 
+def _official_inpaint_repo(repo: str) -> LookupResult | None:
+    """An official inpainting mirror from data/: answered offline, whatever the registry holds."""
+    for fam in families.all_families():
+        spec = fam.get("inpaint") or {}
+        if any(m["repo"].lower() == repo.lower() for m in spec.get("mirrors", [])):
+            match = Match("hf", f"hf:{repo}", None, repo, repo.split("/")[0], None, fam["id"], True)
+            why = f"the official {fam['name']} inpainting checkpoint"
+            subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
+            rec, alts, warns = ladder.recommend(subject)
+            return LookupResult(repo, match, [], rec, alts, warns)
+    return None
+
+
 def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
     versions = reg.versions(model.id)
     version = ladder.choose_version(versions, version_id or q.version_id, q.version_hint)
     family = (version.family if version else None) or model.family
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
-    match = Match(model.source, model.id, version.id if version else None, model.name, model.creator, base, family,
+    display = model.name if model.source != "hf" else model.source_id  # "author/repo" is how Hub users say it
+    match = Match(model.source, model.id, version.id if version else None, display, model.creator, base, family,
                   inpainting, version.name if version else None)  # fmt: skip
+    evidence = version.evidence if version else []
+    twins = reg.same_files(model.id)
+    notes = []
+    for other_model, other_version, sha in twins:
+        other = reg.model(other_model)
+        if other is None:
+            continue
+        notes.append(f"the same file as {other.source} model {other.name} ({other.id}, sha256 {sha[:12]}…)")
+        if family is None and other.family:  # what one source knows applies to the other
+            family = match.family = other.family
+        twin_version = next((v for v in reg.versions(other.id) if v.id == other_version), None)
+        if twin_version and twin_version.is_inpainting and not inpainting:
+            inpainting = match.is_inpainting = True
+            evidence = [*evidence, f"{other.source} marks the same file as inpainting", *twin_version.evidence]
     subject = ladder.Subject(
-        name=model.name + (f" {version.name}" if version else ""), family=family, base_model=base,
-        is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
+        name=display + (f" {version.name}" if version and model.source != "hf" else ""), family=family,
+        base_model=base, is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
         version_name=version.name if version else None, versions=versions,
-        file=version.primary_file if version else None, inpaint_evidence=version.evidence if version else [],
+        file=version.primary_file if version else None, inpaint_evidence=evidence,
+        same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins],
     )  # fmt: skip
     rec, alts, warns = ladder.recommend(subject, reg)
     if family is None and base:
         warns.insert(0, f'Base model "{base}" is not in the bundled data yet (stored as-is).')
-    return LookupResult(q.raw, match, [], rec, alts, warns)
+    return LookupResult(q.raw, match, [], rec, alts, warns, notes)
 
 
 def _file_answer(q: Query, reg: Registry | None) -> LookupResult:
@@ -159,6 +188,22 @@ def _fetch(q: Query, db: str | None, base_url: str | None) -> str | None:
     return None
 
 
+def _fetch_hf(q: Query, db: str | None) -> str | None:
+    """Ask the Hub about one repo and store it; returns a problem to report in one line, or None."""
+    from crawler import db as registry_db
+    from crawler import hf
+    from crawler.http import CrawlError, RetryPolicy
+    from crawler.hub import RepoUnavailable, endpoint_from_env
+
+    try:
+        hf.fetch_one(registry_db.get_engine(db), q.repo, policy=RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0))
+    except RepoUnavailable as exc:
+        return f"{q.repo} is not on the Hugging Face Hub ({exc.reason})"
+    except CrawlError as exc:
+        return f"offline: could not reach {endpoint_from_env()} ({exc}); answering from bundled data"
+    return None
+
+
 def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_url: str | None = None) -> LookupResult:
     q = parse_query(raw)
     path = sqlite_path(resolve_db_url(db, create_dir=False))
@@ -175,11 +220,13 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
             fam = families.family(families.family_for_hf_repo(q.repo))
             if fam:
                 return _family_match(fam, raw)
+            if official := _official_inpaint_repo(q.repo):
+                return official
 
         found = _resolve(reg, q)
         notes: list[str] = []
-        if found is None and not offline and q.kind in ("civitai", "hash", "text"):
-            problem = _fetch(q, db, civitai_url)
+        if found is None and not offline and q.kind in ("civitai", "hash", "text", "hf"):
+            problem = _fetch_hf(q, db) if q.kind == "hf" else _fetch(q, db, civitai_url)
             if problem:
                 notes.append(problem)
             else:
@@ -192,8 +239,9 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                                             for m in found], notes=notes + ["several models match: be more specific, "
                                                                            "or look one up by id"])  # fmt: skip
         if found is None:
-            if q.kind == "hf":
-                notes.append("Hugging Face repos other than the known bases are not in the registry yet")
+            if q.kind == "hf" and not notes:
+                notes.append(f"{q.repo} is not in the registry" + (" (offline: run without --offline to ask the "
+                                                                   "Hub)" if offline else ""))  # fmt: skip
             return LookupResult(raw, None, notes=notes or ["no model matched"])
         model, version_id = found
         result = _answer(reg, model, q, version_id)
@@ -215,6 +263,9 @@ def _resolve(reg: Registry | None, q: Query):
             return (model, version_id) if model else None
         model = reg.model_of_version(f"civitai:v{q.version_id}")
         return (model, f"civitai:v{q.version_id}") if model else None
+    if q.kind == "hf":
+        model = reg.model(f"hf:{q.repo}")
+        return (model, None) if model else None
     if q.kind == "hash":
         hit = reg.by_hash(q.hash, q.hash_kind)
         if hit is None and q.hash_kind == "autov2":

@@ -60,6 +60,14 @@ class LinkRecord:
     evidence: list[str]
 
 
+@dataclass
+class OfficialState:
+    alive: bool
+    matches: bool
+    checked_at: str
+    detail: str
+
+
 _MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
 
 
@@ -90,7 +98,33 @@ class Registry:
 
     def model(self, model_id: str) -> ModelRecord | None:
         row = self.conn.execute(f"SELECT {_MODEL_COLS} FROM model WHERE id = ?", (model_id,)).fetchone()
+        if row is None and model_id.startswith("hf:"):  # Hub repo ids are case-insensitive
+            row = self.conn.execute(
+                f"SELECT {_MODEL_COLS} FROM model WHERE source = 'hf' AND lower(source_id) = ? LIMIT 1",
+                (model_id[3:].lower(),),
+            ).fetchone()
         return self._model(row) if row else None
+
+    def _optional(self, sql: str, params: tuple = ()) -> list:
+        """Rows of a table that registries from older versions may not have yet."""
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+    def official_checks(self) -> dict[str, OfficialState]:
+        """Mirror repo -> what the last Hugging Face crawl found there."""
+        rows = self._optional("SELECT repo, alive, matches, checked_at, detail FROM officialcheck")
+        return {r[0]: OfficialState(bool(r[1]), bool(r[2]), r[3], r[4]) for r in rows}
+
+    def same_files(self, model_id: str) -> list[tuple[str, str, str]]:
+        """(other model id, its version id, sha256) for each file published on both sources."""
+        rows = self._optional(
+            "SELECT model_b, version_b, sha256 FROM samefile WHERE model_a = ? UNION "
+            "SELECT model_a, version_a, sha256 FROM samefile WHERE model_b = ?",
+            (model_id, model_id),
+        )
+        return [tuple(r) for r in rows]
 
     def model_of_version(self, version_id: str) -> ModelRecord | None:
         row = self.conn.execute(

@@ -9,6 +9,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
     from crawler.civitai import CrawlSummary
+    from crawler.hf import HfCrawlSummary
     from crawler.stats import RegistryStatus
 
 
@@ -39,12 +40,42 @@ def crawl_summary(console: Console, s: "CrawlSummary") -> None:
         console.print(f"[red]error:[/] {s.error}")
 
 
+def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
+    color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
+    console.print(f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})")
+    table = Table.grid(padding=(0, 2))
+    for label, value in [
+        ("pages", s.pages),
+        ("repos listed", s.listed),
+        ("new or changed repos inspected", s.inspected),
+        ("skipped (LoRA, ControlNet, ...)", s.skipped),
+        ("new inpainting releases", s.new_inpainting),
+        ("gated or unavailable (recorded)", s.unavailable),
+        ("new sibling links", s.new_links),
+        ("new same-file links to Civitai", s.same_files),
+        ("official mirrors alive and matching", s.officials_alive),
+        ("requests", s.requests),
+        ("retried requests", s.retries),
+        ("errors", s.errors),
+    ]:
+        table.add_row(label, str(value))
+    console.print(table)
+    if s.officials_dead:
+        console.print("[yellow]official mirrors gone[/] (recommendations moved to a live mirror): "
+                      + ", ".join(s.officials_dead))  # fmt: skip
+    if s.error:
+        console.print(f"[red]error:[/] {s.error}")
+
+
 def registry_status(console: Console, st: "RegistryStatus") -> None:
     console.print(f"registry [bold]{st.db}[/]")
     console.print(
         f"{st.models:,} models, {st.versions:,} versions, {st.files:,} files; "
-        f"{st.inpainting_versions:,} inpainting versions, {st.links:,} inpainting links"
+        f"{st.inpainting_versions:,} inpainting versions, {st.links:,} inpainting links, "
+        f"{st.same_files:,} Civitai/Hugging Face same-file links"
     )
+    if st.per_source:
+        console.print("models per source: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.per_source.items())))
     if st.families:
         table = Table(title="Fine-tunes per family (dedicated inpainting models not counted)")
         for col in ("family", "name", "models", "with own inpainting", "coverage", "official inpainting"):
@@ -64,6 +95,16 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
             "[yellow]unknown base models[/] (add them to data/families.json): "
             + ", ".join(f"{bm} ({n})" for bm, n in st.unknown_base_models)
         )
+    if st.officials:
+        table = Table(title="Official checkpoints (checked by the last Hugging Face crawl)")
+        for col in ("family", "role", "repo", "state", "checked (UTC)", "detail"):
+            table.add_column(col)
+        for o in st.officials:
+            state = "[green]alive[/]" if o.alive and o.matches else "[yellow]changed[/]" if o.alive else "[red]gone[/]"
+            table.add_row(o.family, o.role, o.repo, state, f"{o.checked_at:%Y-%m-%d %H:%M}", o.detail[:60])
+        console.print(table)
+    else:
+        console.print("official checkpoints: not checked yet (run [bold]inpaint-advisor crawl hf[/])")
     if st.runs:
         table = Table(title="Recent crawls")
         for col in ("run", "source", "mode", "status", "started (UTC)", "pages", "models", "errors", "note"):

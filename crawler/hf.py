@@ -278,6 +278,7 @@ def crawl(
     check_officials: bool = True,
     on_page: Callable[[HfCrawlSummary], None] | None = None,
     on_retry: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> HfCrawlSummary:
     """Crawl the Hub. ``incremental`` stops each listing (newest change first) at the last successful run's
     start. A killed or failed run resumes at its last committed page."""
@@ -291,7 +292,7 @@ def crawl(
         since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
     summary = HfCrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
     state = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
-    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry)
+    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry, **({"sleep": sleep} if sleep else {}))
     listings = queries()
     try:
         pages_left = max_pages

@@ -9,6 +9,7 @@ by huggingface_hub once, at import.
 """
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -56,6 +57,7 @@ class Hub:
         policy: RetryPolicy | None = None,
         timeout: float = 30.0,
         on_retry: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.endpoint = endpoint_from_env(endpoint)
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
@@ -63,8 +65,9 @@ class Hub:
         self.timeout = timeout
         self.on_retry = on_retry
         self.retries = 0
+        self._sleep = sleep
         self._json = JsonClient(self.endpoint, token=self.token, policy=self.policy, timeout=timeout,
-                                on_retry=self._count_retry)  # fmt: skip
+                                on_retry=self._count_retry, sleep=sleep)  # fmt: skip
         self._api = None
 
     def close(self) -> None:
@@ -129,7 +132,7 @@ class Hub:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 raise Retryable(type(exc).__name__) from None
 
-        return retrying(attempt, self.policy, what, on_retry=self._count_retry)
+        return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._count_retry)
 
     def model_info(self, repo: str, *, files_metadata: bool = False):
         """huggingface_hub's ``ModelInfo``; ``files_metadata`` adds sizes and ``lfs.sha256`` per file."""

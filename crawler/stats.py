@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
-from crawler.schema import CrawlRun, Family, File, InpaintLink, Model, Version
+from crawler.schema import CrawlRun, Family, File, InpaintLink, Model, OfficialCheck, SameFile, Version
 
 
 @dataclass
@@ -38,6 +38,18 @@ class RunInfo:
 
 
 @dataclass
+class OfficialInfo:
+    family: str
+    role: str  # inpaint | base
+    repo: str
+    file: str | None
+    alive: bool
+    matches: bool
+    detail: str
+    checked_at: datetime
+
+
+@dataclass
 class RegistryStatus:
     db: str
     models: int
@@ -45,6 +57,9 @@ class RegistryStatus:
     files: int
     inpainting_versions: int
     links: int
+    same_files: int = 0  # Civitai and Hugging Face files with the same SHA256
+    per_source: dict[str, int] = field(default_factory=dict)
+    officials: list[OfficialInfo] = field(default_factory=list)  # empty until a Hugging Face crawl ran
     families: list[FamilyCount] = field(default_factory=list)
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
@@ -62,7 +77,13 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 select(func.count()).select_from(Version).where(Version.is_inpainting.is_(True))
             ).scalar_one(),
             links=count(InpaintLink),
+            same_files=count(SameFile),
         )
+        status.per_source = dict(conn.execute(select(Model.source, func.count()).group_by(Model.source)).all())
+        status.officials = [
+            OfficialInfo(r.family, r.role, r.repo, r.file, r.alive, r.matches, r.detail, r.checked_at)
+            for r in conn.execute(select(OfficialCheck).order_by(OfficialCheck.id)).all()
+        ]
         per_family = conn.execute(
             select(
                 Model.family,

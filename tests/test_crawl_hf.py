@@ -1,0 +1,284 @@
+"""The Hugging Face crawl against a real HTTP server on 127.0.0.1 that behaves like the Hub."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+from advisor.lookup import lookup
+from crawler import civitai, db, hf
+from crawler.http import RetriesExhausted, RetryPolicy
+from crawler.stats import registry_status
+from tests.civitai_fake import FakeCivitai, synthetic_item
+from tests.conftest import ROOT, cli_env, run_cli
+from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, HubServer, fixture_hub
+
+FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
+OFFICIAL_SD1 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+@pytest.fixture
+def hub_url():
+    servers = []
+
+    def start(fake: FakeHub) -> str:
+        server = HubServer(fake)
+        servers.append(server)
+        return server.__enter__()
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def engine(db_path):
+    return db.get_engine(db_path)
+
+
+def rows(engine, sql: str, **params) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params).all()]
+
+
+def one(engine, sql: str, **params):
+    found = rows(engine, sql, **params)
+    return found[0] if found else None
+
+
+def dump(engine) -> dict:
+    return {t: sorted(rows(engine, f"SELECT * FROM {t}"), key=repr)
+            for t in ("model", "version", "file", "inpaintlink", "samefile")}  # fmt: skip
+
+
+def crawl(engine, url, **kw):
+    return hf.crawl(engine, endpoint=url, policy=kw.pop("policy", FAST), sleep=kw.pop("sleep", lambda s: None), **kw)
+
+
+def test_full_crawl_records_lineage_family_and_proven_inpainting(engine, hub_url):
+    fake = FakeHub(fixture_hub(), page_limit=2)
+    summary = crawl(engine, hub_url(fake))
+    assert summary.status == "ok" and summary.errors == 0
+    models = {r[0]: r[1:] for r in rows(engine, "SELECT id, family, base_model, is_inpainting, has_inpainting, mode "
+                                                "FROM model WHERE source = 'hf'")}  # fmt: skip
+    # each crawled repo exactly once (it is listed by several queries); the LoRA skipped
+    assert set(models) == {"hf:dreamer/dreamvision", "hf:dreamer/dreamvision-inpainting", "hf:misc/not-really-inpaint",
+                           "hf:xlfan/xl-merge", "hf:xlfan/no-card", "hf:painter/realmix", "hf:fan/dreamvision-remix",
+                           "hf:loner/plain-inpaint", "hf:vault/gated-xl"}  # fmt: skip
+    assert summary.skipped >= 1
+    # base_model as a string, as a list, and from tags only (no cardData)
+    assert models["hf:dreamer/dreamvision"][:2] == ("sd1", SD15)
+    assert models["hf:xlfan/xl-merge"][:2] == ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
+    assert models["hf:xlfan/no-card"][:2] == ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
+    assert one(engine, "SELECT base_model_type FROM version WHERE model_id = 'hf:xlfan/xl-merge'") == ("merge",)
+    # a fine-tune of a fine-tune: lineage through the registry
+    assert models["hf:fan/dreamvision-remix"][:2] == ("sd1", "dreamer/dreamvision")
+    # proof from unet/config.json in_channels
+    assert models["hf:dreamer/dreamvision-inpainting"][2] == 1
+    evidence = one(
+        engine, "SELECT inpaint_evidence FROM version WHERE id = 'hf:dreamer/dreamvision-inpainting@diffusers'"
+    )
+    assert "unet/config.json in_channels 9" in evidence[0]
+    # an inpaint-pipeline tag on a 4-channel UNet is only a hint
+    assert models["hf:misc/not-really-inpaint"][2:4] == (0, 0)
+    assert (
+        "hint only"
+        in one(engine, "SELECT inpaint_evidence FROM version WHERE model_id='hf:misc/not-really-inpaint'")[0]
+    )
+    # proof from safetensors header shapes (range reads), no model_index.json, no lineage
+    assert models["hf:loner/plain-inpaint"][:4] == ("sdxl", None, 1, 1)
+    realmix = dict(rows(engine, "SELECT name, is_inpainting FROM version WHERE model_id = 'hf:painter/realmix'"))
+    assert realmix == {"realmix_v2": 0, "realmix_v2-inpainting": 1}
+    assert one(engine, "SELECT parent_version_id, kind FROM inpaintlink WHERE parent_model_id = 'hf:painter/realmix'") \
+        == ("hf:painter/realmix@realmix_v2.safetensors", "same-model")  # fmt: skip
+    # sibling repo by the same author
+    sibling = one(engine, "SELECT inpaint_model_id, kind FROM inpaintlink WHERE parent_model_id = :m",
+                  m="hf:dreamer/dreamvision")  # fmt: skip
+    assert sibling == ("hf:dreamer/dreamvision-inpainting", "sibling-model")
+    # gated: recorded with what the listing says, not fatal
+    assert models["hf:vault/gated-xl"][0] == "sdxl" and models["hf:vault/gated-xl"][4] == "Gated"
+    # sizes and lfs sha256 from blobs=true
+    f = one(engine, "SELECT size_kb, sha256 FROM file WHERE id = 'hf:painter/realmix/realmix_v2.safetensors'")
+    assert f[0] == 2 * 2**20 and len(f[1]) == 64 and f[1] == f[1].upper()
+    # the listing asked for lineage per base and relation, with expand fields, and followed absolute Link URLs
+    listings = [r for r in fake.requests if r.startswith("/api/models?")]
+    assert any("filter=base_model%3Afinetune%3Astable-diffusion-v1-5%2Fstable-diffusion-v1-5" in r for r in listings)
+    assert all("expand=cardData" in r and "expand=siblings" in r for r in listings)
+    assert any("cursor=" in r for r in listings)
+
+
+def test_second_crawl_changes_nothing_and_reads_no_files(engine, hub_url):
+    fake = FakeHub(fixture_hub(), page_limit=3)
+    url = hub_url(fake)
+    crawl(engine, url)
+    before = dump(engine)
+    fake.requests.clear()
+    again = crawl(engine, url, check_officials=False)
+    assert again.inspected == 0 and again.written == 0
+    assert all(r.startswith("/api/models?") for r in fake.requests)  # listings only: no config, header, info
+    assert dump(engine) == before
+
+
+def test_incremental_reads_only_changed_repos_and_stops_early(engine, hub_url):
+    repos = fixture_hub()
+    fake = FakeHub(repos, page_limit=2)
+    url = hub_url(fake)
+    crawl(engine, url)
+    changed = next(r for r in repos if r.id == "xlfan/no-card")
+    changed.touch("2099-01-01T00:00:00.000Z")
+    changed.files["unet/config.json"].content = json.dumps({"in_channels": 9, "cross_attention_dim": 2048}).encode()
+    fake.requests.clear()
+    summary = crawl(engine, url, mode="incremental", check_officials=False)
+    assert summary.inspected == 1
+    assert one(engine, "SELECT is_inpainting FROM model WHERE id = 'hf:xlfan/no-card'") == (1,)
+    # newest-first listings stop at the first repo older than the last crawl: no walk through every page
+    assert not any("cursor=" in r for r in fake.requests)
+
+
+def test_rate_limits_and_faults_are_retried_honouring_the_reset(engine, hub_url):
+    fake = FakeHub(fixture_hub(), faults=[
+        Fault(429, ratelimit_reset=7),  # the very first listing page
+        Fault(503, path_prefix="/api/models/"),  # model_info through huggingface_hub
+        Fault(200, html=True),  # an HTML page instead of JSON
+        Fault(500, path_prefix="/dreamer/"),  # the resolve endpoint (unet/config.json)
+    ])  # fmt: skip
+    slept: list[float] = []
+    summary = crawl(engine, hub_url(fake), sleep=slept.append)
+    assert summary.status == "ok" and summary.retries == 4
+    assert 7.0 in slept  # the RateLimit reset, not a guess
+    assert not fake.faults
+    assert one(engine, "SELECT is_inpainting FROM model WHERE id = 'hf:dreamer/dreamvision-inpainting'") == (1,)
+
+
+def test_retries_run_out_with_a_clear_error_then_resume(engine, hub_url):
+    fake = FakeHub(fixture_hub(), page_limit=2)
+    url = hub_url(fake)
+    first = crawl(engine, url, max_pages=5, check_officials=False)
+    assert first.status == "interrupted"
+    fake.faults = [Fault(429, ratelimit_reset=1) for _ in range(4)]
+    with pytest.raises(RetriesExhausted, match="gave up on .* after 4 attempts: HTTP 429"):
+        crawl(engine, url)
+    assert one(engine, "SELECT status, cursor IS NOT NULL FROM crawlrun ORDER BY id DESC LIMIT 1") == ("failed", 1)
+    done = crawl(engine, url)
+    assert done.resumed and done.status == "ok"
+    assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
+
+
+def test_kill_mid_crawl_then_resume_stores_every_repo_once(db_path, hub_url):
+    fake = FakeHub(fixture_hub(), page_limit=1, hold_list_page=12)
+    url = hub_url(fake)
+    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+    cmd = [sys.executable, "-m", "advisor", "crawl", "hf", "--hf-endpoint", url, "--no-officials", "--json"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert fake.holding.wait(timeout=60), "the crawler never reached the held page"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        fake.release.set()
+    engine = db.get_engine(db_path)
+    committed = one(engine, "SELECT pages, status FROM crawlrun")
+    assert committed == (12, "running")  # the held page was never committed
+    result = run_cli("crawl", "hf", "--hf-endpoint", url, "--no-officials", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["resumed"] is True and summary["status"] == "ok"
+    ids = [r[0] for r in rows(engine, "SELECT id FROM model WHERE source = 'hf'")]
+    assert len(ids) == len(set(ids)) == 9
+
+
+def test_officials_dead_mirror_moves_the_recommendation(engine, hub_url):
+    repos = [r for r in fixture_hub() if r.id != OFFICIAL_SD1]  # the usual SD 1.5 inpainting mirror is gone
+    changed = next(r for r in repos if r.id == "stabilityai/stable-diffusion-xl-base-1.0")
+    changed.files["sd_xl_base_1.0.safetensors"] = ExactFile(123, "0" * 64)  # replaced by something else
+    crawl(engine, hub_url(FakeHub(repos)))
+    status = {(o.family, o.role, o.repo): o for o in registry_status(engine).officials}
+    assert not status[("sd1", "inpaint", OFFICIAL_SD1)].alive
+    assert "401" in status[("sd1", "inpaint", OFFICIAL_SD1)].detail
+    assert status[("sd1", "inpaint", "sd-legacy/stable-diffusion-inpainting")].matches
+    sdxl = status[("sdxl", "base", "stabilityai/stable-diffusion-xl-base-1.0")]
+    assert sdxl.alive and not sdxl.matches and "sha256" in sdxl.detail and "size 123" in sdxl.detail
+    answer = lookup("xlfan/no-card", db=str(engine.url.database), offline=True)
+    assert answer.recommendation.kind == "official"
+    answer = lookup("fan/dreamvision-remix", db=str(engine.url.database), offline=True)
+    official = next(r for r in [answer.recommendation, *answer.alternatives] if r.kind == "official")
+    assert official.target.repo == "sd-legacy/stable-diffusion-inpainting"
+    assert any(OFFICIAL_SD1 in w and "gone" in w for w in answer.warnings)
+
+
+def test_same_sha256_on_civitai_and_hf_links_the_two(engine, hub_url, serve):
+    repos = fixture_hub()
+    realmix = next(r for r in repos if r.id == "painter/realmix")
+    sha = realmix.files["realmix_v2.safetensors"].sha256.upper()
+    item = synthetic_item(5150, __import__("random").Random(1), __import__("datetime").datetime(2024, 1, 1))
+    item["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = sha
+    newest = item["modelVersions"][0]["id"]
+    civitai.crawl(engine, base_url=serve(FakeCivitai([item])), policy=FAST)
+    summary = crawl(engine, hub_url(FakeHub(repos)), check_officials=False)
+    assert summary.same_files == 1
+    assert one(engine, "SELECT model_a, model_b, version_b FROM samefile") == (
+        "civitai:5150",
+        "hf:painter/realmix",
+        "hf:painter/realmix@realmix_v2.safetensors",
+    )
+    answer = lookup("civitai:5150", db=str(engine.url.database), offline=True)
+    assert any("hf model realmix" in n for n in answer.notes)
+    assert answer.match.version_id == f"civitai:v{newest}"
+
+
+def test_token_is_sent_never_stored_or_printed(db_path, hub_url):
+    fake = FakeHub(fixture_hub())
+    url = hub_url(fake)
+    secret = "hf_SECRETtoken123456789"
+    result = run_cli("crawl", "hf", "--hf-endpoint", url, env=cli_env(INPAINT_ADVISOR_DB=str(db_path), HF_TOKEN=secret))
+    assert result.returncode == 0, result.stderr
+    assert fake.auth_headers and set(fake.auth_headers) == {f"Bearer {secret}"}
+    assert secret not in result.stdout + result.stderr
+    for path in db_path.parent.glob("registry.db*"):
+        assert secret.encode() not in path.read_bytes()
+    # with the token, the gated repo's files are readable
+    engine = db.get_engine(db_path)
+    assert one(engine, "SELECT mode FROM model WHERE id = 'hf:vault/gated-xl'") == (None,)
+
+
+def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(tmp_path, hub_url, monkeypatch):
+    fake = FakeHub(fixture_hub())
+    monkeypatch.setenv("HF_ENDPOINT", hub_url(fake))
+    registry = str(tmp_path / "r.db")
+    db.get_engine(registry)
+    offline = lookup("painter/realmix", db=registry, offline=True)
+    assert offline.match is None and "not in the registry" in offline.notes[0]
+    answer = lookup("https://huggingface.co/painter/realmix", db=registry)
+    assert answer.match.name == "painter/realmix" and answer.match.family == "sd1"
+    assert answer.recommendation.kind == "own-release"
+    assert answer.recommendation.target.file == "realmix_v2-inpainting.safetensors"
+    gone = lookup("nobody/deleted-repo", db=registry)
+    assert gone.match is None and "not on the Hugging Face Hub" in gone.notes[0]
+
+
+def test_cli_crawl_hf_json_and_status_show_officials(db_path, hub_url):
+    url = hub_url(FakeHub([r for r in fixture_hub() if r.id != OFFICIAL_SD1]))
+    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+    result = run_cli("crawl", "hf", "--hf-endpoint", url, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "ok" and summary["new_inpainting"] == 3
+    assert OFFICIAL_SD1 in summary["officials_dead"]
+    status = run_cli("status", env=env)
+    assert "Official checkpoints" in status.stdout and "gone" in status.stdout
+    as_json = json.loads(run_cli("status", "--json", env=env).stdout)
+    dead = [o for o in as_json["officials"] if not o["alive"]]
+    assert {o["repo"] for o in dead} >= {OFFICIAL_SD1, "runwayml/stable-diffusion-inpainting"}
+    assert as_json["per_source"]["hf"] == 9
+
+
+def test_unknown_repo_endpoint_is_a_clear_error(db_path):
+    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+    result = run_cli("crawl", "hf", "--hf-endpoint", "http://127.0.0.1:9", "--retries", "2", "--backoff", "0",
+                     env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert "gave up" in result.stderr and "run the same command again to resume" in result.stderr
