@@ -1,5 +1,6 @@
 """`inpaint-advisor`: a thin typer layer over the library functions in crawler/, advisor/ and merge/."""
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +53,7 @@ def lookup(
       [bold]inpaint-advisor lookup "majicmix realistic v7"[/]
       [bold]inpaint-advisor lookup https://civitai.com/models/4384?modelVersionId=128713[/]
       [bold]inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072[/]
+      [bold]inpaint-advisor lookup Lykon/dreamshaper-8[/]  (a Hugging Face repo)
       [bold]inpaint-advisor lookup 7C819B6D13[/]  (an AutoV2 hash)
       [bold]inpaint-advisor lookup ./myModel.safetensors --json[/]
 
@@ -302,6 +304,20 @@ def merge(
         out_console.print_json(jsonout.dumps(result))
     else:
         render.merge_result(out_console, result)
+
+
+def _reflow(doc: str) -> str:
+    """Typer's rich help keeps the source's line breaks after the first paragraph: join each prose paragraph
+    into one line (the terminal wraps it), keep indented lines such as lists of examples as written."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)  # fmt: skip
+
+
+for _typer in (app, crawl_app):
+    for _info in _typer.registered_commands:
+        if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+            _info.help = _reflow(_info.callback.__doc__)
 
 
 def main() -> None:
