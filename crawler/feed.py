@@ -52,6 +52,10 @@ def _fetch_pages(base_url, token, policy, params, cursor, max_pages, q, parent) 
         _put(q, exc, parent)
     finally:
         client.close()
+        if os.getppid() != parent:
+            # Nobody will read what is still buffered for the pipe: exiting must not wait to flush it (the
+            # process would hang forever after a kill -9 of the crawl).
+            q.cancel_join_thread()
 
 
 class PageFeed:

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -198,6 +200,17 @@ def test_a_second_crawl_on_the_same_registry_is_refused(db_path, serve):
     assert json.loads(result.stdout)["status"] == "ok"
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(db_path, serve):
     fake = FakeCivitai(synthetic_catalogue(1000), hold_page=5)
     url = serve(fake)
@@ -216,6 +229,11 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(db_path, 
         fake.release.set()
         if child.poll() is None:
             child.kill()
+    # the orphaned fetch process notices its writer is gone and exits (it once hung flushing its queue)
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(db_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(db_path)), "the fetch process outlived the killed crawl"
     engine = db.get_engine(db_path)
     committed = one(engine, "SELECT pages, cursor, status FROM crawlrun")
     stored = one(engine, "SELECT count(*) FROM model")[0]
