@@ -25,7 +25,7 @@ import torch
 from merge import hashing, layout
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import CheckpointError, TensorInfo
-from merge.safetensors_io import DTYPES, SafetensorsWriter
+from merge.safetensors_io import SafetensorsWriter
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 SUPPORTED = {"sd1", "sd2", "sdxl"}
@@ -242,38 +242,25 @@ def plan_merge(
 
 # -- arithmetic -------------------------------------------------------------------------------------------------
 class _Scratch:
-    """Per-thread buffers: two fp32 work chunks and one chunk in the output dtype on its way to the file."""
-
     def __init__(self):
         self.d = torch.empty(CHUNK, dtype=torch.float32)
         self.t = torch.empty(CHUNK, dtype=torch.float32)
-        self._out: dict[torch.dtype, torch.Tensor] = {}
-
-    def out(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self._out:
-            self._out[dtype] = torch.empty(CHUNK, dtype=dtype)
-        return self._out[dtype]
 
 
 _LIMIT = {torch.float16: torch.finfo(torch.float16).max, torch.bfloat16: torch.finfo(torch.bfloat16).max,
           torch.float32: torch.finfo(torch.float32).max}  # fmt: skip
 
-Sink = Callable[[torch.Tensor, int], None]  # (contiguous chunk in the output dtype, byte offset in the tensor)
 
-
-def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, dtype: torch.dtype, sink: Sink,
-               s: _Scratch) -> bool:  # fmt: skip
-    """A - M * (C - B) in fp32 chunks that stay in cache (no full-size fp32 temporaries), each chunk handed to
-    ``sink`` in the output dtype. Returns whether every value is finite in the output dtype (checked on the fp32
-    chunk while it is still in cache)."""
-    af, bf, cf = a.reshape(-1), b.reshape(-1), c.reshape(-1)
-    limit = _LIMIT[dtype]
-    size = torch.empty((), dtype=dtype).element_size()
+def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out: torch.Tensor, s: _Scratch) -> bool:
+    """out = A - M * (C - B), in fp32 chunks that stay in cache (no full-size fp32 temporaries). Returns whether
+    every value is finite in the output dtype (checked on the fp32 chunk while it is still in cache)."""
+    af, bf, cf, of = a.reshape(-1), b.reshape(-1), c.reshape(-1), out.view(-1)
+    limit = _LIMIT[out.dtype]
     finite = True
     n = af.numel()
     for i in range(0, n, CHUNK):
         j = min(n, i + CHUNK)
-        d, t, o = s.d[: j - i], s.t[: j - i], s.out(dtype)[: j - i]
+        d, t = s.d[: j - i], s.t[: j - i]
         d.copy_(cf[i:j])
         t.copy_(bf[i:j])
         d.sub_(t)
@@ -281,40 +268,31 @@ def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, dtyp
         t.sub_(d, alpha=m)
         lo, hi = torch.aminmax(t)
         finite = finite and -limit <= lo.item() and hi.item() <= limit  # NaN compares False
-        o.copy_(t)
-        sink(o, i * size)
+        of[i:j].copy_(t)
     return finite
 
 
-def _combine(a, b, c, m: float, dtype: torch.dtype, device: str, sink: Sink, s: _Scratch) -> bool:
+def _combine_into(out: torch.Tensor, a, b, c, m: float, device: str, s: _Scratch) -> bool:
     if device == "cpu":
-        return _fused_cpu(a, b, c, m, dtype, sink, s)
+        return _fused_cpu(a, b, c, m, out, s)
     a32, b32, c32 = (t.to(device, non_blocking=True).float() for t in (a, b, c))
-    result = torch.sub(a32, c32.sub_(b32), alpha=m).to(dtype)
-    sink(result.cpu().contiguous(), 0)
+    result = torch.sub(a32, c32.sub_(b32), alpha=m).to(out.dtype)
+    out.copy_(result.cpu())
     return bool(torch.isfinite(result).all())
 
 
-def _apply(entry: Entry, write: Sink, a, b, c, m: float, s: _Scratch, device: str) -> bool:
-    """Write the output tensor through ``write``; returns False if it holds NaN/Inf."""
-    dtype = DTYPES[entry.dtype]
+def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: _Scratch, device: str) -> bool:
+    """Fill ``slot`` (the output tensor's place in the file); returns False if it holds NaN/Inf."""
     if entry.rule == "add" and m != 0.0:
-        return _combine(a, b, c, m, dtype, device, write, s)
+        return _combine_into(slot, a, b, c, m, device, s)
     if entry.rule == "channels" and m != 0.0:
         k = b.shape[1]
-        part = torch.empty(b.shape, dtype=dtype)  # the delta goes onto the channels B and C have
-        flat = part.view(-1)
-
-        def into_part(chunk: torch.Tensor, offset: int) -> None:
-            start = offset // chunk.element_size()
-            flat[start : start + chunk.numel()] = chunk.reshape(-1)
-
-        finite = _combine(a[:, :k].contiguous(), b, c, m, dtype, device, into_part, s)
-        full = a.to(dtype, copy=True).contiguous()  # A's mask channels stay
-        full[:, :k] = part
-        write(full, 0)
+        part = torch.empty(b.shape, dtype=slot.dtype)
+        finite = _combine_into(part, a[:, :k].contiguous(), b, c, m, device, s)
+        slot.copy_(a)
+        slot[:, :k] = part
         return finite
-    write(a.to(dtype).contiguous(), 0)
+    slot.copy_(a)
     return True
 
 
@@ -416,13 +394,9 @@ def run_merge(
             a, b, c = plan.a.read(entry.name), None, None
         else:
             a, b, c = plan.a.read(entry.name), plan.b.read(entry.name), plan.c.read(entry.name)
+        return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)
 
-        def write(chunk: torch.Tensor, offset: int) -> None:
-            writer.write_at(entry.name, chunk, offset)
-
-        return _apply(entry, write, a, b, c, plan.multiplier, local.scratch, plan.device)
-
-    # Output tensors are independent ranges of the file, so tensors are computed on several threads
+    # Output slots are independent places in the mapped file, so tensors are computed on several threads
     # (torch releases the GIL) with one torch thread each: cheaper than splitting every small op in two.
     workers = 1 if plan.device != "cpu" else max(1, min(4, os.cpu_count() or 1))
     torch_threads = torch.get_num_threads()

@@ -5,7 +5,9 @@ Format: 8-byte little-endian header length N, N bytes of JSON ({name: {dtype, sh
 optional "__metadata__" of str -> str), then the tensor bytes; offsets are relative to the end of the header.
 """
 
+import contextlib
 import json
+import mmap
 import os
 import struct
 import threading
@@ -55,12 +57,11 @@ class SafetensorsWriter:
     """Write a safetensors file whose header is known up front, tensor by tensor, with no tensor held in memory
     longer than it takes to write it.
 
-    The file is preallocated (so a full disk fails here, with a clear error, not halfway); ``write_at`` puts
-    bytes at their place with ``pwrite``, from any thread. (Writing through a shared memory map was measured
-    5x slower on ext4: every first touch of a page is a page fault that allocates it.) The file appears under
-    ``path`` only when ``commit()`` succeeds: until then it is a hidden ``.<name>.partial-<pid>`` beside it,
-    removed on failure. Dirty pages are flushed in the background as the file fills, so the final fsync is
-    short.
+    The file is preallocated (so a full disk fails here, with a clear error, not halfway) and memory-mapped:
+    ``slot(name)`` is a writable view of the tensor's place in the file, so results are converted straight into
+    the page cache. The file appears under ``path`` only when ``commit()`` succeeds: until then it is a hidden
+    ``.<name>.partial-<pid>`` beside it, removed on failure. Dirty pages are flushed in the background as the
+    file fills, so the final fsync is short.
     """
 
     FLUSH_EVERY = 512 * 2**20
@@ -83,7 +84,7 @@ class SafetensorsWriter:
         self.header_len = len(raw)
         self.total_size = 8 + self.header_len + self.data_size
         self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._data_start = 8 + self.header_len
+        self._mm = None
         self._done = 0
         self._flushed = 0
         self._flusher: threading.Thread | None = None
@@ -95,6 +96,8 @@ class SafetensorsWriter:
                     raise
                 os.ftruncate(self._fd, self.total_size)  # a filesystem without fallocate
             self._write_at(struct.pack("<Q", self.header_len) + raw, 0)
+            if self.data_size:
+                self._mm = mmap.mmap(self._fd, self.total_size)
         except BaseException:
             self.abort()
             raise
@@ -114,24 +117,15 @@ class SafetensorsWriter:
     def sizes(self) -> dict[str, int]:
         return {k: v.nbytes for k, v in self.infos.items()}
 
-    def write_at(self, name: str, data: torch.Tensor, byte_offset: int = 0) -> None:
-        """Write ``data`` (contiguous, already in the header's dtype) at ``byte_offset`` within tensor ``name``;
-        safe from several threads at once, each writing its own range."""
-        info = self.infos[name]
-        if data.dtype != DTYPES[info.dtype]:
-            raise RuntimeError(f"{name}: {data.dtype} written where the header says {info.dtype}")
-        raw = data.reshape(-1).view(torch.uint8)
-        if byte_offset + raw.numel() > info.nbytes:
-            raise RuntimeError(f"{name}: write past the end of the tensor")
-        if raw.numel():
-            self._write_at(raw.numpy(), self._data_start + info.start + byte_offset)
+    def slot(self, name: str) -> torch.Tensor:
+        """The writable place of tensor ``name`` in the output file."""
+        return typed_view(self._mm, self.infos[name], 8 + self.header_len + self.infos[name].start)
 
     def write(self, name: str, data: torch.Tensor) -> None:
-        """Write the whole tensor ``name`` (converted to the header's dtype) and mark it done."""
-        info = self.infos[name]
-        if tuple(data.shape) != info.shape:
-            raise RuntimeError(f"{name}: shape {tuple(data.shape)} does not match the header's {info.shape}")
-        self.write_at(name, data.to(DTYPES[info.dtype]).contiguous())
+        slot = self.slot(name)
+        if tuple(data.shape) != tuple(slot.shape):
+            raise RuntimeError(f"{name}: shape {tuple(data.shape)} does not match the header's {tuple(slot.shape)}")
+        slot.copy_(data)
         self.done(name)
 
     def done(self, name: str) -> None:
@@ -157,6 +151,11 @@ class SafetensorsWriter:
     def commit(self) -> Path:
         if self._flusher is not None:
             self._flusher.join()
+        if self._mm is not None:
+            if self.sync:
+                self._mm.flush()
+            self._mm.close()
+            self._mm = None
         if self.sync:
             os.fsync(self._fd)
         os.close(self._fd)
@@ -167,6 +166,10 @@ class SafetensorsWriter:
     def abort(self) -> None:
         if self._flusher is not None:
             self._flusher.join()
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):  # a view is still alive: the mapping goes with the process
+                self._mm.close()
+            self._mm = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
