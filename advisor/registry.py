@@ -196,6 +196,17 @@ class Registry:
         sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?"
         return [r[0] for r in self.conn.execute(sql, (match, CANDIDATES))]
 
+    def _all_trigram_candidates(self, wanted: str) -> list[int] | None:
+        """Rowids of names containing every trigram of the query: found by intersecting posting lists, no ranking,
+        so it is fast. None when there are too many to have seen them all (the ranked search decides then)."""
+        grams = sorted({wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]})
+        if len(grams) < 2:
+            return None
+        match = " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+        ids = [r[0] for r in self.conn.execute("SELECT rowid FROM model_fts WHERE model_fts MATCH ? LIMIT ?",
+                                               (match, CANDIDATES + 1))]  # fmt: skip
+        return ids if len(ids) <= CANDIDATES else None
+
     def exact(self, text: str) -> ModelRecord | None:
         """The one model whose normalised name is ``text``'s, if exactly one is."""
         rows = self.conn.execute(
@@ -211,6 +222,14 @@ class Registry:
         if (exact := self.exact(wanted)) is not None:  # the name as written: no need to rank anything
             return [exact]
         use_fts = self.has_fts and len(wanted.replace(" ", "")) >= 3
+        if use_fts:
+            # Most queries are a name with a dropped letter, a missing suffix or different punctuation: every
+            # trigram still occurs in the name. BM25-ranking the union of posting lists costs 100-500 ms on a
+            # large registry, intersecting them a millisecond, so try that first.
+            ids = self._all_trigram_candidates(wanted)
+            ranked = self._score(wanted, ids) if ids else []
+            if ranked and ranked[0].score >= GOOD_ENOUGH:
+                return ranked[:limit]
         ranked = self._score(wanted, self._fts_candidates(wanted) if use_fts else None)
         if use_fts and (not ranked or ranked[0].score < GOOD_ENOUGH):
             ranked = self._score(wanted, self._fts_candidates(wanted, widen=True))
