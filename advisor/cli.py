@@ -32,6 +32,12 @@ DbOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+IncrementalOption = Annotated[
+    bool, typer.Option("--incremental/--full", help="Only what changed since the last successful crawl.")
+]
+MaxPagesOption = Annotated[int | None, typer.Option(min=1, help="Stop after N pages (resumable later).")]
+RetriesOption = Annotated[int, typer.Option(min=1, help="Attempts per request before giving up.")]
+BackoffOption = Annotated[float, typer.Option(min=0.0, help="First retry delay in seconds (doubles, max 30 s).")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -101,10 +107,8 @@ def probe(
 
 @crawl_app.command("civitai")
 def crawl_civitai(
-    incremental: Annotated[
-        bool, typer.Option("--incremental/--full", help="Only models changed since the last successful crawl.")
-    ] = False,
-    max_pages: Annotated[int | None, typer.Option(min=1, help="Stop after N pages (resumable later).")] = None,
+    incremental: IncrementalOption = False,
+    max_pages: MaxPagesOption = None,
     url: Annotated[
         str | None,
         typer.Option(
@@ -113,8 +117,8 @@ def crawl_civitai(
             help="Civitai base URL (a mirror or a local replay).",
         ),
     ] = None,
-    retries: Annotated[int, typer.Option(min=1, help="Attempts per request before giving up.")] = 6,
-    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay in seconds (doubles, max 30 s).")] = 1.0,
+    retries: RetriesOption = 6,
+    backoff: BackoffOption = 1.0,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -143,10 +147,8 @@ def crawl_civitai(
 
 @crawl_app.command("hf")
 def crawl_hf(
-    incremental: Annotated[
-        bool, typer.Option("--incremental/--full", help="Only repos changed since the last successful crawl.")
-    ] = False,
-    max_pages: Annotated[int | None, typer.Option(min=1, help="Stop after N pages (resumable later).")] = None,
+    incremental: IncrementalOption = False,
+    max_pages: MaxPagesOption = None,
     hf_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -159,8 +161,8 @@ def crawl_hf(
     officials: Annotated[
         bool, typer.Option("--officials/--no-officials", help="Check the official checkpoints' mirrors too.")
     ] = True,
-    retries: Annotated[int, typer.Option(min=1, help="Attempts per request before giving up.")] = 6,
-    backoff: Annotated[float, typer.Option(min=0.0, help="First retry delay in seconds (doubles, max 30 s).")] = 1.0,
+    retries: RetriesOption = 6,
+    backoff: BackoffOption = 1.0,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -17,54 +17,38 @@ def _sample(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def crawl_summary(console: Console, s: "CrawlSummary") -> None:
-    color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
-    head = f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"
-    console.print(head)
-    table = Table.grid(padding=(0, 2))
-    for label, value in [
-        ("pages", s.pages),
-        ("models", s.models),
-        ("versions", s.versions),
-        ("models changed", s.written),
-        ("new inpainting releases", s.new_inpainting),
-        ("new sibling links", s.new_links),
-        ("retried requests", s.retries),
-        ("errors", s.errors),
-    ]:
-        table.add_row(label, str(value))
-    console.print(table)
-    if s.unknown_base_models:
-        console.print("unknown base models (stored as-is): " + ", ".join(sorted(s.unknown_base_models)))
-    if s.error:
-        console.print(f"[red]error:[/] {s.error}")
-
-
-def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
+def _crawl_report(console: Console, s, rows: list[tuple[str, object]], notes: list[str]) -> None:
     color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
     console.print(f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})")
     table = Table.grid(padding=(0, 2))
-    for label, value in [
-        ("pages", s.pages),
-        ("repos listed", s.listed),
-        ("new or changed repos inspected", s.inspected),
-        ("skipped (LoRA, ControlNet, ...)", s.skipped),
-        ("new inpainting releases", s.new_inpainting),
-        ("gated or unavailable (recorded)", s.unavailable),
-        ("new sibling links", s.new_links),
-        ("new same-file links to Civitai", s.same_files),
-        ("official mirrors alive and matching", s.officials_alive),
-        ("requests", s.requests),
-        ("retried requests", s.retries),
-        ("errors", s.errors),
-    ]:
+    for label, value in rows:
         table.add_row(label, str(value))
     console.print(table)
-    if s.officials_dead:
-        console.print("[yellow]official mirrors gone[/] (recommendations moved to a live mirror): "
-                      + ", ".join(s.officials_dead))  # fmt: skip
+    for note in notes:
+        console.print(note)
     if s.error:
         console.print(f"[red]error:[/] {s.error}")
+
+
+def crawl_summary(console: Console, s: "CrawlSummary") -> None:
+    rows = [("pages", s.pages), ("models", s.models), ("versions", s.versions), ("models changed", s.written),
+            ("new inpainting releases", s.new_inpainting), ("new sibling links", s.new_links),
+            ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
+    notes = ["unknown base models (stored as-is): " + ", ".join(sorted(s.unknown_base_models))] \
+        if s.unknown_base_models else []  # fmt: skip
+    _crawl_report(console, s, rows, notes)
+
+
+def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
+    rows = [("pages", s.pages), ("repos listed", s.listed), ("new or changed repos inspected", s.inspected),
+            ("skipped (LoRA, ControlNet, ...)", s.skipped), ("new inpainting releases", s.new_inpainting),
+            ("gated or unavailable (recorded)", s.unavailable), ("new sibling links", s.new_links),
+            ("new same-file links to Civitai", s.same_files),
+            ("official mirrors alive and matching", s.officials_alive), ("requests", s.requests),
+            ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
+    notes = ["[yellow]official mirrors gone[/] (recommendations moved to a live mirror): "
+             + ", ".join(s.officials_dead)] if s.officials_dead else []  # fmt: skip
+    _crawl_report(console, s, rows, notes)
 
 
 def registry_status(console: Console, st: "RegistryStatus") -> None:

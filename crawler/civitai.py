@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from crawler import detect, links, runs
@@ -20,7 +19,6 @@ from crawler.feed import PageFeed
 from crawler.http import RetryPolicy
 from crawler.names import normalize_name
 from crawler.pages import PageResult, ParsedModel, store_parsed
-from crawler.schema import CrawlRun
 
 DEFAULT_URL = "https://civitai.com"
 URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
@@ -193,21 +191,10 @@ def period_for(since: datetime | None, now: datetime) -> str | None:
 
 
 @dataclass
-class CrawlSummary:
-    run_id: int
-    mode: str
-    resumed: bool
-    pages: int = 0
+class CrawlSummary(runs.RunSummary):
     models: int = 0
     versions: int = 0
-    written: int = 0
-    new_inpainting: int = 0
-    new_links: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
-    retries: int = 0
-    errors: int = 0
-    status: str = "running"
-    error: str | None = None
 
 
 def crawl(
@@ -264,10 +251,7 @@ def crawl(
         summary.status = "ok"
         runs.finish(engine, run, "ok")
     except BaseException as exc:
-        summary.status, summary.error, summary.errors = "failed", str(exc) or type(exc).__name__, 1
-        with engine.begin() as conn:
-            conn.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
-        runs.finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+        runs.record_failure(engine, run, summary, exc)
         raise
     finally:
         feed.close()

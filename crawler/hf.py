@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from crawler import detect, families, links, officials, runs
@@ -22,7 +22,7 @@ from crawler.http import RetryPolicy
 from crawler.hub import Hub
 from crawler.names import normalize_name
 from crawler.pages import ParsedModel, store_parsed
-from crawler.schema import CrawlRun, Model
+from crawler.schema import Model
 
 PAGE_SIZE = 100
 # Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
@@ -231,26 +231,15 @@ def queries() -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 @dataclass
-class HfCrawlSummary:
-    run_id: int
-    mode: str
-    resumed: bool
-    pages: int = 0
+class HfCrawlSummary(runs.RunSummary):
     listed: int = 0
     inspected: int = 0  # new or changed repos whose files were read
     skipped: int = 0  # adapters, ControlNets, ... listed under a base
-    written: int = 0
-    new_inpainting: int = 0
     unavailable: int = 0  # gated / deleted repos, recorded
     requests: int = 0
-    retries: int = 0
-    errors: int = 0
     officials_alive: int = 0
     officials_dead: list[str] = field(default_factory=list)
     same_files: int = 0
-    new_links: int = 0
-    status: str = "running"
-    error: str | None = None
 
 
 def _revision_key(sha: str | None) -> str:
@@ -348,10 +337,7 @@ def crawl(
         summary.status = "ok"
         runs.finish(engine, run, "ok")
     except BaseException as exc:
-        summary.status, summary.error, summary.errors = "failed", str(exc) or type(exc).__name__, summary.errors + 1
-        with engine.begin() as conn:
-            conn.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
-        runs.finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+        runs.record_failure(engine, run, summary, exc)
         raise
     finally:
         hub.close()

@@ -46,6 +46,33 @@ def _is_stale(lock: CrawlLock, host: str, now: datetime) -> bool:
 
 
 @dataclass
+class RunSummary:
+    """What every crawl reports; each source adds its own counts."""
+
+    run_id: int
+    mode: str
+    resumed: bool
+    pages: int = 0
+    written: int = 0  # models whose content changed
+    new_inpainting: int = 0
+    new_links: int = 0
+    retries: int = 0
+    errors: int = 0
+    status: str = "running"
+    error: str | None = None
+
+
+def record_failure(engine: Engine, run: CrawlRun, summary: RunSummary, exc: BaseException) -> None:
+    """The run stops: keep its cursor for the next start, count the error, release the lock."""
+    summary.status, summary.error = "failed", str(exc) or type(exc).__name__
+    summary.errors += 1
+    with Session(engine) as session:
+        session.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
+        session.commit()
+    finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+
+
+@dataclass
 class Started:
     run: CrawlRun
     resumed: bool

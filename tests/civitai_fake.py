@@ -12,9 +12,11 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from tests.local_server import LocalServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HTML_ERROR = b"<!DOCTYPE html><html><head><title>504 Gateway Time-out</title></head><body>cloudflare</body></html>"
@@ -149,23 +151,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, b'{"error":"Not found"}')
 
 
-class Server:
+class Server(LocalServer):
     """``with Server(fake) as url:`` serves ``fake`` on a free 127.0.0.1 port."""
 
     def __init__(self, fake: FakeCivitai):
-        handler = type("Handler", (_Handler,), {"fake": fake})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        return self.url
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(type("Handler", (_Handler,), {"fake": fake}))
 
 
 # -- a synthetic catalogue with realistic items ---------------------------------------------------------------

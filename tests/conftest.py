@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.civitai_fake import FakeCivitai, Server
+from tests.hf_fake import FakeHub, HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,11 +18,11 @@ def db_path(tmp_path) -> Path:
 
 @pytest.fixture
 def serve():
-    """``url = serve(fake)``: run a fake Civitai on 127.0.0.1 for the rest of the test."""
+    """``url = serve(fake)``: run a fake Civitai or Hugging Face Hub on 127.0.0.1 for the rest of the test."""
     servers = []
 
-    def start(fake: FakeCivitai) -> str:
-        server = Server(fake)
+    def start(fake: FakeCivitai | FakeHub) -> str:
+        server = HubServer(fake) if isinstance(fake, FakeHub) else Server(fake)
         servers.append(server)
         return server.__enter__()
 

@@ -13,10 +13,11 @@ import json
 import struct
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from tests.civitai_fake import HTML_ERROR
+from tests.local_server import LocalServer
 from tests.sd_layouts import checkpoint_shapes
 
 GB = 2**30
@@ -243,23 +244,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "NotFound", "Not found")
 
 
-class HubServer:
+class HubServer(LocalServer):
     """``with HubServer(fake) as url:`` serves ``fake`` on a free 127.0.0.1 port."""
 
     def __init__(self, hub: FakeHub):
-        handler = type("Handler", (_Handler,), {"hub": hub})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        return self.url
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(type("Handler", (_Handler,), {"hub": hub}))
 
 
 # -- fixtures: a small Hub with the cases the crawler must get right ------------------------------------------

@@ -15,24 +15,15 @@ from crawler.http import RetriesExhausted, RetryPolicy
 from crawler.stats import registry_status
 from tests.civitai_fake import FakeCivitai, synthetic_item
 from tests.conftest import ROOT, cli_env, run_cli
-from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, HubServer, fixture_hub
+from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, fixture_hub
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
 OFFICIAL_SD1 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 
 
 @pytest.fixture
-def hub_url():
-    servers = []
-
-    def start(fake: FakeHub) -> str:
-        server = HubServer(fake)
-        servers.append(server)
-        return server.__enter__()
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
+def hub_url(serve):
+    return serve
 
 
 @pytest.fixture
