@@ -280,9 +280,12 @@ def crawl(
     if run.since is not None:
         since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
     summary = HfCrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
-    state = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
-    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry, **({"sleep": sleep} if sleep else {}))
     listings = queries()
+    state = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
+    saved = state.get("label")
+    if saved is not None and (state["query"] >= len(listings) or listings[state["query"]][0] != saved):
+        state = {"query": 0, "next": None}  # the bundled query list changed since the cursor was saved
+    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry, **({"sleep": sleep} if sleep else {}))
     try:
         pages_left = max_pages
         qi, next_url = state["query"], state["next"]
@@ -312,6 +315,8 @@ def crawl(
                 cursor = {"query": qi, "next": page.next_url}
             else:
                 cursor = {"query": qi + 1, "next": None}
+            if cursor["query"] < len(listings):
+                cursor["label"] = listings[cursor["query"]][0]
             stored_page = store_parsed(engine, parsed, run.id, json.dumps(cursor))
             summary.pages += 1
             summary.written += stored_page.written

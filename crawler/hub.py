@@ -106,6 +106,7 @@ class Hub:
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
+            OfflineModeIsEnabled,
             RemoteEntryNotFoundError,
             RepositoryNotFoundError,
             SafetensorsParsingError,
@@ -131,6 +132,8 @@ class Hub:
                 raise ApiError(status, what, str(exc).splitlines()[0]) from None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 raise Retryable(type(exc).__name__) from None
+            except OfflineModeIsEnabled:
+                raise CrawlError("HF_HUB_OFFLINE is set: unset it to reach the Hugging Face Hub") from None
 
         return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._count_retry)
 

@@ -273,3 +273,17 @@ def test_unknown_repo_endpoint_is_a_clear_error(db_path):
                      env=env)  # fmt: skip
     assert result.returncode == 1
     assert "gave up" in result.stderr and "run the same command again to resume" in result.stderr
+
+
+def test_a_cursor_from_another_query_list_restarts_the_listings(engine, hub_url):
+    fake = FakeHub(fixture_hub(), page_limit=2)
+    url = hub_url(fake)
+    assert crawl(engine, url, max_pages=3, check_officials=False).status == "interrupted"
+    stale = json.dumps({"query": 2, "next": "/api/models?stale=1", "label": "a listing data/ no longer has"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE crawlrun SET cursor = :c"), {"c": stale})
+    fake.requests.clear()
+    done = crawl(engine, url, check_officials=False)
+    assert done.resumed and done.status == "ok"
+    assert not any("stale=1" in r for r in fake.requests)
+    assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
