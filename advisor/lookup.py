@@ -268,8 +268,6 @@ def _resolve(reg: Registry | None, q: Query):
         return (model, None) if model else None
     if q.kind == "hash":
         hit = reg.by_hash(q.hash, q.hash_kind)
-        if hit is None and q.hash_kind == "autov2":
-            hit = reg.by_hash(q.hash, "autov2")
         return (reg.model(hit[0]), hit[1]) if hit else None
     if q.kind == "text":
         if (exact := reg.exact(q.raw)) is not None:  # "Dark Pony 123456" is a name, not "Dark Pony" version 123456

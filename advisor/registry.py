@@ -151,10 +151,14 @@ class Registry:
 
     def by_hash(self, value: str, kind: str) -> tuple[str, str] | None:
         """(model id, version id) of the file with this hash."""
-        row = self.conn.execute(
-            f"SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id WHERE f.{kind} = ? LIMIT 1",
-            (value.upper(),),
-        ).fetchone()
+        value = value.upper()
+        sql = "SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id WHERE {} LIMIT 1"
+        if kind == "autov2":  # AutoV2 is the first 10 hex digits of the SHA256: a prefix range on its index
+            row = self.conn.execute(sql.format("f.sha256 >= ? AND f.sha256 < ?"), (value, value + "~")).fetchone()
+            if row is None:  # a file Civitai lists with an AutoV2 but no SHA256 (rare): a scan
+                row = self.conn.execute(sql.format("f.autov2 = ?"), (value,)).fetchone()
+        else:
+            row = self.conn.execute(sql.format(f"f.{kind} = ?"), (value,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def links_to(self, model_id: str) -> list[LinkRecord]:

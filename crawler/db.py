@@ -60,6 +60,8 @@ def init_db(engine: Engine) -> None:
         if current is not None and int(current.value) >= SCHEMA_VERSION:
             return
     SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX IF EXISTS ix_file_autov2"))  # schema 5 (same statement on PostgreSQL)
     with Session(engine) as session:
         for sid, (name, url) in SOURCES.items():
             session.merge(Source(id=sid, name=name, base_url=url))

@@ -6,7 +6,6 @@ present; otherwise exponential backoff with full jitter.
 """
 
 import email.utils
-import json
 import random
 import re
 import time
@@ -16,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import orjson
 
 T = TypeVar("T")
 USER_AGENT = "inpaint-advisor/0.1 (+https://github.com/inpaint-advisor)"
@@ -187,8 +187,8 @@ class JsonClient:
             if status >= 400:
                 raise ApiError(status, redact(str(response.url)), _error_detail(response))
             try:
-                return json.loads(response.content), response
-            except ValueError:
+                return orjson.loads(response.content), response
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
                 html = b"<html" in response.content[:512].lower()
                 kind = "an HTML page" if html else "a body that is not JSON"
                 raise Retryable(f"HTTP {status} with {kind} instead of JSON") from None
