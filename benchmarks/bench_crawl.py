@@ -42,6 +42,14 @@ def serve(n: int, ready) -> None:
     server.__exit__(None, None, None)
 
 
+def _datetimes(row: dict) -> dict:
+    """The ORM wants datetime objects where the fast path hands the stored text over."""
+    from datetime import UTC, datetime
+
+    return {k: datetime.fromisoformat(v).replace(tzinfo=UTC) if k.endswith("_at") and isinstance(v, str) else v
+            for k, v in row.items()}  # fmt: skip
+
+
 def naive_crawl(url: str, db: str, max_models: int) -> int:
     """What a first attempt looks like: ORM objects merged one by one, a page at a time, no prefetch."""
     import httpx
@@ -59,9 +67,9 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
             body = client.get("/api/v1/models", params=params | ({"cursor": cursor} if cursor else {})).json()
             for item in body["items"]:
                 p = parse_model(item)
-                session.merge(Model(**p.model))
+                session.merge(Model(**_datetimes(p.model)))
                 for v in p.versions:
-                    session.merge(Version(**v))
+                    session.merge(Version(**_datetimes(v)))
                 for f in p.files:
                     session.merge(File(**f))
             session.commit()
