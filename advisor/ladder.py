@@ -148,16 +148,22 @@ def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None
     if fam["inpaint"]["layout"] == "diffusers":
         a_path = a.repo.split("/")[1] + "/"  # the diffusers folder, read as is
     b = subject.file or f"<{subject.name} checkpoint>.safetensors"
-    stem = b.rsplit("/", 1)[-1].rsplit(".", 1)[0] if subject.file else "my-model"
+    name = b.rstrip("/").rsplit("/", 1)[-1]  # a file, or a diffusers folder given as "name/"
+    stem = (name.rsplit(".", 1)[0] if not b.endswith("/") else name) if subject.file else "my-model"
     command = (f'inpaint-advisor merge --inpaint "{a_path}" --model "{b}" --base "{c.file}" '
                f'--out "{stem}-inpainting.safetensors" --multiplier 1.0')  # fmt: skip
+    downloads = [f"download A: {_download_command(a)}", f"download C: {_download_command(c)}"]
+    if subject.model_id and subject.model_id.startswith("hf:") and subject.file:
+        repo = subject.model_id[3:]
+        downloads.insert(1, f"download B: hf download {repo} --local-dir {name}" if b.endswith("/")
+                         else f"download B: hf download {repo} {b} --local-dir .")  # fmt: skip
     return Recommendation(
         "build",
         f"Make an inpainting version of {subject.name} itself: A = {a.repo} (official {fam['name']} inpainting), "
         f"B = your model, C = {c.repo} (its base), M = 1.0. Keeps your model's style, unlike the official model.",
         Target(name=f"{stem}-inpainting.safetensors", source="build", repo=a.repo, file=a.file),
         command,
-        [f"download A: {_download_command(a)}", f"download C: {_download_command(c)}"],
+        downloads,
     )
 
 

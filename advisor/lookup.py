@@ -94,6 +94,9 @@ def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None 
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
     display = model.name if model.source != "hf" else model.source_id  # "author/repo" is how Hub users say it
+    b_file = version.primary_file if version else None
+    if model.source == "hf" and (b_file is None or "/" in b_file):
+        b_file = model.source_id.split("/", 1)[1] + "/"  # a diffusers repo: merge reads the downloaded folder
     match = Match(model.source, model.id, version.id if version else None, display, model.creator, base, family,
                   inpainting, version.name if version else None)  # fmt: skip
     evidence = version.evidence if version else []
@@ -114,7 +117,7 @@ def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None 
         name=display + (f" {version.name}" if version and model.source != "hf" else ""), family=family,
         base_model=base, is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
         version_name=version.name if version else None, versions=versions,
-        file=version.primary_file if version else None, inpaint_evidence=evidence,
+        file=b_file, inpaint_evidence=evidence,
         same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins],
     )  # fmt: skip
     rec, alts, warns = ladder.recommend(subject, reg)

@@ -199,6 +199,11 @@ def test_officials_dead_mirror_moves_the_recommendation(engine, hub_url):
     official = next(r for r in [answer.recommendation, *answer.alternatives] if r.kind == "official")
     assert official.target.repo == "sd-legacy/stable-diffusion-inpainting"
     assert any(OFFICIAL_SD1 in w and "gone" in w for w in answer.warnings)
+    # B of the build is the repo's diffusers folder, which merge reads as is
+    build = next(r for r in [answer.recommendation, *answer.alternatives] if r.kind == "build")
+    assert '--model "dreamvision-remix/"' in build.command
+    assert '--out "dreamvision-remix-inpainting.safetensors"' in build.command
+    assert "download B: hf download fan/dreamvision-remix --local-dir dreamvision-remix" in build.evidence
 
 
 def test_same_sha256_on_civitai_and_hf_links_the_two(engine, hub_url, serve):
