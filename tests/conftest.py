@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,37 @@ from tests.civitai_fake import FakeCivitai, Server
 from tests.hf_fake import FakeHub, HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests talk only to servers they start on 127.0.0.1. Query strings and fixtures do spell real Civitai and Hub
+# URLs (parsing them is a feature); these defaults point every client at a closed local port, and the guard
+# below refuses any other host, so nothing can reach the real sites even when a test forgets an endpoint.
+NOWHERE = "http://127.0.0.1:9"
+OFFLINE_ENV = {"INPAINT_ADVISOR_CIVITAI_URL": NOWHERE, "HF_ENDPOINT": NOWHERE, "HF_HUB_DISABLE_TELEMETRY": "1"}
+_LOCAL = {"127.0.0.1", "::1", "localhost"}
+
+
+def _refuse_remote(host) -> None:
+    if host not in _LOCAL and host is not None:
+        raise ConnectionRefusedError(f"tests may only connect to 127.0.0.1, not {host!r}")
+
+
+@pytest.fixture(autouse=True)
+def local_network_only(monkeypatch):
+    for key, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(key, value)
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        _refuse_remote(host.decode() if isinstance(host, bytes) else host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _refuse_remote(address[0])
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture
@@ -33,7 +65,7 @@ def serve():
 
 def cli_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INPAINT_ADVISOR_", "CIVITAI_", "HF_"))}
-    env.update({"PYTHONPATH": str(ROOT), "COLUMNS": "200", **extra})
+    env.update({"PYTHONPATH": str(ROOT), "COLUMNS": "200", **OFFLINE_ENV, **extra})
     return env
 
 
