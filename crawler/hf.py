@@ -8,11 +8,12 @@ Repos whose commit ``sha`` is unchanged since the last crawl cost no request bey
 """
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from crawler import detect, families, links, officials, runs
@@ -21,8 +22,7 @@ from crawler.hf_inspect import Checkpoint, Inspection, config, inspect
 from crawler.http import RetryPolicy
 from crawler.hub import Hub
 from crawler.names import normalize_name
-from crawler.pages import ParsedModel, store_parsed
-from crawler.schema import Model
+from crawler.pages import ParsedModel, content_hashes, store_parsed
 
 PAGE_SIZE = 100
 # Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
@@ -251,11 +251,6 @@ def _skip(repo: HubRepo) -> bool:
     return any(t in skip for t in repo.tags)
 
 
-def _stored_shas(engine: Engine, ids: list[str]) -> dict[str, str]:
-    with engine.connect() as conn:
-        return dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all())
-
-
 def crawl(
     engine: Engine,
     *,
@@ -267,7 +262,7 @@ def crawl(
     check_officials: bool = True,
     on_page: Callable[[HfCrawlSummary], None] | None = None,
     on_retry: Callable[[str], None] | None = None,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> HfCrawlSummary:
     """Crawl the Hub. ``incremental`` stops each listing (newest change first) at the last successful run's
     start. A killed or failed run resumes at its last committed page."""
@@ -285,7 +280,7 @@ def crawl(
     saved = state.get("label")
     if saved is not None and (state["query"] >= len(listings) or listings[state["query"]][0] != saved):
         state = {"query": 0, "next": None}  # the bundled query list changed since the cursor was saved
-    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry, **({"sleep": sleep} if sleep else {}))
+    hub = Hub(endpoint, token, policy=policy, on_retry=on_retry, sleep=sleep)
     try:
         pages_left = max_pages
         qi, next_url = state["query"], state["next"]
@@ -300,7 +295,8 @@ def crawl(
             summary.listed += len(repos)
             wanted = [r for r in repos if not _skip(r)]
             summary.skipped += len(repos) - len(wanted)
-            stored = _stored_shas(engine, [f"hf:{r.id}" for r in wanted]) if wanted else {}
+            with engine.connect() as conn:
+                stored = content_hashes(conn, [f"hf:{r.id}" for r in wanted])
             parsed = {}
             for repo in wanted:
                 if repo.sha and stored.get(f"hf:{repo.id}") == _revision_key(repo.sha):
@@ -386,5 +382,5 @@ def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, toke
         parsed = parse_repo(repo, seen, hub.endpoint)
     store_parsed(engine, {parsed.model["id"]: parsed}, None, None)
     resolve_lineage(engine)
-    links.link_same_files(engine)
+    links.link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
     return parsed.model["id"]

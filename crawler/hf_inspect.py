@@ -125,9 +125,7 @@ def inspect(hub: Hub, repo: str, revision: str, files: list[str], *, known_blobs
                     ckpt.proof = Proof(problem=str(exc))
     except RepoUnavailable as exc:
         result.unavailable = exc.reason
-    except FileMissing as exc:
-        result.errors.append(str(exc))
-    except ApiError as exc:
+    except (FileMissing, ApiError) as exc:
         result.errors.append(str(exc))
     result.checkpoints = [c for c in result.checkpoints if not c.proof.not_a_checkpoint]
     return result

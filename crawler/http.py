@@ -53,7 +53,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="*,:/")))
 
 
-def _retry_after(response: httpx.Response, now: float) -> float | None:
+def retry_wait(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait (``Retry-After``, or the Hub's ``RateLimit`` reset), if it said."""
+    now = time.time() if now is None else now
     value = response.headers.get("retry-after")
     if value:
         if value.strip().isdigit():
@@ -129,10 +131,6 @@ def retrying(
             on_retry(f"{last}; retrying in {delay:.1f}s")
         sleep(delay)
     raise RetriesExhausted(what, policy.attempts, last)
-
-
-def retry_wait(response: httpx.Response) -> float | None:
-    return _retry_after(response, time.time())
 
 
 class JsonClient:

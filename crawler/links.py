@@ -144,17 +144,18 @@ def _versions(conn: Connection, model_ids: list[str]) -> list[dict]:
     return [dict(r._mapping) for r in conn.execute(select(*cols).where(Version.model_id.in_(model_ids)))]
 
 
-def link_same_files(engine: Engine) -> int:
-    """Record every Civitai file and Hugging Face file with the same SHA256 (one checkpoint published twice);
-    returns how many pairs are new. Plain SQL that SQLite and PostgreSQL both run."""
+def link_same_files(engine: Engine, hf_model: str | None = None) -> int:
+    """Record every Civitai file and Hugging Face file with the same SHA256 (one checkpoint published twice), or
+    only those of ``hf_model``; returns how many pairs are new. Plain SQL that SQLite and PostgreSQL both run."""
+    only = " AND mb.id = :hf_model" if hf_model else ""
     sql = text(
         "INSERT INTO samefile (id, sha256, model_a, model_b, version_a, version_b) "
         "SELECT a.id || '=' || b.id, a.sha256, va.model_id, vb.model_id, va.id, vb.id "
         "FROM file a JOIN version va ON va.id = a.version_id JOIN model ma ON ma.id = va.model_id "
         "JOIN file b ON b.sha256 = a.sha256 JOIN version vb ON vb.id = b.version_id "
         "JOIN model mb ON mb.id = vb.model_id "
-        "WHERE ma.source = 'civitai' AND mb.source = 'hf' AND a.sha256 IS NOT NULL "
+        f"WHERE ma.source = 'civitai' AND mb.source = 'hf' AND a.sha256 IS NOT NULL{only} "
         "ON CONFLICT (id) DO NOTHING"
     )
     with engine.begin() as conn:
-        return conn.execute(sql).rowcount or 0
+        return conn.execute(sql, {"hf_model": hf_model} if hf_model else {}).rowcount or 0

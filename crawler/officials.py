@@ -2,8 +2,6 @@
 recommend? Repos do vanish (runwayml in 2024, Stability's SD 2 repos in November 2025); `lookup` moves its
 recommendation to the first mirror the last check found alive."""
 
-from dataclasses import dataclass
-
 from sqlalchemy.engine import Engine
 
 from crawler import families, runs
@@ -14,35 +12,26 @@ from crawler.schema import OfficialCheck
 from crawler.store import upsert
 
 
-@dataclass
-class Check:
-    family: str
-    role: str
-    repo: str
-    file: str | None
-    alive: bool
-    file_found: bool
-    size: int | None
-    sha256: str | None
-    matches: bool
-    detail: str
-
-
-def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Check | None:
+def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> OfficialCheck | None:
     """None when the Hub could not be asked (a transient error): the previous check stays."""
     wanted = spec.get("file")
+
+    def check(**found) -> OfficialCheck:
+        return OfficialCheck(id=f"{family}:{role}:{repo}", family=family, role=role, repo=repo, file=wanted,
+                             checked_at=runs.utcnow(), **found)  # fmt: skip
+
     try:
         info = hub.model_info(repo, files_metadata=True)
     except RepoUnavailable as exc:
-        return Check(family, role, repo, wanted, False, False, None, None, False, f"HTTP {exc.status}: {exc.reason}")
+        return check(alive=False, detail=f"HTTP {exc.status}: {exc.reason}")
     except ApiError:
         return None
     sizes, hashes = blobs_of(info)
     names = {s.rfilename for s in info.siblings or []}
     if wanted is None:  # a diffusers repo recommended as a whole
         found = "model_index.json" in names
-        return Check(family, role, repo, None, True, found, None, None, found,
-                     "diffusers folder present" if found else "no model_index.json")  # fmt: skip
+        return check(alive=True, file_found=found, matches=found,
+                     detail="diffusers folder present" if found else "no model_index.json")  # fmt: skip
     found = wanted in names
     size, sha = sizes.get(wanted), (hashes.get(wanted) or "").lower() or None
     problems = []
@@ -56,10 +45,10 @@ def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Che
     gated = getattr(info, "gated", False)
     if gated:
         detail += " (gated: accept the licence on the Hub)"
-    return Check(family, role, repo, wanted, True, found, size, sha, found and not problems, detail)
+    return check(alive=True, file_found=found, size=size, sha256=sha, matches=found and not problems, detail=detail)
 
 
-def check_all(engine: Engine, hub: Hub) -> list[Check]:
+def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
     checks = []
     for fam in families.all_families():
         for role in ("inpaint", "base"):
@@ -68,8 +57,6 @@ def check_all(engine: Engine, hub: Hub) -> list[Check]:
                 check = check_mirror(hub, fam["id"], role, mirror["repo"], spec)
                 if check is not None:
                     checks.append(check)
-    now = runs.utcnow()
-    rows = [{"id": f"{c.family}:{c.role}:{c.repo}", **vars(c), "checked_at": now} for c in checks]
     with engine.begin() as conn:
-        upsert(conn, OfficialCheck.__table__, rows)
+        upsert(conn, OfficialCheck.__table__, [c.model_dump() for c in checks])
     return checks

@@ -4,7 +4,7 @@ each model, and the crawl run's next cursor, all in one transaction (a kill leav
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from crawler import links, runs
 from crawler.schema import CrawlLock, CrawlRun, File, Model, Version
@@ -28,6 +28,11 @@ class PageResult:
     unknown_base_models: set[str] = field(default_factory=set)
 
 
+def content_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """Model id -> the content hash stored for it, for those of ``ids`` the registry has."""
+    return dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
+
+
 def store_parsed(
     engine: Engine, parsed: dict[str, ParsedModel], run_id: int | None, next_cursor: str | None
 ) -> PageResult:
@@ -39,7 +44,7 @@ def store_parsed(
         )
     with engine.begin() as conn:
         ids = list(parsed)
-        known = dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
+        known = content_hashes(conn, ids)
         changed = [p for mid, p in parsed.items() if known.get(mid) != p.model["content_hash"]]
         if changed:
             changed_ids = [p.model["id"] for p in changed]

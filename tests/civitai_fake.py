@@ -12,11 +12,10 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.local_server import LocalServer
+from tests.local_server import FakeApiHandler, LocalServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HTML_ERROR = b"<!DOCTYPE html><html><head><title>504 Gateway Time-out</title></head><body>cloudflare</body></html>"
@@ -104,22 +103,8 @@ class FakeCivitai:
         return start // min(int(query.get("limit", ["100"])[-1]), 100)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+class _Handler(FakeApiHandler):
     fake: FakeCivitai
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         fake = self.fake

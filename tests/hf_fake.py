@@ -13,11 +13,10 @@ import json
 import struct
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from tests.civitai_fake import HTML_ERROR
-from tests.local_server import LocalServer
+from tests.local_server import FakeApiHandler, LocalServer
 from tests.sd_layouts import checkpoint_shapes
 
 GB = 2**30
@@ -161,23 +160,8 @@ class FakeHub:
         return [r.listing(query.get("expand", [])) for r in page], next_url
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+class _Handler(FakeApiHandler):
     hub: FakeHub
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str):
         self._send(status, json.dumps({"error": message}).encode(), headers={"X-Error-Code": code,

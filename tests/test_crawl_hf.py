@@ -226,6 +226,18 @@ def test_same_sha256_on_civitai_and_hf_links_the_two(engine, hub_url, serve):
     assert answer.match.version_id == f"civitai:v{newest}"
 
 
+def test_a_repo_fetched_by_lookup_is_linked_to_its_civitai_twin(engine, hub_url, serve, monkeypatch):
+    repos = fixture_hub()
+    sha = next(r for r in repos if r.id == "painter/realmix").files["realmix_v2.safetensors"].sha256.upper()
+    item = synthetic_item(5151, __import__("random").Random(2), __import__("datetime").datetime(2024, 1, 1))
+    item["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = sha
+    civitai.crawl(engine, base_url=serve(FakeCivitai([item])), policy=FAST)
+    monkeypatch.setenv("HF_ENDPOINT", hub_url(FakeHub(repos)))
+    answer = lookup("painter/realmix", db=str(engine.url.database))
+    assert any("civitai model" in n and "civitai:5151" in n for n in answer.notes)
+    assert one(engine, "SELECT model_a, model_b FROM samefile") == ("civitai:5151", "hf:painter/realmix")
+
+
 def test_token_is_sent_never_stored_or_printed(db_path, hub_url):
     fake = FakeHub(fixture_hub())
     url = hub_url(fake)
