@@ -277,6 +277,10 @@ def merge(
 
     from advisor import jsonout, render
     from merge.engine import MergeError, plan_merge, run_merge
+
+    # torch loads numpy, whose OpenBLAS starts a spinning thread per core; a merge never calls BLAS, and on a
+    # small machine those threads take CPU from the merge's own.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from merge.safetensors_io import CheckpointError
 
     if device not in ("auto", "cpu", "cuda"):
@@ -296,7 +300,8 @@ def merge(
     )
     try:
         with progress:
-            task = progress.add_task(f"merging on {plan.device}", total=plan.output_bytes)
+            on = "" if plan.device == "auto" else f" on {plan.device}"  # auto is settled once torch is imported
+            task = progress.add_task(f"merging{on}", total=plan.output_bytes)
             result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n), sync=sync)
     except (MergeError, CheckpointError) as exc:
         raise _fail(str(exc)) from None

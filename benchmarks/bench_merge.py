@@ -45,12 +45,6 @@ for k, t in a.items():
 save_file(out, sys.argv[4])
 """
 
-OURS = r"""
-import sys
-from merge.engine import merge
-merge(*sys.argv[1:5], force=True, device=sys.argv[5], sync=sys.argv[6] == "sync")
-"""
-
 
 def warm(paths: list[Path]) -> None:
     """Read the inputs once so every run starts with them in the page cache (the same start for all)."""
@@ -64,13 +58,13 @@ def generate(path: Path, family: str, variant: str, seed: int) -> None:
     """A full-size checkpoint written tensor by tensor from a random pool (fast, bounded memory)."""
     import torch
 
-    from merge.safetensors_io import NAMES, SafetensorsWriter
+    from merge.safetensors_io import SafetensorsWriter
     from tests.sd_layouts import checkpoint_shapes
 
     shapes = checkpoint_shapes(family, variant, scale=1)
     g = torch.Generator().manual_seed(seed)
     pool = (torch.randn(1 << 25, generator=g) * 0.05).half()  # 64 MiB of fp16 noise
-    layout = [(k, "I64", s[1]) if s and s[0] == "int64" else (k, NAMES[torch.float16], s) for k, s in shapes.items()]
+    layout = [(k, "I64", s[1]) if s and s[0] == "int64" else (k, "F16", s) for k, s in shapes.items()]
     w = SafetensorsWriter(path, layout, {})
     try:
         for k, dtype, shape in layout:
@@ -95,7 +89,7 @@ def measure(cmd: list[str], env: dict, inputs: list[Path]) -> dict:
     warm(inputs)
     os.sync()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     peak = {"anon": 0}
 
     def sample():
@@ -153,12 +147,13 @@ def main() -> None:
             hashing.file_hashes(p)
         print(f"cold sha256 of the inputs (once, then cached): {time.perf_counter() - t0:.2f} s")
         out = base_dir / f"{family}-out.safetensors"
+        # The command users run, start to exit (interpreter, imports, checks, merge, rename).
+        cli = [sys.executable, "-m", "advisor", "merge", "--inpaint", str(paths[0]), "--model", str(paths[1]),
+               "--base", str(paths[2]), "--out", str(out), "--force", "--device", args.device, "--json"]  # fmt: skip
         runs = {
-            "inpaint-advisor merge (fsync'd)  ": [sys.executable, "-c", OURS, *map(str, paths), str(out), args.device,
-                                                  "sync"],
-            "inpaint-advisor merge --no-sync  ": [sys.executable, "-c", OURS, *map(str, paths), str(out), args.device,
-                                                  "nosync"],
-        }  # fmt: skip
+            "inpaint-advisor merge (fsync'd)  ": [*cli, "--sync"],
+            "inpaint-advisor merge --no-sync  ": [*cli, "--no-sync"],
+        }
         if family != "sdxl" or args.naive_sdxl:
             runs["naive whole-file merge (no fsync)"] = [sys.executable, "-c", NAIVE, *map(str, paths), str(out)]
         # Shared machines drift by tens of percent from one minute to the next: the approaches take turns, and

@@ -4,7 +4,11 @@
 - ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: ``torch.load(weights_only=True, mmap=True)``; a pickle that needs
   anything beyond tensors and containers is refused, never executed. A nested ``state_dict`` is unwrapped.
 - diffusers folders (SD 1.x/2.x, SDXL): component files converted on the fly to single-file names.
+
+Opening a safetensors file or a diffusers folder does not import torch (see safetensors_io).
 """
+
+from __future__ import annotations
 
 import contextlib
 import json
@@ -13,12 +17,14 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from merge import diffusers_keys
 from merge.header import CheckpointError, Header, TensorInfo, read_header
-from merge.safetensors_io import NAMES, read_into, typed_view
+from merge.safetensors_io import dtype_name, read_into, typed_view
+
+if TYPE_CHECKING:
+    import torch
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 
@@ -66,9 +72,11 @@ class SafetensorsSource(TensorSource):
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.tensors[name]
         if self._mm is None:
-            return read_into(
-                self._fd, info, buffer if buffer is not None else torch.empty(info.nbytes, dtype=torch.uint8)
-            )
+            if buffer is None:
+                import torch
+
+                buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+            return read_into(self._fd, info, buffer)
         return typed_view(self._mm, info, info.start)
 
     def prefetch(self, name: str) -> None:
@@ -92,6 +100,8 @@ class StateDictSource(TensorSource):
     kind = "pickle"
 
     def __init__(self, path: Path):
+        import torch
+
         self.path = path
         try:
             try:
@@ -112,7 +122,7 @@ class StateDictSource(TensorSource):
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
         self._sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        self.tensors = {k: TensorInfo(NAMES[v.dtype], tuple(v.shape)) for k, v in self._sd.items()}
+        self.tensors = {k: TensorInfo(dtype_name(v.dtype), tuple(v.shape)) for k, v in self._sd.items()}
         self.metadata = {}
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,6 +173,8 @@ class DiffusersSource(TensorSource):
         r = self.recipes[name]
         part = self.parts[r.component]
         if r.op == "cat":
+            import torch
+
             return torch.cat([part.read(s) for s in r.sources], dim=0)
         t = part.read(r.sources[0], buffer)
         if r.op == "transpose":

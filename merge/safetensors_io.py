@@ -3,31 +3,57 @@ file header-first then tensor by tensor, so memory does not grow with model size
 
 Format: 8-byte little-endian header length N, N bytes of JSON ({name: {dtype, shape, data_offsets}},
 optional "__metadata__" of str -> str), then the tensor bytes; offsets are relative to the end of the header.
+
+torch is imported on first use, not with this module: a merge opens, checks and maps its files (and starts
+preparing the output's pages) while torch's import, ~2 s, runs.
 """
 
+from __future__ import annotations
+
 import contextlib
+import ctypes
 import json
 import mmap
 import os
 import struct
+import sys
 import threading
 import warnings
+from functools import cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from merge.header import FLOAT_NAMES, ITEMSIZE, CheckpointError, Header, TensorInfo, read_header  # noqa: F401
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}  # fmt: skip
-NAMES = {v: k for k, v in DTYPES.items()}
+if TYPE_CHECKING:
+    import torch
+
+
+@cache
+def _dtypes() -> dict[str, torch.dtype]:
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    }  # fmt: skip
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name ("F16" -> torch.float16)."""
+    return _dtypes()[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (torch.float16 -> "F16")."""
+    return next(k for k, v in _dtypes().items() if v == dtype)
 
 
 def read_into(fd: int, info: TensorInfo, buffer: torch.Tensor) -> torch.Tensor:
     """Read one tensor's bytes into ``buffer`` (uint8, at least ``info.nbytes``) and view it typed."""
+    import torch
+
     view = buffer[: info.nbytes]
     mem = memoryview(view.numpy())
     done = 0
@@ -37,20 +63,38 @@ def read_into(fd: int, info: TensorInfo, buffer: torch.Tensor) -> torch.Tensor:
             raise CheckpointError(f"unexpected end of file reading bytes {info.start + done:,}")
         done += got
     return (
-        view.view(DTYPES[info.dtype]).view(info.shape)
+        view.view(torch_dtype(info.dtype)).view(info.shape)
         if info.nbytes
-        else torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        else torch.empty(info.shape, dtype=torch_dtype(info.dtype))
     )
 
 
 def typed_view(buf, info: TensorInfo, offset: int) -> torch.Tensor:
     """A tensor over ``buf`` (an mmap) without copying; read-only buffers give tensors that must not be written."""
+    import torch
+
     if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
     with warnings.catch_warnings():  # torch warns that a read-only buffer gives a non-writable tensor
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=offset)
-    return flat.view(DTYPES[info.dtype]).view(info.shape)
+    return flat.view(torch_dtype(info.dtype)).view(info.shape)
+
+
+MADV_POPULATE_READ = 22  # Linux 5.14+
+
+
+@cache
+def _libc_madvise():
+    """libc's madvise through ctypes, which drops the GIL for the call (``mmap.madvise`` holds it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
 
 
 class SafetensorsWriter:
@@ -62,9 +106,14 @@ class SafetensorsWriter:
     the page cache. The file appears under ``path`` only when ``commit()`` succeeds: until then it is a hidden
     ``.<name>.partial-<pid>`` beside it, removed on failure. Dirty pages are flushed in the background as the
     file fills, so the final fsync is short.
+
+    A fresh file's pages cost the kernel more than the merge's arithmetic (allocate, zero, then fault in each
+    page on first write): ``start_populating()`` has a thread do that ahead of the writes, while the main
+    thread imports torch on the other core.
     """
 
     FLUSH_EVERY = 512 * 2**20
+    POPULATE_STEP = 32 * 2**20
 
     def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
                  *, sync: bool = True):  # fmt: skip
@@ -88,6 +137,8 @@ class SafetensorsWriter:
         self._done = 0
         self._flushed = 0
         self._flusher: threading.Thread | None = None
+        self._populator: threading.Thread | None = None
+        self._stop_populating = threading.Event()
         try:
             try:
                 os.posix_fallocate(self._fd, 0, self.total_size)
@@ -112,6 +163,40 @@ class SafetensorsWriter:
         done = 0
         while done < len(mem):
             done += os.pwrite(self._fd, mem[done:], offset + done)
+
+    def start_populating(self, until: threading.Event | None = None) -> bool:
+        """Map the output's pages in on a thread, ahead of the writes, as clean zero pages (MADV_POPULATE_READ:
+        nothing is dirtied, so nothing extra is written back). Stops at the end of the file, at ``until``, or at
+        commit/abort. Returns False where the kernel cannot (not Linux, or older than 5.14)."""
+        madvise = _libc_madvise()
+        if madvise is None or self._mm is None or self._populator is not None:
+            return False
+        self._populator = threading.Thread(target=self._populate, args=(madvise, until), daemon=True,
+                                           name="output-populate")  # fmt: skip
+        self._populator.start()
+        return True
+
+    def _populate(self, madvise, until: threading.Event | None) -> None:
+        buf = (ctypes.c_char * self.total_size).from_buffer(self._mm)  # an export: released before any close
+        try:
+            base, page = ctypes.addressof(buf), mmap.PAGESIZE
+            data_start = 8 + self.header_len
+            pos = data_start - data_start % page
+            while pos < self.total_size and not self._stop_populating.is_set() and not (until and until.is_set()):
+                ahead = data_start + self._done  # pages the merge has written already need nothing
+                if ahead > pos:
+                    pos = ahead - ahead % page
+                n = min(self.POPULATE_STEP, self.total_size - pos)
+                if madvise(base + pos, n, MADV_POPULATE_READ) != 0:
+                    return  # EINVAL before Linux 5.14: the writes will fault the pages in themselves
+                pos += n
+        finally:
+            del buf
+
+    def _join_populator(self) -> None:
+        self._stop_populating.set()
+        if self._populator is not None:
+            self._populator.join()
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -149,6 +234,7 @@ class SafetensorsWriter:
         self._write_at(raw + b" " * (self.header_len - len(raw)), 8)
 
     def commit(self) -> Path:
+        self._join_populator()
         if self._flusher is not None:
             self._flusher.join()
         if self._mm is not None:
@@ -164,6 +250,7 @@ class SafetensorsWriter:
         return self.path
 
     def abort(self) -> None:
+        self._join_populator()
         if self._flusher is not None:
             self._flusher.join()
         if self._mm is not None:

@@ -301,3 +301,56 @@ def test_cuda_and_cpu_agree_to_one_ulp(tmp_path):
                 (x[k].view(torch.int16).int() - y[k].view(torch.int16).int()).abs().max().item() if x[k].numel() else 0
             )
             assert ulps <= 1, k
+
+
+_PLAN_ONLY = """
+import sys
+from merge.engine import MergeError, plan_merge
+try:
+    plan_merge(*sys.argv[1:5])
+except MergeError as exc:
+    print("refused:", exc)
+else:
+    print("planned")
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_checks_answer_before_torch_is_imported(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    out = str(tmp_path / "o.safetensors")
+    for inputs, verdict in (((pa, pb, pc), "planned"), ((pb, pa, pc), "refused: A (--inpaint) is a normal")):
+        child = subprocess.run(
+            [sys.executable, "-c", _PLAN_ONLY, *map(str, inputs), out], capture_output=True, text=True, cwd=ROOT
+        )
+        assert child.stdout.startswith(verdict), child.stderr
+        assert "torch imported: False" in child.stdout
+
+
+def test_empty_float_tensors_pass_through(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    for p in (pa, pb, pc):
+        save_file({**load_file(p), "empty.weight": torch.empty(0, 4, dtype=torch.float16)}, str(p))
+    r = merge(pa, pb, pc, tmp_path / "o.safetensors")
+    assert load_file(tmp_path / "o.safetensors")["empty.weight"].shape == (0, 4)
+    assert r.nonfinite == []
+
+
+def test_populating_the_output_ahead_keeps_what_was_written(tmp_path):
+    from merge.safetensors_io import SafetensorsWriter
+
+    first, second = torch.arange(8, dtype=torch.float32), torch.full((4 * 2**20,), 2.5)
+    w = SafetensorsWriter(tmp_path / "o.safetensors", [("x", "F32", (8,)), ("y", "F32", (4 * 2**20,))], {})
+    w.write("x", first)  # written before the populating thread maps the pages in: must survive it
+    if sys.platform.startswith("linux"):
+        assert w.start_populating()
+    w._join_populator()
+    w.write("y", second)
+    w.commit()
+    o = load_file(tmp_path / "o.safetensors")
+    assert torch.equal(o["x"], first) and torch.equal(o["y"], second)
+
+    w = SafetensorsWriter(tmp_path / "p.safetensors", [("y", "F32", (64 * 2**20,))], {})
+    w.start_populating()
+    w.abort()  # stops the thread before unmapping: no error, no file
+    assert not list(tmp_path.glob("*p.safetensors*"))
