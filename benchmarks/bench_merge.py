@@ -3,18 +3,20 @@
 `merge.engine` and, in the same run, with the naive whole-file approach (load three state dicts, compute,
 save), each in its own process; print wall time, peak RSS and peak anonymous memory of each, and the ratios.
 
-    python benchmarks/bench_merge.py [--families sd1,sdxl] [--naive-sdxl] [--dir DIR] [--device cpu|cuda]
+    python benchmarks/bench_merge.py [--families sd1,sdxl] [--naive-sdxl] [--dir DIR] [--device cpu|cuda] [--cold]
 
 Targets (issue #3), 2 cores / 24 GB: SD1.5 at most 0.35x the naive wall time with peak anonymous memory under
 1 GB; SDXL under 1.5 GB. The naive SDXL merge needs about 20 GB and is only run with --naive-sdxl.
 Input hashes for the output metadata are cached by path+size+mtime (as after `probe --hash`); the cold
-hashing cost is printed separately. Every run starts with the inputs in the page cache. The naive approach
+hashing cost is printed separately. Every run starts with the inputs in the page cache (or, with --cold, evicted
+from it, as after a reboot: then the disk's read speed bounds both approaches). The naive approach
 never fsyncs, so the merge is timed both ways: by default (fsync before OUT appears, bound by the disk's
 write speed) and with --no-sync (like for like).
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +56,16 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
+def evict(paths: list[Path]) -> None:
+    """Drop the inputs from the page cache (clean pages of files nobody maps), so every run reads the disk."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def generate(path: Path, family: str, variant: str, seed: int) -> None:
     """A full-size checkpoint written tensor by tensor from a random pool (fast, bounded memory)."""
     import torch
@@ -83,11 +95,14 @@ def generate(path: Path, family: str, variant: str, seed: int) -> None:
         raise
 
 
-def measure(cmd: list[str], env: dict, inputs: list[Path]) -> dict:
+def measure(cmd: list[str], env: dict, inputs: list[Path], cold: bool) -> dict:
     """Run a child and sample its anonymous RSS every 10 ms (ru_maxrss also counts file-backed pages).
     Dirty pages of earlier runs are written back first so that each run pays only for its own writes."""
-    warm(inputs)
     os.sync()
+    if cold:
+        evict(inputs)
+    else:
+        warm(inputs)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     peak = {"anon": 0}
@@ -125,15 +140,23 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to write the inputs (default: a temp dir)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each approach, in turns (median reported)")
+    ap.add_argument("--cold", action="store_true", help="evict the inputs from the page cache before each run")
     args = ap.parse_args()
-
-    from merge import hashing
-
     base_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
     base_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_families(args, base_dir)
+    finally:
+        if args.dir is None:  # generated inputs are 6-21 GB: keep them only where asked (--dir)
+            shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def run_families(args: argparse.Namespace, base_dir: Path) -> None:
+    from merge import hashing
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INPAINT_ADVISOR_CACHE": str(base_dir / "cache")}
     os.environ["INPAINT_ADVISOR_CACHE"] = env["INPAINT_ADVISOR_CACHE"]
-    print(f"{os.cpu_count()} CPUs; inputs under {base_dir}")
+    print(f"{os.cpu_count()} CPUs; inputs under {base_dir}; page cache {'cold' if args.cold else 'warm'}")
     for family in args.families.split(","):
         paths = [base_dir / f"{family}-{n}.safetensors" for n in ("inpaint", "finetune", "base")]
         t0 = time.perf_counter()
@@ -161,7 +184,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {k: [] for k in runs}
         for _ in range(args.repeat):
             for label, cmd in runs.items():
-                results[label].append(measure(cmd, env, paths))
+                results[label].append(measure(cmd, env, paths, args.cold))
                 out.unlink(missing_ok=True)
         med = {}
         for label, ms in results.items():

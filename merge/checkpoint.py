@@ -42,8 +42,10 @@ class TensorSource:
         """The files whose bytes make up this checkpoint (for hashing and free-space checks)."""
         return [self.path]
 
-    def prefetch(self, name: str) -> None:
-        """Hint that ``name`` will be read soon (a no-op where reads are already in memory)."""
+    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
+        """``(mapping, start, end)`` of the mapped file bytes that reading ``name`` touches, so that they can be
+        read ahead (merge.pages); empty where reads do not go through a mapping."""
+        return []
 
     def close(self) -> None:
         pass
@@ -57,7 +59,7 @@ class TensorSource:
 
 class SafetensorsSource(TensorSource):
     """Tensors are read-only views of a memory map: no copy, and the pages belong to the page cache, not to
-    this process's anonymous memory. ``prefetch`` asks the kernel to read ahead of the consumer."""
+    this process's anonymous memory."""
 
     kind = "safetensors"
 
@@ -79,12 +81,9 @@ class SafetensorsSource(TensorSource):
             return read_into(self._fd, info, buffer)
         return typed_view(self._mm, info, info.start)
 
-    def prefetch(self, name: str) -> None:
+    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         info = self.tensors[name]
-        if self._mm is not None and info.nbytes:
-            page = mmap.PAGESIZE
-            start = info.start - info.start % page
-            self._mm.madvise(mmap.MADV_WILLNEED, start, info.end - start)
+        return [(self._mm, info.start, info.end)] if info.nbytes and self._mm is not None else []
 
     def close(self) -> None:
         if self._mm is not None:
@@ -186,10 +185,9 @@ class DiffusersSource(TensorSource):
     def files(self) -> list[Path]:
         return [p.path for p in self.parts.values()]
 
-    def prefetch(self, name: str) -> None:
+    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         r = self.recipes[name]
-        for s in r.sources:
-            self.parts[r.component].prefetch(s)
+        return [rng for s in r.sources for rng in self.parts[r.component].byte_ranges(s)]
 
     def close(self) -> None:
         for p in self.parts.values():

@@ -14,6 +14,7 @@ Planning (headers, families, slots, free space) never imports torch, so a bad in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from merge import hashing, layout
+from merge import hashing, layout, pages
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import CheckpointError, TensorInfo
 from merge.safetensors_io import SafetensorsWriter
@@ -316,17 +317,59 @@ def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: _Scratch, dev
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-def _prefetcher(plan: MergePlan, writer: SafetensorsWriter, position: list[int], stop: threading.Event) -> None:
-    """Ask the kernel to read the next tensors of A, B and C while the current ones are computed. (Pre-faulting
-    the output's pages too was measured slower: MADV_POPULATE_WRITE zeroes pages the merge overwrites.)"""
-    for i, e in enumerate(plan.entries):
-        while not stop.is_set() and i > position[0] + 8:
-            stop.wait(0.002)
-        if stop.is_set():
-            return
-        sources = {"marker": (plan.b,), "copy": (plan.a,)}.get(e.rule, (plan.a, plan.b, plan.c))
-        for src in sources:
-            src.prefetch(e.name)
+# Input bytes mapped in beyond the tensor being written: enough to keep a disk busy through torch's import,
+# little enough that the pages are still cached when the merge gets there.
+def _read_ahead_bytes() -> int:
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), where read-ahead is off anyway
+        return 1 << 30
+    return min(4 << 30, max(256 << 20, ram // 8))
+
+
+READ_AHEAD = _read_ahead_bytes()
+POPULATE_MAX = 32 << 20  # contiguous ranges are joined up to this size per call
+
+
+def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> None:
+    """Map the inputs in (reading them from disk when cold) ahead of the merge, in the order it consumes them,
+    up to READ_AHEAD bytes beyond the tensor being written (merge.pages). The thread starts before torch is
+    imported, so a cold disk is busy from the first second, and a warm merge finds its pages mapped.
+    Contiguous ranges are joined, so that few calls cover a lot while the import holds the GIL."""
+    if not pages.available():
+        return
+    needs = [{"marker": (plan.b,), "copy": (plan.a,)}.get(e.rule, (plan.a, plan.b, plan.c)) for e in plan.entries]
+    ranges = [[r for src in srcs for r in src.byte_ranges(e.name)] for e, srcs in zip(plan.entries, needs, strict=True)]
+    upto = [0]
+    for rs in ranges:
+        upto.append(upto[-1] + sum(end - start for _, start, end in rs))
+    with contextlib.ExitStack() as held:
+        base: dict[int, int] = {}  # id(mapping) -> address, held until every call has returned
+        pending: dict[int, list[int]] = {}  # id(mapping) -> [start, end] not yet populated
+
+        def flush() -> None:
+            for key, (start, end) in pending.items():
+                pages.populate(base[key], start, end)
+            pending.clear()
+
+        for i, rs in enumerate(ranges):
+            while not stop.is_set() and upto[i] - upto[position[0]] > READ_AHEAD:
+                flush()
+                stop.wait(0.005)
+            if stop.is_set():
+                return
+            for mapping, start, end in rs:
+                key = id(mapping)
+                if key not in base:
+                    base[key] = held.enter_context(pages.address_of(mapping))
+                run = pending.get(key)
+                if run and run[1] == start and end - run[0] <= POPULATE_MAX:
+                    run[1] = end
+                    continue
+                if run:
+                    pages.populate(base[key], *run)
+                pending[key] = [start, end]
+        flush()
 
 
 def _placeholder(i: int) -> str:
@@ -397,20 +440,20 @@ def run_merge(
         if exc.errno == 28:
             raise MergeError(f"no space left for {plan.out} ({plan.output_bytes / 1e9:.2f} GB)") from None
         raise
+    position, stop = [0], threading.Event()
+    reader = threading.Thread(target=_read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
+    reader.start()
     writer.start_populating()
     try:
-        import torch  # ~2 s, while the output's pages are being prepared on the other core
+        import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
 
         if plan.device == "auto":
             plan.device = "cuda" if torch.cuda.is_available() else "cpu"
     except BaseException:
+        stop.set()
+        reader.join()
         writer.abort()
         raise
-    position = [0]
-    stop = threading.Event()
-    prefetch = threading.Thread(target=_prefetcher, args=(plan, writer, position, stop), daemon=True,
-                                name="merge-prefetch")  # fmt: skip
-    prefetch.start()
     local = threading.local()
 
     def process(entry: Entry) -> bool:
@@ -462,6 +505,7 @@ def run_merge(
         raise
     finally:
         stop.set()
+        reader.join()  # before the inputs' files are closed
         pool.shutdown(wait=True)
         torch.set_num_threads(torch_threads)
     la = plan.layouts["a"]

@@ -11,18 +11,17 @@ preparing the output's pages) while torch's import, ~2 s, runs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import mmap
 import os
 import struct
-import sys
 import threading
 import warnings
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from merge import pages
 from merge.header import FLOAT_NAMES, ITEMSIZE, CheckpointError, Header, TensorInfo, read_header  # noqa: F401
 
 if TYPE_CHECKING:
@@ -79,22 +78,6 @@ def typed_view(buf, info: TensorInfo, offset: int) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=offset)
     return flat.view(torch_dtype(info.dtype)).view(info.shape)
-
-
-MADV_POPULATE_READ = 22  # Linux 5.14+
-
-
-@cache
-def _libc_madvise():
-    """libc's madvise through ctypes, which drops the GIL for the call (``mmap.madvise`` holds it)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    return fn
 
 
 class SafetensorsWriter:
@@ -164,34 +147,24 @@ class SafetensorsWriter:
         while done < len(mem):
             done += os.pwrite(self._fd, mem[done:], offset + done)
 
-    def start_populating(self, until: threading.Event | None = None) -> bool:
-        """Map the output's pages in on a thread, ahead of the writes, as clean zero pages (MADV_POPULATE_READ:
-        nothing is dirtied, so nothing extra is written back). Stops at the end of the file, at ``until``, or at
-        commit/abort. Returns False where the kernel cannot (not Linux, or older than 5.14)."""
-        madvise = _libc_madvise()
-        if madvise is None or self._mm is None or self._populator is not None:
+    def start_populating(self) -> bool:
+        """Map the output's pages in on a thread, ahead of the writes (see merge.pages). Stops at the end of
+        the file or at commit/abort. Returns False where the kernel cannot (not Linux, or older than 5.14)."""
+        if not pages.available() or self._mm is None or self._populator is not None:
             return False
-        self._populator = threading.Thread(target=self._populate, args=(madvise, until), daemon=True,
-                                           name="output-populate")  # fmt: skip
+        self._populator = threading.Thread(target=self._populate, daemon=True, name="output-populate")
         self._populator.start()
         return True
 
-    def _populate(self, madvise, until: threading.Event | None) -> None:
-        buf = (ctypes.c_char * self.total_size).from_buffer(self._mm)  # an export: released before any close
-        try:
-            base, page = ctypes.addressof(buf), mmap.PAGESIZE
-            data_start = 8 + self.header_len
-            pos = data_start - data_start % page
-            while pos < self.total_size and not self._stop_populating.is_set() and not (until and until.is_set()):
-                ahead = data_start + self._done  # pages the merge has written already need nothing
-                if ahead > pos:
-                    pos = ahead - ahead % page
-                n = min(self.POPULATE_STEP, self.total_size - pos)
-                if madvise(base + pos, n, MADV_POPULATE_READ) != 0:
-                    return  # EINVAL before Linux 5.14: the writes will fault the pages in themselves
-                pos += n
-        finally:
-            del buf
+    def _populate(self) -> None:
+        with pages.address_of(self._mm) as base:
+            pos = 8 + self.header_len
+            while pos < self.total_size and not self._stop_populating.is_set():
+                pos = max(pos, 8 + self.header_len + self._done)  # pages already written need nothing
+                end = min(pos + self.POPULATE_STEP, self.total_size)
+                if not pages.populate(base, pos, end):
+                    return  # the writes will fault the pages in themselves
+                pos = end
 
     def _join_populator(self) -> None:
         self._stop_populating.set()

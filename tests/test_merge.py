@@ -2,11 +2,13 @@
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -354,3 +356,30 @@ def test_populating_the_output_ahead_keeps_what_was_written(tmp_path):
     w.start_populating()
     w.abort()  # stops the thread before unmapping: no error, no file
     assert not list(tmp_path.glob("*p.safetensors*"))
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef":
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_READ is Linux-only")
+def test_read_ahead_maps_the_inputs_in_before_the_merge_reads_them(tmp_path):
+    from merge import engine, pages
+
+    (pa, pb, pc), _ = trio(tmp_path)
+    plan = engine.plan_merge(pa, pb, pc, tmp_path / "o.safetensors")
+    try:
+        assert pages.available() and all(_mapped_kib(p) == 0 for p in (pa, pb, pc))
+        engine._read_ahead(plan, [0], threading.Event())
+        for p in (pa, pb, pc):  # every page holding tensor bytes is mapped in
+            data_start = 8 + int.from_bytes(p.read_bytes()[:8], "little")
+            assert _mapped_kib(p) * 1024 >= p.stat().st_size - data_start - mmap.PAGESIZE
+    finally:
+        plan.close()
