@@ -3,7 +3,7 @@
 
     python3 tasks.py run lookup "majicmix realistic"   # any inpaint-advisor command
     python3 tasks.py test                                # ruff + the whole test suite (what CI runs)
-    python3 tasks.py bench crawl|merge|lookup            # benchmarks/, see README
+    python3 tasks.py bench [crawl|merge|lookup] [options] # benchmarks/, see README
 
 Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
 exact release cached on the machine if there is one, else the CPU wheel index.
@@ -60,8 +60,16 @@ def main(argv: list[str]) -> int:
         tests = sh(PY, "-m", "pytest", *rest, check=False, cwd=ROOT).returncode
         return tests or lint
     if task == "bench":
-        names = rest or ["crawl", "merge", "lookup"]
-        return max(sh(PY, ROOT / "benchmarks" / f"bench_{n}.py", check=False, cwd=ROOT).returncode for n in names)
+        known = ["crawl", "merge", "lookup"]
+        names = [n for n in rest if n in known]
+        args = rest[len(names) :]  # the rest goes to the scripts: bench merge --cold --families sd1
+        if rest[: len(names)] != names:
+            print("usage: tasks.py bench [crawl|merge|lookup ...] [script options]", file=sys.stderr)
+            return 2
+        return max(
+            sh(PY, ROOT / "benchmarks" / f"bench_{n}.py", *args, check=False, cwd=ROOT).returncode
+            for n in names or known
+        )
     print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)
     return 2
 
