@@ -347,14 +347,15 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
         base: dict[int, int] = {}  # id(mapping) -> address, held until every call has returned
         pending: dict[int, list[int]] = {}  # id(mapping) -> [start, end] not yet populated
 
-        def flush() -> None:
-            for key, (start, end) in pending.items():
-                pages.populate(base[key], start, end)
+        def flush() -> bool:
+            ok = all(pages.populate(base[key], start, end) for key, (start, end) in pending.items())
             pending.clear()
+            return ok
 
         for i, rs in enumerate(ranges):
             while not stop.is_set() and upto[i] - upto[position[0]] > READ_AHEAD:
-                flush()
+                if not flush():
+                    return  # the kernel refuses (a filesystem without it): the merge faults pages in itself
                 stop.wait(0.005)
             if stop.is_set():
                 return
@@ -366,8 +367,8 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
                 if run and run[1] == start and end - run[0] <= POPULATE_MAX:
                     run[1] = end
                     continue
-                if run:
-                    pages.populate(base[key], *run)
+                if run and not pages.populate(base[key], *run):
+                    return
                 pending[key] = [start, end]
         flush()
 
