@@ -9,7 +9,8 @@ Arithmetic is fp32 whatever the inputs, as ``A - M * (C - B)``: the same value a
 B == C the subtracted term is +0.0, which leaves every A value (-0.0 included) bit for bit unchanged.
 
 Planning (headers, families, slots, free space) never imports torch, so a bad input is refused at once; the
-~2 s import of torch then runs while a thread prepares the output's pages (SafetensorsWriter.start_populating).
+~2 s import of torch then runs while threads read the inputs ahead (_read_ahead) and prepare the output's pages
+(SafetensorsWriter.start_populating), both through merge.pages.
 """
 
 from __future__ import annotations
