@@ -383,3 +383,20 @@ def test_read_ahead_maps_the_inputs_in_before_the_merge_reads_them(tmp_path):
             assert _mapped_kib(p) * 1024 >= p.stat().st_size - data_start - mmap.PAGESIZE
     finally:
         plan.close()
+
+
+def test_fp16_overflow_of_finite_values_is_reported_and_large_finite_values_are_not(tmp_path):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path)
+    over, big = "model.diffusion_model.out.2.bias", "model.diffusion_model.out.0.bias"
+    a2, b2, c2 = dict(a), dict(b), dict(c)
+    for k, base, delta in ((over, 60000.0, 10000.0), (big, 30000.0, 30000.0)):
+        a2[k] = a[k].clone()
+        a2[k][0] = base
+        b2[k], c2[k] = b[k].clone(), c[k].clone()
+        b2[k][0], c2[k][0] = delta, 0.0
+    for p, sd in ((pa, a2), (pb, b2), (pc, c2)):
+        save_file(sd, str(p))
+    r = merge(pa, pb, pc, tmp_path / "o.safetensors")
+    o = load_file(tmp_path / "o.safetensors")
+    assert r.nonfinite == [over]  # 70000 does not fit fp16; 60000 does
+    assert o[over][0].item() == float("inf") and o[big][0].item() == 60000.0
