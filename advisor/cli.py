@@ -277,11 +277,11 @@ def merge(
 
     from advisor import jsonout, render
     from merge.engine import MergeError, plan_merge, run_merge
-
-    # torch loads numpy, whose OpenBLAS starts a spinning thread per core; a merge never calls BLAS, and on a
-    # small machine those threads take CPU from the merge's own.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from merge.safetensors_io import CheckpointError
+
+    # torch (imported later, by run_merge) loads numpy, whose OpenBLAS starts a spinning thread per core; a
+    # merge never calls BLAS, and on a small machine those threads take CPU from the merge's own.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")

@@ -77,6 +77,10 @@ class MergePlan:
     def output_bytes(self) -> int:
         return sum(TensorInfo(e.dtype, e.shape).nbytes for e in self.entries)
 
+    def sources_of(self, entry: Entry) -> tuple[TensorSource, ...]:
+        """The inputs ``entry`` is read from, in A, B, C order: the merge and its read-ahead both follow this."""
+        return {"marker": (self.b,), "copy": (self.a,)}.get(entry.rule, (self.a, self.b, self.c))
+
     def close(self) -> None:
         for s in (self.a, self.b, self.c):
             s.close()
@@ -334,7 +338,6 @@ def _read_ahead_bytes() -> int:
 
 
 READ_AHEAD = _read_ahead_bytes()
-POPULATE_MAX = 32 << 20  # contiguous ranges are joined up to this size per call
 
 
 def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> None:
@@ -344,8 +347,7 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
     Contiguous ranges are joined, so that few calls cover a lot while the import holds the GIL."""
     if not pages.available():
         return
-    needs = [{"marker": (plan.b,), "copy": (plan.a,)}.get(e.rule, (plan.a, plan.b, plan.c)) for e in plan.entries]
-    ranges = [[r for src in srcs for r in src.byte_ranges(e.name)] for e, srcs in zip(plan.entries, needs, strict=True)]
+    ranges = [[r for src in plan.sources_of(e) for r in src.byte_ranges(e.name)] for e in plan.entries]
     upto = [0]
     for rs in ranges:
         upto.append(upto[-1] + sum(end - start for _, start, end in rs))
@@ -370,7 +372,7 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
                 if key not in base:
                     base[key] = held.enter_context(pages.address_of(mapping))
                 run = pending.get(key)
-                if run and run[1] == start and end - run[0] <= POPULATE_MAX:
+                if run and run[1] == start and end - run[0] <= pages.STEP:
                     run[1] = end
                     continue
                 if run and not pages.populate(base[key], *run):
@@ -455,7 +457,7 @@ def run_merge(
         import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
 
         if plan.device == "auto":
-            plan.device = "cuda" if torch.cuda.is_available() else "cpu"
+            plan.device = "cuda" if _cuda_available() else "cpu"
     except BaseException:
         stop.set()
         reader.join()
@@ -466,12 +468,8 @@ def run_merge(
     def process(entry: Entry) -> bool:
         if not hasattr(local, "scratch"):
             local.scratch = _Scratch()
-        if entry.rule == "marker":
-            a, b, c = plan.b.read(entry.name), None, None
-        elif entry.rule == "copy":
-            a, b, c = plan.a.read(entry.name), None, None
-        else:
-            a, b, c = plan.a.read(entry.name), plan.b.read(entry.name), plan.c.read(entry.name)
+        tensors = [src.read(entry.name) for src in plan.sources_of(entry)]
+        a, b, c = tensors if len(tensors) == 3 else (tensors[0], None, None)  # a copy or a marker: one input
         return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)
 
     # Output slots are independent places in the mapped file, so tensors are computed on several threads

@@ -17,6 +17,7 @@ from functools import cache
 
 MADV_POPULATE_READ = 22
 PyBUF_SIMPLE = 0
+STEP = 32 << 20  # bytes per populate call: large enough to be cheap, small enough to stop soon when asked
 
 
 class _PyBuffer(ctypes.Structure):

@@ -96,7 +96,6 @@ class SafetensorsWriter:
     """
 
     FLUSH_EVERY = 512 * 2**20
-    POPULATE_STEP = 32 * 2**20
 
     def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
                  *, sync: bool = True):  # fmt: skip
@@ -114,7 +113,8 @@ class SafetensorsWriter:
         self._header_json = header
         raw = self._encode(dict(metadata))
         self.header_len = len(raw)
-        self.total_size = 8 + self.header_len + self.data_size
+        self.data_start = 8 + self.header_len  # update_metadata keeps the header's length
+        self.total_size = self.data_start + self.data_size
         self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._mm = None
         self._done = 0
@@ -158,10 +158,10 @@ class SafetensorsWriter:
 
     def _populate(self) -> None:
         with pages.address_of(self._mm) as base:
-            pos = 8 + self.header_len
+            pos = self.data_start
             while pos < self.total_size and not self._stop_populating.is_set():
-                pos = max(pos, 8 + self.header_len + self._done)  # pages already written need nothing
-                end = min(pos + self.POPULATE_STEP, self.total_size)
+                pos = max(pos, self.data_start + self._done)  # pages already written need nothing
+                end = min(pos + pages.STEP, self.total_size)
                 if not pages.populate(base, pos, end):
                     return  # the writes will fault the pages in themselves
                 pos = end
@@ -177,7 +177,7 @@ class SafetensorsWriter:
 
     def slot(self, name: str) -> torch.Tensor:
         """The writable place of tensor ``name`` in the output file."""
-        return typed_view(self._mm, self.infos[name], 8 + self.header_len + self.infos[name].start)
+        return typed_view(self._mm, self.infos[name], self.data_start + self.infos[name].start)
 
     def write(self, name: str, data: torch.Tensor) -> None:
         slot = self.slot(name)
