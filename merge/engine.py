@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from merge import hashing, layout, pages
+from merge import fused, hashing, layout, pages
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import CheckpointError, TensorInfo
 from merge.safetensors_io import SafetensorsWriter
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 SUPPORTED = {"sd1", "sd2", "sdxl"}
 MARKERS = ("v_pred", "ztsnr")
-CHUNK = 1 << 18  # elements per fused step: three fp32 buffers stay in cache
 IMPLEMENTATION = {"sd1": "https://github.com/CompVis/stable-diffusion",
                   "sd2": "https://github.com/Stability-AI/stablediffusion",
                   "sdxl": "https://github.com/Stability-AI/generative-models"}  # fmt: skip
@@ -260,47 +259,9 @@ def _cuda_available() -> bool:
 
 
 # -- arithmetic -------------------------------------------------------------------------------------------------
-class _Scratch:
-    def __init__(self):
-        import torch
-
-        self.d = torch.empty(CHUNK, dtype=torch.float32)
-        self.t = torch.empty(CHUNK, dtype=torch.float32)
-
-
-def _fused_cpu(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, out: torch.Tensor, s: _Scratch) -> bool:
-    """out = A - M * (C - B), in fp32 chunks that stay in cache (no full-size fp32 temporaries). Returns whether
-    every value is finite in the output dtype (checked on the fp32 chunk while it is still in cache)."""
-    import torch
-
-    if a.numel() == 0:
-        return True
-    limit = torch.finfo(out.dtype).max
-    # Finiteness, cheaply: a sum of squares below (limit/2)^2 proves every value finite and below limit even
-    # after fp32 rounding of the sum (relative error below CHUNK * 2^-24 = 2^-6); NaN/Inf make it NaN/Inf. Only
-    # a chunk that fails this (in practice: one holding NaN/Inf) pays for the exact min/max.
-    safe = (limit / 2) ** 2
-    finite = True
-    # split() makes every chunk's views in one call: slicing four tensors per chunk cost ~10% in Python
-    chunks = zip(*(x.reshape(-1).split(CHUNK) for x in (a, b, c, out)), strict=True)
-    for ac, bc, cc, oc in chunks:
-        n = ac.numel()
-        d, t = (s.d, s.t) if n == CHUNK else (s.d[:n], s.t[:n])
-        d.copy_(cc)
-        t.copy_(bc)
-        d.sub_(t)
-        t.copy_(ac)
-        t.sub_(d, alpha=m)
-        if finite and not torch.dot(t, t).item() < safe:
-            lo, hi = torch.aminmax(t)
-            finite = -limit <= lo.item() and hi.item() <= limit  # NaN compares False
-        oc.copy_(t)
-    return finite
-
-
-def _combine_into(out: torch.Tensor, a, b, c, m: float, device: str, s: _Scratch) -> bool:
+def _combine_into(out: torch.Tensor, a, b, c, m: float, device: str, s: fused.Scratch) -> bool:
     if device == "cpu":
-        return _fused_cpu(a, b, c, m, out, s)
+        return fused.add_difference(a, b, c, m, out, s)
     import torch
 
     a32, b32, c32 = (t.to(device, non_blocking=True).float() for t in (a, b, c))
@@ -309,7 +270,7 @@ def _combine_into(out: torch.Tensor, a, b, c, m: float, device: str, s: _Scratch
     return bool(torch.isfinite(result).all())
 
 
-def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: _Scratch, device: str) -> bool:
+def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: fused.Scratch, device: str) -> bool:
     """Fill ``slot`` (the output tensor's place in the file); returns False if it holds NaN/Inf."""
     if entry.rule == "add" and m != 0.0:
         return _combine_into(slot, a, b, c, m, device, s)
@@ -467,7 +428,7 @@ def run_merge(
 
     def process(entry: Entry) -> bool:
         if not hasattr(local, "scratch"):
-            local.scratch = _Scratch()
+            local.scratch = fused.Scratch()
         tensors = [src.read(entry.name) for src in plan.sources_of(entry)]
         a, b, c = tensors if len(tensors) == 3 else (tensors[0], None, None)  # a copy or a marker: one input
         return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)

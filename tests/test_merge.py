@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from merge import fused
 from merge.checkpoint import open_checkpoint
 from merge.engine import MergeError, merge
 from merge.safetensors_io import CheckpointError
@@ -31,6 +32,17 @@ def _hash_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(params=["c-kernel", "torch"])
+def arithmetic(request, monkeypatch):
+    """Run a test on each CPU implementation of the formula (merge/fused.py)."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "kernel", lambda: None)
+        monkeypatch.setenv("INPAINT_ADVISOR_NO_KERNEL", "1")
+    elif fused.kernel() is None:
+        pytest.skip("merge._fused is not built or not usable on this CPU")
+    return request.param
+
+
 def trio(tmp_path, family="sd1", a_extra=None, b_extra=None, a_dtype=torch.float16):
     paths = [tmp_path / f"{n}.safetensors" for n in "abc"]
     a = write_checkpoint(paths[0], family, "inpaint", 1, extra=a_extra, dtype=a_dtype)
@@ -43,7 +55,7 @@ def expected(a, b, c, m=1.0, dtype=torch.float16):
     return (a.float() + (b.float() - c.float()) * m).to(dtype)
 
 
-def test_every_rule_gives_exact_values(tmp_path):
+def test_every_rule_gives_exact_values(tmp_path, arithmetic):
     extra_a = {"model_ema.decay": torch.tensor(0.9999), "only.in.a": torch.ones(3, dtype=torch.float16)}
     extra_b = {"only.in.b": torch.ones(2, dtype=torch.float16)}
     (pa, pb, pc), (a, b, c) = trio(tmp_path, a_extra=extra_a, b_extra=extra_b)
@@ -69,7 +81,7 @@ def test_every_rule_gives_exact_values(tmp_path):
     assert r.only_in_b == ["only.in.b"] and r.nonfinite == []
 
 
-def test_multiplier_zero_and_equal_b_c_give_a_bit_for_bit(tmp_path):
+def test_multiplier_zero_and_equal_b_c_give_a_bit_for_bit(tmp_path, arithmetic):
     (pa, pb, pc), (a, b, c) = trio(tmp_path)
     neg_zero = a["model.diffusion_model.out.2.bias"].clone()
     neg_zero[0] = -0.0
@@ -83,7 +95,7 @@ def test_multiplier_zero_and_equal_b_c_give_a_bit_for_bit(tmp_path):
             assert o[k].view(torch.uint8).equal(a[k].contiguous().view(torch.uint8)), (m, k)
 
 
-def test_multiplier_scales_the_delta_and_dtypes_are_honoured(tmp_path):
+def test_multiplier_scales_the_delta_and_dtypes_are_honoured(tmp_path, arithmetic):
     (pa, pb, pc), (a, b, c) = trio(tmp_path)
     k = "model.diffusion_model.out.2.weight"
     for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -232,7 +244,7 @@ def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):
     assert list(tmp_path.glob("*o.safetensors*")) == []
 
 
-def test_nan_and_inf_in_the_output_are_reported(tmp_path):
+def test_nan_and_inf_in_the_output_are_reported(tmp_path, arithmetic):
     (pa, pb, pc), (a, b, c) = trio(tmp_path)
     k = "model.diffusion_model.out.2.bias"
     bad = b[k].clone()
@@ -329,7 +341,7 @@ def test_checks_answer_before_torch_is_imported(tmp_path):
         assert "torch imported: False" in child.stdout
 
 
-def test_empty_float_tensors_pass_through(tmp_path):
+def test_empty_float_tensors_pass_through(tmp_path, arithmetic):
     (pa, pb, pc), _ = trio(tmp_path)
     for p in (pa, pb, pc):
         save_file({**load_file(p), "empty.weight": torch.empty(0, 4, dtype=torch.float16)}, str(p))
@@ -385,7 +397,7 @@ def test_read_ahead_maps_the_inputs_in_before_the_merge_reads_them(tmp_path):
         plan.close()
 
 
-def test_fp16_overflow_of_finite_values_is_reported_and_large_finite_values_are_not(tmp_path):
+def test_fp16_overflow_of_finite_values_is_reported_and_large_finite_values_are_not(tmp_path, arithmetic):
     (pa, pb, pc), (a, b, c) = trio(tmp_path)
     over, big = "model.diffusion_model.out.2.bias", "model.diffusion_model.out.0.bias"
     a2, b2, c2 = dict(a), dict(b), dict(c)

@@ -1,6 +1,8 @@
 """A non-editable install works: the wheel carries every package and the bundled data files."""
 
 import json
+import platform
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,6 +21,8 @@ def test_wheel_carries_data_and_answers_from_outside_the_checkout(tmp_path):
         z.extractall(site)
     assert {"data/families.json", "data/hf_crawl.json"} <= set(names)
     assert {n.split("/")[0] for n in names} >= {"advisor", "crawler", "merge", "data"}
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("cc"):
+        assert any(n.startswith("merge/_fused.") and n.endswith(".so") for n in names)  # the merge's C loop
     # run from an empty directory with only the installed copy on the path: no file of the checkout is used
     env = cli_env(PYTHONPATH=str(site), INPAINT_ADVISOR_DB=str(tmp_path / "r.db"))
     result = subprocess.run([sys.executable, "-m", "advisor", "lookup", "SDXL 1.0", "--offline", "--json"],

@@ -1,0 +1,92 @@
+"""merge/fused.py: the C kernel and the torch path store the same bits and agree on finiteness."""
+
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from merge import fused
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _cpu_has(*flags: str) -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    have = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return all(f in have for f in flags)
+
+
+needs_kernel = pytest.mark.skipif(fused.kernel() is None, reason="merge._fused not built or not usable here")
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("cc")),
+    reason="the kernel is built for x86-64 where a C compiler is found",
+)
+def test_the_kernel_is_built_and_used_where_it_can_be():
+    # the extension is optional at install: this is what notices a build that failed quietly
+    if _cpu_has("avx2", "fma", "f16c"):
+        assert fused.kernel() is not None
+
+
+def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bit for bit, -0.0 and infinities included; a NaN matches any NaN (torch itself stores bf16 NaN as 0xffff
+    in its vector loop and 0x7fc0 in its scalar tail)."""
+    nan = torch.isnan(x)
+    if not torch.equal(nan, torch.isnan(y)):
+        return False
+    view = torch.int32 if x.dtype == torch.float32 else torch.int16
+    return torch.equal(x.view(view)[~nan], y.view(view)[~nan])
+
+
+def inputs(n: int, dtypes, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    raw = [torch.randn(n, generator=g) * 4 for _ in range(3)]
+    if n > 20:  # specials: NaN, both infinities, -0.0, values that overflow fp16 only after the add
+        raw[0][:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 65000.0, -65000.0])
+        raw[1][4:6] = torch.tensor([3000.0, -3000.0])
+        raw[2][4:6] = 0.0
+    return [x.to(dt) for x, dt in zip(raw, dtypes, strict=True)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("in_dtypes", [(DTYPES[0],) * 3, (DTYPES[1],) * 3, (DTYPES[2],) * 3,
+                                       (torch.float32, torch.float16, torch.bfloat16)])  # fmt: skip
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("m", [1.0, 0.7, -1.3, 0.0])
+def test_kernel_and_torch_store_the_same_bits(in_dtypes, out_dtype, m):
+    for n in (0, 1, 7, 8, 9, 1000, 70_001):  # vector body, scalar tail, both
+        a, b, c = inputs(n, in_dtypes, seed=n)
+        fast, slow = torch.empty(n, dtype=out_dtype), torch.empty(n, dtype=out_dtype)
+        ok_fast = fused.add_difference(a, b, c, m, fast, fused.Scratch())
+        ok_slow = fused.add_difference_torch(a, b, c, m, slow, fused.Scratch())
+        assert same_bits(fast, slow), (n, m)
+        assert ok_fast == ok_slow == bool(torch.isfinite(slow).all()), (n, m)
+
+
+@needs_kernel
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_kernel_reports_each_kind_of_non_finite_output(out_dtype):
+    half_max = 40000.0 if out_dtype == torch.float16 else 3e38  # twice that overflows the output dtype
+    for a_value, b_value in ((0.0, float("nan")), (0.0, float("inf")), (half_max, half_max), (half_max, 0.0)):
+        for pos in (3, 35):  # in the vector body, then in the scalar tail
+            a, b, c = torch.zeros(37), torch.zeros(37), torch.zeros(37)
+            a[pos], b[pos] = a_value, b_value
+            out = torch.empty(37, dtype=out_dtype)
+            finite = fused.add_difference(a, b, c, 1.0, out, fused.Scratch())
+            assert finite == (b_value == 0.0), (a_value, b_value, pos)
+            assert finite == bool(torch.isfinite(out).all())
+
+
+def test_non_contiguous_or_other_dtypes_take_the_torch_path():
+    a = torch.randn(16, 8).t()  # not contiguous
+    b, c = torch.randn(8, 16), torch.randn(8, 16, dtype=torch.float64)
+    out = torch.empty(8, 16, dtype=torch.float16)
+    assert fused.add_difference(a, b, c, 1.0, out, fused.Scratch())
+    assert torch.equal(out, (a.float() - (c.float() - b)).half())
