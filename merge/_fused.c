@@ -52,6 +52,17 @@ INLINE int store1(void *p, int dt, size_t i, float x) {
     return (h & e) == e;
 }
 
+/* dst = src converted (fp16/bf16/fp32 either side), as torch's Tensor.copy_ rounds */
+TARGET static void convert(const void *src, int ds, void *dst, int dd, size_t n) {
+    size_t i = 0;
+    if (dd == F16)
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)((uint16_t *)dst + i), _mm256_cvtps_ph(load8(src, ds, i), _MM_FROUND_TO_NEAREST_INT));
+    else if (dd == F32)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps((float *)dst + i, load8(src, ds, i));
+    for (; i < n; i++) store1(dst, dd, i, load1(src, ds, i));
+}
+
 /* Returns 1 if every output value is finite. */
 TARGET static int add_difference(const void *a, int da, const void *b, int db, const void *c, int dc,
                                  void *out, int dout, size_t n, float m) {
@@ -104,6 +115,8 @@ static PyObject *available(PyObject *self, PyObject *unused) {
 #endif
 }
 
+static int bad_dtype(int d) { return d < 0 || d > 2; }
+
 /* add_difference(a, a_dtype, b, b_dtype, c, c_dtype, out, out_dtype, n, m) -> bool (all finite).
  * Pointers are addresses of contiguous buffers of n elements (tensor.data_ptr()); dtypes 0 fp16, 1 bf16, 2 fp32. */
 static PyObject *py_add_difference(PyObject *self, PyObject *args) {
@@ -112,7 +125,7 @@ static PyObject *py_add_difference(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     float m;
     if (!PyArg_ParseTuple(args, "KiKiKiKinf", &a, &da, &b, &db, &c, &dc, &out, &dout, &n, &m)) return NULL;
-    if (n < 0 || da < 0 || da > 2 || db < 0 || db > 2 || dc < 0 || dc > 2 || dout < 0 || dout > 2) {
+    if (n < 0 || bad_dtype(da) || bad_dtype(db) || bad_dtype(dc) || bad_dtype(dout)) {
         PyErr_SetString(PyExc_ValueError, "bad element count or dtype code");
         return NULL;
     }
@@ -133,9 +146,51 @@ static PyObject *py_add_difference(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* convert(src, src_dtype, dst, dst_dtype, n): a copy that changes the float type */
+static PyObject *py_convert(PyObject *self, PyObject *args) {
+    unsigned long long src, dst;
+    int ds, dd;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "KiKin", &src, &ds, &dst, &dd, &n)) return NULL;
+    if (n < 0 || bad_dtype(ds) || bad_dtype(dd)) {
+        PyErr_SetString(PyExc_ValueError, "bad element count or dtype code");
+        return NULL;
+    }
+#if HAVE_KERNEL
+    if (!cpu_ok()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    convert((const void *)src, ds, (void *)dst, dd, (size_t)n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "built without the x86-64 kernel");
+    return NULL;
+#endif
+}
+
+/* copy_bytes(src, dst, nbytes): memcpy without the GIL (tensors copied as they are) */
+static PyObject *py_copy_bytes(PyObject *self, PyObject *args) {
+    unsigned long long src, dst;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "KKn", &src, &dst, &n)) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative byte count");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (n) memcpy((void *)dst, (const void *)src, (size_t)n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "Whether add_difference can run on this CPU."},
     {"add_difference", py_add_difference, METH_VARARGS, "out = A - M * (C - B), one pass; returns all-finite."},
+    {"convert", py_convert, METH_VARARGS, "dst = src in another float dtype."},
+    {"copy_bytes", py_copy_bytes, METH_VARARGS, "memcpy without the GIL."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -42,10 +42,16 @@ class TensorSource:
         """The files whose bytes make up this checkpoint (for hashing and free-space checks)."""
         return [self.path]
 
+    def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        """``name``'s bytes as they are, in order, as ``(mapping, start, end)`` ranges of mapped files (one for a
+        safetensors tensor, several for a concatenation); None where reading needs more (a transpose, a
+        pickle, an unmapped file). What merge.direct works on, without torch."""
+        return None
+
     def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         """``(mapping, start, end)`` of the mapped file bytes that reading ``name`` touches, so that they can be
         read ahead (merge.pages); empty where reads do not go through a mapping."""
-        return []
+        return self.segments(name) or []
 
     def close(self) -> None:
         pass
@@ -81,9 +87,11 @@ class SafetensorsSource(TensorSource):
             return read_into(self._fd, info, buffer)
         return typed_view(self._mm, info, info.start)
 
-    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
+    def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
         info = self.tensors[name]
-        return [(self._mm, info.start, info.end)] if info.nbytes and self._mm is not None else []
+        if self._mm is None:
+            return None
+        return [(self._mm, info.start, info.end)] if info.nbytes else []
 
     def close(self) -> None:
         if self._mm is not None:
@@ -184,6 +192,13 @@ class DiffusersSource(TensorSource):
 
     def files(self) -> list[Path]:
         return [p.path for p in self.parts.values()]
+
+    def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        r = self.recipes[name]
+        if r.op == "transpose":
+            return None
+        parts = [self.parts[r.component].segments(s) for s in r.sources]  # "cat" is along dim 0: bytes in a row
+        return None if any(p is None for p in parts) else [rng for p in parts for rng in p]
 
     def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         r = self.recipes[name]

@@ -8,17 +8,21 @@ B are reported; B's ``v_pred``/``ztsnr`` markers are carried over.
 Arithmetic is fp32 whatever the inputs, as ``A - M * (C - B)``: the same value as ``A + (B - C) * M``, but when
 B == C the subtracted term is +0.0, which leaves every A value (-0.0 included) bit for bit unchanged.
 
-Planning (headers, families, slots, free space) never imports torch, so a bad input is refused at once; the
-~2 s import of torch then runs while threads read the inputs ahead (_read_ahead) and prepare the output's pages
-(SafetensorsWriter.start_populating), both through merge.pages.
+Planning (headers, families, slots, free space) never imports torch, so a bad input is refused at once. On
+the CPU, with the C loop built (merge._fused), every tensor that is a plain range of a safetensors file is
+merged by merge.direct without torch at all; torch (~2 s to import) is imported only for what remains (a
+pickle's tensors, a transposed diffusers tensor, the GPU). Meanwhile threads read the inputs ahead
+(_read_ahead) and prepare the output's pages (SafetensorsWriter.start_populating), both through merge.pages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from merge import fused, hashing, layout, pages
+from merge import direct, fused, hashing, layout, pages
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import CheckpointError, TensorInfo
 from merge.safetensors_io import SafetensorsWriter
@@ -252,6 +256,16 @@ def plan_merge(
         raise
 
 
+def _certainly_no_gpu() -> bool:
+    """Whether torch could not see a GPU, told without importing it (Linux: no NVIDIA or AMD device nodes), so
+    that a CPU merge need not import torch just to learn that. False means "ask torch"."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -414,19 +428,32 @@ def run_merge(
     reader = threading.Thread(target=_read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
     reader.start()
     writer.start_populating()
+    held = direct.Addresses()
+    torch = None
     try:
-        import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
+        if plan.device == "auto" and _certainly_no_gpu():
+            plan.device = "cpu"
+        fast = fused.kernel() if plan.device in ("cpu", "auto") else None
+        tasks = direct.tasks_for(plan, writer, fast, held) if fast is not None and plan.device == "cpu" else {}
+        if len(tasks) < len(plan.entries):
+            import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
 
-        if plan.device == "auto":
-            plan.device = "cuda" if _cuda_available() else "cpu"
+            if plan.device == "auto":
+                plan.device = "cuda" if _cuda_available() else "cpu"
+                if plan.device == "cpu" and fast is not None:
+                    tasks = direct.tasks_for(plan, writer, fast, held)
     except BaseException:
         stop.set()
         reader.join()
+        held.close()
         writer.abort()
         raise
     local = threading.local()
 
     def process(entry: Entry) -> bool:
+        task = tasks.get(entry.name)
+        if task is not None:
+            return task()
         if not hasattr(local, "scratch"):
             local.scratch = fused.Scratch()
         tensors = [src.read(entry.name) for src in plan.sources_of(entry)]
@@ -434,10 +461,11 @@ def run_merge(
         return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)
 
     # Output slots are independent places in the mapped file, so tensors are computed on several threads
-    # (torch releases the GIL) with one torch thread each: cheaper than splitting every small op in two.
+    # (the C loop and torch release the GIL) with one torch thread each: cheaper than splitting every op in two.
     workers = 1 if plan.device != "cpu" else max(1, min(4, os.cpu_count() or 1))
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else torch_threads)
+    torch_threads = torch.get_num_threads() if torch else 1
+    if torch:
+        torch.set_num_threads(1 if workers > 1 else torch_threads)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge")
     added, channels, copied, nonfinite = 0, [], 0, []
     try:
@@ -464,16 +492,19 @@ def run_merge(
                     v = v.replace(_placeholder(n), sha)
                 final[k] = v
             writer.update_metadata(final)
+        held.close()  # the output's mapping is closed by commit
         writer.commit()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # no worker may touch the map once it is gone
+        held.close()
         writer.abort()
         raise
     finally:
         stop.set()
         reader.join()  # before the inputs' files are closed
         pool.shutdown(wait=True)
-        torch.set_num_threads(torch_threads)
+        if torch:
+            torch.set_num_threads(torch_threads)
     la = plan.layouts["a"]
     return MergeResult(
         out=plan.out,

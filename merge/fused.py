@@ -1,5 +1,6 @@
-"""The merge's arithmetic on the CPU: ``out = A - M * (C - B)`` in fp32, stored in out's dtype, with a report of
-whether every stored value is finite.
+"""The merge's arithmetic on CPU tensors: ``out = A - M * (C - B)`` in fp32, stored in out's dtype, with a report
+of whether every stored value is finite. (merge.direct calls the same C loop on memory-mapped bytes, without
+torch; this module serves the tensors it cannot do.)
 
 Two implementations give the same bits (tests/test_fused.py holds them to it):
 - ``merge._fused``, merge/_fused.c, built at install where a C compiler is found: one pass over the inputs,

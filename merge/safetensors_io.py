@@ -175,6 +175,11 @@ class SafetensorsWriter:
     def sizes(self) -> dict[str, int]:
         return {k: v.nbytes for k, v in self.infos.items()}
 
+    def span(self, name: str) -> tuple[mmap.mmap, int, int]:
+        """``(mapping, start, end)`` of tensor ``name``'s place in the mapped output (merge.direct writes there)."""
+        info = self.infos[name]
+        return self._mm, self.data_start + info.start, self.data_start + info.end
+
     def slot(self, name: str) -> torch.Tensor:
         """The writable place of tensor ``name`` in the output file."""
         return typed_view(self._mm, self.infos[name], self.data_start + self.infos[name].start)

@@ -6,10 +6,42 @@ from pathlib import Path
 
 import pytest
 
+from merge import fused
 from tests.civitai_fake import FakeCivitai, Server
 from tests.hf_fake import FakeHub, HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+needs_kernel = pytest.mark.skipif(fused.kernel() is None, reason="merge._fused not built or not usable here")
+
+
+@pytest.fixture(params=["c-kernel", "torch"])
+def arithmetic(request, monkeypatch):
+    """Run a merge test on each CPU implementation: the C loop (merge.direct over memory maps, or
+    merge.fused over tensors) and torch ops."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "kernel", lambda: None)
+        monkeypatch.setenv("INPAINT_ADVISOR_NO_KERNEL", "1")
+    elif fused.kernel() is None:
+        pytest.skip("merge._fused is not built or not usable on this CPU")
+    return request.param
+
+
+def same_bits(x, y) -> bool:
+    """Bit for bit, -0.0 and infinities included; a NaN matches any NaN (torch itself stores bf16 NaN as 0xffff
+    in its vector loop and 0x7fc0 in its scalar tail)."""
+    import torch
+
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    if not x.is_floating_point():
+        return torch.equal(x, y)
+    nan = torch.isnan(x)
+    if not torch.equal(nan, torch.isnan(y)):
+        return False
+    view = {torch.float32: torch.int32, torch.float64: torch.int64}.get(x.dtype, torch.int16)
+    return torch.equal(x.view(view)[~nan], y.view(view)[~nan])
+
 
 # Tests talk only to servers they start on 127.0.0.1. Query strings and fixtures do spell real Civitai and Hub
 # URLs (parsing them is a feature); these defaults point every client at a closed local port, and the guard

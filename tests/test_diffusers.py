@@ -39,7 +39,7 @@ def test_a_diffusers_folder_reads_as_the_same_single_file_tensors(tmp_path, fami
     assert (p.family, p.variant, p.format) == (family, "inpaint", "diffusers")
 
 
-def test_merge_with_a_diffusers_inpainting_model_as_a(tmp_path, monkeypatch):
+def test_merge_with_a_diffusers_inpainting_model_as_a(tmp_path, monkeypatch, arithmetic):
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
     a = write_checkpoint(tmp_path / "a.safetensors", "sdxl", "inpaint", 1)
     write_checkpoint(tmp_path / "b.safetensors", "sdxl", "normal", 2)

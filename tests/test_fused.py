@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from merge import fused
+from merge.direct import Runs, aligned
+from tests.conftest import needs_kernel, same_bits
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -22,9 +24,6 @@ def _cpu_has(*flags: str) -> bool:
     return all(f in have for f in flags)
 
 
-needs_kernel = pytest.mark.skipif(fused.kernel() is None, reason="merge._fused not built or not usable here")
-
-
 @pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("cc")),
     reason="the kernel is built for x86-64 where a C compiler is found",
@@ -33,16 +32,6 @@ def test_the_kernel_is_built_and_used_where_it_can_be():
     # the extension is optional at install: this is what notices a build that failed quietly
     if _cpu_has("avx2", "fma", "f16c"):
         assert fused.kernel() is not None
-
-
-def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Bit for bit, -0.0 and infinities included; a NaN matches any NaN (torch itself stores bf16 NaN as 0xffff
-    in its vector loop and 0x7fc0 in its scalar tail)."""
-    nan = torch.isnan(x)
-    if not torch.equal(nan, torch.isnan(y)):
-        return False
-    view = torch.int32 if x.dtype == torch.float32 else torch.int16
-    return torch.equal(x.view(view)[~nan], y.view(view)[~nan])
 
 
 def inputs(n: int, dtypes, seed: int = 0):
@@ -90,3 +79,11 @@ def test_non_contiguous_or_other_dtypes_take_the_torch_path():
     out = torch.empty(8, 16, dtype=torch.float16)
     assert fused.add_difference(a, b, c, 1.0, out, fused.Scratch())
     assert torch.equal(out, (a.float() - (c.float() - b)).half())
+
+
+def test_aligned_walks_tensors_cut_at_different_places_in_step():
+    a = Runs("F16", [(1000, 3), (2000, 5)])  # a diffusers concatenation
+    b = Runs("F32", [(5000, 8)])
+    c = Runs("F16", [(7000, 1), (8000, 7)])
+    assert list(aligned(a, b, c)) == [(1, [1000, 5000, 7000]), (2, [1002, 5004, 8000]), (5, [2000, 5012, 8004])]
+    assert list(aligned(Runs("F16", []), Runs("F16", []))) == []

@@ -20,7 +20,7 @@ from merge import fused
 from merge.checkpoint import open_checkpoint
 from merge.engine import MergeError, merge
 from merge.safetensors_io import CheckpointError
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, needs_kernel, run_cli, same_bits
 from tests.sd_layouts import write_checkpoint
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -30,17 +30,6 @@ POS_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 @pytest.fixture(autouse=True)
 def _hash_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(params=["c-kernel", "torch"])
-def arithmetic(request, monkeypatch):
-    """Run a test on each CPU implementation of the formula (merge/fused.py)."""
-    if request.param == "torch":
-        monkeypatch.setattr(fused, "kernel", lambda: None)
-        monkeypatch.setenv("INPAINT_ADVISOR_NO_KERNEL", "1")
-    elif fused.kernel() is None:
-        pytest.skip("merge._fused is not built or not usable on this CPU")
-    return request.param
 
 
 def trio(tmp_path, family="sd1", a_extra=None, b_extra=None, a_dtype=torch.float16):
@@ -339,6 +328,35 @@ def test_checks_answer_before_torch_is_imported(tmp_path):
         )
         assert child.stdout.startswith(verdict), child.stderr
         assert "torch imported: False" in child.stdout
+
+
+_NO_TORCH_MERGE = """
+import sys
+from merge.engine import merge
+r = merge(*sys.argv[1:5], device="cpu")
+print("torch imported:", "torch" in sys.modules, "nonfinite:", r.nonfinite)
+"""
+
+
+@needs_kernel
+def test_a_cpu_merge_of_safetensors_runs_without_torch_and_stores_the_torch_paths_bits(tmp_path, monkeypatch):
+    (pa, pb, pc), (a, b, c) = trio(tmp_path, a_dtype=torch.float32)  # A converted on copies and the first conv
+    k = "model.diffusion_model.out.2.bias"
+    b[k] = b[k].clone()
+    b[k][0] = float("nan")
+    save_file(b, str(pb))
+    direct = tmp_path / "direct.safetensors"
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path))
+    child = subprocess.run([sys.executable, "-c", _NO_TORCH_MERGE, str(pa), str(pb), str(pc), str(direct)],
+                           capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert child.stdout.strip() == f"torch imported: False nonfinite: ['{k}']", child.stderr
+    monkeypatch.setattr(fused, "kernel", lambda: None)
+    r = merge(pa, pb, pc, tmp_path / "torch.safetensors")
+    assert r.nonfinite == [k]
+    x, y = load_file(direct), load_file(tmp_path / "torch.safetensors")
+    assert set(x) == set(y) == set(a)
+    for name in x:
+        assert same_bits(x[name], y[name]), name
 
 
 def test_empty_float_tensors_pass_through(tmp_path, arithmetic):

@@ -1,0 +1,165 @@
+"""Run a merge's tensors on the CPU without torch: every tensor is a run of bytes in a memory map (an input's
+or the output's), and merge._fused computes, converts and copies between those addresses.
+
+torch's import (~2 s) was the largest single cost of a CPU merge of SD1.5; where the C loop is built and the
+inputs' tensors are plain ranges of safetensors files (diffusers folders included, concatenations too), the
+merge never imports it. A tensor this module cannot do (a transposed diffusers tensor, a pickle's tensors,
+an F64/F8 dtype) gets no task, and the engine runs it through torch (merge.engine._apply): the same bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from merge import pages
+from merge.header import ITEMSIZE
+
+if TYPE_CHECKING:
+    from merge.engine import Entry, MergePlan
+    from merge.safetensors_io import SafetensorsWriter
+
+CODES = {"F16": 0, "BF16": 1, "F32": 2}  # merge/_fused.c's dtype numbers
+
+Task = Callable[[], bool]  # fills one output tensor; returns False if it holds NaN/Inf
+
+
+@dataclass
+class Runs:
+    """One tensor's bytes: ``(address, element count)`` runs, in order."""
+
+    dtype: str
+    runs: list[tuple[int, int]]
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+
+class Addresses:
+    """Addresses of mappings, each held (so that it cannot be closed under a task) until ``close()``."""
+
+    def __init__(self):
+        self._held = contextlib.ExitStack()
+        self._base: dict[int, int] = {}
+
+    def of(self, mapping: mmap.mmap) -> int:
+        key = id(mapping)
+        if key not in self._base:
+            self._base[key] = self._held.enter_context(pages.address_of(mapping))
+        return self._base[key]
+
+    def runs(self, segments: list[tuple[mmap.mmap, int, int]], dtype: str) -> Runs:
+        size = ITEMSIZE[dtype]
+        return Runs(dtype, [(self.of(m) + start, (end - start) // size) for m, start, end in segments if end > start])
+
+    def close(self) -> None:
+        self._base.clear()
+        self._held.close()
+
+
+def aligned(*tensors: Runs) -> Iterator[tuple[int, list[int]]]:
+    """Walk tensors of one element count, cut into runs at different places, as stretches where each one is
+    contiguous: ``(element count, [address in each tensor])``."""
+    index = [0] * len(tensors)
+    used = [0] * len(tensors)  # elements already walked of each tensor's current run
+    while all(i < len(t.runs) for i, t in zip(index, tensors, strict=True)):
+        n = min(t.runs[i][1] - u for t, i, u in zip(tensors, index, used, strict=True))
+        yield n, [t.runs[i][0] + u * t.itemsize for t, i, u in zip(tensors, index, used, strict=True)]
+        for k, t in enumerate(tensors):
+            used[k] += n
+            if used[k] == t.runs[index[k]][1]:
+                index[k], used[k] = index[k] + 1, 0
+
+
+def tasks_for(plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held: Addresses) -> dict[str, Task]:
+    """A task for every entry that can run without torch."""
+    tasks = {}
+    for entry in plan.entries:
+        task = _task(entry, plan, writer, fast, held)
+        if task is not None:
+            tasks[entry.name] = task
+    return tasks
+
+
+def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held: Addresses) -> Task | None:
+    mapping, start, end = writer.span(entry.name)
+    out = held.runs([(mapping, start, end)] if mapping is not None else [], entry.dtype)
+    inputs = []
+    for src in plan.sources_of(entry):
+        segments = src.segments(entry.name)
+        if segments is None:
+            return None
+        inputs.append(held.runs(segments, src.tensors[entry.name].dtype))
+    rule = entry.rule
+    if plan.multiplier == 0.0 and rule in ("add", "channels"):
+        rule = "copy"  # M = 0: A's tensors, as they are (converted to the output dtype)
+    if rule in ("copy", "marker"):
+        return _copy(fast, inputs[0], out)
+    if any(t.dtype not in CODES for t in (*inputs, out)):
+        return None
+    if rule == "add":
+        return _add(fast, *inputs, out, plan.multiplier)
+    if rule == "channels" and all(len(t.runs) <= 1 for t in (*inputs, out)):
+        return _channels(fast, *inputs, out, plan.multiplier, entry.shape, plan.b.tensors[entry.name].shape)
+    return None
+
+
+def _copy(fast: ModuleType, src: Runs, out: Runs) -> Task | None:
+    if src.dtype == out.dtype:
+
+        def copy() -> bool:
+            for n, (s, o) in aligned(src, out):
+                fast.copy_bytes(s, o, n * out.itemsize)
+            return True  # copies are not checked for NaN/Inf, as on the torch path
+
+        return copy
+    if src.dtype not in CODES or out.dtype not in CODES:
+        return None
+
+    def convert() -> bool:
+        for n, (s, o) in aligned(src, out):
+            fast.convert(s, CODES[src.dtype], o, CODES[out.dtype], n)
+        return True
+
+    return convert
+
+
+def _add(fast: ModuleType, a: Runs, b: Runs, c: Runs, out: Runs, m: float) -> Task:
+    codes = [CODES[t.dtype] for t in (a, b, c, out)]
+
+    def add() -> bool:
+        finite = True
+        for n, addresses in aligned(a, b, c, out):
+            args = [v for address, code in zip(addresses, codes, strict=True) for v in (address, code)]
+            finite &= fast.add_difference(*args, n, m)
+        return finite
+
+    return add
+
+
+def _channels(fast, a: Runs, b: Runs, c: Runs, out: Runs, m: float, a_shape, b_shape) -> Task:
+    """The first conv: per output channel, the delta on B's input channels, A's extra channels copied."""
+    rows, per_row_a = a_shape[0], math.prod(a_shape[1:])
+    per_row_b = math.prod(b_shape[1:])
+    codes = [CODES[t.dtype] for t in (a, b, c, out)]
+
+    def channels() -> bool:
+        if not a.runs:
+            return True
+        (pa, _), (pb, _), (pc, _), (po, _) = a.runs[0], b.runs[0], c.runs[0], out.runs[0]
+        finite = True
+        for r in range(rows):
+            ra, ro = pa + r * per_row_a * a.itemsize, po + r * per_row_a * out.itemsize
+            rb, rc = pb + r * per_row_b * b.itemsize, pc + r * per_row_b * c.itemsize
+            finite &= fast.add_difference(ra, codes[0], rb, codes[1], rc, codes[2], ro, codes[3], per_row_b, m)
+            rest_a, rest_o = ra + per_row_b * a.itemsize, ro + per_row_b * out.itemsize
+            fast.convert(rest_a, codes[0], rest_o, codes[3], per_row_a - per_row_b)
+        return finite
+
+    return channels
