@@ -30,7 +30,9 @@ def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
 
 def setup() -> None:
     stamp = VENV / ".inpaint-advisor-setup"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH_PIN.encode()).hexdigest()
+    # reinstall when what the install builds changes: the project's requirements or the merge's C loop
+    built_from = [ROOT / "pyproject.toml", ROOT / "merge" / "_fused.c"]
+    want = hashlib.sha256(b"".join(p.read_bytes() for p in built_from) + TORCH_PIN.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == want and PY.exists():
         return
     if not PY.exists():
