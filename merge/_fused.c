@@ -171,6 +171,29 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* transpose(src, dst, rows, cols, itemsize): dst (cols x rows) = the transpose of src (rows x cols), in tiles
+ * that stay in cache; for the one transposed tensor of an SDXL diffusers folder (text_projection) */
+static PyObject *py_transpose(PyObject *self, PyObject *args) {
+    unsigned long long src, dst;
+    Py_ssize_t rows, cols, size;
+    if (!PyArg_ParseTuple(args, "KKnnn", &src, &dst, &rows, &cols, &size)) return NULL;
+    if (rows < 0 || cols < 0 || (size != 2 && size != 4)) {
+        PyErr_SetString(PyExc_ValueError, "bad shape or item size");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const char *s = (const char *)src;
+    char *d = (char *)dst;
+    const Py_ssize_t tile = 64;
+    for (Py_ssize_t i0 = 0; i0 < rows; i0 += tile)
+        for (Py_ssize_t j0 = 0; j0 < cols; j0 += tile)
+            for (Py_ssize_t i = i0; i < rows && i < i0 + tile; i++)
+                for (Py_ssize_t j = j0; j < cols && j < j0 + tile; j++)
+                    memcpy(d + (j * rows + i) * size, s + (i * cols + j) * size, (size_t)size);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* copy_bytes(src, dst, nbytes): memcpy without the GIL (tensors copied as they are) */
 static PyObject *py_copy_bytes(PyObject *self, PyObject *args) {
     unsigned long long src, dst;
@@ -191,6 +214,7 @@ static PyMethodDef methods[] = {
     {"add_difference", py_add_difference, METH_VARARGS, "out = A - M * (C - B), one pass; returns all-finite."},
     {"convert", py_convert, METH_VARARGS, "dst = src in another float dtype."},
     {"copy_bytes", py_copy_bytes, METH_VARARGS, "memcpy without the GIL."},
+    {"transpose", py_transpose, METH_VARARGS, "dst = src transposed (2-D, 2- or 4-byte items)."},
     {NULL, NULL, 0, NULL},
 };
 

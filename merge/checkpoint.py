@@ -48,6 +48,10 @@ class TensorSource:
         pickle, an unmapped file). What merge.direct works on, without torch."""
         return None
 
+    def transposed(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        """Where ``segments`` is None because ``name`` is stored transposed (2-D): the stored tensor's ranges."""
+        return None
+
     def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         """``(mapping, start, end)`` of the mapped file bytes that reading ``name`` touches, so that they can be
         read ahead (merge.pages); empty where reads do not go through a mapping."""
@@ -199,6 +203,10 @@ class DiffusersSource(TensorSource):
             return None
         parts = [self.parts[r.component].segments(s) for s in r.sources]  # "cat" is along dim 0: bytes in a row
         return None if any(p is None for p in parts) else [rng for p in parts for rng in p]
+
+    def transposed(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        r = self.recipes[name]
+        return self.parts[r.component].segments(r.sources[0]) if r.op == "transpose" else None
 
     def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         r = self.recipes[name]

@@ -2,14 +2,16 @@
 or the output's), and merge._fused computes, converts and copies between those addresses.
 
 torch's import (~2 s) was the largest single cost of a CPU merge of SD1.5; where the C loop is built and the
-inputs' tensors are plain ranges of safetensors files (diffusers folders included, concatenations too), the
-merge never imports it. A tensor this module cannot do (a transposed diffusers tensor, a pickle's tensors,
-an F64/F8 dtype) gets no task, and the engine runs it through torch (merge.engine._apply): the same bits.
+inputs' tensors are plain ranges of safetensors files (diffusers folders included: concatenations are runs
+in a row, SDXL's transposed text_projection is transposed into a buffer first), the merge never imports it.
+A tensor this module cannot do (a pickle's tensors, an F64/F8 dtype) gets no task, and the engine runs it
+through torch (merge.engine._apply): the same bits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import mmap
 from collections.abc import Callable, Iterator
@@ -90,23 +92,48 @@ def tasks_for(plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held
 def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held: Addresses) -> Task | None:
     mapping, start, end = writer.span(entry.name)
     out = held.runs([(mapping, start, end)] if mapping is not None else [], entry.dtype)
-    inputs = []
+    inputs: list[Runs] = []
+    transposed: dict[int, tuple[Runs, tuple[int, ...]]] = {}  # input index -> (stored runs, shape as stored)
     for src in plan.sources_of(entry):
+        info = src.tensors[entry.name]
         segments = src.segments(entry.name)
         if segments is None:
-            return None
-        inputs.append(held.runs(segments, src.tensors[entry.name].dtype))
+            stored = src.transposed(entry.name)
+            if stored is None or len(stored) > 1 or len(info.shape) != 2:
+                return None
+            transposed[len(inputs)] = (held.runs(stored, info.dtype), info.shape[::-1])
+            segments = []  # a buffer filled when the task runs
+        inputs.append(held.runs(segments, info.dtype))
     rule = entry.rule
     if plan.multiplier == 0.0 and rule in ("add", "channels"):
         rule = "copy"  # M = 0: A's tensors, as they are (converted to the output dtype)
+    b_shape = plan.b.tensors[entry.name].shape if rule == "channels" else ()
+    task = _rule_task(rule, fast, inputs, out, plan.multiplier, entry.shape, b_shape)
+    if task is None or not transposed or out.runs == []:
+        return task
+
+    def with_transposes() -> bool:
+        buffers, ready = [], list(inputs)
+        for i, (stored, (rows, cols)) in transposed.items():
+            buffers.append(buffer := bytearray(rows * cols * stored.itemsize))
+            address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+            fast.transpose(stored.runs[0][0], address, rows, cols, stored.itemsize)
+            ready[i] = Runs(stored.dtype, [(address, rows * cols)])
+        run = _rule_task(rule, fast, ready, out, plan.multiplier, entry.shape, b_shape)
+        return run()  # buffers live until here
+
+    return with_transposes
+
+
+def _rule_task(rule: str, fast: ModuleType, inputs: list[Runs], out: Runs, m: float, shape, b_shape) -> Task | None:
     if rule in ("copy", "marker"):
         return _copy(fast, inputs[0], out)
     if any(t.dtype not in CODES for t in (*inputs, out)):
         return None
     if rule == "add":
-        return _add(fast, *inputs, out, plan.multiplier)
+        return _add(fast, *inputs, out, m)
     if rule == "channels" and all(len(t.runs) <= 1 for t in (*inputs, out)):
-        return _channels(fast, *inputs, out, plan.multiplier, entry.shape, plan.b.tensors[entry.name].shape)
+        return _channels(fast, *inputs, out, m, shape, b_shape)
     return None
 
 

@@ -27,6 +27,15 @@ def arithmetic(request, monkeypatch):
     return request.param
 
 
+# A merge in a child process (argv: A B C OUT) that reports whether it imported torch: merge.direct needs none
+NO_TORCH_MERGE = """
+import sys
+from merge.engine import _certainly_no_gpu, merge
+r = merge(*sys.argv[1:5], device="auto" if _certainly_no_gpu() else "cpu")  # auto: settled without torch
+print("torch imported:", "torch" in sys.modules, "nonfinite:", r.nonfinite)
+"""
+
+
 def same_bits(x, y) -> bool:
     """Bit for bit, -0.0 and infinities included; a NaN matches any NaN (torch itself stores bf16 NaN as 0xffff
     in its vector loop and 0x7fc0 in its scalar tail)."""

@@ -1,5 +1,8 @@
 """Diffusers folders read as single-file checkpoints (SDXL's official inpainting model only exists as one)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -8,6 +11,7 @@ from advisor.probe import probe
 from merge.checkpoint import open_checkpoint
 from merge.diffusers_keys import _SD1_ATTN, _SDXL_ATTN, _unet_layer_map, unet_key, vae_key
 from merge.engine import merge
+from tests.conftest import NO_TORCH_MERGE, ROOT, cli_env, needs_kernel
 from tests.diffusers_layout import unet_pairs, vae_pairs, write_diffusers
 from tests.sd_layouts import write_checkpoint
 
@@ -58,3 +62,20 @@ def test_merge_with_a_diffusers_inpainting_model_as_a(tmp_path, monkeypatch, ari
         "conditioner.embedders.1.model.logit_scale",
         "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
     }
+
+
+@needs_kernel
+def test_a_merge_with_an_sdxl_diffusers_folder_as_a_runs_without_torch(tmp_path):
+    a = write_checkpoint(tmp_path / "a.safetensors", "sdxl", "inpaint", 1)
+    write_checkpoint(tmp_path / "b.safetensors", "sdxl", "normal", 2)
+    write_checkpoint(tmp_path / "c.safetensors", "sdxl", "normal", 3)
+    write_diffusers(tmp_path / "sdxl-inpainting", a, "sdxl")
+    paths = [tmp_path / n for n in ("sdxl-inpainting", "b.safetensors", "c.safetensors", "d.safetensors")]
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))
+    child = subprocess.run([sys.executable, "-c", NO_TORCH_MERGE, *map(str, paths)], capture_output=True, text=True,
+                           cwd=ROOT, env=env)  # fmt: skip
+    assert child.stdout.strip() == "torch imported: False nonfinite: []", child.stderr  # transpose and cat in C
+    key = "conditioner.embedders.1.model.text_projection"
+    merged = load_file(paths[3])[key]
+    b, c = load_file(paths[1])[key], load_file(paths[2])[key]
+    assert torch.equal(merged, (a[key].float() + (b.float() - c.float())).half())

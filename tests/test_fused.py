@@ -87,3 +87,12 @@ def test_aligned_walks_tensors_cut_at_different_places_in_step():
     c = Runs("F16", [(7000, 1), (8000, 7)])
     assert list(aligned(a, b, c)) == [(1, [1000, 5000, 7000]), (2, [1002, 5004, 8000]), (5, [2000, 5012, 8004])]
     assert list(aligned(Runs("F16", []), Runs("F16", []))) == []
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_the_c_transpose_matches_torch_on_a_non_square_matrix(dtype):
+    src = torch.arange(70 * 130, dtype=torch.float32).reshape(70, 130).to(dtype)  # crosses the 64-item tiles
+    dst = torch.empty(130, 70, dtype=dtype)
+    fused.kernel().transpose(src.data_ptr(), dst.data_ptr(), 70, 130, src.element_size())
+    assert torch.equal(dst, src.t())

@@ -20,7 +20,7 @@ from merge import fused
 from merge.checkpoint import open_checkpoint
 from merge.engine import MergeError, merge
 from merge.safetensors_io import CheckpointError
-from tests.conftest import ROOT, cli_env, needs_kernel, run_cli, same_bits
+from tests.conftest import NO_TORCH_MERGE, ROOT, cli_env, needs_kernel, run_cli, same_bits
 from tests.sd_layouts import write_checkpoint
 
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -330,14 +330,6 @@ def test_checks_answer_before_torch_is_imported(tmp_path):
         assert "torch imported: False" in child.stdout
 
 
-_NO_TORCH_MERGE = """
-import sys
-from merge.engine import _certainly_no_gpu, merge
-r = merge(*sys.argv[1:5], device="auto" if _certainly_no_gpu() else "cpu")  # auto: settled without torch
-print("torch imported:", "torch" in sys.modules, "nonfinite:", r.nonfinite)
-"""
-
-
 @needs_kernel
 def test_a_cpu_merge_of_safetensors_runs_without_torch_and_stores_the_torch_paths_bits(tmp_path, monkeypatch):
     (pa, pb, pc), (a, b, c) = trio(tmp_path, a_dtype=torch.float32)  # A converted on copies and the first conv
@@ -347,7 +339,7 @@ def test_a_cpu_merge_of_safetensors_runs_without_torch_and_stores_the_torch_path
     save_file(b, str(pb))
     direct = tmp_path / "direct.safetensors"
     env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path))
-    child = subprocess.run([sys.executable, "-c", _NO_TORCH_MERGE, str(pa), str(pb), str(pc), str(direct)],
+    child = subprocess.run([sys.executable, "-c", NO_TORCH_MERGE, str(pa), str(pb), str(pc), str(direct)],
                            capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
     assert child.stdout.strip() == f"torch imported: False nonfinite: ['{k}']", child.stderr
     monkeypatch.setattr(fused, "kernel", lambda: None)
