@@ -129,22 +129,24 @@ def _measure_run(cmd: list[str], env: dict, printed) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=printed)
     peak = {"anon": 0}
+    done = threading.Event()  # not proc.poll(): it could reap the child before os.wait4 collects its usage
 
     def sample():
         status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
+        while not done.is_set():
             try:
                 for line in status.read_text().splitlines():
                     if line.startswith("RssAnon:"):
                         peak["anon"] = max(peak["anon"], int(line.split()[1]) * 1024)
             except OSError:
                 break
-            time.sleep(0.01)
+            done.wait(0.01)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
+    done.set()
     t.join()
     printed.seek(0)
     failed = os.waitstatus_to_exitcode(status) != 0
