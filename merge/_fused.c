@@ -117,6 +117,21 @@ static PyObject *available(PyObject *self, PyObject *unused) {
 
 static int bad_dtype(int d) { return d < 0 || d > 2; }
 
+/* 1 where the vector loops can run on these arguments; else 0 with the exception set */
+static int usable(int args_ok) {
+    if (!args_ok) {
+        PyErr_SetString(PyExc_ValueError, "bad element count or dtype code");
+        return 0;
+    }
+#if HAVE_KERNEL
+    if (cpu_ok()) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C");
+#else
+    PyErr_SetString(PyExc_RuntimeError, "built without the x86-64 kernel");
+#endif
+    return 0;
+}
+
 /* add_difference(a, a_dtype, b, b_dtype, c, c_dtype, out, out_dtype, n, m) -> bool (all finite).
  * Pointers are addresses of contiguous buffers of n elements (tensor.data_ptr()); dtypes 0 fp16, 1 bf16, 2 fp32. */
 static PyObject *py_add_difference(PyObject *self, PyObject *args) {
@@ -125,25 +140,15 @@ static PyObject *py_add_difference(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     float m;
     if (!PyArg_ParseTuple(args, "KiKiKiKinf", &a, &da, &b, &db, &c, &dc, &out, &dout, &n, &m)) return NULL;
-    if (n < 0 || bad_dtype(da) || bad_dtype(db) || bad_dtype(dc) || bad_dtype(dout)) {
-        PyErr_SetString(PyExc_ValueError, "bad element count or dtype code");
-        return NULL;
-    }
+    if (!usable(n >= 0 && !bad_dtype(da) && !bad_dtype(db) && !bad_dtype(dc) && !bad_dtype(dout))) return NULL;
+    int finite = 1;
 #if HAVE_KERNEL
-    if (!cpu_ok()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C");
-        return NULL;
-    }
-    int finite;
     Py_BEGIN_ALLOW_THREADS
     finite = add_difference((const void *)a, da, (const void *)b, db, (const void *)c, dc, (void *)out, dout,
                             (size_t)n, m);
     Py_END_ALLOW_THREADS
-    return PyBool_FromLong(finite);
-#else
-    PyErr_SetString(PyExc_RuntimeError, "built without the x86-64 kernel");
-    return NULL;
 #endif
+    return PyBool_FromLong(finite);
 }
 
 /* convert(src, src_dtype, dst, dst_dtype, n): a copy that changes the float type */
@@ -152,23 +157,13 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
     int ds, dd;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "KiKin", &src, &ds, &dst, &dd, &n)) return NULL;
-    if (n < 0 || bad_dtype(ds) || bad_dtype(dd)) {
-        PyErr_SetString(PyExc_ValueError, "bad element count or dtype code");
-        return NULL;
-    }
+    if (!usable(n >= 0 && !bad_dtype(ds) && !bad_dtype(dd))) return NULL;
 #if HAVE_KERNEL
-    if (!cpu_ok()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C");
-        return NULL;
-    }
     Py_BEGIN_ALLOW_THREADS
     convert((const void *)src, ds, (void *)dst, dd, (size_t)n);
     Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-#else
-    PyErr_SetString(PyExc_RuntimeError, "built without the x86-64 kernel");
-    return NULL;
 #endif
+    Py_RETURN_NONE;
 }
 
 /* transpose(src, dst, rows, cols, itemsize): dst (cols x rows) = the transpose of src (rows x cols), in tiles
