@@ -187,14 +187,18 @@ def test_a_malicious_pickle_is_refused_and_never_executed(tmp_path, monkeypatch)
         assert b"system" in f.read()
 
 
-def test_ckpt_inputs_with_nested_state_dict_merge_like_safetensors(tmp_path):
-    (pa, pb, pc), (a, b, c) = trio(tmp_path)
-    ckpt = tmp_path / "a.ckpt"
-    torch.save({"state_dict": dict(a), "global_step": 470000}, ckpt)
-    merge(ckpt, pb, pc, tmp_path / "from-ckpt.safetensors")
+@pytest.mark.parametrize("as_ckpt", ["a", "c"])  # C: A's copies run in merge.direct, the sums through torch
+def test_ckpt_inputs_with_nested_state_dict_merge_like_safetensors(tmp_path, as_ckpt):
+    extra_a = {"only.in.a": torch.ones(3, dtype=torch.float16)}
+    (pa, pb, pc), (a, b, c) = trio(tmp_path, a_extra=extra_a)
+    ckpt = tmp_path / f"{as_ckpt}.ckpt"
+    torch.save({"state_dict": dict(a if as_ckpt == "a" else c), "global_step": 470000}, ckpt)
+    inputs = (ckpt, pb, pc) if as_ckpt == "a" else (pa, pb, ckpt)
+    merge(*inputs, tmp_path / "from-ckpt.safetensors")
     merge(pa, pb, pc, tmp_path / "from-st.safetensors")
     x, y = load_file(tmp_path / "from-ckpt.safetensors"), load_file(tmp_path / "from-st.safetensors")
     assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+    assert torch.equal(x["only.in.a"], extra_a["only.in.a"])
 
 
 def test_truncated_input_gets_a_clear_error(tmp_path):
