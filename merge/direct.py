@@ -10,7 +10,6 @@ through torch (merge.engine._apply): the same bits.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 import mmap
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from merge import pages
 from merge.header import ITEMSIZE
+from merge.pages import Addresses
 
 if TYPE_CHECKING:
     from merge.engine import Entry, MergePlan
@@ -43,26 +42,9 @@ class Runs:
         return ITEMSIZE[self.dtype]
 
 
-class Addresses:
-    """Addresses of mappings, each held (so that it cannot be closed under a task) until ``close()``."""
-
-    def __init__(self):
-        self._held = contextlib.ExitStack()
-        self._base: dict[int, int] = {}
-
-    def of(self, mapping: mmap.mmap) -> int:
-        key = id(mapping)
-        if key not in self._base:
-            self._base[key] = self._held.enter_context(pages.address_of(mapping))
-        return self._base[key]
-
-    def runs(self, segments: list[tuple[mmap.mmap, int, int]], dtype: str) -> Runs:
-        size = ITEMSIZE[dtype]
-        return Runs(dtype, [(self.of(m) + start, (end - start) // size) for m, start, end in segments if end > start])
-
-    def close(self) -> None:
-        self._base.clear()
-        self._held.close()
+def _runs(held: Addresses, segments: list[tuple[mmap.mmap, int, int]], dtype: str) -> Runs:
+    size = ITEMSIZE[dtype]
+    return Runs(dtype, [(held.of(m) + start, (end - start) // size) for m, start, end in segments if end > start])
 
 
 def aligned(*tensors: Runs) -> Iterator[tuple[int, list[int]]]:
@@ -91,7 +73,7 @@ def tasks_for(plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held
 
 def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: ModuleType, held: Addresses) -> Task | None:
     mapping, start, end = writer.span(entry.name)
-    out = held.runs([(mapping, start, end)] if mapping is not None else [], entry.dtype)
+    out = _runs(held, [(mapping, start, end)] if mapping is not None else [], entry.dtype)
     inputs: list[Runs] = []
     transposed: dict[int, tuple[Runs, tuple[int, ...]]] = {}  # input index -> (stored runs, shape as stored)
     for src in plan.sources_of(entry):
@@ -101,9 +83,9 @@ def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: Module
             stored = src.transposed(entry.name)
             if stored is None or len(stored) > 1 or len(info.shape) != 2:
                 return None
-            transposed[len(inputs)] = (held.runs(stored, info.dtype), info.shape[::-1])
+            transposed[len(inputs)] = (_runs(held, stored, info.dtype), info.shape[::-1])
             segments = []  # a buffer filled when the task runs
-        inputs.append(held.runs(segments, info.dtype))
+        inputs.append(_runs(held, segments, info.dtype))
     rule = entry.rule
     if plan.multiplier == 0.0 and rule in ("add", "channels"):
         rule = "copy"  # M = 0: A's tensors, as they are (converted to the output dtype)

@@ -17,7 +17,6 @@ pickle's tensors, a transposed diffusers tensor, the GPU). Meanwhile threads rea
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -326,15 +325,15 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
     upto = [0]
     for rs in ranges:
         upto.append(upto[-1] + sum(end - start for _, start, end in rs))
-    with contextlib.ExitStack() as held:
-        base: dict[int, int] = {}  # id(mapping) -> address, held until every call has returned
-        pending: dict[int, list[int]] = {}  # id(mapping) -> [start, end] not yet populated
+    held = pages.Addresses()  # each mapping's address, held until every call has returned
+    pending: dict[int, list[int]] = {}  # mapping's address -> [start, end] not yet populated
 
-        def flush() -> bool:
-            ok = all(pages.populate(base[key], start, end) for key, (start, end) in pending.items())
-            pending.clear()
-            return ok
+    def flush() -> bool:
+        ok = all(pages.populate(base, start, end) for base, (start, end) in pending.items())
+        pending.clear()
+        return ok
 
+    try:
         for i, rs in enumerate(ranges):
             while not stop.is_set() and upto[i] - upto[position[0]] > READ_AHEAD:
                 if not flush():
@@ -343,17 +342,17 @@ def _read_ahead(plan: MergePlan, position: list[int], stop: threading.Event) -> 
             if stop.is_set():
                 return
             for mapping, start, end in rs:
-                key = id(mapping)
-                if key not in base:
-                    base[key] = held.enter_context(pages.address_of(mapping))
-                run = pending.get(key)
+                base = held.of(mapping)
+                run = pending.get(base)
                 if run and run[1] == start and end - run[0] <= pages.STEP:
                     run[1] = end
                     continue
-                if run and not pages.populate(base[key], *run):
+                if run and not pages.populate(base, *run):
                     return
-                pending[key] = [start, end]
+                pending[base] = [start, end]
         flush()
+    finally:
+        held.close()
 
 
 def _placeholder(i: int) -> str:
@@ -428,7 +427,7 @@ def run_merge(
     reader = threading.Thread(target=_read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
     reader.start()
     writer.start_populating()
-    held = direct.Addresses()
+    held = pages.Addresses()
     torch = None
     try:
         if plan.device == "auto" and _certainly_no_gpu():

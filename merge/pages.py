@@ -54,6 +54,25 @@ def address_of(buffer: mmap.mmap) -> Iterator[int]:
         ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
+class Addresses:
+    """Addresses of several mappings, each held by ``address_of`` (so that it cannot be closed under a caller
+    that uses the address) until ``close()``."""
+
+    def __init__(self):
+        self._held = contextlib.ExitStack()
+        self._base: dict[int, int] = {}
+
+    def of(self, mapping: mmap.mmap) -> int:
+        key = id(mapping)
+        if key not in self._base:
+            self._base[key] = self._held.enter_context(address_of(mapping))
+        return self._base[key]
+
+    def close(self) -> None:
+        self._base.clear()
+        self._held.close()
+
+
 def available() -> bool:
     return _madvise() is not None
 
