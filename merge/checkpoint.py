@@ -55,7 +55,7 @@ class TensorSource:
     def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
         """``(mapping, start, end)`` of the mapped file bytes that reading ``name`` touches, so that they can be
         read ahead (merge.pages); empty where reads do not go through a mapping."""
-        return self.segments(name) or []
+        return self.segments(name) or self.transposed(name) or []
 
     def close(self) -> None:
         pass
@@ -207,10 +207,6 @@ class DiffusersSource(TensorSource):
     def transposed(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
         r = self.recipes[name]
         return self.parts[r.component].segments(r.sources[0]) if r.op == "transpose" else None
-
-    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
-        r = self.recipes[name]
-        return [rng for s in r.sources for rng in self.parts[r.component].byte_ranges(s)]
 
     def close(self) -> None:
         for p in self.parts.values():
