@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from merge.fused import CODES
 from merge.header import ITEMSIZE
 from merge.pages import Addresses
 
 if TYPE_CHECKING:
     from merge.engine import Entry, MergePlan
     from merge.safetensors_io import SafetensorsWriter
-
-CODES = {"F16": 0, "BF16": 1, "F32": 2}  # merge/_fused.c's dtype numbers
 
 Task = Callable[[], bool]  # fills one output tensor; returns False if it holds NaN/Inf
 

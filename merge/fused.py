@@ -16,11 +16,13 @@ from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from merge.safetensors_io import dtype_name
+
 if TYPE_CHECKING:
     import torch
 
 CHUNK = 1 << 18  # elements per torch step: the fp32 buffers stay in cache
-_CODES = {"torch.float16": 0, "torch.bfloat16": 1, "torch.float32": 2}  # merge/_fused.c's dtype numbers
+CODES = {"F16": 0, "BF16": 1, "F32": 2}  # merge/_fused.c's dtype numbers, by safetensors dtype name
 
 
 @cache
@@ -54,8 +56,9 @@ def add_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, 
     """out = A - M * (C - B) for CPU tensors of one shape; returns whether every value of out is finite."""
     fast = kernel()
     tensors = (a, b, c, out)
-    if fast is not None and all(str(x.dtype) in _CODES and x.is_contiguous() for x in tensors):
-        args = [v for x in tensors for v in (x.data_ptr(), _CODES[str(x.dtype)])]
+    codes = [CODES.get(dtype_name(x.dtype)) for x in tensors]
+    if fast is not None and None not in codes and all(x.is_contiguous() for x in tensors):
+        args = [v for x, code in zip(tensors, codes, strict=True) for v in (x.data_ptr(), code)]
         return fast.add_difference(*args, out.numel(), m)
     return add_difference_torch(a, b, c, m, out, s)
 
