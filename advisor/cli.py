@@ -279,8 +279,8 @@ def merge(
     from merge.engine import MergeError, plan_merge, run_merge
     from merge.safetensors_io import CheckpointError
 
-    # torch (imported later, by run_merge) loads numpy, whose OpenBLAS starts a spinning thread per core; a
-    # merge never calls BLAS, and on a small machine those threads take CPU from the merge's own.
+    # torch (imported by run_merge where a tensor needs it) loads numpy, whose OpenBLAS starts a spinning thread
+    # per core; a merge never calls BLAS, and on a small machine those threads take CPU from the merge's own.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     if device not in ("auto", "cpu", "cuda"):
@@ -300,7 +300,7 @@ def merge(
     )
     try:
         with progress:
-            on = "" if plan.device == "auto" else f" on {plan.device}"  # auto is settled once torch is imported
+            on = "" if plan.device == "auto" else f" on {plan.device}"  # auto is settled by run_merge
             task = progress.add_task(f"merging{on}", total=plan.output_bytes)
             result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n), sync=sync)
     except (MergeError, CheckpointError) as exc:

@@ -68,7 +68,7 @@ class MergePlan:
     out: Path
     multiplier: float
     dtype: str
-    device: str  # "cpu", "cuda", or "auto" until run_merge has imported torch and looked
+    device: str  # "cpu", "cuda", or "auto" until run_merge settles it
     entries: list[Entry]
     only_in_b: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
@@ -430,17 +430,12 @@ def run_merge(
     held = pages.Addresses()
     torch = None
     try:
-        if plan.device == "auto" and _certainly_no_gpu():
-            plan.device = "cpu"
-        fast = fused.kernel() if plan.device in ("cpu", "auto") else None
-        tasks = direct.tasks_for(plan, writer, fast, held) if fast is not None and plan.device == "cpu" else {}
+        if plan.device == "auto":
+            plan.device = "cpu" if _certainly_no_gpu() or not _cuda_available() else "cuda"
+        fast = fused.kernel() if plan.device == "cpu" else None
+        tasks = direct.tasks_for(plan, writer, fast, held) if fast is not None else {}
         if len(tasks) < len(plan.entries):
             import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
-
-            if plan.device == "auto":
-                plan.device = "cuda" if _cuda_available() else "cpu"
-                if plan.device == "cpu" and fast is not None:
-                    tasks = direct.tasks_for(plan, writer, fast, held)
     except BaseException:
         stop.set()
         reader.join()

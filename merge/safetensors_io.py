@@ -91,8 +91,7 @@ class SafetensorsWriter:
     file fills, so the final fsync is short.
 
     A fresh file's pages cost the kernel more than the merge's arithmetic (allocate, zero, then fault in each
-    page on first write): ``start_populating()`` has a thread do that ahead of the writes, while the main
-    thread imports torch on the other core.
+    page on first write): ``start_populating()`` has a thread do that ahead of the writes.
     """
 
     FLUSH_EVERY = 512 * 2**20
