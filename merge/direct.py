@@ -23,7 +23,7 @@ from merge.header import ITEMSIZE
 from merge.pages import Addresses
 
 if TYPE_CHECKING:
-    from merge.engine import Entry, MergePlan
+    from merge.plan import Entry, MergePlan
     from merge.safetensors_io import SafetensorsWriter
 
 Task = Callable[[], bool]  # fills one output tensor; returns False if it holds NaN/Inf

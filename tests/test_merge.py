@@ -147,7 +147,8 @@ def test_mixed_families_are_refused_with_a_clear_message(tmp_path):
     write_checkpoint(pa, "sd1", "inpaint", 1)
     write_checkpoint(tmp_path / "b.safetensors", "sdxl", "normal", 2)
     write_checkpoint(tmp_path / "c.safetensors", "sd1", "normal", 3)
-    with pytest.raises(MergeError, match=r"B \(--model\) is SDXL, but A \(--inpaint\) is SD 1.x inpainting"):
+    wrong = r"B \(the fine-tune\) is SDXL, but A \(the inpainting model\) is SD 1.x inpainting"
+    with pytest.raises(MergeError, match=wrong):
         merge(pa, tmp_path / "b.safetensors", tmp_path / "c.safetensors", tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -158,8 +159,9 @@ def test_swapped_slots_are_refused_and_named(tmp_path):
         "merge", "--inpaint", str(pb), "--model", str(pa), "--base", str(pc), "--out", str(tmp_path / "o.safetensors")
     )
     assert result.returncode == 1
-    assert "A (--inpaint) is a normal SD 1.x model but B (--model) is SD 1.x inpainting" in result.stderr
-    assert "swapped" in result.stderr
+    swapped = "A (the inpainting model) is a normal SD 1.x model but B (the fine-tune) is SD 1.x inpainting"
+    assert swapped in result.stderr
+    assert "swapped" in result.stderr and "A = --inpaint" in result.stderr  # the CLI names its flags
     with pytest.raises(MergeError, match="not an inpainting model"):
         merge(pb, pb, pc, tmp_path / "o.safetensors")
 
@@ -220,8 +222,11 @@ def test_output_never_overwrites_an_input_or_an_existing_file(tmp_path):
     assert pb.read_bytes() == before
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"keep me")
-    with pytest.raises(MergeError, match="exists; pass --force"):
+    with pytest.raises(MergeError, match="exists") as refused:
         merge(pa, pb, pc, out)
+    assert refused.value.reason == "exists"
+    result = run_cli("merge", "-a", str(pa), "-b", str(pb), "-c", str(pc), "-o", str(out))
+    assert result.returncode == 1 and "pass --force to replace it" in result.stderr
     assert out.read_bytes() == b"keep me"
     merge(pa, pb, pc, out, force=True)
     assert out.read_bytes() != b"keep me"
@@ -229,9 +234,9 @@ def test_output_never_overwrites_an_input_or_an_existing_file(tmp_path):
 
 def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch):
     (pa, pb, pc), _ = trio(tmp_path)
-    import merge.engine as engine
+    import merge.plan as plan
 
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(plan.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(MergeError, match="not enough free space"):
         merge(pa, pb, pc, tmp_path / "o.safetensors")
     assert list(tmp_path.glob("*o.safetensors*")) == []
@@ -326,7 +331,7 @@ print("torch imported:", "torch" in sys.modules)
 def test_checks_answer_before_torch_is_imported(tmp_path):
     (pa, pb, pc), _ = trio(tmp_path)
     out = str(tmp_path / "o.safetensors")
-    for inputs, verdict in (((pa, pb, pc), "planned"), ((pb, pa, pc), "refused: A (--inpaint) is a normal")):
+    for inputs, verdict in (((pa, pb, pc), "planned"), ((pb, pa, pc), "refused: A (the inpainting model) is a normal")):
         child = subprocess.run(
             [sys.executable, "-c", _PLAN_ONLY, *map(str, inputs), out], capture_output=True, text=True, cwd=ROOT
         )
@@ -397,13 +402,14 @@ def _mapped_kib(path: Path) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_READ is Linux-only")
 def test_read_ahead_maps_the_inputs_in_before_the_merge_reads_them(tmp_path):
-    from merge import engine, pages
+    from merge import pages, readahead
+    from merge.plan import plan_merge
 
     (pa, pb, pc), _ = trio(tmp_path)
-    plan = engine.plan_merge(pa, pb, pc, tmp_path / "o.safetensors")
+    plan = plan_merge(pa, pb, pc, tmp_path / "o.safetensors")
     try:
         assert pages.available() and all(_mapped_kib(p) == 0 for p in (pa, pb, pc))
-        engine._read_ahead(plan, [0], threading.Event())
+        readahead.read_ahead(plan, [0], threading.Event())
         for p in (pa, pb, pc):  # every page holding tensor bytes is mapped in
             data_start = 8 + int.from_bytes(p.read_bytes()[:8], "little")
             assert _mapped_kib(p) * 1024 >= p.stat().st_size - data_start - mmap.PAGESIZE

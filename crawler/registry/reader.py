@@ -1,0 +1,242 @@
+"""`lookup`'s read-only access to the registry, over the plain driver (sqlite3 or psycopg): no SQLAlchemy import
+on the hot path, and never a write (SQLite is opened ``mode=ro``, PostgreSQL in read-only transactions).
+
+Free-text search takes candidates from each engine's trigram index (SQLite: FTS5, ``crawler.registry.search``;
+PostgreSQL: pg_trgm) and ranks them with rapidfuzz, the same scorer on both: only a few hundred names are ever
+scored in Python.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rapidfuzz import fuzz
+
+from crawler.names import normalize_name
+from crawler.registry import drivers, search
+from crawler.registry.errors import NoRegistry
+from crawler.registry.location import Location, locate
+from crawler.registry.state import SCHEMA_VERSION, State, read_state
+
+GOOD_ENOUGH = 80.0
+
+
+@dataclass
+class VersionRecord:
+    id: str
+    model_id: str
+    name: str
+    base_model: str | None
+    family: str | None
+    published_at: str | None  # "YYYY-MM-DD HH:MM:SS.ffffff", UTC, on both engines
+    position: int
+    is_inpainting: bool
+    evidence: list[str] = field(default_factory=list)
+    primary_file: str | None = None
+    sha256: str | None = None
+    download_url: str | None = None
+
+
+@dataclass
+class ModelRecord:
+    id: str
+    source: str
+    source_id: str
+    name: str
+    creator: str | None
+    base_model: str | None
+    family: str | None
+    is_inpainting: bool
+    has_inpainting: bool
+    score: float = 100.0
+
+
+@dataclass
+class LinkRecord:
+    inpaint_version_id: str
+    inpaint_model_id: str
+    parent_model_id: str
+    parent_version_id: str | None
+    kind: str
+    confidence: float
+    evidence: list[str]
+
+
+@dataclass
+class OfficialState:
+    alive: bool
+    matches: bool
+    checked_at: str
+    detail: str
+
+
+MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
+
+
+def _text_time(value) -> str | None:
+    """Timestamps as SQLite stores them; PostgreSQL hands back datetimes."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+
+
+class Reader:
+    def __init__(self, conn, location: Location, state: State):
+        self.conn = conn
+        self.location = location
+        self.state = state  # an older schema is read as it is: every migration so far only adds
+        self.dialect = location.dialect
+        self.search_index = search.SqliteNames(self) if self.dialect == "sqlite" else search.PostgresNames(self)
+
+    @property
+    def outdated(self) -> bool:
+        return self.state.version < SCHEMA_VERSION
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        """``sql`` with ``?`` placeholders, on either driver."""
+        if self.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def row(self, sql: str, params: tuple | list = ()) -> tuple | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def model_record(self, row) -> ModelRecord:
+        return ModelRecord(*row[:7], bool(row[7]), bool(row[8]))
+
+    def model(self, model_id: str) -> ModelRecord | None:
+        row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE id = ?", (model_id,))
+        if row is None and model_id.startswith("hf:"):  # Hub repo ids are case-insensitive
+            row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE source = 'hf' AND lower(source_id) = ? LIMIT 1",
+                           (model_id[3:].lower(),))  # fmt: skip
+        return self.model_record(row) if row else None
+
+    def official_checks(self) -> dict[str, OfficialState]:
+        """Mirror repo -> what the last Hugging Face crawl found there."""
+        rows = self.rows("SELECT repo, alive, matches, checked_at, detail FROM officialcheck")
+        return {r[0]: OfficialState(bool(r[1]), bool(r[2]), _text_time(r[3]), r[4]) for r in rows}
+
+    def same_files(self, model_id: str) -> list[tuple[str, str, str]]:
+        """(other model id, its version id, sha256) for each file published on both sources."""
+        rows = self.rows(
+            "SELECT model_b, version_b, sha256 FROM samefile WHERE model_a = ? UNION "
+            "SELECT model_a, version_a, sha256 FROM samefile WHERE model_b = ?",
+            (model_id, model_id),
+        )
+        return [tuple(r) for r in rows]
+
+    def model_of_version(self, version_id: str) -> ModelRecord | None:
+        cols = ", ".join("m." + c for c in MODEL_COLS.split(", "))
+        row = self.row(f"SELECT {cols} FROM model m JOIN version v ON v.model_id = m.id WHERE v.id = ?",
+                       (version_id,))  # fmt: skip
+        return self.model_record(row) if row else None
+
+    def versions(self, model_id: str) -> list[VersionRecord]:
+        rows = self.rows(
+            "SELECT v.id, v.model_id, v.name, v.base_model, v.family, v.published_at, v.position, v.is_inpainting, "
+            "v.inpaint_evidence, v.download_url, "
+            '(SELECT f.name FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
+            '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
+            "FROM version v WHERE v.model_id = ? ORDER BY v.position",
+            (model_id,),
+        )
+        return [
+            VersionRecord(r[0], r[1], r[2], r[3], r[4], _text_time(r[5]), r[6], bool(r[7]), json.loads(r[8] or "[]"),
+                          r[10], r[11], r[9])
+            for r in rows
+        ]  # fmt: skip
+
+    def by_hash(self, value: str, kind: str) -> tuple[str, str] | None:
+        """(model id, version id) of the file with this hash."""
+        value = value.upper()
+        sql = "SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id WHERE {} LIMIT 1"
+        if kind == "autov2":
+            # AutoV2 is the first 10 hex digits of the SHA256: a prefix range on its index. "G" sorts after every
+            # hex digit in binary and in linguistic collations alike, so it ends the range on both engines.
+            row = self.row(sql.format("f.sha256 >= ? AND f.sha256 < ?"), (value, value + "G"))
+            if row is None:  # a file Civitai lists with an AutoV2 but no SHA256 (rare): a scan
+                row = self.row(sql.format("f.autov2 = ?"), (value,))
+        else:
+            column = {"sha256": "sha256", "autov1": "autov1", "autov3": "autov3"}[kind]
+            row = self.row(sql.format(f"f.{column} = ?"), (value,))
+        return (row[0], row[1]) if row else None
+
+    def _links(self, column: str, model_id: str) -> list[LinkRecord]:
+        rows = self.rows(
+            "SELECT inpaint_version_id, inpaint_model_id, parent_model_id, parent_version_id, kind, confidence, "
+            f"evidence FROM inpaintlink WHERE {column} = ? ORDER BY confidence DESC, inpaint_version_id",
+            (model_id,),
+        )
+        return [LinkRecord(*r[:6], json.loads(r[6] or "[]")) for r in rows]
+
+    def links_to(self, model_id: str) -> list[LinkRecord]:
+        return self._links("parent_model_id", model_id)
+
+    def links_from(self, inpaint_model_id: str) -> list[LinkRecord]:
+        return self._links("inpaint_model_id", inpaint_model_id)
+
+    def exact(self, text: str) -> ModelRecord | None:
+        """The one model whose normalised name is ``text``'s, if exactly one is."""
+        rows = self.rows(f"SELECT {MODEL_COLS} FROM model WHERE name_norm = ? LIMIT 2", (normalize_name(text),))
+        return self.model_record(rows[0]) if len(rows) == 1 else None
+
+    def is_empty(self) -> bool:
+        return self.row("SELECT 1 FROM model LIMIT 1") is None
+
+    def search(self, text: str, limit: int = 10) -> list[ModelRecord]:
+        """Models ranked by how well their name matches ``text``; best first, scores 0-100."""
+        wanted = normalize_name(text)
+        if not wanted:
+            return []
+        if (exact := self.exact(wanted)) is not None:  # the name as written: no need to rank anything
+            return [exact]
+        ranked: list[ModelRecord] = []
+        for rows in self.search_index.candidates(wanted):  # from the cheapest way to the widest
+            scored = self._score(wanted, rows)
+            if scored and (not ranked or scored[0].score > ranked[0].score):
+                ranked = scored
+            if ranked and ranked[0].score >= GOOD_ENOUGH:
+                break
+        return ranked[:limit]
+
+    def _score(self, wanted: str, rows) -> list[ModelRecord]:
+        scored = []
+        for row in rows:
+            model = self.model_record(row)
+            model.score = max(fuzz.WRatio(wanted, row[9]), fuzz.token_set_ratio(wanted, row[9]))
+            scored.append(model)
+        # dedicated inpainting models rank just below their parent at equal score
+        scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name)))
+        return scored
+
+
+def open_reader(db: str | os.PathLike | None = None) -> Reader:
+    """Raises NoRegistry where there is none yet, and the other RegistryErrors where it cannot be read."""
+    loc = locate(db)
+    conn = None
+    try:
+        if loc.dialect == "sqlite":
+            drivers.check_sqlite_path(loc, create=False)
+            conn = drivers.open_sqlite(loc.path, read_only=True)
+        else:
+            conn = drivers.open_postgres(loc, read_only=True)
+        state = read_state(lambda sql: list(conn.execute(sql).fetchall()), loc.dialect, loc.display)
+        if state.fresh:
+            raise NoRegistry(f"no registry at {loc.display} yet (the database is empty)")
+        return Reader(conn, loc, state)
+    except Exception as exc:
+        if conn is not None:
+            conn.close()
+        error = drivers.describe(exc, loc)
+        if error is None:
+            raise
+        raise error from None

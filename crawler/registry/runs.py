@@ -1,0 +1,157 @@
+"""Crawl runs: one writer per source at a time, and resuming where a killed or failed run stopped."""
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from crawler.registry.schema import CrawlLock, CrawlRun
+
+# A lock whose holder has not written a page for this long is considered abandoned (a crashed other host).
+STALE_AFTER = timedelta(minutes=15)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CrawlLocked(Exception):
+    def __init__(self, lock: CrawlLock):
+        self.lock = lock
+        super().__init__(
+            f"another {lock.source} crawl (run {lock.run_id}, pid {lock.pid} on {lock.host}) is running on this "
+            f"registry; last progress {lock.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Wait for it to finish."
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(lock: CrawlLock, host: str, now: datetime) -> bool:
+    if lock.host == host:
+        return not _pid_alive(lock.pid)
+    return now - lock.heartbeat_at > STALE_AFTER
+
+
+@dataclass
+class RunSummary:
+    """What every crawl reports; each source adds its own counts."""
+
+    run_id: int
+    mode: str
+    resumed: bool
+    pages: int = 0
+    written: int = 0  # models whose content changed
+    new_inpainting: int = 0
+    new_links: int = 0
+    retries: int = 0
+    errors: int = 0
+    status: str = "running"
+    error: str | None = None
+
+
+def record_failure(engine: Engine, run: CrawlRun, summary: RunSummary, exc: BaseException) -> None:
+    """The run stops: keep its cursor for the next start, count the error, release the lock."""
+    summary.status, summary.error = "failed", str(exc) or type(exc).__name__
+    summary.errors += 1
+    with Session(engine) as session:
+        session.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
+        session.commit()
+    finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+
+
+@dataclass
+class Started:
+    run: CrawlRun
+    resumed: bool
+
+
+def start(
+    engine: Engine, source: str, mode: str, *, since: datetime | None = None, period: str | None = None
+) -> Started:
+    """Take the source's lock, then resume its last interrupted/failed run or open a new one."""
+    host, pid, now = socket.gethostname(), os.getpid(), utcnow()
+    for _ in range(3):
+        try:
+            with Session(engine) as session:
+                session.add(CrawlLock(source=source, run_id=0, host=host, pid=pid, heartbeat_at=now))
+                session.commit()
+            break
+        except IntegrityError:
+            with Session(engine) as session:
+                lock = session.get(CrawlLock, source)
+                if lock is None:
+                    continue
+                if not _is_stale(lock, host, now):
+                    raise CrawlLocked(lock) from None
+                # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
+                session.execute(delete(CrawlLock).where(CrawlLock.source == source, CrawlLock.pid == lock.pid))
+                session.commit()
+    else:
+        raise RuntimeError(f"could not take the {source} crawl lock")
+
+    with Session(engine) as session:
+        session.execute(
+            update(CrawlRun)
+            .where(CrawlRun.source == source, CrawlRun.status == "running")
+            .values(status="interrupted", last_error="the process stopped without finishing (killed?)")
+        )
+        last = session.exec(
+            select(CrawlRun).where(CrawlRun.source == source).order_by(CrawlRun.id.desc()).limit(1)
+        ).first()
+        resumed = bool(last and last.status in ("interrupted", "failed") and last.cursor and last.mode == mode)
+        if resumed:
+            run = last
+            run.status, run.host, run.pid, run.heartbeat_at, run.last_error = "running", host, pid, now, None
+        else:
+            run = CrawlRun(
+                source=source,
+                mode=mode,
+                status="running",
+                started_at=now,
+                heartbeat_at=now,
+                host=host,
+                pid=pid,
+                since=since,
+                period=period,
+            )
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+        session.execute(update(CrawlLock).where(CrawlLock.source == source).values(run_id=run.id))
+        session.commit()
+        session.refresh(run)
+        session.expunge(run)
+    return Started(run, resumed)
+
+
+def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None) -> None:
+    with Session(engine) as session:
+        values = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
+        if status == "ok":
+            values.update(finished_at=utcnow(), cursor=None)
+        session.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(**values))
+        session.execute(delete(CrawlLock).where(CrawlLock.source == run.source, CrawlLock.pid == run.pid))
+        session.commit()
+
+
+def last_successful(engine: Engine, source: str) -> CrawlRun | None:
+    with Session(engine) as session:
+        return session.exec(
+            select(CrawlRun)
+            .where(CrawlRun.source == source, CrawlRun.status == "ok")
+            .order_by(CrawlRun.started_at.desc())
+            .limit(1)
+        ).first()

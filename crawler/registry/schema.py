@@ -1,0 +1,171 @@
+"""Registry tables, as the newest migration leaves them (``crawler.registry.migrations`` gets older
+registries there; a test holds a fresh registry and an upgraded one to the same schema).
+
+Secondary indexes exist only where a query needs them (ids, names, creators, hashes, links): each one costs
+every crawled row a B-tree insert, and `status`'s group-bys scan happily without them.
+
+Primary keys are namespaced strings (``civitai:123``, ``civitai:v456``, ``hf:author/repo``) so that a page of
+records can be upserted in bulk without reading back generated ids, and so that the schema stays portable to
+PostgreSQL (no SQLite-only types; JSON is stored as text).
+"""
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger
+from sqlmodel import Field, SQLModel
+
+
+class Source(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # "civitai", "hf"
+    name: str
+    base_url: str
+
+
+class Family(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # "sd1", "sdxl", ... as in data/families.json
+    name: str
+    parent: str | None = None
+    architecture: str
+    has_official_inpaint: bool = False
+
+
+class Model(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    source: str = Field(foreign_key="source.id")
+    source_id: str
+    name: str
+    name_norm: str = Field(index=True)
+    type: str | None = None
+    creator: str | None = Field(default=None, index=True)
+    tags: str = "[]"  # JSON list
+    nsfw: bool = False
+    mode: str | None = None  # "Archived" / "TakenDown" when set
+    base_model: str | None = None  # base model of the newest version, as the source wrote it
+    family: str | None = None
+    is_inpainting: bool = False  # every version is an inpainting release (a dedicated inpainting model)
+    has_inpainting: bool = False  # at least one version or linked model is an inpainting release
+    updated_at: datetime | None = None  # newest version change seen at the source
+    content_hash: str = ""  # hash of the parsed record: unchanged records are not rewritten
+
+
+class Version(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    model_id: str = Field(foreign_key="model.id", index=True)
+    source_id: str
+    name: str
+    base_model: str | None = None
+    base_model_type: str | None = None
+    family: str | None = None
+    published_at: datetime | None = None
+    updated_at: datetime | None = None
+    position: int = 0  # 0 = newest, as the source orders versions
+    is_inpainting: bool = False
+    inpaint_confidence: float = 0.0
+    inpaint_evidence: str = "[]"  # JSON list of human-readable reasons
+    download_url: str | None = None
+
+
+class File(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    version_id: str = Field(foreign_key="version.id", index=True)
+    name: str
+    size_kb: float | None = None
+    type: str | None = None
+    format: str | None = None
+    fp: str | None = None
+    primary: bool = False
+    sha256: str | None = Field(default=None, index=True)  # upper-case hex
+    autov1: str | None = Field(default=None, index=True)
+    autov2: str | None = None  # = sha256[:10]: found through the sha256 index (one random-key index less per file
+    # made crawl writes 25% faster)
+    autov3: str | None = Field(default=None, index=True)
+    crc32: str | None = None
+    blake3: str | None = None
+    download_url: str | None = None
+
+
+class InpaintLink(SQLModel, table=True):
+    """``inpaint_version_id`` is the inpainting release of ``parent_model_id`` (and of ``parent_version_id``
+    when a matching version is known)."""
+
+    id: str = Field(primary_key=True)  # "<inpaint_version_id>><parent_model_id>"
+    inpaint_version_id: str = Field(foreign_key="version.id", index=True)
+    inpaint_model_id: str = Field(foreign_key="model.id", index=True)
+    parent_model_id: str = Field(foreign_key="model.id", index=True)
+    parent_version_id: str | None = Field(default=None, foreign_key="version.id")
+    kind: str  # "same-model" (a version of the same model) or "sibling-model" (a separate model)
+    confidence: float
+    evidence: str = "[]"
+
+
+class SameFile(SQLModel, table=True):
+    """The same checkpoint published on two sources (equal SHA256): what one source knows applies to the other."""
+
+    id: str = Field(primary_key=True)  # "<file a>=<file b>", a from the source that sorts first
+    sha256: str = Field(index=True)
+    model_a: str = Field(foreign_key="model.id", index=True)
+    model_b: str = Field(foreign_key="model.id", index=True)
+    version_a: str = Field(foreign_key="version.id")
+    version_b: str = Field(foreign_key="version.id")
+
+
+class OfficialCheck(SQLModel, table=True):
+    """What the last Hugging Face crawl found for each official checkpoint mirror in data/families.json."""
+
+    id: str = Field(primary_key=True)  # "<family>:<role>:<repo>"
+    family: str = Field(foreign_key="family.id")
+    role: str  # "inpaint" | "base"
+    repo: str
+    file: str | None = None
+    alive: bool = False  # the repo answers
+    file_found: bool = False
+    size: int | None = Field(default=None, sa_type=BigInteger)  # as the Hub reports it: 4 GB files exist
+    sha256: str | None = None  # the Hub's lfs.sha256, lower-case hex
+    matches: bool = False  # file present with the size and sha256 data/ expects
+    detail: str = ""
+    checked_at: datetime
+
+
+class CrawlRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(foreign_key="source.id", index=True)
+    mode: str  # "full" | "incremental"
+    status: str = Field(index=True)  # "running" | "ok" | "failed" | "interrupted"
+    started_at: datetime
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    host: str = ""
+    pid: int = 0
+    since: datetime | None = None  # incremental: changes since this time
+    period: str | None = None  # the Civitai period filter the run used
+    cursor: str | None = None  # next page to fetch; committed with each page's records
+    pages: int = 0
+    items: int = 0
+    versions: int = 0
+    new_inpainting: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+class CrawlLock(SQLModel, table=True):
+    """One row per source while a crawl runs; inserting it is the atomic "is anyone else crawling?" check."""
+
+    source: str = Field(primary_key=True)
+    run_id: int
+    host: str
+    pid: int
+    heartbeat_at: datetime
+
+
+class Meta(SQLModel, table=True):
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class SchemaMigration(SQLModel, table=True):
+    """One row per migration applied, in order; ``max(id)`` is the registry's schema version."""
+
+    __tablename__ = "schema_migration"
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    name: str
+    applied_at: datetime

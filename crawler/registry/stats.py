@@ -1,0 +1,134 @@
+"""What the registry holds: counts per family, inpainting coverage, unknown base models, recent crawls."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Engine
+
+from crawler.registry.schema import CrawlRun, Family, File, InpaintLink, Model, OfficialCheck, SameFile, Version
+
+
+@dataclass
+class FamilyCount:
+    family: str
+    name: str
+    models: int
+    with_inpainting: int
+    official_inpaint: bool
+
+    @property
+    def coverage(self) -> float:
+        return self.with_inpainting / self.models if self.models else 0.0
+
+
+@dataclass
+class RunInfo:
+    id: int
+    source: str
+    mode: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    pages: int
+    items: int
+    errors: int
+    cursor: str | None
+    last_error: str | None
+
+
+@dataclass
+class OfficialInfo:
+    family: str
+    role: str  # inpaint | base
+    repo: str
+    file: str | None
+    alive: bool
+    matches: bool
+    detail: str
+    checked_at: datetime
+
+
+@dataclass
+class RegistryStatus:
+    db: str
+    models: int
+    versions: int
+    files: int
+    inpainting_versions: int
+    links: int
+    same_files: int = 0  # Civitai and Hugging Face files with the same SHA256
+    per_source: dict[str, int] = field(default_factory=dict)
+    officials: list[OfficialInfo] = field(default_factory=list)  # empty until a Hugging Face crawl ran
+    families: list[FamilyCount] = field(default_factory=list)
+    unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
+    runs: list[RunInfo] = field(default_factory=list)
+
+
+def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
+    with engine.connect() as conn:
+        count = lambda table: conn.execute(select(func.count()).select_from(table)).scalar_one()  # noqa: E731
+        status = RegistryStatus(
+            db=engine.url.render_as_string(hide_password=True),
+            models=count(Model),
+            versions=count(Version),
+            files=count(File),
+            inpainting_versions=conn.execute(
+                select(func.count()).select_from(Version).where(Version.is_inpainting.is_(True))
+            ).scalar_one(),
+            links=count(InpaintLink),
+            same_files=count(SameFile),
+        )
+        status.per_source = dict(conn.execute(select(Model.source, func.count()).group_by(Model.source)).all())
+        status.officials = [
+            OfficialInfo(r.family, r.role, r.repo, r.file, r.alive, r.matches, r.detail, r.checked_at)
+            for r in conn.execute(select(OfficialCheck).order_by(OfficialCheck.id)).all()
+        ]
+        per_family = conn.execute(
+            select(
+                Model.family,
+                func.count(),
+                func.sum(case((Model.has_inpainting.is_(True) & Model.is_inpainting.is_(False), 1), else_=0)),
+            )
+            .where(Model.is_inpainting.is_(False))
+            .group_by(Model.family)
+        ).all()
+        names = {f.id: f for f in conn.execute(select(Family)).all()}
+        for fam, n, covered in per_family:
+            info = names.get(fam)
+            status.families.append(
+                FamilyCount(
+                    fam or "unknown",
+                    info.name if info else "unknown base model",
+                    n,
+                    int(covered or 0),
+                    bool(info and info.has_official_inpaint),
+                )
+            )
+        status.families.sort(key=lambda f: -f.models)
+        status.unknown_base_models = [
+            (bm, n)
+            for bm, n in conn.execute(
+                select(Version.base_model, func.count())
+                .where(Version.family.is_(None), Version.base_model.is_not(None))
+                .group_by(Version.base_model)
+                .order_by(func.count().desc())
+            ).all()
+        ]
+        for r in conn.execute(select(CrawlRun).order_by(CrawlRun.id.desc()).limit(recent_runs)).all():
+            status.runs.append(
+                RunInfo(
+                    r.id,
+                    r.source,
+                    r.mode,
+                    r.status,
+                    r.started_at,
+                    r.finished_at,
+                    r.pages,
+                    r.items,
+                    r.errors,
+                    r.cursor,
+                    r.last_error,
+                )
+            )
+    return status
