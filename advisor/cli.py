@@ -197,11 +197,14 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str) ->
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from advisor import jsonout, render
-    from crawler import db as registry
+    from crawler import registry
     from crawler.http import CrawlError
-    from crawler.runs import CrawlLocked
+    from crawler.registry.runs import CrawlLocked
 
-    engine = registry.get_engine(db)
+    try:
+        engine = registry.connect(db)
+    except registry.RegistryError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
     task = progress.add_task(title)
@@ -234,10 +237,13 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
     Example: [bold]inpaint-advisor status[/]
     """
     from advisor import jsonout, render
-    from crawler import db as registry
-    from crawler.stats import registry_status
+    from crawler import registry
+    from crawler.registry.stats import registry_status
 
-    st = registry_status(registry.get_engine(db))
+    try:
+        st = registry_status(registry.connect_read_only(db))
+    except registry.RegistryError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     if as_json:
         out_console.print_json(jsonout.dumps(st))
     else:
@@ -287,7 +293,11 @@ def merge(
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
     try:
         plan = plan_merge(inpaint, model, base, out, multiplier=multiplier, dtype=dtype, device=device, force=force)
-    except (MergeError, CheckpointError) as exc:
+    except MergeError as exc:
+        hint = {"exists": "; pass --force to replace it",
+                "inputs": " (A = --inpaint, B = --model, C = --base)"}.get(exc.reason, "")  # fmt: skip
+        raise _fail(f"{exc}{hint}") from None
+    except CheckpointError as exc:
         raise _fail(str(exc)) from None
     progress = Progress(
         "[progress.description]{task.description}",

@@ -4,16 +4,14 @@ Registry first; a Civitai model, hash or name that is not there is fetched live 
 without a network, the bundled data still answers for families, official checkpoints and local files.
 """
 
-import os
 from dataclasses import dataclass, field
 
 from advisor import ladder
 from advisor.probe import probe
 from advisor.query import Query, parse_query
-from advisor.registry import ModelRecord, Registry
-from crawler import families
-from crawler.location import resolve_db_url, sqlite_path
+from crawler import families, registry
 from crawler.names import normalize_name
+from crawler.registry.reader import ModelRecord, Reader
 from merge.header import CheckpointError
 
 # A free-text match is taken as the answer when it is good and clearly ahead of the next model (its own
@@ -87,7 +85,7 @@ def _official_inpaint_repo(repo: str) -> LookupResult | None:
     return None
 
 
-def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
+def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
     versions = reg.versions(model.id)
     version = ladder.choose_version(versions, version_id or q.version_id, q.version_hint)
     family = (version.family if version else None) or model.family
@@ -126,7 +124,7 @@ def _answer(reg: Registry, model: ModelRecord, q: Query, version_id: str | None 
     return LookupResult(q.raw, match, [], rec, alts, warns, notes)
 
 
-def _file_answer(q: Query, reg: Registry | None) -> LookupResult:
+def _file_answer(q: Query, reg: Reader | None) -> LookupResult:
     p = probe(q.path)
     if reg is not None and q.path.is_file():
         from merge.hashing import cached
@@ -156,50 +154,30 @@ def _file_answer(q: Query, reg: Registry | None) -> LookupResult:
 def _fetch(q: Query, db: str | None, base_url: str | None) -> str | None:
     """Look the model up on Civitai and store it; returns a problem to report in one line, or None."""
     from crawler import civitai
-    from crawler import db as registry_db
-    from crawler.http import CrawlError, JsonClient, RetryPolicy
+    from crawler.http import CrawlError
 
-    url = (base_url or os.environ.get(civitai.URL_ENV) or civitai.DEFAULT_URL).rstrip("/")
-    token = os.environ.get(civitai.TOKEN_ENV) or None
-    policy = RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0)
     try:
-        with JsonClient(url, token=token, policy=policy, timeout=10) as client:
-            items = []
-            if q.kind == "civitai":
-                model_id = q.model_id
-                if model_id is None and q.version_id:
-                    body, _ = client.get(f"/api/v1/model-versions/{q.version_id}")
-                    model_id = str(body.get("modelId"))
-                body, _ = client.get(f"/api/v1/models/{model_id}")
-                items = [body]
-            elif q.kind == "hash":
-                body, _ = client.get(f"/api/v1/model-versions/by-hash/{q.hash}")
-                body, _ = client.get(f"/api/v1/models/{body['modelId']}")
-                items = [body]
-            elif q.kind == "text":
-                params = {"query": q.raw, "types": "Checkpoint", "nsfw": "true", "limit": "20"}
-                body, _ = client.get("/api/v1/models", params=params)
-                items = body.get("items", []) if isinstance(body, dict) else []
+        if q.kind == "civitai":
+            items = civitai.fetch_items(model_id=q.model_id, version_id=q.version_id, base_url=base_url)
+        elif q.kind == "hash":
+            items = civitai.fetch_items(file_hash=q.hash, base_url=base_url)
+        else:
+            items = civitai.fetch_items(text=q.raw, base_url=base_url)
     except CrawlError as exc:
-        if getattr(exc, "status", None) == 404:
-            return None
-        return f"offline: could not reach {url} ({exc}); answering from bundled data"
-    except (KeyError, TypeError, AttributeError):
-        return None
+        return f"offline: could not reach {civitai.api_url(base_url)} ({exc}); answering from bundled data"
     if items:
-        civitai.store_page(registry_db.get_engine(db), items, None, None)
+        civitai.store_page(registry.connect(db), items, None, None)
     return None
 
 
 def _fetch_hf(q: Query, db: str | None) -> str | None:
     """Ask the Hub about one repo and store it; returns a problem to report in one line, or None."""
-    from crawler import db as registry_db
     from crawler import hf
     from crawler.http import CrawlError, RetryPolicy
     from crawler.hub import RepoUnavailable, endpoint_from_env
 
     try:
-        hf.fetch_one(registry_db.get_engine(db), q.repo, policy=RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0))
+        hf.fetch_one(registry.connect(db), q.repo, policy=RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0))
     except RepoUnavailable as exc:
         return f"{q.repo} is not on the Hugging Face Hub ({exc.reason})"
     except CrawlError as exc:
@@ -207,10 +185,16 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
     return None
 
 
+def _open(db: str | None) -> Reader | None:
+    try:
+        return registry.open_reader(db)
+    except registry.NoRegistry:
+        return None
+
+
 def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_url: str | None = None) -> LookupResult:
     q = parse_query(raw)
-    path = sqlite_path(resolve_db_url(db, create_dir=False))
-    reg = Registry.open(path)
+    reg = _open(db)
     try:
         if q.kind == "file":
             try:
@@ -235,7 +219,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
             else:
                 if reg is not None:
                     reg.close()
-                reg = Registry.open(path)
+                reg = _open(db)
                 found = _resolve(reg, q)
         if isinstance(found, list):
             return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1))
@@ -255,7 +239,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
             reg.close()
 
 
-def _resolve(reg: Registry | None, q: Query):
+def _resolve(reg: Reader | None, q: Query):
     """(model, version id) | [candidates] | None"""
     if reg is None:
         return None
@@ -288,7 +272,7 @@ def _resolve(reg: Registry | None, q: Query):
     return None
 
 
-def _clear_winner(reg: Registry, ranked: list[ModelRecord]) -> bool:
+def _clear_winner(reg: Reader, ranked: list[ModelRecord]) -> bool:
     if not ranked:
         return False
     top = ranked[0]
@@ -297,6 +281,6 @@ def _clear_winner(reg: Registry, ranked: list[ModelRecord]) -> bool:
     return any(top.score >= score and lead >= margin for score, margin in ACCEPT)
 
 
-def _family_of(reg: Registry, model: ModelRecord) -> set[str]:
+def _family_of(reg: Reader, model: ModelRecord) -> set[str]:
     """The model and its linked inpainting models: not rivals for the match."""
     return {model.id} | {ln.inpaint_model_id for ln in reg.links_to(model.id)}

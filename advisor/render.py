@@ -10,7 +10,7 @@ from rich.text import Text
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
     from crawler.civitai import CrawlSummary
     from crawler.hf import HfCrawlSummary
-    from crawler.stats import RegistryStatus
+    from crawler.registry.stats import RegistryStatus
 
 
 def _sample(names: list[str], n: int = 3) -> str:

@@ -1,25 +1,26 @@
-"""Civitai: turn `/api/v1/models` pages into registry rows, and crawl every Checkpoint model.
+"""Civitai: crawl every Checkpoint model into the registry, or fetch one model live for `lookup`.
 
-Items drift over the years (domain.md section 1): every field is optional here, enum values are kept as
-written, and dates come with or without a trailing ``Z``.
+Pages are fetched and parsed (``crawler.civitai_items``) in a second process (``crawler.feed``) while this one
+writes the previous page.
 """
 
-import hashlib
-import json
+from __future__ import annotations
+
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-
-from crawler import detect, links, runs
-from crawler.families import family_for_base_model
+from crawler import links
+from crawler.civitai_items import parse_page
 from crawler.feed import PageFeed
-from crawler.http import RetryPolicy
-from crawler.names import normalize_name
-from crawler.pages import PageResult, ParsedModel, store_parsed
+from crawler.http import ApiError, JsonClient, RetryPolicy
+from crawler.registry import runs
+from crawler.registry.pages import PageResult, store_parsed
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 DEFAULT_URL = "https://civitai.com"
 URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
@@ -36,161 +37,43 @@ PERIODS = [
 ]
 
 
-def parse_dt(value) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    # Civitai writes UTC with or without the "Z".
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+def api_url(base_url: str | None = None) -> str:
+    return (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
 
 
-_ISO_UTC = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z?")
+def token_from_env() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
 
 
-def registry_dt(value) -> str | None:
-    """A Civitai timestamp in the registry's stored form, "2023-01-01 00:03:00.000000" (naive UTC, the text
-    SQLAlchemy writes for DateTime): the common shapes by slicing, the rest through ``parse_dt``. Strings in one
-    fixed form compare like the instants they name, and cost a tenth of datetime objects to parse and store."""
-    if not isinstance(value, str) or not value:
-        return None
-    if m := _ISO_UTC.fullmatch(value.strip()):
-        return f"{m[1]} {m[2]}.{(m[3] or '').ljust(6, '0')}"
-    parsed = parse_dt(value)
-    return parsed.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if parsed else None
+LIVE_POLICY = RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0)
 
 
-def _str(value) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _list(value) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-_HASH_KINDS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
-
-
-def _hashes(raw: dict) -> dict[str, str | None]:
-    """Civitai's ``hashes`` object (key case varies, any may be missing) as upper-case hex per kind."""
-    found = {k.lower(): v.upper() for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and v}
-    return {kind: found.get(kind) for kind in _HASH_KINDS}
-
-
-def parse_model(item: dict) -> ParsedModel | None:
-    """One `/models` item to rows; None when it has no usable id."""
-    mid = item.get("id")
-    if not isinstance(mid, int | str) or isinstance(mid, bool):
-        return None
-    model_id = f"civitai:{mid}"
-    name = _str(item.get("name")) or f"model {mid}"
-    tags = [t if isinstance(t, str) else _str(_dict(t).get("name")) for t in _list(item.get("tags"))]
-    tags = [t for t in tags if t]
-    creator = _str(_dict(item.get("creator")).get("username"))
-    raw_versions = [v for v in _list(item.get("modelVersions")) if isinstance(v, dict) and v.get("id") is not None]
-
-    def file_names(v: dict) -> list[str]:
-        return [f["name"] for f in _list(v.get("files")) if isinstance(f, dict) and _str(f.get("name"))]
-
-    dedicated = not any(
-        detect.version_has_own_signal(_str(v.get("name")), _str(v.get("baseModelType")), file_names(v))
-        for v in raw_versions
-    )
-    versions, files, inpaint = [], [], set()
-    newest: datetime | None = None
-    for position, v in enumerate(raw_versions):
-        vid = f"civitai:v{v['id']}"
-        vname = _str(v.get("name")) or f"version {v['id']}"
-        base_model = _str(v.get("baseModel"))
-        bmt = _str(v.get("baseModelType"))
-        found = detect.detect_version(
-            version_name=vname,
-            base_model_type=bmt,
-            file_names=file_names(v),
-            model_name=name,
-            model_tags=tags,
-            model_is_dedicated=dedicated,
-        )
-        if found.is_inpainting:
-            inpaint.add(vid)
-        published = registry_dt(v.get("publishedAt")) or registry_dt(v.get("createdAt"))
-        updated = registry_dt(v.get("updatedAt")) or published
-        newest = max(filter(None, [newest, updated, published]), default=None)
-        versions.append(
-            {
-                "id": vid,
-                "model_id": model_id,
-                "source_id": str(v["id"]),
-                "name": vname,
-                "base_model": base_model,
-                "base_model_type": bmt,
-                "family": family_for_base_model(base_model),
-                "published_at": published,
-                "updated_at": updated,
-                "position": position,
-                "is_inpainting": found.is_inpainting,
-                "inpaint_confidence": found.confidence,
-                "inpaint_evidence": json.dumps(found.evidence),
-                "download_url": _str(v.get("downloadUrl")),
-            }
-        )
-        for n, f in enumerate(_list(v.get("files"))):
-            if not isinstance(f, dict):
-                continue
-            meta = _dict(f.get("metadata"))
-            fid = f"civitai:f{f['id']}" if f.get("id") is not None else f"{vid}/file{n}"
-            size = f.get("sizeKB")
-            files.append(
-                {
-                    "id": fid,
-                    "version_id": vid,
-                    "name": _str(f.get("name")) or fid,
-                    "type": _str(f.get("type")),
-                    "size_kb": float(size) if isinstance(size, int | float) and not isinstance(size, bool) else None,
-                    "format": _str(meta.get("format")),
-                    "fp": _str(meta.get("fp")),
-                    "primary": f.get("primary") is True,
-                    **_hashes(_dict(f.get("hashes"))),
-                    "download_url": _str(f.get("downloadUrl")),
-                }
-            )
-    base_model = versions[0]["base_model"] if versions else None
-    model = {
-        "id": model_id,
-        "source": "civitai",
-        "source_id": str(mid),
-        "name": name,
-        "name_norm": normalize_name(name),
-        "type": _str(item.get("type")),
-        "creator": creator,
-        "tags": json.dumps(tags),
-        "nsfw": item.get("nsfw") is True,
-        "mode": _str(item.get("mode")),
-        "base_model": base_model,
-        "family": family_for_base_model(base_model),
-        "is_inpainting": bool(versions) and len(inpaint) == len(versions),
-        "has_inpainting": bool(inpaint),
-        "updated_at": newest,
-    }
-    # repr() of plain dicts built in a fixed order is deterministic, and several times cheaper than json.dumps.
-    digest = hashlib.blake2b(repr((model, versions, files)).encode(), digest_size=16).hexdigest()
-    model["content_hash"] = digest
-    return ParsedModel(model, versions, files, inpaint)
-
-
-def parse_page(items: list) -> dict[str, ParsedModel]:
-    parsed: dict[str, ParsedModel] = {}
-    for item in items:
-        p = parse_model(item) if isinstance(item, dict) else None
-        if p is not None:
-            parsed[p.model["id"]] = p  # a repeated id within a page: the later copy wins
-    return parsed
+def fetch_items(*, model_id: str | None = None, version_id: str | None = None, file_hash: str | None = None,
+                text: str | None = None, base_url: str | None = None,
+                policy: RetryPolicy | None = None) -> list[dict]:  # fmt: skip
+    """Civitai's items for one model (by model id, by version id, or by a file hash) or for a name search, for
+    `lookup` of something the registry lacks. [] when Civitai has no such model; CrawlError when it cannot be
+    asked."""
+    with JsonClient(api_url(base_url), token=token_from_env(), policy=policy or LIVE_POLICY, timeout=10) as client:
+        try:
+            if text is not None:
+                params = {"query": text, "types": "Checkpoint", "nsfw": "true", "limit": "20"}
+                body, _ = client.get("/api/v1/models", params=params)
+                items = body.get("items") if isinstance(body, dict) else None
+                return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+            if model_id is None:
+                by = f"by-hash/{file_hash}" if file_hash else str(version_id)
+                body, _ = client.get(f"/api/v1/model-versions/{by}")
+                found = body.get("modelId") if isinstance(body, dict) else None
+                if not isinstance(found, int | str) or isinstance(found, bool) or not str(found).isdigit():
+                    return []
+                model_id = str(found)
+            body, _ = client.get(f"/api/v1/models/{model_id}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return []
+            raise
+    return [body] if isinstance(body, dict) else []
 
 
 def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
@@ -226,8 +109,8 @@ def crawl(
 ) -> CrawlSummary:
     """Crawl every Checkpoint model. ``mode="incremental"`` asks only for models changed since the last
     successful run. A run that was killed or failed is resumed from its last committed page."""
-    base_url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
-    token = token or os.environ.get(TOKEN_ENV) or None
+    base_url = api_url(base_url)
+    token = token or token_from_env()
     since = period = None
     if mode == "incremental":
         last = runs.last_successful(engine, "civitai")

@@ -12,6 +12,7 @@ import os
 import queue as queue_mod
 from collections.abc import Iterator
 
+from crawler.civitai_items import parse_page
 from crawler.http import JsonClient, RetryPolicy
 
 AHEAD = 3  # pages parsed ahead of the writer
@@ -28,8 +29,6 @@ def _put(q, item, parent: int) -> bool:
 
 
 def _fetch_pages(base_url, token, policy, params, cursor, max_pages, q, parent) -> None:
-    from crawler.civitai import parse_page  # the parser lives with the source
-
     client = JsonClient(base_url, token=token, policy=policy, on_retry=lambda msg: _put(q, msg, parent))
     try:
         pages = 0

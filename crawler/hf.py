@@ -7,22 +7,28 @@ so a repo with ``model.safetensors`` next to ``model-inpainting.safetensors`` li
 Repos whose commit ``sha`` is unchanged since the last crawl cost no request beyond their listing page.
 """
 
+from __future__ import annotations
+
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-
-from crawler import detect, families, links, officials, runs
-from crawler.civitai import parse_dt
+from crawler import detect, families, links, officials
+from crawler.civitai_items import parse_dt
 from crawler.hf_inspect import Checkpoint, Inspection, config, inspect
 from crawler.http import RetryPolicy
 from crawler.hub import Hub
 from crawler.names import normalize_name
-from crawler.pages import ParsedModel, content_hashes, store_parsed
+from crawler.registry import lineage as lineage_queries
+from crawler.registry import runs
+from crawler.registry.links import link_same_files
+from crawler.registry.pages import ParsedModel, content_hashes, store_parsed
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 PAGE_SIZE = 100
 # Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
@@ -54,7 +60,7 @@ class HubRepo:
         return self.id.split("/", 1)[-1]
 
     @classmethod
-    def from_listing(cls, item: dict) -> "HubRepo":
+    def from_listing(cls, item: dict) -> HubRepo:
         siblings = item.get("siblings") if isinstance(item.get("siblings"), list) else []
         return cls(
             id=item["id"],
@@ -69,7 +75,7 @@ class HubRepo:
         )
 
     @classmethod
-    def from_info(cls, info) -> "HubRepo":
+    def from_info(cls, info) -> HubRepo:
         from crawler.hf_inspect import blobs_of
 
         card = info.card_data.to_dict() if getattr(info, "card_data", None) is not None else {}
@@ -208,7 +214,7 @@ def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = HF_URL) -> Parse
         "is_inpainting": bool(versions) and len(inpaint) == len(versions), "has_inpainting": bool(inpaint),
         "updated_at": repo.last_modified, "content_hash": _revision_key(repo.sha),
     }  # fmt: skip
-    return ParsedModel(model, versions, files, inpaint)
+    return ParsedModel(model, versions, files, inpaint, links.within_model(model, versions))
 
 
 def queries() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -295,8 +301,7 @@ def crawl(
             summary.listed += len(repos)
             wanted = [r for r in repos if not _skip(r)]
             summary.skipped += len(repos) - len(wanted)
-            with engine.connect() as conn:
-                stored = content_hashes(conn, [f"hf:{r.id}" for r in wanted])
+            stored = content_hashes(engine, [f"hf:{r.id}" for r in wanted])
             parsed = {}
             for repo in wanted:
                 if repo.sha and stored.get(f"hf:{repo.id}") == _revision_key(repo.sha):
@@ -332,7 +337,7 @@ def crawl(
             summary.officials_alive = sum(c.alive and c.matches for c in checks)
             summary.officials_dead = sorted({c.repo for c in checks if not c.alive})
         resolve_lineage(engine)
-        summary.same_files = links.link_same_files(engine)
+        summary.same_files = link_same_files(engine)
         summary.new_links = links.link_sibling_models(engine)
         summary.retries = hub.retries
         summary.status = "ok"
@@ -349,12 +354,10 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
     """Families through chains of Hub repos (base -> fine-tune -> merge of it): a repo whose declared base is
     another crawled repo takes that repo's family when its own is unknown, or when it is the base architecture
     of a more specific one (an SDXL-shaped merge of a Pony fine-tune is Pony). Returns rows changed."""
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT id, base_model, family FROM model WHERE source = 'hf'")).all()
-        parents = dict(conn.execute(text("SELECT id, parent FROM family")).all())
-    before = {r.id: r.family for r in rows}
+    known, parents = lineage_queries.hf_families(engine)
+    before = {model_id: fam for model_id, (_, fam) in known.items()}
     family = dict(before)
-    base = {r.id: f"hf:{r.base_model}" for r in rows if r.base_model}
+    base = {model_id: f"hf:{repo}" for model_id, (repo, _) in known.items() if repo}
     for _ in range(max_depth):
         moved = False
         for model_id, parent_id in base.items():
@@ -363,12 +366,8 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
                 family[model_id], moved = theirs, True
         if not moved:
             break
-    changed = [(f, m) for m, f in family.items() if f != before[m]]
-    if changed:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE model SET family = :f WHERE id = :m"), [{"f": f, "m": m} for f, m in changed])
-            conn.execute(text("UPDATE version SET family = :f WHERE model_id = :m"),
-                         [{"f": f, "m": m} for f, m in changed])  # fmt: skip
+    changed = {m: f for m, f in family.items() if f != before[m]}
+    lineage_queries.set_families(engine, changed)
     return len(changed)
 
 
@@ -382,5 +381,5 @@ def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, toke
         parsed = parse_repo(repo, seen, hub.endpoint)
     store_parsed(engine, {parsed.model["id"]: parsed}, None, None)
     resolve_lineage(engine)
-    links.link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
+    link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
     return parsed.model["id"]

@@ -1,17 +1,20 @@
 """Which inpainting release belongs to which model: versions of the same model, or a sibling model by the
 same creator ("majicMIX realistic" and "majicMIX realistic InPainting")."""
 
+from __future__ import annotations
+
 import json
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz
-from sqlalchemy import select, text, update
-from sqlalchemy.engine import Connection, Engine
 
 from crawler.detect import strip_inpainting, version_label
 from crawler.names import normalize_name
-from crawler.schema import InpaintLink, Model, Version
-from crawler.store import upsert
+from crawler.registry import links as queries
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 SIBLING_MIN_SCORE = 80.0
 
@@ -52,53 +55,36 @@ def _link(
     }
 
 
-def link_within_models(conn: Connection, models: list[tuple[dict, list[dict]]]) -> int:
+def within_model(model: dict, versions: list[dict]) -> list[dict]:
+    """Link rows from each inpainting version of ``model`` to the normal version it was made from."""
+    normals = [v for v in versions if not v["is_inpainting"]]
+    if not normals:
+        return []
     rows = []
-    for model, versions in models:
-        normals = [v for v in versions if not v["is_inpainting"]]
-        if not normals:
+    for v in versions:
+        if not v["is_inpainting"]:
             continue
-        for v in versions:
-            if not v["is_inpainting"]:
-                continue
-            parent, why = _pair_version(v, normals)
-            conf = v["inpaint_confidence"] * (1.0 if parent and "same version label" in why else 0.9)
-            rows.append(
-                _link(
-                    v,
-                    model["id"],
-                    model["id"],
-                    parent,
-                    "same-model",
-                    conf,
-                    ["an inpainting version of the same model", why],
-                )
-            )
-    return upsert(conn, InpaintLink.__table__, rows)
+        parent, why = _pair_version(v, normals)
+        conf = v["inpaint_confidence"] * (1.0 if parent and "same version label" in why else 0.9)
+        rows.append(_link(v, model["id"], model["id"], parent, "same-model", conf,
+                          ["an inpainting version of the same model", why]))  # fmt: skip
+    return rows
 
 
 def link_sibling_models(engine: Engine) -> int:
     """Link every dedicated inpainting model to the creator's model whose name it extends; returns new links."""
     with engine.begin() as conn:
-        dedicated = conn.execute(
-            select(Model.id, Model.name, Model.creator, Model.source).where(
-                Model.is_inpainting.is_(True), Model.creator.is_not(None)
-            )
-        ).all()
+        dedicated = queries.dedicated_models(conn)
         if not dedicated:
             return 0
-        before = set(conn.execute(select(InpaintLink.id).where(InpaintLink.kind == "sibling-model")).scalars())
+        before = queries.sibling_link_ids(conn)
         # a Civitai user and a Hugging Face author of the same name are not the same person
         by_creator: dict[tuple[str, str], list] = defaultdict(list)
         for row in dedicated:
             by_creator[(row.source, row.creator)].append(row)
         rows, parents = [], set()
         for (source, creator), inpaint_models in by_creator.items():
-            candidates = conn.execute(
-                select(Model.id, Model.name).where(
-                    Model.source == source, Model.creator == creator, Model.is_inpainting.is_(False)
-                )
-            ).all()
+            candidates = queries.creator_models(conn, source, creator)
             if not candidates:
                 continue
             for im in inpaint_models:
@@ -107,7 +93,7 @@ def link_sibling_models(engine: Engine) -> int:
                 score, best = max(scored, key=lambda s: (s[0], -abs(len(s[1].name) - len(im.name))))
                 if score < SIBLING_MIN_SCORE:
                     continue
-                versions = _versions(conn, [im.id, best.id])
+                versions = queries.versions_of(conn, [im.id, best.id])
                 normals = [v for v in versions if v["model_id"] == best.id and not v["is_inpainting"]]
                 for v in (v for v in versions if v["model_id"] == im.id):
                     parent, why = _pair_version(v, normals)
@@ -122,40 +108,9 @@ def link_sibling_models(engine: Engine) -> int:
                         )
                     )
                 parents.add(best.id)
-        upsert(conn, InpaintLink.__table__, rows)
-        if parents:
-            conn.execute(update(Model).where(Model.id.in_(parents)).values(has_inpainting=True))
+        queries.save_sibling_links(conn, rows, parents)
         return len({r["id"] for r in rows} - before)
 
 
 def _comparable(name: str) -> str:
     return normalize_name(strip_inpainting(name))
-
-
-def _versions(conn: Connection, model_ids: list[str]) -> list[dict]:
-    cols = [
-        Version.id,
-        Version.model_id,
-        Version.name,
-        Version.published_at,
-        Version.is_inpainting,
-        Version.inpaint_confidence,
-    ]
-    return [dict(r._mapping) for r in conn.execute(select(*cols).where(Version.model_id.in_(model_ids)))]
-
-
-def link_same_files(engine: Engine, hf_model: str | None = None) -> int:
-    """Record every Civitai file and Hugging Face file with the same SHA256 (one checkpoint published twice), or
-    only those of ``hf_model``; returns how many pairs are new. Plain SQL that SQLite and PostgreSQL both run."""
-    only = " AND mb.id = :hf_model" if hf_model else ""
-    sql = text(
-        "INSERT INTO samefile (id, sha256, model_a, model_b, version_a, version_b) "
-        "SELECT a.id || '=' || b.id, a.sha256, va.model_id, vb.model_id, va.id, vb.id "
-        "FROM file a JOIN version va ON va.id = a.version_id JOIN model ma ON ma.id = va.model_id "
-        "JOIN file b ON b.sha256 = a.sha256 JOIN version vb ON vb.id = b.version_id "
-        "JOIN model mb ON mb.id = vb.model_id "
-        f"WHERE ma.source = 'civitai' AND mb.source = 'hf' AND a.sha256 IS NOT NULL{only} "
-        "ON CONFLICT (id) DO NOTHING"
-    )
-    with engine.begin() as conn:
-        return conn.execute(sql, {"hf_model": hf_model} if hf_model else {}).rowcount or 0

@@ -2,14 +2,19 @@
 recommend? Repos do vanish (runwayml in 2024, Stability's SD 2 repos in November 2025); `lookup` moves its
 recommendation to the first mirror the last check found alive."""
 
-from sqlalchemy.engine import Engine
+from __future__ import annotations
 
-from crawler import families, runs
+from typing import TYPE_CHECKING
+
+from crawler import families
 from crawler.hf_inspect import blobs_of
 from crawler.http import ApiError
 from crawler.hub import Hub, RepoUnavailable
-from crawler.schema import OfficialCheck
-from crawler.store import upsert
+from crawler.registry import officials, runs
+from crawler.registry.schema import OfficialCheck
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> OfficialCheck | None:
@@ -57,6 +62,5 @@ def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
                 check = check_mirror(hub, fam["id"], role, mirror["repo"], spec)
                 if check is not None:
                     checks.append(check)
-    with engine.begin() as conn:
-        upsert(conn, OfficialCheck.__table__, [c.model_dump() for c in checks])
+    officials.save_checks(engine, checks)
     return checks

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from merge import fused
+from tests import pg
 from tests.civitai_fake import FakeCivitai, Server
 from tests.hf_fake import FakeHub, HubServer
 
@@ -30,8 +31,9 @@ def arithmetic(request, monkeypatch):
 # A merge in a child process (argv: A B C OUT) that reports whether it imported torch: merge.direct needs none
 NO_TORCH_MERGE = """
 import sys
-from merge.engine import _certainly_no_gpu, merge
-r = merge(*sys.argv[1:5], device="auto" if _certainly_no_gpu() else "cpu")  # auto: settled without torch
+from merge.engine import merge
+from merge.plan import certainly_no_gpu
+r = merge(*sys.argv[1:5], device="auto" if certainly_no_gpu() else "cpu")  # auto: settled without torch
 print("torch imported:", "torch" in sys.modules, "nonfinite:", r.nonfinite)
 """
 
@@ -84,9 +86,22 @@ def local_network_only(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
 
 
-@pytest.fixture
-def db_path(tmp_path) -> Path:
-    return tmp_path / "registry.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_db(request, tmp_path):
+    """Where a test's registry lives: a SQLite file, or a fresh PostgreSQL database (tests/pg.py). Every test
+    that touches the registry takes this, so that it runs on both engines."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "registry.db")
+        return
+    with pg.fresh_database() as url:
+        yield url
+
+
+def registry_text(db: str) -> str:
+    """Everything the registry stores, as text: its files on SQLite, every row on PostgreSQL."""
+    if "://" in db:
+        return pg.all_text(db)
+    return "\n".join(p.read_bytes().decode("latin-1") for p in Path(db).parent.iterdir() if p.is_file())
 
 
 @pytest.fixture

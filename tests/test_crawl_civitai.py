@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from crawler import civitai, db, runs
+from crawler import civitai, registry
 from crawler.http import ApiError, JsonClient, RetriesExhausted, RetryPolicy
-from crawler.schema import CrawlLock
-from crawler.stats import registry_status
+from crawler.registry import runs
+from crawler.registry.schema import CrawlLock
+from crawler.registry.stats import registry_status
 from tests.civitai_fake import FakeCivitai, Fault, load_fixture, synthetic_catalogue, synthetic_item
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, registry_text, run_cli
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
 
@@ -36,8 +37,8 @@ def one(engine, sql: str, **params):
 
 
 @pytest.fixture
-def engine(db_path):
-    return db.get_engine(db_path)
+def engine(registry_db):
+    return registry.connect(registry_db)
 
 
 def test_fixture_crawl_stores_every_checkpoint_once_with_versions_and_files(engine, serve):
@@ -59,13 +60,13 @@ def test_shape_drift_is_accepted(engine, serve):
     aniverse = one(engine, "SELECT creator, family FROM model WHERE id='civitai:107842'")
     assert aniverse == (None, "sd1")
     version = one(engine, "SELECT base_model_type, published_at FROM version WHERE id='civitai:v115741'")
-    assert version[0] is None and version[1].startswith("2023-07-10 12:30:00")
+    assert version[0] is None and str(version[1]).startswith("2023-07-10 12:30:00")
     f = one(engine, "SELECT sha256, autov2, \"primary\" FROM file WHERE id='civitai:f120000'")
     assert f == (None, None, 0)
     # with and without "Z" parse to the same UTC instant
     z = one(engine, "SELECT published_at FROM version WHERE id='civitai:v176425'")[0]
     no_z = one(engine, "SELECT published_at FROM version WHERE id='civitai:v221343'")[0]
-    assert z.startswith("2023-09-03 13:22:20") and no_z.startswith("2023-11-10 01:02:03")
+    assert str(z).startswith("2023-09-03 13:22:20") and str(no_z).startswith("2023-11-10 01:02:03")
     # lower-case hash keys and values are normalised; unknown enums are stored as written
     hf = one(engine, "SELECT sha256, type, format FROM file WHERE id='civitai:f900201'")
     assert hf == ("ABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCD", "Archive", "GGUF2")
@@ -173,8 +174,8 @@ def test_exhausted_retries_fail_clearly_and_the_next_crawl_resumes(engine, serve
     assert one(engine, "SELECT count(*) FROM crawlrun")[0] == 1  # the same run, continued
 
 
-def test_a_second_crawl_on_the_same_registry_is_refused(db_path, serve):
-    engine = db.get_engine(db_path)
+def test_a_second_crawl_on_the_same_registry_is_refused(registry_db, serve):
+    engine = registry.connect(registry_db)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with engine.begin() as conn:
@@ -188,14 +189,14 @@ def test_a_second_crawl_on_the_same_registry_is_refused(db_path, serve):
                 )
             )
         url = serve(FakeCivitai(load_fixture()))
-        result = run_cli("crawl", "civitai", "--db", str(db_path), "--url", url)
+        result = run_cli("crawl", "civitai", "--db", registry_db, "--url", url)
         assert result.returncode == 1
         assert f"another civitai crawl (run 1, pid {holder.pid}" in result.stderr
     finally:
         holder.kill()
         holder.wait()
     # once the holder is gone, its lock is stale and the crawl goes ahead
-    result = run_cli("crawl", "civitai", "--db", str(db_path), "--url", url, "--json")
+    result = run_cli("crawl", "civitai", "--db", registry_db, "--url", url, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "ok"
 
@@ -211,11 +212,16 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(db_path, serve):
+def _committed_pages(db: str) -> int:
+    with registry.connect(db).connect() as conn:
+        return conn.execute(text("SELECT coalesce(max(pages), 0) FROM crawlrun")).scalar_one()
+
+
+def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(registry_db, serve):
     fake = FakeCivitai(synthetic_catalogue(1000), hold_page=5)
     url = serve(fake)
     child = subprocess.Popen(
-        [sys.executable, "-m", "advisor", "crawl", "civitai", "--db", str(db_path), "--url", url],
+        [sys.executable, "-m", "advisor", "crawl", "civitai", "--db", registry_db, "--url", url],
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -223,7 +229,12 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(db_path, 
     )
     try:
         assert fake.holding.wait(60), "crawler never asked for page 5"
-        os.kill(child.pid, signal.SIGKILL)  # kill -9 while page 4 is being written and page 5 is in flight
+        # the writer trails the fetch process by up to three queued pages (more on a slower engine): kill once
+        # page 4 is committed, while page 5 is being written or in flight
+        deadline = time.monotonic() + 60
+        while _committed_pages(registry_db) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
         child.wait(30)
     finally:
         fake.release.set()
@@ -231,16 +242,16 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(db_path, 
             child.kill()
     # the orphaned fetch process notices its writer is gone and exits (it once hung flushing its queue)
     deadline = time.monotonic() + 30
-    while _processes_mentioning(str(db_path)) and time.monotonic() < deadline:
+    while _processes_mentioning(registry_db) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_mentioning(str(db_path)), "the fetch process outlived the killed crawl"
-    engine = db.get_engine(db_path)
+    assert not _processes_mentioning(registry_db), "the fetch process outlived the killed crawl"
+    engine = registry.connect(registry_db)
     committed = one(engine, "SELECT pages, cursor, status FROM crawlrun")
     stored = one(engine, "SELECT count(*) FROM model")[0]
     assert committed[2] == "running" and committed[1]  # left behind by the killed process
     assert 0 < stored < 1000 and committed[0] in (4, 5)
     fake.hold_page = None
-    result = run_cli("crawl", "civitai", "--db", str(db_path), "--url", url, "--json")
+    result = run_cli("crawl", "civitai", "--db", registry_db, "--url", url, "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["resumed"] is True and out["status"] == "ok"
@@ -266,40 +277,39 @@ def test_incremental_crawl_asks_only_for_recent_changes(engine, serve):
     assert one(engine, "SELECT count(*) FROM model")[0] == 121
 
 
-def test_the_token_is_sent_but_never_printed_or_stored(db_path, serve):
+def test_the_token_is_sent_but_never_printed_or_stored(registry_db, serve):
     secret = "civitai-secret-7f3a9c"
     fake = FakeCivitai(load_fixture(), faults=[Fault(429), Fault(500)] + [Fault(500)] * 3)
     url = serve(fake)
     env = cli_env(CIVITAI_API_TOKEN=secret)
     failed = run_cli(
-        "crawl", "civitai", "--db", str(db_path), "--url", url, "--retries", "3", "--backoff", "0", env=env
+        "crawl", "civitai", "--db", registry_db, "--url", url, "--retries", "3", "--backoff", "0", env=env
     )
     assert failed.returncode == 1 and "gave up" in failed.stderr
-    ok = run_cli("crawl", "civitai", "--db", str(db_path), "--url", url, "--backoff", "0", env=env)
+    ok = run_cli("crawl", "civitai", "--db", registry_db, "--url", url, "--backoff", "0", env=env)
     assert ok.returncode == 0, ok.stderr
     assert fake.auth_headers and set(fake.auth_headers) == {f"Bearer {secret}"}
     for output in (failed.stdout, failed.stderr, ok.stdout, ok.stderr):
         assert secret not in output
-    for path in db_path.parent.iterdir():
-        assert secret.encode() not in path.read_bytes()
+    assert secret not in registry_text(registry_db)
 
 
-def test_html_until_retries_run_out_gives_a_clear_error_and_nonzero_exit(db_path, serve):
+def test_html_until_retries_run_out_gives_a_clear_error_and_nonzero_exit(registry_db, serve):
     fake = FakeCivitai(load_fixture(), faults=[Fault(200, html=True)] * 3)
-    result = run_cli("crawl", "civitai", "--db", str(db_path), "--url", serve(fake), "--retries", "3", "--backoff", "0")
+    result = run_cli("crawl", "civitai", "--db", registry_db, "--url", serve(fake), "--retries", "3", "--backoff", "0")
     assert result.returncode == 1
     assert "HTML page instead of JSON" in result.stderr and "run the same command again to resume" in result.stderr
 
 
-def test_status_shows_counts_per_family_and_coverage(db_path, serve):
+def test_status_shows_counts_per_family_and_coverage(registry_db, serve):
     url = serve(FakeCivitai(load_fixture()))
-    assert run_cli("crawl", "civitai", "--db", str(db_path), "--url", url).returncode == 0
-    result = run_cli("status", "--db", str(db_path), "--json")
+    assert run_cli("crawl", "civitai", "--db", registry_db, "--url", url).returncode == 0
+    result = run_cli("status", "--db", registry_db, "--json")
     st = json.loads(result.stdout)
     fams = {f["family"]: f for f in st["families"]}
     # sd1 fine-tunes: majicMIX, epiCPhotoGasm, Aniverse, DreamShaper, RealCartoon3D, CyberRealistic
     assert fams["sd1"]["models"] == 6 and fams["sd1"]["with_inpainting"] == 5
     assert fams["sdxl"]["models"] == 1 and fams["pony"]["models"] == 1
     assert st["unknown_base_models"] == [["Hyper Future 9000", 1]]
-    human = run_cli("status", "--db", str(db_path))
+    human = run_cli("status", "--db", registry_db)
     assert "sd1" in human.stdout and "83.3%" in human.stdout and "Hyper Future 9000" in human.stdout

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 
 from advisor.lookup import lookup
-from crawler import civitai, db, hf
+from crawler import civitai, hf, registry
 from crawler.http import RetriesExhausted, RetryPolicy
-from crawler.stats import registry_status
+from crawler.registry.stats import registry_status
 from tests.civitai_fake import FakeCivitai, synthetic_item
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, registry_text, run_cli
 from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, fixture_hub
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
@@ -27,8 +27,8 @@ def hub_url(serve):
 
 
 @pytest.fixture
-def engine(db_path):
-    return db.get_engine(db_path)
+def engine(registry_db):
+    return registry.connect(registry_db)
 
 
 def rows(engine, sql: str, **params) -> list[tuple]:
@@ -159,10 +159,10 @@ def test_retries_run_out_with_a_clear_error_then_resume(engine, hub_url):
     assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
 
 
-def test_kill_mid_crawl_then_resume_stores_every_repo_once(db_path, hub_url):
+def test_kill_mid_crawl_then_resume_stores_every_repo_once(registry_db, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=1, hold_list_page=12)
     url = hub_url(fake)
-    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
     cmd = [sys.executable, "-m", "advisor", "crawl", "hf", "--hf-endpoint", url, "--no-officials", "--json"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -171,7 +171,7 @@ def test_kill_mid_crawl_then_resume_stores_every_repo_once(db_path, hub_url):
         proc.wait(timeout=30)
     finally:
         fake.release.set()
-    engine = db.get_engine(db_path)
+    engine = registry.connect(registry_db)
     committed = one(engine, "SELECT pages, status FROM crawlrun")
     assert committed == (12, "running")  # the held page was never committed
     result = run_cli("crawl", "hf", "--hf-endpoint", url, "--no-officials", "--json", env=env)
@@ -182,7 +182,7 @@ def test_kill_mid_crawl_then_resume_stores_every_repo_once(db_path, hub_url):
     assert len(ids) == len(set(ids)) == 9
 
 
-def test_officials_dead_mirror_moves_the_recommendation(engine, hub_url):
+def test_officials_dead_mirror_moves_the_recommendation(engine, registry_db, hub_url):
     repos = [r for r in fixture_hub() if r.id != OFFICIAL_SD1]  # the usual SD 1.5 inpainting mirror is gone
     changed = next(r for r in repos if r.id == "stabilityai/stable-diffusion-xl-base-1.0")
     changed.files["sd_xl_base_1.0.safetensors"] = ExactFile(123, "0" * 64)  # replaced by something else
@@ -193,9 +193,9 @@ def test_officials_dead_mirror_moves_the_recommendation(engine, hub_url):
     assert status[("sd1", "inpaint", "sd-legacy/stable-diffusion-inpainting")].matches
     sdxl = status[("sdxl", "base", "stabilityai/stable-diffusion-xl-base-1.0")]
     assert sdxl.alive and not sdxl.matches and "sha256" in sdxl.detail and "size 123" in sdxl.detail
-    answer = lookup("xlfan/no-card", db=str(engine.url.database), offline=True)
+    answer = lookup("xlfan/no-card", db=registry_db, offline=True)
     assert answer.recommendation.kind == "official"
-    answer = lookup("fan/dreamvision-remix", db=str(engine.url.database), offline=True)
+    answer = lookup("fan/dreamvision-remix", db=registry_db, offline=True)
     official = next(r for r in [answer.recommendation, *answer.alternatives] if r.kind == "official")
     assert official.target.repo == "sd-legacy/stable-diffusion-inpainting"
     assert any(OFFICIAL_SD1 in w and "gone" in w for w in answer.warnings)
@@ -206,7 +206,7 @@ def test_officials_dead_mirror_moves_the_recommendation(engine, hub_url):
     assert "download B: hf download fan/dreamvision-remix --local-dir dreamvision-remix" in build.evidence
 
 
-def test_same_sha256_on_civitai_and_hf_links_the_two(engine, hub_url, serve):
+def test_same_sha256_on_civitai_and_hf_links_the_two(engine, registry_db, hub_url, serve):
     repos = fixture_hub()
     realmix = next(r for r in repos if r.id == "painter/realmix")
     sha = realmix.files["realmix_v2.safetensors"].sha256.upper()
@@ -221,56 +221,54 @@ def test_same_sha256_on_civitai_and_hf_links_the_two(engine, hub_url, serve):
         "hf:painter/realmix",
         "hf:painter/realmix@realmix_v2.safetensors",
     )
-    answer = lookup("civitai:5150", db=str(engine.url.database), offline=True)
+    answer = lookup("civitai:5150", db=registry_db, offline=True)
     assert any("hf model realmix" in n for n in answer.notes)
     assert answer.match.version_id == f"civitai:v{newest}"
 
 
-def test_a_repo_fetched_by_lookup_is_linked_to_its_civitai_twin(engine, hub_url, serve, monkeypatch):
+def test_a_repo_fetched_by_lookup_is_linked_to_its_civitai_twin(engine, registry_db, hub_url, serve, monkeypatch):
     repos = fixture_hub()
     sha = next(r for r in repos if r.id == "painter/realmix").files["realmix_v2.safetensors"].sha256.upper()
     item = synthetic_item(5151, __import__("random").Random(2), __import__("datetime").datetime(2024, 1, 1))
     item["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = sha
     civitai.crawl(engine, base_url=serve(FakeCivitai([item])), policy=FAST)
     monkeypatch.setenv("HF_ENDPOINT", hub_url(FakeHub(repos)))
-    answer = lookup("painter/realmix", db=str(engine.url.database))
+    answer = lookup("painter/realmix", db=registry_db)
     assert any("civitai model" in n and "civitai:5151" in n for n in answer.notes)
     assert one(engine, "SELECT model_a, model_b FROM samefile") == ("civitai:5151", "hf:painter/realmix")
 
 
-def test_token_is_sent_never_stored_or_printed(db_path, hub_url):
+def test_token_is_sent_never_stored_or_printed(registry_db, hub_url):
     fake = FakeHub(fixture_hub())
     url = hub_url(fake)
     secret = "hf_SECRETtoken123456789"
-    result = run_cli("crawl", "hf", "--hf-endpoint", url, env=cli_env(INPAINT_ADVISOR_DB=str(db_path), HF_TOKEN=secret))
+    result = run_cli("crawl", "hf", "--hf-endpoint", url, env=cli_env(INPAINT_ADVISOR_DB=registry_db, HF_TOKEN=secret))
     assert result.returncode == 0, result.stderr
     assert fake.auth_headers and set(fake.auth_headers) == {f"Bearer {secret}"}
     assert secret not in result.stdout + result.stderr
-    for path in db_path.parent.glob("registry.db*"):
-        assert secret.encode() not in path.read_bytes()
+    assert secret not in registry_text(registry_db)
     # with the token, the gated repo's files are readable
-    engine = db.get_engine(db_path)
+    engine = registry.connect(registry_db)
     assert one(engine, "SELECT mode FROM model WHERE id = 'hf:vault/gated-xl'") == (None,)
 
 
-def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(tmp_path, hub_url, monkeypatch):
+def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(registry_db, hub_url, monkeypatch):
     fake = FakeHub(fixture_hub())
     monkeypatch.setenv("HF_ENDPOINT", hub_url(fake))
-    registry = str(tmp_path / "r.db")
-    db.get_engine(registry)
-    offline = lookup("painter/realmix", db=registry, offline=True)
+    registry.connect(registry_db)
+    offline = lookup("painter/realmix", db=registry_db, offline=True)
     assert offline.match is None and "not in the registry" in offline.notes[0]
-    answer = lookup("https://huggingface.co/painter/realmix", db=registry)
+    answer = lookup("https://huggingface.co/painter/realmix", db=registry_db)
     assert answer.match.name == "painter/realmix" and answer.match.family == "sd1"
     assert answer.recommendation.kind == "own-release"
     assert answer.recommendation.target.file == "realmix_v2-inpainting.safetensors"
-    gone = lookup("nobody/deleted-repo", db=registry)
+    gone = lookup("nobody/deleted-repo", db=registry_db)
     assert gone.match is None and "not on the Hugging Face Hub" in gone.notes[0]
 
 
-def test_cli_crawl_hf_json_and_status_show_officials(db_path, hub_url):
+def test_cli_crawl_hf_json_and_status_show_officials(registry_db, hub_url):
     url = hub_url(FakeHub([r for r in fixture_hub() if r.id != OFFICIAL_SD1]))
-    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
     result = run_cli("crawl", "hf", "--hf-endpoint", url, "--json", env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -284,8 +282,8 @@ def test_cli_crawl_hf_json_and_status_show_officials(db_path, hub_url):
     assert as_json["per_source"]["hf"] == 9
 
 
-def test_unknown_repo_endpoint_is_a_clear_error(db_path):
-    env = cli_env(INPAINT_ADVISOR_DB=str(db_path))
+def test_unknown_repo_endpoint_is_a_clear_error(registry_db):
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
     result = run_cli("crawl", "hf", "--hf-endpoint", "http://127.0.0.1:9", "--retries", "2", "--backoff", "0",
                      env=env)  # fmt: skip
     assert result.returncode == 1

@@ -10,7 +10,8 @@ import pytest
 from advisor.lookup import lookup
 from advisor.probe import probe
 from advisor.query import parse_query
-from crawler import civitai, db
+from crawler import civitai
+from crawler import registry as registry_layer
 from crawler.http import RetryPolicy
 from tests.civitai_fake import FakeCivitai, load_fixture, synthetic_item
 from tests.conftest import ROOT, cli_env, run_cli
@@ -18,11 +19,10 @@ from tests.sd_layouts import write_checkpoint
 
 
 @pytest.fixture
-def registry(tmp_path_factory, serve):
-    path = tmp_path_factory.mktemp("reg") / "registry.db"
-    civitai.crawl(db.get_engine(path), base_url=serve(FakeCivitai(load_fixture())),
+def registry(registry_db, serve):
+    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(FakeCivitai(load_fixture())),
                   policy=RetryPolicy(attempts=2, base_delay=0.001))  # fmt: skip
-    return str(path)
+    return registry_db
 
 
 def ask(q, registry, **kw):

@@ -1,0 +1,109 @@
+"""Opening the registry through SQLAlchemy: for the commands that write (``connect``: created where missing,
+upgraded where old) and read-only for `status` (``connect_read_only``: never created, never altered).
+
+Every failure to open becomes one ``RegistryError`` that names the registry and what is wrong with it.
+"""
+
+import os
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
+
+from crawler.registry import drivers, migrations
+from crawler.registry.errors import NoRegistry, RegistryError
+from crawler.registry.location import Location, locate
+from crawler.registry.state import read_state
+
+_engines: dict[tuple[Location, bool], Engine] = {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets `lookup` read while a crawl writes; NORMAL sync is durable across process kills.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    # A page of the crawl writes a few MB: with the default 1,000-page threshold SQLite checkpointed (and
+    # fsynced) the WAL on nearly every commit, and its 2 MB cache kept re-reading index pages.
+    cur.execute("PRAGMA wal_autocheckpoint=20000")
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _make_engine(loc: Location, read_only: bool) -> Engine:
+    if loc.dialect == "sqlite":
+        # a creator rather than a sqlite:/// URL: any path works (no URL escaping), and read-only opens fall back
+        # to immutable; QueuePool, which SQLAlchemy picks for files but not for a bare "sqlite://"
+        engine = create_engine("sqlite://", creator=lambda: drivers.open_sqlite(loc.path, read_only),
+                               poolclass=QueuePool)  # fmt: skip
+        if not read_only:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    drivers.psycopg_module(loc)
+    args = {"connect_timeout": drivers.CONNECT_TIMEOUT}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    return create_engine(loc.url, connect_args=args)
+
+
+def describe_error(exc: BaseException, loc: Location) -> RegistryError | None:
+    """A database error (SQLAlchemy's or a driver's) as one line about the registry, or None if it is not one."""
+    return drivers.describe(exc.orig if isinstance(exc, DBAPIError) else exc, loc)
+
+
+def connect(db: str | os.PathLike | None = None) -> Engine:
+    """The registry for a command that writes: created if there is none yet, upgraded if it is older."""
+    loc = locate(db)
+    engine = _engines.get((loc, False))
+    if engine is not None:
+        return engine
+    if loc.dialect == "sqlite":
+        drivers.check_sqlite_path(loc, create=True)
+    engine = _make_engine(loc, read_only=False)
+    try:
+        migrations.upgrade(engine, loc.display)
+    except Exception as exc:
+        engine.dispose()
+        error = describe_error(exc, loc)
+        if error is None:
+            raise
+        raise error from None
+    _engines[(loc, False)] = engine
+    return engine
+
+
+def connect_read_only(db: str | os.PathLike | None = None) -> Engine:
+    """The registry for a command that only reads: never created, never altered; an older schema is read as
+    it is (every migration so far only adds)."""
+    loc = locate(db)
+    engine = _engines.get((loc, True))
+    if engine is not None:
+        return engine
+    if loc.dialect == "sqlite":
+        drivers.check_sqlite_path(loc, create=False)
+    engine = _make_engine(loc, read_only=True)
+    try:
+        with engine.connect() as conn:
+            state = read_state(lambda sql: [tuple(r) for r in conn.exec_driver_sql(sql).all()], loc.dialect,
+                               loc.display)  # fmt: skip
+    except Exception as exc:
+        engine.dispose()
+        error = describe_error(exc, loc)
+        if error is None:
+            raise
+        raise error from None
+    if state.fresh:
+        engine.dispose()
+        raise NoRegistry(f"no registry at {loc.display} yet (the database is empty)")
+    _engines[(loc, True)] = engine
+    return engine
+
+
+def close_all() -> None:
+    """Dispose of every engine opened so far (tests drop their databases afterwards)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()

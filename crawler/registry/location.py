@@ -1,0 +1,66 @@
+"""Where the registry lives: a SQLite file (the default, in the user's data dir) or a PostgreSQL database.
+
+Kept free of SQLAlchemy and drivers, so that `lookup` starts fast.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from platformdirs import user_data_dir
+
+from crawler.registry.errors import UnsupportedRegistry
+
+ENV_VAR = "INPAINT_ADVISOR_DB"
+_POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
+
+
+def default_db_path() -> Path:
+    return Path(user_data_dir("inpaint-advisor", appauthor=False)) / "registry.db"
+
+
+@dataclass(frozen=True)
+class Location:
+    dialect: str  # "sqlite" | "postgresql"
+    path: Path | None = None  # the SQLite file
+    url: str | None = None  # the SQLAlchemy URL of a PostgreSQL database (driver psycopg)
+
+    @property
+    def display(self) -> str:
+        """For messages: the path, or the URL with its password hidden."""
+        if self.path is not None:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+        return parts.geturl()
+
+    @property
+    def conninfo(self) -> str:
+        """The URL as libpq reads it (no SQLAlchemy driver suffix)."""
+        return "postgresql" + self.url[self.url.index("://") :]
+
+
+def locate(db: str | os.PathLike | None = None) -> Location:
+    """``db`` (a path or URL) beats ``$INPAINT_ADVISOR_DB`` beats the data-dir default."""
+    value = os.fspath(db) if db else os.environ.get(ENV_VAR) or str(default_db_path())
+    if "://" not in value:
+        return Location("sqlite", path=Path(value).expanduser())
+    scheme = value.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        rest = value.split("://", 1)[1]
+        if not rest.startswith("/") or rest == "/":
+            raise UnsupportedRegistry(f"{value}: a SQLite registry needs a file path (sqlite:///path/to/registry.db)")
+        return Location("sqlite", path=Path(rest[1:]).expanduser())
+    if scheme in _POSTGRES_SCHEMES:
+        return Location("postgresql", url="postgresql+psycopg://" + value.split("://", 1)[1])
+    if scheme.startswith("postgresql+"):
+        raise UnsupportedRegistry(
+            f"registry URL scheme {scheme!r}: the PostgreSQL registry uses the psycopg driver "
+            "(postgresql+psycopg://user@host/db)"
+        )
+    raise UnsupportedRegistry(
+        f"registry URL scheme {scheme!r} is not supported: use a SQLite file path or postgresql+psycopg://..."
+    )

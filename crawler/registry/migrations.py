@@ -1,0 +1,178 @@
+"""Schema changes as an ordered list of small functions, each applied once and recorded in ``schema_migration``.
+
+A fresh database gets the newest schema in one step (``create_all`` plus each engine's search index) and every
+migration recorded as applied; an older registry runs the ones it has not had, in order. Both happen in one
+transaction under a lock (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL), so that two
+processes opening an old registry at once migrate it once, and a kill leaves it as it was. SQLite and
+PostgreSQL both roll DDL back with the transaction.
+
+A migration that adds to a table must check first: an old enough registry gets its missing tables in
+``m001`` with today's columns.
+"""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from crawler import families
+from crawler.registry import schema
+from crawler.registry.state import SCHEMA_VERSION, State, read_state
+from crawler.registry.upsert import upsert
+
+SOURCES = {
+    "civitai": ("Civitai", "https://civitai.com"),
+    "hf": ("Hugging Face Hub", "https://huggingface.co"),
+}
+_PG_LOCK = 0x1A9A1D  # pg_advisory_xact_lock key: "only one migrator at a time" for this database
+
+# Name search for `lookup` on SQLite: an FTS5 trigram index over normalised names (typos, substrings and CJK
+# names all match), kept in step with the model table by triggers, and its vocabulary (term -> document
+# count, so lookup can pick a query's rarest trigrams).
+_SQLITE_SEARCH_INDEX = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS model_fts USING fts5(name_norm, creator, content='model', "
+    "content_rowid='rowid', tokenize='trigram')",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_ai AFTER INSERT ON model BEGIN "
+    "INSERT INTO model_fts(rowid, name_norm, creator) VALUES (new.rowid, new.name_norm, new.creator); END",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_ad AFTER DELETE ON model BEGIN "
+    "INSERT INTO model_fts(model_fts, rowid, name_norm, creator) VALUES ('delete', old.rowid, old.name_norm, "
+    "old.creator); END",
+    "CREATE TRIGGER IF NOT EXISTS model_fts_au AFTER UPDATE OF name_norm, creator ON model BEGIN "
+    "INSERT INTO model_fts(model_fts, rowid, name_norm, creator) VALUES ('delete', old.rowid, old.name_norm, "
+    "old.creator); INSERT INTO model_fts(rowid, name_norm, creator) VALUES (new.rowid, new.name_norm, "
+    "new.creator); END",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS model_fts_vocab USING fts5vocab(model_fts, row)",
+]
+# The same on PostgreSQL: pg_trgm (a trusted extension: a database owner may create it) and a GIN index that
+# answers similarity (%), word similarity (<%) and LIKE.
+_PG_SEARCH_INDEX = [
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX IF NOT EXISTS ix_model_name_norm_trgm ON model USING gin (name_norm gin_trgm_ops)",
+]
+
+
+def _search_index(conn: Connection, *, rebuild: bool) -> None:
+    if conn.dialect.name == "sqlite":
+        for statement in _SQLITE_SEARCH_INDEX:
+            conn.exec_driver_sql(statement)
+        if rebuild:  # index the rows written before the index existed
+            conn.exec_driver_sql("INSERT INTO model_fts(model_fts) VALUES ('rebuild')")
+    else:
+        for statement in _PG_SEARCH_INDEX:
+            conn.exec_driver_sql(statement)
+
+
+# -- the migrations, oldest first -------------------------------------------------------------------------------
+_SCHEMA_5_TABLES = ["source", "family", "model", "version", "file", "inpaintlink", "samefile", "officialcheck",
+                    "crawlrun", "crawllock", "meta"]  # fmt: skip
+
+
+def m001_schema_5(conn: Connection) -> None:
+    """The last layout of the unnumbered era (``meta.schema_version`` 5): older registries get the tables and
+    the SQLite name index they lack, and lose the AutoV2 index (AutoV2 is found through the sha256 index)."""
+    tables = [SQLModel.metadata.tables[name] for name in _SCHEMA_5_TABLES]
+    SQLModel.metadata.create_all(conn, tables=tables)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_file_autov2")
+    if conn.dialect.name == "sqlite":
+        had_index = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'model_fts'").first()
+        _search_index(conn, rebuild=had_index is None)
+
+
+def m002_official_sizes_64_bit(conn: Connection) -> None:
+    """Official checkpoints are 4-7 GB: PostgreSQL's INTEGER (32-bit) refused their sizes. (SQLite's INTEGER
+    is 64-bit already.)"""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE officialcheck ALTER COLUMN size TYPE BIGINT")
+
+
+def m003_postgresql_name_search(conn: Connection) -> None:
+    """Fuzzy name search on PostgreSQL: pg_trgm's GIN index, where SQLite has FTS5."""
+    if conn.dialect.name == "postgresql":
+        _search_index(conn, rebuild=False)
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+MIGRATIONS = [
+    Migration(1, "schema 5: tables, SQLite name index", m001_schema_5),
+    Migration(2, "64-bit official file sizes", m002_official_sizes_64_bit),
+    Migration(3, "PostgreSQL trigram name index", m003_postgresql_name_search),
+]
+assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
+
+
+# -- applying them ----------------------------------------------------------------------------------------------
+def _families_digest() -> str:
+    return hashlib.sha256(repr(families.all_families()).encode()).hexdigest()
+
+
+def _state(conn: Connection, where: str) -> State:
+    return read_state(lambda sql: [tuple(r) for r in conn.exec_driver_sql(sql).all()], conn.dialect.name, where)
+
+
+def _seeded(conn: Connection, state: State) -> bool:
+    if state.fresh or "meta" not in state.tables:
+        return False
+    row = conn.execute(text("SELECT value FROM meta WHERE key = 'families'")).first()
+    return row is not None and row[0] == _families_digest()
+
+
+def _seed(conn: Connection) -> None:
+    """Sources and the families of the bundled data (which change with new releases of inpaint-advisor)."""
+    upsert(conn, schema.Source.__table__, [{"id": k, "name": n, "base_url": u} for k, (n, u) in SOURCES.items()])
+    upsert(conn, schema.Family.__table__, [
+        {"id": f["id"], "name": f["name"], "parent": f.get("parent"), "architecture": f["architecture"],
+         "has_official_inpaint": bool(f.get("inpaint"))} for f in families.all_families()
+    ])  # fmt: skip
+    upsert(conn, schema.Meta.__table__, [{"key": "families", "value": _families_digest()}])
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, not at the first write: one migrator
+    else:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+
+
+def upgrade(engine: Engine, where: str) -> list[str]:
+    """Bring the registry to the newest schema (creating it in an empty database); returns the names of the
+    migrations this call applied (none when another process had just done it)."""
+    with engine.connect() as conn:
+        state = _state(conn, where)
+        if state.current and _seeded(conn, state):
+            return []
+        conn.rollback()
+        _lock(conn)
+        state = _state(conn, where)  # again, under the lock: another process may have done it meanwhile
+        applied = []
+        if state.fresh:
+            SQLModel.metadata.create_all(conn)
+            _search_index(conn, rebuild=False)
+            pending = MIGRATIONS
+        else:
+            pending = MIGRATIONS[state.version :]
+            for migration in pending:
+                migration.apply(conn)
+                applied.append(migration.name)
+            if schema.SchemaMigration.__tablename__ not in state.tables:
+                SQLModel.metadata.create_all(conn, tables=[schema.SchemaMigration.__table__])
+        now = datetime.now(UTC)
+        for migration in pending:
+            conn.execute(schema.SchemaMigration.__table__.insert().values(id=migration.id, name=migration.name,
+                                                                          applied_at=now))  # fmt: skip
+        if not _seeded(conn, state):
+            _seed(conn)
+        conn.commit()
+    if applied and engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA optimize")
+    return applied

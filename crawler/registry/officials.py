@@ -1,0 +1,11 @@
+"""What the last Hugging Face crawl found for each official checkpoint mirror."""
+
+from sqlalchemy.engine import Engine
+
+from crawler.registry.schema import OfficialCheck
+from crawler.registry.upsert import upsert
+
+
+def save_checks(engine: Engine, checks: list[OfficialCheck]) -> None:
+    with engine.begin() as conn:
+        upsert(conn, OfficialCheck.__table__, [c.model_dump() for c in checks])

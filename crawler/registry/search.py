@@ -1,0 +1,111 @@
+"""Candidate names for a free-text lookup, from each engine's trigram index: a typo breaks only the trigrams it
+touches, so a name that shares most of the query's trigrams is a candidate. ``candidates(wanted)`` yields sets of
+model rows (``reader.MODEL_COLS`` plus ``name_norm``), cheapest first; the reader scores each with rapidfuzz
+and stops at the first good enough one.
+"""
+
+from collections.abc import Iterator
+
+CANDIDATES = 300
+MIN_TRIGRAMS = 3
+POSTINGS_BUDGET = 6000
+_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting, name_norm"
+
+
+def _trigrams(wanted: str) -> list[str]:
+    return sorted({wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]})
+
+
+def _long_enough(wanted: str) -> bool:
+    return len(wanted.replace(" ", "")) >= 3
+
+
+class SqliteNames:
+    """FTS5's trigram tokenizer (``model_fts``) and its vocabulary (``model_fts_vocab``)."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        tables = {r[0] for r in reader.rows("SELECT name FROM sqlite_master WHERE name LIKE 'model_fts%'")}
+        self.has_fts = "model_fts" in tables
+        self.has_vocab = "model_fts_vocab" in tables
+
+    def candidates(self, wanted: str) -> Iterator[list]:
+        if not (self.has_fts and _long_enough(wanted)):
+            yield self._substring(wanted)
+            return
+        # Most queries are a name with a dropped letter, a missing suffix or different punctuation: every
+        # trigram still occurs in the name. BM25-ranking the union of posting lists costs 100-500 ms on a large
+        # registry, intersecting them a millisecond, so that comes first.
+        ids = self._all_trigrams(wanted)
+        if ids:
+            yield self._models(ids)
+        yield self._models(self._rarest_trigrams(wanted))
+        yield self._models(self._rarest_trigrams(wanted, widen=True))
+
+    def _models(self, ids: list[int]) -> list:
+        if not ids:
+            return []
+        return self.reader.rows(f"SELECT {_COLS} FROM model WHERE rowid IN ({','.join('?' * len(ids))})", ids)
+
+    def _substring(self, wanted: str) -> list:
+        """Short queries, or a registry without the index: a bounded substring scan. (Normalised names and
+        queries hold no LIKE wildcards: punctuation is a space.)"""
+        return self.reader.rows(f"SELECT {_COLS} FROM model WHERE name_norm LIKE ? LIMIT ?",
+                                (f"%{wanted}%", CANDIDATES))  # fmt: skip
+
+    def _rarest_trigrams(self, wanted: str, widen: bool = False) -> list[int]:
+        """Rowids of names sharing the query's rarest trigrams. Ranking cost grows with the posting lists ORed
+        together, so the rarest trigrams are taken up to a budget of postings (``widen`` spends more)."""
+        grams = _trigrams(wanted)
+        if grams and self.has_vocab:
+            marks = ",".join("?" * len(grams))
+            counts = dict(self.reader.rows(f"SELECT term, doc FROM model_fts_vocab WHERE term IN ({marks})", grams))
+            chosen, spent = [], 0
+            for doc, g in sorted((counts[g], g) for g in grams if g in counts):
+                if len(chosen) >= MIN_TRIGRAMS and spent + doc > POSTINGS_BUDGET * (8 if widen else 1):
+                    break
+                chosen.append(g)
+                spent += doc
+            grams = chosen
+        if not grams:
+            return []
+        match = " OR ".join('"' + g.replace('"', '""') + '"' for g in grams)
+        sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?"
+        return [r[0] for r in self.reader.rows(sql, (match, CANDIDATES))]
+
+    def _all_trigrams(self, wanted: str) -> list[int] | None:
+        """Rowids of names containing every trigram of the query: posting lists intersected, no ranking. None
+        when there are too many to have seen them all (the ranked search decides then)."""
+        grams = _trigrams(wanted)
+        if len(grams) < 2:
+            return None
+        match = " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+        ids = [r[0] for r in self.reader.rows("SELECT rowid FROM model_fts WHERE model_fts MATCH ? LIMIT ?",
+                                              (match, CANDIDATES + 1))]  # fmt: skip
+        return ids if len(ids) <= CANDIDATES else None
+
+
+class PostgresNames:
+    """pg_trgm's GIN index (``ix_model_name_norm_trgm``): similarity (``%``) for typos, word similarity (``<%``)
+    for a query that is part of a longer name, LIKE for what has no trigrams (short queries, and letters the
+    server's locale does not count as such)."""
+
+    _SQL = (
+        f"SELECT {_COLS} FROM model WHERE name_norm %% %s OR %s <%% name_norm "
+        "ORDER BY greatest(similarity(name_norm, %s), word_similarity(%s, name_norm)) DESC, id LIMIT %s"
+    )
+    # Below pg_trgm's defaults (0.3, 0.6): FTS5's OR of rare trigrams, which SQLite ranks, also finds
+    # "cyberrealistic" for "realistc" (word similarity 0.56). The 300 best by trigram score go to rapidfuzz.
+    SIMILARITY, WORD_SIMILARITY = 0.2, 0.45
+
+    def __init__(self, reader):
+        self.reader = reader
+        reader.conn.execute("SELECT set_config('pg_trgm.similarity_threshold', %s, false), "
+                            "set_config('pg_trgm.word_similarity_threshold', %s, false)",
+                            (str(self.SIMILARITY), str(self.WORD_SIMILARITY)))  # fmt: skip
+
+    def candidates(self, wanted: str) -> Iterator[list]:
+        if _long_enough(wanted) and self.reader.state.version >= 3:  # migration 3 made the index
+            yield list(self.reader.conn.execute(self._SQL, (wanted, wanted, wanted, wanted, CANDIDATES)).fetchall())
+        yield self.reader.rows(f"SELECT {_COLS} FROM model WHERE name_norm LIKE ? LIMIT ?",
+                               (f"%{wanted}%", CANDIDATES))  # fmt: skip

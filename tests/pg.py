@@ -1,0 +1,69 @@
+"""A fresh PostgreSQL database per test, on the server named by ``INPAINT_ADVISOR_TEST_PG`` (an SQLAlchemy URL
+of a database that may create others, e.g. ``postgresql+psycopg://postgres@127.0.0.1:55432/postgres``;
+`.ci/postgres` starts one). Without it, PostgreSQL cases skip, except under ``CI=true``, where that is a failure:
+CI must prove both engines."""
+
+import contextlib
+import os
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+
+ENV = "INPAINT_ADVISOR_TEST_PG"
+
+
+def server_url() -> str:
+    url = os.environ.get(ENV)
+    if not url:
+        message = f"no PostgreSQL test server: set {ENV} (see README, Development) to run the PostgreSQL cases"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; under CI=true a skipped PostgreSQL case is a failure")
+        pytest.skip(message)
+    return url
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{name}").geturl()
+
+
+def _conninfo(url: str) -> str:
+    return "postgresql" + url[url.index("://") :]
+
+
+@contextlib.contextmanager
+def fresh_database():
+    """Yields the SQLAlchemy URL of a new, empty database, dropped afterwards."""
+    import psycopg
+
+    from crawler.registry.engine import close_all
+
+    url = server_url()
+    name = f"ia_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_conninfo(url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(url, name)
+    finally:
+        close_all()
+        with psycopg.connect(_conninfo(url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_sql(url: str, sql: str) -> None:
+    """A script of SQL statements (a pg_dump --inserts file) run in one go."""
+    import psycopg
+
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def all_text(url: str) -> str:
+    """Every row of every table as text (what a token must never be found in)."""
+    import psycopg
+
+    with psycopg.connect(_conninfo(url), autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]  # fmt: skip
+        return "\n".join(str(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"'))
