@@ -41,7 +41,9 @@ BackoffOption = Annotated[float, typer.Option(min=0.0, help="First retry delay i
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}")
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -69,11 +71,14 @@ def lookup(
     """
     from advisor import jsonout, render
     from advisor.lookup import lookup as do_lookup
+    from crawler.registry.errors import RegistryError
 
     try:
         result = do_lookup(query, db=db, offline=offline)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
+    except RegistryError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     if as_json:
         out_console.print_json(jsonout.dumps(result))
     else:

@@ -33,16 +33,21 @@ def try_lookup(argv: list[str]) -> int | None:
     if query is None:
         return None
     from rich.console import Console
+    from rich.markup import escape
 
     from advisor import jsonout, render
     from advisor.lookup import lookup
+    from crawler.registry.errors import RegistryError
 
     db = db or os.environ.get("INPAINT_ADVISOR_DB")
     try:
         result = lookup(query, db=db, offline=offline)
     except ValueError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
+    except RegistryError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return exc.exit_code
     out = Console()
     if as_json:
         out.print_json(jsonout.dumps(result))

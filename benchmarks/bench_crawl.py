@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Crawl a locally served synthetic Civitai catalogue and report models/s, peak memory and registry growth.
+"""Crawl a locally served synthetic Civitai catalogue and report models/s, peak memory and registry growth, on
+SQLite and, with --db, on PostgreSQL too.
 
-    python benchmarks/bench_crawl.py [--models 20000] [--naive-models 2000]
+    python benchmarks/bench_crawl.py [--models 20000] [--naive-models 2000] [--db postgresql+psycopg://u@host/db]
 
 The server runs in its own process with every page pre-rendered, so the figures are the crawler's own cost
-(HTTP, JSON, detection, SQLite) as against a remote server. In the same run, a naive crawler (one ORM
-``session.merge`` per row, no prefetch) crawls the first pages for comparison. Target (issue #2): >= 1,000
-models/s end to end on a 2-core machine, registry growth linear in models.
+(HTTP, JSON, detection, the database) as against a remote server. In the same run, a naive crawler (one ORM
+``session.merge`` per row, no prefetch) crawls the first pages for comparison. --db names a PostgreSQL server:
+the crawl goes into a scratch database created next to the one named (which is not touched), dropped at the
+end. Targets (issues #2, #12): >= 1,000 models/s end to end on a 2-core machine on both engines, registry
+growth linear in models.
 """
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -55,11 +59,11 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
     import httpx
     from sqlmodel import Session
 
-    from crawler import db as registry
-    from crawler.civitai import parse_model
-    from crawler.schema import File, Model, Version
+    from crawler import registry
+    from crawler.civitai_items import parse_model
+    from crawler.registry.schema import File, Model, Version
 
-    engine = registry.get_engine(db)
+    engine = registry.connect(db)
     seen, cursor = 0, None
     with httpx.Client(base_url=url) as client, Session(engine) as session:
         while seen < max_models:
@@ -80,10 +84,23 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
     return seen
 
 
+def logical_size(engine) -> int:
+    """The committed database's size: on SQLite its pages (WAL included, not double-counted), on PostgreSQL
+    pg_database_size."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            return pages * conn.exec_driver_sql("PRAGMA page_size").scalar()
+        return conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=20_000)
     ap.add_argument("--naive-models", type=int, default=2_000)
+    ap.add_argument("--db", help="a PostgreSQL server (any database URL on it) to crawl into beside SQLite")
     args = ap.parse_args()
 
     parent, child = mp.Pipe()
@@ -96,55 +113,46 @@ def main() -> None:
         f"(ready in {time.perf_counter() - t0:.1f}s)"
     )
 
-    from crawler import civitai
-    from crawler import db as registry
+    from crawler import civitai, registry
 
-    with tempfile.TemporaryDirectory() as tmp:
-        db_path = Path(tmp) / "bench.db"
-        engine = registry.get_engine(db_path)
-        growth: list[tuple[int, int]] = []
-        marks = {args.models // 4, args.models // 2, 3 * args.models // 4}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        targets = [("SQLite", str(Path(tmp) / "bench.db"), str(Path(tmp) / "naive.db"))]
+        if args.db:
+            from tests.pg import fresh_database
 
-        def logical_size() -> int:
-            """The committed database's size, WAL included but not double-counted."""
-            import sqlite3
+            fresh = [stack.enter_context(fresh_database(args.db, "inpaint_advisor_bench")) for _ in range(2)]
+            targets.append(("PostgreSQL", *fresh))
+        verdicts = []
+        for label, db, naive_db in targets:
+            engine = registry.connect(db)
+            growth: list[tuple[int, int]] = []
+            marks = {args.models // 4, args.models // 2, 3 * args.models // 4}
 
-            conn = sqlite3.connect(db_path)
-            try:
-                return conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
-            finally:
-                conn.close()
+            def on_page(s, engine=engine, growth=growth, marks=marks):
+                if any(s.models - 100 < m <= s.models for m in marks):
+                    growth.append((s.models, logical_size(engine)))
 
-        def on_page(s):
-            if any(s.models - 100 < m <= s.models for m in marks):
-                growth.append((s.models, logical_size()))
-
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        summary = civitai.crawl(engine, base_url=url, on_page=on_page)
-        elapsed = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        growth.append((summary.models, logical_size()))
-        engine.dispose()
-        rate = summary.models / elapsed
-        print(
-            f"\ninpaint-advisor crawl: {summary.models:,} models ({summary.pages} pages) in {elapsed:.2f}s "
-            f"= {rate:,.0f} models/s; peak RSS {peak / 1024:.0f} MiB (before crawl {rss_before / 1024:.0f} MiB)"
-        )
-        print("registry growth (models served -> database size, bytes per model):")
-        for n, b in growth:
-            print(f"  {n:>7,} -> {b / 2**20:7.1f} MiB  {b / n:7.0f} B/model")
-
-        naive_db = str(Path(tmp) / "naive.db")
-        t0 = time.perf_counter()
-        seen = naive_crawl(url, naive_db, args.naive_models)
-        naive_elapsed = time.perf_counter() - t0
-        naive_rate = seen / naive_elapsed
-        print(f"naive ORM-merge crawl: {seen:,} models in {naive_elapsed:.2f}s = {naive_rate:,.0f} models/s")
-        print(
-            f"\nspeed-up over naive: {rate / naive_rate:.1f}x; target >= 1,000 models/s: "
-            f"{'MET' if rate >= 1000 else 'NOT MET'}"
-        )
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t0 = time.perf_counter()
+            summary = civitai.crawl(engine, base_url=url, on_page=on_page)
+            elapsed = time.perf_counter() - t0
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            growth.append((summary.models, logical_size(engine)))
+            engine.dispose()
+            rate = summary.models / elapsed
+            print(f"\n{label}: inpaint-advisor crawl: {summary.models:,} models ({summary.pages} pages) in "
+                  f"{elapsed:.2f}s = {rate:,.0f} models/s; peak RSS {peak / 1024:.0f} MiB (before crawl "
+                  f"{rss_before / 1024:.0f} MiB)")  # fmt: skip
+            print("registry growth (models served -> database size, bytes per model):")
+            for n, b in growth:
+                print(f"  {n:>7,} -> {b / 2**20:7.1f} MiB  {b / n:7.0f} B/model")
+            t0 = time.perf_counter()
+            seen = naive_crawl(url, naive_db, args.naive_models)
+            naive_rate = seen / (time.perf_counter() - t0)
+            print(f"naive ORM-merge crawl: {seen:,} models in {seen / naive_rate:.2f}s = {naive_rate:,.0f} models/s")
+            verdicts.append(f"{label} {rate:,.0f} models/s ({rate / naive_rate:.1f}x naive): "
+                            f"{'MET' if rate >= 1000 else 'NOT MET'}")  # fmt: skip
+        print("\ntarget >= 1,000 models/s: " + "; ".join(verdicts))
     parent.send("stop")
     proc.join(10)
 

@@ -4,7 +4,9 @@ upgraded where old) and read-only for `status` (``connect_read_only``: never cre
 Every failure to open becomes one ``RegistryError`` that names the registry and what is wrong with it.
 """
 
+import contextlib
 import os
+import sqlite3
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -21,10 +23,13 @@ _engines: dict[tuple[Location, bool], Engine] = {}
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    # WAL lets `lookup` read while a crawl writes; NORMAL sync is durable across process kills.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # WAL lets `lookup` read while a crawl writes; NORMAL sync is durable across process kills. Switching a
+    # registry to WAL needs it to itself: while another process writes, SQLite refuses at once (no busy wait,
+    # to avoid a deadlock), and the switch is left to the next opener.
+    with contextlib.suppress(sqlite3.OperationalError):
+        cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
     # A page of the crawl writes a few MB: with the default 1,000-page threshold SQLite checkpointed (and
     # fsynced) the WAL on nearly every commit, and its 2 MB cache kept re-reading index pages.
     cur.execute("PRAGMA wal_autocheckpoint=20000")

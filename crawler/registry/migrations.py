@@ -47,11 +47,12 @@ _SQLITE_SEARCH_INDEX = [
     "new.creator); END",
     "CREATE VIRTUAL TABLE IF NOT EXISTS model_fts_vocab USING fts5vocab(model_fts, row)",
 ]
-# The same on PostgreSQL: pg_trgm (a trusted extension: a database owner may create it) and a GIN index that
-# answers similarity (%), word similarity (<%) and LIKE.
+# The same on PostgreSQL: pg_trgm (a trusted extension: a database owner may create it) and a GiST index, which
+# answers "the k names nearest to this one" (ORDER BY <-> / <<-> LIMIT k) without scoring every name that
+# shares a trigram: 40-85 ms on 200,000 names, where a GIN index plus ORDER BY similarity took 1.3 s.
 _PG_SEARCH_INDEX = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    "CREATE INDEX IF NOT EXISTS ix_model_name_norm_trgm ON model USING gin (name_norm gin_trgm_ops)",
+    "CREATE INDEX IF NOT EXISTS ix_model_name_norm_trgm ON model USING gist (name_norm gist_trgm_ops)",
 ]
 
 
@@ -90,7 +91,7 @@ def m002_official_sizes_64_bit(conn: Connection) -> None:
 
 
 def m003_postgresql_name_search(conn: Connection) -> None:
-    """Fuzzy name search on PostgreSQL: pg_trgm's GIN index, where SQLite has FTS5."""
+    """Fuzzy name search on PostgreSQL: pg_trgm's GiST index, where SQLite has FTS5."""
     if conn.dialect.name == "postgresql":
         _search_index(conn, rebuild=False)
 

@@ -214,8 +214,9 @@ class Reader:
             model = self.model_record(row)
             model.score = max(fuzz.WRatio(wanted, row[9]), fuzz.token_set_ratio(wanted, row[9]))
             scored.append(model)
-        # dedicated inpainting models rank just below their parent at equal score
-        scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name)))
+        # dedicated inpainting models rank just below their parent at equal score; the id settles the rest, so
+        # that both engines (whose indexes hand candidates over in different orders) rank alike
+        scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name), m.id))
         return scored
 
 

@@ -86,26 +86,22 @@ class SqliteNames:
 
 
 class PostgresNames:
-    """pg_trgm's GIN index (``ix_model_name_norm_trgm``): similarity (``%``) for typos, word similarity (``<%``)
-    for a query that is part of a longer name, LIKE for what has no trigrams (short queries, and letters the
-    server's locale does not count as such)."""
+    """pg_trgm's GiST index (``ix_model_name_norm_trgm``), as nearest-neighbour searches: the names nearest to
+    the query as a whole (``<->``, typos), then those holding it as a part (``<<->``, "majicmix" in "majicmix
+    realistic"), then LIKE for what has no trigrams (short queries, letters the server's locale does not count
+    as such). No threshold to tune: the 300 nearest go to rapidfuzz."""
 
-    _SQL = (
-        f"SELECT {_COLS} FROM model WHERE name_norm %% %s OR %s <%% name_norm "
-        "ORDER BY greatest(similarity(name_norm, %s), word_similarity(%s, name_norm)) DESC, id LIMIT %s"
-    )
-    # Below pg_trgm's defaults (0.3, 0.6): FTS5's OR of rare trigrams, which SQLite ranks, also finds
-    # "cyberrealistic" for "realistc" (word similarity 0.56). The 300 best by trigram score go to rapidfuzz.
-    SIMILARITY, WORD_SIMILARITY = 0.2, 0.45
+    _NEAREST = [
+        f"SELECT {_COLS} FROM model ORDER BY name_norm <-> %s LIMIT %s",
+        f"SELECT {_COLS} FROM model ORDER BY %s <<-> name_norm LIMIT %s",
+    ]
 
     def __init__(self, reader):
         self.reader = reader
-        reader.conn.execute("SELECT set_config('pg_trgm.similarity_threshold', %s, false), "
-                            "set_config('pg_trgm.word_similarity_threshold', %s, false)",
-                            (str(self.SIMILARITY), str(self.WORD_SIMILARITY)))  # fmt: skip
 
     def candidates(self, wanted: str) -> Iterator[list]:
         if _long_enough(wanted) and self.reader.state.version >= 3:  # migration 3 made the index
-            yield list(self.reader.conn.execute(self._SQL, (wanted, wanted, wanted, wanted, CANDIDATES)).fetchall())
+            for sql in self._NEAREST:
+                yield list(self.reader.conn.execute(sql, (wanted, CANDIDATES)).fetchall())
         yield self.reader.rows(f"SELECT {_COLS} FROM model WHERE name_norm LIKE ? LIMIT ?",
                                (f"%{wanted}%", CANDIDATES))  # fmt: skip

@@ -1,0 +1,203 @@
+"""The registry layer on both engines: migrations from what main made, refusal of a newer schema, one migrator
+at a time, and one clear line for each way a registry cannot be opened."""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import inspect, text
+
+from advisor.lookup import lookup
+from crawler import registry
+from crawler.registry import engine as registry_engine
+from crawler.registry.migrations import _PG_LOCK, MIGRATIONS
+from crawler.registry.state import SCHEMA_VERSION
+from tests import pg
+from tests.conftest import ROOT, cli_env, run_cli
+
+LEGACY = ROOT / "tests" / "fixtures" / "legacy"
+CONTENT = ["model", "version", "file", "inpaintlink", "samefile", "officialcheck", "crawlrun", "source", "family"]
+
+
+@pytest.fixture
+def legacy_db(registry_db):
+    """The registry as the code on main at 69bbd5e left it (a Civitai crawl and a Hugging Face crawl)."""
+    if "://" in registry_db:
+        pg.run_sql(registry_db, (LEGACY / "registry-v5.pg.sql").read_text())
+    else:
+        shutil.copy(LEGACY / "registry-v5.sqlite", registry_db)
+    return registry_db
+
+
+def rows_of(db: str) -> dict[str, list]:
+    engine = registry.connect_read_only(db)
+    with engine.connect() as conn:
+        found = {t: sorted(map(tuple, conn.execute(text(f"SELECT * FROM {t}")).all()), key=repr) for t in CONTENT}
+    registry_engine.close_all()
+    return found
+
+
+def test_a_registry_made_by_main_upgrades_in_place_with_every_row_kept(legacy_db):
+    before = rows_of(legacy_db)
+    assert len(before["model"]) == 22 and before["crawlrun"]  # the stored copy really holds a crawl
+    applied = registry_engine.migrations.upgrade(registry_engine._make_engine(registry.locate(legacy_db), False),
+                                                 "test")  # fmt: skip
+    assert applied == [m.name for m in MIGRATIONS]
+    after = rows_of(legacy_db)
+    assert {t: after[t] for t in CONTENT if t != "family"} == {t: before[t] for t in CONTENT if t != "family"}
+    assert set(before["family"]) <= set(after["family"])  # families are re-seeded from data/, none lost
+    engine = registry.connect(legacy_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT max(id), count(*) FROM schema_migration")).one() == (SCHEMA_VERSION,) * 2
+    # what main could not store on PostgreSQL (a 4 GB official file size) now fits
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE officialcheck SET size = 4265437280"))
+    # and the upgraded registry answers as before, name search included
+    answer = lookup("majicmix realistic v7", db=legacy_db, offline=True)
+    assert answer.recommendation.kind == "own-release" and answer.match.model_id == "civitai:43331"
+    assert lookup("majicmix realstic", db=legacy_db, offline=True).match.model_id == "civitai:43331"
+
+
+def _sqlite_affinity(declared: str) -> str:
+    """SQLite stores by type affinity: INTEGER and BIGINT columns are the same 64-bit integers."""
+    return "INTEGER" if "INT" in declared.upper() else declared
+
+
+def _schema(db: str) -> dict:
+    engine = registry.connect(db)
+    kind = _sqlite_affinity if engine.dialect.name == "sqlite" else str
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        tables = {
+            t: ({c["name"]: (kind(str(c["type"])), c["nullable"]) for c in insp.get_columns(t)},
+                sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(t)),
+                sorted(tuple(k["constrained_columns"]) for k in insp.get_foreign_keys(t)))
+            for t in insp.get_table_names()
+        }  # fmt: skip
+        if engine.dialect.name == "sqlite":
+            extras = sorted(r[0] for r in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type IN ('trigger', 'table') AND name LIKE 'model_fts%'"))
+        else:
+            extras = sorted(r[0] for r in conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname LIKE '%trgm%'")))  # fmt: skip
+    registry_engine.close_all()
+    return {"tables": tables, "extras": extras}
+
+
+def test_a_fresh_registry_and_an_upgraded_one_have_the_same_schema(legacy_db, tmp_path):
+    upgraded = _schema(legacy_db)
+    if "://" in legacy_db:
+        with pg.fresh_database() as fresh:
+            created = _schema(fresh)
+    else:
+        created = _schema(str(tmp_path / "fresh.db"))
+    assert upgraded == created
+    assert created["extras"]  # the engine's name index is part of what is compared
+
+
+def test_a_registry_newer_than_the_code_is_refused_clearly(registry_db):
+    engine = registry.connect(registry_db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO schema_migration (id, name, applied_at) VALUES (:id, 'from the future', "
+                          "CURRENT_TIMESTAMP)"), {"id": SCHEMA_VERSION + 1})  # fmt: skip
+    registry_engine.close_all()
+    for open_it in (registry.connect, registry.connect_read_only, registry.open_reader):
+        with pytest.raises(registry.NewerRegistry, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+            open_it(registry_db)
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
+    for args in (["lookup", "majicmix", "--offline"], ["status"], ["crawl", "civitai", "--max-pages", "1"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "newer than this inpaint-advisor knows" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+MIGRATE = """
+import sys
+from crawler.registry import engine
+applied = engine.migrations.upgrade(engine._make_engine(engine.locate(sys.argv[1]), False), "child")
+print(len(applied))
+"""
+
+
+def test_two_processes_opening_an_old_registry_at_once_migrate_it_once(legacy_db):
+    """The test holds the migrators' lock while both start, so both find the registry old and wait; then one
+    migrates and the other, under the lock, finds nothing left to do."""
+    if "://" in legacy_db:
+        import psycopg
+
+        holder = psycopg.connect(pg._conninfo(legacy_db), autocommit=True)
+        holder.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK,))
+        release = lambda: holder.execute("SELECT pg_advisory_unlock(%s)", (_PG_LOCK,))  # noqa: E731
+    else:
+        import sqlite3
+
+        holder = sqlite3.connect(legacy_db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        release = lambda: holder.execute("COMMIT")  # noqa: E731
+    command = [sys.executable, "-c", MIGRATE, legacy_db]
+    children = [subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]  # fmt: skip
+    try:
+        time.sleep(1.5)  # both past their first look, waiting for the lock
+        assert all(c.poll() is None for c in children), [c.communicate() for c in children]
+        release()
+        results = [c.communicate(timeout=60) for c in children]
+    finally:
+        holder.close()
+    assert all(c.returncode == 0 for c in children), results
+    assert sorted(int(out) for out, _ in results) == [0, SCHEMA_VERSION]
+    engine = registry.connect(legacy_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM schema_migration")).scalar_one() == SCHEMA_VERSION
+
+
+def test_read_only_commands_read_an_old_registry_as_it_is(legacy_db):
+    env = cli_env(INPAINT_ADVISOR_DB=legacy_db)
+    status = run_cli("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert run_cli("lookup", "civitai:43331", "--offline", env=env).returncode == 0
+    engine = registry_engine._make_engine(registry.locate(legacy_db), True)
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+    engine.dispose()
+    assert "schema_migration" not in tables  # nothing was changed by reading
+
+
+@pytest.mark.parametrize("args", [["lookup", "majicmix"], ["status"], ["crawl", "civitai", "--max-pages", "1"]])
+def test_a_postgresql_server_that_does_not_answer_is_one_line_and_exit_2(args):
+    env = cli_env(INPAINT_ADVISOR_DB="postgresql+psycopg://someone:hunter2@127.0.0.1:9/registry")
+    t0 = time.monotonic()
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert "cannot reach the registry at postgresql+psycopg://someone:***@127.0.0.1:9/registry" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert time.monotonic() - t0 < 30
+
+
+NO_DRIVER = """
+import sys
+sys.modules["psycopg"] = None  # as if the postgres extra were not installed
+sys.argv = ["inpaint-advisor", *sys.argv[1:]]
+from advisor.fastpath import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["lookup", "majicmix"], ["status"]])
+def test_without_the_driver_the_error_says_what_to_install(args):
+    env = cli_env(INPAINT_ADVISOR_DB="postgresql+psycopg://u@127.0.0.1:9/r")
+    result = subprocess.run([sys.executable, "-c", NO_DRIVER, *args], capture_output=True, text=True, env=env,
+                            cwd=ROOT)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'inpaint-advisor[postgres]'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["mysql://u@host/db", "postgresql+psycopg2://u@host/db", "sqlite://"])
+def test_an_unsupported_registry_url_is_a_usage_error(url):
+    result = run_cli("status", env=cli_env(INPAINT_ADVISOR_DB=url))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not supported" in result.stderr or "psycopg driver" in result.stderr or "file path" in result.stderr
