@@ -2,11 +2,35 @@
 
 `lookup` must answer cold in well under half a second, and importing typer (which now brings pydantic) costs
 ~150 ms of that. The plain forms of the command are parsed here; anything else (`--help`, unknown options)
-goes through the typer app, which defines the same command.
+goes through the typer app, which defines the same command and calls ``run_lookup`` too.
 """
 
 import os
 import sys
+
+
+def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> int:
+    """The lookup command itself; returns its exit status."""
+    from advisor import render
+    from advisor.lookup import NotFound, lookup
+    from advisor.output import USAGE, fail, fail_for, out, print_json
+
+    try:
+        result = lookup(query, db=db or os.environ.get("INPAINT_ADVISOR_DB"), offline=offline)
+    except NotFound as exc:
+        return fail(str(exc), code="not-found", as_json=as_json)
+    except ValueError as exc:  # the query itself cannot be read
+        return fail(str(exc), code="bad-query", exit_code=USAGE, as_json=as_json)
+    except Exception as exc:
+        code = fail_for(exc, as_json=as_json)
+        if code is None:
+            raise
+        return code
+    if as_json:
+        print_json(result)
+    else:
+        render.lookup_result(out, result)
+    return 0 if result.answered else 1
 
 
 def try_lookup(argv: list[str]) -> int | None:
@@ -32,34 +56,13 @@ def try_lookup(argv: list[str]) -> int | None:
             query = arg
     if query is None:
         return None
-    from rich.console import Console
-    from rich.markup import escape
-
-    from advisor import jsonout, render
-    from advisor.lookup import lookup
-    from crawler.registry.errors import RegistryError
-
-    db = db or os.environ.get("INPAINT_ADVISOR_DB")
-    try:
-        result = lookup(query, db=db, offline=offline)
-    except ValueError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        return 2
-    except RegistryError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        return exc.exit_code
-    out = Console()
-    if as_json:
-        out.print_json(jsonout.dumps(result))
-    else:
-        render.lookup_result(out, result)
-    return 0 if result.answered else 1
+    return run_lookup(query, db=db, offline=offline, as_json=as_json)
 
 
 def main() -> None:
     code = try_lookup(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    from advisor.cli import app
+    from advisor.cli import main as cli_main
 
-    app()
+    cli_main()

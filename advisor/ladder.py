@@ -5,12 +5,16 @@ the official inpainting checkpoint of its family -> a custom build by add-differ
 """
 
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
+from advisor.commands import Command, EnvRef
+from advisor.safety import safe_filename
 from crawler import families
 from crawler.detect import version_label
 
 MERGEABLE = {"sd1", "sd2", "sdxl"}
 HF = "https://huggingface.co"
+CIVITAI = "https://civitai.com"
 
 
 @dataclass
@@ -32,8 +36,9 @@ class Recommendation:
     kind: str  # already-inpainting | own-release | sibling-release | official | build | none
     reason: str
     target: Target | None = None
-    command: str | None = None
+    command: Command | None = None
     evidence: list[str] = field(default_factory=list)
+    downloads: list[Command] = field(default_factory=list)  # what to fetch before ``command`` (a build's A, B, C)
 
 
 @dataclass
@@ -48,7 +53,8 @@ class Subject:
     version_id: str | None = None
     version_name: str | None = None
     versions: list = field(default_factory=list)  # registry VersionRecords, newest first
-    file: str | None = None  # B for a build: a local path or the version's file name
+    file: str | None = None  # B for a build: a local path or the version's file name ("name/" for a folder)
+    local: bool = False  # ``file`` is the user's own path (kept as given), not a name from a registry
     prediction: list[str] = field(default_factory=list)
     inpaint_evidence: list[str] = field(default_factory=list)
     same_file_models: list[str] = field(default_factory=list)  # the same checkpoint on another source
@@ -67,22 +73,26 @@ def _release_target(registry, version_id: str) -> Target:
             version_id=version_id, repo=repo, file=file if single else None, sha256=version.sha256,
             url=f"{HF}/{repo}", download_url=f"{HF}/{repo}/resolve/main/{file}" if single else None,
         )  # fmt: skip
-    mid, vid = model.source_id, version_id.split(":v", 1)[1]
+    # URLs are built from ids, not taken from the registry: a stranger's downloadUrl could point anywhere
+    mid, vid = quote(model.source_id, safe=""), quote(version_id.split(":v", 1)[1], safe="")
     return Target(
         name=f"{model.name} — {version.name}", source="civitai", model_id=model.id, version_id=version_id,
         file=version.primary_file, sha256=version.sha256,
-        url=f"https://civitai.com/models/{mid}?modelVersionId={vid}",
-        download_url=version.download_url or f"https://civitai.com/api/download/models/{vid}",
+        url=f"{CIVITAI}/models/{mid}?modelVersionId={vid}", download_url=f"{CIVITAI}/api/download/models/{vid}",
     )  # fmt: skip
 
 
-def _download_command(t: Target) -> str:
+def _download_command(t: Target, label: str = "download") -> Command:
+    """curl for Civitai (the token as a header curl keeps off other hosts on redirect), `hf download` for the
+    Hub; options before ``--`` and the positional names after it, so that no name can pass for an option."""
     if t.source == "civitai":
-        name = t.file or "model.safetensors"
-        return f'curl -L -H "Authorization: Bearer $CIVITAI_API_TOKEN" -o "{name}" "{t.download_url}"'
+        return Command(["curl", "-L", "--fail", "-H", EnvRef("CIVITAI_API_TOKEN", "Authorization: Bearer "),
+                        "-o", safe_filename(t.file), t.download_url], label)  # fmt: skip
     if t.file and "/" not in t.file:
-        return f"hf download {t.repo} {t.file} --local-dir ."
-    return f"hf download {t.repo} --local-dir {t.repo.split('/')[1]}"
+        return Command(["hf", "download", "--local-dir", ".", "--", t.repo, t.file], label)
+    folder = safe_filename(t.repo.split("/")[-1], "model")
+    excludes = [arg for pattern in FOLDER_EXCLUDES for arg in ("--exclude", pattern)]
+    return Command(["hf", "download", "--local-dir", folder, *excludes, "--", t.repo], label)
 
 
 def live_mirror(spec: dict, checks: dict) -> tuple[str, str | None]:
@@ -104,6 +114,10 @@ def live_mirror(spec: dict, checks: dict) -> tuple[str, str | None]:
     return chosen, note
 
 
+# A diffusers folder's download skips the formats the merge never reads (the same weights as .bin, Flax, ONNX).
+FOLDER_EXCLUDES = ["*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ckpt"]
+
+
 def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | None = None) -> Target | None:
     spec = fam.get(which)
     if not spec:
@@ -112,16 +126,16 @@ def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | 
     if note and notes is not None and note not in notes:
         notes.append(note)
     file = spec.get("file")
-    download = f"{HF}/{repo}/resolve/main/{file}" if file else None
+    folder = spec.get("layout") == "diffusers"
     return Target(
-        name=repo if not file else f"{repo} / {file}",
+        name=repo if not file or folder else f"{repo} / {file}",
         source="hf",
         repo=repo,
-        file=file,
-        size=spec.get("size"),
+        file=file,  # a folder's checked file (its UNet): the download is the whole folder, so no size is shown
+        size=None if folder else spec.get("size"),
         sha256=spec.get("sha256"),
         url=f"{HF}/{repo}",
-        download_url=download,
+        download_url=f"{HF}/{repo}/resolve/main/{file}" if file and not folder else None,
     )
 
 
@@ -144,26 +158,39 @@ def _pick_release(subject: Subject, links: list) -> tuple[object, str]:
 def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None,
                          notes: list | None = None) -> Recommendation:  # fmt: skip
     a, c = _hf_target(fam, "inpaint", checks, notes), _hf_target(fam, "base", checks, notes)
-    a_path = a.file.split("/")[0] if a.file and fam["inpaint"]["layout"] == "single-file" else a.repo.split("/")[1]
     if fam["inpaint"]["layout"] == "diffusers":
-        a_path = a.repo.split("/")[1] + "/"  # the diffusers folder, read as is
-    b = subject.file or f"<{subject.name} checkpoint>.safetensors"
-    name = b.rstrip("/").rsplit("/", 1)[-1]  # a file, or a diffusers folder given as "name/"
-    stem = (name.rsplit(".", 1)[0] if not b.endswith("/") else name) if subject.file else "my-model"
-    command = (f'inpaint-advisor merge --inpaint "{a_path}" --model "{b}" --base "{c.file}" '
-               f'--out "{stem}-inpainting.safetensors" --multiplier 1.0')  # fmt: skip
-    downloads = [f"download A: {_download_command(a)}", f"download C: {_download_command(c)}"]
-    if subject.model_id and subject.model_id.startswith("hf:") and subject.file:
+        a_path = safe_filename(a.repo.split("/")[-1], "inpainting") + "/"  # the downloaded folder, read as is
+    else:
+        a_path = safe_filename(a.file)
+    hub_b = subject.model_id is not None and subject.model_id.startswith("hf:")
+    if subject.local:  # the user's own file or folder: their path, as they gave it
+        b = subject.file
+    elif hub_b and subject.file and subject.file.endswith("/"):
+        b = safe_filename(subject.file.rstrip("/"), "model") + "/"  # a Hub diffusers repo, downloaded as a folder
+    elif subject.file:
+        b = safe_filename(subject.file)
+    else:  # a bare family: a placeholder for the user's own file
+        b = f"<{safe_filename(subject.name, 'your')} checkpoint>.safetensors"
+    name = b.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if not b.endswith("/") and "." in name else name
+    out = safe_filename(f"{stem if subject.file else 'my-model'}-inpainting.safetensors")
+    command = Command(["inpaint-advisor", "merge", "--inpaint", a_path, "--model", b, "--base", safe_filename(c.file),
+                       "--out", out, "--multiplier", "1.0"], "build")  # fmt: skip
+    downloads = [_download_command(a, "download A"), _download_command(c, "download C")]
+    if hub_b and subject.file:
         repo = subject.model_id[3:]
-        downloads.insert(1, f"download B: hf download {repo} --local-dir {name}" if b.endswith("/")
-                         else f"download B: hf download {repo} {b} --local-dir .")  # fmt: skip
+        if b.endswith("/"):
+            fetch_b = ["hf", "download", "--local-dir", b.rstrip("/"), "--", repo]
+        else:
+            fetch_b = ["hf", "download", "--local-dir", ".", "--", repo, subject.file]
+        downloads.insert(1, Command(fetch_b, "download B"))
     return Recommendation(
         "build",
         f"Make an inpainting version of {subject.name} itself: A = {a.repo} (official {fam['name']} inpainting), "
         f"B = your model, C = {c.repo} (its base), M = 1.0. Keeps your model's style, unlike the official model.",
-        Target(name=f"{stem}-inpainting.safetensors", source="build", repo=a.repo, file=a.file),
+        Target(name=out, source="build", repo=a.repo, file=a.file),
         command,
-        downloads,
+        downloads=downloads,
     )
 
 

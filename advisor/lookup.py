@@ -1,18 +1,21 @@
 """`lookup`: resolve whatever the user pasted to a model, then run the recommendation ladder.
 
-Registry first; a Civitai model, hash or name that is not there is fetched live and stored (unless offline);
-without a network, the bundled data still answers for families, official checkpoints and local files.
+Registry first; a Civitai model, hash or name that is not there is fetched live and stored (unless offline;
+with no registry yet, into a scratch one: a lookup never creates a registry); without a network, the bundled
+data still answers for families, official checkpoints and local files.
 """
 
+import contextlib
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from advisor import ladder
 from advisor.probe import probe
-from advisor.query import Query, parse_query
+from advisor.query import Query, parse_query, shown
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
-from merge.header import CheckpointError
 
 # A free-text match is taken as the answer when it is good and clearly ahead of the next model (its own
 # inpainting siblings aside): (score, lead) pairs, either suffices. Otherwise candidates are listed.
@@ -140,7 +143,8 @@ def _file_answer(q: Query, reg: Reader | None) -> LookupResult:
         name=q.path.name,
         family=p.family,
         is_inpainting=is_inpaint,
-        file=str(q.path),
+        file=str(q.path) + ("/" if q.path.is_dir() else ""),
+        local=True,
         prediction=p.markers,
         inpaint_evidence=[f"UNet takes {p.in_channels} input channels"] if is_inpaint else [],
     )
@@ -185,6 +189,10 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
     return None
 
 
+class NotFound(LookupError):
+    """The query names something precise that does not exist (a version that is not the model's)."""
+
+
 def _open(db: str | None) -> Reader | None:
     try:
         return registry.open_reader(db)
@@ -192,51 +200,101 @@ def _open(db: str | None) -> Reader | None:
         return None
 
 
-def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_url: str | None = None) -> LookupResult:
-    q = parse_query(raw)
-    reg = _open(db)
-    try:
-        if q.kind == "file":
-            try:
-                return _file_answer(q, reg)
-            except CheckpointError as exc:
-                return LookupResult(raw, None, notes=[str(exc)])
-        if q.kind == "text" and (fam := _family_by_text(q.raw)):
-            return _family_match(fam, raw)
-        if q.kind == "hf":
-            fam = families.family(families.family_for_hf_repo(q.repo))
-            if fam:
-                return _family_match(fam, raw)
-            if official := _official_inpaint_repo(q.repo):
-                return official
+@contextlib.contextmanager
+def _scratch_registry():
+    """Where a live answer is stored when there is no registry to store it in: a lookup never creates one."""
+    from crawler.registry.engine import forget
 
-        found = _resolve(reg, q)
+    with tempfile.TemporaryDirectory(prefix="inpaint-advisor-") as tmp:
+        path = str(Path(tmp) / "registry.db")
+        try:
+            yield path
+        finally:
+            forget(path)
+
+
+def _where(db: str | None) -> str:
+    return registry.locate(db).display
+
+
+def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_url: str | None = None) -> LookupResult:
+    """Resolve ``raw`` and recommend. Raises QueryError (a ValueError) for a query that cannot be read,
+    NotFound for a precise reference to nothing, CheckpointError for a local file that is not a checkpoint,
+    RegistryError for a registry that cannot be read."""
+    q = parse_query(raw)
+    if q.kind == "file":
+        reg = _open(db)
+        try:
+            return _file_answer(q, reg)
+        finally:
+            if reg is not None:
+                reg.close()
+    if q.kind == "text" and (fam := _family_by_text(q.raw)):
+        return _family_match(fam, raw)
+    if q.kind == "hf":
+        fam = families.family(families.family_for_hf_repo(q.repo))
+        if fam:
+            return _family_match(fam, raw)
+        if official := _official_inpaint_repo(q.repo):
+            return official
+    with contextlib.ExitStack() as stack:
+        reg = _open(db)
+        if reg is not None:
+            stack.callback(lambda: reg.close())
         notes: list[str] = []
-        if found is None and not offline and q.kind in ("civitai", "hash", "text", "hf"):
-            problem = _fetch_hf(q, db) if q.kind == "hf" else _fetch(q, db, civitai_url)
-            if problem:
-                notes.append(problem)
+        trouble = None
+        if reg is None:
+            notes.append(f"no registry at {_where(db)} yet: answering from bundled data and live lookups; fill "
+                         "one with `inpaint-advisor crawl civitai`")  # fmt: skip
+        elif reg.is_empty():
+            notes.append(f"the registry at {_where(db)} is empty: fill it with `inpaint-advisor crawl civitai`")
+        found = _resolve(reg, q)
+        problem = _version_problem(reg, q, found)
+        if (found is None or problem) and q.kind in ("civitai", "hash", "text", "hf"):
+            if offline:
+                notes.append("offline: " + ("the Hugging Face Hub" if q.kind == "hf" else "Civitai")
+                             + " was not asked")  # fmt: skip
             else:
-                if reg is not None:
-                    reg.close()
-                reg = _open(db)
-                found = _resolve(reg, q)
+                store = db if reg is not None else stack.enter_context(_scratch_registry())
+                trouble = _fetch_hf(q, store) if q.kind == "hf" else _fetch(q, store, civitai_url)
+                if trouble:
+                    notes.append(trouble)
+                else:
+                    if reg is None:
+                        notes.append("fetched live and not stored (there is no registry to store it in)")
+                    fresh = _open(store)
+                    if fresh is not None:
+                        stack.callback(fresh.close)
+                        reg = fresh
+                    found = _resolve(reg, q)
+                    problem = _version_problem(reg, q, found)
+        if problem:
+            raise NotFound(problem)
         if isinstance(found, list):
             return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1))
                                             for m in found], notes=notes + ["several models match: be more specific, "
                                                                            "or look one up by id"])  # fmt: skip
         if found is None:
-            if q.kind == "hf" and not notes:
-                notes.append(f"{q.repo} is not in the registry" + (" (offline: run without --offline to ask the "
-                                                                   "Hub)" if offline else ""))  # fmt: skip
-            return LookupResult(raw, None, notes=notes or ["no model matched"])
+            what = f"{q.repo} is not in the registry" if q.kind == "hf" else f"no model matched “{shown(raw)}”"
+            return LookupResult(raw, None, notes=notes if trouble else [*notes, what])  # the trouble says why
         model, version_id = found
         result = _answer(reg, model, q, version_id)
         result.notes = notes + result.notes
         return result
-    finally:
-        if reg is not None:
-            reg.close()
+
+
+def _version_problem(reg: Reader | None, q: Query, found) -> str | None:
+    """Why ``civitai:ID@VERSION`` names nothing: a version of another model, or none at all."""
+    if reg is None or q.kind != "civitai" or not (q.model_id and q.version_id) or not isinstance(found, tuple):
+        return None
+    model, version_id = found
+    if any(v.id == version_id for v in reg.versions(model.id)):
+        return None
+    owner = reg.model_of_version(version_id)
+    if owner is not None:
+        return (f"version {q.version_id} belongs to {owner.name} ({owner.id}), not to {model.name} ({model.id}): "
+                f"look it up as civitai:{owner.source_id}@{q.version_id}")  # fmt: skip
+    return f"{model.name} ({model.id}) has no version {q.version_id}"
 
 
 def _resolve(reg: Reader | None, q: Query):

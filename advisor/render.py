@@ -1,11 +1,20 @@
-"""Rich output for people; every function takes the typed result the library returned."""
+"""Rich output for people; every function takes the typed result the library returned.
+
+Names, file names, base models, errors and paths are strangers' text: they reach rich only as ``Text`` (never
+parsed as markup) after ``safety.terminal_text`` (no escape sequences or control characters), through ``t()``.
+Markup is used only for our own fixed words.
+"""
 
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from advisor.commands import shell_text
+from advisor.safety import terminal_text
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
     from crawler.civitai import CrawlSummary
@@ -13,28 +22,50 @@ if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for ht
     from crawler.registry.stats import RegistryStatus
 
 
+def t(value: object, style: str = "") -> Text:
+    """A stranger's text as literal, terminal-safe rich Text."""
+    return Text(terminal_text(value), style=style)
+
+
+def line(*parts) -> Text:
+    """``Text.assemble`` of (text, style) pairs and plain values, every value made terminal-safe."""
+    out = Text()
+    for part in parts:
+        if isinstance(part, tuple):
+            out.append(terminal_text(part[0]), style=part[1])
+        elif isinstance(part, Text):
+            out.append_text(part)
+        else:
+            out.append(terminal_text(part))
+    return out
+
+
+def error_line(message: str) -> Text:
+    return line(("error: ", "red"), message)
+
+
 def _sample(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def _crawl_report(console: Console, s, rows: list[tuple[str, object]], notes: list[str]) -> None:
+def _crawl_report(console: Console, s, rows: list[tuple[str, object]], notes: list[Text]) -> None:
     color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
-    console.print(f"[{color}]crawl {s.status}[/] (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})")
+    console.print(line((f"crawl {s.status}", color), f" (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"))
     table = Table.grid(padding=(0, 2))
     for label, value in rows:
-        table.add_row(label, str(value))
+        table.add_row(t(label), t(value))
     console.print(table)
     for note in notes:
         console.print(note)
     if s.error:
-        console.print(f"[red]error:[/] {s.error}")
+        console.print(error_line(s.error))
 
 
 def crawl_summary(console: Console, s: "CrawlSummary") -> None:
     rows = [("pages", s.pages), ("models", s.models), ("versions", s.versions), ("models changed", s.written),
             ("new inpainting releases", s.new_inpainting), ("new sibling links", s.new_links),
             ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
-    notes = ["unknown base models (stored as-is): " + ", ".join(sorted(s.unknown_base_models))] \
+    notes = [line("unknown base models (stored as-is): ", ", ".join(sorted(s.unknown_base_models)))] \
         if s.unknown_base_models else []  # fmt: skip
     _crawl_report(console, s, rows, notes)
 
@@ -46,95 +77,76 @@ def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
             ("new same-file links to Civitai", s.same_files),
             ("official mirrors alive and matching", s.officials_alive), ("requests", s.requests),
             ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
-    notes = ["[yellow]official mirrors gone[/] (recommendations moved to a live mirror): "
-             + ", ".join(s.officials_dead)] if s.officials_dead else []  # fmt: skip
+    notes = [line(("official mirrors gone", "yellow"), " (recommendations moved to a live mirror): ",
+                  ", ".join(s.officials_dead))] if s.officials_dead else []  # fmt: skip
     _crawl_report(console, s, rows, notes)
 
 
+def _compact(title: str) -> Table:
+    """A borderless table: `status` fits 80 columns, and long repo names fold instead of being cut."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+
+
 def registry_status(console: Console, st: "RegistryStatus") -> None:
-    console.print(f"registry [bold]{st.db}[/]")
-    console.print(
-        f"{st.models:,} models, {st.versions:,} versions, {st.files:,} files; "
-        f"{st.inpainting_versions:,} inpainting versions, {st.links:,} inpainting links, "
-        f"{st.same_files:,} Civitai/Hugging Face same-file links"
-    )
+    console.print(line("registry ", (st.db, "bold")))
+    console.print(line(f"{st.models:,} models, {st.versions:,} versions, {st.files:,} files; "
+                       f"{st.inpainting_versions:,} inpainting versions, {st.links:,} inpainting links, "
+                       f"{st.same_files:,} Civitai/Hugging Face same-file links"))  # fmt: skip
     if st.per_source:
-        console.print("models per source: " + ", ".join(f"{k} {v:,}" for k, v in sorted(st.per_source.items())))
+        console.print(line("models per source: ", ", ".join(f"{k} {v:,}" for k, v in sorted(st.per_source.items()))))
     if st.families:
-        table = Table(title="Fine-tunes per family (dedicated inpainting models not counted)")
-        for col in ("family", "name", "models", "with own inpainting", "coverage", "official inpainting"):
-            table.add_column(col, justify="right" if col in ("models", "with own inpainting", "coverage") else "left")
+        table = _compact("Fine-tunes per family (dedicated inpainting models not counted)")
+        for col, justify in (("family", "left"), ("models", "right"), ("own inpainting", "right"),
+                             ("coverage", "right"), ("official", "left")):  # fmt: skip
+            table.add_column(col, justify=justify)
         for f in st.families:
-            table.add_row(
-                f.family,
-                f.name,
-                f"{f.models:,}",
-                f"{f.with_inpainting:,}",
-                f"{f.coverage:.1%}",
-                "yes" if f.official_inpaint else "—",
-            )
+            table.add_row(t(f.family), f"{f.models:,}", f"{f.with_inpainting:,}", f"{f.coverage:.1%}",
+                          "yes" if f.official_inpaint else "—")  # fmt: skip
         console.print(table)
     if st.unknown_base_models:
-        console.print(
-            "[yellow]unknown base models[/] (add them to data/families.json): "
-            + ", ".join(f"{bm} ({n})" for bm, n in st.unknown_base_models)
-        )
+        console.print(line(("unknown base models", "yellow"), " (add them to data/families.json): ",
+                           ", ".join(f"{bm} ({n})" for bm, n in st.unknown_base_models)))  # fmt: skip
     if st.officials:
-        table = Table(title="Official checkpoints (checked by the last Hugging Face crawl)")
-        for col in ("family", "role", "repo", "state", "checked (UTC)", "detail"):
-            table.add_column(col)
+        checked = max(o.checked_at for o in st.officials)
+        table = _compact(f"Official checkpoints (last checked {checked:%Y-%m-%d %H:%M} UTC)")
+        table.add_column("family")
+        table.add_column("role")
+        table.add_column("mirror", overflow="fold")
+        table.add_column("state")
         for o in st.officials:
-            state = "[green]alive[/]" if o.alive and o.matches else "[yellow]changed[/]" if o.alive else "[red]gone[/]"
-            table.add_row(o.family, o.role, o.repo, state, f"{o.checked_at:%Y-%m-%d %H:%M}", o.detail[:60])
+            state = line(("alive", "green")) if o.alive and o.matches else \
+                line(("changed: ", "yellow"), o.detail) if o.alive else line(("gone", "red"))  # fmt: skip
+            table.add_row(t(o.family), o.role, t(o.repo), state)
         console.print(table)
     else:
-        console.print("official checkpoints: not checked yet (run [bold]inpaint-advisor crawl hf[/])")
+        console.print(line("official checkpoints: not checked yet (run ", ("inpaint-advisor crawl hf", "bold"), ")"))
     if st.runs:
-        table = Table(title="Recent crawls")
-        for col in ("run", "source", "mode", "status", "started (UTC)", "pages", "models", "errors", "note"):
-            table.add_column(col)
+        table = _compact("Recent crawls")
+        for col in ("run", "source", "mode", "status", "started (UTC)", "pages", "models", "note"):
+            table.add_column(col, overflow="fold")
         for r in st.runs:
             note = r.last_error or ("resumable" if r.cursor and r.status != "ok" else "")
-            table.add_row(
-                str(r.id),
-                r.source,
-                r.mode,
-                r.status,
-                f"{r.started_at:%Y-%m-%d %H:%M}",
-                str(r.pages),
-                f"{r.items:,}",
-                str(r.errors),
-                note[:60],
-            )
+            table.add_row(str(r.id), t(r.source), r.mode, r.status, f"{r.started_at:%m-%d %H:%M}", str(r.pages),
+                          f"{r.items:,}", t(note[:80]))  # fmt: skip
         console.print(table)
 
 
 def merge_result(console: Console, r) -> None:
-    console.print(
-        f"[green]wrote[/] {r.out} ({r.bytes_written / 1e9:.2f} GB, {r.dtype}) in {r.seconds:.1f}s on {r.device}"
-    )
-    console.print(
-        f"{r.family} {r.variant}: {r.added} tensors merged, {len(r.channel_merged)} by channel "
-        f"({_sample(r.channel_merged)}), {r.copied} copied from A; M = {r.multiplier}"
-    )
+    console.print(line(("wrote", "green"), f" {r.out} ({r.bytes_written / 1e9:.2f} GB, {r.dtype}) in "
+                       f"{r.seconds:.1f}s on {r.device}"))  # fmt: skip
+    console.print(line(f"{r.family} {r.variant}: {r.added} tensors merged, {len(r.channel_merged)} by channel "
+                       f"({_sample(r.channel_merged)}), {r.copied} copied from A; M = {r.multiplier}"))  # fmt: skip
     if r.markers:
-        console.print(f"carried B's prediction markers: {', '.join(r.markers)}")
-    if r.only_in_b:
-        console.print(
-            f"[yellow]{len(r.only_in_b)} keys only in B were dropped[/] (output keys are A's): {_sample(r.only_in_b)}"
-        )
-    if r.mismatched:
-        console.print(
-            f"[yellow]{len(r.mismatched)} keys differ in shape and were copied from A:[/] {_sample(r.mismatched)}"
-        )
-    if r.missing_in_bc:
-        console.print(
-            f"[yellow]{len(r.missing_in_bc)} keys missing in B or C were copied from A:[/] {_sample(r.missing_in_bc)}"
-        )
+        console.print(line(f"carried B's prediction markers: {', '.join(r.markers)}"))
+    for names, what in ((r.only_in_b, "keys only in B were dropped (output keys are A's)"),
+                        (r.mismatched, "keys differ in shape and were copied from A"),
+                        (r.missing_in_bc, "keys missing in B or C were copied from A")):  # fmt: skip
+        if names:
+            console.print(line((f"{len(names)} {what}:", "yellow"), " ", _sample(names)))
     if r.nonfinite:
-        console.print(f"[red]NaN/Inf in {len(r.nonfinite)} output tensors:[/] {_sample(r.nonfinite)}")
+        console.print(line((f"NaN/Inf in {len(r.nonfinite)} output tensors:", "red"), " ", _sample(r.nonfinite)))
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(line(("warning: ", "yellow"), w))
 
 
 _KIND_TITLE = {
@@ -147,42 +159,50 @@ _KIND_TITLE = {
 }
 
 
+def _command_line(command, prompt: str = "$ ") -> Text:
+    return line((prompt, "dim"), (shell_text(command), "bold cyan"))
+
+
 def _rec_lines(rec, full: bool) -> list:
-    lines = [Text(rec.reason)]
-    t = rec.target
-    if t is not None and full:
-        facts = [("file", t.file), ("repo", t.repo), ("page", t.url), ("download", t.download_url),
-                 ("sha256", t.sha256), ("size", f"{t.size:,} B" if t.size else None)]  # fmt: skip
+    lines = [t(rec.reason)]
+    target = rec.target
+    if target is not None and full:
+        facts = [("file", target.file), ("repo", target.repo), ("page", target.url),
+                 ("download", target.download_url), ("sha256", target.sha256),
+                 ("size", f"{target.size:,} B" if target.size else None)]  # fmt: skip
         for label, value in facts:
             if value:
-                lines.append(Text.assemble((f"{label:>9} ", "dim"), str(value)))
+                lines.append(line((f"{label:>9} ", "dim"), value))
+    for download in rec.downloads if full else []:
+        lines.append(_command_line(download, f"{download.label}: $ "))
     if rec.command:
-        lines.append(Text.assemble(("$ ", "dim"), (rec.command, "bold cyan")))
+        lines.append(_command_line(rec.command))
     for ev in rec.evidence if full else []:
-        lines.append(Text(f"  · {ev}", style="dim"))
+        lines.append(t(f"  · {ev}", "dim"))
     return lines
 
 
 def lookup_result(console: Console, r) -> None:
     for note in r.notes:
-        console.print(f"[dim]{note}[/]")
+        console.print(t(note, "dim"))
     if r.match is None and r.candidates:
-        table = Table(title=f"Several models match “{r.query}”")
+        table = Table(title=line("Several models match “", r.query[:80], "”"))
         for col in ("score", "id", "name", "creator", "family"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for c in r.candidates:
-            table.add_row(f"{c.score:.0f}", c.model_id, c.name, c.creator or "", c.family or "?")
+            table.add_row(f"{c.score:.0f}", t(c.model_id), t(c.name), t(c.creator or ""), t(c.family or "?"))
         console.print(table)
-        console.print("Look one up by id, e.g. [bold]inpaint-advisor lookup " + r.candidates[0].model_id + "[/]")
+        console.print(line("Look one up by id, e.g. ", (f"inpaint-advisor lookup {r.candidates[0].model_id}", "bold")))
         return
     if r.match is None or r.recommendation is None:
-        console.print(f"[red]nothing matched[/] “{r.query}”")
+        if not r.notes:
+            console.print(line(("nothing matched", "red"), " “", r.query[:200], "”"))
         return
     m = r.match
     who = f" by {m.creator}" if m.creator else ""
     version = f" — {m.version_name}" if m.version_name else ""
-    head = Text.assemble((f"{m.name}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
-                         (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
+    head = line((f"{m.name}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
+                (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
     rec = r.recommendation
     body = [head, Text(""), *_rec_lines(rec, True)]
     color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
@@ -191,7 +211,7 @@ def lookup_result(console: Console, r) -> None:
         console.print(Panel(Group(*_rec_lines(alt, False)), title="Alternative: " + _KIND_TITLE[alt.kind],
                             title_align="left", border_style="dim"))  # fmt: skip
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(line(("warning: ", "yellow"), w))
 
 
 def probe_result(console: Console, p) -> None:
@@ -204,5 +224,7 @@ def probe_result(console: Console, p) -> None:
             ("sha256", p.sha256), ("AutoV2", p.autov2), ("AutoV3", p.autov3), ("AutoV1", p.autov1)]  # fmt: skip
     for label, value in rows:
         if value not in (None, ""):
-            table.add_row(Text(label, style="dim"), str(value))
+            table.add_row(t(label, "dim"), t(value))
     console.print(table)
+    for w in getattr(p, "warnings", []):
+        console.print(line(("warning: ", "yellow"), w))

@@ -57,7 +57,7 @@ def fetch_items(*, model_id: str | None = None, version_id: str | None = None, f
     with JsonClient(api_url(base_url), token=token_from_env(), policy=policy or LIVE_POLICY, timeout=10) as client:
         try:
             if text is not None:
-                params = {"query": text, "types": "Checkpoint", "nsfw": "true", "limit": "20"}
+                params = {"query": text[:200], "types": "Checkpoint", "nsfw": "true", "limit": "20"}
                 body, _ = client.get("/api/v1/models", params=params)
                 items = body.get("items") if isinstance(body, dict) else None
                 return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []

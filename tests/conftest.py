@@ -119,6 +119,11 @@ def serve():
         server.__exit__(None, None, None)
 
 
+def option(command, flag: str) -> str:
+    """The value after ``flag`` in a structured command's argv."""
+    return command.argv[command.argv.index(flag) + 1]
+
+
 def cli_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INPAINT_ADVISOR_", "CIVITAI_", "HF_"))}
     env.update({"PYTHONPATH": str(ROOT), "COLUMNS": "200", **OFFLINE_ENV, **extra})

@@ -9,12 +9,13 @@ import sys
 import pytest
 from sqlalchemy import text
 
+from advisor.commands import shell_text
 from advisor.lookup import lookup
 from crawler import civitai, hf, registry
 from crawler.http import RetriesExhausted, RetryPolicy
 from crawler.registry.stats import registry_status
 from tests.civitai_fake import FakeCivitai, synthetic_item
-from tests.conftest import ROOT, cli_env, registry_text, run_cli
+from tests.conftest import ROOT, cli_env, option, registry_text, run_cli
 from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, fixture_hub
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
@@ -201,9 +202,10 @@ def test_officials_dead_mirror_moves_the_recommendation(engine, registry_db, hub
     assert any(OFFICIAL_SD1 in w and "gone" in w for w in answer.warnings)
     # B of the build is the repo's diffusers folder, which merge reads as is
     build = next(r for r in [answer.recommendation, *answer.alternatives] if r.kind == "build")
-    assert '--model "dreamvision-remix/"' in build.command
-    assert '--out "dreamvision-remix-inpainting.safetensors"' in build.command
-    assert "download B: hf download fan/dreamvision-remix --local-dir dreamvision-remix" in build.evidence
+    assert option(build.command, "--model") == "dreamvision-remix/"
+    assert option(build.command, "--out") == "dreamvision-remix-inpainting.safetensors"
+    fetch_b = next(d for d in build.downloads if d.label == "download B")
+    assert shell_text(fetch_b) == "hf download --local-dir dreamvision-remix -- fan/dreamvision-remix"
 
 
 def test_same_sha256_on_civitai_and_hf_links_the_two(engine, registry_db, hub_url, serve):
@@ -257,13 +259,14 @@ def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(registry_db, hu
     monkeypatch.setenv("HF_ENDPOINT", hub_url(fake))
     registry.connect(registry_db)
     offline = lookup("painter/realmix", db=registry_db, offline=True)
-    assert offline.match is None and "not in the registry" in offline.notes[0]
+    assert offline.match is None and offline.notes[-1] == "painter/realmix is not in the registry"
+    assert "offline: the Hugging Face Hub was not asked" in offline.notes and "is empty" in offline.notes[0]
     answer = lookup("https://huggingface.co/painter/realmix", db=registry_db)
     assert answer.match.name == "painter/realmix" and answer.match.family == "sd1"
     assert answer.recommendation.kind == "own-release"
     assert answer.recommendation.target.file == "realmix_v2-inpainting.safetensors"
     gone = lookup("nobody/deleted-repo", db=registry_db)
-    assert gone.match is None and "not on the Hugging Face Hub" in gone.notes[0]
+    assert gone.match is None and any("not on the Hugging Face Hub" in n for n in gone.notes)
 
 
 def test_cli_crawl_hf_json_and_status_show_officials(registry_db, hub_url):

@@ -14,7 +14,7 @@ from crawler import civitai
 from crawler import registry as registry_layer
 from crawler.http import RetryPolicy
 from tests.civitai_fake import FakeCivitai, load_fixture, synthetic_item
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, option, run_cli
 from tests.sd_layouts import write_checkpoint
 
 
@@ -103,15 +103,16 @@ def test_ladder_official_then_build_for_a_plain_fine_tune(registry):
     assert r.recommendation.target.repo == "stable-diffusion-v1-5/stable-diffusion-inpainting"
     assert r.recommendation.target.sha256 == "c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19"
     build = next(a for a in r.alternatives if a.kind == "build")
-    assert build.command.startswith('inpaint-advisor merge --inpaint "sd-v1-5-inpainting.ckpt" --model')
-    assert '--base "v1-5-pruned-emaonly.safetensors"' in build.command and "--multiplier 1.0" in build.command
+    assert build.command.argv[:4] == ["inpaint-advisor", "merge", "--inpaint", "sd-v1-5-inpainting.ckpt"]
+    assert option(build.command, "--base") == "v1-5-pruned-emaonly.safetensors"
+    assert option(build.command, "--multiplier") == "1.0"
 
 
 def test_ladder_builds_for_pony_with_a_quality_warning(registry):
     r = ask("civitai:372465", registry)
     assert r.recommendation.kind == "build"
-    assert '--model "ponyRealism_V21.safetensors"' in r.recommendation.command
-    assert '--inpaint "stable-diffusion-xl-1.0-inpainting-0.1/"' in r.recommendation.command
+    assert option(r.recommendation.command, "--model") == "ponyRealism_V21.safetensors"
+    assert option(r.recommendation.command, "--inpaint") == "stable-diffusion-xl-1.0-inpainting-0.1/"
     assert any("lower quality" in w for w in r.warnings)
     assert any("fp16-fix VAE" in e for e in r.recommendation.evidence)
     assert r.alternatives[0].kind == "official"
@@ -144,7 +145,8 @@ def test_local_file_is_classified_and_gets_a_build_command(tmp_path, registry):
     assert r.match.source == "file" and r.match.family == "sdxl"
     assert r.recommendation.kind == "official"
     build = next(a for a in r.alternatives if a.kind == "build")
-    assert f'--model "{f}"' in build.command and '--out "myToon_v2-inpainting.safetensors"' in build.command
+    assert option(build.command, "--model") == str(f)
+    assert option(build.command, "--out") == "myToon_v2-inpainting.safetensors"
     g = tmp_path / "inp.safetensors"
     write_checkpoint(g, "sd1", "inpaint", 5)
     assert ask(str(g), registry).recommendation.kind == "already-inpainting"

@@ -15,9 +15,10 @@ def test_remote_hosts_are_refused(url):
 
 def test_online_lookups_default_to_nowhere(tmp_path):
     civitai = lookup("civitai:123", db=str(tmp_path / "r.db"))
-    assert civitai.match is None and NOWHERE in civitai.notes[0]
+    assert civitai.match is None and NOWHERE in civitai.notes[-1]
     hub = lookup("someone/some-model", db=str(tmp_path / "r.db"))
-    assert hub.match is None and NOWHERE in hub.notes[0]
+    assert hub.match is None and NOWHERE in hub.notes[-1]
+    assert not (tmp_path / "r.db").exists()  # no registry was made for the live attempt
     env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "cli.db"))
     assert env["INPAINT_ADVISOR_CIVITAI_URL"] == env["HF_ENDPOINT"] == NOWHERE
     assert NOWHERE in run_cli("lookup", "civitai:123", env=env).stdout

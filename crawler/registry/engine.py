@@ -107,6 +107,13 @@ def connect_read_only(db: str | os.PathLike | None = None) -> Engine:
     return engine
 
 
+def forget(db: str | os.PathLike) -> None:
+    """Dispose of the engines opened on ``db`` (a scratch registry about to be deleted)."""
+    loc = locate(db)
+    for key in [k for k in _engines if k[0] == loc]:
+        _engines.pop(key).dispose()
+
+
 def close_all() -> None:
     """Dispose of every engine opened so far (tests drop their databases afterwards)."""
     for engine in _engines.values():

@@ -20,6 +20,7 @@ from crawler.registry.location import Location, locate
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
 GOOD_ENOUGH = 80.0
+MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer
 
 
 @dataclass
@@ -194,7 +195,7 @@ class Reader:
 
     def search(self, text: str, limit: int = 10) -> list[ModelRecord]:
         """Models ranked by how well their name matches ``text``; best first, scores 0-100."""
-        wanted = normalize_name(text)
+        wanted = normalize_name(text)[:MAX_QUERY]
         if not wanted:
             return []
         if (exact := self.exact(wanted)) is not None:  # the name as written: no need to rank anything

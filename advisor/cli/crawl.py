@@ -1,0 +1,151 @@
+"""`crawl civitai` and `crawl hf`: fill the registry, resumably."""
+
+from typing import Annotated
+
+import typer
+
+from advisor.cli.app import crawl_app
+from advisor.cli.common import DbOption, JsonOption, die, die_for, http_url
+
+IncrementalOption = Annotated[
+    bool, typer.Option("--incremental/--full", help="Only what changed since the last successful crawl.")
+]
+MaxPagesOption = Annotated[int | None, typer.Option(min=1, metavar="N", help="Stop after N pages (resumable later).")]
+RetriesOption = Annotated[int, typer.Option(min=1, metavar="N", help="Attempts per request before giving up.")]
+BackoffOption = Annotated[float, typer.Option(min=0.0, metavar="SECONDS",
+                                              help="First retry delay (doubles each time, at most 30 s).")]  # fmt: skip
+
+
+@crawl_app.command("civitai")
+def crawl_civitai(
+    incremental: IncrementalOption = False,
+    max_pages: MaxPagesOption = None,
+    url: Annotated[
+        str | None,
+        typer.Option(envvar="INPAINT_ADVISOR_CIVITAI_URL", show_default="https://civitai.com", metavar="URL",
+                     callback=http_url, help="Civitai base URL (a mirror or a local replay)."),
+    ] = None,
+    retries: RetriesOption = 6,
+    backoff: BackoffOption = 1.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull every Checkpoint model from Civitai, with its versions and files, into the registry.
+
+    Resumable: a crawl that was killed or failed continues from its last committed page. The API key comes
+    from CIVITAI_API_TOKEN and is never logged or stored.
+
+    \b
+    Examples:
+      inpaint-advisor crawl civitai                  (everything; resumes where a killed crawl stopped)
+      inpaint-advisor crawl civitai --incremental    (only what changed since the last successful crawl)
+      inpaint-advisor crawl civitai --max-pages 50   (a slice; the next run continues)
+
+    Exit status: 0 done, 1 failed or another crawl is running (run again to resume), 2 usage or registry
+    error, 130 interrupted.
+    """  # noqa: D301
+    from crawler import civitai
+    from crawler.http import RetryPolicy
+
+    def describe(s) -> str:
+        return (f"civitai: {s.pages:,} pages, {s.models:,} models, {s.new_inpainting:,} new inpainting, "
+                f"{s.retries} retries")  # fmt: skip
+
+    _run_crawl(
+        lambda engine, on_page, on_retry: civitai.crawl(
+            engine, mode="incremental" if incremental else "full", base_url=url, max_pages=max_pages,
+            on_page=on_page, on_retry=on_retry, policy=RetryPolicy(attempts=retries, base_delay=backoff),
+        ),
+        db, as_json, "crawling civitai", describe, "crawl_summary",
+    )  # fmt: skip
+
+
+@crawl_app.command("hf")
+def crawl_hf(
+    incremental: IncrementalOption = False,
+    max_pages: MaxPagesOption = None,
+    hf_endpoint: Annotated[
+        str | None,
+        typer.Option("--hf-endpoint", envvar="HF_ENDPOINT", show_default="https://huggingface.co", metavar="URL",
+                     callback=http_url, help="Hub endpoint (a mirror or a local replay)."),
+    ] = None,
+    officials: Annotated[
+        bool, typer.Option("--officials/--no-officials", help="Check the official checkpoints' mirrors too.")
+    ] = True,
+    retries: RetriesOption = 6,
+    backoff: BackoffOption = 1.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pull Hugging Face repos descending from the known bases: lineage, family, and whether each is an
+    inpainting model (proven from unet/config.json or the safetensors header; tags are hints only).
+
+    Also checks that every official inpainting and base checkpoint in the bundled data is still there, with
+    the expected size and sha256; `lookup` then recommends a live mirror. The token comes from HF_TOKEN and is
+    never logged or stored. Resumable like the Civitai crawl.
+
+    \b
+    Examples:
+      inpaint-advisor crawl hf
+      inpaint-advisor crawl hf --incremental
+      HF_TOKEN=hf_... inpaint-advisor crawl hf --hf-endpoint https://hf-mirror.example
+    """  # noqa: D301
+    from crawler import hf
+    from crawler.http import RetryPolicy
+
+    def describe(s) -> str:
+        return (f"hf: {s.pages:,} pages, {s.listed:,} repos listed, {s.inspected:,} inspected, "
+                f"{s.new_inpainting:,} new inpainting, {s.retries} retries")  # fmt: skip
+
+    _run_crawl(
+        lambda engine, on_page, on_retry: hf.crawl(
+            engine, mode="incremental" if incremental else "full", endpoint=hf_endpoint, max_pages=max_pages,
+            check_officials=officials, on_page=on_page, on_retry=on_retry,
+            policy=RetryPolicy(attempts=retries, base_delay=backoff),
+        ),
+        db, as_json, "crawling the Hugging Face Hub", describe, "hf_crawl_summary",
+    )  # fmt: skip
+
+
+def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str) -> None:
+    """Progress, retry notices, the summary, and the errors every crawl command shares."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from advisor import render
+    from advisor.output import err, out, print_json
+    from crawler import registry
+    from crawler.http import CrawlError
+    from crawler.registry.runs import CrawlLocked
+
+    try:
+        engine = registry.connect(db)
+    except registry.RegistryError as exc:
+        raise die_for(exc, as_json=as_json) from None
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
+    task = progress.add_task(title)
+
+    def on_retry(msg: str) -> None:
+        if not as_json:
+            err.print(render.line(("retry: ", "yellow"), msg))
+
+    try:
+        with progress:
+            summary = crawl(engine, lambda s: progress.update(task, description=describe(s)), on_retry)
+    except CrawlLocked as exc:
+        raise die(str(exc), code="crawl-locked", as_json=as_json) from None
+    except (CrawlError, ValueError) as exc:
+        raise die(f"{exc}. The crawl stopped; run the same command again to resume from the last saved page.",
+                  code="crawl-failed", as_json=as_json) from None  # fmt: skip
+    except KeyboardInterrupt:
+        raise die("interrupted; run the same command again to resume.", code="interrupted", exit_code=130,
+                  as_json=as_json) from None  # fmt: skip
+    except Exception as exc:
+        error = registry.describe_error(exc, db)  # the database failed under the crawl (a server gone, ...)
+        if error is None:
+            raise
+        raise die_for(error, as_json=as_json) from None
+    if as_json:
+        print_json(summary)
+    else:
+        getattr(render, renderer)(out, summary)

@@ -1,0 +1,43 @@
+"""Commands the user is told to run, as argument lists, never as shell text: names and URLs in them come from
+registries and are data. ``shell_text`` renders one for a terminal or for JSON, every argument POSIX-quoted;
+an ``EnvRef`` is the one part left for the user's shell to expand (``$CIVITAI_API_TOKEN``)."""
+
+import re
+import shlex
+from dataclasses import dataclass
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An argument ``prefix + $NAME``: the prefix is ours (a constant), the variable the user's."""
+
+    name: str
+    prefix: str = ""
+
+    def __post_init__(self):
+        if not _ENV_NAME.fullmatch(self.name):
+            raise ValueError(f"not an environment variable name: {self.name!r}")
+
+    def shell(self) -> str:
+        escaped = re.sub(r'([\\"$`])', r"\\\1", self.prefix)  # inside double quotes only these are special
+        return f'"{escaped}${self.name}"'
+
+
+@dataclass
+class Command:
+    argv: list[str | EnvRef]
+    label: str = ""  # what it is for, e.g. "download A"
+
+    @property
+    def env(self) -> list[str]:
+        return [a.name for a in self.argv if isinstance(a, EnvRef)]
+
+    def __json__(self) -> dict:
+        return {"shell": shell_text(self), "argv": [a if isinstance(a, str) else f"{a.prefix}${a.name}"
+                                                    for a in self.argv], "env": self.env, "label": self.label}
+
+
+def shell_text(command: Command) -> str:
+    return " ".join(a.shell() if isinstance(a, EnvRef) else shlex.quote(a) for a in command.argv)

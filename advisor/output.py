@@ -1,0 +1,50 @@
+"""Where commands print, and how they fail: one place for the CLI and `lookup`'s fast path (which must not
+import typer). A failure is one terminal-safe line on stderr, or with ``--json`` one JSON object on stdout,
+``{"error": {"code", "message"}}``, with the same exit status either way, so a script always gets JSON."""
+
+import sys
+
+from rich.console import Console
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+USAGE = 2  # exit status of a usage or configuration error, as click uses it
+
+
+def print_json(obj) -> None:
+    from advisor import jsonout
+
+    sys.stdout.write(jsonout.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) -> int:
+    """Report a failure; returns the exit status to end with."""
+    if as_json:
+        from advisor import jsonout
+
+        sys.stdout.write(jsonout.error(code, message) + "\n")
+        sys.stdout.flush()
+    else:
+        from advisor.render import error_line
+
+        err.print(error_line(message))
+    return exit_code
+
+
+def fail_for(exc: BaseException, *, as_json: bool) -> int | None:
+    """The failure report for the library errors every command may meet; None for anything else."""
+    from crawler.registry.errors import RegistryError
+    from merge.header import CheckpointError
+
+    if isinstance(exc, RegistryError):
+        return fail(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json)
+    if isinstance(exc, CheckpointError):
+        return fail(str(exc), code="bad-checkpoint", as_json=as_json)
+    if isinstance(exc, KeyboardInterrupt):
+        return fail("interrupted", code="interrupted", exit_code=130, as_json=as_json)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"{where}{exc.strerror}", code="os-error", as_json=as_json)
+    return None
