@@ -1,12 +1,12 @@
 """Classify a local checkpoint from its safetensors header (or diffusers configs) alone: no tensor data read,
 no torch import."""
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from merge import layout
+from merge.checkpoint import read_config
 from merge.header import CheckpointError, read_header
 
 _DTYPE_NAMES = {"F16": "fp16", "BF16": "bf16", "F32": "fp32", "F64": "fp64", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
@@ -33,9 +33,10 @@ class ProbeResult:
 
 
 def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
-    unet = json.loads((path / "unet" / "config.json").read_text())
-    in_ch = unet.get("in_channels")
-    family = layout.CROSS_ATTN.get(unet.get("cross_attention_dim"))
+    unet = read_config(path / "unet" / "config.json", required=True)
+    in_ch = unet.get("in_channels") if isinstance(unet.get("in_channels"), int) else None
+    width = unet.get("cross_attention_dim")
+    family = layout.CROSS_ATTN.get(width) if isinstance(width, int) else None
     comps = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
     return family, layout.VARIANTS.get(in_ch, "unknown"), in_ch, comps
 

@@ -15,7 +15,6 @@ import json
 import mmap
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,33 +106,60 @@ class SafetensorsSource(TensorSource):
             self._fd = -1
 
 
+def _pickle_kind(path: Path) -> str | None:
+    """"zip" (torch.save's format since 1.6), "legacy" (a bare pickle), or None: not a PyTorch checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5
+        return "legacy"
+    return None
+
+
 class StateDictSource(TensorSource):
     kind = "pickle"
 
     def __init__(self, path: Path):
+        kind = _pickle_kind(path)
+        if kind is None:
+            with open(path, "rb") as f:
+                start = f.read(16)
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {start!r}: an error page or "
+                                  "a text file saved under a model's name?)")  # fmt: skip
         import torch
 
         self.path = path
         try:
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # legacy (pre-zip) format cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+            except RuntimeError as exc:  # some zip checkpoints cannot be memory-mapped
                 if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
                     raise
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise CheckpointError(
-                f"{path}: refusing to load this pickle: it needs code execution to unpickle, which could run "
-                f"anything. Convert it to .safetensors with a tool you trust. ({str(exc).splitlines()[0][:200]})"
-            ) from None
-        except (EOFError, zipfile.BadZipFile, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: not a readable checkpoint, or truncated ({exc})") from None
+            message = str(exc)
+            if "weights only" in message.lower() or "weights_only" in message:
+                raise CheckpointError(
+                    f"{path}: refusing to load this pickle: it needs code execution to unpickle, which could run "
+                    f"anything. Convert it to .safetensors with a tool you trust. ({message.splitlines()[0][:200]})"
+                ) from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({message.splitlines()[0][:200]})"
+                                  ) from None  # fmt: skip
+        except Exception as exc:  # a damaged or truncated archive: torch raises whatever its reader meets
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{path}: not a readable checkpoint, or truncated ({first})") from None
         while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-        self._sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        self.tensors = {k: TensorInfo(dtype_name(v.dtype), tuple(v.shape)) for k, v in self._sd.items()}
+        self._sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if not self._sd:
+            raise CheckpointError(f"{path}: holds no tensors")
+        try:
+            self.tensors = {k: TensorInfo(dtype_name(v.dtype), tuple(v.shape)) for k, v in self._sd.items()}
+        except StopIteration:  # a dtype safetensors has no name for (complex, quantized)
+            raise CheckpointError(f"{path}: holds tensors of a type a merge cannot use") from None
         self.metadata = {}
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,8 +176,7 @@ class DiffusersSource(TensorSource):
     def __init__(self, path: Path, prefer_fp16: bool = True):
         self.path = path
         self.parts: dict[str, SafetensorsSource] = {}
-        index = path / "model_index.json"
-        self.class_name = json.loads(index.read_text()).get("_class_name") if index.exists() else None
+        self.class_name = read_config(path / "model_index.json").get("_class_name")
         for comp in _COMPONENTS:
             folder = path / comp
             if not folder.is_dir():
@@ -213,6 +238,22 @@ class DiffusersSource(TensorSource):
             p.close()
 
 
+def read_config(path: Path, *, required: bool = False) -> dict:
+    """A diffusers JSON config (model_index.json, unet/config.json): a dict, or one CheckpointError. A missing
+    optional one is {}."""
+    if not path.exists():
+        if required:
+            raise CheckpointError(f"{path.parent}: not a diffusers folder (no {path.name})")
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON config ({str(exc)[:120]})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value
+
+
 def open_checkpoint(path: str | os.PathLike) -> TensorSource:
     path = Path(path)
     if not path.exists():
@@ -221,8 +262,10 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
         return DiffusersSource(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return StateDictSource(path)
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"PK":  # a zip-format torch checkpoint under another name
+    try:
+        kind = _pickle_kind(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    if kind is not None:  # a torch checkpoint under another name
         return StateDictSource(path)
     return SafetensorsSource(path)

@@ -51,38 +51,77 @@ class Header:
     file_size: int
 
 
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path: Path, name: str, t, data_start: int) -> TensorInfo:
+    """One header entry, checked: a dtype we know, a shape of non-negative ints, two offsets that agree."""
+    where = f"{path}: tensor {name[:200]!r}"
+    if not isinstance(t, dict):
+        raise CheckpointError(f"{where}: malformed header entry (not an object)")
+    dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        raise CheckpointError(f"{where}: unsupported dtype {str(dtype)[:40]}")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: malformed shape {str(shape)[:80]}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_int(o) and o >= 0 for o in offsets)):
+        raise CheckpointError(f"{where}: malformed data_offsets {str(offsets)[:80]}")
+    begin, end = offsets
+    info = TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+    if end < begin or end - begin != info.nbytes:
+        raise CheckpointError(f"{where}: {end - begin} bytes at its offsets, but its shape and dtype make "
+                              f"{info.nbytes}")  # fmt: skip
+    return info
+
+
 def read_header(path: str | os.PathLike) -> Header:
+    """The header of a safetensors file, checked as the format requires: a JSON object, UTF-8, whose tensors
+    cover the data exactly once and in order (no overlap, no gap, nothing after the last one). Anything else is
+    one CheckpointError saying what."""
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or n + 8 > size:
-            raise CheckpointError(f"{path}: not a safetensors file, or truncated (header length {n}, file {size} B)")
-        raw = f.read(n)
     try:
-        parsed = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n + 8 > size or n < 2:
+                raise CheckpointError(
+                    f"{path}: not a safetensors file, or truncated (header length {n}, file {size} B)")  # fmt: skip
+            raw = f.read(n)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a safetensors file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    if raw[:1] != b"{":
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: safetensors header is not UTF-8") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: safetensors header is nested too deeply") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(parsed, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
     data_start = 8 + n
     metadata = parsed.pop("__metadata__", None) or {}
-    tensors: dict[str, TensorInfo] = {}
-    for name, t in parsed.items():
-        try:
-            begin, end = t["data_offsets"]
-            info = TensorInfo(t["dtype"], tuple(t["shape"]), data_start + begin, data_start + end)
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
-        if info.dtype not in ITEMSIZE:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.dtype}")
-        if info.end - info.start != info.nbytes:
-            raise CheckpointError(f"{path}: tensor {name!r} size does not match its shape and dtype")
-        if info.end > size:
-            raise CheckpointError(
-                f"{path}: truncated: tensor {name!r} ends at byte {info.end:,} but the file has {size:,} bytes "
-                "(an interrupted download?)"
-            )
-        tensors[name] = info
-    return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()}, data_start, size)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: malformed __metadata__ (it must map names to strings)")
+    tensors = {name: _entry(path, name, t, data_start) for name, t in parsed.items()}
+    pos = data_start
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start != pos:
+            problem = "overlaps the tensor before it" if info.start < pos else f"leaves a gap of {info.start - pos} B"
+            raise CheckpointError(f"{path}: tensor {name[:200]!r} {problem} (the data must be covered once, in order)")
+        pos = info.end
+    if pos > size:
+        raise CheckpointError(f"{path}: truncated: its tensors end at byte {pos:,} but the file has {size:,} bytes "
+                              "(an interrupted download?)")  # fmt: skip
+    if pos < size:
+        raise CheckpointError(f"{path}: {size - pos:,} bytes after the last tensor (not a safetensors file as "
+                              "written, or damaged)")  # fmt: skip
+    return Header(path, tensors, dict(metadata), data_start, size)

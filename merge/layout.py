@@ -71,7 +71,7 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
     if flux is not None:
         img_in = _find(tensors, "img_in.weight")
         layout.family = "flux1"
-        layout.in_channels = img_in.shape[1] if img_in else None
+        layout.in_channels = img_in.shape[1] if img_in and len(img_in.shape) == 2 else None
         layout.variant = {64: "normal", 384: "fill"}.get(layout.in_channels, "unknown")
         return layout
     if _find(tensors, _SD3_KEY) is not None:
@@ -81,7 +81,7 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
     if conv_in is not None and len(conv_in.shape) == 4:
         layout.in_channels = conv_in.shape[1]
         layout.variant = VARIANTS.get(layout.in_channels, "unknown")
-    width = next((t.shape[-1] for k, t in tensors.items() if _ATTN2_K.match(k)), None)
+    width = next((t.shape[-1] for k, t in tensors.items() if _ATTN2_K.match(k) and len(t.shape) == 2), None)
     layout.family = CROSS_ATTN.get(width)
     if layout.family is None:  # no UNet cross-attention (a partial file): the text encoders still tell
         if any(k.startswith("conditioner.embedders.1.model.") for k in tensors):
