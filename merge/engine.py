@@ -17,6 +17,7 @@ pickle's tensors, a transposed diffusers tensor, the GPU). Meanwhile threads rea
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -59,6 +60,17 @@ class MergeResult:
     dtype: str
     multiplier: float
     input_sha256: dict[str, str]
+
+
+def _output_error(plan: MergePlan, exc: OSError) -> MergeError:
+    """What the filesystem said, in one line, once the work had started (nothing is left under OUT's name)."""
+    if exc.errno == errno.ENOSPC:
+        return MergeError(f"no space left for {plan.out} ({plan.output_bytes / 1e9:.2f} GB); nothing was written",
+                          "space")  # fmt: skip
+    if exc.errno == errno.EFBIG:
+        return MergeError(f"{plan.out} ({plan.output_bytes / 1e9:.2f} GB) is over this process's file-size limit "
+                          "(ulimit -f); nothing was written", "space")  # fmt: skip
+    return MergeError(f"cannot write {plan.out}: {exc.strerror or exc}; nothing was written", "output")
 
 
 def _clean_stale_partials(out: Path) -> None:
@@ -122,30 +134,32 @@ def run_merge(
     if hasher:
         hasher.start()
     meta = metadata.build(plan, title)
-    try:
-        writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], meta, sync=sync)
-    except OSError as exc:
-        if exc.errno == 28:
-            raise MergeError(f"no space left for {plan.out} ({plan.output_bytes / 1e9:.2f} GB)") from None
-        raise
     position, stop = [0], threading.Event()
     reader = threading.Thread(target=read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
-    reader.start()
-    writer.start_populating()
     held = pages.Addresses()
     torch = None
+    # From the writer's first byte on, any exit (an error, Ctrl-C, SIGTERM raised here by the CLI's handler)
+    # removes the hidden partial file: the writer is held before its file exists, in the block that aborts it.
+    writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], meta, sync=sync,
+                               create=False)  # fmt: skip
     try:
+        writer.create()
+        reader.start()
+        writer.start_populating()
         if plan.device == "auto":
             plan.device = "cpu" if certainly_no_gpu() or not cuda_available() else "cuda"
         fast = fused.kernel() if plan.device == "cpu" else None
         tasks = direct.tasks_for(plan, writer, fast, held) if fast is not None else {}
         if len(tasks) < len(plan.entries):
             import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
-    except BaseException:
+    except BaseException as exc:
         stop.set()
-        reader.join()
+        if reader.ident is not None:
+            reader.join()
         held.close()
         writer.abort()
+        if isinstance(exc, OSError):
+            raise _output_error(plan, exc) from None
         raise
     local = threading.local()
 
@@ -187,7 +201,11 @@ def run_merge(
             hasher.join()
             writer.update_metadata(metadata.with_hashes(meta, hashes))
         held.close()  # the output's mapping is closed by commit
-        writer.commit()
+        try:
+            writer.commit()
+        except OSError as exc:  # the disk filled or failed under the final flush: nothing under OUT's name
+            writer.abort()
+            raise _output_error(plan, exc) from None
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # no worker may touch the map once it is gone
         held.close()

@@ -7,9 +7,11 @@ Roles: A = the official inpainting model, B = the fine-tune, C = the base B came
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 SUPPORTED = {"sd1", "sd2", "sdxl"}
 MARKERS = ("v_pred", "ztsnr")
 FREE_MARGIN = 64 * 2**20  # left free beyond the output, for the filesystem's own needs
+MAX_MULTIPLIER = 10.0  # M beyond this is a typo, not a merge anyone wants (1.0 is the inpainting recipe)
 
 
 class MergeError(Exception):
@@ -112,20 +115,57 @@ def _check_variants(lay: dict[str, layout.Layout]) -> None:
             )
 
 
+# Filesystems that are views of the kernel, not storage: writing a model there is always a mistake.
+_PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+              "configfs", "pstore", "bpf", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "autofs",
+              "binfmt_misc"}  # fmt: skip
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem ``path`` is on, from /proc/self/mounts (Linux); None elsewhere."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    target = str(path)
+    for entry in mounts:
+        fields = entry.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
 def _check_output(out: Path, inputs: list[TensorSource], force: bool, needed: int) -> None:
+    """Everything about OUT that can be known before the work: a refusal now costs nothing."""
     for src in inputs:
         for f in [src.path, *src.files()]:
             if out.resolve() == f.resolve() or (out.exists() and f.exists() and out.samefile(f)):
                 raise MergeError(f"the output {out} is one of the inputs ({f}); choose another name", "output")
+    if out.is_dir():
+        raise MergeError(f"the output {out} is a folder; give a file name ending in .safetensors", "output")
     if out.exists() and not force:
         raise MergeError(f"{out} exists", "exists")
     if out.suffix.lower() != ".safetensors":
         raise MergeError(f"the output must end in .safetensors (got {out.name})", "output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out.parent).free
+    parent = out.resolve().parent
+    kind = _filesystem_type(parent)
+    if kind in _PSEUDO_FS:
+        raise MergeError(f"{parent} is on a {kind} pseudo-filesystem, not storage: choose another folder", "output")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent, prefix=".inpaint-advisor-probe-"):
+            pass  # what permission bits cannot tell (root, a read-only mount) a write does
+    except OSError as exc:
+        raise MergeError(f"cannot write in {parent}: {exc.strerror}", "output") from None
+    free = shutil.disk_usage(parent).free
     if free < needed + FREE_MARGIN:
         raise MergeError(
-            f"not enough free space in {out.parent}: the output needs {needed / 1e9:.2f} GB and a margin of "
+            f"not enough free space in {parent}: the output needs {needed / 1e9:.2f} GB and a margin of "
             f"{FREE_MARGIN / 1e6:.0f} MB, {(needed + FREE_MARGIN) / 1e9:.2f} GB in all; {free / 1e9:.2f} GB are free",
             "space",
         )
@@ -143,6 +183,9 @@ def plan_merge(
     force: bool = False,
 ) -> MergePlan:
     """Open the inputs and check everything that can be checked before any tensor is read."""
+    if not math.isfinite(multiplier) or abs(multiplier) > MAX_MULTIPLIER:
+        raise MergeError(f"the multiplier must be a finite number from {-MAX_MULTIPLIER:g} to {MAX_MULTIPLIER:g} "
+                         f"(got {multiplier}); 1.0 makes an inpainting version of B", "options")  # fmt: skip
     if dtype not in OUT_DTYPES:
         raise MergeError(f"the output dtype must be one of {', '.join(OUT_DTYPES)} (got {dtype!r})", "options")
     if device not in ("auto", "cpu", "cuda"):

@@ -97,7 +97,10 @@ class SafetensorsWriter:
     FLUSH_EVERY = 512 * 2**20
 
     def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
-                 *, sync: bool = True):  # fmt: skip
+                 *, sync: bool = True, create: bool = True):  # fmt: skip
+        """``create=False`` leaves the file to ``create()``, for a caller that must hold the writer (to abort it)
+        before the first byte exists: an exception raised between a constructor's return and the assignment of
+        its result (a signal handler's) would otherwise leave the partial file behind."""
         self.path = Path(path)
         self.sync = sync  # fsync before the rename: durable across a power loss, bounded by the disk's speed
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
@@ -110,25 +113,31 @@ class SafetensorsWriter:
             offset = info.end
         self.data_size = offset
         self._header_json = header
-        raw = self._encode(dict(metadata))
+        self._raw_header = raw = self._encode(dict(metadata))
         self.header_len = len(raw)
         self.data_start = 8 + self.header_len  # update_metadata keeps the header's length
         self.total_size = self.data_start + self.data_size
-        self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = -1
         self._mm = None
         self._done = 0
         self._flushed = 0
         self._flusher: threading.Thread | None = None
         self._populator: threading.Thread | None = None
         self._stop_populating = threading.Event()
+        if create:
+            self.create()
+
+    def create(self) -> None:
+        """Make the hidden partial file at its full size (a full disk fails here, before any work), header first."""
         try:
+            self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.posix_fallocate(self._fd, 0, self.total_size)
             except OSError as exc:
                 if exc.errno == 28:
                     raise
                 os.ftruncate(self._fd, self.total_size)  # a filesystem without fallocate
-            self._write_at(struct.pack("<Q", self.header_len) + raw, 0)
+            self._write_at(struct.pack("<Q", self.header_len) + self._raw_header, 0)
             if self.data_size:
                 self._mm = mmap.mmap(self._fd, self.total_size)
         except BaseException:

@@ -97,6 +97,31 @@ def registry_db(request, tmp_path):
         yield url
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """``make(fill)``: a folder that ``fill(folder)`` writes into, then made truly unwritable: a read-only bind
+    mount as root (permission bits do not stop root), mode 0555 otherwise."""
+    mounted = []
+
+    def make(fill) -> Path:
+        folder = tmp_path / f"ro{len(mounted)}"
+        folder.mkdir()
+        fill(folder)
+        if os.geteuid() == 0:
+            for cmd in (["mount", "--bind", str(folder), str(folder)],
+                        ["mount", "-o", "remount,ro,bind", str(folder)]):  # fmt: skip
+                if subprocess.run(cmd, capture_output=True).returncode != 0:
+                    pytest.skip("no way to make a read-only folder here (root without mount)")
+            mounted.append(folder)
+        else:
+            folder.chmod(0o555)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
 def registry_text(db: str) -> str:
     """Everything the registry stores, as text: its files on SQLite, every row on PostgreSQL."""
     if "://" in db:

@@ -76,7 +76,8 @@ def merge(
     except Exception as exc:
         raise die_for(exc, as_json=as_json) from None
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=err, disable=as_json)  # fmt: skip
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
     try:
         with progress:
             on = "" if plan.device == "auto" else f" on {plan.device}"  # auto is settled by run_merge
