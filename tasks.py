@@ -4,6 +4,7 @@
     python3 tasks.py run lookup "majicmix realistic"   # any inpaint-advisor command
     python3 tasks.py test                                # ruff + the whole test suite (what CI runs)
     python3 tasks.py bench [crawl|merge|lookup] [options] # benchmarks/, see README
+    python3 tasks.py where                               # how to run inpaint-advisor directly
 
 Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
 exact release cached on the machine if there is one, else the CPU wheel index.
@@ -43,6 +44,15 @@ def setup() -> None:
         sh(*pip, "torch", "--index-url", TORCH_CPU_INDEX)
     sh(*pip, "-e", f"{ROOT}[dev]")
     stamp.write_text(want)
+    print(where(), flush=True)
+
+
+def where() -> str:
+    exe = BIN / "inpaint-advisor"
+    shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
+    activate = os.path.relpath(BIN / "activate") if not os.path.relpath(BIN).startswith("..") else BIN / "activate"
+    return (f"inpaint-advisor is installed in {VENV}, not on your PATH: run it as {shown} ..., or "
+            f"`source {activate}` first, or `python3 tasks.py run ...`")
 
 
 def main(argv: list[str]) -> int:
@@ -50,6 +60,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if argv else 2
     task, rest = argv[0], argv[1:]
+    if task == "where":
+        print(where())
+        return 0
     setup()
     if task == "setup":
         return 0

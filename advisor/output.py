@@ -6,8 +6,8 @@ import sys
 
 from rich.console import Console
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long: logs and scripts read it whole
 
 USAGE = 2  # exit status of a usage or configuration error, as click uses it
 

@@ -2,7 +2,7 @@
 no torch import."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from merge import layout
@@ -30,6 +30,7 @@ class ProbeResult:
     autov1: str | None = None
     autov2: str | None = None
     autov3: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
@@ -66,6 +67,6 @@ def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
     if with_hash and path.is_file():
         from merge.hashing import file_hashes
 
-        h = file_hashes(path)
+        h = file_hashes(path, warn=result.warnings.append)
         result.sha256, result.autov1, result.autov2, result.autov3 = h.sha256, h.autov1, h.autov2, h.autov3
     return result

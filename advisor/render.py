@@ -84,7 +84,8 @@ def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
 
 def _compact(title: str) -> Table:
     """A borderless table: `status` fits 80 columns, and long repo names fold instead of being cut."""
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                 show_edge=False, collapse_padding=True)
 
 
 def registry_status(console: Console, st: "RegistryStatus") -> None:
@@ -109,10 +110,11 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
     if st.officials:
         checked = max(o.checked_at for o in st.officials)
         table = _compact(f"Official checkpoints (last checked {checked:%Y-%m-%d %H:%M} UTC)")
-        table.add_column("family")
-        table.add_column("role")
-        table.add_column("mirror", overflow="fold")
-        table.add_column("state")
+        longest = max(len(o.repo) for o in st.officials)
+        table.add_column("family", no_wrap=True)
+        table.add_column("role", no_wrap=True)
+        table.add_column("mirror", overflow="fold", min_width=min(longest, max(20, console.width - 30)))
+        table.add_column("state", overflow="fold", min_width=5)
         for o in st.officials:
             state = line(("alive", "green")) if o.alive and o.matches else \
                 line(("changed: ", "yellow"), o.detail) if o.alive else line(("gone", "red"))  # fmt: skip

@@ -50,7 +50,7 @@ def safe_filename(name: str | None, fallback: str = "model.safetensors") -> str:
     text = str(name or "")
     text = re.split(r"[/\\]", text)[-1]
     text = "".join(ch for ch in _SEQUENCE.sub("", text) if unicodedata.category(ch) not in _INVISIBLE)
-    text = text.replace("..", "_").strip().lstrip("-.").strip()
+    text = text.strip().lstrip("-.").strip().replace("..", "_")
     if not text:
         return fallback
     stem, dot, ext = text.rpartition(".")

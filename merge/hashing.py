@@ -27,11 +27,12 @@ class FileHashes:
     autov3: str | None
 
 
-def cache_path() -> Path:
-    return (
-        Path(os.environ.get("INPAINT_ADVISOR_CACHE", user_cache_dir("inpaint-advisor", appauthor=False)))
-        / "hashes.json"
-    )
+def cache_dirs() -> list[Path]:
+    """Where hashes are cached: ``$INPAINT_ADVISOR_CACHE``, then the user cache dir (used when the first cannot
+    be written, so that a hash that took minutes is not lost)."""
+    default = Path(user_cache_dir("inpaint-advisor", appauthor=False))
+    configured = os.environ.get("INPAINT_ADVISOR_CACHE")
+    return [Path(configured), default] if configured and Path(configured) != default else [default]
 
 
 def _key(path: Path) -> tuple[str, str]:
@@ -39,31 +40,50 @@ def _key(path: Path) -> tuple[str, str]:
     return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _load() -> dict:
+_FIELDS = ("sha256", "autov2", "autov1", "autov3")
+
+
+def _load(target: Path) -> dict:
+    """The cache's entries; a missing, unreadable or corrupt cache is empty (and rewritten on the next store)."""
     try:
-        return json.loads(cache_path().read_text())
-    except (OSError, ValueError):
+        data = json.loads(target.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _valid(entry) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("autov2"), str) \
+        and all(entry.get(k) is None or isinstance(entry.get(k), str) for k in ("autov1", "autov3"))  # fmt: skip
 
 
 def cached(path: str | os.PathLike) -> FileHashes | None:
     name, stamp = _key(Path(path))
-    entry = _load().get(name)
-    if entry and entry.get("stamp") == stamp:
-        return FileHashes(**{k: entry[k] for k in ("sha256", "autov2", "autov1", "autov3")})
+    for folder in cache_dirs():
+        entry = _load(folder / "hashes.json").get(name)
+        if _valid(entry) and entry.get("stamp") == stamp:
+            return FileHashes(**{k: entry.get(k) for k in _FIELDS})
     return None
 
 
-def _store(path: Path, hashes: FileHashes) -> None:
+def _store(path: Path, hashes: FileHashes) -> str | None:
+    """Cache ``hashes``; returns a warning when no cache folder could be written (the hashes are still good)."""
     name, stamp = _key(path)
+    problems = []
     with _lock:
-        data = _load()
-        data[name] = {"stamp": stamp, **asdict(hashes)}
-        target = cache_path()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, target)
+        for folder in cache_dirs():
+            target = folder / "hashes.json"
+            try:
+                data = _load(target)
+                data[name] = {"stamp": stamp, **asdict(hashes)}
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, target)
+                return None if not problems else f"hash cache {problems[0]}; cached in {folder} instead"
+            except OSError as exc:
+                problems.append(f"{folder} not writable ({exc.strerror})")
+    return f"the hashes could not be cached: {'; '.join(problems)}"
 
 
 def _safetensors_data_start(head: bytes) -> int | None:
@@ -73,8 +93,9 @@ def _safetensors_data_start(head: bytes) -> int | None:
     return 8 + n if head[8:9] == b"{" and n < 100 * 2**20 else None
 
 
-def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=None) -> FileHashes:
-    """``progress(nbytes)`` is called after each chunk (for a progress bar)."""
+def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=None, warn=None) -> FileHashes:
+    """``progress(nbytes)`` is called after each chunk (for a progress bar); ``warn(message)`` hears of a cache
+    that could not be written."""
     path = Path(path)
     if use_cache and (hit := cached(path)) is not None:
         return hit
@@ -98,6 +119,6 @@ def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=Non
             chunk = f.read(CHUNK)
     sha = full.hexdigest().upper()
     hashes = FileHashes(sha, sha[:10], autov1, data.hexdigest()[:12].upper() if start is not None else None)
-    if use_cache:
-        _store(path, hashes)
+    if use_cache and (problem := _store(path, hashes)) and warn:
+        warn(problem)
     return hashes

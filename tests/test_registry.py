@@ -201,3 +201,78 @@ def test_an_unsupported_registry_url_is_a_usage_error(url):
     result = run_cli("status", env=cli_env(INPAINT_ADVISOR_DB=url))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not supported" in result.stderr or "psycopg driver" in result.stderr or "file path" in result.stderr
+
+
+def _sqlite_fixture_of(kind: str, path):
+    if kind == "random bytes":
+        path.write_bytes(bytes(range(256)) * 64)
+    elif kind == "a directory":
+        path.mkdir()
+    elif kind == "another program's SQLite file":
+        import sqlite3
+
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    elif kind == "a text file":
+        path.write_text("registry = yes\n")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("random bytes", "is not a SQLite database"),
+    ("a directory", "is a directory, not a registry file"),
+    ("another program's SQLite file", "not an inpaint-advisor registry (its tables: customers)"),
+    ("a text file", "is not a SQLite database"),
+])  # fmt: skip
+@pytest.mark.parametrize("args", [["lookup", "majicmix"], ["status"], ["crawl", "civitai", "--max-pages", "1"]])
+def test_a_registry_path_that_holds_something_else_is_named_and_left_alone(tmp_path, kind, message, args):
+    path = tmp_path / "registry.db"
+    _sqlite_fixture_of(kind, path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli(*args, "--offline" if args[0] == "lookup" else "--json", env=cli_env(INPAINT_ADVISOR_DB=str(path)))
+    assert result.returncode == 2, result.stderr
+    output = result.stderr if args[0] == "lookup" else result.stdout
+    assert message in output and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal, no -shm, nothing created
+    if kind == "another program's SQLite file":
+        import sqlite3
+
+        with sqlite3.connect(path) as conn:
+            assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["customers"]
+
+
+def test_read_only_commands_never_create_a_registry(tmp_path):
+    path = tmp_path / "sub" / "registry.db"
+    env = cli_env(INPAINT_ADVISOR_DB=str(path))
+    status = run_cli("status", env=env)
+    assert status.returncode == 1 and "no registry at" in status.stderr and "crawl civitai" in status.stderr
+    lookup_result = run_cli("lookup", "SDXL 1.0", "--offline", env=env)  # bundled data still answers
+    assert lookup_result.returncode == 0
+    empty = run_cli("lookup", "majicmix realistic", "--offline", env=env)
+    assert empty.returncode == 1 and "no registry at" in empty.stdout and empty.stdout.count("matched") == 1
+    assert not path.parent.exists()
+
+
+def test_an_empty_registry_says_so_once(tmp_path):
+    path = tmp_path / "registry.db"
+    registry.connect(str(path))
+    result = run_cli("lookup", "majicmix realistic", "--offline", env=cli_env(INPAINT_ADVISOR_DB=str(path)))
+    assert result.returncode == 1
+    assert "is empty: fill it with" in result.stdout and "offline: Civitai was not asked" in result.stdout
+    assert result.stdout.count("matched") == 1
+
+
+def test_a_registry_on_a_read_only_medium_can_still_be_read(tmp_path, read_only_dir, serve):
+    from crawler import civitai
+    from crawler.http import RetryPolicy
+    from tests.civitai_fake import FakeCivitai, load_fixture
+
+    def fill(folder):
+        civitai.crawl(registry.connect(str(folder / "registry.db")), base_url=serve(FakeCivitai(load_fixture())),
+                      policy=RetryPolicy(attempts=2, base_delay=0.001))  # fmt: skip
+        registry_engine.close_all()
+
+    folder = read_only_dir(fill)
+    env = cli_env(INPAINT_ADVISOR_DB=str(folder / "registry.db"))
+    answer = run_cli("lookup", "majicmix realistic v7", "--offline", env=env)
+    assert answer.returncode == 0 and "Use its own inpainting release" in answer.stdout, answer.stderr
+    assert run_cli("status", env=env).returncode == 0

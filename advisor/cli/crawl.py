@@ -37,9 +37,9 @@ def crawl_civitai(
 
     \b
     Examples:
-      inpaint-advisor crawl civitai                  (everything; resumes where a killed crawl stopped)
-      inpaint-advisor crawl civitai --incremental    (only what changed since the last successful crawl)
-      inpaint-advisor crawl civitai --max-pages 50   (a slice; the next run continues)
+      inpaint-advisor crawl civitai                 # everything, or resume
+      inpaint-advisor crawl civitai --incremental   # only what changed
+      inpaint-advisor crawl civitai --max-pages 50  # a slice; run again to go on
 
     Exit status: 0 done, 1 failed or another crawl is running (run again to resume), 2 usage or registry
     error, 130 interrupted.
@@ -88,7 +88,7 @@ def crawl_hf(
     Examples:
       inpaint-advisor crawl hf
       inpaint-advisor crawl hf --incremental
-      HF_TOKEN=hf_... inpaint-advisor crawl hf --hf-endpoint https://hf-mirror.example
+      HF_TOKEN=hf_... inpaint-advisor crawl hf --hf-endpoint https://hf.example
     """  # noqa: D301
     from crawler import hf
     from crawler.http import RetryPolicy

@@ -48,10 +48,13 @@ def merge(
 
     \b
     Examples:
-      inpaint-advisor merge --inpaint sd-v1-5-inpainting.ckpt --model majicmixRealistic_v7.safetensors \\
-          --base v1-5-pruned-emaonly.safetensors --out majicmixRealistic_v7-inpainting.safetensors
-      inpaint-advisor merge -a stable-diffusion-xl-1.0-inpainting-0.1/ -b myPony.safetensors \\
-          -c sd_xl_base_1.0.safetensors -o myPony-inpainting.safetensors --dtype fp16
+      inpaint-advisor merge --inpaint sd-v1-5-inpainting.ckpt \\
+          --model majicmixRealistic_v7.safetensors \\
+          --base v1-5-pruned-emaonly.safetensors \\
+          --out majicmixRealistic_v7-inpainting.safetensors
+      inpaint-advisor merge -a stable-diffusion-xl-1.0-inpainting-0.1/ \\
+          -b myPony.safetensors -c sd_xl_base_1.0.safetensors \\
+          -o myPony-inpainting.safetensors --dtype fp16
     """  # noqa: D301
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 

@@ -38,14 +38,19 @@ def sqlite_uri(path: Path, read_only: bool) -> str:
 
 def open_sqlite(path: Path, read_only: bool) -> sqlite3.Connection:
     """Read-only opens fall back to ``immutable`` where the folder cannot be written (a read-only medium: a WAL
-    registry otherwise needs to create its -shm file)."""
+    registry otherwise needs to create its -shm file). SQLite opens lazily, so a first read tells."""
     uri = sqlite_uri(path, read_only)
+    conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+    if not read_only:
+        return conn
     try:
-        return sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-    except sqlite3.OperationalError:
-        if not read_only:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
-        return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        conn.close()
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
 
 
 def psycopg_module(loc: Location):

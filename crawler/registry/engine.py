@@ -38,7 +38,19 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def where(engine: Engine) -> str:
+    """The registry an engine reaches, as messages show it (a path, or a URL without its password)."""
+    loc = engine.info.get("location") if hasattr(engine, "info") else None
+    return loc.display if loc else engine.url.render_as_string(hide_password=True)
+
+
 def _make_engine(loc: Location, read_only: bool) -> Engine:
+    engine = _create_engine(loc, read_only)
+    engine.info = {"location": loc}
+    return engine
+
+
+def _create_engine(loc: Location, read_only: bool) -> Engine:
     if loc.dialect == "sqlite":
         # a creator rather than a sqlite:/// URL: any path works (no URL escaping), and read-only opens fall back
         # to immutable; QueuePool, which SQLAlchemy picks for files but not for a bare "sqlite://"

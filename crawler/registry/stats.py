@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
+from crawler.registry.engine import where
 from crawler.registry.schema import CrawlRun, Family, File, InpaintLink, Model, OfficialCheck, SameFile, Version
 
 
@@ -69,7 +70,7 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
     with engine.connect() as conn:
         count = lambda table: conn.execute(select(func.count()).select_from(table)).scalar_one()  # noqa: E731
         status = RegistryStatus(
-            db=engine.url.render_as_string(hide_password=True),
+            db=where(engine),
             models=count(Model),
             versions=count(Version),
             files=count(File),
