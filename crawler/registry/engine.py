@@ -16,7 +16,6 @@ from sqlalchemy.pool import QueuePool
 from crawler.registry import drivers, migrations
 from crawler.registry.errors import NoRegistry, RegistryError
 from crawler.registry.location import Location, locate
-from crawler.registry.state import read_state
 
 _engines: dict[tuple[Location, bool], Engine] = {}
 
@@ -71,52 +70,43 @@ def describe_error(exc: BaseException, loc: Location) -> RegistryError | None:
     return drivers.describe(exc.orig if isinstance(exc, DBAPIError) else exc, loc)
 
 
-def connect(db: str | os.PathLike | None = None) -> Engine:
-    """The registry for a command that writes: created if there is none yet, upgraded if it is older."""
+def _open(db, *, read_only: bool, prepare) -> Engine:
+    """An engine on ``db``, cached once ``prepare(engine, location)`` has accepted it; any failure on the way is
+    one RegistryError, and the engine is disposed of."""
     loc = locate(db)
-    engine = _engines.get((loc, False))
+    engine = _engines.get((loc, read_only))
     if engine is not None:
         return engine
     if loc.dialect == "sqlite":
-        drivers.check_sqlite_path(loc, create=True)
-    engine = _make_engine(loc, read_only=False)
+        drivers.check_sqlite_path(loc, create=not read_only)
+    engine = _make_engine(loc, read_only=read_only)
     try:
-        migrations.upgrade(engine, loc.display)
+        prepare(engine, loc)
     except Exception as exc:
         engine.dispose()
         error = describe_error(exc, loc)
         if error is None:
             raise
         raise error from None
-    _engines[(loc, False)] = engine
+    _engines[(loc, read_only)] = engine
     return engine
+
+
+def connect(db: str | os.PathLike | None = None) -> Engine:
+    """The registry for a command that writes: created if there is none yet, upgraded if it is older."""
+    return _open(db, read_only=False, prepare=lambda engine, loc: migrations.upgrade(engine, loc.display))
+
+
+def _readable(engine: Engine, loc: Location) -> None:
+    with engine.connect() as conn:
+        if migrations.state_of(conn, loc.display).fresh:
+            raise NoRegistry(f"no registry at {loc.display} yet (the database is empty)")
 
 
 def connect_read_only(db: str | os.PathLike | None = None) -> Engine:
     """The registry for a command that only reads: never created, never altered; an older schema is read as
     it is (every migration so far only adds)."""
-    loc = locate(db)
-    engine = _engines.get((loc, True))
-    if engine is not None:
-        return engine
-    if loc.dialect == "sqlite":
-        drivers.check_sqlite_path(loc, create=False)
-    engine = _make_engine(loc, read_only=True)
-    try:
-        with engine.connect() as conn:
-            state = read_state(lambda sql: [tuple(r) for r in conn.exec_driver_sql(sql).all()], loc.dialect,
-                               loc.display)  # fmt: skip
-    except Exception as exc:
-        engine.dispose()
-        error = describe_error(exc, loc)
-        if error is None:
-            raise
-        raise error from None
-    if state.fresh:
-        engine.dispose()
-        raise NoRegistry(f"no registry at {loc.display} yet (the database is empty)")
-    _engines[(loc, True)] = engine
-    return engine
+    return _open(db, read_only=True, prepare=_readable)
 
 
 def forget(db: str | os.PathLike) -> None:

@@ -116,7 +116,8 @@ def _families_digest() -> str:
     return hashlib.sha256(repr(families.all_families()).encode()).hexdigest()
 
 
-def _state(conn: Connection, where: str) -> State:
+def state_of(conn: Connection, where: str) -> State:
+    """The registry's state (crawler.registry.state) through an SQLAlchemy connection."""
     return read_state(lambda sql: [tuple(r) for r in conn.exec_driver_sql(sql).all()], conn.dialect.name, where)
 
 
@@ -148,12 +149,12 @@ def upgrade(engine: Engine, where: str) -> list[str]:
     """Bring the registry to the newest schema (creating it in an empty database); returns the names of the
     migrations this call applied (none when another process had just done it)."""
     with engine.connect() as conn:
-        state = _state(conn, where)
+        state = state_of(conn, where)
         if state.current and _seeded(conn, state):
             return []
         conn.rollback()
         _lock(conn)
-        state = _state(conn, where)  # again, under the lock: another process may have done it meanwhile
+        state = state_of(conn, where)  # again, under the lock: another process may have done it meanwhile
         applied = []
         if state.fresh:
             SQLModel.metadata.create_all(conn)
