@@ -255,13 +255,24 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                 notes.append("offline: " + ("the Hugging Face Hub" if q.kind == "hf" else "Civitai")
                              + " was not asked")  # fmt: skip
             else:
-                store = db if reg is not None else stack.enter_context(_scratch_registry())
-                trouble = _fetch_hf(q, store) if q.kind == "hf" else _fetch(q, store, civitai_url)
+                fetch = (lambda where: _fetch_hf(q, where)) if q.kind == "hf" else \
+                    (lambda where: _fetch(q, where, civitai_url))  # fmt: skip
+                store, unstored = db, "there is no registry to store it in"
+                if reg is None:
+                    store = stack.enter_context(_scratch_registry())
+                try:
+                    trouble = fetch(store)
+                except Exception as exc:  # the registry can be read but not written (a read-only medium, ...)
+                    error = registry.describe_error(exc, store)
+                    if error is None or reg is None:
+                        raise
+                    store, unstored = stack.enter_context(_scratch_registry()), f"the registry: {error}"
+                    trouble = fetch(store)
                 if trouble:
                     notes.append(trouble)
                 else:
-                    if reg is None:
-                        notes.append("fetched live and not stored (there is no registry to store it in)")
+                    if store != db:
+                        notes.append(f"fetched live and not stored ({unstored})")
                     fresh = _open(store)
                     if fresh is not None:
                         stack.callback(fresh.close)

@@ -276,3 +276,16 @@ def test_a_registry_on_a_read_only_medium_can_still_be_read(tmp_path, read_only_
     answer = run_cli("lookup", "majicmix realistic v7", "--offline", env=env)
     assert answer.returncode == 0 and "Use its own inpainting release" in answer.stdout, answer.stderr
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_a_live_lookup_on_a_read_only_registry_answers_without_storing(tmp_path, read_only_dir, serve):
+    import datetime
+    import random
+
+    from tests.civitai_fake import FakeCivitai, synthetic_item
+
+    folder = read_only_dir(lambda f: (registry.connect(str(f / "registry.db")), registry_engine.close_all()))
+    url = serve(FakeCivitai([synthetic_item(777002, random.Random(4), datetime.datetime(2025, 1, 1))]))
+    answer = lookup("civitai:777002", db=str(folder / "registry.db"), civitai_url=url)
+    assert answer.match.model_id == "civitai:777002" and answer.recommendation is not None
+    assert any(n.startswith("fetched live and not stored (the registry:") for n in answer.notes), answer.notes
