@@ -118,8 +118,12 @@ def read_only_dir(tmp_path):
         return folder
 
     yield make
+    from crawler.registry.engine import close_all
+
+    close_all()  # an engine still open on a file in the mount keeps it busy
     for folder in mounted:
-        subprocess.run(["umount", str(folder)], capture_output=True)
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # detached once no longer busy
 
 
 def registry_text(db: str) -> str:
