@@ -87,10 +87,50 @@ def _store(path: Path, hashes: FileHashes) -> str | None:
 
 
 def _safetensors_data_start(head: bytes) -> int | None:
-    if len(head) < 8:
+    if len(head) < 9:
         return None
     (n,) = struct.unpack("<Q", head[:8])
     return 8 + n if head[8:9] == b"{" and n < 100 * 2**20 else None
+
+
+class StreamHasher:
+    """All four hashes of a file fed to ``update`` in order, in one pass: a download hashes as it streams."""
+
+    _AUTOV1 = (0x100000, 0x110000)  # the 64 KiB AutoV1 hashes
+
+    def __init__(self):
+        self._full = hashlib.sha256()
+        self._data = hashlib.sha256()  # a safetensors file's tensor data (AutoV3)
+        self._v1 = hashlib.sha256()
+        self._head = b""
+        self._start: int | None = None
+        self._pos = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        chunk = memoryview(chunk)
+        if len(self._head) < 9:
+            self._head += bytes(chunk[: 9 - len(self._head)])
+            if len(self._head) >= 9:
+                self._start = _safetensors_data_start(self._head)
+        self._full.update(chunk)
+        pos, end = self._pos, self._pos + len(chunk)
+        if self._start is not None and end > self._start:
+            self._data.update(chunk[max(0, self._start - pos) :])
+        lo, hi = self._AUTOV1
+        if end > lo and pos < hi:
+            self._v1.update(chunk[max(0, lo - pos) : hi - pos])
+        self._pos = end
+
+    def result(self) -> FileHashes:
+        sha = self._full.hexdigest().upper()
+        autov1 = self._v1.hexdigest()[:8].upper() if self._pos >= self._AUTOV1[1] else None
+        autov3 = self._data.hexdigest()[:12].upper() if self._start is not None else None
+        return FileHashes(sha, sha[:10], autov1, autov3)
+
+
+def remember(path: str | os.PathLike, hashes: FileHashes) -> str | None:
+    """Put hashes computed elsewhere (while downloading) in the cache; returns a warning if none could be written."""
+    return _store(Path(path), hashes)
 
 
 def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=None, warn=None) -> FileHashes:
@@ -99,26 +139,13 @@ def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=Non
     path = Path(path)
     if use_cache and (hit := cached(path)) is not None:
         return hit
-    full = hashlib.sha256()
-    data = hashlib.sha256()
-    autov1 = None
+    hasher = StreamHasher()
     with open(path, "rb", buffering=0) as f:
-        first = f.read(CHUNK)
-        start = _safetensors_data_start(first)
-        size = os.fstat(f.fileno()).st_size
-        if size >= 0x110000:
-            autov1 = hashlib.sha256(os.pread(f.fileno(), 0x10000, 0x100000)).hexdigest()[:8].upper()
-        pos, chunk = 0, first
-        while chunk:
-            full.update(chunk)
-            if start is not None and pos + len(chunk) > start:
-                data.update(memoryview(chunk)[max(0, start - pos) :])
-            pos += len(chunk)
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
             if progress:
                 progress(len(chunk))
-            chunk = f.read(CHUNK)
-    sha = full.hexdigest().upper()
-    hashes = FileHashes(sha, sha[:10], autov1, data.hexdigest()[:12].upper() if start is not None else None)
+    hashes = hasher.result()
     if use_cache and (problem := _store(path, hashes)) and warn:
         warn(problem)
     return hashes
