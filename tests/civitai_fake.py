@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 from tests.local_server import FakeApiHandler, LocalServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
+LOGIN_WALL = {"error": "Unauthorized", "message": "The creator of this asset requires you to be logged in to download "
+              "it"}  # fmt: skip
 HTML_ERROR = b"<!DOCTYPE html><html><head><title>504 Gateway Time-out</title></head><body>cloudflare</body></html>"
 
 
@@ -49,6 +51,9 @@ class FakeCivitai:
     release: threading.Event = field(default_factory=threading.Event)
     requests: list[dict] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
+    # /api/download/models/{version id} -> the signed storage URL it redirects to (307), and whether it needs a
+    # token (401 with Civitai's login-wall body otherwise)
+    downloads: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.items = sorted(self.items, key=lambda i: (_last_version_time(i), i["id"]))
@@ -127,6 +132,14 @@ class _Handler(FakeApiHandler):
             base = f"http://{self.headers.get('Host')}"
             status, body = fake.models_page(query, base)
             return self._send(status, body)
+        if parts.path.startswith("/api/download/models/"):
+            target = fake.downloads.get(parts.path.rsplit("/", 1)[-1])
+            if target is None:
+                return self._send(404, json.dumps({"error": "Model not found"}).encode())
+            location, needs_token = target
+            if needs_token and not self.headers.get("Authorization"):
+                return self._send(401, json.dumps(LOGIN_WALL).encode())
+            return self._send(307, b"", headers={"Location": location})
         if parts.path.startswith("/api/v1/models/"):
             wanted = parts.path.rsplit("/", 1)[-1]
             for item in fake.items:
