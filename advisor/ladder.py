@@ -33,12 +33,13 @@ class Target:
 
 @dataclass
 class Recommendation:
-    kind: str  # already-inpainting | own-release | sibling-release | official | build | none
+    kind: str  # built | already-inpainting | own-release | sibling-release | official | build | none
     reason: str
     target: Target | None = None
     command: Command | None = None
     evidence: list[str] = field(default_factory=list)
     downloads: list[Command] = field(default_factory=list)  # what to fetch before ``command`` (a build's A, B, C)
+    for_your_version: bool = False  # a release made for the version asked about (build downloads it, no merge)
 
 
 @dataclass
@@ -214,11 +215,17 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         )
 
     checks = registry.official_checks() if registry else {}
+    built = registry.artifacts_for(subject.model_id, subject.version_id) if registry and subject.model_id else []
+    made = next((a for a in built if a.kind == "built"), None)
     links = [ln for mid in [subject.model_id, *subject.same_file_models] if registry and mid
              for ln in registry.links_to(mid)]  # fmt: skip
     own = [ln for ln in links if ln.kind == "same-model"]
     sibling = [ln for ln in links if ln.kind == "sibling-model"]
     rec = None
+    if made is not None:
+        rec = Recommendation("built", f"Use the inpainting version built here on {str(made.created_at)[:10]}: "
+                             f"{made.path}.", Target(name=made.path, source="local", file=made.path, size=made.size,
+                                                     sha256=made.sha256))  # fmt: skip
     for kind, group in (("own-release", own), ("sibling-release", sibling)):
         if not group:
             continue
@@ -228,7 +235,7 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
             "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
         )
         r = Recommendation(kind, f"Use {what}: {target.name} ({note}).", target, _download_command(target),
-                           link.evidence)  # fmt: skip
+                           link.evidence, for_your_version=note == "made for your version")  # fmt: skip
         if "version" in note and note != "made for your version":
             warnings.append(f"The inpainting release was {note}.")
         if rec is None:

@@ -131,6 +131,19 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
             table.add_row(str(r.id), t(r.source), r.mode, r.status, f"{r.started_at:%m-%d %H:%M}", str(r.pages),
                           f"{r.items:,}", t(note[:80]))  # fmt: skip
         console.print(table)
+    _builds(console, st)
+
+
+def _builds(console: Console, st) -> None:
+    if not st.builds:
+        return
+    table = _compact("Built and fetched here")
+    for col in ("when (UTC)", "kind", "model", "file", "size"):
+        table.add_column(col, overflow="fold")
+    for b in st.builds:
+        table.add_row(f"{b.created_at:%m-%d %H:%M}", b.kind, t(b.model_id or ""),
+                      t(b.path) if b.present else line((b.path, "dim"), (" (gone)", "red")), f"{b.size / 1e9:.2f} GB")
+    console.print(table)
 
 
 def merge_result(console: Console, r) -> None:
@@ -152,6 +165,7 @@ def merge_result(console: Console, r) -> None:
 
 
 _KIND_TITLE = {
+    "built": "Built here",
     "already-inpainting": "Already an inpainting model",
     "own-release": "Use its own inpainting release",
     "sibling-release": "Use the creator's inpainting model",
@@ -229,4 +243,35 @@ def probe_result(console: Console, p) -> None:
             table.add_row(t(label, "dim"), t(value))
     console.print(table)
     for w in getattr(p, "warnings", []):
+        console.print(line(("warning: ", "yellow"), w))
+
+
+_ACTION = {"built": ("built", "green"), "downloaded-release": ("downloaded its inpainting release", "green"),
+           "already-built": ("already built", "green"), "already-inpainting": ("already an inpainting model", "green"),
+           "planned": ("plan", "yellow")}  # fmt: skip
+
+
+def build_result(console: Console, r) -> None:
+    word, color = _ACTION[r.action]
+    m = r.match
+    console.print(line((word, f"bold {color}"), ": ", (m.name, "bold"),
+                       f" — {m.version_name}" if m.version_name else "", f"  [{m.family or 'unknown family'}]"))
+    console.print(t(r.reason))
+    if r.plan:
+        table = _compact("Files")
+        for col in ("role", "file", "size", "state"):
+            table.add_column(col, overflow="fold")
+        for item in r.plan:
+            table.add_row(item.role, t(item.what), f"{item.size / 1e9:.2f} GB" if item.size else "?", item.state)
+        console.print(table)
+        console.print(line(f"to download and write: about {r.disk_needed / 1e9:.2f} GB"))
+    if r.merge is not None and r.action == "planned":
+        console.print(line(("merge: ", "dim"), (shell_text(r.merge), "bold cyan")))
+    for d in r.downloads:
+        how = "reused" if d.reused else ("resumed, " if d.resumed else "") + f"{d.bytes / 1e9:.2f} GB fetched"
+        console.print(line(("  ", "dim"), d.path, f" ({how}, {'verified' if d.verified else 'unverified'})"))
+    if r.output is not None:
+        console.print(line(("output: ", "bold"), r.output.path, f" ({r.output.size / 1e9:.2f} GB"
+                           + (f", sha256 {r.output.sha256[:12]}…" if r.output.sha256 else "") + ")"))  # fmt: skip
+    for w in r.warnings:
         console.print(line(("warning: ", "yellow"), w))

@@ -36,7 +36,8 @@ from merge.safetensors_io import SafetensorsWriter
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MergeError", "MergePlan", "MergeResult", "merge", "plan_merge", "run_merge"]
+ENGINE_VERSION = "1"  # changes when the same inputs would give other bytes: part of a build's recipe
+__all__ = ["ENGINE_VERSION", "MergeError", "MergePlan", "MergeResult", "merge", "plan_merge", "run_merge"]
 
 
 @dataclass
@@ -120,7 +121,9 @@ def run_merge(
     progress: Callable[[int], None] | None = None,
     hash_inputs: bool = True,
     sync: bool = True,
+    sources: dict | None = None,
 ) -> MergeResult:
+    """Run a plan; ``sources`` (where A, B and C came from) goes into the output's recipe metadata."""
     t0 = time.perf_counter()
     _clean_stale_partials(plan.out)
     title = title or plan.out.stem
@@ -133,7 +136,7 @@ def run_merge(
     hasher = threading.Thread(target=hash_all, daemon=True, name="merge-hash") if hash_inputs else None
     if hasher:
         hasher.start()
-    meta = metadata.build(plan, title)
+    meta = metadata.build(plan, title, sources)
     position, stop = [0], threading.Event()
     reader = threading.Thread(target=read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
     held = pages.Addresses()
@@ -255,6 +258,7 @@ def merge(
     progress=None,
     hash_inputs: bool = True,
     sync: bool = True,
+    sources: dict | None = None,
 ) -> MergeResult:
     """Build an inpainting checkpoint: the Python API behind `inpaint-advisor merge`. ``sync=False`` skips the
     fsync before OUT appears (faster; a power loss right after may leave OUT damaged)."""
@@ -263,6 +267,6 @@ def merge(
     except CheckpointError as exc:
         raise MergeError(str(exc)) from None
     try:
-        return run_merge(plan, title=title, progress=progress, hash_inputs=hash_inputs, sync=sync)
+        return run_merge(plan, title=title, progress=progress, hash_inputs=hash_inputs, sync=sync, sources=sources)
     finally:
         plan.close()

@@ -20,7 +20,8 @@ def placeholder(i: int) -> str:
     return f"{i:064d}"
 
 
-def build(plan: MergePlan, title: str) -> dict[str, str]:
+def build(plan: MergePlan, title: str, sources: dict | None = None) -> dict[str, str]:
+    """``sources``: where the inputs came from (registry ids, AIR, Hub repo and revision), kept in the recipe."""
     la, lb = plan.layouts["a"], plan.layouts["b"]
     names = [Path(s.path).name for s in (plan.a, plan.b, plan.c)]
     family = la.family
@@ -40,6 +41,7 @@ def build(plan: MergePlan, title: str) -> dict[str, str]:
                    for i, (role, k, n) in enumerate(zip("ABC", "abc", names, strict=True))},
         "first_conv": "delta on B's input channels, A's extra channels kept",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **({"sources": sources} if sources else {}),
     }  # fmt: skip
     return {
         "modelspec.sai_model_spec": "1.0.0",

@@ -96,6 +96,11 @@ def m003_postgresql_name_search(conn: Connection) -> None:
         _search_index(conn, rebuild=False)
 
 
+def m004_artifacts(conn: Connection) -> None:
+    """What `build` made or fetched (the artifact table)."""
+    SQLModel.metadata.create_all(conn, tables=[schema.Artifact.__table__])
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -107,6 +112,7 @@ MIGRATIONS = [
     Migration(1, "schema 5: tables, SQLite name index", m001_schema_5),
     Migration(2, "64-bit official file sizes", m002_official_sizes_64_bit),
     Migration(3, "PostgreSQL trigram name index", m003_postgresql_name_search),
+    Migration(4, "built and fetched checkpoints (artifact)", m004_artifacts),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

@@ -37,6 +37,7 @@ class VersionRecord:
     primary_file: str | None = None
     sha256: str | None = None
     download_url: str | None = None
+    size_kb: float | None = None  # of the primary file, as the source records it
 
 
 @dataclass
@@ -65,6 +66,16 @@ class LinkRecord:
 
 
 @dataclass
+class ArtifactRecord:
+    kind: str  # built | downloaded-release
+    path: str
+    size: int
+    sha256: str
+    version_id: str | None
+    created_at: str | None
+
+
+@dataclass
 class OfficialState:
     alive: bool
     matches: bool
@@ -73,6 +84,15 @@ class OfficialState:
 
 
 MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
+
+
+def unchanged(path: str, size: int, mtime_ns: int) -> bool:
+    """A recorded file is still there, as it was written (size and modification time)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
 def _text_time(value) -> str | None:
@@ -146,13 +166,14 @@ class Reader:
             "SELECT v.id, v.model_id, v.name, v.base_model, v.family, v.published_at, v.position, v.is_inpainting, "
             "v.inpaint_evidence, v.download_url, "
             '(SELECT f.name FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
-            '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
+            '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
+            '(SELECT f.size_kb FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
             "FROM version v WHERE v.model_id = ? ORDER BY v.position",
             (model_id,),
         )
         return [
             VersionRecord(r[0], r[1], r[2], r[3], r[4], _text_time(r[5]), r[6], bool(r[7]), json.loads(r[8] or "[]"),
-                          r[10], r[11], r[9])
+                          r[10], r[11], r[9], r[12])
             for r in rows
         ]  # fmt: skip
 
@@ -184,6 +205,16 @@ class Reader:
 
     def links_from(self, inpaint_model_id: str) -> list[LinkRecord]:
         return self._links("inpaint_model_id", inpaint_model_id)
+
+    def artifacts_for(self, model_id: str, version_id: str | None) -> list[ArtifactRecord]:
+        """Checkpoints built or fetched here for this model (its version's first), whose files are unchanged."""
+        if self.state.version < 4:  # a registry from before builds were recorded
+            return []
+        rows = self.rows("SELECT kind, path, size, sha256, mtime_ns, version_id, created_at FROM artifact "
+                         "WHERE model_id = ? ORDER BY created_at DESC", (model_id,))  # fmt: skip
+        found = [ArtifactRecord(r[0], r[1], r[2], r[3], r[5], _text_time(r[6])) for r in rows
+                 if unchanged(r[1], r[2], r[4])]  # fmt: skip
+        return sorted(found, key=lambda a: a.version_id != version_id)
 
     def exact(self, text: str) -> ModelRecord | None:
         """The one model whose normalised name is ``text``'s, if exactly one is."""

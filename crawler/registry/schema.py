@@ -162,6 +162,27 @@ class Meta(SQLModel, table=True):
     value: str
 
 
+class Artifact(SQLModel, table=True):
+    """A checkpoint this tool made or fetched on this host: a build's recipe and where its output is."""
+
+    id: str = Field(primary_key=True)  # the recipe key: sha256 of A, B, C, M, dtype, engine version (or a release)
+    kind: str  # "built" | "downloaded-release"
+    model_id: str | None = Field(default=None, index=True)  # the registry model it is for (B's)
+    version_id: str | None = None
+    a_sha256: str | None = None
+    b_sha256: str | None = None
+    c_sha256: str | None = None
+    multiplier: float | None = None
+    dtype: str | None = None
+    engine: str = ""  # merge engine version
+    path: str  # absolute
+    size: int = Field(sa_type=BigInteger)
+    sha256: str
+    mtime_ns: int = Field(sa_type=BigInteger)  # with size: the file is still the one recorded
+    host: str = ""
+    created_at: datetime
+
+
 class SchemaMigration(SQLModel, table=True):
     """One row per migration applied, in order; ``max(id)`` is the registry's schema version."""
 

@@ -7,7 +7,18 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
 from crawler.registry.engine import where
-from crawler.registry.schema import CrawlRun, Family, File, InpaintLink, Model, OfficialCheck, SameFile, Version
+from crawler.registry.reader import unchanged
+from crawler.registry.schema import (
+    Artifact,
+    CrawlRun,
+    Family,
+    File,
+    InpaintLink,
+    Model,
+    OfficialCheck,
+    SameFile,
+    Version,
+)
 
 
 @dataclass
@@ -51,6 +62,16 @@ class OfficialInfo:
 
 
 @dataclass
+class BuildInfo:
+    kind: str  # built | downloaded-release
+    model_id: str | None
+    path: str
+    size: int
+    present: bool  # still there, unchanged
+    created_at: datetime
+
+
+@dataclass
 class RegistryStatus:
     db: str
     models: int
@@ -64,6 +85,7 @@ class RegistryStatus:
     families: list[FamilyCount] = field(default_factory=list)
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
+    builds: list[BuildInfo] = field(default_factory=list)  # what `build` made or fetched here, newest first
 
 
 def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
@@ -132,4 +154,16 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                     r.last_error,
                 )
             )
+    if "artifact" in status_tables(engine):
+        with engine.connect() as conn:
+            for r in conn.execute(select(Artifact).order_by(Artifact.created_at.desc()).limit(recent_runs * 2)):
+                status.builds.append(BuildInfo(r.kind, r.model_id, r.path, r.size,
+                                               unchanged(r.path, r.size, r.mtime_ns), r.created_at))  # fmt: skip
     return status
+
+
+def status_tables(engine: Engine) -> set[str]:
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())

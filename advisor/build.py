@@ -1,0 +1,485 @@
+"""`build`: from anything `lookup` accepts to a verified inpainting checkpoint on disk.
+
+It follows the lookup's ladder: a model that already is an inpainting model, or its own (or sibling) release
+made for the version asked about, is downloaded rather than built; otherwise A (the family's official
+inpainting model) and C (its base) come from the bundled data's live mirror, or the user's own files, B from
+the registry or the user's file, and the merge engine builds ``<B's stem>-inpainting.safetensors``. Every
+download goes through ``advisor.download`` (resumable, verified); inputs are kept in the cache, outputs in the
+chosen folder; what was built is recorded in the registry (``artifact``) so that `lookup` points at it and the
+same recipe is not built twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from advisor import ladder
+from advisor.commands import Command
+from advisor.download import Downloaded, DownloadError, Source, fetch
+from advisor.lookup import LookupResult, Match, lookup
+from advisor.safety import safe_filename
+from crawler import families, registry
+from merge import hashing
+
+ACTIONS = ("built", "downloaded-release", "already-built", "already-inpainting", "planned")
+_FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+_WEIGHTS = ("diffusion_pytorch_model{}.safetensors", "model{}.safetensors")
+
+
+class BuildError(Exception):
+    """A build that cannot be done as asked; ``code`` for JSON, ``exit_code`` for the CLI."""
+
+    def __init__(self, message: str, code: str = "build-failed", exit_code: int = 1):
+        super().__init__(message)
+        self.code, self.exit_code = code, exit_code
+
+
+@dataclass
+class BuildInput:
+    role: str  # A | B | C
+    path: str
+    sha256: str | None
+    source: str  # "local", a URL (never with a token), or "hf:repo" for a folder
+    verified: bool
+
+
+@dataclass
+class FetchRecord:
+    url: str
+    path: str
+    bytes: int
+    resumed: bool
+    verified: bool
+    reused: bool
+
+
+@dataclass
+class PlanItem:
+    role: str  # A | B | C | release
+    what: str
+    source: str
+    size: int | None
+    state: str  # local | cached | partial | missing
+
+
+@dataclass
+class Output:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class BuildResult:
+    query: str
+    action: str  # one of ACTIONS
+    reason: str
+    match: Match | None
+    output: Output | None = None
+    inputs: dict[str, BuildInput] = field(default_factory=dict)
+    downloads: list[FetchRecord] = field(default_factory=list)
+    plan: list[PlanItem] = field(default_factory=list)
+    merge: Command | None = None  # what the merge runs, as the CLI's command would say it
+    disk_needed: int = 0
+    verified: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Need:
+    """One file the build needs: where it is now, or how to fetch it."""
+
+    role: str
+    source: Source | None  # None: a local file, nothing to fetch
+    folder: Path  # where a download goes
+    local: Path | None = None
+    identity: str = ""  # what the recipe key says about it: a sha256, or an id
+    files: list[_Need] = field(default_factory=list)  # the parts of a diffusers folder
+    origin: str = "fetch"  # user (the user's own path) | hf-cache | fetch
+    checked: bool = False  # its bytes are known to be the ones a registry or the bundled data records
+
+
+Progress = Callable[[str, int, int | None], None]  # (label, bytes done, total)
+
+
+def files_dir() -> Path:
+    """Where A, C and fetched fine-tunes are kept: the cache, shared by every build."""
+    return hashing.cache_dirs()[0] / "files"
+
+
+def _hf_endpoint() -> str:
+    from crawler.hub import endpoint_from_env
+
+    return endpoint_from_env()
+
+
+def _hf_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:
+    """A file the user's Hugging Face cache already holds (huggingface_hub's own lookup), if it is the one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo, path)
+    except Exception:  # noqa: BLE001 - a cache we cannot read is a cache we do not use
+        return None
+    if not isinstance(hit, str):
+        return None
+    if sha256 and hashing.file_hashes(hit).sha256.upper() != sha256.upper():
+        return None
+    return Path(hit)
+
+
+def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | None) -> _Need:
+    parts = [safe_filename(p, "_") for p in path.split("/")]
+    folder = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts[:-1])
+    url = f"{_hf_endpoint()}/{repo}/resolve/main/{path}"
+    identity = (sha256 or f"hf:{repo}/{path}").upper()
+    cached = _from_hf_cache(repo, path, sha256)
+    if cached is not None:
+        return _Need(role, None, cached.parent, local=cached, identity=identity, origin="hf-cache",
+                     checked=bool(sha256))  # fmt: skip
+    source = Source(url, name=parts[-1], sha256=sha256, size=size, token=_hf_token(), label=role)
+    return _Need(role, source, folder, identity=identity)
+
+
+def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) -> _Need:
+    """A diffusers folder: its listing from the Hub (sizes and lfs.sha256 verify each file), the weights of
+    each component (fp16 variants first, as the merge reads them)."""
+    from crawler.hf_inspect import blobs_of
+    from crawler.hub import Hub
+
+    try:
+        with Hub(_hf_endpoint(), _hf_token()) as hub:
+            info = hub.model_info(repo, files_metadata=True)
+    except Exception as exc:
+        raise BuildError(f"{role}: cannot list {repo} on the Hugging Face Hub ({exc})", "network") from None
+    sizes, hashes = blobs_of(info)
+    names = set(sizes) | {s.rfilename for s in info.siblings or []}
+    wanted = [n for n in ("model_index.json",) if n in names]
+    for part in _FOLDER_PARTS:
+        if f"{part}/config.json" in names:
+            wanted.append(f"{part}/config.json")
+        weights = next((f"{part}/{w.format(v)}" for v in (".fp16", "") for w in _WEIGHTS
+                        if f"{part}/{w.format(v)}" in names), None)  # fmt: skip
+        if weights:
+            wanted.append(weights)
+    if not any(w.startswith("unet/") and w.endswith(".safetensors") for w in wanted):
+        raise BuildError(f"{role}: {repo} has no unet/ safetensors weights to build from", "not-a-model")
+    expected = dict(hashes)
+    if checked:  # the bundled data's own record of the folder's main file wins over the listing
+        expected[checked[0]] = checked[1].upper()
+    parts = [_hub_file(role, repo, n, expected.get(n), sizes.get(n)) for n in wanted]
+    identity = hashlib.sha256("\n".join(f"{n}:{p.identity}" for n, p in zip(wanted, parts, strict=True))
+                              .encode()).hexdigest().upper()  # fmt: skip
+    root = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo")
+    return _Need(role, None, root, identity=identity, files=parts, origin="folder")
+
+
+def _official(role: str, fam: dict, which: str, checks: dict) -> _Need:
+    spec = fam[which]
+    repo, _ = ladder.live_mirror(spec, checks)
+    if spec.get("layout") == "diffusers":
+        return _hub_folder(role, repo, (spec["file"], spec["sha256"]) if spec.get("file") else None)
+    return _hub_file(role, repo, spec["file"], spec.get("sha256"), spec.get("size"))
+
+
+def _local(role: str, path: str | os.PathLike) -> _Need:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise BuildError(f"{role}: no such file or folder: {p}", "bad-input", 2)
+    identity = hashing.file_hashes(p).sha256 if p.is_file() else _folder_identity(p)
+    return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
+
+
+def _folder_identity(folder: Path) -> str:
+    files = sorted(f for f in folder.rglob("*.safetensors") if f.is_file())
+    lines = [f"{f.relative_to(folder)}:{hashing.file_hashes(f).sha256}" for f in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest().upper()
+
+
+def _civitai_version(role: str, reader, model, version, folder: Path | None = None) -> _Need:
+    from crawler import civitai
+
+    vid = version.id.split(":v", 1)[1]
+    size = int(version.size_kb * 1024) if version.size_kb else None
+    source = Source(f"{civitai.api_url()}/api/download/models/{vid}", name=version.primary_file,
+                    sha256=version.sha256, size=size, token=civitai.token_from_env(), label=role)  # fmt: skip
+    where = folder or files_dir() / "civitai" / safe_filename(vid, "version")
+    return _Need(role, source, where, identity=(version.sha256 or version.id).upper())
+
+
+def _registry_file(role: str, reader, model_id: str, version_id: str | None, folder: Path | None = None) -> _Need:
+    """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
+    model = reader.model(model_id)
+    versions = reader.versions(model.id)
+    version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None, None)
+    if version is None or not version.primary_file:
+        raise BuildError(f"{role}: the registry knows no file of {model.name} to download", "no-file")
+    if model.source == "civitai":
+        return _civitai_version(role, reader, model, version, folder)
+    if "/" in version.primary_file:  # a diffusers repo
+        return _hub_folder(role, model.source_id)
+    need = _hub_file(role, model.source_id, version.primary_file, version.sha256, None)
+    if folder is not None:
+        need.folder = folder
+    return need
+
+
+def _state(need: _Need) -> str:
+    if need.files:
+        states = {_state(p) for p in need.files}
+        return "cached" if states == {"cached"} else "partial" if states & {"cached", "partial"} else "missing"
+    if need.local is not None:
+        return "local" if need.origin == "user" else "cached"
+    target = need.folder / safe_filename(need.source.name) if need.source.name else None
+    if target is not None and target.exists():
+        return "cached"
+    if need.folder.exists() and any(need.folder.glob(".inpaint-advisor-*.partial")):
+        return "partial"
+    return "missing"
+
+
+def _bytes(need: _Need) -> int:
+    if need.files:
+        return sum(_bytes(p) for p in need.files)
+    return (need.source.size or 0) if need.source is not None and _state(need) != "cached" else 0
+
+
+def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], offline: bool) -> Path:
+    """The need's path on disk, downloading what is missing."""
+    if need.files:
+        for part in need.files:
+            _get(part, progress, records, offline)
+        return need.folder
+    if need.source is None:
+        return need.local
+    if offline:
+        there = need.folder / safe_filename(need.source.name) if need.source.name else None
+        if there is not None and there.exists():
+            return there
+        raise BuildError(f"{need.role}: {need.source.name or need.source.url} is not in the cache, and the build is "
+                         "offline", "offline")  # fmt: skip
+    label = f"{need.role}: {need.source.name or ''}".strip()
+    try:
+        got: Downloaded = fetch(need.source, need.folder,
+                                progress=(lambda done, total: progress(label, done, total)) if progress else None)
+    except DownloadError as exc:
+        raise BuildError(str(exc), exc.code) from None
+    records.append(FetchRecord(got.url, str(got.path), got.bytes, got.resumed, got.verified, got.reused))
+    need.checked = got.verified
+    return got.path
+
+
+def _recipe_key(a: _Need, b: _Need, c: _Need, multiplier: float, dtype: str) -> str:
+    from merge.engine import ENGINE_VERSION
+
+    text = "|".join([a.identity, b.identity, c.identity, repr(float(multiplier)), dtype, ENGINE_VERSION])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stem(b_path: Path) -> str:
+    name = b_path.name
+    return name if b_path.is_dir() else name.rsplit(".", 1)[0]
+
+
+def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
+          multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
+          dry_run: bool = False, offline: bool = False, db: str | None = None, progress: Progress | None = None,
+          merge_progress: Callable[[int], None] | None = None) -> BuildResult:  # fmt: skip
+    """The Python API behind `inpaint-advisor build`; raises BuildError (and lookup's errors) when it cannot."""
+    found = lookup(query, db=db, offline=offline)
+    if found.match is None:
+        why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
+        raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
+    out_dir = Path(out).expanduser()
+    result = BuildResult(query, "planned", "", found.match, warnings=list(found.warnings))
+    reader = _reader(db)
+    try:
+        if not force_build:
+            fetched = _fetch_instead(found, reader, out_dir, dry_run, offline, progress, result, db)
+            if fetched:
+                return result
+        return _build(found, reader, out_dir, inpaint, base, multiplier, dtype, device, dry_run, offline, db,
+                      progress, merge_progress, result)  # fmt: skip
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _reader(db):
+    try:
+        return registry.open_reader(db)
+    except registry.NoRegistry:
+        return None
+
+
+def _fetch_instead(found: LookupResult, reader, out_dir: Path, dry_run: bool, offline: bool, progress,
+                   result: BuildResult, db) -> bool:  # fmt: skip
+    """Download instead of build: the model itself when it already is an inpainting model, or its own or
+    sibling release made for this version. True when that settled the build."""
+    rec = found.recommendation
+    match = found.match
+    if rec.kind == "already-inpainting":
+        if match.source == "file":
+            result.action, result.reason = "already-inpainting", rec.reason
+            result.output = _output(Path(found.query))
+            result.verified = True
+            return True
+        need = _registry_file("release", reader, match.model_id, match.version_id, out_dir)
+        action = "already-inpainting"
+    elif rec.kind in ("own-release", "sibling-release") and rec.for_your_version and rec.target.version_id:
+        release = reader.model_of_version(rec.target.version_id)
+        need = _registry_file("release", reader, release.id, rec.target.version_id, out_dir)
+        action = "downloaded-release"
+    else:
+        return False
+    result.reason = rec.reason + " Downloaded rather than built (force a build to make one anyway)."
+    result.plan = [PlanItem("release", need.source.name or need.source.url if need.source else str(need.folder),
+                            need.source.url if need.source else "", need.source.size if need.source else None,
+                            _state(need))]  # fmt: skip
+    result.disk_needed = _bytes(need)
+    if dry_run:
+        result.action = "planned"
+        return True
+    _check_space(out_dir, result.disk_needed)
+    path = _get(need, progress, result.downloads, offline)
+    result.action = action
+    result.output = _output(path)
+    result.verified = _verified(need)
+    if not result.verified:
+        result.warnings.append(f"{path.name}: the registry records no SHA256 for it: unverified")
+    if reader is not None and match.model_id:
+        _record(match, path, result.output.sha256, db=db)
+    return True
+
+
+def _output(path: Path) -> Output:
+    if path.is_dir():
+        return Output(str(path.resolve()), sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), "")
+    return Output(str(path.resolve()), path.stat().st_size, hashing.file_hashes(path).sha256)
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise BuildError(f"not enough free space in {folder}: {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free",
+                         "disk")  # fmt: skip
+
+
+def _record(match: Match, path: Path, sha256: str, *, db) -> None:
+    """A downloaded release, recorded like a build (so that status lists it)."""
+    from crawler.registry import artifacts
+
+    try:
+        engine = registry.connect(db)
+        artifacts.record(engine, artifacts.Made(key=f"release:{match.version_id}:{sha256}", kind="downloaded-release",
+                                                path=path, sha256=sha256, model_id=match.model_id,
+                                                version_id=match.version_id))  # fmt: skip
+    except registry.RegistryError:
+        pass  # a registry that cannot be written: the file is there all the same
+
+
+def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier, dtype, device, dry_run,
+           offline, db, progress, merge_progress, result: BuildResult) -> BuildResult:  # fmt: skip
+    from merge.engine import ENGINE_VERSION, MergeError, plan_merge, run_merge
+
+    match = found.match
+    build_rec = next((r for r in [found.recommendation, *found.alternatives] if r.kind == "build"), None)
+    fam = families.official_target(match.family)
+    if not (inpaint and base) and (build_rec is None or fam is None):
+        raise BuildError(f"no build route for {match.name}: {found.recommendation.reason}", "no-build-route")
+    checks = reader.official_checks() if reader is not None else {}
+    a = _local("A", inpaint) if inpaint else _official("A", fam, "inpaint", checks)
+    c = _local("C", base) if base else _official("C", fam, "base", checks)
+    if match.source == "file":
+        b = _local("B", found.query)
+    elif reader is None:
+        raise BuildError(f"B: {match.name} is not in a registry, so its file cannot be found", "no-registry")
+    else:
+        b = _registry_file("B", reader, match.model_id, match.version_id)
+    key = _recipe_key(a, b, c, multiplier, dtype)
+    result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
+    result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
+                            n.source.size if n.source else None, _state(n)) for n in (a, b, c)]  # fmt: skip
+    engine = None
+    try:
+        engine = registry.connect(db) if reader is not None else None
+    except registry.RegistryError as exc:
+        result.warnings.append(f"the build will not be recorded: {exc}")
+    if engine is not None:
+        from crawler.registry import artifacts
+
+        done = artifacts.by_key(engine, key)
+        if done is not None:
+            result.action = "already-built"
+            result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
+            result.output = Output(done.path, done.size, done.sha256)
+            result.verified = True
+            return result
+    b_name_path = b.local or Path(safe_filename(b.source.name if b.source and b.source.name else match.name))
+    target = out_dir / safe_filename(f"{_stem(b_name_path)}-inpainting.safetensors")
+    result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
+                            str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
+    estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
+    result.disk_needed = sum(_bytes(n) for n in (a, b, c)) + estimate
+    if dry_run:
+        return result
+    if target.exists():
+        raise BuildError(f"{target} exists and is not this recipe's build: remove it or choose another folder",
+                         "exists")  # fmt: skip
+    _check_space(files_dir(), sum(_bytes(n) for n in (a, b, c)))
+    paths = {n.role: _get(n, progress, result.downloads, offline) for n in (a, b, c)}
+    for n in (a, b, c):
+        result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity if len(n.identity) == 64 else None,
+                                           n.source.url if n.source else ("local" if n.local else "hf-folder"),
+                                           _verified(n))  # fmt: skip
+    sources = {role: {"path": i.path, "source": i.source, "sha256": i.sha256} for role, i in result.inputs.items()}
+    sources["model"] = {"id": match.model_id, "version": match.version_id, "name": match.name}
+    try:
+        plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype,
+                          device=device)  # fmt: skip
+        try:
+            run_merge(plan, progress=merge_progress, sources=sources)
+        finally:
+            plan.close()
+    except MergeError as exc:
+        raise BuildError(str(exc), "merge-refused") from None
+    result.output = _output(target)
+    result.action = "built"
+    result.verified = all(i.verified for i in result.inputs.values())
+    if not result.verified:
+        result.warnings.append("built from inputs with no known SHA256: unverified (" +
+                               ", ".join(r for r, i in result.inputs.items() if not i.verified) + ")")  # fmt: skip
+    if engine is not None:
+        from crawler.registry import artifacts
+
+        artifacts.record(engine, artifacts.Made(key=key, kind="built", path=target, sha256=result.output.sha256,
+                                                model_id=match.model_id, version_id=match.version_id,
+                                                a_sha256=result.inputs["A"].sha256, b_sha256=result.inputs["B"].sha256,
+                                                c_sha256=result.inputs["C"].sha256, multiplier=multiplier,
+                                                dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
+    return result
+
+
+def _describe(need: _Need) -> str:
+    if need.files:
+        return f"{need.folder.name} (diffusers folder, {len(need.files)} files)"
+    if need.source is None:
+        return str(need.local)
+    return need.source.name or need.source.url
+
+
+def _verified(need: _Need) -> bool:
+    """The user's own file counts as their word; anything else as what its hash check said."""
+    return all(_verified(p) for p in need.files) if need.files else need.checked

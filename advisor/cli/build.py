@@ -1,0 +1,91 @@
+"""`build`: a model name in, a verified inpainting checkpoint out."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from advisor.cli.app import app
+from advisor.cli.common import DbOption, JsonOption, die, die_for
+
+
+@app.command()
+def build(
+    query: Annotated[str, typer.Argument(metavar="MODEL", help="Anything lookup takes: a name, a Civitai URL, id "
+                                         "or AIR, a Hugging Face repo, a hash, or a local file.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the result goes.")] = Path("."),
+    inpaint: Annotated[str | None, typer.Option("--inpaint", "-a", metavar="A",
+                                                help="Your own A (else the family's official one).")] = None,
+    base: Annotated[str | None, typer.Option("--base", "-c", metavar="C",
+                                             help="Your own C (else the family's official base).")] = None,
+    multiplier: Annotated[float, typer.Option("--multiplier", "-m", metavar="M", help="M in A + (B - C) * M.")] = 1.0,
+    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32", help="Output precision.")] = "fp16",
+    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the merge runs.")] = "auto",
+    force_build: Annotated[bool, typer.Option("--force-build",
+                                              help="Build even where an inpainting release exists.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan: route, files, disk, merge.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Use only what is on disk or in the cache.")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Get a verified inpainting checkpoint for a model: its own release when one was made for your version,
+    else a build A + (B - C) * M with the family's official A and C, fetched as needed.
+
+    Downloads resume after a dropped connection or a kill (run the same command again), are checked against
+    the SHA256 the registry records, and land under their final name only when complete. A, C and fetched
+    fine-tunes are kept in the cache for the next build. The result is recorded: lookup then points at it,
+    and the same build again does no work.
+
+    \b
+    Examples:
+      inpaint-advisor build "majicmix realistic v7"
+      inpaint-advisor build civitai:4384 --out ~/models/Stable-diffusion
+      inpaint-advisor build ./myModel.safetensors --dry-run
+      inpaint-advisor build myPony.safetensors -a sdxl-inpainting/ -c sd_xl_base_1.0.safetensors
+
+    Exit status: 0 the output exists and is verified, 1 it could not be made (or is unverified), 2 usage.
+    """  # noqa: D301
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from advisor import render
+    from advisor.build import BuildError
+    from advisor.build import build as do_build
+    from advisor.lookup import NotFound
+    from advisor.output import USAGE, err, print_json
+    from advisor.output import out as out_console
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
+    tasks: dict[str, int] = {}
+
+    def on_bytes(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(render.line(label).plain[:60], total=total)
+        progress.update(tasks[label], completed=done, total=total)
+
+    merging = {}
+
+    def on_merge(n: int) -> None:
+        if "task" not in merging:
+            merging["task"] = progress.add_task("merging", total=None)
+        progress.advance(merging["task"], n)
+
+    try:
+        with progress:
+            result = do_build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype,
+                              device=device, force_build=force_build, dry_run=dry_run, offline=offline, db=db,
+                              progress=on_bytes, merge_progress=on_merge)  # fmt: skip
+    except BuildError as exc:
+        raise die(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json) from None
+    except NotFound as exc:
+        raise die(str(exc), code="not-found", as_json=as_json) from None
+    except ValueError as exc:
+        raise die(str(exc), code="bad-query", exit_code=USAGE, as_json=as_json) from None
+    except Exception as exc:
+        raise die_for(exc, as_json=as_json) from None
+    if as_json:
+        print_json(result)
+    else:
+        render.build_result(out_console, result)
+    raise typer.Exit(0 if result.verified or result.action == "planned" else 1)

@@ -1,0 +1,218 @@
+"""`build` end to end: a model name in, a verified checkpoint out, through a fake Civitai (download endpoint and
+signed storage) and a fake Hub serving tiny real-layout checkpoints as the official A and C."""
+
+import copy
+import datetime
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors import safe_open
+
+from advisor.build import BuildError, build
+from advisor.download import CHUNK
+from advisor.lookup import lookup
+from crawler import civitai, families, registry
+from crawler.http import RetryPolicy
+from tests.civitai_fake import FakeCivitai, Server, synthetic_item
+from tests.conftest import ROOT, cli_env, option, run_cli
+from tests.hf_fake import FakeFile, FakeHub, FakeRepo, HubServer
+from tests.sd_layouts import write_checkpoint
+from tests.storage_fake import Blob, FakeStorage, StorageServer
+
+A_REPO, C_REPO = "test/sd1-inpainting", "test/sd1-base"
+
+
+class RealFile(FakeFile):
+    """A Hub file whose lfs.sha256 is its content's (the fixture hub's default is a made-up one)."""
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+def _bytes_of(tmp_path, name, variant, seed, **kw) -> bytes:
+    path = tmp_path / "made" / name
+    path.parent.mkdir(exist_ok=True)
+    write_checkpoint(path, "sd1", variant, seed, **kw)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch, registry_db):
+    """A registry crawled from a fake Civitai with two SD 1.5 models (one with an inpainting release for its
+    newest version), their files on fake storage, and the official SD 1.x pair on a fake Hub."""
+    a, c = _bytes_of(tmp_path, "a.safetensors", "inpaint", 1), _bytes_of(tmp_path, "c.safetensors", "normal", 3)
+    b = _bytes_of(tmp_path, "b.safetensors", "normal", 2)
+    b2 = _bytes_of(tmp_path, "b2.safetensors", "normal", 5)
+    release = _bytes_of(tmp_path, "r.safetensors", "inpaint", 4)
+    hub = FakeHub([FakeRepo(A_REPO, files={"sd-v1-5-inpainting.safetensors": RealFile(a)}),
+                   FakeRepo(C_REPO, files={"v1-5-pruned-emaonly.safetensors": RealFile(c)})])  # fmt: skip
+    storage, fake = FakeStorage(), FakeCivitai([])
+    servers = [HubServer(hub), StorageServer(storage), Server(fake)]
+    hub_url, storage_url, civitai_url = (s.__enter__() for s in servers)
+    monkeypatch.setenv("HF_ENDPOINT", hub_url)
+    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", civitai_url)
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # the bundled data's official SD 1.x pair, pointed at the fake Hub's tiny files
+    fams = copy.deepcopy(families.all_families())
+    sd1 = next(f for f in fams if f["id"] == "sd1")
+    sd1["inpaint"].update(mirrors=[{"repo": A_REPO, "alive": True}], file="sd-v1-5-inpainting.safetensors",
+                          size=len(a), sha256=hashlib.sha256(a).hexdigest())  # fmt: skip
+    sd1["base"].update(mirrors=[{"repo": C_REPO, "alive": True}], file="v1-5-pruned-emaonly.safetensors",
+                       size=len(c), sha256=hashlib.sha256(c).hexdigest())  # fmt: skip
+    monkeypatch.setattr(families, "all_families", lambda: fams)
+    monkeypatch.setattr(families, "by_id", lambda: {f["id"]: f for f in fams})
+    items = []
+    for mid, data, inpaint, base in ((600001, b, None, "SD 1.5"), (600002, b2, release, "SD 1.5"),
+                                     (600003, b, None, "Flux.1 D")):  # fmt: skip
+        item = synthetic_item(mid, random.Random(mid), datetime.datetime(2025, 1, 1))
+        item["name"] = f"Tiny Model {mid}"
+        for v in item["modelVersions"]:
+            v["baseModel"], v["baseModelType"] = base, "Standard"
+            f = v["files"][0]
+            f["name"], f["sizeKB"] = f"tinyModel{mid}_{v['name']}.safetensors", len(data) / 1024
+            f["hashes"] = {"SHA256": hashlib.sha256(data).hexdigest().upper()}
+            storage.blobs[str(v["id"])] = Blob(data, f["name"])
+            fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
+        if inpaint is not None:  # the newest version's inpainting release, as a version of its own
+            rel = copy.deepcopy(item["modelVersions"][0])
+            rel["id"], rel["name"], rel["baseModelType"] = 9999001, rel["name"] + "-inpainting", "Inpainting"
+            rel["files"] = rel["files"][:1]
+            rf = rel["files"][0]
+            rf["id"] = 99990010
+            rf["name"], rf["hashes"] = "tinyRelease-inpainting.safetensors", {"SHA256": hashlib.sha256(inpaint)
+                                                                             .hexdigest().upper()}  # fmt: skip
+            rf["sizeKB"] = len(inpaint) / 1024
+            storage.blobs["9999001"] = Blob(inpaint, rf["name"])
+            fake.downloads["9999001"] = (f"{storage_url}/blob/9999001?sig=1", False)
+            item["modelVersions"].insert(0, rel)
+        items.append(item)
+    fake.items = items
+    civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
+    yield {"db": registry_db, "storage": storage, "hub": hub, "tmp": tmp_path, "b": b, "civitai": fake}
+    for s in servers:
+        s.__exit__(None, None, None)
+
+
+def test_a_fine_tune_without_a_release_is_built_verified_recorded_and_found(world):
+    out = world["tmp"] / "out"
+    result = build("civitai:600001", out=out, db=world["db"])
+    assert result.action == "built" and result.verified, result
+    target = out / f"tinyModel600001_{result.match.version_name}-inpainting.safetensors"
+    assert result.output.path == str(target.resolve()) and target.exists()
+    assert result.output.sha256 == hashlib.sha256(target.read_bytes()).hexdigest().upper()
+    assert {r: i.verified for r, i in result.inputs.items()} == {"A": True, "B": True, "C": True}
+    assert sorted(p.name for p in out.iterdir()) == [target.name]  # A, B and C went to the cache
+    with safe_open(str(target), "pt") as f:
+        recipe = json.loads(f.metadata()["inpaint_advisor.recipe"])
+    assert recipe["sources"]["model"]["id"] == "civitai:600001"
+    assert recipe["sources"]["B"]["sha256"] == hashlib.sha256(world["b"]).hexdigest().upper()
+    # lookup now answers with the build, first
+    answer = lookup("civitai:600001", db=world["db"], offline=True)
+    assert answer.recommendation.kind == "built" and answer.recommendation.target.file == str(target.resolve())
+    # the same build again does no work: nothing fetched, nothing written
+    requests = len(world["storage"].requests)
+    again = build("civitai:600001", out=out, db=world["db"])
+    assert again.action == "already-built" and again.downloads == [] and len(world["storage"].requests) == requests
+    # status lists it
+    status = json.loads(run_cli("status", "--json", env=cli_env(INPAINT_ADVISOR_DB=world["db"])).stdout)
+    assert [b["path"] for b in status["builds"]] == [str(target.resolve())]
+
+
+def test_a_release_made_for_the_version_is_downloaded_instead(world):
+    out = world["tmp"] / "out"
+    result = build("civitai:600002", out=out, db=world["db"])
+    assert result.action == "downloaded-release" and result.verified
+    assert (out / "tinyRelease-inpainting.safetensors").exists()
+    forced = build("civitai:600002", out=out, db=world["db"], force_build=True)
+    assert forced.action == "built"
+
+
+def test_a_second_fine_tune_of_the_family_reuses_a_and_c(world):
+    out = world["tmp"] / "out"
+    build("civitai:600001", out=out, db=world["db"])
+    hub_files = [r for r in world["hub"].requests if "/resolve/" in r]
+    second = build("civitai:600002", out=out, db=world["db"], force_build=True)
+    assert second.action == "built"
+    assert [r for r in world["hub"].requests if "/resolve/" in r] == hub_files  # A and C came from the cache
+    assert {d.reused for d in second.downloads if "/resolve/" in d.url} <= {True}
+
+
+def test_dry_run_shows_the_plan_and_fetches_nothing(world):
+    result = build("civitai:600001", out=world["tmp"] / "out", db=world["db"], dry_run=True)
+    assert result.action == "planned" and [p.role for p in result.plan] == ["A", "B", "C"]
+    assert {p.state for p in result.plan} == {"missing"} and result.disk_needed > 0
+    assert option(result.merge, "--out").endswith(f"tinyModel600001_{result.match.version_name}-inpainting.safetensors")
+    assert world["storage"].requests == [] and not (world["tmp"] / "out").exists()
+
+
+def test_a_family_without_a_build_route_says_so(world):
+    with pytest.raises(BuildError, match="no build route for Tiny Model 600003") as refused:
+        build("civitai:600003", out=world["tmp"] / "out", db=world["db"])
+    assert refused.value.code == "no-build-route"
+    with pytest.raises(BuildError, match="nothing to build") as nothing:
+        build("nosuchmodelanywhere", out=world["tmp"] / "out", db=world["db"], offline=True)
+    assert nothing.value.code == "not-found"
+
+
+def test_the_cli_builds_from_local_files_with_json(tmp_path):
+    paths = {}
+    for role, variant, seed in (("a", "inpaint", 1), ("b", "normal", 2), ("c", "normal", 3)):
+        paths[role] = tmp_path / f"{role}.safetensors"
+        write_checkpoint(paths[role], "sd1", variant, seed)
+    env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"), INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))
+    result = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
+                     str(tmp_path / "out"), "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["action"] == "built" and data["verified"] is True
+    assert set(data) >= {"query", "action", "match", "output", "inputs", "downloads", "warnings"}
+    assert data["output"]["path"].endswith("b-inpainting.safetensors") and data["inputs"]["B"]["source"] == "local"
+    human = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
+                    str(tmp_path / "out2"), "--dry-run", env=env)  # fmt: skip
+    assert human.returncode == 0 and "plan" in human.stdout and "merge:" in human.stdout
+
+
+BUILD = """
+import sys
+from advisor.build import build
+r = build(sys.argv[1], out=sys.argv[2], db=sys.argv[3], inpaint=sys.argv[4], base=sys.argv[5])
+print(r.action, [(d.resumed, d.bytes) for d in r.downloads if "blob" in d.path or "civitai" in d.path])
+"""
+
+
+def test_a_build_killed_during_its_download_finishes_when_run_again(world):
+    storage = world["storage"]
+    version = lookup("civitai:600001", db=world["db"], offline=True).match.version_id  # the B a build takes
+    blob = storage.blobs[version.split(":v")[1]]
+    blob.hold_after = len(blob.data) // 2
+    env = cli_env(INPAINT_ADVISOR_DB=world["db"], INPAINT_ADVISOR_CACHE=os.environ["INPAINT_ADVISOR_CACHE"],
+                  HF_ENDPOINT=os.environ["HF_ENDPOINT"], HF_HUB_CACHE=os.environ["HF_HUB_CACHE"],
+                  INPAINT_ADVISOR_CIVITAI_URL=os.environ["INPAINT_ADVISOR_CIVITAI_URL"])  # fmt: skip
+    out = world["tmp"] / "out"
+    made = world["tmp"] / "made"
+    # the bundled data's officials are patched in this process only: the child builds with local A and C
+    args = [sys.executable, "-c", BUILD, "civitai:600001", str(out), world["db"], str(made / "a.safetensors"),
+            str(made / "c.safetensors")]
+    child = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert storage.holding.wait(60), child.communicate(timeout=5)
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        storage.release.set()
+    assert not out.exists() or list(out.iterdir()) == []
+    again = build("civitai:600001", out=out, db=world["db"])
+    assert again.action == "built" and again.verified
+    b = next(d for d in again.downloads if "tinyModel600001_" in d.path)
+    missing = len(blob.data) - len(blob.data) // 2
+    assert b.resumed and missing <= b.bytes <= missing + CHUNK  # at most one chunk was in memory, not on disk
