@@ -330,7 +330,7 @@ def _fetch_instead(found: LookupResult, reader, out_dir: Path, dry_run: bool, of
     if rec.kind == "already-inpainting":
         if match.source == "file":
             result.action, result.reason = "already-inpainting", rec.reason
-            result.output = _output(Path(found.query))
+            result.output = _output(Path(found.query.strip()).expanduser())  # as lookup's query parser read it
             result.verified = True
             return True
         need = _registry_file("release", reader, match.model_id, match.version_id, out_dir)

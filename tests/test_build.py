@@ -216,3 +216,11 @@ def test_a_build_killed_during_its_download_finishes_when_run_again(world):
     b = next(d for d in again.downloads if "tinyModel600001_" in d.path)
     missing = len(blob.data) - len(blob.data) // 2
     assert b.resumed and missing <= b.bytes <= missing + CHUNK  # at most one chunk was in memory, not on disk
+
+
+def test_a_local_inpainting_model_is_already_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_checkpoint(tmp_path / "inp.safetensors", "sd1", "inpaint", 1)
+    result = build("~/inp.safetensors", out=tmp_path / "out", db=str(tmp_path / "r.db"), offline=True)
+    assert result.action == "already-inpainting" and result.verified
+    assert result.output.path == str((tmp_path / "inp.safetensors").resolve())
