@@ -4,9 +4,13 @@
 save), each in its own process; print wall time, peak RSS and peak anonymous memory of each, and the ratios.
 
     python benchmarks/bench_merge.py [--families sd1,sdxl] [--naive-sdxl] [--dir DIR] [--device cpu|cuda] [--cold]
+                                     [--official]
 
 Targets (issue #3), 2 cores / 24 GB: SD1.5 at most 0.35x the naive wall time with peak anonymous memory under
 1 GB; SDXL under 1.5 GB. The naive SDXL merge needs about 20 GB and is only run with --naive-sdxl.
+With --official the inputs are in the formats the official files are published in: A an fp32 zip-pickle
+`.ckpt` with a nested `state_dict` (as sd-v1-5-inpainting.ckpt), C an fp32 safetensors file, B fp16 (issue #13:
+at most 0.4x the naive merge, peak anonymous memory under 1 GB).
 Input hashes for the output metadata are cached by path+size+mtime (as after `probe --hash`); the cold
 hashing cost is printed separately. Every run starts with the inputs in the page cache (or, with --cold, evicted
 from it, as after a reboot: then the disk's read speed bounds both approaches). The naive approach
@@ -32,7 +36,12 @@ sys.path.insert(0, str(ROOT))
 NAIVE = r"""
 import sys, torch
 from safetensors.torch import load_file, save_file
-a, b, c = (load_file(p) for p in sys.argv[1:4])
+def load(p):
+    if p.endswith(".ckpt"):
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        return sd.get("state_dict", sd)
+    return load_file(p)
+a, b, c = (load(p) for p in sys.argv[1:4])
 out = {}
 for k, t in a.items():
     if t.is_floating_point() and k in b and k in c:
@@ -84,9 +93,19 @@ def evict(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def generate(path: Path, family: str, variant: str, seed: int) -> None:
-    """A full-size checkpoint written tensor by tensor from a random pool (fast, bounded memory)."""
+def generate(path: Path, family: str, variant: str, seed: int, dtype: str = "F16") -> None:
+    """A full-size checkpoint written tensor by tensor from a random pool (fast, bounded memory); a ``.ckpt``
+    path gets torch.save's zip format with a nested state_dict, built in memory."""
     import torch
+
+    if path.suffix == ".ckpt":
+        staged = path.with_suffix(".staged.safetensors")
+        generate(staged, family, variant, seed, dtype)
+        from safetensors.torch import load_file
+
+        torch.save({"state_dict": load_file(staged), "global_step": 470000}, path)
+        staged.unlink()
+        return
 
     from merge.safetensors_io import SafetensorsWriter
     from tests.sd_layouts import checkpoint_shapes
@@ -94,7 +113,7 @@ def generate(path: Path, family: str, variant: str, seed: int) -> None:
     shapes = checkpoint_shapes(family, variant, scale=1)
     g = torch.Generator().manual_seed(seed)
     pool = (torch.randn(1 << 25, generator=g) * 0.05).half()  # 64 MiB of fp16 noise
-    layout = [(k, "I64", s[1]) if s and s[0] == "int64" else (k, "F16", s) for k, s in shapes.items()]
+    layout = [(k, "I64", s[1]) if s and s[0] == "int64" else (k, dtype, s) for k, s in shapes.items()]
     w = SafetensorsWriter(path, layout, {})
     try:
         for k, dtype, shape in layout:
@@ -106,7 +125,7 @@ def generate(path: Path, family: str, variant: str, seed: int) -> None:
                 continue
             start = int(torch.randint(0, pool.numel(), (1,), generator=g))
             idx = (torch.arange(n) + start) % pool.numel() if n > pool.numel() - start else slice(start, start + n)
-            w.write(k, pool[idx].reshape(shape))
+            w.write(k, pool[idx].reshape(shape).to(torch.float32 if dtype == "F32" else torch.float16))
         w.commit()
     except BaseException:
         w.abort()
@@ -167,6 +186,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each approach, in turns (median reported)")
     ap.add_argument("--cold", action="store_true", help="evict the inputs from the page cache before each run")
+    ap.add_argument("--official", action="store_true", help="A as an fp32 .ckpt, C fp32, as the official files are")
     args = ap.parse_args()
     base_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -187,10 +207,14 @@ def run_families(args: argparse.Namespace, base_dir: Path) -> None:
     print(f"CPU arithmetic: {arithmetic}")
     for family in args.families.split(","):
         paths = [base_dir / f"{family}-{n}.safetensors" for n in ("inpaint", "finetune", "base")]
+        dtypes = ["F16"] * 3
+        if args.official:
+            paths = [base_dir / f"{family}-inpaint-fp32.ckpt", paths[1], base_dir / f"{family}-base-fp32.safetensors"]
+            dtypes = ["F32", "F16", "F32"]
         t0 = time.perf_counter()
-        for p, variant, seed in zip(paths, ("inpaint", "normal", "normal"), (1, 2, 3), strict=True):
+        for p, variant, seed, dtype in zip(paths, ("inpaint", "normal", "normal"), (1, 2, 3), dtypes, strict=True):
             if not p.exists():
-                generate(p, family, variant, seed)
+                generate(p, family, variant, seed, dtype)
         size = sum(p.stat().st_size for p in paths)
         print(f"\n== {family}: 3 inputs, {size / 1e9:.2f} GB (generated in {time.perf_counter() - t0:.0f}s)")
         t0 = time.perf_counter()
@@ -236,6 +260,8 @@ def run_families(args: argparse.Namespace, base_dir: Path) -> None:
             )
         else:
             print("naive whole-file merge  skipped (needs ~20 GB: pass --naive-sdxl)")
+        if args.official and naive:
+            print(f"target (#13, official formats) wall <= 0.4x naive: {'MET' if synced <= 0.4 else 'NOT MET'}")
         limit = {"sd1": 1.0, "sdxl": 1.5}.get(family)
         if limit:
             print(f"target peak anon < {limit} GiB: {'MET' if ours['anon'] < limit * 2**30 else 'NOT MET'}")

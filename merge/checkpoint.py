@@ -1,8 +1,11 @@
 """Open any checkpoint as a ``TensorSource``: names, dtypes and shapes up front, tensors read one at a time.
 
 - ``.safetensors``: header only, then positioned reads.
-- ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin``: ``torch.load(weights_only=True, mmap=True)``; a pickle that needs
-  anything beyond tensors and containers is refused, never executed. A nested ``state_dict`` is unwrapped.
+- ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` in torch's zip format: tensors located by a weights-only parse of
+  the pickle (merge.zip_pickle) and read in place from a memory map, like safetensors, without torch.
+- other pickles, and zip ones that parse cannot read: ``torch.load(weights_only=True, mmap=True)``; a pickle
+  that needs anything beyond tensors and containers is refused, never executed. A nested ``state_dict`` is
+  unwrapped.
 - diffusers folders (SD 1.x/2.x, SDXL): component files converted on the fly to single-file names.
 
 Opening a safetensors file or a diffusers folder does not import torch (see safetensors_io).
@@ -18,7 +21,7 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from merge import diffusers_keys
+from merge import diffusers_keys, zip_pickle
 from merge.header import CheckpointError, Header, TensorInfo, read_header
 from merge.safetensors_io import dtype_name, read_into, typed_view
 
@@ -115,6 +118,46 @@ def _pickle_kind(path: Path) -> str | None:
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5
         return "legacy"
     return None
+
+
+class ZipPickleSource(TensorSource):
+    """A torch zip checkpoint whose tensors are ranges of its stored entries (merge.zip_pickle): mapped and
+    read like a safetensors file; a tensor stored with other strides is made contiguous through torch."""
+
+    kind = "pickle"
+
+    def __init__(self, path: Path, parsed: zip_pickle.Parsed):
+        self.path = path
+        self.parsed = parsed
+        self.tensors = parsed.tensors
+        self.metadata = {}
+        self._fd = os.open(path, os.O_RDONLY)
+        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        info, ref = self.tensors[name], self.parsed.refs[name]
+        if ref.contiguous:
+            return typed_view(self._mm, info, info.start)
+        import torch
+
+        storage = TensorInfo(info.dtype, (ref.storage.numel,))
+        flat = typed_view(self._mm, storage, self.parsed.storage_start[ref.storage.key])
+        return torch.as_strided(flat, ref.shape, ref.stride, ref.offset).contiguous()
+
+    def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        info = self.tensors[name]
+        if not self.parsed.refs[name].contiguous:
+            return None
+        return [(self._mm, info.start, info.end)] if info.nbytes else []
+
+    def close(self) -> None:
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):
+                self._mm.close()
+            self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class StateDictSource(TensorSource):
@@ -260,12 +303,14 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir():
         return DiffusersSource(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return StateDictSource(path)
     try:
         kind = _pickle_kind(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
-    if kind is not None:  # a torch checkpoint under another name
+    if kind == "zip":
+        parsed = zip_pickle.parse(path)
+        if parsed is not None:
+            return ZipPickleSource(path, parsed)
+    if kind is not None or path.suffix.lower() in PICKLE_SUFFIXES:  # a torch checkpoint, whatever its name
         return StateDictSource(path)
     return SafetensorsSource(path)

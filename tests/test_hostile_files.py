@@ -202,3 +202,38 @@ def test_fuzzed_inputs_to_a_merge_plan_raise_only_merge_or_checkpoint_errors(tmp
     except (CheckpointError, MergeError):
         return
     plan.close()
+
+
+def _zip_checkpoint() -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"a": torch.ones(64), "b": torch.arange(8).reshape(2, 4), "c": torch.ones(3, 3).t()},
+                "global_step": 7}, buf)  # fmt: skip
+    return buf.getvalue()
+
+
+_ZIP = _zip_checkpoint()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])  # fmt: skip
+@given(flips=st.lists(st.tuples(st.integers(0, len(_ZIP) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, len(_ZIP))))  # fmt: skip
+def test_a_fuzzed_zip_checkpoint_is_one_clear_error_or_reads_inside_the_file(tmp_path, flips, cut):
+    raw = bytearray(_ZIP)
+    for at, value in flips:
+        raw[at] = value
+    f = tmp_path / "fuzz.ckpt"
+    f.write_bytes(bytes(raw[:cut] if cut is not None else raw))
+    try:
+        source = open_checkpoint(f)
+    except CheckpointError:
+        return
+    with source:
+        size = f.stat().st_size
+        for name in source.tensors:
+            for _mapping, start, end in source.segments(name) or []:
+                assert 0 <= start <= end <= size, name

@@ -1,0 +1,167 @@
+"""A ``torch.save`` zip checkpoint read like a safetensors file: a weights-only parse of its pickle gives every
+tensor's storage, offset, shape and strides, and the zip's stored (uncompressed) entries give where each
+storage's bytes are, so tensors are plain ranges of one memory-mapped file and the merge's C loop reads them
+in place, without torch and without unpickling a byte of tensor data.
+
+Only what a weights-only load accepts is understood here: the tensor-rebuild functions, storage types and
+OrderedDict. Any other global (a Lightning callback, a numpy scalar) makes ``parse`` return None and the
+checkpoint goes to ``torch.load(weights_only=True)``, which accepts or refuses it as before; nothing the pickle
+names is ever imported or called.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from merge.header import ITEMSIZE, TensorInfo
+
+# storage class name -> safetensors dtype
+STORAGES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+            "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
+            "ByteStorage": "U8", "BoolStorage": "BOOL"}  # fmt: skip
+_MAX_PICKLE = 256 * 2**20  # a state dict's pickle is a few MB; more is not a checkpoint we can trust to parse
+
+
+class Unsupported(Exception):
+    """Something this parser does not understand: the caller falls back to torch's own weights-only load."""
+
+
+@dataclass(frozen=True)
+class _Storage:
+    dtype: str
+    key: str
+    numel: int
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    storage: _Storage
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def contiguous(self) -> bool:
+        expected, step = [], 1
+        for d in reversed(self.shape):
+            expected.append(step)
+            step *= d
+        return all(s == e for s, e, d in zip(self.stride, reversed(expected), self.shape, strict=True) if d != 1)
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.dtype = STORAGES[name]
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_rest) -> TensorRef:
+    if not isinstance(storage, _Storage) or not isinstance(offset, int):
+        raise Unsupported("a tensor without a storage")
+    if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)) or len(size) != len(stride):
+        raise Unsupported("a tensor with an odd shape")
+    return TensorRef(storage, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, *_rest):
+    return data
+
+
+_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): dict,
+    **{("torch", name): _StorageType(name) for name in STORAGES},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        found = _GLOBALS.get((module, name))
+        if found is None:
+            raise Unsupported(f"the pickle names {module}.{name}")
+        return found
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise Unsupported("an unknown persistent id")
+        kind, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(kind, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+            raise Unsupported("an unknown storage")
+        return _Storage(kind.dtype, key, numel)
+
+
+def _data_offset(f, info: zipfile.ZipInfo) -> int:
+    """Where an entry's bytes start: after its local header, whose name and extra lengths may differ from the
+    central directory's."""
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise Unsupported("a damaged zip entry")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _last_element(ref: TensorRef) -> int:
+    return ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+
+
+@dataclass
+class Parsed:
+    tensors: dict[str, TensorInfo]  # start/end: absolute offsets in the file (contiguous tensors)
+    refs: dict[str, TensorRef]
+    storage_start: dict[str, int]  # storage key -> absolute offset of its bytes
+
+
+def parse(path: Path) -> Parsed | None:
+    """The zip checkpoint's state dict (a nested ``state_dict`` unwrapped), or None where only torch can tell."""
+    try:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+            return _parse(f, z)
+    except Exception:  # noqa: BLE001 - a damaged archive raises anything: torch's loader has the last word on it
+        return None
+
+
+def _parse(f, z: zipfile.ZipFile) -> Parsed | None:
+    infos = {i.filename: i for i in z.infolist()}
+    pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        return None
+    root = pickles[0].rsplit("/", 1)[0]
+    order = infos.get(f"{root}/byteorder")
+    if order is not None and z.read(order).strip() != b"little":
+        return None
+    if infos[pickles[0]].file_size > _MAX_PICKLE:
+        return None
+    obj = _Unpickler(io.BytesIO(z.read(pickles[0]))).load()
+    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        return None
+    refs = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, TensorRef)}
+    if not refs:
+        return None
+    starts: dict[str, int] = {}
+    tensors: dict[str, TensorInfo] = {}
+    for name, ref in refs.items():
+        key = ref.storage.key
+        if key not in starts:
+            entry = infos.get(f"{root}/data/{key}")
+            if entry is None or entry.compress_type != zipfile.ZIP_STORED:
+                return None
+            if entry.file_size < ref.storage.numel * ITEMSIZE[ref.storage.dtype]:
+                raise Unsupported("a storage shorter than its tensors")
+            starts[key] = _data_offset(f, entry)
+        size = ITEMSIZE[ref.storage.dtype]
+        if all(ref.shape) and _last_element(ref) >= ref.storage.numel:
+            raise Unsupported("a tensor beyond its storage")
+        start = starts[key] + ref.offset * size
+        end = start + math.prod(ref.shape) * size if ref.contiguous else start
+        tensors[name] = TensorInfo(ref.storage.dtype, ref.shape, start, end)
+    return Parsed(tensors, refs, starts)
