@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from advisor import ladder
+from advisor.cache import files_dir
 from advisor.commands import Command
 from advisor.download import Downloaded, DownloadError, Source, fetch
 from advisor.lookup import LookupResult, Match, lookup
@@ -75,6 +76,15 @@ class Output:
 
 
 @dataclass
+class PairUse:
+    """The prepared pair a build read instead of A and C."""
+
+    key: str
+    path: str
+    prepared_now: bool  # made by this build (the family's first)
+
+
+@dataclass
 class BuildResult:
     query: str
     action: str  # one of ACTIONS
@@ -86,6 +96,7 @@ class BuildResult:
     plan: list[PlanItem] = field(default_factory=list)
     merge: Command | None = None  # what the merge runs, as the CLI's command would say it
     disk_needed: int = 0
+    pair: PairUse | None = None
     verified: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -105,11 +116,6 @@ class _Need:
 
 
 Progress = Callable[[str, int, int | None], None]  # (label, bytes done, total)
-
-
-def files_dir() -> Path:
-    """Where A, C and fetched fine-tunes are kept: the cache, shared by every build."""
-    return hashing.cache_dirs()[0] / "files"
 
 
 def _hf_endpoint() -> str:
@@ -368,10 +374,7 @@ def _output(path: Path) -> Output:
 
 
 def _check_space(folder: Path, needed: int) -> None:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(_existing(folder)).free
     if needed > free:
         raise BuildError(f"not enough free space in {folder}: {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free",
                          "disk")  # fmt: skip
@@ -392,7 +395,7 @@ def _record(match: Match, path: Path, sha256: str, *, db) -> None:
 
 def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier, dtype, device, dry_run,
            offline, db, progress, merge_progress, result: BuildResult) -> BuildResult:  # fmt: skip
-    from merge.engine import ENGINE_VERSION, MergeError, plan_merge, run_merge
+    from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
     match = found.match
     build_rec = next((r for r in [found.recommendation, *found.alternatives] if r.kind == "build"), None)
@@ -432,23 +435,32 @@ def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
                             str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
     estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
-    result.disk_needed = sum(_bytes(n) for n in (a, b, c)) + estimate
+    pair = _prepared_pair(a, c, multiplier)
+    needs = (b,) if pair is not None else (a, b, c)  # a prepared pair stands for A and C: they need not be here
+    if pair is not None:
+        for item in result.plan:
+            if item.role in ("A", "C"):
+                item.state, item.size = "prepared", None
+    result.disk_needed = sum(_bytes(n) for n in needs) + estimate
     if dry_run:
         return result
     if target.exists():
         raise BuildError(f"{target} exists and is not this recipe's build: remove it or choose another folder",
                          "exists")  # fmt: skip
-    _check_space(files_dir(), sum(_bytes(n) for n in (a, b, c)))
-    paths = {n.role: _get(n, progress, result.downloads, offline) for n in (a, b, c)}
-    for n in (a, b, c):
+    _check_space(files_dir(), sum(_bytes(n) for n in needs))
+    paths = {n.role: _get(n, progress, result.downloads, offline) for n in needs}
+    for n in needs:
         result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity if len(n.identity) == 64 else None,
                                            n.source.url if n.source else ("local" if n.local else "hf-folder"),
                                            _verified(n))  # fmt: skip
+    if pair is not None:  # made from files with these very hashes, checked when it was prepared
+        for n in (a, c):
+            result.inputs[n.role] = BuildInput(n.role, str(pair.delta), n.identity, f"prepared:{pair.key}", True)
     sources = {role: {"path": i.path, "source": i.source, "sha256": i.sha256} for role, i in result.inputs.items()}
     sources["model"] = {"id": match.model_id, "version": match.version_id, "name": match.name}
     try:
-        plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype,
-                          device=device)  # fmt: skip
+        plan = _plan(pair, a, b, c, paths, target, multiplier, dtype, device, progress, merge_progress, offline,
+                     result)  # fmt: skip
         try:
             run_merge(plan, progress=merge_progress, sources=sources)
         finally:
@@ -470,6 +482,80 @@ def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier
                                                 c_sha256=result.inputs["C"].sha256, multiplier=multiplier,
                                                 dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
     return result
+
+
+def _prepared_pair(a: _Need, c: _Need, multiplier: float):
+    if len(a.identity) != 64 or len(c.identity) != 64:
+        return None
+    from merge import prepared
+
+    return prepared.find(a.identity, c.identity, multiplier)
+
+
+def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multiplier: float, dtype: str, device: str,
+          progress, merge_progress, offline: bool, result: BuildResult):  # fmt: skip
+    """The merge to run: from the prepared pair where there is one (or one can be made now), else A, B, C."""
+    from merge import prepared
+    from merge.engine import plan_merge
+
+    if pair is not None:
+        try:
+            plan = prepared.plan_build(pair, paths["B"], target, dtype=dtype, device=device)
+            result.pair = PairUse(pair.key, str(pair.delta), prepared_now=False)
+            return plan
+        except prepared.Unusable as exc:
+            result.warnings.append(f"{exc}: merged from A, B and C")
+            for n in (a, c):
+                paths[n.role] = _get(n, progress, result.downloads, offline)
+                result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,
+                                                   n.source.url if n.source else "local", _verified(n))  # fmt: skip
+    plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype, device=device)
+    if pair is not None:
+        return plan
+    return _from_prepared_pair(plan, a, c, paths, multiplier, dtype, device, merge_progress, result)
+
+
+def _from_prepared_pair(plan, a: _Need, c: _Need, paths: dict, multiplier: float, dtype: str, device: str,
+                        merge_progress, result: BuildResult):  # fmt: skip
+    """The build's plan from the family's prepared pair (A - M*C, made now if the cache lacks it) in place of
+    the checked three-input ``plan``; ``plan`` itself where no pair can serve (unknown hashes of A or C, too
+    little space for one, a B without some of C's tensors)."""
+    from merge import prepared
+    from merge.engine import MergeError
+
+    if len(a.identity) != 64 or len(c.identity) != 64:
+        return plan
+    pair = prepared.find(a.identity, c.identity, multiplier)  # made meanwhile by another build
+    if pair is None:
+        needed = sum(4 * info.numel for info in plan.a.tensors.values())  # fp32, A's tensors
+        free = shutil.disk_usage(_existing(prepared.root())).free
+        if free < needed + plan.output_bytes + 2**30:
+            result.warnings.append(f"no room to prepare the {plan.layouts['a'].family} pair ({needed / 1e9:.1f} GB) in "
+                                   "the cache: merged from A, B and C")  # fmt: skip
+            return plan
+        try:
+            pair = prepared.prepare(paths["A"], paths["C"], a.identity, c.identity, multiplier=multiplier,
+                                    progress=merge_progress)  # fmt: skip
+        except MergeError as exc:
+            result.warnings.append(f"the pair could not be prepared ({exc}): merged from A, B and C")
+            return plan
+        result.pair = PairUse(pair.key, str(pair.delta), prepared_now=True)
+    else:
+        result.pair = PairUse(pair.key, str(pair.delta), prepared_now=False)
+    why = prepared.unusable_with(pair, plan.b)
+    if why is not None:
+        result.pair = None
+        result.warnings.append(f"not built from the prepared pair ({why}): merged from A, B and C")
+        return plan
+    out = plan.out
+    plan.close()
+    return prepared.plan_build(pair, paths["B"], out, dtype=dtype, device=device)
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _describe(need: _Need) -> str:

@@ -267,6 +267,9 @@ def build_result(console: Console, r) -> None:
         console.print(line(f"to download and write: about {r.disk_needed / 1e9:.2f} GB"))
     if r.merge is not None and r.action == "planned":
         console.print(line(("merge: ", "dim"), (shell_text(r.merge), "bold cyan")))
+    if r.pair is not None:
+        how = "prepared now, for the next builds of the family" if r.pair.prepared_now else "A and C not read"
+        console.print(line(("  from the prepared pair ", "dim"), r.pair.path, f" ({how})"))
     for d in r.downloads:
         how = "reused" if d.reused else ("resumed, " if d.resumed else "") + f"{d.bytes / 1e9:.2f} GB fetched"
         console.print(line(("  ", "dim"), d.path, f" ({how}, {'verified' if d.verified else 'unverified'})"))
@@ -275,3 +278,38 @@ def build_result(console: Console, r) -> None:
                            + (f", sha256 {r.output.sha256[:12]}…" if r.output.sha256 else "") + ")"))  # fmt: skip
     for w in r.warnings:
         console.print(line(("warning: ", "yellow"), w))
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def cache_report(console: Console, r) -> None:
+    console.print(line(("cache: ", "bold"), r.root, f"  ({_gb(r.total)} in all)"))
+    if r.prepared:
+        table = _compact("Prepared pairs (A - M*C, one per family: later builds read it instead of A and C)")
+        for col in ("family", "A", "C", "M", "size", "made (UTC)"):
+            table.add_column(col, overflow="fold")
+        for p in r.prepared:
+            table.add_row(p.family, t(p.inpaint), t(p.base), f"{p.multiplier:g}", _gb(p.size), p.created[:16])
+        console.print(table)
+    else:
+        console.print(line(("no prepared pairs", "dim"), ": the first build of a family makes one"))
+    if r.files:
+        table = _compact("Fetched files")
+        for col in ("file", "size", "state"):
+            table.add_column(col, overflow="fold")
+        for f in r.files:
+            table.add_row(t(f.path), _gb(f.size), "partial (resumes)" if f.partial else "complete")
+        console.print(table)
+    for u in r.unfinished:
+        console.print(line(("unfinished pair: ", "yellow"), u, " (prepared again when needed; `cache clear` frees it)"))
+
+
+def cache_cleared(console: Console, done) -> None:
+    verb = "would remove" if done.dry_run else "removed"
+    for path in done.removed:
+        console.print(line((verb + " ", "green"), path))
+    for path in done.busy:
+        console.print(line(("in use, kept: ", "yellow"), path, " (a build is running: try again when it ends)"))
+    console.print(line(f"{'would free' if done.dry_run else 'freed'} {_gb(done.freed)}"))

@@ -23,7 +23,8 @@ def placeholder(i: int) -> str:
 def build(plan: MergePlan, title: str, sources: dict | None = None) -> dict[str, str]:
     """``sources``: where the inputs came from (registry ids, AIR, Hub repo and revision), kept in the recipe."""
     la, lb = plan.layouts["a"], plan.layouts["b"]
-    names = [Path(s.path).name for s in (plan.a, plan.b, plan.c)]
+    names = [plan.recorded[k][0] if k in plan.recorded else Path(s.path).name
+             for k, s in zip("abc", (plan.a, plan.b, plan.c), strict=True)]
     family = la.family
     arch = la.architecture or f"{family}-{la.variant}"
     recipe = {

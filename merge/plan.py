@@ -58,6 +58,9 @@ class MergePlan:
     mismatched: list[str] = field(default_factory=list)
     missing_in_bc: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # roles ("a", "b", "c") whose source stands in for another file (merge.prepared): the (file name, sha256)
+    # the output's recipe names for them, instead of the stand-in's own
+    recorded: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def output_bytes(self) -> int:
@@ -182,7 +185,8 @@ def plan_merge(
     device: str = "auto",
     force: bool = False,
 ) -> MergePlan:
-    """Open the inputs and check everything that can be checked before any tensor is read."""
+    """Open the inputs (paths, or sources already open: the plan owns them from here) and check everything that
+    can be checked before any tensor is read."""
     if not math.isfinite(multiplier) or abs(multiplier) > MAX_MULTIPLIER:
         raise MergeError(f"the multiplier must be a finite number from {-MAX_MULTIPLIER:g} to {MAX_MULTIPLIER:g} "
                          f"(got {multiplier}); 1.0 makes an inpainting version of B", "options")  # fmt: skip
@@ -195,7 +199,7 @@ def plan_merge(
     sources: list[TensorSource] = []
     try:
         for p in (inpaint, model, base):
-            sources.append(open_checkpoint(p))
+            sources.append(p if isinstance(p, TensorSource) else open_checkpoint(p))
         a, b, c = sources
         lay = {"a": layout.detect(a.tensors), "b": layout.detect(b.tensors), "c": layout.detect(c.tensors)}
         _check_family(lay)

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from advisor.build import BuildError, build
@@ -146,6 +147,35 @@ def test_a_second_fine_tune_of_the_family_reuses_a_and_c(world):
     assert {d.reused for d in second.downloads if "/resolve/" in d.url} <= {True}
 
 
+def test_the_family_pair_is_prepared_once_and_later_builds_read_it_not_a_and_c(world):
+    from safetensors.torch import load_file
+
+    from merge.engine import merge
+
+    out = world["tmp"] / "out"
+    first = build("civitai:600001", out=out, db=world["db"])
+    assert first.pair is not None and first.pair.prepared_now
+    a, c = (first.inputs[r].path for r in "AC")
+    os.rename(a, a + ".moved")  # a later build must not need A or C
+    os.rename(c, c + ".moved")
+    hub_files = [r for r in world["hub"].requests if "/resolve/" in r]
+    try:
+        second = build("civitai:600002", out=out, db=world["db"], force_build=True)
+    finally:
+        os.rename(a + ".moved", a)
+        os.rename(c + ".moved", c)
+    assert second.action == "built" and second.pair.key == first.pair.key and not second.pair.prepared_now
+    assert [r for r in world["hub"].requests if "/resolve/" in r] == hub_files  # nor fetched again
+    assert second.inputs["A"].source == f"prepared:{first.pair.key}" and second.verified
+    three = world["tmp"] / "three.safetensors"
+    merge(a, second.inputs["B"].path, c, three)
+    x, y = load_file(three), load_file(second.output.path)
+    assert set(x) == set(y) and all(torch.allclose(x[k].float(), y[k].float(), rtol=2**-10, atol=0) for k in x)
+    listed = json.loads(run_cli("cache", "list", "--json", env=cli_env(
+        INPAINT_ADVISOR_CACHE=str(world["tmp"] / "cache"))).stdout)  # fmt: skip
+    assert [p["key"] for p in listed["prepared"]] == [first.pair.key]
+
+
 def test_dry_run_shows_the_plan_and_fetches_nothing(world):
     result = build("civitai:600001", out=world["tmp"] / "out", db=world["db"], dry_run=True)
     assert result.action == "planned" and [p.role for p in result.plan] == ["A", "B", "C"]
@@ -224,3 +254,15 @@ def test_a_local_inpainting_model_is_already_one(tmp_path, monkeypatch):
     result = build("~/inp.safetensors", out=tmp_path / "out", db=str(tmp_path / "r.db"), offline=True)
     assert result.action == "already-inpainting" and result.verified
     assert result.output.path == str((tmp_path / "inp.safetensors").resolve())
+
+
+def test_a_model_the_pair_cannot_serve_is_merged_from_a_b_and_c(world, monkeypatch):
+    from merge import prepared
+
+    out = world["tmp"] / "out"
+    build("civitai:600001", out=out, db=world["db"])
+    monkeypatch.setattr(prepared, "unusable_with", lambda pair, model: "B has no model.diffusion_model.out.2.weight")
+    second = build("civitai:600002", out=out, db=world["db"], force_build=True)
+    assert second.action == "built" and second.pair is None and second.verified
+    assert any("cannot be built from the prepared pair" in w for w in second.warnings)
+    assert second.inputs["A"].path.endswith("sd-v1-5-inpainting.safetensors")
