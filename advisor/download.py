@@ -37,7 +37,7 @@ import httpx
 from advisor.safety import safe_filename
 from crawler.http import USER_AGENT, Retryable, RetryPolicy, redact, retry_wait, retrying
 from merge import hashing
-from merge.hashing import FileHashes, StreamHasher
+from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
@@ -278,6 +278,7 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         response = _redirected(client, source.url, headers, source.token, what)
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         raise Retryable(type(exc).__name__) from None
+    hasher = None
     try:
         status = response.status_code
         if status == 429 or status >= 500:
@@ -318,7 +319,7 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
                                     "not-a-model")  # fmt: skip
             _check_size(source, total, what)
         _check_space(partial.data.parent, (total or 0) - start, what)
-        h = _hash_existing(partial.data, start) if start else StreamHasher()
+        hasher = BackgroundHasher(_hash_existing(partial.data, start) if start else StreamHasher())
         resumed[0] = resumed[0] or bool(start)
         partial.save({"url": source.url, "validator": validator, "size": total, "name": name})
         with open(partial.data, "r+b" if start else "wb") as out:
@@ -329,7 +330,7 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             try:
                 while chunk:
                     out.write(chunk)
-                    h.update(chunk)
+                    hasher.update(chunk)
                     done += len(chunk)
                     fetched[0] += len(chunk)
                     if progress:
@@ -342,9 +343,11 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             os.fsync(out.fileno())
         if total is not None and done != total:
             raise Retryable(f"the connection ended at byte {done:,} of {total:,}; resuming", 0)
-        return name, h.result()
+        return name, hasher.result()
     finally:
         response.close()
+        if hasher is not None:
+            hasher.close()
 
 
 def _total(response: httpx.Response, start: int) -> int | None:

@@ -128,6 +128,38 @@ class StreamHasher:
         return FileHashes(sha, sha[:10], autov1, autov3)
 
 
+class BackgroundHasher:
+    """A StreamHasher fed from another thread, so that hashing overlaps whatever produces the chunks (a
+    download's network reads and writes: on two cores, hashing in line cost a fifth of the throughput).
+    Chunks must not change after ``update`` (bytes do not). ``close`` ends the thread when the stream fails."""
+
+    _END = object()
+
+    def __init__(self, inner: StreamHasher | None = None, depth: int = 16):
+        import queue
+
+        self._inner = inner or StreamHasher()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)  # bounded: memory stays at depth chunks
+        self._thread = threading.Thread(target=self._run, daemon=True, name="stream-hash")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not self._END:
+            self._inner.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def result(self) -> FileHashes:
+        self.close()
+        return self._inner.result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+
+
 def remember(path: str | os.PathLike, hashes: FileHashes) -> str | None:
     """Put hashes computed elsewhere (while downloading) in the cache; returns a warning if none could be written."""
     return _store(Path(path), hashes)

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""`build` of SD1.5-size models through local servers, against the naive way with the same bytes, in one run.
+
+    python benchmarks/bench_build.py [--dir DIR] [--models 3] [--parts download,resume,builds]
+
+The official pair is served as the Hub serves it (A an fp32 zip-pickle .ckpt with a nested state_dict, C fp32
+safetensors; resolve URLs with ranges), the fine-tunes (fp16, 2.1 GB each) as Civitai serves them (the download
+endpoint 307s to a signed storage URL that sends the file with Content-Disposition). Files are sent from disk
+with sendfile; values are random, layouts and sizes real (tests/sd_layouts.py).
+
+Printed, against the naive way (a plain streaming copy of the same URLs, no hashing, then `merge` of A, B, C):
+- the download: `advisor.download.fetch` (hashing SHA256, AutoV2 and AutoV3 as it streams, fsync'd) against
+  the plain copy of the same file; target within 1.2x;
+- a resume: the connection dropped half-way, the same fetch again; target: it re-fetches at most the missing
+  bytes plus one chunk;
+- the family's first build (downloads A, C and B, prepares the pair, builds) and each later build (downloads B,
+  builds from the pair), start to verified file; target for later builds: at most 0.6x the three-input merge
+  of the same files with A as the official fp32 .ckpt (`merge` of A, B, C), and the whole later build against
+  the plain copy of B plus that merge.
+Needs about 45 GB of disk under --dir (the served files, the cache, the outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+A_REPO, C_REPO = "bench/sd1-inpainting", "bench/sd1-base"
+
+
+class FileServer:
+    """Files from disk by URL path, with Range, ETag and Content-Disposition; ``drop_after[path] = n`` closes the
+    connection after n body bytes, once. ``requests`` keeps (path, range start, bytes sent)."""
+
+    def __init__(self, routes: dict[str, Path]):
+        self.routes, self.drop_after, self.requests = routes, {}, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = unquote(urlsplit(self.path).path)
+                file = server.routes.get(path)
+                if file is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = file.stat().st_size
+                start = 0
+                wanted = self.headers.get("Range")
+                if wanted:
+                    start = int(wanted.removeprefix("bytes=").split("-")[0])
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size - start))
+                self.send_header("ETag", f'"{file.stat().st_mtime_ns:x}"')
+                self.send_header("Content-Disposition", f'attachment; filename="{file.name}"')
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                self.end_headers()
+                limit = server.drop_after.pop(path, None)
+                end = size if limit is None else min(size, start + limit)
+                sent = 0
+                with open(file, "rb") as f:
+                    offset = start
+                    while offset < end:
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), offset, min(end - offset, 8 << 20))
+                        if n == 0:
+                            break
+                        offset += n
+                        sent += n
+                server.requests.append((path, start, sent))
+                if limit is not None:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # dropped on purpose
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def plain_copy(url: str, to: Path) -> float:
+    """The naive download: stream to a file, nothing checked. Seconds."""
+    import httpx
+
+    t0 = time.perf_counter()
+    with httpx.Client(follow_redirects=True, timeout=60) as client, client.stream("GET", url) as r, \
+            open(to, "wb") as f:  # fmt: skip
+        r.raise_for_status()
+        for chunk in r.iter_bytes(1 << 20):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
+
+
+def sha(path: Path) -> str:
+    from merge import hashing
+
+    return hashing.file_hashes(path).sha256
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=None, help="where the inputs are made and kept (default: a temp dir)")
+    ap.add_argument("--models", type=int, default=3, help="fine-tunes of the family to build (the first prepares)")
+    ap.add_argument("--parts", default="download,resume,builds", help="which measurements to run")
+    args = ap.parse_args()
+    base = args.dir or Path(tempfile.mkdtemp(prefix="bench-build-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        run(base, args.models, set(args.parts.split(",")))
+    finally:
+        if args.dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def run(base: Path, models: int, parts: set[str]) -> None:
+    from benchmarks.bench_merge import generate
+
+    t0 = time.perf_counter()
+    a_path, c_path = base / "sd1-inpaint-fp32.ckpt", base / "sd1-base-fp32.safetensors"
+    bs = [base / ("sd1-finetune.safetensors" if i == 0 else f"sd1-finetune-{i}.safetensors") for i in range(models)]
+    for path, variant, seed, dtype in [(a_path, "inpaint", 1, "F32"), (c_path, "normal", 3, "F32"),
+                                       *[(b, "normal", 2 + 10 * i, "F16") for i, b in enumerate(bs)]]:  # fmt: skip
+        if not path.exists():
+            generate(path, "sd1", variant, seed, dtype)
+    hashes = {p: sha(p) for p in [a_path, c_path, *bs]}  # the registry's and the bundled data's records
+    work = base / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    for name, value in {"INPAINT_ADVISOR_CACHE": work / "cache", "HF_HUB_CACHE": work / "hf-cache",
+                        "INPAINT_ADVISOR_DB": work / "registry.db"}.items():  # fmt: skip
+        os.environ[name] = str(value)
+    print(f"{os.cpu_count()} CPUs; inputs under {base} (made or found in {time.perf_counter() - t0:.0f} s): A "
+          f"{a_path.stat().st_size / 1e9:.2f} GB fp32 .ckpt, C {c_path.stat().st_size / 1e9:.2f} GB fp32, "
+          f"{models} fine-tunes of {bs[0].stat().st_size / 1e9:.2f} GB fp16")
+    routes = {f"/{A_REPO}/resolve/main/sd-v1-5-inpainting.ckpt": a_path,
+              f"/{C_REPO}/resolve/main/v1-5-pruned-emaonly.safetensors": c_path}  # fmt: skip
+    for i, b in enumerate(bs):
+        routes[f"/blob/{700000 + i}"] = b
+    files = FileServer(routes)
+    urls = _registry(files, bs, hashes, a_path, c_path)
+    scratch = work / "scratch"
+    scratch.mkdir()
+    if "download" in parts:
+        _download(urls, a_path, hashes, scratch)
+    if "resume" in parts:
+        _resume(files, urls, bs[0], hashes, scratch)
+    shutil.rmtree(scratch)
+    if "builds" in parts:
+        _builds(work, files, urls, a_path, c_path, bs)
+
+
+def _download(urls: dict, a_path: Path, hashes: dict, scratch: Path) -> None:
+    """One download, ours against the plain copy of the same URL."""
+    from advisor.download import Source, fetch
+
+    plains, ours = [], []
+    for _ in range(3):  # in turns, medians: a shared machine's disk drifts from one minute to the next
+        os.sync()
+        plains.append(plain_copy(urls["A"], scratch / "plain.ckpt"))
+        (scratch / "plain.ckpt").unlink()
+        os.sync()
+        t = time.perf_counter()
+        fetch(Source(urls["A"], name="a.ckpt", sha256=hashes[a_path], size=a_path.stat().st_size), scratch / "ours")
+        ours.append(time.perf_counter() - t)
+        shutil.rmtree(scratch / "ours")
+    plain, mine = statistics.median(plains), statistics.median(ours)
+    gb = a_path.stat().st_size / 1e9
+    print(f"\ndownload of A ({gb:.2f} GB, medians of 3): plain copy {plain:.2f} s ({gb / plain:.2f} GB/s), fetch "
+          f"(hashed, verified, fsync'd) {mine:.2f} s ({gb / mine:.2f} GB/s): {mine / plain:.2f}x; target <= 1.2x: "
+          f"{'MET' if mine <= 1.2 * plain else 'NOT MET'}   (runs: plain {', '.join(f'{x:.1f}' for x in plains)}; "
+          f"fetch {', '.join(f'{x:.1f}' for x in ours)} s)")
+
+
+def _resume(files: FileServer, urls: dict, b: Path, hashes: dict, scratch: Path) -> None:
+    """A resume after a dropped connection: what the second request fetches."""
+    from advisor.download import CHUNK, Source, fetch
+
+    route = "/blob/700000"
+    size = b.stat().st_size
+    files.drop_after[route] = size // 2
+    files.requests.clear()
+    fetch(Source(urls["B"][0], sha256=hashes[b], size=size), scratch / "resume", sleep=lambda s: None)
+    got = [(start, sent) for path, start, sent in files.requests if path == route]
+    (_, first_sent), (resume_at, refetched) = got[0], got[-1]
+    missing = size - first_sent
+    print(f"resume of B ({size / 1e9:.2f} GB) dropped after {first_sent / 1e9:.2f} GB: resumed at byte "
+          f"{resume_at:,}, re-fetched {refetched:,} bytes for {missing:,} missing (+{refetched - missing:,}); "
+          f"target <= missing + one chunk ({CHUNK:,}): {'MET' if refetched <= missing + CHUNK else 'NOT MET'}")
+
+
+def _registry(files: FileServer, bs: list[Path], hashes: dict, a_path: Path, c_path: Path) -> dict:
+    """A registry crawled from a fake Civitai listing the fine-tunes; the bundled data's SD 1.x pair pointed at
+    the file server (as tests/test_build.py does)."""
+    import copy
+
+    from crawler import civitai, families, registry
+    from crawler.http import RetryPolicy
+    from tests.civitai_fake import FakeCivitai, Server, synthetic_item
+
+    fake = FakeCivitai([])
+    api = Server(fake)
+    api_url = api.__enter__()
+    os.environ["INPAINT_ADVISOR_CIVITAI_URL"] = api_url
+    os.environ["HF_ENDPOINT"] = files.url
+    items = []
+    for i, b in enumerate(bs):
+        item = synthetic_item(800001 + i, random.Random(i), datetime.datetime(2025, 1, 1))
+        item["name"] = f"Bench Model {i}"
+        item["modelVersions"] = item["modelVersions"][:1]
+        v = item["modelVersions"][0]
+        v["id"], v["baseModel"], v["baseModelType"] = 700000 + i, "SD 1.5", "Standard"
+        f = v["files"][0]
+        f["name"], f["sizeKB"], f["hashes"] = b.name, b.stat().st_size / 1024, {"SHA256": hashes[b]}
+        v["files"] = [f]
+        fake.downloads[str(v["id"])] = (f"{files.url}/blob/{v['id']}?sig=1", False)
+        items.append(item)
+    fake.items = items
+    civitai.crawl(registry.connect(os.environ["INPAINT_ADVISOR_DB"]), base_url=api_url,
+                  policy=RetryPolicy(attempts=2))  # fmt: skip
+    fams = copy.deepcopy(families.all_families())
+    sd1 = next(f for f in fams if f["id"] == "sd1")
+    sd1["inpaint"].update(mirrors=[{"repo": A_REPO, "alive": True}], file="sd-v1-5-inpainting.ckpt",
+                          size=a_path.stat().st_size, sha256=hashes[a_path])  # fmt: skip
+    sd1["base"].update(mirrors=[{"repo": C_REPO, "alive": True}], file="v1-5-pruned-emaonly.safetensors",
+                       size=c_path.stat().st_size, sha256=hashes[c_path])  # fmt: skip
+    families.all_families = lambda: fams
+    families.by_id = lambda: {f["id"]: f for f in fams}
+    return {"A": f"{files.url}/{A_REPO}/resolve/main/sd-v1-5-inpainting.ckpt",
+            "C": f"{files.url}/{C_REPO}/resolve/main/v1-5-pruned-emaonly.safetensors",
+            "B": [f"{api_url}/api/download/models/{700000 + i}" for i in range(len(bs))]}  # fmt: skip
+
+
+def _builds(work: Path, files: FileServer, urls: dict, a_path: Path, c_path: Path, bs: list[Path]) -> None:
+    import merge.engine
+    from advisor.build import build
+
+    merges: list[float] = []
+    real = merge.engine.run_merge
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            merges.append(time.perf_counter() - t)
+
+    merge.engine.run_merge = timed
+    out, naive_dir = work / "out", work / "naive"
+    naive_dir.mkdir()
+    later, later_merge, naive_merges, naive_later = [], [], [], []
+    print(f"\n{'':34}{'ours':>10}{'naive':>10}{'ratio':>8}")
+    for i, b in enumerate(bs):
+        copies = [urls["B"][i]] + ([urls["A"], urls["C"]] if i == 0 else [])
+        copy_s = sum(plain_copy(u, naive_dir / "copy") for u in copies)
+        (naive_dir / "copy").unlink()
+        t = time.perf_counter()
+        merge.engine.merge(a_path, b, c_path, naive_dir / "three.safetensors", force=True)
+        merge3 = time.perf_counter() - t
+        (naive_dir / "three.safetensors").unlink()
+        merges.clear()
+        t = time.perf_counter()
+        result = build(f"civitai:{800001 + i}", out=out)
+        total = time.perf_counter() - t
+        assert result.action == "built" and result.verified, result
+        what = "first build (A, C, B; prepares)" if i == 0 else f"later build {i} (B; from the pair)"
+        print(f"{what:34}{total:9.1f}s{copy_s + merge3:9.1f}s{total / (copy_s + merge3):7.2f}x   "
+              f"(merges {' + '.join(f'{m:.1f}' for m in merges)} s; three-input merge {merge3:.1f} s)")
+        if i:
+            later.append(total)
+            later_merge.append(merges[-1])
+            naive_merges.append(merge3)
+            naive_later.append(copy_s + merge3)
+    merge.engine.run_merge = real
+    if later:
+        ratio = statistics.median(later_merge) / statistics.median(naive_merges)
+        print(f"\nlater builds: the merge from the pair {statistics.median(later_merge):.1f} s against the three-input "
+              f"merge {statistics.median(naive_merges):.1f} s: {ratio:.2f}x; target <= 0.6x: "
+              f"{'MET' if ratio <= 0.6 else 'NOT MET'}")
+        whole = statistics.median(later) / statistics.median(naive_later)
+        print(f"later builds start to verified file {statistics.median(later):.1f} s against the plain copy of B + "
+              f"the three-input merge {statistics.median(naive_later):.1f} s: {whole:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
