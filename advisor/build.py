@@ -113,6 +113,7 @@ class _Need:
     files: list[_Need] = field(default_factory=list)  # the parts of a diffusers folder
     origin: str = "fetch"  # user (the user's own path) | hf-cache | fetch
     checked: bool = False  # its bytes are known to be the ones a registry or the bundled data records
+    git_oid: str | None = None  # a small file's git blob id (the Hub's checksum of files not in LFS)
 
 
 Progress = Callable[[str, int, int | None], None]  # (label, bytes done, total)
@@ -128,12 +129,19 @@ def _hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def _hf_cache_dir() -> str | None:
+    """The Hugging Face cache as the environment says now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
+
+
 def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:
     """A file the user's Hugging Face cache already holds (huggingface_hub's own lookup), if it is the one."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(repo, path)
+        hit = try_to_load_from_cache(repo, path, cache_dir=_hf_cache_dir())
     except Exception:  # noqa: BLE001 - a cache we cannot read is a cache we do not use
         return None
     if not isinstance(hit, str):
@@ -143,7 +151,8 @@ def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:
     return Path(hit)
 
 
-def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | None) -> _Need:
+def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | None,
+              git_oid: str | None = None) -> _Need:  # fmt: skip
     parts = [safe_filename(p, "_") for p in path.split("/")]
     folder = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts[:-1])
     url = f"{_hf_endpoint()}/{repo}/resolve/main/{path}"
@@ -152,14 +161,16 @@ def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | N
     if cached is not None:
         return _Need(role, None, cached.parent, local=cached, identity=identity, origin="hf-cache",
                      checked=bool(sha256))  # fmt: skip
-    source = Source(url, name=parts[-1], sha256=sha256, size=size, token=_hf_token(), label=role)
-    return _Need(role, source, folder, identity=identity)
+    source = Source(url, name=parts[-1], sha256=sha256, size=size, token=_hf_token(), label=role,
+                    weights=not path.endswith(".json"))  # fmt: skip
+    return _Need(role, source, folder, identity=identity if sha256 or not git_oid else f"GIT:{git_oid}",
+                 git_oid=None if sha256 else git_oid)  # fmt: skip
 
 
 def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) -> _Need:
     """A diffusers folder: its listing from the Hub (sizes and lfs.sha256 verify each file), the weights of
     each component (fp16 variants first, as the merge reads them)."""
-    from crawler.hf_inspect import blobs_of
+    from crawler.hf_inspect import blobs_of, git_oids
     from crawler.hub import Hub
 
     try:
@@ -182,7 +193,8 @@ def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) ->
     expected = dict(hashes)
     if checked:  # the bundled data's own record of the folder's main file wins over the listing
         expected[checked[0]] = checked[1].upper()
-    parts = [_hub_file(role, repo, n, expected.get(n), sizes.get(n)) for n in wanted]
+    oids = git_oids(info)
+    parts = [_hub_file(role, repo, n, expected.get(n), sizes.get(n), oids.get(n)) for n in wanted]
     identity = hashlib.sha256("\n".join(f"{n}:{p.identity}" for n, p in zip(wanted, parts, strict=True))
                               .encode()).hexdigest().upper()  # fmt: skip
     root = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo")
@@ -279,9 +291,20 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
                                 progress=(lambda done, total: progress(label, done, total)) if progress else None)
     except DownloadError as exc:
         raise BuildError(str(exc), exc.code) from None
-    records.append(FetchRecord(got.url, str(got.path), got.bytes, got.resumed, got.verified, got.reused))
-    need.checked = got.verified
+    verified = got.verified or (need.git_oid is not None and _check_git_oid(need, got.path))
+    records.append(FetchRecord(got.url, str(got.path), got.bytes, got.resumed, verified, got.reused))
+    need.checked = verified
     return got.path
+
+
+def _check_git_oid(need: _Need, path: Path) -> bool:
+    """A config file against its git blob id; one that differs is removed (it is not what the Hub lists)."""
+    data = path.read_bytes()
+    if hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == need.git_oid:
+        return True
+    path.unlink(missing_ok=True)
+    raise BuildError(f"{need.role}: {path.name} is not the file the Hub lists (git blob id {need.git_oid}): removed",
+                     "hash-mismatch")  # fmt: skip
 
 
 def _recipe_key(a: _Need, b: _Need, c: _Need, multiplier: float, dtype: str) -> str:

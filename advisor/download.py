@@ -61,6 +61,7 @@ class Source:
     size: int | None = None  # expected bytes, when known
     token: str | None = None  # Bearer token, sent to the URL's own host only
     label: str = ""  # what the file is for, for messages ("A", "B", "C", "release")
+    weights: bool = True  # False for a diffusers folder's JSON configs: then a JSON body is what is expected
 
 
 @dataclass
@@ -109,8 +110,22 @@ def _message_of(response: httpx.Response) -> str:
     return str(body)[:160]
 
 
+def _gated_page(response: httpx.Response) -> str | None:
+    """The repo page where a gated Hub file's conditions are accepted, when the Hub says that is the refusal."""
+    if response.headers.get("x-error-code") != "GatedRepo":
+        return None
+    url = urlsplit(str(response.request.url))
+    repo = url.path.split("/resolve/", 1)[0].strip("/")
+    return f"{url.scheme}://{url.netloc}/{repo}"
+
+
 def _refusal(response: httpx.Response, what: str) -> DownloadError:
     status, detail = response.status_code, _message_of(response)
+    page = _gated_page(response)
+    if page is not None:
+        return DownloadError(f"{what}: a gated repo (HTTP {status}): log in at {page}, accept its conditions, then "
+                             "set HF_TOKEN to an access token with read permission (huggingface.co/settings/tokens)",
+                             "gated")  # fmt: skip
     if status == 401:
         return DownloadError(f"{what}: login required (HTTP 401: {detail}). For Civitai set CIVITAI_API_TOKEN to "
                              "an API key (civitai.com/user/account); for a gated Hub repo accept its licence and "
@@ -312,7 +327,7 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise Retryable(type(exc).__name__) from None
         if start == 0:
-            kind = _body_kind(response.headers.get("content-type", ""), first)
+            kind = _body_kind(response.headers.get("content-type", ""), first) if source.weights else None
             if kind:
                 raise DownloadError(f"{what}: the server answered with {kind} page, not a model file "
                                     f"({' '.join(first[:160].decode('utf-8', 'replace').split())})",

@@ -131,6 +131,11 @@ def inspect(hub: Hub, repo: str, revision: str, files: list[str], *, known_blobs
     return result
 
 
+def git_oids(info) -> dict[str, str]:
+    """Git blob ids of the files not in LFS (a diffusers folder's JSON configs): their only checksum on the Hub."""
+    return {s.rfilename: s.blob_id for s in info.siblings or [] if s.lfs is None and getattr(s, "blob_id", None)}
+
+
 def blobs_of(info) -> tuple[dict[str, int], dict[str, str]]:
     """(sizes, sha256) per file from a ``ModelInfo`` fetched with ``files_metadata=True``."""
     sizes, hashes = {}, {}

@@ -99,7 +99,7 @@ class FakeRepo:
             s = {"rfilename": name}
             if blobs:
                 s["size"] = f.reported_size
-                s["blobId"] = hashlib.sha1(f.content).hexdigest()
+                s["blobId"] = hashlib.sha1(b"blob %d\0" % len(f.content) + f.content).hexdigest()  # git's oid
                 if f.lfs:
                     s["lfs"] = {"size": f.reported_size, "sha256": f.sha256, "pointerSize": 134}
             siblings.append(s)

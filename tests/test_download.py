@@ -180,3 +180,30 @@ def test_a_download_killed_with_sigkill_resumes_when_run_again(tmp_path, civitai
     resumed, fetched = again.stdout.split()
     assert resumed == "True" and int(fetched) == len(DATA) - 2**21  # only the missing bytes
     assert (tmp_path / "out" / "m.safetensors").read_bytes() == DATA
+
+
+def test_a_gated_hub_file_says_where_to_accept_its_conditions(tmp_path):
+    from tests.hf_fake import FakeFile, FakeHub, FakeRepo, HubServer
+
+    hub = FakeHub([FakeRepo("black-forest-labs/FLUX.1-Fill-dev", gated=True,
+                            files={"flux1-fill-dev.safetensors": FakeFile(b"x" * 100)})])  # fmt: skip
+    with HubServer(hub) as url, pytest.raises(DownloadError) as refused:
+        fetch(Source(f"{url}/black-forest-labs/FLUX.1-Fill-dev/resolve/main/flux1-fill-dev.safetensors"),
+              tmp_path / "out", policy=RetryPolicy(attempts=1))  # fmt: skip
+    assert refused.value.code == "gated"
+    message = str(refused.value)
+    assert f"{url}/black-forest-labs/FLUX.1-Fill-dev" in message and "HF_TOKEN" in message
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_hashes_fed_from_a_thread_equal_the_file_hashes(tmp_path):
+    import random
+
+    data = random.Random(3).randbytes(3 * 2**20 + 17)
+    header = b'{"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}'
+    blob = len(header).to_bytes(8, "little") + header + data
+    (tmp_path / "f.safetensors").write_bytes(blob)
+    h = hashing.BackgroundHasher()
+    for i in range(0, len(blob), 65537):
+        h.update(blob[i : i + 65537])
+    assert h.result() == hashing.file_hashes(tmp_path / "f.safetensors", use_cache=False)
