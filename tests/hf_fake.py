@@ -327,3 +327,19 @@ def fixture_hub() -> list[FakeRepo]:
         FakeRepo("lora/style", tags=lineage_tags(SD15) + ["lora"], files={"lora.safetensors": FakeFile(b"x")},
                  last_modified="2025-04-04T00:00:00.000Z"),
     ] + official_repos()  # fmt: skip
+
+
+def point_official_pair(monkeypatch, family: str, inpaint: tuple[str, str, bytes], base: tuple[str, str, bytes]):
+    """The bundled data's official pair of ``family`` pointed at fake Hub files: (repo, file, the file's bytes)
+    each, with their true size and sha256."""
+    import copy
+
+    from crawler import families
+
+    fams = copy.deepcopy(families.all_families())
+    spec = next(f for f in fams if f["id"] == family)
+    for role, (repo, name, content) in (("inpaint", inpaint), ("base", base)):
+        spec[role].update(mirrors=[{"repo": repo, "alive": True}], file=name, size=len(content),
+                          sha256=hashlib.sha256(content).hexdigest())  # fmt: skip
+    monkeypatch.setattr(families, "all_families", lambda: fams)
+    monkeypatch.setattr(families, "by_id", lambda: {f["id"]: f for f in fams})

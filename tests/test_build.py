@@ -19,23 +19,16 @@ from safetensors import safe_open
 from advisor.build import BuildError, build
 from advisor.download import CHUNK
 from advisor.lookup import lookup
-from crawler import civitai, families, registry
+from crawler import civitai, registry
 from crawler.http import RetryPolicy
-from tests.civitai_fake import FakeCivitai, Server, synthetic_item
+from tests.build_world import RealFile, build_servers
+from tests.civitai_fake import synthetic_item
 from tests.conftest import ROOT, cli_env, option, run_cli
-from tests.hf_fake import FakeFile, FakeHub, FakeRepo, HubServer
+from tests.hf_fake import FakeHub, FakeRepo, point_official_pair
 from tests.sd_layouts import write_checkpoint
-from tests.storage_fake import Blob, FakeStorage, StorageServer
+from tests.storage_fake import Blob
 
 A_REPO, C_REPO = "test/sd1-inpainting", "test/sd1-base"
-
-
-class RealFile(FakeFile):
-    """A Hub file whose lfs.sha256 is its content's (the fixture hub's default is a made-up one)."""
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
 
 
 def _bytes_of(tmp_path, name, variant, seed, **kw) -> bytes:
@@ -55,52 +48,39 @@ def world(tmp_path, monkeypatch, registry_db):
     release = _bytes_of(tmp_path, "r.safetensors", "inpaint", 4)
     hub = FakeHub([FakeRepo(A_REPO, files={"sd-v1-5-inpainting.safetensors": RealFile(a)}),
                    FakeRepo(C_REPO, files={"v1-5-pruned-emaonly.safetensors": RealFile(c)})])  # fmt: skip
-    storage, fake = FakeStorage(), FakeCivitai([])
-    servers = [HubServer(hub), StorageServer(storage), Server(fake)]
-    hub_url, storage_url, civitai_url = (s.__enter__() for s in servers)
-    monkeypatch.setenv("HF_ENDPOINT", hub_url)
-    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", civitai_url)
-    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    # the bundled data's official SD 1.x pair, pointed at the fake Hub's tiny files
-    fams = copy.deepcopy(families.all_families())
-    sd1 = next(f for f in fams if f["id"] == "sd1")
-    sd1["inpaint"].update(mirrors=[{"repo": A_REPO, "alive": True}], file="sd-v1-5-inpainting.safetensors",
-                          size=len(a), sha256=hashlib.sha256(a).hexdigest())  # fmt: skip
-    sd1["base"].update(mirrors=[{"repo": C_REPO, "alive": True}], file="v1-5-pruned-emaonly.safetensors",
-                       size=len(c), sha256=hashlib.sha256(c).hexdigest())  # fmt: skip
-    monkeypatch.setattr(families, "all_families", lambda: fams)
-    monkeypatch.setattr(families, "by_id", lambda: {f["id"]: f for f in fams})
-    items = []
-    for mid, data, inpaint, base in ((600001, b, None, "SD 1.5"), (600002, b2, release, "SD 1.5"),
-                                     (600003, b, None, "Flux.1 D")):  # fmt: skip
-        item = synthetic_item(mid, random.Random(mid), datetime.datetime(2025, 1, 1))
-        item["name"] = f"Tiny Model {mid}"
-        for v in item["modelVersions"]:
-            v["baseModel"], v["baseModelType"] = base, "Standard"
-            f = v["files"][0]
-            f["name"], f["sizeKB"] = f"tinyModel{mid}_{v['name']}.safetensors", len(data) / 1024
-            f["hashes"] = {"SHA256": hashlib.sha256(data).hexdigest().upper()}
-            storage.blobs[str(v["id"])] = Blob(data, f["name"])
-            fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
-        if inpaint is not None:  # the newest version's inpainting release, as a version of its own
-            rel = copy.deepcopy(item["modelVersions"][0])
-            rel["id"], rel["name"], rel["baseModelType"] = 9999001, rel["name"] + "-inpainting", "Inpainting"
-            rel["files"] = rel["files"][:1]
-            rf = rel["files"][0]
-            rf["id"] = 99990010
-            rf["name"], rf["hashes"] = "tinyRelease-inpainting.safetensors", {"SHA256": hashlib.sha256(inpaint)
-                                                                             .hexdigest().upper()}  # fmt: skip
-            rf["sizeKB"] = len(inpaint) / 1024
-            storage.blobs["9999001"] = Blob(inpaint, rf["name"])
-            fake.downloads["9999001"] = (f"{storage_url}/blob/9999001?sig=1", False)
-            item["modelVersions"].insert(0, rel)
-        items.append(item)
-    fake.items = items
-    civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
-    yield {"db": registry_db, "storage": storage, "hub": hub, "tmp": tmp_path, "b": b, "civitai": fake}
-    for s in servers:
-        s.__exit__(None, None, None)
+    with build_servers(monkeypatch, tmp_path, hub) as up:
+        storage, fake, storage_url, civitai_url = up.storage, up.civitai, up.storage_url, up.civitai_url
+        # the bundled data's official SD 1.x pair, pointed at the fake Hub's tiny files
+        point_official_pair(monkeypatch, "sd1", (A_REPO, "sd-v1-5-inpainting.safetensors", a),
+                            (C_REPO, "v1-5-pruned-emaonly.safetensors", c))  # fmt: skip
+        items = []
+        for mid, data, inpaint, base in ((600001, b, None, "SD 1.5"), (600002, b2, release, "SD 1.5"),
+                                         (600003, b, None, "Flux.1 D")):  # fmt: skip
+            item = synthetic_item(mid, random.Random(mid), datetime.datetime(2025, 1, 1))
+            item["name"] = f"Tiny Model {mid}"
+            for v in item["modelVersions"]:
+                v["baseModel"], v["baseModelType"] = base, "Standard"
+                f = v["files"][0]
+                f["name"], f["sizeKB"] = f"tinyModel{mid}_{v['name']}.safetensors", len(data) / 1024
+                f["hashes"] = {"SHA256": hashlib.sha256(data).hexdigest().upper()}
+                storage.blobs[str(v["id"])] = Blob(data, f["name"])
+                fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
+            if inpaint is not None:  # the newest version's inpainting release, as a version of its own
+                rel = copy.deepcopy(item["modelVersions"][0])
+                rel["id"], rel["name"], rel["baseModelType"] = 9999001, rel["name"] + "-inpainting", "Inpainting"
+                rel["files"] = rel["files"][:1]
+                rf = rel["files"][0]
+                rf["id"] = 99990010
+                rf["name"], rf["hashes"] = "tinyRelease-inpainting.safetensors", {"SHA256": hashlib.sha256(inpaint)
+                                                                                 .hexdigest().upper()}  # fmt: skip
+                rf["sizeKB"] = len(inpaint) / 1024
+                storage.blobs["9999001"] = Blob(inpaint, rf["name"])
+                fake.downloads["9999001"] = (f"{storage_url}/blob/9999001?sig=1", False)
+                item["modelVersions"].insert(0, rel)
+            items.append(item)
+        fake.items = items
+        civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
+        yield {"db": registry_db, "storage": storage, "hub": hub, "tmp": tmp_path, "b": b, "civitai": fake}
 
 
 def test_a_fine_tune_without_a_release_is_built_verified_recorded_and_found(world):

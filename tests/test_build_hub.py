@@ -1,7 +1,6 @@
 """`build` with Hub-shaped inputs: SDXL's official A is a diffusers folder, a fine-tune may be a Hub diffusers
 repo, and files the user's Hugging Face cache already holds are used from there, not fetched again."""
 
-import copy
 import datetime
 import hashlib
 import json
@@ -12,23 +11,18 @@ import torch
 from safetensors.torch import load_file
 
 from advisor.build import build
-from crawler import civitai, families, registry
+from crawler import civitai, registry
 from crawler.http import RetryPolicy
 from merge.engine import merge
-from tests.civitai_fake import FakeCivitai, Server, synthetic_item
+from tests.build_world import RealFile, build_servers
+from tests.civitai_fake import synthetic_item
 from tests.diffusers_layout import write_diffusers
-from tests.hf_fake import FakeFile, FakeHub, FakeRepo, HubServer, lineage_tags
+from tests.hf_fake import FakeHub, FakeRepo, lineage_tags, point_official_pair
 from tests.sd_layouts import write_checkpoint
-from tests.storage_fake import Blob, FakeStorage, StorageServer
+from tests.storage_fake import Blob
 
 A_REPO, C_REPO, B_REPO = "test/sdxl-inpainting", "test/sdxl-base", "someone/sdxl-finetune"
 C_FILE = "sd_xl_base_1.0.safetensors"
-
-
-class RealFile(FakeFile):
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
 
 
 def _folder_files(folder) -> dict[str, RealFile]:
@@ -40,10 +34,10 @@ def _folder_files(folder) -> dict[str, RealFile]:
 def sdxl(tmp_path, monkeypatch, registry_db):
     made = tmp_path / "made"
     made.mkdir()
-    write_diffusers(made / "a", write_checkpoint(made / "a.safetensors", "sdxl", "inpaint", 1), "sdxl")
-    write_checkpoint(made / C_FILE, "sdxl", "normal", 3)
-    write_checkpoint(made / "b.safetensors", "sdxl", "normal", 2)
-    write_diffusers(made / "hub-b", write_checkpoint(made / "hb.safetensors", "sdxl", "normal", 4), "sdxl")
+    write_diffusers(made / "a", write_checkpoint(made / "a.safetensors", "sdxl", "inpaint", 1, scale=32), "sdxl")
+    write_checkpoint(made / C_FILE, "sdxl", "normal", 3, scale=32)
+    write_checkpoint(made / "b.safetensors", "sdxl", "normal", 2, scale=32)
+    write_diffusers(made / "hub-b", write_checkpoint(made / "hb.safetensors", "sdxl", "normal", 4, scale=32), "sdxl")
     a_files = _folder_files(made / "a")
     unet = "unet/diffusion_pytorch_model.fp16.safetensors"
     assert unet in a_files
@@ -51,37 +45,24 @@ def sdxl(tmp_path, monkeypatch, registry_db):
                    FakeRepo(C_REPO, files={C_FILE: RealFile((made / C_FILE).read_bytes())}),
                    FakeRepo(B_REPO, files=_folder_files(made / "hub-b"),
                             tags=lineage_tags("stabilityai/stable-diffusion-xl-base-1.0"))])  # fmt: skip
-    storage, fake = FakeStorage(), FakeCivitai([])
-    servers = [HubServer(hub), StorageServer(storage), Server(fake)]
-    hub_url, storage_url, civitai_url = (s.__enter__() for s in servers)
-    monkeypatch.setenv("HF_ENDPOINT", hub_url)
-    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", civitai_url)
-    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    fams = copy.deepcopy(families.all_families())
-    spec = next(f for f in fams if f["id"] == "sdxl")
-    c_bytes = (made / C_FILE).read_bytes()
-    spec["inpaint"].update(mirrors=[{"repo": A_REPO, "alive": True}], file=unet, size=len(a_files[unet].content),
-                           sha256=a_files[unet].sha256)  # fmt: skip
-    spec["base"].update(mirrors=[{"repo": C_REPO, "alive": True}], file=C_FILE, size=len(c_bytes),
-                        sha256=hashlib.sha256(c_bytes).hexdigest())  # fmt: skip
-    monkeypatch.setattr(families, "all_families", lambda: fams)
-    monkeypatch.setattr(families, "by_id", lambda: {f["id"]: f for f in fams})
-    b = (made / "b.safetensors").read_bytes()
-    item = synthetic_item(610001, random.Random(1), datetime.datetime(2025, 1, 1))
-    item["name"], item["modelVersions"] = "Tiny XL", item["modelVersions"][:1]
-    v = item["modelVersions"][0]
-    v["baseModel"], v["baseModelType"] = "SDXL 1.0", "Standard"
-    v["files"] = v["files"][:1]
-    f = v["files"][0]
-    f["name"], f["sizeKB"], f["hashes"] = "tinyXL.safetensors", len(b) / 1024, {"SHA256": hashlib.sha256(b).hexdigest()}
-    storage.blobs[str(v["id"])] = Blob(b, f["name"])
-    fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
-    fake.items = [item]
-    civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
-    yield {"db": registry_db, "hub": hub, "tmp": tmp_path, "made": made, "b": b}
-    for s in servers:
-        s.__exit__(None, None, None)
+    with build_servers(monkeypatch, tmp_path, hub) as up:
+        storage, fake, storage_url, civitai_url = up.storage, up.civitai, up.storage_url, up.civitai_url
+        point_official_pair(monkeypatch, "sdxl", (A_REPO, unet, a_files[unet].content),
+                            (C_REPO, C_FILE, (made / C_FILE).read_bytes()))  # fmt: skip
+        b = (made / "b.safetensors").read_bytes()
+        item = synthetic_item(610001, random.Random(1), datetime.datetime(2025, 1, 1))
+        item["name"], item["modelVersions"] = "Tiny XL", item["modelVersions"][:1]
+        v = item["modelVersions"][0]
+        v["baseModel"], v["baseModelType"] = "SDXL 1.0", "Standard"
+        v["files"] = v["files"][:1]
+        f = v["files"][0]
+        f["name"], f["sizeKB"] = "tinyXL.safetensors", len(b) / 1024
+        f["hashes"] = {"SHA256": hashlib.sha256(b).hexdigest()}
+        storage.blobs[str(v["id"])] = Blob(b, f["name"])
+        fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
+        fake.items = [item]
+        civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
+        yield {"db": registry_db, "hub": hub, "tmp": tmp_path, "made": made, "b": b}
 
 
 def _resolved(hub, repo: str) -> set[str]:

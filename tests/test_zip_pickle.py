@@ -60,17 +60,22 @@ def test_a_legacy_pickle_is_still_read_by_torch(tmp_path):
     assert isinstance(src, StateDictSource) and torch.equal(src.read("w"), torch.ones(3))
 
 
+def _rewritten(path, to, change, compression=zipfile.ZIP_STORED):
+    """``path``'s archive written again to ``to``, each entry's bytes through ``change(name, data)``."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(to, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, change(info.filename, src.read(info)))
+    return to
+
+
 def test_a_compressed_or_big_endian_archive_is_left_to_torch(tmp_path):
     path = tmp_path / "m.ckpt"
     torch.save({"w": torch.ones(3)}, path)
-    recompressed = tmp_path / "deflated.ckpt"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(recompressed, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.endswith("/byteorder"):
-                data = b"big"
-            dst.writestr(info.filename, data)
-    assert parse(recompressed) is None
+    deflated = _rewritten(path, tmp_path / "deflated.ckpt", lambda name, data: data, zipfile.ZIP_DEFLATED)
+    assert parse(deflated) is None
+    big = _rewritten(path, tmp_path / "big.ckpt", lambda name, data: b"big" if name.endswith("/byteorder") else data)
+    assert parse(big) is None
+    assert parse(_rewritten(path, tmp_path / "same.ckpt", lambda name, data: data)) is not None  # the control
 
 
 def test_a_merge_with_a_zip_checkpoint_is_all_c_loop_and_equals_the_safetensors_merge(tmp_path):
@@ -105,11 +110,5 @@ def test_a_merge_with_a_zip_checkpoint_is_all_c_loop_and_equals_the_safetensors_
 def test_a_storage_shorter_than_its_tensors_is_not_read_past(tmp_path):
     path = tmp_path / "m.ckpt"
     torch.save({"w": torch.ones(100)}, path)
-    damaged = tmp_path / "short.ckpt"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(damaged, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if "/data/" in info.filename:
-                data = data[:40]
-            dst.writestr(info.filename, data)
+    damaged = _rewritten(path, tmp_path / "short.ckpt", lambda name, data: data[:40] if "/data/" in name else data)
     assert parse(damaged) is None
