@@ -129,6 +129,9 @@ class FakeHub:
     page_limit: int | None = None  # cap ``limit`` to force several pages
     requests: list[str] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
+    # LFS files answered as the real Hub does: 302 to a CDN URL, the redirect carrying X-Linked-Etag and
+    # X-Linked-Size (the file's sha256 and size), X-Repo-Commit; the CDN serves the bytes with ranges
+    cdn_redirects: bool = False
     hold_list_page: int | None = None  # hold the Nth listing request (0-based) until released
     holding: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -218,14 +221,29 @@ class _Handler(FakeApiHandler):
             f = repo.files.get(file_path)
             if f is None:
                 return self._error(404, "EntryNotFound", "Entry not found")
-            body, status, headers = f.content, 200, {"X-Repo-Commit": repo.sha, "ETag": f'"{f.sha256}"'}
-            if rng := self.headers.get("Range"):
-                start, _, end = rng.removeprefix("bytes=").partition("-")
-                start, end = int(start), min(int(end) if end else len(body) - 1, len(body) - 1)
-                body, status = body[start : end + 1], 206
-                headers["Content-Range"] = f"bytes {start}-{end}/{f.reported_size}"
-            return self._send(status, body, "application/octet-stream", headers)
+            if hub.cdn_redirects and f.lfs:
+                return self._send(302, b"", headers={
+                    "Location": f"/cdn-lfs/{repo.id}/{f.sha256}?name={file_path}", "X-Repo-Commit": repo.sha,
+                    "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(f.reported_size), "ETag": '"pointer"'},
+                )  # fmt: skip
+            return self._file(f, {"X-Repo-Commit": repo.sha, "ETag": f'"{f.sha256}"'})
+        if path.startswith("/cdn-lfs/"):
+            repo_id, sha = path[len("/cdn-lfs/") :].rsplit("/", 1)
+            repo = hub.repo(repo_id)
+            f = next((f for f in (repo.files.values() if repo else []) if f.sha256 == sha), None)
+            if f is None:
+                return self._send(403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml")
+            return self._file(f, {"ETag": f'"{f.sha256}"'})
         self._error(404, "NotFound", "Not found")
+
+    def _file(self, f: FakeFile, headers: dict):
+        body, status = f.content, 200
+        if rng := self.headers.get("Range"):
+            start, _, end = rng.removeprefix("bytes=").partition("-")
+            start, end = int(start), min(int(end) if end else len(body) - 1, len(body) - 1)
+            body, status = body[start : end + 1], 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{f.reported_size}"
+        return self._send(status, body, "application/octet-stream", headers)
 
 
 class HubServer(LocalServer):

@@ -44,7 +44,8 @@ def sdxl(tmp_path, monkeypatch, registry_db):
     hub = FakeHub([FakeRepo(A_REPO, files=a_files),
                    FakeRepo(C_REPO, files={C_FILE: RealFile((made / C_FILE).read_bytes())}),
                    FakeRepo(B_REPO, files=_folder_files(made / "hub-b"),
-                            tags=lineage_tags("stabilityai/stable-diffusion-xl-base-1.0"))])  # fmt: skip
+                            tags=lineage_tags("stabilityai/stable-diffusion-xl-base-1.0"))],
+                  cdn_redirects=True)  # fmt: skip
     with build_servers(monkeypatch, tmp_path, hub) as up:
         storage, fake, storage_url, civitai_url = up.storage, up.civitai, up.storage_url, up.civitai_url
         point_official_pair(monkeypatch, "sdxl", (A_REPO, unet, a_files[unet].content),
@@ -83,6 +84,7 @@ def test_an_sdxl_fine_tune_is_built_with_the_official_diffusers_folder_as_a(sdxl
     fetched = _resolved(sdxl["hub"], A_REPO)
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched and "model_index.json" in fetched
     assert all(d.verified for d in result.downloads)  # every file of the folder checked by its lfs.sha256
+    assert [r for r in sdxl["hub"].requests if r.startswith(f"/cdn-lfs/{A_REPO}/")]  # weights via the CDN redirect
     made = sdxl["made"]
     merge(made / "a", made / "b.safetensors", made / C_FILE, sdxl["tmp"] / "by-hand.safetensors")
     assert _same(result.output.path, sdxl["tmp"] / "by-hand.safetensors")
