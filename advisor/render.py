@@ -70,6 +70,20 @@ def crawl_summary(console: Console, s: "CrawlSummary") -> None:
     _crawl_report(console, s, rows, notes)
 
 
+def crawl_all_summary(console: Console, s) -> None:
+    table = _compact(f"crawl all ({s.mode})")
+    for col in ("source", "result", "time", "pages", "changed", "new inpainting", "note"):
+        table.add_column(col, overflow="fold")
+    for r in s.sources:
+        color = {"ok": "green", "stopped": "yellow"}.get(r.status, "red")
+        x = r.summary
+        table.add_row(r.source, line((r.status, color)), f"{r.seconds:.0f} s", str(x.pages) if x else "",
+                      str(x.written) if x else "", str(x.new_inpainting) if x else "", t((r.error or "")[:160]))
+    console.print(table)
+    if not s.ok:
+        console.print(line(("some sources did not finish", "red"), ": run the same command again to resume them"))
+
+
 def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
     rows = [("pages", s.pages), ("repos listed", s.listed), ("new or changed repos inspected", s.inspected),
             ("skipped (LoRA, ControlNet, ...)", s.skipped), ("new inpainting releases", s.new_inpainting),
@@ -313,3 +327,18 @@ def cache_cleared(console: Console, done) -> None:
     for path in done.busy:
         console.print(line(("in use, kept: ", "yellow"), path, " (a build is running: try again when it ends)"))
     console.print(line(f"{'would free' if done.dry_run else 'freed'} {_gb(done.freed)}"))
+
+
+def health(console: Console, h) -> None:
+    word, color = ("healthy", "green") if h.healthy else ("unhealthy", "red")
+    console.print(line((word, f"bold {color}"), f" (limit {h.max_age_s / 3600:g} h)"))
+    table = _compact("Sources")
+    for col in ("source", "models", "last success (UTC)", "last crawl", "state"):
+        table.add_column(col, overflow="fold")
+    for s in h.sources:
+        when = f"{s.last_success:%Y-%m-%d %H:%M}" if s.last_success else "never"
+        state = "ok" if s.healthy and s.last_status else "; ".join(s.reasons) or "ok"
+        table.add_row(s.source, f"{s.models:,}", when, s.last_status or "-", t(state))
+    console.print(table)
+    for r in h.reasons:
+        console.print(line(("  - ", "red"), r))

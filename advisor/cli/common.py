@@ -1,5 +1,6 @@
 """What every command shares: the registry and JSON options, how a command fails, and URL checking."""
 
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -36,3 +37,16 @@ def http_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise typer.BadParameter(f"{value!r} is not an http:// or https:// URL")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(value: str) -> timedelta:
+    """A typer parser: ``30m``, ``6h``, ``7d``, ``2w`` (or plain seconds) as a timedelta, or a usage error."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*", value or "")
+    if not match or float(match[1]) <= 0:
+        raise typer.BadParameter(f"{value!r} is not a duration like 30m, 6h, 7d or 2w")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])

@@ -107,7 +107,47 @@ def crawl_hf(
     )  # fmt: skip
 
 
-def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str) -> None:
+@crawl_app.command("all")
+def crawl_all(
+    incremental: IncrementalOption = False,
+    retries: RetriesOption = 6,
+    backoff: BackoffOption = 1.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Crawl every source in turn (Civitai, then the Hugging Face Hub with its official-checkpoint checks) and
+    print one summary: what a timer runs. One source failing does not stop the next. URLs and tokens come
+    from the environment (INPAINT_ADVISOR_CIVITAI_URL, CIVITAI_API_TOKEN, HF_ENDPOINT, HF_TOKEN).
+
+    \b
+    Examples:
+      inpaint-advisor crawl all --incremental
+      inpaint-advisor crawl all --json
+
+    Exit status: 0 every source done, 1 one failed or was being crawled already (run again to resume), 2
+    usage or registry error, 130 interrupted.
+    """  # noqa: D301
+    import os
+
+    from crawler.crawl_all import crawl_all as run_all
+    from crawler.http import RetryPolicy
+
+    def describe(s) -> str:
+        return f"crawl all ({'incremental' if incremental else 'full'})"
+
+    summary = _run_crawl(
+        lambda engine, on_page, on_retry: run_all(
+            engine, incremental=incremental, civitai_url=os.environ.get("INPAINT_ADVISOR_CIVITAI_URL") or None,
+            hf_endpoint=os.environ.get("HF_ENDPOINT") or None, on_retry=on_retry,
+            on_page=lambda source, s: on_page(s), policy=RetryPolicy(attempts=retries, base_delay=backoff),
+        ),
+        db, as_json, "crawling every source", describe, "crawl_all_summary",
+    )  # fmt: skip
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
     """Progress, retry notices, the summary, and the errors every crawl command shares."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -149,3 +189,4 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str) ->
         print_json(summary)
     else:
         getattr(render, renderer)(out, summary)
+    return summary

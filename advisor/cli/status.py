@@ -1,25 +1,45 @@
 """`status`: what the registry holds."""
 
 
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
 from advisor.cli.app import app
-from advisor.cli.common import DbOption, JsonOption, die, die_for
+from advisor.cli.common import DbOption, JsonOption, die, die_for, duration
 
 
 @app.command()
-def status(db: DbOption = None, as_json: JsonOption = False) -> None:
+def status(
+    check: Annotated[bool, typer.Option("--check", help="Health check for monitoring: exit 0 healthy, 1 not.")] = False,
+    max_age: Annotated[timedelta, typer.Option("--max-age", parser=duration, metavar="DURATION",
+                                               help="With --check: the oldest a source's last successful crawl "
+                                               "may be (30m, 24h, 7d).")] = "24h",  # fmt: skip
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Show what the registry holds: models per family, inpainting coverage, unknown base models, official
     checkpoints alive or gone, recent crawls. Reads only: never creates or changes a registry.
+
+    With --check it answers one question for a monitor: is the registry kept fresh? Exit 1 when a source
+    crawled here has not had a successful crawl within --max-age, when its last crawl failed, when an official
+    checkpoint is gone or changed, or when there is no registry; the reasons are printed (or in JSON).
 
     \b
     Examples:
       inpaint-advisor status
       inpaint-advisor status --json
+      inpaint-advisor status --check --max-age 12h --json
     """  # noqa: D301
     from advisor import render
     from advisor.output import out, print_json
     from crawler import registry
     from crawler.registry.stats import registry_status
 
+    if check:
+        _check(db, max_age, as_json)
+        return
     try:
         st = registry_status(registry.connect_read_only(db))
     except registry.NoRegistry as exc:
@@ -32,3 +52,23 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
         print_json(st)
     else:
         render.registry_status(out, st)
+
+
+def _check(db, max_age: timedelta, as_json: bool) -> None:
+    from advisor import render
+    from advisor.output import out, print_json
+    from crawler import health, registry
+
+    try:
+        report = health.check(registry.connect_read_only(db), max_age)
+    except registry.NoRegistry as exc:
+        raise die(f"unhealthy: {exc}", code=exc.code, exit_code=1, as_json=as_json) from None
+    except Exception as exc:
+        error = registry.describe_error(exc, db)
+        raise die_for(error or exc, as_json=as_json) from None
+    if as_json:
+        print_json(report)
+    else:
+        render.health(out, report)
+    if not report.healthy:
+        raise typer.Exit(1)

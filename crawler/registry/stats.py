@@ -167,3 +167,39 @@ def status_tables(engine: Engine) -> set[str]:
 
     with engine.connect() as conn:
         return set(inspect(conn).get_table_names())
+
+
+@dataclass
+class SourceRuns:
+    source: str
+    models: int
+    last_success: datetime | None  # when the newest successful crawl finished
+    last_status: str | None  # of the newest crawl: ok | failed | interrupted | running
+    last_error: str | None
+    last_started: datetime | None
+
+
+def source_runs(engine: Engine) -> list[SourceRuns]:
+    """Per source of the registry: its newest crawl and newest successful one (what a health check needs)."""
+    from crawler.registry.schema import Source
+
+    with engine.connect() as conn:
+        models = dict(conn.execute(select(Model.source, func.count()).group_by(Model.source)).all())
+        ok = dict(conn.execute(select(CrawlRun.source, func.max(CrawlRun.finished_at))
+                               .where(CrawlRun.status == "ok").group_by(CrawlRun.source)).all())  # fmt: skip
+        newest = {}
+        for r in conn.execute(select(CrawlRun).order_by(CrawlRun.id.desc())).all():
+            newest.setdefault(r.source, r)
+        out = []
+        for (sid,) in conn.execute(select(Source.id).order_by(Source.id)).all():
+            last = newest.get(sid)
+            out.append(SourceRuns(sid, int(models.get(sid, 0)), _aware(ok.get(sid)), last.status if last else None,
+                                  last.last_error if last else None, _aware(last.started_at) if last else None))
+        return out
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    """Times are stored in UTC; SQLite gives them back without a zone."""
+    from datetime import UTC
+
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
