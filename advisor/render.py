@@ -342,3 +342,35 @@ def health(console: Console, h) -> None:
     console.print(table)
     for r in h.reasons:
         console.print(line(("  - ", "red"), r))
+
+
+def schedule_installed(console: Console, done) -> None:
+    console.print(line(("scheduled", "green"), f" with {done.backend}"))
+    for f in done.files:
+        console.print(line("  wrote ", f))
+    for entry in done.lines:
+        console.print(line(("  ", "dim"), entry))
+    for note in done.notes:
+        console.print(line(("note: ", "yellow"), note))
+
+
+def schedule_shown(console: Console, shown, last) -> None:
+    if not shown.installed:
+        console.print(line(("no schedule installed", "yellow"), f" ({shown.backend}): `inpaint-advisor schedule "
+                           "install`"))  # fmt: skip
+    for entry in shown.entries:
+        console.print(line(("  ", "dim"), entry))
+    for timer, when in shown.next_runs.items():
+        console.print(line(f"  next {timer}: ", (when, "bold")))
+    for s in last:
+        when = f"{s.last_success:%Y-%m-%d %H:%M} UTC" if s.last_success else "never"
+        console.print(line(f"  {s.source}: last success {when}, last crawl {s.last_status or '-'}"))
+
+
+def schedule_removed(console: Console, done) -> None:
+    if not (done.files or done.lines):
+        console.print(line(("nothing to remove", "dim"), f" ({done.backend})"))
+    for f in done.files:
+        console.print(line("  removed ", f))
+    if done.lines:
+        console.print(line("  removed the crontab block"))
