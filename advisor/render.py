@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from advisor.commands import shell_text
+from advisor.commands import Command, shell_text
 from advisor.safety import terminal_text
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
@@ -374,3 +374,34 @@ def schedule_removed(console: Console, done) -> None:
         console.print(line("  removed ", f))
     if done.lines:
         console.print(line("  removed the crontab block"))
+
+
+_PARTNER = {"local": ("on disk", "green"), "built": ("built here", "green"),
+            "already-inpainting": ("is one", "green"), "own-release": ("download its release", "cyan"),
+            "sibling-release": ("download its release", "cyan"), "official": ("official model", "cyan"),
+            "build": ("build one", "yellow"), "none": ("none", "red")}  # fmt: skip
+
+
+def scan_result(console: Console, r) -> None:
+    from pathlib import Path
+
+    console.print(line(("scan: ", "bold"), r.root, f"  ({r.layout}; {len(r.checkpoints)} checkpoints, "
+                       f"{len(r.skipped)} set aside)"))  # fmt: skip
+    table = _compact("Checkpoints and their inpainting partners")
+    for col in ("model", "family", "variant", "partner", "what to do"):
+        table.add_column(col, overflow="fold")
+    for c in r.checkpoints:
+        p = c.partner
+        word, color = _PARTNER.get(p.kind, (p.kind, "")) if p else ("?", "red")
+        if p and p.path and p.kind in ("local", "built"):
+            todo = t(Path(p.path).name)
+        elif p and p.kind == "build":
+            todo = t(shell_text(Command(["inpaint-advisor", "build", c.path])))
+        elif p and p.target is not None:
+            todo = t(" ".join(x for x in (p.target.file or p.target.name, p.target.repo and f"({p.target.repo})") if x))
+        else:
+            todo = t(p.reason[:80] if p else "")
+        table.add_row(t(Path(c.path).name), c.family or "?", c.variant, line((word, color)), todo)
+    console.print(table)
+    for s in r.skipped:
+        console.print(line(("  set aside: ", "dim"), Path(s.path).name, f" — {s.reason}"))

@@ -1,6 +1,6 @@
 """`inpaint-advisor`: a thin typer layer over the library functions in crawler/, advisor/ and merge/. One module
-per command group (lookup.py: lookup and probe; crawl.py; status.py; merge.py; build.py; cache.py; schedule.py);
-common.py holds what they share.
+per command group (lookup.py: lookup and probe; crawl.py; status.py; merge.py; build.py; cache.py;
+schedule.py; scan.py); common.py holds what they share.
 
 Usage errors end like every other failure: with ``--json``, one JSON object on stdout and exit status 2.
 """
@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from advisor.cli import build, cache, crawl, lookup, merge, schedule, status  # noqa: F401  (each module registers its commands)
+from advisor.cli import build, cache, crawl, lookup, merge, scan, schedule, status  # noqa: F401  (each module registers its commands)
 from advisor.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,50 @@
+"""`scan`: a models folder, each checkpoint with its inpainting partner."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from advisor.cli.app import app
+from advisor.cli.common import DbOption, JsonOption, die
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        metavar="PATH", show_default=False,
+        help="A UI's folder, its models folder, or any folder (default: the current one).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pair every checkpoint in your models folder with the inpainting model to use with it, preferring one
+    that is already on disk. A1111/Forge, ComfyUI (with extra_model_paths.yaml), InvokeAI, SwarmUI and Fooocus
+    folders are recognised; LoRAs, VAEs, text encoders, ControlNets and upscalers are listed as set aside.
+    Checkpoints are hashed once (cached by path, size and mtime) and found in the registry by hash.
+
+    \b
+    Examples:
+      inpaint-advisor scan ~/stable-diffusion-webui
+      inpaint-advisor scan ~/ComfyUI/models --json
+    """  # noqa: D301
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from advisor import render
+    from advisor.output import err, out, print_json
+    from advisor.scan import scan as do_scan
+
+    paths = paths or [Path(".")]
+    missing = [p for p in paths if not p.expanduser().is_dir()]
+    if missing:
+        raise die(f"{missing[0]}: no such folder", code="bad-query", exit_code=2, as_json=as_json)
+    progress = Progress("identifying", BarColumn(), MofNCompleteColumn(), console=err,
+                        disable=as_json or not err.is_terminal)  # fmt: skip
+    task = progress.add_task("scan", total=None)
+    with progress:
+        results = do_scan(paths, db=db, progress=lambda done, total: progress.update(task, completed=done,
+                                                                                     total=total))  # fmt: skip
+    if as_json:
+        print_json(results[0] if len(results) == 1 else results)
+    else:
+        for r in results:
+            render.scan_result(out, r)

@@ -1,0 +1,223 @@
+"""`scan`: the user's models folder, each checkpoint paired with its inpainting partner.
+
+A UI's root or models folder is recognised (A1111/Forge/reForge, ComfyUI with its extra_model_paths.yaml,
+InvokeAI, SwarmUI, Fooocus) and its checkpoint folders walked; any other folder is walked as it is. Diffusers
+folders count as one checkpoint; symlinks are followed, each real folder once (no loops). Every file is
+classified from its header first: LoRAs, VAEs, text encoders, ControlNets and upscalers are set aside with the
+reason, unhashed; checkpoints are hashed (cached by path, size and mtime) and answered by the lookup ladder,
+preferring a partner that is already on disk (its own release, the official inpainting model, a build).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from advisor.lookup import Match, lookup
+from merge.header import CheckpointError
+
+WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
+# (layout name, what marks its root, its checkpoint folders relative to the root)
+UI_LAYOUTS = [
+    ("comfyui", ["comfy", "comfy_extras"], ["models/checkpoints", "models/diffusion_models"]),
+    ("fooocus", ["fooocus_version.py"], ["models/checkpoints"]),
+    ("a1111", ["webui.py", "modules"], ["models/Stable-diffusion"]),
+    ("swarmui", ["launch-linux.sh", "src/SwarmUI.csproj"], ["Models/Stable-Diffusion"]),
+    ("invokeai", ["invokeai.yaml"], ["models"]),
+]
+MODELS_FOLDERS = {"Stable-diffusion": "a1111", "Stable-Diffusion": "swarmui", "checkpoints": "comfyui"}
+
+
+@dataclass
+class Partner:
+    kind: str  # local | built | already-inpainting | own-release | sibling-release | official | build | none
+    reason: str
+    path: str | None = None  # when it is on disk
+    target: object | None = None
+    command: object | None = None
+
+
+@dataclass
+class ScannedCheckpoint:
+    path: str
+    family: str | None
+    variant: str
+    sha256: str | None
+    match: Match | None
+    partner: Partner | None
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    root: str
+    layout: str  # a1111 | comfyui | invokeai | swarmui | fooocus | folder
+    folders: list[str]
+    checkpoints: list[ScannedCheckpoint] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def checkpoint_folders(root: Path) -> tuple[str, list[Path]]:
+    """The UI layout of ``root`` and the folders to walk for checkpoints."""
+    for name, marks, folders in UI_LAYOUTS:
+        found = [root / f for f in folders if (root / f).is_dir()]
+        if found and any((root / m).exists() for m in marks):
+            if name == "comfyui":
+                found += _comfy_extra_paths(root)
+            return name, found
+    for sub, name in MODELS_FOLDERS.items():  # a UI's models folder itself
+        if (root / sub).is_dir():
+            extra = [root / "diffusion_models"] if name == "comfyui" and (root / "diffusion_models").is_dir() else []
+            return name, [root / sub, *extra]
+    return "folder", [root]
+
+
+def _comfy_extra_paths(root: Path) -> list[Path]:
+    """The checkpoint folders ComfyUI's extra_model_paths.yaml adds (each section's base_path + checkpoints)."""
+    config = root / "extra_model_paths.yaml"
+    if not config.is_file():
+        return []
+    try:
+        import yaml
+
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - a broken config adds nothing; the scan goes on
+        return []
+    found = []
+    for section in (data or {}).values() if isinstance(data, dict) else []:
+        if not isinstance(section, dict):
+            continue
+        base = Path(os.path.expanduser(str(section.get("base_path", "")))) if section.get("base_path") else root
+        base = base if base.is_absolute() else root / base
+        for key in ("checkpoints", "diffusion_models", "unet"):
+            for entry in str(section.get(key) or "").splitlines():
+                if entry.strip():
+                    p = Path(os.path.expanduser(entry.strip()))
+                    folder = p if p.is_absolute() else base / p
+                    if folder.is_dir():
+                        found.append(folder)
+    return found
+
+
+def walk(folders: list[Path]) -> list[Path]:
+    """Weight files and diffusers folders under ``folders``, each real folder visited once."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for top in folders:
+        for folder, dirs, files in os.walk(top, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            here = Path(folder)
+            if "model_index.json" in files or ((here / "unet" / "config.json").is_file() and folder != str(top)):
+                out.append(here)
+                dirs[:] = []
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out += [here / f for f in sorted(files) if not f.startswith(".") and Path(f).suffix.lower() in
+                    WEIGHT_SUFFIXES]  # fmt: skip
+    return out
+
+
+def not_a_checkpoint(names: list[str], components: list[str], family: str | None) -> str | None:
+    """Why a file with these tensor names is not a checkpoint (None when it is one)."""
+    if "unet" in components or family in ("flux1", "sd3"):
+        return None
+    joined = " ".join(names[:400])
+    if "lora_" in joined or ".lora." in joined or "lora_A" in joined or "hada_" in joined:
+        return "a LoRA (or LyCORIS): an add-on, not a checkpoint"
+    if "control_model." in joined or "input_hint_block" in joined or "controlnet" in joined:
+        return "a ControlNet: an add-on, not a checkpoint"
+    if any(n.startswith(("encoder.", "decoder.", "first_stage_model.")) for n in names) and \
+            not any("diffusion_model" in n for n in names):  # fmt: skip
+        return "a VAE alone: not a checkpoint"
+    if any(n.startswith(("text_model.", "cond_stage_model.", "conditioner.", "encoder.block.")) for n in names):
+        return "a text encoder alone: not a checkpoint"
+    if any(n.startswith(("model.0.", "body.", "conv_first.")) for n in names):
+        return "an upscaler: not a checkpoint"
+    return "no UNet in it: not a Stable Diffusion checkpoint"
+
+
+def _classify(path: Path) -> tuple[str | None, str, str | None]:
+    """(family, variant, why it is set aside or None) from the header alone."""
+    from merge import layout
+    from merge.header import read_header
+
+    if path.is_dir():
+        from advisor.probe import probe
+
+        p = probe(path)
+        return p.family, p.variant, None if "unet" in p.components else "a diffusers folder without a UNet"
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        tensors = read_header(path).tensors
+    else:
+        from merge.zip_pickle import parse
+
+        parsed = parse(path)
+        if parsed is None:
+            return None, "unknown", "a pickle that only torch could read: convert it to .safetensors to scan it"
+        tensors = parsed.tensors
+    lo = layout.detect(tensors)
+    return lo.family, lo.variant, not_a_checkpoint(list(tensors), lo.components, lo.family)
+
+
+def scan(paths: list[str | os.PathLike], *, db: str | None = None, offline: bool = True,
+         progress=None) -> list[ScanResult]:  # fmt: skip
+    """One result per PATH; ``progress(done, total)`` as files are identified."""
+    return [_scan_one(Path(p).expanduser(), db, offline, progress) for p in paths]
+
+
+def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
+    from merge import hashing
+
+    layout_name, folders = checkpoint_folders(root)
+    result = ScanResult(str(root.resolve()), layout_name, [str(f) for f in folders])
+    files = walk(folders)
+    found: list[tuple[Path, str | None, str, str | None]] = []
+    for i, path in enumerate(files):
+        try:
+            family, variant, aside = _classify(path)
+            if aside:
+                result.skipped.append(Skipped(str(path), aside))
+            else:
+                sha = hashing.file_hashes(path).sha256 if path.is_file() else None
+                found.append((path, family, variant, sha))
+        except (CheckpointError, OSError, ValueError) as exc:
+            message = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+            result.skipped.append(Skipped(str(path), f"unreadable: {message[:200]}"))
+        if progress:
+            progress(i + 1, len(files))
+    local = {sha.upper(): path for path, _, _, sha in found if sha}
+    for path, family, variant, sha in found:
+        result.checkpoints.append(_pair(path, family, variant, sha, local, db, offline))
+    return result
+
+
+def _pair(path: Path, family, variant: str, sha, local: dict[str, Path], db, offline: bool) -> ScannedCheckpoint:
+    if variant in ("inpaint", "fill"):
+        return ScannedCheckpoint(str(path), family, variant, sha, None,
+                                 Partner("already-inpainting", "this is an inpainting model", str(path)))  # fmt: skip
+    try:
+        answer = lookup(str(path), db=db, offline=offline)
+    except Exception as exc:  # noqa: BLE001 - one file's trouble is its own row, the scan goes on
+        return ScannedCheckpoint(str(path), family, variant, sha, None, Partner("none", f"lookup failed: {exc}"))
+    rec = answer.recommendation
+    if rec is None:
+        return ScannedCheckpoint(str(path), family, variant, sha, answer.match, None)
+    target = rec.target
+    there = local.get((target.sha256 or "").upper()) if target is not None else None
+    if there is not None and there != path:
+        partner = Partner("local", f"{rec.reason} It is already here.", str(there), target, None)
+    elif rec.kind == "built" and target is not None:
+        partner = Partner("built", rec.reason, target.file, target, None)
+    else:
+        partner = Partner(rec.kind, rec.reason, None, target, rec.command)
+    return ScannedCheckpoint(str(path), family, variant, sha, answer.match, partner)

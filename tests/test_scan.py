@@ -1,0 +1,138 @@
+"""`scan`: A1111 and ComfyUI trees made here (tiny real-layout checkpoints, a LoRA, a VAE, a diffusers folder, a
+symlink loop, a truncated file, an extra_model_paths.yaml), paired against a registry that knows their hashes."""
+
+import copy
+import datetime
+import hashlib
+import json
+import os
+import random
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from advisor.scan import checkpoint_folders, scan
+from crawler import civitai, registry
+from crawler.http import RetryPolicy
+from tests.civitai_fake import FakeCivitai, synthetic_item
+from tests.conftest import cli_env, run_cli
+from tests.diffusers_layout import write_diffusers
+from tests.sd_layouts import make_state_dict, vae_shapes, write_checkpoint
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest().upper()
+
+
+def _lora(path):
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 4),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, path)  # fmt: skip
+
+
+def _vae(path):
+    save_file({f"first_stage_model.{k}": v for k, v in make_state_dict(vae_shapes(16), 1).items()}, path)
+
+
+@pytest.fixture
+def a1111(tmp_path, monkeypatch):
+    """An A1111 install: two fine-tunes (one renamed, with its inpainting release beside it), a local official
+    inpainting model, a diffusers folder, a LoRA and a VAE in the checkpoint folder, a truncated file, a loop."""
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "stable-diffusion-webui"
+    sd = root / "models" / "Stable-diffusion"
+    (sd / "sub").mkdir(parents=True)
+    (root / "webui.py").write_text("")
+    (root / "modules").mkdir()
+    write_checkpoint(sd / "renamed-by-me.safetensors", "sd1", "normal", 11)
+    write_checkpoint(sd / "sub" / "its-inpainting.safetensors", "sd1", "inpaint", 12)
+    write_checkpoint(sd / "lonely.safetensors", "sd1", "normal", 13)
+    write_diffusers(sd / "diffusers-model", write_checkpoint(tmp_path / "d.safetensors", "sd1", "normal", 14), "sd1")
+    _lora(sd / "detail-tweaker.safetensors")
+    _vae(sd / "vae-ft-mse.safetensors")
+    (sd / "broken.safetensors").write_bytes((sd / "lonely.safetensors").read_bytes()[:5000])
+    os.symlink(sd, sd / "sub" / "loop")  # a folder that contains itself
+    (sd / ".hidden.partial").write_bytes(b"x")
+    return root
+
+
+@pytest.fixture
+def known(a1111, registry_db, serve):
+    """A registry that has the renamed fine-tune (by hash) and its inpainting release as another version."""
+    sd = a1111 / "models" / "Stable-diffusion"
+    item = synthetic_item(620001, random.Random(3), datetime.datetime(2025, 1, 1))
+    item["name"], item["modelVersions"] = "Famous Mix", item["modelVersions"][:1]
+    v = item["modelVersions"][0]
+    v["baseModel"], v["baseModelType"], v["files"] = "SD 1.5", "Standard", v["files"][:1]
+    v["files"][0].update(name="famousMix_v1.safetensors", hashes={"SHA256": _sha(sd / "renamed-by-me.safetensors")})
+    rel = copy.deepcopy(v)
+    rel["id"], rel["name"], rel["baseModelType"] = v["id"] + 1, v["name"] + "-inpainting", "Inpainting"
+    rel["files"][0].update(id=rel["files"][0]["id"] + 1, name="famousMix_v1-inpainting.safetensors",
+                           hashes={"SHA256": _sha(sd / "sub" / "its-inpainting.safetensors")})  # fmt: skip
+    item["modelVersions"].insert(0, rel)
+    civitai.crawl(registry.connect(registry_db), base_url=serve(FakeCivitai([item])), policy=RetryPolicy(attempts=2))
+    return registry_db
+
+
+def test_an_a1111_install_is_recognised_and_every_file_identified(a1111, known):
+    layout, folders = checkpoint_folders(a1111)
+    assert layout == "a1111" and folders == [a1111 / "models" / "Stable-diffusion"]
+    (r,) = scan([a1111], db=known)
+    by_name = {os.path.basename(c.path): c for c in r.checkpoints}
+    assert set(by_name) == {"renamed-by-me.safetensors", "its-inpainting.safetensors", "lonely.safetensors",
+                            "diffusers-model"}  # once each, though the loop shows the folder again  # fmt: skip
+    skipped = {os.path.basename(s.path): s.reason for s in r.skipped}
+    assert "LoRA" in skipped["detail-tweaker.safetensors"] and "VAE" in skipped["vae-ft-mse.safetensors"]
+    assert "unreadable" in skipped["broken.safetensors"]
+    # the renamed fine-tune is found by hash, and its release is already on disk
+    mine = by_name["renamed-by-me.safetensors"]
+    assert mine.match.name == "Famous Mix"
+    assert mine.sha256 == _sha(a1111 / "models" / "Stable-diffusion" / "renamed-by-me.safetensors")
+    assert mine.partner.kind == "local" and mine.partner.path.endswith("sub/its-inpainting.safetensors")
+    assert by_name["its-inpainting.safetensors"].partner.kind == "already-inpainting"
+    assert by_name["lonely.safetensors"].partner.kind == "official"  # unknown to the registry: its family's
+    assert by_name["diffusers-model"].family == "sd1" and by_name["diffusers-model"].sha256 is None
+
+
+def test_hashes_are_computed_once_and_not_for_set_aside_files(a1111, known, monkeypatch):
+    from merge import hashing
+
+    scan([a1111], db=known)
+    hashed = []
+    real = hashing.file_hashes
+    monkeypatch.setattr(hashing, "file_hashes", lambda p, **k: hashed.append(p) or real(p, **k))
+    scan([a1111], db=known)
+    assert all(hashing.cached(p) is not None for p in hashed)  # the second scan read only the cache
+    assert not any("detail-tweaker" in str(p) or "vae-ft" in str(p) for p in hashed)
+
+
+def test_a_comfyui_install_with_extra_model_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ComfyUI"
+    (root / "comfy").mkdir(parents=True)
+    (root / "models" / "checkpoints").mkdir(parents=True)
+    (root / "models" / "diffusion_models").mkdir(parents=True)
+    shared = tmp_path / "a1111" / "models" / "Stable-diffusion"
+    shared.mkdir(parents=True)
+    write_checkpoint(root / "models" / "checkpoints" / "xl.safetensors", "sdxl", "normal", 1, scale=32)
+    write_checkpoint(shared / "shared.safetensors", "sd1", "normal", 2)
+    (root / "extra_model_paths.yaml").write_text(f"a111:\n    base_path: {tmp_path / 'a1111'}\n"
+                                                 "    checkpoints: models/Stable-diffusion\n")  # fmt: skip
+    layout, folders = checkpoint_folders(root)
+    assert layout == "comfyui" and shared in folders
+    result = json.loads(run_cli("scan", str(root), "--json", "--db", str(tmp_path / "none.db"),
+                                env=cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))).stdout)  # fmt: skip
+    assert result["layout"] == "comfyui"
+    families = {os.path.basename(c["path"]): c["family"] for c in result["checkpoints"]}
+    assert families == {"xl.safetensors": "sdxl", "shared.safetensors": "sd1"}
+    assert all(c["partner"]["kind"] in ("official", "build") for c in result["checkpoints"])
+
+
+def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"), INPAINT_ADVISOR_DB=known, COLUMNS="100")
+    shown = run_cli("scan", str(a1111), env=env)
+    assert shown.returncode == 0 and "on disk" in shown.stdout and "its-inpainting.safetensors" in shown.stdout
+    assert "set aside" in shown.stdout and "LoRA" in shown.stdout
+    assert all(len(line) <= 100 for line in shown.stdout.splitlines())
+    missing = run_cli("scan", str(tmp_path / "nope"), "--json", env=env)
+    assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "bad-query"
