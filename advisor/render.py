@@ -405,3 +405,8 @@ def scan_result(console: Console, r) -> None:
     console.print(table)
     for s in r.skipped:
         console.print(line(("  set aside: ", "dim"), Path(s.path).name, f" — {s.reason}"))
+    if r.asked_civitai:
+        console.print(line(("  ", "dim"), f"asked Civitai about {r.asked_civitai} unknown files: "
+                           f"{r.found_on_civitai} models found"))  # fmt: skip
+    for note in r.notes:
+        console.print(line(("note: ", "yellow"), note))

@@ -61,6 +61,9 @@ class ScanResult:
     folders: list[str]
     checkpoints: list[ScannedCheckpoint] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    asked_civitai: int = 0  # hashes the registry did not know, asked of Civitai
+    found_on_civitai: int = 0  # models it answered with, now in the registry
+    notes: list[str] = field(default_factory=list)
 
 
 def checkpoint_folders(root: Path) -> tuple[str, list[Path]]:
@@ -169,7 +172,7 @@ def _classify(path: Path) -> tuple[str | None, str, str | None]:
     return lo.family, lo.variant, not_a_checkpoint(list(tensors), lo.components, lo.family)
 
 
-def scan(paths: list[str | os.PathLike], *, db: str | None = None, offline: bool = True,
+def scan(paths: list[str | os.PathLike], *, db: str | None = None, offline: bool = False,
          progress=None) -> list[ScanResult]:  # fmt: skip
     """One result per PATH; ``progress(done, total)`` as files are identified."""
     return [_scan_one(Path(p).expanduser(), db, offline, progress) for p in paths]
@@ -196,9 +199,39 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
         if progress:
             progress(i + 1, len(files))
     local = {sha.upper(): path for path, _, _, sha in found if sha}
+    if not offline:
+        _ask_civitai([sha for sha in local], db, result)
     for path, family, variant, sha in found:
         result.checkpoints.append(_pair(path, family, variant, sha, local, db, offline))
     return result
+
+
+def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
+    """Hashes the registry does not know, asked of Civitai in batches; what it knows goes into the registry."""
+    from crawler import civitai, registry
+    from crawler.http import CrawlError
+
+    try:
+        reader = registry.open_reader(db)
+    except registry.NoRegistry:
+        reader = None
+    try:
+        unknown = [h for h in hashes if reader is None or not reader.by_hash(h, "sha256")]
+    finally:
+        if reader is not None:
+            reader.close()
+    if not unknown:
+        return
+    result.asked_civitai = len(unknown)
+    try:
+        items = civitai.fetch_by_hashes(unknown)
+    except CrawlError as exc:
+        result.notes.append(f"could not ask Civitai about {len(unknown)} unknown files ({exc}); scan again online, "
+                            "or fill the registry with `inpaint-advisor crawl civitai`")  # fmt: skip
+        return
+    if items:
+        civitai.store_page(registry.connect(db), items, None, None)
+        result.found_on_civitai = len(items)
 
 
 def _pair(path: Path, family, variant: str, sha, local: dict[str, Path], db, offline: bool) -> ScannedCheckpoint:

@@ -76,6 +76,37 @@ def fetch_items(*, model_id: str | None = None, version_id: str | None = None, f
     return [body] if isinstance(body, dict) else []
 
 
+BY_HASH_BATCH = 100  # what POST /model-versions/by-hash takes at most
+
+
+def fetch_by_hashes(hashes: list[str], *, base_url: str | None = None,
+                    policy: RetryPolicy | None = None) -> list[dict]:  # fmt: skip
+    """The model items of the Checkpoint versions whose files have these SHA256s, asked in batches of 100
+    (the files `scan` found that the registry does not know). CrawlError when Civitai cannot be asked."""
+    model_ids: list[str] = []
+    with JsonClient(api_url(base_url), token=token_from_env(), policy=policy or LIVE_POLICY, timeout=30) as client:
+        for start in range(0, len(hashes), BY_HASH_BATCH):
+            body, _ = client.post("/api/v1/model-versions/by-hash", hashes[start : start + BY_HASH_BATCH])
+            for version in body if isinstance(body, list) else []:
+                model = version.get("model") if isinstance(version, dict) else None
+                mid = version.get("modelId") if isinstance(version, dict) else None
+                if isinstance(model, dict) and model.get("type") not in (None, "Checkpoint"):
+                    continue
+                if isinstance(mid, int) and not isinstance(mid, bool) and str(mid) not in model_ids:
+                    model_ids.append(str(mid))
+        items = []
+        for mid in model_ids:
+            try:
+                body, _ = client.get(f"/api/v1/models/{mid}")
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if isinstance(body, dict):
+                items.append(body)
+    return items
+
+
 def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
     """Parse and write one page of raw `/models` items (see ``store_parsed``)."""
     return store_parsed(engine, parse_page(items), run_id, next_cursor)

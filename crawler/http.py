@@ -171,10 +171,16 @@ class JsonClient:
 
     def get(self, url: str, params: dict | list | None = None) -> tuple[object, httpx.Response]:
         """GET and parse JSON; returns (body, response) so callers can read headers such as ``Link``."""
+        return self._request("GET", url, params=params)
 
+    def post(self, url: str, body: object) -> tuple[object, httpx.Response]:
+        """POST a JSON body and parse the JSON answer, with the same retries as ``get``."""
+        return self._request("POST", url, json=body)
+
+    def _request(self, method: str, url: str, **kw) -> tuple[object, httpx.Response]:
         def attempt() -> tuple[object, httpx.Response]:
             try:
-                response = self._client.get(url, params=params)
+                response = self._client.request(method, url, **kw)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 raise Retryable(type(exc).__name__) from None
             status = response.status_code

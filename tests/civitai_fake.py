@@ -149,6 +149,34 @@ class _Handler(FakeApiHandler):
         self._send(404, b'{"error":"Not found"}')
 
 
+def _do_post(self):
+    """POST /api/v1/model-versions/by-hash: a JSON array of up to 100 SHA256s in, the matching versions out."""
+    fake = self.fake
+    path = urlsplit(self.path).path
+    length = int(self.headers.get("Content-Length") or 0)
+    try:
+        wanted = json.loads(self.rfile.read(length) or b"null")
+    except ValueError:
+        wanted = None
+    with fake._lock:
+        fake.requests.append({"path": path, "method": "POST", "body": wanted})
+    if path != "/api/v1/model-versions/by-hash":
+        return self._send(404, b'{"error":"Not found"}')
+    if not isinstance(wanted, list) or len(wanted) > 100:
+        return self._send(400, json.dumps({"error": "Expected an array of at most 100 hashes"}).encode())
+    wanted = {str(h).upper() for h in wanted}
+    found = []
+    for item in fake.items:
+        for v in item.get("modelVersions") or []:
+            if any(str((f.get("hashes") or {}).get("SHA256", "")).upper() in wanted for f in v.get("files") or []):
+                found.append({**v, "modelId": item["id"], "model": {"name": item["name"], "type": item["type"],
+                                                                    "nsfw": item.get("nsfw", False)}})
+    self._send(200, json.dumps(found).encode())
+
+
+_Handler.do_POST = _do_post
+
+
 class Server(LocalServer):
     """``with Server(fake) as url:`` serves ``fake`` on a free 127.0.0.1 port."""
 

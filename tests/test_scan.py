@@ -136,3 +136,39 @@ def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):
     assert all(len(line) <= 100 for line in shown.stdout.splitlines())
     missing = run_cli("scan", str(tmp_path / "nope"), "--json", env=env)
     assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "bad-query"
+
+
+def test_unknown_hashes_are_asked_of_civitai_in_batches_and_stored(a1111, registry_db, serve, monkeypatch):
+    sd = a1111 / "models" / "Stable-diffusion"
+    item = synthetic_item(630001, random.Random(4), datetime.datetime(2025, 1, 1))
+    item["name"], item["type"], item["modelVersions"] = "Lonely Mix", "Checkpoint", item["modelVersions"][:1]
+    v = item["modelVersions"][0]
+    v["baseModel"], v["baseModelType"], v["files"] = "SD 1.5", "Standard", v["files"][:1]
+    v["files"][0].update(name="lonelyMix.safetensors", hashes={"SHA256": _sha(sd / "lonely.safetensors")})
+    fake = FakeCivitai([item])
+    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", serve(fake))
+    (r,) = scan([a1111], db=registry_db)
+    by_name = {os.path.basename(c.path): c for c in r.checkpoints}
+    assert r.asked_civitai == 3 and r.found_on_civitai == 1  # the three hashed checkpoints; one is on Civitai
+    assert by_name["lonely.safetensors"].match.name == "Lonely Mix"
+    posts = [q for q in fake.requests if q.get("method") == "POST"]
+    assert len(posts) == 1 and len(posts[0]["body"]) == 3
+    again_posts = len(posts)
+    scan([a1111], db=registry_db)  # now known: only the two still unknown are asked again
+    posts = [q for q in fake.requests if q.get("method") == "POST"]
+    assert len(posts) == again_posts + 1 and len(posts[-1]["body"]) == 2
+    (offline,) = scan([a1111], db=registry_db, offline=True)
+    assert offline.asked_civitai == 0 and len([q for q in fake.requests if q.get("method") == "POST"]) == len(posts)
+
+
+def test_by_hash_asks_at_most_100_hashes_a_request(serve):
+    fake = FakeCivitai([])
+    hashes = [f"{i:064X}" for i in range(250)]
+    assert civitai.fetch_by_hashes(hashes, base_url=serve(fake)) == []
+    assert [len(q["body"]) for q in fake.requests if q.get("method") == "POST"] == [100, 100, 50]
+
+
+def test_civitai_out_of_reach_is_a_note_and_the_scan_goes_on(a1111, registry_db, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", "http://127.0.0.1:9")
+    (r,) = scan([a1111], db=registry_db)
+    assert len(r.checkpoints) == 4 and any("could not ask Civitai" in n for n in r.notes)

@@ -14,13 +14,16 @@ def scan(
     paths: Annotated[list[Path] | None, typer.Argument(
         metavar="PATH", show_default=False,
         help="A UI's folder, its models folder, or any folder (default: the current one).")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not ask Civitai about files the registry "
+                                          "does not know.")] = False,  # fmt: skip
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Pair every checkpoint in your models folder with the inpainting model to use with it, preferring one
     that is already on disk. A1111/Forge, ComfyUI (with extra_model_paths.yaml), InvokeAI, SwarmUI and Fooocus
     folders are recognised; LoRAs, VAEs, text encoders, ControlNets and upscalers are listed as set aside.
-    Checkpoints are hashed once (cached by path, size and mtime) and found in the registry by hash.
+    Checkpoints are hashed once (cached by path, size and mtime) and found in the registry by hash; hashes
+    it does not know are asked of Civitai (100 a request) unless --offline, and what it knows is stored.
 
     \b
     Examples:
@@ -41,8 +44,8 @@ def scan(
                         disable=as_json or not err.is_terminal)  # fmt: skip
     task = progress.add_task("scan", total=None)
     with progress:
-        results = do_scan(paths, db=db, progress=lambda done, total: progress.update(task, completed=done,
-                                                                                     total=total))  # fmt: skip
+        results = do_scan(paths, db=db, offline=offline,
+                          progress=lambda done, total: progress.update(task, completed=done, total=total))
     if as_json:
         print_json(results[0] if len(results) == 1 else results)
     else:
