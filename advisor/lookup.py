@@ -128,15 +128,22 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
 
 
 def _file_answer(q: Query, reg: Reader | None) -> LookupResult:
-    p = probe(q.path)
-    if reg is not None and q.path.is_file():
-        from merge.hashing import cached
+    from merge.hashing import cached
 
-        hashes = cached(q.path)
-        if hashes and (hit := reg.by_hash(hashes.sha256, "sha256")):
-            result = _answer(reg, reg.model(hit[0]), q, hit[1])
-            result.notes.append(f"{q.path.name} is this registry file (sha256 {hashes.sha256[:12]}…)")
-            return result
+    hashes = cached(q.path) if reg is not None and q.path.is_file() else None
+    return answer_for_file(q, probe(q.path), reg, hashes.sha256 if hashes else None)
+
+
+def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | None = None) -> LookupResult:
+    """The answer for a local file already probed (``p``: a ProbeResult) and maybe hashed: the registry's
+    model when it knows the file's SHA256, else the ladder for its family. For callers that ask about many
+    files (scan) with one open registry."""
+    if not isinstance(q, Query):
+        q = parse_query(str(q))
+    if reg is not None and sha256 and (hit := reg.by_hash(sha256, "sha256")):
+        result = _answer(reg, reg.model(hit[0]), q, hit[1])
+        result.notes.append(f"{q.path.name} is this registry file (sha256 {sha256[:12]}…)")
+        return result
     is_inpaint = p.variant in ("inpaint", "fill")
     match = Match("file", None, None, q.path.name, None, None, p.family, is_inpaint)
     subject = ladder.Subject(

@@ -42,6 +42,14 @@ def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
     return family, layout.VARIANTS.get(in_ch, "unknown"), in_ch, comps
 
 
+def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
+    """What a probe says of a file whose tensors were classified (``lo``) by the caller."""
+    pred = "v" if "v_pred" in lo.prediction else ("flow" if lo.family in ("flux1", "sd3") else "epsilon")
+    return ProbeResult(str(path), fmt, lo.family, lo.variant, pred, lo.prediction,
+                       _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
+                       lo.architecture, 0.0)  # fmt: skip
+
+
 def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
     path = Path(path)
     t0 = time.perf_counter()
@@ -57,12 +65,7 @@ def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
                 f"{path}: pickle checkpoints cannot be classified without loading them; "
                 "`inpaint-advisor merge` reads them safely (weights_only), or convert to .safetensors"
             )
-        header = read_header(path)
-        lo = layout.detect(header.tensors)
-        pred = "v" if "v_pred" in lo.prediction else ("flow" if lo.family in ("flux1", "sd3") else "epsilon")
-        result = ProbeResult(str(path), "safetensors", lo.family, lo.variant, pred, lo.prediction,
-                             _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
-                             lo.architecture, 0.0)  # fmt: skip
+        result = from_layout(path, layout.detect(read_header(path).tensors), "safetensors")
     result.seconds = time.perf_counter() - t0
     if with_hash and path.is_file():
         from merge.hashing import file_hashes

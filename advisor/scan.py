@@ -10,11 +10,13 @@ preferring a partner that is already on disk (its own release, the official inpa
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from advisor.lookup import Match, lookup
+from advisor.lookup import Match, answer_for_file
+from advisor.probe import ProbeResult, from_layout, probe
 from merge.header import CheckpointError
 
 WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
@@ -149,27 +151,76 @@ def not_a_checkpoint(names: list[str], components: list[str], family: str | None
     return "no UNet in it: not a Stable Diffusion checkpoint"
 
 
-def _classify(path: Path) -> tuple[str | None, str, str | None]:
-    """(family, variant, why it is set aside or None) from the header alone."""
+def _classify(path: Path) -> tuple[ProbeResult, str | None]:
+    """What the header says of ``path``, and why it is set aside (None: a checkpoint)."""
     from merge import layout
     from merge.header import read_header
 
     if path.is_dir():
-        from advisor.probe import probe
-
         p = probe(path)
-        return p.family, p.variant, None if "unet" in p.components else "a diffusers folder without a UNet"
+        return p, None if "unet" in p.components else "a diffusers folder without a UNet"
     if path.suffix.lower() in (".safetensors", ".sft"):
-        tensors = read_header(path).tensors
+        tensors, fmt = read_header(path).tensors, "safetensors"
     else:
         from merge.zip_pickle import parse
 
         parsed = parse(path)
         if parsed is None:
-            return None, "unknown", "a pickle that only torch could read: convert it to .safetensors to scan it"
-        tensors = parsed.tensors
+            raise CheckpointError("a pickle that only torch could read: convert it to .safetensors to scan it")
+        tensors, fmt = parsed.tensors, "pickle"
     lo = layout.detect(tensors)
-    return lo.family, lo.variant, not_a_checkpoint(list(tensors), lo.components, lo.family)
+    return from_layout(path, lo, fmt), not_a_checkpoint(list(tensors), lo.components, lo.family)
+
+
+class _Classified:
+    """Header verdicts kept in the cache by path, size and mtime (like the hashes): a re-scan of 500 files
+    reads no header."""
+
+    def __init__(self):
+        from merge import hashing
+
+        self.file = hashing.cache_dirs()[0] / "scan-probes.json"
+        try:
+            data = json.loads(self.file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            data = {}
+        self.entries = data if isinstance(data, dict) else {}
+        self.changed = False
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, str]:
+        st = path.stat()
+        return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
+
+    def get(self, path: Path) -> tuple[ProbeResult | None, str | None]:
+        """(the probe, why the file is set aside): a broken file is ``(None, "unreadable: ...")``."""
+        name, stamp = self._key(path) if path.is_file() else (None, None)
+        entry = self.entries.get(name) if name else None
+        if isinstance(entry, dict) and entry.get("stamp") == stamp:
+            try:
+                return (ProbeResult(**entry["probe"]) if entry.get("probe") else None), entry.get("aside")
+            except TypeError:
+                pass
+        try:
+            found, aside = _classify(path)
+        except (CheckpointError, ValueError) as exc:
+            message = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
+            found, aside = None, f"unreadable: {message[:200]}"
+        if name:
+            self.entries[name] = {"stamp": stamp, "probe": asdict(found) if found else None, "aside": aside}
+            self.changed = True
+        return found, aside
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.file)
+        except OSError:
+            pass  # a cache that cannot be written costs the next scan a header read per file, nothing else
 
 
 def scan(paths: list[str | os.PathLike], *, db: str | None = None, offline: bool = False,
@@ -184,26 +235,41 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     layout_name, folders = checkpoint_folders(root)
     result = ScanResult(str(root.resolve()), layout_name, [str(f) for f in folders])
     files = walk(folders)
-    found: list[tuple[Path, str | None, str, str | None]] = []
+    found: list[tuple[Path, ProbeResult, str | None]] = []
+    classified = _Classified()
     for i, path in enumerate(files):
         try:
-            family, variant, aside = _classify(path)
+            probed, aside = classified.get(path)
             if aside:
                 result.skipped.append(Skipped(str(path), aside))
             else:
                 sha = hashing.file_hashes(path).sha256 if path.is_file() else None
-                found.append((path, family, variant, sha))
-        except (CheckpointError, OSError, ValueError) as exc:
-            message = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
-            result.skipped.append(Skipped(str(path), f"unreadable: {message[:200]}"))
+                found.append((path, probed, sha))
+        except (CheckpointError, OSError, ValueError) as exc:  # unreadable now (permissions, a file gone)
+            result.skipped.append(Skipped(str(path), f"unreadable: {str(exc).splitlines()[0][:200]}"))
         if progress:
             progress(i + 1, len(files))
-    local = {sha.upper(): path for path, _, _, sha in found if sha}
+    classified.save()
+    local = {sha.upper(): path for path, _, sha in found if sha}
     if not offline:
-        _ask_civitai([sha for sha in local], db, result)
-    for path, family, variant, sha in found:
-        result.checkpoints.append(_pair(path, family, variant, sha, local, db, offline))
+        _ask_civitai(list(local), db, result)
+    reader = _reader(db)
+    try:
+        for path, probed, sha in found:
+            result.checkpoints.append(_pair(path, probed, sha, local, reader))
+    finally:
+        if reader is not None:
+            reader.close()
     return result
+
+
+def _reader(db):
+    from crawler import registry
+
+    try:
+        return registry.open_reader(db)
+    except registry.NoRegistry:
+        return None
 
 
 def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
@@ -234,12 +300,13 @@ def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
         result.found_on_civitai = len(items)
 
 
-def _pair(path: Path, family, variant: str, sha, local: dict[str, Path], db, offline: bool) -> ScannedCheckpoint:
+def _pair(path: Path, probed: ProbeResult, sha, local: dict[str, Path], reader) -> ScannedCheckpoint:
+    family, variant = probed.family, probed.variant
     if variant in ("inpaint", "fill"):
         return ScannedCheckpoint(str(path), family, variant, sha, None,
                                  Partner("already-inpainting", "this is an inpainting model", str(path)))  # fmt: skip
     try:
-        answer = lookup(str(path), db=db, offline=offline)
+        answer = answer_for_file(path, probed, reader, sha)
     except Exception as exc:  # noqa: BLE001 - one file's trouble is its own row, the scan goes on
         return ScannedCheckpoint(str(path), family, variant, sha, None, Partner("none", f"lookup failed: {exc}"))
     rec = answer.recommendation

@@ -43,13 +43,24 @@ def _key(path: Path) -> tuple[str, str]:
 _FIELDS = ("sha256", "autov2", "autov1", "autov3")
 
 
+_loaded: dict[Path, tuple[tuple[int, int], dict]] = {}  # cache file -> (its size and mtime, its entries)
+
+
 def _load(target: Path) -> dict:
-    """The cache's entries; a missing, unreadable or corrupt cache is empty (and rewritten on the next store)."""
+    """The cache's entries; a missing, unreadable or corrupt cache is empty (and rewritten on the next store).
+    Parsed once while the file is unchanged: a scan of 500 files asks it 500 times."""
     try:
+        st = target.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+        hit = _loaded.get(target)
+        if hit is not None and hit[0] == stamp:
+            return dict(hit[1])
         data = json.loads(target.read_text())
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    data = data if isinstance(data, dict) else {}
+    _loaded[target] = (stamp, data)
+    return dict(data)
 
 
 def _valid(entry) -> bool:

@@ -106,6 +106,22 @@ def test_hashes_are_computed_once_and_not_for_set_aside_files(a1111, known, monk
     assert not any("detail-tweaker" in str(p) or "vae-ft" in str(p) for p in hashed)
 
 
+def test_a_rescan_reads_no_header_until_a_file_changes(a1111, known, monkeypatch):
+    import merge.header
+
+    scan([a1111], db=known, offline=True)
+    reads = []
+    real = merge.header.read_header
+    monkeypatch.setattr(merge.header, "read_header", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    again = scan([a1111], db=known, offline=True)
+    assert reads == [] and len(again[0].checkpoints) == 4 and len(again[0].skipped) == 3
+    lonely = a1111 / "models" / "Stable-diffusion" / "lonely.safetensors"
+    write_checkpoint(lonely, "sd1", "inpaint", 99)  # replaced by another file under the same name
+    (r,) = scan([a1111], db=known, offline=True)
+    assert [str(p) for p in reads] == [str(lonely)]
+    assert next(c for c in r.checkpoints if c.path == str(lonely)).variant == "inpaint"
+
+
 def test_a_comfyui_install_with_extra_model_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "ComfyUI"
