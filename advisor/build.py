@@ -213,14 +213,8 @@ def _local(role: str, path: str | os.PathLike) -> _Need:
     p = Path(path).expanduser()
     if not p.exists():
         raise BuildError(f"{role}: no such file or folder: {p}", "bad-input", 2)
-    identity = hashing.file_hashes(p).sha256 if p.is_file() else _folder_identity(p)
+    identity = hashing.file_hashes(p).sha256 if p.is_file() else hashing.folder_identity(p)
     return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
-
-
-def _folder_identity(folder: Path) -> str:
-    files = sorted(f for f in folder.rglob("*.safetensors") if f.is_file())
-    lines = [f"{f.relative_to(folder)}:{hashing.file_hashes(f).sha256}" for f in files]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest().upper()
 
 
 def _civitai_version(role: str, reader, model, version, folder: Path | None = None) -> _Need:
@@ -312,6 +306,15 @@ def _recipe_key(a: _Need, b: _Need, c: _Need, multiplier: float, dtype: str) -> 
 
     text = "|".join([a.identity, b.identity, c.identity, repr(float(multiplier)), dtype, ENGINE_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_local_file(query: str) -> bool:
+    from advisor.query import QueryError, parse_query
+
+    try:
+        return parse_query(query).kind == "file"
+    except QueryError:
+        return False
 
 
 def _stem(b_path: Path) -> str:
@@ -428,7 +431,7 @@ def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier
     checks = reader.official_checks() if reader is not None else {}
     a = _local("A", inpaint) if inpaint else _official("A", fam, "inpaint", checks)
     c = _local("C", base) if base else _official("C", fam, "base", checks)
-    if match.source == "file":
+    if match.source == "file" or _is_local_file(found.query):  # found by its hash: still the user's own file
         b = _local("B", found.query)
     elif reader is None:
         raise BuildError(f"B: {match.name} is not in a registry, so its file cannot be found", "no-registry")

@@ -410,3 +410,21 @@ def scan_result(console: Console, r) -> None:
                            f"{r.found_on_civitai} models found"))  # fmt: skip
     for note in r.notes:
         console.print(line(("note: ", "yellow"), note))
+
+
+def batch_result(console: Console, b) -> None:
+    from pathlib import Path
+
+    word = "would need" if b.dry_run else "needed"
+    console.print(line(f"{len(b.items)} partners to get; disk {word}: about {b.disk_needed / 1e9:.2f} GB"))
+    table = _compact("Batch")
+    for col in ("model", "result", "output or reason"):
+        table.add_column(col, overflow="fold")
+    colors = {"done": "green", "skipped": "dim", "failed": "red", "planned": "cyan"}
+    for i in b.items:
+        table.add_row(t(Path(i.path).name), line((i.action or i.status if i.status == "done" else i.status,
+                                                  colors.get(i.status, ""))),
+                      t(Path(i.output).name if i.output and i.status == "done" else i.reason[:160]))  # fmt: skip
+    console.print(table)
+    console.print(line(f"done {b.count('done')}, skipped {b.count('skipped')}, failed {b.count('failed')}"
+                       + ("; run the same command again to retry what failed" if b.count("failed") else "")))

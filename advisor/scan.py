@@ -243,7 +243,7 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
             if aside:
                 result.skipped.append(Skipped(str(path), aside))
             else:
-                sha = hashing.file_hashes(path).sha256 if path.is_file() else None
+                sha = hashing.file_hashes(path).sha256 if path.is_file() else hashing.folder_identity(path)
                 found.append((path, probed, sha))
         except (CheckpointError, OSError, ValueError) as exc:  # unreadable now (permissions, a file gone)
             result.skipped.append(Skipped(str(path), f"unreadable: {str(exc).splitlines()[0][:200]}"))
@@ -252,7 +252,7 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     classified.save()
     local = {sha.upper(): path for path, _, sha in found if sha}
     if not offline:
-        _ask_civitai(list(local), db, result)
+        _ask_civitai([sha for path, _, sha in found if path.is_file()], db, result)
     reader = _reader(db)
     try:
         for path, probed, sha in found:
@@ -305,6 +305,10 @@ def _pair(path: Path, probed: ProbeResult, sha, local: dict[str, Path], reader) 
     if variant in ("inpaint", "fill"):
         return ScannedCheckpoint(str(path), family, variant, sha, None,
                                  Partner("already-inpainting", "this is an inpainting model", str(path)))  # fmt: skip
+    made = reader.built_from(sha) if reader is not None and sha else []
+    if made:
+        return ScannedCheckpoint(str(path), family, variant, sha, None, Partner(
+            "built", f"Built here from this file on {str(made[0].created_at)[:10]}.", made[0].path))
     try:
         answer = answer_for_file(path, probed, reader, sha)
     except Exception as exc:  # noqa: BLE001 - one file's trouble is its own row, the scan goes on

@@ -171,6 +171,14 @@ class BackgroundHasher:
             self._thread.join()
 
 
+def folder_identity(folder: str | os.PathLike) -> str:
+    """A diffusers folder's identity: the SHA256 of its weight files' names and SHA256s (each cached)."""
+    folder = Path(folder)
+    files = sorted(f for f in folder.rglob("*.safetensors") if f.is_file())
+    lines = [f"{f.relative_to(folder)}:{file_hashes(f).sha256}" for f in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest().upper()
+
+
 def remember(path: str | os.PathLike, hashes: FileHashes) -> str | None:
     """Put hashes computed elsewhere (while downloading) in the cache; returns a warning if none could be written."""
     return _store(Path(path), hashes)

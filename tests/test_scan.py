@@ -91,7 +91,10 @@ def test_an_a1111_install_is_recognised_and_every_file_identified(a1111, known):
     assert mine.partner.kind == "local" and mine.partner.path.endswith("sub/its-inpainting.safetensors")
     assert by_name["its-inpainting.safetensors"].partner.kind == "already-inpainting"
     assert by_name["lonely.safetensors"].partner.kind == "official"  # unknown to the registry: its family's
-    assert by_name["diffusers-model"].family == "sd1" and by_name["diffusers-model"].sha256 is None
+    from merge.hashing import folder_identity
+
+    folder = a1111 / "models" / "Stable-diffusion" / "diffusers-model"
+    assert by_name["diffusers-model"].family == "sd1" and by_name["diffusers-model"].sha256 == folder_identity(folder)
 
 
 def test_hashes_are_computed_once_and_not_for_set_aside_files(a1111, known, monkeypatch):
@@ -188,3 +191,69 @@ def test_civitai_out_of_reach_is_a_note_and_the_scan_goes_on(a1111, registry_db,
     monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", "http://127.0.0.1:9")
     (r,) = scan([a1111], db=registry_db)
     assert len(r.checkpoints) == 4 and any("could not ask Civitai" in n for n in r.notes)
+
+
+@pytest.fixture
+def hub_pair(tmp_path, monkeypatch):
+    """The official SD 1.x pair on a fake Hub (tiny real-layout files), as build tests use it."""
+    from tests.build_world import RealFile, build_servers
+    from tests.hf_fake import FakeHub, FakeRepo, point_official_pair
+
+    made = tmp_path / "official"
+    made.mkdir()
+    write_checkpoint(made / "a.safetensors", "sd1", "inpaint", 1)
+    write_checkpoint(made / "c.safetensors", "sd1", "normal", 3)
+    a, c = (made / "a.safetensors").read_bytes(), (made / "c.safetensors").read_bytes()
+    hub = FakeHub([FakeRepo("t/sd1-inpainting", files={"sd-v1-5-inpainting.safetensors": RealFile(a)}),
+                   FakeRepo("t/sd1-base", files={"v1-5-pruned-emaonly.safetensors": RealFile(c)})])  # fmt: skip
+    with build_servers(monkeypatch, tmp_path, hub):
+        point_official_pair(monkeypatch, "sd1", ("t/sd1-inpainting", "sd-v1-5-inpainting.safetensors", a),
+                            ("t/sd1-base", "v1-5-pruned-emaonly.safetensors", c))  # fmt: skip
+        yield hub
+
+
+def test_scan_build_gets_every_missing_partner_and_resumes_after_a_failure(a1111, known, hub_pair, monkeypatch):
+    from advisor import batch
+
+    sd = a1111 / "models" / "Stable-diffusion"
+    (r,) = scan([a1111], db=known, offline=True)
+    wanted = batch.todo([r])
+    assert sorted(os.path.basename(p) for p in wanted) == ["diffusers-model", "lonely.safetensors"]
+    plan = batch.run_batch(wanted, db=known, dry_run=True)
+    assert plan.disk_needed > 0 and {i.status for i in plan.items} == {"planned"}
+    assert not list(sd.glob("*-inpainting.safetensors"))  # a dry run writes nothing
+    real = batch.build
+
+    def failing_once(query, **kw):  # the first item's build fails in the middle of the batch
+        if query.endswith("diffusers-model") and not kw.get("dry_run"):
+            raise batch.BuildError("the network went away", "network")
+        return real(query, **kw)
+
+    monkeypatch.setattr(batch, "build", failing_once)
+    first = batch.run_batch(wanted, db=known)
+    assert {os.path.basename(i.path): i.status for i in first.items} == {"diffusers-model": "failed",
+                                                                         "lonely.safetensors": "done"}  # fmt: skip
+    assert (sd / "lonely-inpainting.safetensors").exists()
+    monkeypatch.setattr(batch, "build", real)
+    (again,) = scan([a1111], db=known, offline=True)  # the built one is now its model's partner
+    lonely = next(c for c in again.checkpoints if c.path.endswith("lonely.safetensors"))
+    assert lonely.partner.kind == "built" and lonely.partner.path == str(sd / "lonely-inpainting.safetensors")
+    resumed = batch.run_batch(batch.todo([again]), db=known)
+    assert [(os.path.basename(i.path), i.status) for i in resumed.items] == [("diffusers-model", "done")]
+    assert (sd / "diffusers-model-inpainting.safetensors").exists()
+    assert batch.todo([scan([a1111], db=known, offline=True)[0]]) == []  # nothing left to do
+
+
+def test_scan_build_cli_summary_and_exit_status(a1111, known, hub_pair, tmp_path):
+    import os as _os
+
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"), INPAINT_ADVISOR_DB=known, COLUMNS="100",
+                  HF_ENDPOINT=_os.environ["HF_ENDPOINT"], HF_HUB_CACHE=str(tmp_path / "hf-cache"))  # fmt: skip
+    dry = run_cli("scan", str(a1111), "--build", "--dry-run", "--offline", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] and len(planned["items"]) == 2 and planned["disk_needed"] > 0
+    # a child process does not see this test's fake official pair: its builds fail, one row each, exit 1
+    one = run_cli("scan", str(a1111), "--build", "--limit", "1", env=env)
+    assert one.returncode == 1 and "done 0, skipped 0, failed 1" in one.stdout, one.stdout + one.stderr
+    assert "lonely.safetensors" in one.stdout and "Traceback" not in one.stderr

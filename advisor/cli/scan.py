@@ -16,6 +16,12 @@ def scan(
         help="A UI's folder, its models folder, or any folder (default: the current one).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Do not ask Civitai about files the registry "
                                           "does not know.")] = False,  # fmt: skip
+    do_build: Annotated[bool, typer.Option("--build", help="Fetch or build every missing partner beside its "
+                                           "model (resumable: run again to go on).")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="With --build: at most N.")] = None,
+    family: Annotated[str | None, typer.Option("--family", metavar="F", help="With --build: only this family "
+                                               "(sd1, sdxl, ...).")] = None,  # fmt: skip
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --build: the plan and the disk it needs.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -25,10 +31,15 @@ def scan(
     Checkpoints are hashed once (cached by path, size and mtime) and found in the registry by hash; hashes
     it does not know are asked of Civitai (100 a request) unless --offline, and what it knows is stored.
 
+    With --build, every partner still missing is downloaded (a release) or built (the official pair's merge)
+    into the folder of its model, named <model>-inpainting.safetensors; the disk needed is shown first; a
+    failure is reported and the rest go on; run the same command again to resume. Exit 1 if any failed.
+
     \b
     Examples:
       inpaint-advisor scan ~/stable-diffusion-webui
       inpaint-advisor scan ~/ComfyUI/models --json
+      inpaint-advisor scan ~/stable-diffusion-webui --build --family sd1 --dry-run
     """  # noqa: D301
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
@@ -46,8 +57,31 @@ def scan(
     with progress:
         results = do_scan(paths, db=db, offline=offline,
                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if do_build:
+        _batch(results, db, limit, family, dry_run, offline, as_json)
+        return
     if as_json:
         print_json(results[0] if len(results) == 1 else results)
     else:
         for r in results:
             render.scan_result(out, r)
+
+
+def _batch(results, db, limit, family, dry_run: bool, offline: bool, as_json: bool) -> None:
+    from advisor import render
+    from advisor.batch import run_batch, todo
+    from advisor.output import err, out, print_json
+
+    paths = todo(results, family=family, limit=limit)
+
+    def on_item(item) -> None:
+        if not as_json:
+            err.print(render.line((f"{item.status}: ", "bold"), item.path))
+
+    done = run_batch(paths, db=db, dry_run=dry_run, offline=offline, on_item=on_item)
+    if as_json:
+        print_json(done)
+    else:
+        render.batch_result(out, done)
+    if done.count("failed"):
+        raise typer.Exit(1)

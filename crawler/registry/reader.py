@@ -216,6 +216,17 @@ class Reader:
                  if unchanged(r[1], r[2], r[4])]  # fmt: skip
         return sorted(found, key=lambda a: a.version_id != version_id)
 
+    def built_from(self, b_sha256: str) -> list[ArtifactRecord]:
+        """Checkpoints built here from the file with this SHA256 as B (a local file the registry may not know),
+        whose outputs are unchanged; newest first."""
+        if self.state.version < 4:
+            return []
+        rows = self.rows("SELECT kind, path, size, sha256, mtime_ns, version_id, created_at FROM artifact "
+                         "WHERE kind = 'built' AND upper(b_sha256) = ? ORDER BY created_at DESC",
+                         (b_sha256.upper(),))  # fmt: skip
+        return [ArtifactRecord(r[0], r[1], r[2], r[3], r[5], _text_time(r[6])) for r in rows
+                if unchanged(r[1], r[2], r[4])]  # fmt: skip
+
     def exact(self, text: str) -> ModelRecord | None:
         """The one model whose normalised name is ``text``'s, if exactly one is."""
         rows = self.rows(f"SELECT {MODEL_COLS} FROM model WHERE name_norm = ? LIMIT 2", (normalize_name(text),))

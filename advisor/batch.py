@@ -1,0 +1,94 @@
+"""Batch builds: every missing partner of a scan, fetched or built beside its model, resumably.
+
+Each item is one `build` of a scanned checkpoint into the folder where it lives (its output,
+``<stem>-inpainting.safetensors``, is then listed beside it by the UI). Run again, a batch skips what is done
+(a recorded build answers "already-built"; an output already there is left alone) and resumes the download
+that was interrupted; one failure is reported and the rest go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from advisor.build import BuildError, BuildResult, build
+from advisor.scan import ScanResult
+
+NEEDS_WORK = ("own-release", "sibling-release", "official", "build")
+
+
+@dataclass
+class BatchItem:
+    path: str  # the scanned checkpoint
+    status: str  # done | skipped | failed | planned
+    action: str | None = None  # build's action (built, downloaded-release, already-built, ...)
+    output: str | None = None
+    reason: str = ""
+    disk_needed: int = 0
+
+
+@dataclass
+class BatchResult:
+    items: list[BatchItem] = field(default_factory=list)
+    disk_needed: int = 0  # for what is still to do, before it started
+    dry_run: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(1 for i in self.items if i.status == status)
+
+    def __json__(self) -> dict:
+        counts = {status: self.count(status) for status in ("done", "skipped", "failed")}
+        return {"items": self.items, "disk_needed": self.disk_needed, "dry_run": self.dry_run, **counts}
+
+
+def todo(scans: list[ScanResult], *, family: str | None = None, limit: int | None = None) -> list[str]:
+    """The scanned checkpoints whose partner still has to be fetched or built."""
+    paths = [c.path for r in scans for c in r.checkpoints if c.partner is not None
+             and c.partner.kind in NEEDS_WORK and (family is None or c.family == family)]
+    return paths[:limit] if limit is not None else paths
+
+
+def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,
+              on_item: Callable[[BatchItem], None] | None = None, **build_options) -> BatchResult:  # fmt: skip
+    """Plan every item (the disk they need is known before the first byte), then build them one by one."""
+    result = BatchResult(dry_run=dry_run)
+    plans: dict[str, BuildResult | BuildError] = {}
+    for path in paths:
+        try:
+            plans[path] = build(path, out=Path(path).parent, db=db, dry_run=True, offline=offline, **build_options)
+        except BuildError as exc:
+            plans[path] = exc
+        except Exception as exc:  # noqa: BLE001 - a lookup or registry error is this item's, not the batch's
+            plans[path] = BuildError(str(exc))
+    result.disk_needed = sum(p.disk_needed for p in plans.values() if isinstance(p, BuildResult))
+    for path in paths:
+        plan = plans[path]
+        item = BatchItem(path, "planned")
+        if isinstance(plan, BuildError):
+            item.status, item.reason = "failed", str(plan)
+        elif plan.action in ("already-built", "already-inpainting"):
+            item.status, item.action, item.reason = "skipped", plan.action, plan.reason
+            item.output = plan.output.path if plan.output else None
+        elif dry_run:
+            item.reason, item.disk_needed = plan.reason, plan.disk_needed
+        else:
+            item = _build_one(path, db, offline, build_options)
+        result.items.append(item)
+        if on_item:
+            on_item(item)
+    return result
+
+
+def _build_one(path: str, db, offline: bool, build_options: dict) -> BatchItem:
+    try:
+        done = build(path, out=Path(path).parent, db=db, offline=offline, **build_options)
+    except BuildError as exc:
+        if exc.code == "exists":  # made before, though not recorded (no registry then): left as it is
+            return BatchItem(path, "skipped", reason=str(exc))
+        return BatchItem(path, "failed", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one failure does not stop the batch
+        return BatchItem(path, "failed", reason=f"{type(exc).__name__}: {exc}")
+    status = "done" if done.verified else "failed"
+    return BatchItem(path, status, done.action, done.output.path if done.output else None,
+                     done.reason if done.verified else "; ".join(done.warnings) or "unverified")  # fmt: skip
