@@ -1,4 +1,5 @@
-"""Batch builds: every missing partner of a scan, fetched or built beside its model, resumably.
+"""Batch builds: every missing partner of a scan, fetched or built beside its model, or the registry's most
+downloaded models without an inpainting release (`build --missing`), resumably.
 
 Each item is one `build` of a scanned checkpoint into the folder where it lives (its output,
 ``<stem>-inpainting.safetensors``, is then listed beside it by the UI). Run again, a batch skips what is done
@@ -8,6 +9,7 @@ that was interrupted; one failure is reported and the rest go on.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +51,32 @@ def todo(scans: list[ScanResult], *, family: str | None = None, limit: int | Non
     return paths[:limit] if limit is not None else paths
 
 
+def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0, limit: int = 20) -> list[str]:
+    """Queries for the registry's most downloaded models that have no inpainting release, in families a build
+    can serve (``family`` alone if given)."""
+    from crawler import families, registry
+    from merge.plan import SUPPORTED
+
+    buildable = [f["id"] for f in families.all_families()
+                 if (families.official_target(f["id"]) or {}).get("id") in SUPPORTED]  # an add-difference route
+    wanted = [family] if family else buildable
+    with contextlib.closing(registry.open_reader(db)) as reader:
+        found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)
+    return [f"civitai:{m.source_id}" if m.source == "civitai" else f"https://huggingface.co/{m.source_id}"
+            for m, _ in found]  # fmt: skip
+
+
 def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,
-              on_item: Callable[[BatchItem], None] | None = None, **build_options) -> BatchResult:  # fmt: skip
-    """Plan every item (the disk they need is known before the first byte), then build them one by one."""
+              out: str | Path | None = None, on_item: Callable[[BatchItem], None] | None = None,
+              **build_options) -> BatchResult:  # fmt: skip
+    """Plan every item (the disk they need is known before the first byte), then build them one by one:
+    each into ``out``, or (scanned files) into its model's folder."""
     result = BatchResult(dry_run=dry_run)
     plans: dict[str, BuildResult | BuildError] = {}
+    where = {p: Path(out) if out is not None else Path(p).parent for p in paths}
     for path in paths:
         try:
-            plans[path] = build(path, out=Path(path).parent, db=db, dry_run=True, offline=offline, **build_options)
+            plans[path] = build(path, out=where[path], db=db, dry_run=True, offline=offline, **build_options)
         except BuildError as exc:
             plans[path] = exc
         except Exception as exc:  # noqa: BLE001 - a lookup or registry error is this item's, not the batch's
@@ -73,16 +93,16 @@ def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False,
         elif dry_run:
             item.reason, item.disk_needed = plan.reason, plan.disk_needed
         else:
-            item = _build_one(path, db, offline, build_options)
+            item = _build_one(path, where[path], db, offline, build_options)
         result.items.append(item)
         if on_item:
             on_item(item)
     return result
 
 
-def _build_one(path: str, db, offline: bool, build_options: dict) -> BatchItem:
+def _build_one(path: str, out: Path, db, offline: bool, build_options: dict) -> BatchItem:
     try:
-        done = build(path, out=Path(path).parent, db=db, offline=offline, **build_options)
+        done = build(path, out=out, db=db, offline=offline, **build_options)
     except BuildError as exc:
         if exc.code == "exists":  # made before, though not recorded (no registry then): left as it is
             return BatchItem(path, "skipped", reason=str(exc))

@@ -160,6 +160,8 @@ def parse_model(item: dict) -> ParsedModel | None:
     # repr() of plain dicts built in a fixed order is deterministic, and several times cheaper than json.dumps.
     digest = hashlib.blake2b(repr((model, versions, files)).encode(), digest_size=16).hexdigest()
     model["content_hash"] = digest
+    count = _dict(item.get("stats")).get("downloadCount")
+    model["downloads"] = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
     return ParsedModel(model, versions, files, inpaint, links.within_model(model, versions))
 
 

@@ -36,6 +36,10 @@ PARSER_VERSION = 1
 HF_URL = "https://huggingface.co"
 
 
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 @dataclass
 class HubRepo:
     """The fields of a listing item or a ``model_info`` answer that the registry uses."""
@@ -50,6 +54,7 @@ class HubRepo:
     files: list[str] = field(default_factory=list)
     gated: bool = False
     blobs: tuple[dict, dict] | None = None  # (sizes, sha256) when already known
+    downloads: int = 0
 
     @property
     def author(self) -> str:
@@ -72,6 +77,7 @@ class HubRepo:
             config=item.get("config") if isinstance(item.get("config"), dict) else {},
             files=[s["rfilename"] for s in siblings if isinstance(s, dict) and isinstance(s.get("rfilename"), str)],
             gated=item.get("gated") not in (None, False, "false"),
+            downloads=_count(item.get("downloads")),
         )
 
     @classmethod
@@ -90,6 +96,7 @@ class HubRepo:
             files=[s.rfilename for s in info.siblings or []],
             gated=info.gated not in (None, False),
             blobs=blobs_of(info) if any(s.lfs for s in info.siblings or []) else None,
+            downloads=_count(getattr(info, "downloads", 0)),
         )
 
 
@@ -212,7 +219,7 @@ def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = HF_URL) -> Parse
         "base_model": bases[0] if bases else None,
         "family": normal[0]["family"] if normal else _family(bases, None, class_family)[0],
         "is_inpainting": bool(versions) and len(inpaint) == len(versions), "has_inpainting": bool(inpaint),
-        "updated_at": repo.last_modified, "content_hash": _revision_key(repo.sha),
+        "updated_at": repo.last_modified, "content_hash": _revision_key(repo.sha), "downloads": repo.downloads,
     }  # fmt: skip
     return ParsedModel(model, versions, files, inpaint, links.within_model(model, versions))
 

@@ -246,3 +246,25 @@ def test_a_model_the_pair_cannot_serve_is_merged_from_a_b_and_c(world, monkeypat
     assert second.action == "built" and second.pair is None and second.verified
     assert any("cannot be built from the prepared pair" in w for w in second.warnings)
     assert second.inputs["A"].path.endswith("sd-v1-5-inpainting.safetensors")
+
+
+def test_build_missing_builds_the_most_downloaded_models_without_a_release(world):
+    from advisor import batch
+
+    engine = registry.connect(world["db"])
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE model SET downloads = 50000 WHERE id = 'civitai:600001'"))
+    assert batch.missing(world["db"]) == ["civitai:600001"]  # 600002 has a release, 600003 (FLUX) no build route
+    assert batch.missing(world["db"], min_downloads=60000) == []
+    assert batch.missing(world["db"], family="sdxl") == []
+    out = world["tmp"] / "batch"
+    first = batch.run_batch(batch.missing(world["db"]), db=world["db"], out=out)
+    assert [(i.path, i.status, i.action) for i in first.items] == [("civitai:600001", "done", "built")]
+    assert first.disk_needed > 0 and len(list(out.glob("*-inpainting.safetensors"))) == 1
+    again = batch.run_batch(batch.missing(world["db"]), db=world["db"], out=out)  # resumable: nothing redone
+    assert [(i.status, i.action) for i in again.items] == [("skipped", "already-built")]
+    result = run_cli("build", "--missing", "--limit", "1", "--json", env=cli_env(INPAINT_ADVISOR_DB=world["db"]))
+    summary = json.loads(result.stdout)
+    assert summary["items"][0]["path"] == "civitai:600001" and summary["skipped"] + summary["failed"] == 1

@@ -52,6 +52,10 @@ def test_fixture_crawl_stores_every_checkpoint_once_with_versions_and_files(engi
     assert one(engine, "SELECT nsfw FROM model WHERE id='civitai:43331'")[0] == 1
     assert all(r["query"]["nsfw"] == ["true"] and r["query"]["types"] == ["Checkpoint"] for r in fake.requests)
     assert all(r["query"]["sort"] == ["Oldest"] for r in fake.requests)
+    # each model's download count, for `build --missing`
+    item = next(i for i in checkpoints if (i.get("stats") or {}).get("downloadCount"))
+    stored = one(engine, "SELECT downloads FROM model WHERE id = :id", id=f"civitai:{item['id']}")[0]
+    assert stored == item["stats"]["downloadCount"] > 0
 
 
 def test_shape_drift_is_accepted(engine, serve):

@@ -11,8 +11,9 @@ from advisor.cli.common import DbOption, JsonOption, die, die_for
 
 @app.command()
 def build(
-    query: Annotated[str, typer.Argument(metavar="MODEL", help="Anything lookup takes: a name, a Civitai URL, id "
-                                         "or AIR, a Hugging Face repo, a hash, or a local file.")],
+    query: Annotated[str | None, typer.Argument(metavar="MODEL", show_default=False, help="Anything lookup "
+                                                "takes: a name, a Civitai URL, id or AIR, a Hugging Face repo, a "
+                                                "hash, or a local file.")] = None,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the result goes.")] = Path("."),
     inpaint: Annotated[str | None, typer.Option("--inpaint", "-a", metavar="A",
                                                 help="Your own A (else the family's official one).")] = None,
@@ -25,6 +26,14 @@ def build(
                                               help="Build even where an inpainting release exists.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan: route, files, disk, merge.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Use only what is on disk or in the cache.")] = False,
+    missing: Annotated[bool, typer.Option("--missing", help="Instead of MODEL: the registry's most downloaded "
+                                          "models without an inpainting release, into --out.")] = False,
+    family: Annotated[str | None, typer.Option("--family", metavar="F", help="With --missing: only this family.")
+                      ] = None,  # fmt: skip
+    min_downloads: Annotated[int, typer.Option("--min-downloads", min=0, metavar="N",
+                                               help="With --missing: at least N downloads.")] = 0,  # fmt: skip
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="K", help="With --missing: at most K models.")
+                     ] = 20,  # fmt: skip
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -42,6 +51,7 @@ def build(
       inpaint-advisor build civitai:4384 --out ~/models/Stable-diffusion
       inpaint-advisor build ./myModel.safetensors --dry-run
       inpaint-advisor build myPony.safetensors -a sdxl-inpainting/ -c sd_xl_base_1.0.safetensors
+      inpaint-advisor build --missing --family sd1 --min-downloads 10000 --limit 5 --out ~/inpainting
 
     Exit status: 0 the output exists and is verified, 1 it could not be made (or is unverified), 2 usage.
     """  # noqa: D301
@@ -54,6 +64,14 @@ def build(
     from advisor.output import USAGE, err, print_json
     from advisor.output import out as out_console
 
+    if missing or query is None:
+        if query is not None or not missing:
+            raise die("give a MODEL, or --missing for the registry's most downloaded models without one",
+                      code="usage", exit_code=2, as_json=as_json)  # fmt: skip
+        _build_missing(out, family, min_downloads, limit, dry_run, offline, db, as_json,
+                       dict(inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, device=device,
+                            force_build=force_build))  # fmt: skip
+        return
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
@@ -89,3 +107,29 @@ def build(
     else:
         render.build_result(out_console, result)
     raise typer.Exit(0 if result.verified or result.action == "planned" else 1)
+
+
+def _build_missing(out: Path, family, min_downloads: int, limit: int, dry_run: bool, offline: bool, db, as_json: bool,
+                   options: dict) -> None:  # fmt: skip
+    from advisor import render
+    from advisor.batch import missing, run_batch
+    from advisor.output import err, print_json
+    from advisor.output import out as out_console
+    from crawler import registry
+
+    try:
+        queries = missing(db, family=family, min_downloads=min_downloads, limit=limit)
+    except registry.RegistryError as exc:
+        raise die_for(exc, as_json=as_json) from None
+
+    def on_item(item) -> None:
+        if not as_json:
+            err.print(render.line((f"{item.status}: ", "bold"), item.path))
+
+    done = run_batch(queries, db=db, dry_run=dry_run, offline=offline, out=out, on_item=on_item, **options)
+    if as_json:
+        print_json(done)
+    else:
+        render.batch_result(out_console, done)
+    if done.count("failed"):
+        raise typer.Exit(1)

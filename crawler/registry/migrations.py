@@ -101,6 +101,14 @@ def m004_artifacts(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[schema.Artifact.__table__])
 
 
+def m005_model_downloads(conn: Connection) -> None:
+    """Each model's download count (what `build --missing` ranks by)."""
+    from sqlalchemy import inspect
+
+    if "downloads" not in {c["name"] for c in inspect(conn).get_columns("model")}:  # m001 may have made it
+        conn.exec_driver_sql("ALTER TABLE model ADD COLUMN downloads BIGINT DEFAULT '0' NOT NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -113,6 +121,7 @@ MIGRATIONS = [
     Migration(2, "64-bit official file sizes", m002_official_sizes_64_bit),
     Migration(3, "PostgreSQL trigram name index", m003_postgresql_name_search),
     Migration(4, "built and fetched checkpoints (artifact)", m004_artifacts),
+    Migration(5, "model download counts", m005_model_downloads),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

@@ -216,6 +216,18 @@ class Reader:
                  if unchanged(r[1], r[2], r[4])]  # fmt: skip
         return sorted(found, key=lambda a: a.version_id != version_id)
 
+    def without_inpainting(self, families: list[str], *, min_downloads: int = 0,
+                           limit: int = 100) -> list[tuple[ModelRecord, int]]:  # fmt: skip
+        """The most downloaded models of ``families`` with no inpainting release, and their download counts."""
+        if not families:
+            return []
+        downloads = "downloads" if self.state.version >= 5 else "0"
+        marks = ", ".join("?" for _ in families)
+        rows = self.rows(f"SELECT {MODEL_COLS}, {downloads} FROM model WHERE family IN ({marks}) "
+                         f"AND NOT has_inpainting AND NOT is_inpainting AND {downloads} >= ? "
+                         f"ORDER BY {downloads} DESC, id LIMIT ?", (*families, min_downloads, limit))  # fmt: skip
+        return [(self.model_record(r), int(r[9])) for r in rows]
+
     def built_from(self, b_sha256: str) -> list[ArtifactRecord]:
         """Checkpoints built here from the file with this SHA256 as B (a local file the registry may not know),
         whose outputs are unchanged; newest first."""

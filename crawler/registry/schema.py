@@ -46,6 +46,8 @@ class Model(SQLModel, table=True):
     has_inpainting: bool = False  # at least one version or linked model is an inpainting release
     updated_at: datetime | None = None  # newest version change seen at the source
     content_hash: str = ""  # hash of the parsed record: unchanged records are not rewritten
+    # the source's download count when the record was last written (not in content_hash: counts move daily)
+    downloads: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
 
 
 class Version(SQLModel, table=True):
