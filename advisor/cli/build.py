@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from advisor.cli.app import app
-from advisor.cli.common import DbOption, JsonOption, die, die_for
+from advisor.cli.common import DbOption, JsonOption, die, die_for, run_batch_and_report
 
 
 @app.command()
@@ -111,25 +111,11 @@ def build(
 
 def _build_missing(out: Path, family, min_downloads: int, limit: int, dry_run: bool, offline: bool, db, as_json: bool,
                    options: dict) -> None:  # fmt: skip
-    from advisor import render
-    from advisor.batch import missing, run_batch
-    from advisor.output import err, print_json
-    from advisor.output import out as out_console
+    from advisor.batch import missing
     from crawler import registry
 
     try:
         queries = missing(db, family=family, min_downloads=min_downloads, limit=limit)
     except registry.RegistryError as exc:
         raise die_for(exc, as_json=as_json) from None
-
-    def on_item(item) -> None:
-        if not as_json:
-            err.print(render.line((f"{item.status}: ", "bold"), item.path))
-
-    done = run_batch(queries, db=db, dry_run=dry_run, offline=offline, out=out, on_item=on_item, **options)
-    if as_json:
-        print_json(done)
-    else:
-        render.batch_result(out_console, done)
-    if done.count("failed"):
-        raise typer.Exit(1)
+    run_batch_and_report(queries, as_json=as_json, db=db, dry_run=dry_run, offline=offline, out=out, **options)

@@ -50,3 +50,23 @@ def duration(value: str) -> timedelta:
     if not match or float(match[1]) <= 0:
         raise typer.BadParameter(f"{value!r} is not a duration like 30m, 6h, 7d or 2w")
     return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+
+
+def run_batch_and_report(queries: list[str], *, as_json: bool, **batch_options) -> None:
+    """`scan --build` and `build --missing`: run the batch with a line per item, one summary, exit 1 if any
+    item failed."""
+    from advisor import render
+    from advisor.batch import run_batch
+    from advisor.output import err, out, print_json
+
+    def on_item(item) -> None:
+        if not as_json:
+            err.print(render.line((f"{item.status}: ", "bold"), item.path))
+
+    done = run_batch(queries, on_item=on_item, **batch_options)
+    if as_json:
+        print_json(done)
+    else:
+        render.batch_result(out, done)
+    if done.count("failed"):
+        raise typer.Exit(1)

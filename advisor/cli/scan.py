@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from advisor.cli.app import app
-from advisor.cli.common import DbOption, JsonOption, die
+from advisor.cli.common import DbOption, JsonOption, die, run_batch_and_report
 
 
 @app.command()
@@ -68,20 +68,7 @@ def scan(
 
 
 def _batch(results, db, limit, family, dry_run: bool, offline: bool, as_json: bool) -> None:
-    from advisor import render
-    from advisor.batch import run_batch, todo
-    from advisor.output import err, out, print_json
+    from advisor.batch import todo
 
-    paths = todo(results, family=family, limit=limit)
-
-    def on_item(item) -> None:
-        if not as_json:
-            err.print(render.line((f"{item.status}: ", "bold"), item.path))
-
-    done = run_batch(paths, db=db, dry_run=dry_run, offline=offline, on_item=on_item)
-    if as_json:
-        print_json(done)
-    else:
-        render.batch_result(out, done)
-    if done.count("failed"):
-        raise typer.Exit(1)
+    run_batch_and_report(todo(results, family=family, limit=limit), as_json=as_json, db=db, dry_run=dry_run,
+                         offline=offline)  # fmt: skip

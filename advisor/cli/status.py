@@ -34,20 +34,12 @@ def status(
     """  # noqa: D301
     from advisor import render
     from advisor.output import out, print_json
-    from crawler import registry
     from crawler.registry.stats import registry_status
 
     if check:
         _check(db, max_age, as_json)
         return
-    try:
-        st = registry_status(registry.connect_read_only(db))
-    except registry.NoRegistry as exc:
-        raise die(f"{exc}: fill one with `inpaint-advisor crawl civitai` (and `crawl hf`)", code=exc.code,
-                  exit_code=exc.exit_code, as_json=as_json) from None  # fmt: skip
-    except Exception as exc:
-        error = registry.describe_error(exc, db)
-        raise die_for(error or exc, as_json=as_json) from None
+    st = _read(registry_status, db, as_json, "{}: fill one with `inpaint-advisor crawl civitai` (and `crawl hf`)")
     if as_json:
         print_json(st)
     else:
@@ -57,18 +49,26 @@ def status(
 def _check(db, max_age: timedelta, as_json: bool) -> None:
     from advisor import render
     from advisor.output import out, print_json
-    from crawler import health, registry
+    from crawler import health
 
-    try:
-        report = health.check(registry.connect_read_only(db), max_age)
-    except registry.NoRegistry as exc:
-        raise die(f"unhealthy: {exc}", code=exc.code, exit_code=1, as_json=as_json) from None
-    except Exception as exc:
-        error = registry.describe_error(exc, db)
-        raise die_for(error or exc, as_json=as_json) from None
+    report = _read(lambda engine: health.check(engine, max_age), db, as_json, "unhealthy: {}", no_registry_exit=1)
     if as_json:
         print_json(report)
     else:
         render.health(out, report)
     if not report.healthy:
         raise typer.Exit(1)
+
+
+def _read(query, db, as_json: bool, no_registry: str, no_registry_exit: int | None = None):
+    """``query(engine)`` on the registry opened read-only; a missing or broken registry is one line."""
+    from crawler import registry
+
+    try:
+        return query(registry.connect_read_only(db))
+    except registry.NoRegistry as exc:
+        raise die(no_registry.format(exc), code=exc.code, exit_code=no_registry_exit or exc.exit_code,
+                  as_json=as_json) from None  # fmt: skip
+    except Exception as exc:
+        error = registry.describe_error(exc, db)
+        raise die_for(error or exc, as_json=as_json) from None
