@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -237,18 +238,37 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     files = walk(folders)
     found: list[tuple[Path, ProbeResult, str | None]] = []
     classified = _Classified()
-    for i, path in enumerate(files):
+    checkpoints: list[tuple[Path, ProbeResult]] = []
+    for path in files:  # headers first: what is set aside is never hashed
         try:
             probed, aside = classified.get(path)
-            if aside:
-                result.skipped.append(Skipped(str(path), aside))
-            else:
-                sha = hashing.file_hashes(path).sha256 if path.is_file() else hashing.folder_identity(path)
-                found.append((path, probed, sha))
-        except (CheckpointError, OSError, ValueError) as exc:  # unreadable now (permissions, a file gone)
-            result.skipped.append(Skipped(str(path), f"unreadable: {str(exc).splitlines()[0][:200]}"))
+        except OSError as exc:  # unreadable now (permissions, a file gone)
+            probed, aside = None, f"unreadable: {exc.strerror or exc}"
+        if aside:
+            result.skipped.append(Skipped(str(path), aside))
+        else:
+            checkpoints.append((path, probed))
+    done = [len(result.skipped)]
+    if progress:
+        progress(done[0], len(files))
+
+    def identity(path: Path) -> str:
+        sha = hashing.file_hashes(path).sha256 if path.is_file() else hashing.folder_identity(path)
+        done[0] += 1
         if progress:
-            progress(i + 1, len(files))
+            progress(done[0], len(files))
+        return sha
+
+    # Files not hashed yet are hashed several at once where the disk allows it (not a spinning disk, where
+    # parallel reads seek): hashlib works without the GIL, so each core hashes a file.
+    workers = 1 if any(_rotational(p) for p, _ in checkpoints[:1]) else max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan-hash") as pool:
+        futures = [(path, probed, pool.submit(identity, path)) for path, probed in checkpoints]
+        for path, probed, future in futures:
+            try:
+                found.append((path, probed, future.result()))
+            except (CheckpointError, OSError, ValueError) as exc:
+                result.skipped.append(Skipped(str(path), f"unreadable: {str(exc).splitlines()[0][:200]}"))
     classified.save()
     local = {sha.upper(): path for path, _, sha in found if sha}
     if not offline:
@@ -261,6 +281,20 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
         if reader is not None:
             reader.close()
     return result
+
+
+def _rotational(path: Path) -> bool:
+    """Whether ``path`` is on a spinning disk (Linux sysfs); False when it cannot be told."""
+    try:
+        dev = os.stat(path).st_dev
+        block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        for folder in (block, block.resolve().parent):
+            flag = folder / "queue" / "rotational"
+            if flag.exists():
+                return flag.read_text().strip() == "1"
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _reader(db):
