@@ -175,8 +175,8 @@ def first_scan(folder: Path) -> None:
     plain = time.perf_counter() - t
     _evict(files)
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "INPAINT_ADVISOR_CACHE": cache,
-               "INPAINT_ADVISOR_DB": str(Path(cache) / "registry.db")}  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "INPAINT_ADVISOR_CACHE": cache, "XDG_CACHE_HOME": cache,
+               "INPAINT_ADVISOR_DB": str(Path(cache) / "registry.db")}  # fmt: skip  (no hash cached anywhere)
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "advisor", "scan", str(folder), "--offline", "--json"], env=env,
                              capture_output=True, text=True, check=True)  # fmt: skip

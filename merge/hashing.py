@@ -119,18 +119,32 @@ class StreamHasher:
 
     def update(self, chunk: bytes | memoryview) -> None:
         chunk = memoryview(chunk)
+        pos = self.advance(chunk)
+        self.update_full(chunk, pos)
+        self.update_data(chunk, pos)
+
+    # The two halves of ``update``, for BackgroundHasher's two threads: ``advance`` (in order, first) learns
+    # where a safetensors file's data starts and returns the chunk's position; the halves may then run apart.
+    def advance(self, chunk: memoryview) -> int:
         if len(self._head) < 9:
             self._head += bytes(chunk[: 9 - len(self._head)])
             if len(self._head) >= 9:
                 self._start = _safetensors_data_start(self._head)
+        pos = self._pos
+        self._pos += len(chunk)
+        return pos
+
+    def update_full(self, chunk: memoryview, pos: int) -> None:
+        """SHA256 (and AutoV2) and AutoV1's window."""
         self._full.update(chunk)
-        pos, end = self._pos, self._pos + len(chunk)
-        if self._start is not None and end > self._start:
-            self._data.update(chunk[max(0, self._start - pos) :])
         lo, hi = self._AUTOV1
-        if end > lo and pos < hi:
+        if pos + len(chunk) > lo and pos < hi:
             self._v1.update(chunk[max(0, lo - pos) : hi - pos])
-        self._pos = end
+
+    def update_data(self, chunk: memoryview, pos: int) -> None:
+        """AutoV3: the tensor data after a safetensors header."""
+        if self._start is not None and pos + len(chunk) > self._start:
+            self._data.update(chunk[max(0, self._start - pos) :])
 
     def result(self) -> FileHashes:
         sha = self._full.hexdigest().upper()
@@ -140,9 +154,10 @@ class StreamHasher:
 
 
 class BackgroundHasher:
-    """A StreamHasher fed from another thread, so that hashing overlaps whatever produces the chunks (a
-    download's network reads and writes: on two cores, hashing in line cost a fifth of the throughput).
-    Chunks must not change after ``update`` (bytes do not). ``close`` ends the thread when the stream fails."""
+    """A StreamHasher fed from other threads, so that hashing overlaps whatever produces the chunks (a
+    download's network reads, a file's disk reads): one thread for SHA256/AutoV1, one for AutoV3's pass over
+    the tensor data, so that two cores together hash at about the speed of one pass. Chunks must not change
+    after ``update`` (bytes do not). ``close`` ends the threads when the stream fails."""
 
     _END = object()
 
@@ -150,25 +165,33 @@ class BackgroundHasher:
         import queue
 
         self._inner = inner or StreamHasher()
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)  # bounded: memory stays at depth chunks
-        self._thread = threading.Thread(target=self._run, daemon=True, name="stream-hash")
-        self._thread.start()
+        self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth), queue.Queue(maxsize=depth)]  # bounded
+        self._threads = [threading.Thread(target=self._run, args=(q, work), daemon=True, name="stream-hash")
+                         for q, work in zip(self._queues, (self._inner.update_full, self._inner.update_data),
+                                            strict=True)]  # fmt: skip
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not self._END:
-            self._inner.update(chunk)
+    def _run(self, q, work) -> None:
+        while (item := q.get()) is not self._END:
+            work(*item)
 
     def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+        view = memoryview(chunk)
+        pos = self._inner.advance(view)
+        for q in self._queues:
+            q.put((view, pos))
 
     def result(self) -> FileHashes:
         self.close()
         return self._inner.result()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._END)
-            self._thread.join()
+        for q, t in zip(self._queues, self._threads, strict=True):
+            if t.is_alive():
+                q.put(self._END)
+        for t in self._threads:
+            t.join()
 
 
 def folder_identity(folder: str | os.PathLike) -> str:
@@ -190,13 +213,16 @@ def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=Non
     path = Path(path)
     if use_cache and (hit := cached(path)) is not None:
         return hit
-    hasher = StreamHasher()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-            if progress:
-                progress(len(chunk))
-    hashes = hasher.result()
+    hasher = BackgroundHasher()  # the disk reads the next chunks while a core hashes these
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+                if progress:
+                    progress(len(chunk))
+        hashes = hasher.result()
+    finally:
+        hasher.close()
     if use_cache and (problem := _store(path, hashes)) and warn:
         warn(problem)
     return hashes
