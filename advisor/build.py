@@ -333,7 +333,7 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
         raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
     out_dir = Path(out).expanduser()
     result = BuildResult(query, "planned", "", found.match, warnings=list(found.warnings))
-    reader = _reader(db)
+    reader = registry.open_reader_if_any(db)
     try:
         if not force_build:
             fetched = _fetch_instead(found, reader, out_dir, dry_run, offline, progress, result, db)
@@ -345,12 +345,6 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
         if reader is not None:
             reader.close()
 
-
-def _reader(db):
-    try:
-        return registry.open_reader(db)
-    except registry.NoRegistry:
-        return None
 
 
 def _fetch_instead(found: LookupResult, reader, out_dir: Path, dry_run: bool, offline: bool, progress,

@@ -200,13 +200,6 @@ class NotFound(LookupError):
     """The query names something precise that does not exist (a version that is not the model's)."""
 
 
-def _open(db: str | None) -> Reader | None:
-    try:
-        return registry.open_reader(db)
-    except registry.NoRegistry:
-        return None
-
-
 @contextlib.contextmanager
 def _scratch_registry():
     """Where a live answer is stored when there is no registry to store it in: a lookup never creates one."""
@@ -230,7 +223,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
     RegistryError for a registry that cannot be read."""
     q = parse_query(raw)
     if q.kind == "file":
-        reg = _open(db)
+        reg = registry.open_reader_if_any(db)
         try:
             return _file_answer(q, reg)
         finally:
@@ -245,7 +238,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         if official := _official_inpaint_repo(q.repo):
             return official
     with contextlib.ExitStack() as stack:
-        reg = _open(db)
+        reg = registry.open_reader_if_any(db)
         if reg is not None:
             stack.callback(lambda: reg.close())
         notes: list[str] = []
@@ -280,7 +273,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                 else:
                     if store != db:
                         notes.append(f"fetched live and not stored ({unstored})")
-                    fresh = _open(store)
+                    fresh = registry.open_reader_if_any(store)
                     if fresh is not None:
                         stack.callback(fresh.close)
                         reg = fresh

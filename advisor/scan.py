@@ -188,14 +188,11 @@ class _Classified:
         self.entries = data if isinstance(data, dict) else {}
         self.changed = False
 
-    @staticmethod
-    def _key(path: Path) -> tuple[str, str]:
-        st = path.stat()
-        return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
-
     def get(self, path: Path) -> tuple[ProbeResult | None, str | None]:
         """(the probe, why the file is set aside): a broken file is ``(None, "unreadable: ...")``."""
-        name, stamp = self._key(path) if path.is_file() else (None, None)
+        from merge import hashing
+
+        name, stamp = hashing.file_stamp(path) if path.is_file() else (None, None)
         entry = self.entries.get(name) if name else None
         if isinstance(entry, dict) and entry.get("stamp") == stamp:
             try:
@@ -273,7 +270,9 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     local = {sha.upper(): path for path, _, sha in found if sha}
     if not offline:
         _ask_civitai([sha for path, _, sha in found if path.is_file()], db, result)
-    reader = _reader(db)
+    from crawler import registry
+
+    reader = registry.open_reader_if_any(db)
     try:
         for path, probed, sha in found:
             result.checkpoints.append(_pair(path, probed, sha, local, reader))
@@ -297,24 +296,12 @@ def _rotational(path: Path) -> bool:
     return False
 
 
-def _reader(db):
-    from crawler import registry
-
-    try:
-        return registry.open_reader(db)
-    except registry.NoRegistry:
-        return None
-
-
 def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
     """Hashes the registry does not know, asked of Civitai in batches; what it knows goes into the registry."""
     from crawler import civitai, registry
     from crawler.http import CrawlError
 
-    try:
-        reader = registry.open_reader(db)
-    except registry.NoRegistry:
-        reader = None
+    reader = registry.open_reader_if_any(db)
     try:
         unknown = [h for h in hashes if reader is None or not reader.by_hash(h, "sha256")]
     finally:

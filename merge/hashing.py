@@ -35,7 +35,8 @@ def cache_dirs() -> list[Path]:
     return [Path(configured), default] if configured and Path(configured) != default else [default]
 
 
-def _key(path: Path) -> tuple[str, str]:
+def file_stamp(path: Path) -> tuple[str, str]:
+    """(absolute path, "size:mtime_ns"): what a cached fact about a file is keyed by."""
     st = path.stat()
     return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
 
@@ -69,7 +70,7 @@ def _valid(entry) -> bool:
 
 
 def cached(path: str | os.PathLike) -> FileHashes | None:
-    name, stamp = _key(Path(path))
+    name, stamp = file_stamp(Path(path))
     for folder in cache_dirs():
         entry = _load(folder / "hashes.json").get(name)
         if _valid(entry) and entry.get("stamp") == stamp:
@@ -79,7 +80,7 @@ def cached(path: str | os.PathLike) -> FileHashes | None:
 
 def _store(path: Path, hashes: FileHashes) -> str | None:
     """Cache ``hashes``; returns a warning when no cache folder could be written (the hashes are still good)."""
-    name, stamp = _key(path)
+    name, stamp = file_stamp(path)
     problems = []
     with _lock:
         for folder in cache_dirs():

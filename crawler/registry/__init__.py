@@ -3,7 +3,8 @@ or PostgreSQL (a team's shared registry).
 
 - ``connect(db)``: an SQLAlchemy engine for commands that write (created where missing, upgraded where old);
 - ``connect_read_only(db)``: for commands that only read (never created, never altered);
-- ``open_reader(db)``: `lookup`'s fast reader over the plain driver (no SQLAlchemy import);
+- ``open_reader(db)``: `lookup`'s fast reader over the plain driver (no SQLAlchemy import); ``open_reader_if_any``
+  gives None where there is no registry yet;
 - the modules beside this one hold the queries: ``pages`` (a crawl page), ``runs`` (crawl runs and locks),
   ``links``, ``lineage``, ``officials``, ``stats`` (what `status` shows), ``reader``.
 
@@ -42,6 +43,14 @@ def open_reader(db=None):
     from crawler.registry.reader import open_reader
 
     return open_reader(db)
+
+
+def open_reader_if_any(db=None):
+    """``open_reader(db)``, or None where there is no registry yet (the callers that answer without one)."""
+    try:
+        return open_reader(db)
+    except NoRegistry:
+        return None
 
 
 def describe_error(exc: BaseException, db=None) -> RegistryError | None:
