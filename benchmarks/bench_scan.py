@@ -154,13 +154,10 @@ def run(base: Path, n: int, repeat: int) -> None:
 
 
 def _evict(files: list[Path]) -> None:
-    os.sync()
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    from benchmarks.bench_merge import evict
+
+    os.sync()  # dirty pages cannot be dropped
+    evict(files)
 
 
 def first_scan(folder: Path) -> None:

@@ -67,14 +67,15 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
     """  # noqa: D301
     from advisor import render, schedule
     from advisor.output import out, print_json
-    from crawler import health, registry
+    from crawler import registry
+    from crawler.registry.stats import source_runs
 
     try:
         shown = schedule.show(backend)
     except schedule.ScheduleError as exc:
         raise _fail(exc, as_json) from None
     try:
-        last = health.check(registry.connect_read_only(db), timedelta(days=3650)).sources
+        last = source_runs(registry.connect_read_only(db))
     except Exception:  # noqa: BLE001 - no registry (yet): the schedule is still worth showing
         last = []
     if as_json:
