@@ -146,7 +146,7 @@ def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:
         return None
     if not isinstance(hit, str):
         return None
-    if sha256 and hashing.file_hashes(hit).sha256.upper() != sha256.upper():
+    if sha256 and hashing.file_hashes(hit, autov3=False).sha256.upper() != sha256.upper():
         return None
     return Path(hit)
 
@@ -213,7 +213,7 @@ def _local(role: str, path: str | os.PathLike) -> _Need:
     p = Path(path).expanduser()
     if not p.exists():
         raise BuildError(f"{role}: no such file or folder: {p}", "bad-input", 2)
-    identity = hashing.file_hashes(p).sha256 if p.is_file() else hashing.folder_identity(p)
+    identity = hashing.file_hashes(p, autov3=False).sha256 if p.is_file() else hashing.folder_identity(p)
     return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
 
 
@@ -390,7 +390,7 @@ def _fetch_instead(found: LookupResult, reader, out_dir: Path, dry_run: bool, of
 def _output(path: Path) -> Output:
     if path.is_dir():
         return Output(str(path.resolve()), sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), "")
-    return Output(str(path.resolve()), path.stat().st_size, hashing.file_hashes(path).sha256)
+    return Output(str(path.resolve()), path.stat().st_size, hashing.file_hashes(path, autov3=False).sha256)
 
 
 def _check_space(folder: Path, needed: int) -> None:

@@ -250,7 +250,7 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
         progress(done[0], len(files))
 
     def identity(path: Path) -> str:
-        sha = hashing.file_hashes(path).sha256 if path.is_file() else hashing.folder_identity(path)
+        sha = hashing.file_hashes(path, autov3=False).sha256 if path.is_file() else hashing.folder_identity(path)
         done[0] += 1
         if progress:
             progress(done[0], len(files))

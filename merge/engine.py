@@ -132,7 +132,7 @@ def run_merge(
     def hash_all():
         for i, (role, src) in enumerate(zip("abc", (plan.a, plan.b, plan.c), strict=True), start=1):
             recorded = plan.recorded.get(role)
-            hashes[i] = recorded[1] if recorded else hashing.file_hashes(src.files()[0]).sha256
+            hashes[i] = recorded[1] if recorded else hashing.file_hashes(src.files()[0], autov3=False).sha256
 
     hasher = threading.Thread(target=hash_all, daemon=True, name="merge-hash") if hash_inputs else None
     if hasher:

@@ -25,6 +25,9 @@ class FileHashes:
     autov2: str
     autov1: str | None
     autov3: str | None
+    # False when the file was hashed without AutoV3's second pass (scan and build need only SHA256): the
+    # AutoV3 of such an entry is unknown, not absent.
+    data_pass: bool = True
 
 
 def cache_dirs() -> list[Path]:
@@ -41,7 +44,7 @@ def file_stamp(path: Path) -> tuple[str, str]:
     return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
 
 
-_FIELDS = ("sha256", "autov2", "autov1", "autov3")
+_FIELDS = ("sha256", "autov2", "autov1", "autov3", "data_pass")
 
 
 _loaded: dict[Path, tuple[tuple[int, int], dict]] = {}  # cache file -> (its size and mtime, its entries)
@@ -66,15 +69,17 @@ def _load(target: Path) -> dict:
 
 def _valid(entry) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("autov2"), str) \
-        and all(entry.get(k) is None or isinstance(entry.get(k), str) for k in ("autov1", "autov3"))  # fmt: skip
+        and all(entry.get(k) is None or isinstance(entry.get(k), str) for k in ("autov1", "autov3")) \
+        and isinstance(entry.get("data_pass", True), bool)  # fmt: skip
 
 
-def cached(path: str | os.PathLike) -> FileHashes | None:
+def cached(path: str | os.PathLike, *, autov3: bool = True) -> FileHashes | None:
+    """The cached hashes of ``path`` while it is unchanged; with ``autov3``, only an entry that has AutoV3."""
     name, stamp = file_stamp(Path(path))
     for folder in cache_dirs():
         entry = _load(folder / "hashes.json").get(name)
-        if _valid(entry) and entry.get("stamp") == stamp:
-            return FileHashes(**{k: entry.get(k) for k in _FIELDS})
+        if _valid(entry) and entry.get("stamp") == stamp and (entry.get("data_pass", True) or not autov3):
+            return FileHashes(**{k: entry.get(k, True) for k in _FIELDS})
     return None
 
 
@@ -110,7 +115,8 @@ class StreamHasher:
 
     _AUTOV1 = (0x100000, 0x110000)  # the 64 KiB AutoV1 hashes
 
-    def __init__(self):
+    def __init__(self, *, autov3: bool = True):
+        self.autov3 = autov3
         self._full = hashlib.sha256()
         self._data = hashlib.sha256()  # a safetensors file's tensor data (AutoV3)
         self._v1 = hashlib.sha256()
@@ -144,20 +150,21 @@ class StreamHasher:
 
     def update_data(self, chunk: memoryview, pos: int) -> None:
         """AutoV3: the tensor data after a safetensors header."""
-        if self._start is not None and pos + len(chunk) > self._start:
+        if self.autov3 and self._start is not None and pos + len(chunk) > self._start:
             self._data.update(chunk[max(0, self._start - pos) :])
 
     def result(self) -> FileHashes:
         sha = self._full.hexdigest().upper()
         autov1 = self._v1.hexdigest()[:8].upper() if self._pos >= self._AUTOV1[1] else None
-        autov3 = self._data.hexdigest()[:12].upper() if self._start is not None else None
-        return FileHashes(sha, sha[:10], autov1, autov3)
+        autov3 = self._data.hexdigest()[:12].upper() if self.autov3 and self._start is not None else None
+        return FileHashes(sha, sha[:10], autov1, autov3, self.autov3)
 
 
 class BackgroundHasher:
     """A StreamHasher fed from other threads, so that hashing overlaps whatever produces the chunks (a
     download's network reads, a file's disk reads): one thread for SHA256/AutoV1, one for AutoV3's pass over
-    the tensor data, so that two cores together hash at about the speed of one pass. Chunks must not change
+    the tensor data (when the inner hasher wants AutoV3), so that two cores together hash at about the speed of
+one pass. Chunks must not change
     after ``update`` (bytes do not). ``close`` ends the threads when the stream fails."""
 
     _END = object()
@@ -166,10 +173,10 @@ class BackgroundHasher:
         import queue
 
         self._inner = inner or StreamHasher()
-        self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth), queue.Queue(maxsize=depth)]  # bounded
+        passes = [self._inner.update_full] + ([self._inner.update_data] if self._inner.autov3 else [])
+        self._queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in passes]  # bounded
         self._threads = [threading.Thread(target=self._run, args=(q, work), daemon=True, name="stream-hash")
-                         for q, work in zip(self._queues, (self._inner.update_full, self._inner.update_data),
-                                            strict=True)]  # fmt: skip
+                         for q, work in zip(self._queues, passes, strict=True)]  # fmt: skip
         for t in self._threads:
             t.start()
 
@@ -199,7 +206,7 @@ def folder_identity(folder: str | os.PathLike) -> str:
     """A diffusers folder's identity: the SHA256 of its weight files' names and SHA256s (each cached)."""
     folder = Path(folder)
     files = sorted(f for f in folder.rglob("*.safetensors") if f.is_file())
-    lines = [f"{f.relative_to(folder)}:{file_hashes(f).sha256}" for f in files]
+    lines = [f"{f.relative_to(folder)}:{file_hashes(f, autov3=False).sha256}" for f in files]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest().upper()
 
 
@@ -208,13 +215,15 @@ def remember(path: str | os.PathLike, hashes: FileHashes) -> str | None:
     return _store(Path(path), hashes)
 
 
-def file_hashes(path: str | os.PathLike, *, use_cache: bool = True, progress=None, warn=None) -> FileHashes:
-    """``progress(nbytes)`` is called after each chunk (for a progress bar); ``warn(message)`` hears of a cache
-    that could not be written."""
+def file_hashes(path: str | os.PathLike, *, autov3: bool = True, use_cache: bool = True, progress=None,
+                warn=None) -> FileHashes:  # fmt: skip
+    """``autov3=False`` skips AutoV3's second pass over the data (what needs only SHA256: one pass hashes at
+    the disk's speed where two would be bound by the cores); ``progress(nbytes)`` is called after each chunk
+    (for a progress bar); ``warn(message)`` hears of a cache that could not be written."""
     path = Path(path)
-    if use_cache and (hit := cached(path)) is not None:
+    if use_cache and (hit := cached(path, autov3=autov3)) is not None:
         return hit
-    hasher = BackgroundHasher()  # the disk reads the next chunks while a core hashes these
+    hasher = BackgroundHasher(StreamHasher(autov3=autov3))  # the disk reads the next chunks while a core hashes
     try:
         with open(path, "rb", buffering=0) as f:
             while chunk := f.read(CHUNK):

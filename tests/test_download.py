@@ -207,3 +207,23 @@ def test_hashes_fed_from_a_thread_equal_the_file_hashes(tmp_path):
     for i in range(0, len(blob), 65537):
         h.update(blob[i : i + 65537])
     assert h.result() == hashing.file_hashes(tmp_path / "f.safetensors", use_cache=False)
+
+
+def test_a_sha256_only_hash_is_one_pass_and_a_later_full_hash_adds_autov3(tmp_path, monkeypatch):
+    import random
+
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    data = random.Random(4).randbytes(2 * 2**20 + 5)
+    header = b'{"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}'
+    f = tmp_path / "f.safetensors"
+    f.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    passes = []
+    real = hashing.StreamHasher.update_data
+    monkeypatch.setattr(hashing.StreamHasher, "update_data", lambda s, c, p: passes.append(s.autov3) or real(s, c, p))
+    quick = hashing.file_hashes(f, autov3=False)
+    assert passes == []  # no data pass ran
+    assert quick.autov3 is None and not quick.data_pass
+    assert hashing.cached(f) is None and hashing.cached(f, autov3=False) == quick  # unknown AutoV3 is no hit
+    full = hashing.file_hashes(f)
+    assert full.sha256 == quick.sha256 and full.autov3 is not None and full.data_pass
+    assert hashing.file_hashes(f, autov3=False) == full == hashing.cached(f)  # the fuller entry serves both
