@@ -45,9 +45,10 @@ class BatchResult:
 
 
 def todo(scans: list[ScanResult], *, family: str | None = None, limit: int | None = None) -> list[str]:
-    """The scanned checkpoints whose partner still has to be fetched or built."""
+    """The scanned checkpoints whose partner still has to be fetched or built (built too where a route ranks
+    first: a batch build is asked for)."""
     paths = [c.path for r in scans for c in r.checkpoints if c.partner is not None
-             and c.partner.kind in NEEDS_WORK and (family is None or c.family == family)]
+             and (c.partner.kind in NEEDS_WORK or c.partner.buildable) and (family is None or c.family == family)]
     return paths[:limit] if limit is not None else paths
 
 

@@ -433,6 +433,10 @@ def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier
         b = _registry_file("B", reader, match.model_id, match.version_id)
     key = _recipe_key(a, b, c, multiplier, dtype)
     result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
+    top = found.recommendation
+    if top.route is not None:  # built as asked; the advice says where a route does better
+        result.warnings.append(f"{top.reason.split(':', 1)[0]} ranks above a merge for this model ({top.kind}); "
+                               "building as asked.")  # fmt: skip
     result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
                             n.source.size if n.source else None, _state(n)) for n in (a, b, c)]  # fmt: skip
     engine = None

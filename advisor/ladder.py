@@ -1,12 +1,15 @@
 """The recommendation ladder (the article's advice, most specific first):
 
 already an inpainting model -> its own inpainting release -> a sibling inpainting model by the same creator ->
-the official inpainting checkpoint of its family -> a custom build by add-difference -> no inpainting route.
+then, weighed together for the model's family and markers (advisor.routes, data/routes.json): the official
+inpainting checkpoint, a custom build by add-difference, and the routes that need no inpainting checkpoint
+(the Fooocus patch, ControlNets, adapters, fill models, sampler methods) -> no inpainting route.
 """
 
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from advisor import routes
 from advisor.commands import Command, EnvRef
 from advisor.safety import safe_filename
 from crawler import families
@@ -33,13 +36,18 @@ class Target:
 
 @dataclass
 class Recommendation:
-    kind: str  # built | already-inpainting | own-release | sibling-release | official | build | none
+    # built | already-inpainting | own-release | sibling-release | official | build | none, or a route's kind
+    # (routes.KINDS: patch | controlnet | adapter | fill-model | sampler)
+    kind: str
     reason: str
     target: Target | None = None
     command: Command | None = None
     evidence: list[str] = field(default_factory=list)
     downloads: list[Command] = field(default_factory=list)  # what to fetch before ``command`` (a build's A, B, C)
     for_your_version: bool = False  # a release made for the version asked about (build downloads it, no merge)
+    how: list[str] = field(default_factory=list)  # "UI: the node, extension or pipeline to use it with"
+    score: int | None = None  # the weighing of official, build and routes (None: pinned above them)
+    route: str | None = None  # the route's id in data/routes.json
 
 
 @dataclass
@@ -243,6 +251,9 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         else:
             alternatives.append(r)
 
+    marks = routes.markers_of(" ".join(x for x in (subject.name, subject.version_name) if x), subject.base_model,
+                              subject.prediction, subject.family)  # fmt: skip
+    weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:
         target = _hf_target(official, "inpaint", checks, warnings)
@@ -260,29 +271,63 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         if "v_pred" in subject.prediction:
             warnings.append("Your model predicts v (v_pred marker): the official inpainting model predicts epsilon; "
                             "the merge keeps your markers, test the result.")  # fmt: skip
-        # A Pony/Illustrious/NoobAI fine-tune is far from SDXL base: building keeps what makes it itself.
-        ranked = [build, off] if approx and build else [off, build]
-        for r in ranked:
-            if r is None:
-                continue
-            if rec is None:
-                rec = r
-            else:
-                alternatives.append(r)
+        for r in (off, build):
+            if r is not None:
+                r.score, penalties = routes.checkpoint_weight(r.kind, subject.family, marks)
+                r.evidence += [f"weighed down: {p}" for p in penalties]
+                r.how = [routes.checkpoint_how(official["id"])]
+                weighed.append(r)
+    route_checks = registry.route_checks() if registry else {}
+    weighed += [_route_recommendation(route, route_checks) for route in routes.routes_for(subject.family, marks)]
+    weighed.sort(key=lambda r: -r.score)  # stable: on a tie, the official model, a build, then the data's order
+    if rec is None and weighed and weighed[0].route is not None and own_fam:
+        beaten = [_CHECKPOINT_NAMES[r.kind] for r in weighed[1:] if r.route is None]
+        if beaten:
+            weighed[0].reason += f" For {own_fam['name']} models it usually inpaints better than {' or '.join(beaten)}."
+    for r in weighed:
+        if rec is None:
+            rec = r
+        else:
+            alternatives.append(r)
     if rec is None:
-        extra = (own_fam or {}).get("alternatives", []) + (load_alternatives() if own_fam else [])
         if own_fam:
-            reason = f"{own_fam['name']} has no official inpainting model and no merge recipe applies."
+            reason = f"{own_fam['name']} has no official inpainting model, no merge recipe and no known route."
         else:
             reason = f"The base model {subject.base_model or 'of this model'} is unknown to inpaint-advisor."
-        rec = Recommendation("none", reason, evidence=[f"alternative: {x}" for x in extra])
+        rec = Recommendation("none", reason)
     return rec, alternatives, warnings
 
 
-def load_alternatives() -> list[str]:
-    from data import load
+_CHECKPOINT_NAMES = {"official": "the official inpainting model", "build": "an add-difference build"}
 
-    return load("families").get("alternatives", [])
+
+def _route_recommendation(route: routes.Route, checks: dict) -> Recommendation:
+    """A route as a recommendation: its first Hub file as the target, every file as a download."""
+    evidence = [f"known trouble: {r}" for r in route.reasons]
+    target = Target(name=route.name, source="method", url=route.sources[0] if route.sources else None)
+    if route.files:
+        first = route.files[0]
+        state = checks.get((first.repo, first.file))
+        target = Target(name=f"{first.repo} / {first.file}", source="hf", repo=first.repo, file=first.file,
+                        size=first.size or (state.size if state else None),
+                        sha256=first.sha256 or (state.sha256 if state else None), url=f"{HF}/{first.repo}",
+                        download_url=f"{HF}/{first.repo}/resolve/main/{quote(first.file)}")  # fmt: skip
+        for f in route.files:
+            state = checks.get((f.repo, f.file))
+            if state is not None and not (state.alive and state.file_found):
+                evidence.append(f"{f.repo}/{f.file} was not on the Hub when checked on {state.checked_at[:10]} "
+                                f"({state.detail})")  # fmt: skip
+    elif route.where:
+        evidence.append(f"weights: {route.where}")
+    if route.gated:
+        evidence.append("gated: accept the licence on its Hub page; downloads need HF_TOKEN")
+    if route.licence:
+        evidence.append(f"licence: {route.licence}")
+    evidence += [f"source: {u}" for u in route.sources]
+    downloads = [Command(["hf", "download", "--local-dir", ".", "--", f.repo, f.file], f"download {f.file}")
+                 for f in route.files]  # fmt: skip
+    return Recommendation(route.kind, f"{route.name}: {route.summary}.", target, None, evidence, downloads,
+                          how=route.how, score=route.score, route=route.id)  # fmt: skip
 
 
 def choose_version(versions: list, version_id: str | None, hint: str | None):

@@ -93,6 +93,8 @@ def hf_crawl_summary(console: Console, s: "HfCrawlSummary") -> None:
             ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
     notes = [line(("official mirrors gone", "yellow"), " (recommendations moved to a live mirror): ",
                   ", ".join(s.officials_dead))] if s.officials_dead else []  # fmt: skip
+    if s.route_files_missing:
+        notes.append(line(("route files gone from the Hub", "yellow"), ": ", ", ".join(s.route_files_missing)))
     _crawl_report(console, s, rows, notes)
 
 
@@ -186,7 +188,13 @@ _KIND_TITLE = {
     "official": "Use the official inpainting model",
     "build": "Build an inpainting version",
     "none": "No inpainting route",
+    "patch": "Patch your model",
+    "controlnet": "Use an inpainting ControlNet",
+    "adapter": "Use an inpainting adapter",
+    "fill-model": "Use a fill / edit model",
+    "sampler": "Inpaint with your model itself",
 }
+ROUTES_SHOWN = 2  # routes beside the answer in the panel view; --json lists them all
 
 
 def _command_line(command, prompt: str = "$ ") -> Text:
@@ -203,7 +211,11 @@ def _rec_lines(rec, full: bool) -> list:
         for label, value in facts:
             if value:
                 lines.append(line((f"{label:>9} ", "dim"), value))
-    for download in rec.downloads if full else []:
+    if not full and rec.route is not None:  # a route's panel beside the answer: its trouble, where, and how
+        lines += [t(f"  · {ev}", "dim") for ev in rec.evidence if ev.startswith("known trouble")]
+    for how in rec.how if full else rec.how[:2] if rec.route is not None else []:
+        lines.append(line(("  how: ", "dim"), how))
+    for download in rec.downloads if full or rec.route is not None else []:
         lines.append(_command_line(download, f"{download.label}: $ "))
     if rec.command:
         lines.append(_command_line(rec.command))
@@ -237,9 +249,16 @@ def lookup_result(console: Console, r) -> None:
     body = [head, Text(""), *_rec_lines(rec, True)]
     color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
     console.print(Panel(Group(*body), title=_KIND_TITLE[rec.kind], title_align="left", border_style=color))
+    shown_routes = 0
     for alt in r.alternatives:  # compact: the reason and the command; --json has every detail
+        if alt.route is not None:
+            shown_routes += 1
+            if shown_routes > ROUTES_SHOWN:
+                continue
         console.print(Panel(Group(*_rec_lines(alt, False)), title="Alternative: " + _KIND_TITLE[alt.kind],
                             title_align="left", border_style="dim"))  # fmt: skip
+    if shown_routes > ROUTES_SHOWN:
+        console.print(t(f"{shown_routes - ROUTES_SHOWN} more routes: --json lists them with how to use each", "dim"))
     for w in r.warnings:
         console.print(line(("warning: ", "yellow"), w))
 

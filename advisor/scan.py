@@ -34,11 +34,12 @@ MODELS_FOLDERS = {"Stable-diffusion": "a1111", "Stable-Diffusion": "swarmui", "c
 
 @dataclass
 class Partner:
-    kind: str  # local | built | already-inpainting | own-release | sibling-release | official | build | none
+    kind: str  # local | built | already-inpainting | lookup's kinds (own-release, ..., build, a route's kind, none)
     reason: str
     path: str | None = None  # when it is on disk
     target: object | None = None
     command: object | None = None
+    buildable: bool = False  # a route ranks first, but an add-difference build is possible too (and made if asked)
 
 
 @dataclass
@@ -345,4 +346,7 @@ def _pair(path: Path, probed: ProbeResult, sha, local: dict[str, Path], reader) 
         partner = Partner("built", rec.reason, target.file, target, None)
     else:
         partner = Partner(rec.kind, rec.reason, None, target, rec.command)
+        if rec.route is not None and any(alt.kind == "build" for alt in answer.alternatives):
+            partner.buildable = True
+            partner.reason += " It ranks above a merge for this family; a build is still possible."
     return ScannedCheckpoint(str(path), family, variant, sha, answer.match, partner)

@@ -252,6 +252,7 @@ class HfCrawlSummary(runs.RunSummary):
     requests: int = 0
     officials_alive: int = 0
     officials_dead: list[str] = field(default_factory=list)
+    route_files_missing: list[str] = field(default_factory=list)  # route files (data/routes.json) gone from the Hub
     same_files: int = 0
 
 
@@ -343,6 +344,8 @@ def crawl(
             checks = officials.check_all(engine, hub)
             summary.officials_alive = sum(c.alive and c.matches for c in checks)
             summary.officials_dead = sorted({c.repo for c in checks if not c.alive})
+            route_checks = officials.check_routes(engine, hub)
+            summary.route_files_missing = sorted(f"{c.repo}/{c.file}" for c in route_checks if not c.file_found)
         resolve_lineage(engine)
         summary.same_files = link_same_files(engine)
         summary.new_links = links.link_sibling_models(engine)

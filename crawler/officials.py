@@ -11,7 +11,7 @@ from crawler.hf_inspect import blobs_of
 from crawler.http import ApiError
 from crawler.hub import Hub, RepoUnavailable
 from crawler.registry import officials, runs
-from crawler.registry.schema import OfficialCheck
+from crawler.registry.schema import OfficialCheck, RouteCheck
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -31,13 +31,17 @@ def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Off
         return check(alive=False, detail=f"HTTP {exc.status}: {exc.reason}")
     except ApiError:
         return None
-    sizes, hashes = blobs_of(info)
-    names = {s.rfilename for s in info.siblings or []}
     if wanted is None:  # a diffusers repo recommended as a whole
-        found = "model_index.json" in names
+        found = "model_index.json" in {s.rfilename for s in info.siblings or []}
         return check(alive=True, file_found=found, matches=found,
                      detail="diffusers folder present" if found else "no model_index.json")  # fmt: skip
-    found = wanted in names
+    return check(alive=True, **_file_facts(info, wanted, spec))
+
+
+def _file_facts(info, wanted: str, spec: dict) -> dict:
+    """Is ``wanted`` in the repo the Hub described, with the size and sha256 ``spec`` expects (where it says)?"""
+    sizes, hashes = blobs_of(info)
+    found = wanted in {s.rfilename for s in info.siblings or []}
     size, sha = sizes.get(wanted), (hashes.get(wanted) or "").lower() or None
     problems = []
     if not found:
@@ -46,11 +50,10 @@ def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Off
         problems.append(f"size {size:,} B, expected {spec['size']:,} B")
     if found and spec.get("sha256") and sha and sha != spec["sha256"].lower():
         problems.append(f"sha256 {sha[:12]}…, expected {spec['sha256'][:12]}…")
-    detail = "; ".join(problems) or "file, size and sha256 as expected"
-    gated = getattr(info, "gated", False)
-    if gated:
+    detail = "; ".join(problems) or ("file, size and sha256 as expected" if spec.get("sha256") else "file present")
+    if getattr(info, "gated", False):
         detail += " (gated: accept the licence on the Hub)"
-    return check(alive=True, file_found=found, size=size, sha256=sha, matches=found and not problems, detail=detail)
+    return {"file_found": found, "size": size, "sha256": sha, "matches": found and not problems, "detail": detail}
 
 
 def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
@@ -63,4 +66,33 @@ def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
                 if check is not None:
                     checks.append(check)
     officials.save_checks(engine, checks)
+    return checks
+
+
+def check_routes(engine: Engine, hub: Hub) -> list[RouteCheck]:
+    """The same check for every Hub file of the inpainting routes (data/routes.json), one Hub call per repo."""
+    from data import load
+
+    infos: dict[str, object] = {}
+    checks = []
+    for route in load("routes")["routes"]:
+        for spec in route["files"]:
+            repo, wanted = spec["repo"], spec["file"]
+            if repo not in infos:
+                try:
+                    infos[repo] = hub.model_info(repo, files_metadata=True)
+                except RepoUnavailable as exc:
+                    infos[repo] = exc
+                except ApiError:
+                    infos[repo] = None  # not asked: the previous check stays
+            info = infos[repo]
+            if isinstance(info, RepoUnavailable):
+                found = {"alive": False, "detail": f"HTTP {info.status}: {info.reason}"}
+            elif info is not None:
+                found = {"alive": True, **_file_facts(info, wanted, spec)}
+            else:
+                continue
+            checks.append(RouteCheck(id=f"{route['id']}:{repo}/{wanted}", route=route["id"], repo=repo, file=wanted,
+                                     checked_at=runs.utcnow(), **found))  # fmt: skip
+    officials.save_route_checks(engine, checks)
     return checks

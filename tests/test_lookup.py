@@ -115,7 +115,8 @@ def test_ladder_builds_for_pony_with_a_quality_warning(registry):
     assert option(r.recommendation.command, "--inpaint") == "stable-diffusion-xl-1.0-inpainting-0.1/"
     assert any("lower quality" in w for w in r.warnings)
     assert any("fp16-fix VAE" in e for e in r.recommendation.evidence)
-    assert r.alternatives[0].kind == "official"
+    kinds = [a.kind for a in r.alternatives]
+    assert "official" in kinds and kinds.index("official") > kinds.index("sampler")  # SDXL's model: far for Pony
 
 
 def test_ladder_already_inpainting_and_none(registry):
@@ -127,10 +128,11 @@ def test_ladder_already_inpainting_and_none(registry):
 def test_families_and_base_repos_answer_without_a_registry(tmp_path):
     empty = str(tmp_path / "none.db")
     r = lookup("SDXL 1.0", db=empty, offline=True)
-    assert r.match.source == "family" and r.recommendation.kind == "official"
-    assert r.recommendation.target.repo == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
-    sd3 = lookup("SD 3.5 Large", db=empty, offline=True).recommendation
-    assert sd3.kind == "none" and any("SD3-Controlnet-Inpainting" in e for e in sd3.evidence)
+    assert r.match.source == "family" and r.recommendation.kind == "patch"  # SDXL: the Fooocus patch first
+    official = next(a for a in r.alternatives if a.kind == "official")
+    assert official.target.repo == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    sd3 = lookup("SD 3.5 Large", db=empty, offline=True).recommendation  # no inpainting checkpoint: a route
+    assert sd3.kind == "controlnet" and sd3.target.repo == "alimama-creative/SD3-Controlnet-Inpainting"
     hf = lookup("https://huggingface.co/stabilityai/stable-diffusion-2-1", db=empty, offline=True)
     assert hf.match.family == "sd2-768" and any("v-prediction" in w for w in hf.warnings)
     flux = lookup("Flux.1 D", db=empty, offline=True).recommendation
@@ -143,7 +145,7 @@ def test_local_file_is_classified_and_gets_a_build_command(tmp_path, registry):
     write_checkpoint(f, "sdxl", "normal", 5)
     r = ask(str(f), registry)
     assert r.match.source == "file" and r.match.family == "sdxl"
-    assert r.recommendation.kind == "official"
+    assert r.recommendation.kind == "patch"
     build = next(a for a in r.alternatives if a.kind == "build")
     assert option(build.command, "--model") == str(f)
     assert option(build.command, "--out") == "myToon_v2-inpainting.safetensors"

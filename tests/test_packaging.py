@@ -19,7 +19,7 @@ def test_wheel_carries_data_and_answers_from_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(site)
-    assert {"data/families.json", "data/hf_crawl.json"} <= set(names)
+    assert {"data/families.json", "data/hf_crawl.json", "data/routes.json"} <= set(names)
     assert {n.split("/")[0] for n in names} >= {"advisor", "crawler", "merge", "data"}
     if sys.platform.startswith("linux") and platform.machine() == "x86_64" and shutil.which("cc"):
         assert any(n.startswith("merge/_fused.") and n.endswith(".so") for n in names)  # the merge's C loop
@@ -29,6 +29,6 @@ def test_wheel_carries_data_and_answers_from_outside_the_checkout(tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert answer["match"]["family"] == "sdxl" and answer["recommendation"]["kind"] == "official"
+    assert answer["match"]["family"] == "sdxl" and answer["recommendation"]["kind"] == "patch"
     assert "site" in subprocess.run([sys.executable, "-c", "import data; print(data.__file__)"], capture_output=True,
                                     text=True, env=env, cwd=tmp_path).stdout  # fmt: skip

@@ -144,7 +144,9 @@ def test_a_comfyui_install_with_extra_model_paths(tmp_path, monkeypatch):
     assert result["layout"] == "comfyui"
     families = {os.path.basename(c["path"]): c["family"] for c in result["checkpoints"]}
     assert families == {"xl.safetensors": "sdxl", "shared.safetensors": "sd1"}
-    assert all(c["partner"]["kind"] in ("official", "build") for c in result["checkpoints"])
+    partners = {os.path.basename(c["path"]): c["partner"] for c in result["checkpoints"]}
+    assert partners["shared.safetensors"]["kind"] == "official"
+    assert partners["xl.safetensors"]["kind"] == "patch" and partners["xl.safetensors"]["buildable"]
 
 
 def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):

@@ -109,6 +109,11 @@ def m005_model_downloads(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE model ADD COLUMN downloads BIGINT DEFAULT '0' NOT NULL")
 
 
+def m006_route_checks(conn: Connection) -> None:
+    """What the Hub crawl found for the inpainting routes' files (the routecheck table)."""
+    SQLModel.metadata.create_all(conn, tables=[schema.RouteCheck.__table__])
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -122,6 +127,7 @@ MIGRATIONS = [
     Migration(3, "PostgreSQL trigram name index", m003_postgresql_name_search),
     Migration(4, "built and fetched checkpoints (artifact)", m004_artifacts),
     Migration(5, "model download counts", m005_model_downloads),
+    Migration(6, "route file checks", m006_route_checks),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

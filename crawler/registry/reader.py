@@ -83,6 +83,17 @@ class OfficialState:
     detail: str
 
 
+@dataclass
+class RouteFileState:
+    alive: bool
+    file_found: bool
+    size: int | None
+    sha256: str | None
+    matches: bool
+    checked_at: str
+    detail: str
+
+
 MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
 
 
@@ -145,6 +156,16 @@ class Reader:
         """Mirror repo -> what the last Hugging Face crawl found there."""
         rows = self.rows("SELECT repo, alive, matches, checked_at, detail FROM officialcheck")
         return {r[0]: OfficialState(bool(r[1]), bool(r[2]), _text_time(r[3]), r[4]) for r in rows}
+
+    def route_checks(self) -> dict[tuple[str, str], RouteFileState]:
+        """(repo, file) -> what the last Hugging Face crawl found for that route file; empty before the first
+        crawl (and on a registry older than migration 6, read-only)."""
+        if self.state.version < 6:  # read-only opens do not migrate
+            return {}
+        rows = self.rows("SELECT repo, file, alive, file_found, size, sha256, matches, checked_at, detail "
+                         "FROM routecheck")  # fmt: skip
+        return {(r[0], r[1]): RouteFileState(bool(r[2]), bool(r[3]), r[4], r[5], bool(r[6]), _text_time(r[7]), r[8])
+                for r in rows}  # fmt: skip
 
     def same_files(self, model_id: str) -> list[tuple[str, str, str]]:
         """(other model id, its version id, sha256) for each file published on both sources."""

@@ -128,6 +128,22 @@ class OfficialCheck(SQLModel, table=True):
     checked_at: datetime
 
 
+class RouteCheck(SQLModel, table=True):
+    """What the last Hugging Face crawl found for each Hub file of an inpainting route in data/routes.json."""
+
+    id: str = Field(primary_key=True)  # "<route>:<repo>/<file>"
+    route: str
+    repo: str
+    file: str
+    alive: bool = False
+    file_found: bool = False
+    size: int | None = Field(default=None, sa_type=BigInteger)
+    sha256: str | None = None
+    matches: bool = False
+    detail: str = ""
+    checked_at: datetime
+
+
 class CrawlRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(foreign_key="source.id", index=True)
