@@ -447,3 +447,28 @@ def batch_result(console: Console, b) -> None:
     console.print(table)
     console.print(line(f"done {b.count('done')}, skipped {b.count('skipped')}, failed {b.count('failed')}"
                        + ("; run the same command again to retry what failed" if b.count("failed") else "")))
+
+
+def queued(console: Console, items) -> None:
+    for q in items:
+        state = f"job {q.job_id}"
+        if q.already:
+            state = f"already queued (job {q.job_id})" if q.job_id else "already queued"
+        console.print(line((f"{state}: ", "bold"), q.query))
+    if not items:
+        console.print(t("nothing to queue", "dim"))
+
+
+def jobs_table(console: Console, jobs) -> None:
+    if not jobs:
+        console.print(t("no jobs (queue builds with `inpaint-advisor build MODEL --enqueue`)", "dim"))
+        return
+    table = Table(box=None, padding=(0, 1))
+    for col in ("id", "task", "status", "runs", "what", "worker", "error"):
+        table.add_column(col, overflow="fold")
+    color = {"succeeded": "green", "failed": "red", "doing": "yellow", "cancelled": "dim"}
+    for j in jobs:
+        what = j.args.get("query") or (f"tick {j.args['timestamp']}" if "timestamp" in j.args else "")
+        table.add_row(str(j.id), j.task, t(j.status, color.get(j.status, "")), str(j.attempts), t(str(what)),
+                      t(j.worker or ""), t((j.error or "")[:200], "red"))  # fmt: skip
+    console.print(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 PACKAGES = ("advisor", "crawler", "merge", "data")
-DATABASE_LIBRARIES = ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg")
+DATABASE_LIBRARIES = ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg", "procrastinate")  # the queue too
 # who may import whom (a package always may import itself)
 ALLOWED = {"advisor": {"crawler", "merge", "data"}, "crawler": {"merge", "data"}, "merge": set(), "data": set()}
 

@@ -11,9 +11,10 @@ from advisor.cli.common import DbOption, JsonOption, die, die_for, run_batch_and
 
 @app.command()
 def build(
-    query: Annotated[str | None, typer.Argument(metavar="MODEL", show_default=False, help="Anything lookup "
-                                                "takes: a name, a Civitai URL, id or AIR, a Hugging Face repo, a "
-                                                "hash, or a local file.")] = None,
+    queries: Annotated[list[str] | None, typer.Argument(metavar="MODEL...", show_default=False, help="Anything "
+                                                        "lookup takes: a name, a Civitai URL, id or AIR, a Hugging "
+                                                        "Face repo, a hash, or a local file (several with "
+                                                        "--enqueue).")] = None,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the result goes.")] = Path("."),
     inpaint: Annotated[str | None, typer.Option("--inpaint", "-a", metavar="A",
                                                 help="Your own A (else the family's official one).")] = None,
@@ -34,6 +35,8 @@ def build(
                                                help="With --missing: at least N downloads.")] = 0,  # fmt: skip
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="K", help="With --missing: at most K models.")
                      ] = 20,  # fmt: skip
+    enqueue: Annotated[bool, typer.Option("--enqueue", help="Queue the build(s) for the team's workers instead "
+                                          "(a PostgreSQL registry; see `inpaint-advisor worker`).")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -52,6 +55,7 @@ def build(
       inpaint-advisor build ./myModel.safetensors --dry-run
       inpaint-advisor build myPony.safetensors -a sdxl-inpainting/ -c sd_xl_base_1.0.safetensors
       inpaint-advisor build --missing --family sd1 --min-downloads 10000 --limit 5 --out ~/inpainting
+      inpaint-advisor build civitai:4384 civitai:43331 --enqueue      # team mode: the workers build them
 
     Exit status: 0 the output exists and is verified, 1 it could not be made (or is unverified), 2 usage.
     """  # noqa: D301
@@ -64,14 +68,21 @@ def build(
     from advisor.output import USAGE, err, print_json
     from advisor.output import out as out_console
 
-    if missing or query is None:
-        if query is not None or not missing:
-            raise die("give a MODEL, or --missing for the registry's most downloaded models without one",
-                      code="usage", exit_code=2, as_json=as_json)  # fmt: skip
+    if missing == bool(queries):
+        raise die("give a MODEL, or --missing for the registry's most downloaded models without one",
+                  code="usage", exit_code=2, as_json=as_json)  # fmt: skip
+    if enqueue:
+        _enqueue(queries, missing, family, min_downloads, limit, db, as_json,
+                 dict(inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, force_build=force_build))
+        return
+    if missing:
         _build_missing(out, family, min_downloads, limit, dry_run, offline, db, as_json,
                        dict(inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, device=device,
                             force_build=force_build))  # fmt: skip
         return
+    if len(queries) > 1:
+        raise die("one MODEL at a time (several with --enqueue)", code="usage", exit_code=2, as_json=as_json)
+    query = queries[0]
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
@@ -119,3 +130,21 @@ def _build_missing(out: Path, family, min_downloads: int, limit: int, dry_run: b
     except registry.RegistryError as exc:
         raise die_for(exc, as_json=as_json) from None
     run_batch_and_report(queries, as_json=as_json, db=db, dry_run=dry_run, offline=offline, out=out, **options)
+
+
+def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db, as_json: bool, options: dict) -> None:
+    from advisor import render, team
+    from advisor.batch import missing as most_used_without_release
+    from advisor.cli.team import team_failure
+    from advisor.output import out, print_json
+
+    try:
+        if missing:
+            queries = most_used_without_release(db, family=family, min_downloads=min_downloads, limit=limit)
+        queued = team.enqueue(list(queries), db=db, **options)
+    except Exception as exc:
+        raise team_failure(exc, as_json) from None
+    if as_json:
+        print_json({"queued": queued})
+    else:
+        render.queued(out, queued)

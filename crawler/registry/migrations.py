@@ -114,6 +114,11 @@ def m006_route_checks(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[schema.RouteCheck.__table__])
 
 
+def m007_job_runs(conn: Connection) -> None:
+    """The last run of each team-mode build job: its worker and error (the jobrun table)."""
+    SQLModel.metadata.create_all(conn, tables=[schema.JobRun.__table__])
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -128,6 +133,7 @@ MIGRATIONS = [
     Migration(4, "built and fetched checkpoints (artifact)", m004_artifacts),
     Migration(5, "model download counts", m005_model_downloads),
     Migration(6, "route file checks", m006_route_checks),
+    Migration(7, "team-mode job runs", m007_job_runs),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

@@ -128,6 +128,17 @@ class OfficialCheck(SQLModel, table=True):
     checked_at: datetime
 
 
+class JobRun(SQLModel, table=True):
+    """The last run of each team-mode build job: which worker took it and how it last failed (procrastinate,
+    the queue, keeps neither a worker's name nor an error)."""
+
+    job_id: int = Field(primary_key=True, sa_type=BigInteger)
+    worker: str  # host:pid
+    attempt: int = 0
+    error: str | None = None
+    at: datetime
+
+
 class RouteCheck(SQLModel, table=True):
     """What the last Hugging Face crawl found for each Hub file of an inpainting route in data/routes.json."""
 
