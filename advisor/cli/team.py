@@ -38,7 +38,7 @@ def worker(
 
     Downloads go to this host's cache, outputs to --out, each recorded in the shared registry with this host's
     name. A worker that dies (SIGKILL, power) loses nothing: its job is queued again once its heartbeats stop
-    (about a minute), on any worker, and resumes its downloads where they are. A build that keeps failing
+    (within two minutes), on any worker, and resumes its downloads where they are. A build that keeps failing
     stops after 3 attempts; `inpaint-advisor jobs` shows its error.
 
     \b
