@@ -192,3 +192,13 @@ def test_four_workers_one_killed_9_mid_build_lose_nothing(team_world):
         assert hashlib.sha256(p.read_bytes()).hexdigest().upper() == recorded[str(p.resolve())].upper()
         with safe_open(str(p), "pt") as f:
             assert f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").shape[1] == 9
+
+
+def test_build_missing_enqueue_queues_the_most_used_models_without_a_release(team_world):
+    done = run_cli("build", "--missing", "--limit", "2", "--enqueue", "--json", env=team_world["env"])
+    queued = json.loads(done.stdout)["queued"]
+    assert done.returncode == 0 and len(queued) == 2 and all(q["job_id"] for q in queued)
+    assert {q["query"] for q in queued} <= set(team_world["queries"])
+    assert sorted(j.args["query"] for j in _build_jobs(team_world["db"])) == sorted(q["query"] for q in queued)
+    human = run_cli("build", "--missing", "--limit", "2", "--enqueue", env=team_world["env"]).stdout
+    assert human.count("already queued (job ") == 2  # the same builds: the same jobs
