@@ -283,15 +283,20 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     return result
 
 
-def _rotational(path: Path) -> bool:
-    """Whether ``path`` is on a spinning disk (Linux sysfs); False when it cannot be told."""
+VIRTUAL_DISKS = ("vd", "xvd")  # virtio and Xen block devices (a VM's disk)
+
+
+def _rotational(path: Path, sysfs: Path = Path("/sys")) -> bool:
+    """Whether ``path`` is on a spinning disk (Linux sysfs), where parallel reads would seek; False when it
+    cannot be told, and for a VM's virtio or Xen disk, which reports rotational by default while the host's
+    storage serves parallel reads faster than one stream."""
     try:
         dev = os.stat(path).st_dev
-        block = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-        for folder in (block, block.resolve().parent):
+        block = (sysfs / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}").resolve()
+        for folder in (block, block.parent):  # a partition's flag is its disk's
             flag = folder / "queue" / "rotational"
             if flag.exists():
-                return flag.read_text().strip() == "1"
+                return flag.read_text().strip() == "1" and not folder.name.startswith(VIRTUAL_DISKS)
     except (OSError, ValueError):
         pass
     return False

@@ -259,3 +259,22 @@ def test_scan_build_cli_summary_and_exit_status(a1111, known, hub_pair, tmp_path
     one = run_cli("scan", str(a1111), "--build", "--limit", "1", env=env)
     assert one.returncode == 1 and "done 0, skipped 0, failed 1" in one.stdout, one.stdout + one.stderr
     assert "lonely.safetensors" in one.stdout and "Traceback" not in one.stderr
+
+
+@pytest.mark.parametrize("disk, flag, spinning", [("sda", "1", True), ("nvme0n1", "0", False), ("vda", "1", False),
+                                                  ("xvda", "1", False)])  # fmt: skip
+def test_only_a_spinning_disk_is_hashed_one_file_at_a_time(tmp_path, disk, flag, spinning):
+    from advisor.scan import _rotational
+
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"x")
+    dev = os.stat(f).st_dev
+    part = tmp_path / "sys" / "devices" / "pci0" / "block" / disk / f"{disk}1"
+    (part.parent / "queue").mkdir(parents=True)
+    part.mkdir()
+    (part.parent / "queue" / "rotational").write_text(flag + "\n")
+    link = tmp_path / "sys" / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(part)
+    assert _rotational(f, tmp_path / "sys") is spinning
+    assert _rotational(f, tmp_path / "nowhere") is False  # no sysfs: cannot be told
