@@ -278,3 +278,28 @@ def test_only_a_spinning_disk_is_hashed_one_file_at_a_time(tmp_path, disk, flag,
     link.symlink_to(part)
     assert _rotational(f, tmp_path / "sys") is spinning
     assert _rotational(f, tmp_path / "nowhere") is False  # no sysfs: cannot be told
+
+
+@pytest.mark.parametrize("layout, marks, folder", [
+    ("invokeai", ["invokeai.yaml"], "models/sdxl/main"),
+    ("swarmui", ["launch-linux.sh"], "Models/Stable-Diffusion"),
+    ("fooocus", ["fooocus_version.py"], "models/checkpoints"),
+])  # fmt: skip
+def test_invokeai_swarmui_and_fooocus_installs_are_recognised(tmp_path, monkeypatch, layout, marks, folder):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / layout
+    for mark in marks:
+        (root / mark).parent.mkdir(parents=True, exist_ok=True)
+        (root / mark).write_text("")
+    (root / folder).mkdir(parents=True)
+    write_checkpoint(root / folder / "mine.safetensors", "sdxl", "normal", 21, scale=32)
+    (root / "models" / "loras").mkdir(parents=True, exist_ok=True)  # a LoRA beside: never a checkpoint
+    save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)},
+              root / "models" / "loras" / "style.safetensors")
+    found, folders = checkpoint_folders(root)
+    assert found == layout and all(f.is_dir() for f in folders)
+    (r,) = scan([root], db=str(tmp_path / "none.db"), offline=True)
+    assert r.layout == layout and [os.path.basename(c.path) for c in r.checkpoints] == ["mine.safetensors"]
+    assert r.checkpoints[0].family == "sdxl" and r.checkpoints[0].partner is not None
+    if layout == "invokeai":  # its whole models tree is walked: the LoRA is met and set aside
+        assert [(os.path.basename(s.path), "LoRA" in s.reason) for s in r.skipped] == [("style.safetensors", True)]
