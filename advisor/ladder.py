@@ -148,20 +148,40 @@ def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | 
     )
 
 
-def _pick_release(subject: Subject, links: list) -> tuple[object, str]:
-    """The link for the user's version if there is one, else the newest, with a note on the mismatch."""
-    if subject.version_id:
-        yours_anywhere = {subject.version_id, *subject.same_file_versions}
-        for link in links:
-            if link.parent_version_id in yours_anywhere:
-                return link, "made for your version"
-    positions = {v.id: v.position for v in subject.versions}
-    best = links[0]
+def _rank_releases(subject: Subject, links: list) -> list[tuple[object, str]]:
+    """Each inpainting release with its note, the closest to the user's version first: the one made for it (or
+    for the same file on another source), then the nearest by the model's version order (on a tie the newer;
+    with no version asked, the newest); detection confidence only breaks ties."""
+    yours_anywhere = {subject.version_id, *subject.same_file_versions} if subject.version_id else set()
+    positions = {v.id: v.position for v in subject.versions}  # 0 = the newest (Civitai's order, by date)
     yours = positions.get(subject.version_id)
-    theirs = positions.get(best.parent_version_id)
-    if yours is not None and theirs is not None and yours != theirs:
-        return best, "made for " + ("a newer" if theirs < yours else "an older") + " version than yours"
-    return best, "made for another version" if subject.version_id else "the newest inpainting release"
+
+    def distance(link) -> tuple[float, bool]:
+        theirs = positions.get(link.parent_version_id)
+        if theirs is not None and yours is not None:
+            return abs(theirs - yours), theirs > yours  # (how far, older)
+        if theirs is not None:  # no version asked: the newest first
+            return theirs, False
+        return float("inf"), True  # made for a version the registry does not list
+
+    def key(link):
+        far, older = distance(link)
+        return (link.parent_version_id not in yours_anywhere, far, older, -link.confidence, link.inpaint_version_id)
+
+    ranked = []
+    for link in sorted(links, key=key):
+        if link.parent_version_id in yours_anywhere:
+            note = "made for your version"
+        else:
+            far, older = distance(link)
+            if not subject.version_id:
+                note = "the newest inpainting release"
+            elif far == float("inf"):
+                note = "made for another version"
+            else:
+                note = "made for " + ("an older" if older else "a newer") + " version than yours"
+        ranked.append((link, note))
+    return ranked
 
 
 def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None,
@@ -237,13 +257,15 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
     for kind, group in (("own-release", own), ("sibling-release", sibling)):
         if not group:
             continue
-        link, note = _pick_release(subject, group)
+        (link, note), *others = _rank_releases(subject, group)
         target = _release_target(registry, link.inpaint_version_id)
         what = (
             "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
         )
         r = Recommendation(kind, f"Use {what}: {target.name} ({note}).", target, _download_command(target),
-                           link.evidence, for_your_version=note == "made for your version")  # fmt: skip
+                           list(link.evidence), for_your_version=note == "made for your version")  # fmt: skip
+        r.evidence += [f"also: {_release_target(registry, other.inpaint_version_id).name} ({why})"
+                       for other, why in others]  # fmt: skip
         if "version" in note and note != "made for your version":
             warnings.append(f"The inpainting release was {note}.")
         if rec is None:

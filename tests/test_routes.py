@@ -148,7 +148,7 @@ class _OneRelease:
 
     def links_to(self, model_id):
         return [SimpleNamespace(kind="same-model", parent_version_id="civitai:v1", inpaint_version_id="civitai:v2",
-                                evidence=["named inpainting"])]  # fmt: skip
+                                confidence=0.9, evidence=["named inpainting"])]  # fmt: skip
 
     def model_of_version(self, version_id):
         return SimpleNamespace(id="civitai:10", source="civitai", source_id="10", name="XL Fan")

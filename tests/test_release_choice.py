@@ -1,0 +1,71 @@
+"""Which of a model's inpainting releases the ladder picks: the one made for the user's version, else the nearest
+by the model's version order (the newer on a tie), detection confidence only breaking ties; the others named."""
+
+from types import SimpleNamespace
+
+from advisor import ladder
+
+VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first
+
+
+class _Releases:
+    """A registry stand-in: one model with five versions and inpainting releases made for some of them."""
+
+    def __init__(self, made_for: dict[str, float]):
+        self.made_for = made_for  # parent version -> the release link's detection confidence
+
+    def official_checks(self):
+        return {}
+
+    def route_checks(self):
+        return {}
+
+    def artifacts_for(self, *_):
+        return []
+
+    def links_to(self, model_id):
+        links = [SimpleNamespace(kind="same-model", parent_version_id=f"civitai:{v}",
+                                 inpaint_version_id=f"civitai:{v}-inp", confidence=conf, evidence=[])
+                 for v, conf in self.made_for.items()]  # fmt: skip
+        return sorted(links, key=lambda ln: -ln.confidence)  # as the registry returns them
+
+    def model_of_version(self, version_id):
+        return SimpleNamespace(id="civitai:1", source="civitai", source_id="1", name="Mix")
+
+    def versions(self, model_id):
+        return [SimpleNamespace(id=f"civitai:{v}-inp", name=f"{v} inpainting", primary_file=f"mix_{v}-inp.safetensors",
+                                sha256=None) for v in self.made_for]  # fmt: skip
+
+
+def _ask(version: str | None, made_for: dict[str, float]):
+    subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id=f"civitai:{version}" if version else None,
+                             versions=[SimpleNamespace(id=f"civitai:{v}", position=i)
+                                       for i, v in enumerate(VERSIONS)])  # fmt: skip
+    rec, _, warnings = ladder.recommend(subject, _Releases(made_for))
+    return rec, warnings
+
+
+def test_the_release_made_for_your_version_wins_over_a_more_confident_one():
+    rec, _ = _ask("v3", {"v5": 0.99, "v3": 0.5})
+    assert rec.target.version_id == "civitai:v3-inp" and rec.for_your_version
+    assert any(e.startswith("also: Mix — v5 inpainting (made for a newer version") for e in rec.evidence)
+
+
+def test_the_nearest_release_wins_over_an_older_more_confident_one():
+    rec, warnings = _ask("v3", {"v5": 0.95, "v4": 0.6, "v1": 0.99})  # v4 is one step away, v5 two, v1 two
+    assert rec.target.version_id == "civitai:v4-inp" and "made for a newer version than yours" in rec.reason
+    assert any("newer version" in w for w in warnings)
+    others = [e for e in rec.evidence if e.startswith("also: ")]
+    assert [o.split(" (")[0] for o in others] == ["also: Mix — v5 inpainting", "also: Mix — v1 inpainting"]
+
+
+def test_on_equal_distance_the_newer_release_wins_and_confidence_breaks_what_is_left():
+    rec, _ = _ask("v3", {"v2": 0.99, "v4": 0.5})  # one step older, one step newer
+    assert rec.target.version_id == "civitai:v4-inp"
+    rec, _ = _ask("v3", {"v4": 0.4})  # alone: whatever its confidence
+    assert rec.target.version_id == "civitai:v4-inp"
+
+
+def test_with_no_version_asked_the_newest_release_is_the_answer():
+    rec, _ = _ask(None, {"v2": 0.99, "v4": 0.5})
+    assert rec.target.version_id == "civitai:v4-inp" and "the newest inpainting release" in rec.reason
