@@ -4,44 +4,16 @@ by the model's version order (the newer on a tie), detection confidence only bre
 from types import SimpleNamespace
 
 from advisor import ladder
+from tests.ladder_registry import Releases
 
 VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first
-
-
-class _Releases:
-    """A registry stand-in: one model with five versions and inpainting releases made for some of them."""
-
-    def __init__(self, made_for: dict[str, float]):
-        self.made_for = made_for  # parent version -> the release link's detection confidence
-
-    def official_checks(self):
-        return {}
-
-    def route_checks(self):
-        return {}
-
-    def artifacts_for(self, *_):
-        return []
-
-    def links_to(self, model_id):
-        links = [SimpleNamespace(kind="same-model", parent_version_id=f"civitai:{v}",
-                                 inpaint_version_id=f"civitai:{v}-inp", confidence=conf, evidence=[])
-                 for v, conf in self.made_for.items()]  # fmt: skip
-        return sorted(links, key=lambda ln: -ln.confidence)  # as the registry returns them
-
-    def model_of_version(self, version_id):
-        return SimpleNamespace(id="civitai:1", source="civitai", source_id="1", name="Mix")
-
-    def versions(self, model_id):
-        return [SimpleNamespace(id=f"civitai:{v}-inp", name=f"{v} inpainting", primary_file=f"mix_{v}-inp.safetensors",
-                                sha256=None) for v in self.made_for]  # fmt: skip
 
 
 def _ask(version: str | None, made_for: dict[str, float]):
     subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id=f"civitai:{version}" if version else None,
                              versions=[SimpleNamespace(id=f"civitai:{v}", position=i)
                                        for i, v in enumerate(VERSIONS)])  # fmt: skip
-    rec, _, warnings = ladder.recommend(subject, _Releases(made_for))
+    rec, _, warnings = ladder.recommend(subject, Releases("Mix", made_for))
     return rec, warnings
 
 

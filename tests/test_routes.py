@@ -3,7 +3,6 @@ family and marker, the JSON and panel views, the Hub crawl's check of the routes
 
 import json
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +11,7 @@ from advisor.lookup import lookup
 from crawler import families
 from data import load
 from tests.conftest import cli_env, run_cli
+from tests.ladder_registry import Releases
 
 DATA = load("routes")
 MARKERS = set(DATA["markers"])
@@ -134,33 +134,9 @@ def test_flux_keeps_its_fill_model_first():
     assert any(e.startswith("gated") for e in kontext.evidence)
 
 
-class _OneRelease:
-    """A registry stand-in that knows one SDXL model with its own inpainting release."""
-
-    def official_checks(self):
-        return {}
-
-    def route_checks(self):
-        return {}
-
-    def artifacts_for(self, *_):
-        return []
-
-    def links_to(self, model_id):
-        return [SimpleNamespace(kind="same-model", parent_version_id="civitai:v1", inpaint_version_id="civitai:v2",
-                                confidence=0.9, evidence=["named inpainting"])]  # fmt: skip
-
-    def model_of_version(self, version_id):
-        return SimpleNamespace(id="civitai:10", source="civitai", source_id="10", name="XL Fan")
-
-    def versions(self, model_id):
-        return [SimpleNamespace(id="civitai:v2", name="v1 inpainting", primary_file="xlfan-inp.safetensors",
-                                sha256=None)]  # fmt: skip
-
-
 def test_the_models_own_release_still_comes_first():
-    subject = ladder.Subject("XL Fan", "sdxl", model_id="civitai:10", version_id="civitai:v1")
-    rec, alts, _ = ladder.recommend(subject, _OneRelease())
+    subject = ladder.Subject("XL Fan", "sdxl", model_id="civitai:1", version_id="civitai:v1")
+    rec, alts, _ = ladder.recommend(subject, Releases("XL Fan", {"v1": 0.9}))
     assert rec.kind == "own-release" and rec.for_your_version
     assert alts[0].route == "fooocus-inpaint" and "better than" not in alts[0].reason
 
