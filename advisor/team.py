@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crawler.registry import queue
-from crawler.registry.queue import Enqueued, JobRecord  # noqa: F401 - re-exported for the CLI
+from crawler.registry.queue import JobRecord
 
 
 @dataclass
@@ -37,12 +37,9 @@ def enqueue(queries: list[str], *, db: str | None = None, inpaint: str | None = 
     """Queue one build per query; local A or C paths are made absolute (a worker runs elsewhere)."""
     options = {"inpaint": _absolute(inpaint), "base": _absolute(base), "multiplier": multiplier, "dtype": dtype,
                "force_build": force_build}  # fmt: skip
-    done = []
-    for q in queries:
-        query = str(Path(q).expanduser().resolve()) if Path(q).expanduser().exists() else q
-        got = queue.enqueue_build(db, build_key(query, **options), query=query, **options)
-        done.append(Queued(query, got.job_id if not got.already else got.existing, got.already))
-    return done
+    queries = [str(Path(q).expanduser().resolve()) if Path(q).expanduser().exists() else q for q in queries]
+    got = queue.enqueue_builds(db, [(build_key(q, **options), {"query": q, **options}) for q in queries])
+    return [Queued(q, g.existing if g.already else g.job_id, g.already) for q, g in zip(queries, got, strict=True)]
 
 
 def _absolute(path: str | None) -> str | None:

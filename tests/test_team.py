@@ -11,10 +11,13 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from advisor import team
 from crawler import registry
+from merge.engine import merge
 from tests import pg
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.team_world import FAST, world
@@ -188,6 +191,10 @@ def test_four_workers_one_killed_9_mid_build_lose_nothing(team_world):
         rows = conn.exec_driver_sql("SELECT path, sha256 FROM artifact WHERE kind = 'built'").all()
     assert len(rows) == n and len({r[0] for r in rows}) == n  # each output registered exactly once
     recorded = dict(rows)
+    by_hand = world["tmp"] / "by-hand.safetensors"  # the killed worker's build, against the merge done here
+    merge(world["a"], world["tmp"] / "made" / "b0.safetensors", world["c"], by_hand)
+    x, y = load_file(world["out"] / "teamModel700001-inpainting.safetensors"), load_file(by_hand)
+    assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
     for p in outs:  # complete and what the registry says
         assert hashlib.sha256(p.read_bytes()).hexdigest().upper() == recorded[str(p.resolve())].upper()
         with safe_open(str(p), "pt") as f:

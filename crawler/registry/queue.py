@@ -103,7 +103,7 @@ class _Opened:
     def __enter__(self):
         from crawler.registry.engine import connect
 
-        connect(self.db)  # the registry created or upgraded (its joberror table)
+        connect(self.db)  # the registry created or upgraded (its jobrun table)
         try:
             self.app.open()
             _ensure_schema(self.app)
@@ -119,19 +119,22 @@ class _Opened:
         self.app.close()
 
 
-def enqueue_build(db: str | None, lock: str, **build_kwargs) -> Enqueued:
-    """One build job; a second with the same ``lock`` (what makes two builds the same) while the first is
-    still queued or running is not added."""
+def enqueue_builds(db: str | None, builds: list[tuple[str, dict]]) -> list[Enqueued]:
+    """One build job per (lock, build arguments); one whose ``lock`` (what makes two builds the same) is held
+    by a job still queued or running is not added, and that job is named."""
     from procrastinate.exceptions import AlreadyEnqueued
 
+    done = []
     with _Opened(db) as app:
-        job = app.configure_task(BUILD, queue=BUILDS, queueing_lock=lock)
-        try:
-            return Enqueued(job.defer(**build_kwargs), lock, False)
-        except AlreadyEnqueued:
-            found = app.job_manager.list_jobs(queueing_lock=lock)
-            alive = [j.id for j in found if str(getattr(j.status, "value", j.status)) in ("todo", "doing")]
-            return Enqueued(None, lock, True, alive[0] if alive else None)
+        for lock, build_kwargs in builds:
+            job = app.configure_task(BUILD, queue=BUILDS, queueing_lock=lock)
+            try:
+                done.append(Enqueued(job.defer(**build_kwargs), lock, False))
+            except AlreadyEnqueued:
+                found = app.job_manager.list_jobs(queueing_lock=lock)
+                alive = [j.id for j in found if str(getattr(j.status, "value", j.status)) in ("todo", "doing")]
+                done.append(Enqueued(None, lock, True, alive[0] if alive else None))
+    return done
 
 
 def list_jobs(db: str | None, status: str | None = None) -> list[JobRecord]:
