@@ -398,7 +398,9 @@ def schedule_removed(console: Console, done) -> None:
 _PARTNER = {"local": ("on disk", "green"), "built": ("built here", "green"),
             "already-inpainting": ("is one", "green"), "own-release": ("download its release", "cyan"),
             "sibling-release": ("download its release", "cyan"), "official": ("official model", "cyan"),
-            "build": ("build one", "yellow"), "none": ("none", "red")}  # fmt: skip
+            "build": ("build one", "yellow"), "none": ("none", "red"), "patch": ("patch it", "cyan"),
+            "controlnet": ("a ControlNet", "cyan"), "adapter": ("an adapter", "cyan"),
+            "fill-model": ("a fill model", "cyan"), "sampler": ("a sampler method", "cyan")}  # fmt: skip
 
 
 def scan_result(console: Console, r) -> None:
@@ -416,6 +418,8 @@ def scan_result(console: Console, r) -> None:
             todo = t(Path(p.path).name)
         elif p and p.kind == "build":
             todo = t(shell_text(Command(["inpaint-advisor", "build", c.path])))
+        elif p and p.buildable:  # a route ranks first; the reason starts with its name
+            todo = t(f"{p.reason.split(':', 1)[0]} (or: {shell_text(Command(['inpaint-advisor', 'build', c.path]))})")
         elif p and p.target is not None:
             todo = t(" ".join(x for x in (p.target.file or p.target.name, p.target.repo and f"({p.target.repo})") if x))
         else:

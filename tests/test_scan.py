@@ -301,5 +301,9 @@ def test_invokeai_swarmui_and_fooocus_installs_are_recognised(tmp_path, monkeypa
     (r,) = scan([root], db=str(tmp_path / "none.db"), offline=True)
     assert r.layout == layout and [os.path.basename(c.path) for c in r.checkpoints] == ["mine.safetensors"]
     assert r.checkpoints[0].family == "sdxl" and r.checkpoints[0].partner is not None
+    if layout == "fooocus":  # an SDXL fine-tune: the table names the route that ranks first, and the build
+        table = run_cli("scan", str(root), "--offline", "--db", str(tmp_path / "none.db"),
+                        env=cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"), COLUMNS="160")).stdout
+        assert "patch it" in table and "Fooocus inpaint patch (or: inpaint-advisor build" in table
     if layout == "invokeai":  # its whole models tree is walked: the LoRA is met and set aside
         assert [(os.path.basename(s.path), "LoRA" in s.reason) for s in r.skipped] == [("style.safetensors", True)]
