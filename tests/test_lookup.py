@@ -33,6 +33,8 @@ def ask(q, registry, **kw):
     "query, model_id, version_id",
     [
         ("https://civitai.com/models/43331/majicmix-realistic?modelVersionId=94640", "civitai:43331", "civitai:v94640"),
+        ("https://civitai.red/models/43331/majicmix-realistic?modelVersionId=94640", "civitai:43331", "civitai:v94640"),
+        ("www.civitai.red/models/43331", "civitai:43331", "civitai:v176425"),  # the other host since April 2026
         ("civitai.com/models/43331", "civitai:43331", "civitai:v176425"),
         ("civitai:4384", "civitai:4384", "civitai:v128713"),
         ("urn:air:sd1:checkpoint:civitai:43331@176425", "civitai:43331", "civitai:v176425"),
