@@ -79,7 +79,7 @@ def cached(path: str | os.PathLike, *, autov3: bool = True) -> FileHashes | None
     for folder in cache_dirs():
         entry = _load(folder / "hashes.json").get(name)
         if _valid(entry) and entry.get("stamp") == stamp and (entry.get("data_pass", True) or not autov3):
-            return FileHashes(**{k: entry.get(k, True) for k in _FIELDS})
+            return FileHashes(**{k: entry.get(k) for k in _FIELDS[:4]}, data_pass=entry.get("data_pass", True))
     return None
 
 
@@ -164,8 +164,8 @@ class BackgroundHasher:
     """A StreamHasher fed from other threads, so that hashing overlaps whatever produces the chunks (a
     download's network reads, a file's disk reads): one thread for SHA256/AutoV1, one for AutoV3's pass over
     the tensor data (when the inner hasher wants AutoV3), so that two cores together hash at about the speed of
-one pass. Chunks must not change
-    after ``update`` (bytes do not). ``close`` ends the threads when the stream fails."""
+    one pass. Chunks must not change after ``update`` (bytes do not). ``close`` ends the threads when the stream
+    fails."""
 
     _END = object()
 
