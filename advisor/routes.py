@@ -66,11 +66,7 @@ def markers_of(name: str, base_model: str | None, header_markers: list[str], fam
 
 def _family_chain(family_id: str | None) -> list[str]:
     """The family, then its parents (Pony -> SDXL): a route scored for SDXL serves Pony unless Pony has its own."""
-    chain, fam = [], families.family(family_id)
-    while fam is not None and fam["id"] not in chain:
-        chain.append(fam["id"])
-        fam = families.family(fam.get("parent"))
-    return chain
+    return [fam["id"] for fam in families.lineage(family_id)]
 
 
 def _base_score(scores: dict, family_id: str | None) -> int | None:

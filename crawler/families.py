@@ -44,11 +44,15 @@ def family_for_hf_repo(repo_id: str | None) -> str | None:
     return _hf_index().get(repo_id.lower()) if repo_id else None
 
 
+def lineage(family_id: str | None) -> list[dict]:
+    """The family, then its parents (Pony -> SDXL); a parent loop in the data ends the walk."""
+    chain, fam = [], family(family_id)
+    while fam is not None and fam not in chain:
+        chain.append(fam)
+        fam = family(fam.get("parent"))
+    return chain
+
+
 def official_target(family_id: str | None) -> dict | None:
     """The family whose official inpainting pair applies: its own, or its parent's (Pony -> SDXL)."""
-    fam = family(family_id)
-    while fam is not None:
-        if fam.get("inpaint"):
-            return fam
-        fam = family(fam.get("parent"))
-    return None
+    return next((fam for fam in lineage(family_id) if fam.get("inpaint")), None)
