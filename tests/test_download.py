@@ -227,3 +227,15 @@ def test_a_sha256_only_hash_is_one_pass_and_a_later_full_hash_adds_autov3(tmp_pa
     full = hashing.file_hashes(f)
     assert full.sha256 == quick.sha256 and full.autov3 is not None and full.data_pass
     assert hashing.file_hashes(f, autov3=False) == full == hashing.cached(f)  # the fuller entry serves both
+
+
+def test_a_cache_entry_from_before_data_pass_reads_with_autov3_known(tmp_path, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x" * 100)
+    name, stamp = hashing.file_stamp(f)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "hashes.json").write_text(json.dumps(
+        {name: {"stamp": stamp, "sha256": "AB" * 32, "autov2": "AB" * 5}}))  # an older, sparser entry
+    hit = hashing.cached(f)
+    assert hit is not None and hit.autov1 is None and hit.autov3 is None and hit.data_pass is True
