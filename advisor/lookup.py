@@ -10,16 +10,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor import ladder
+from advisor import ladder, match
 from advisor.probe import probe
-from advisor.query import Query, parse_query, shown
+from advisor.query import CHECKPOINT_SUFFIXES, Query, parse_query, shown
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
 
-# A free-text match is taken as the answer when it is good and clearly ahead of the next model (its own
-# inpainting siblings aside): (score, lead) pairs, either suffices. Otherwise candidates are listed.
-ACCEPT = ((86.0, 6.0), (75.0, 20.0))
+GOOD_ENOUGH = 80.0  # a candidate batch with a name this close ends the search for wider ones
 
 
 @dataclass
@@ -41,7 +39,8 @@ class Candidate:
     name: str
     creator: str | None
     family: str | None
-    score: float
+    score: float  # how well the name matches the query, 0-100
+    downloads: int = 0  # at the source: listed best match first, popularity breaking near ties
 
 
 @dataclass
@@ -59,16 +58,6 @@ class LookupResult:
         return self.recommendation is not None
 
 
-def _family_by_text(text: str) -> dict | None:
-    """ "SDXL 1.0", "sd 1.5", "Pony", "flux.1 d", "sdxl": a base model, not a fine-tune."""
-    key = normalize_name(text)
-    for fam in families.all_families():
-        names = [fam["id"], fam["name"], *fam["civitai_base_models"], *fam["hf_base_repos"]]
-        if any(normalize_name(n) == key for n in names):
-            return fam
-    return None
-
-
 def _family_match(fam: dict, query: str) -> LookupResult:
     match = Match("family", None, None, fam["name"], None, None, fam["id"], False)
     rec, alts, warns = ladder.recommend(ladder.Subject(name=f"your {fam['name']} model", family=fam["id"]))
@@ -80,12 +69,31 @@ def _official_inpaint_repo(repo: str) -> LookupResult | None:
     for fam in families.all_families():
         spec = fam.get("inpaint") or {}
         if any(m["repo"].lower() == repo.lower() for m in spec.get("mirrors", [])):
-            match = Match("hf", f"hf:{repo}", None, repo, repo.split("/")[0], None, fam["id"], True)
-            why = f"the official {fam['name']} inpainting checkpoint"
-            subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
-            rec, alts, warns = ladder.recommend(subject)
-            return LookupResult(repo, match, [], rec, alts, warns)
+            return _official_inpaint(fam, spec, repo)
     return None
+
+
+def _official_inpaint(fam: dict, spec: dict, query: str) -> LookupResult:
+    repo = next((m["repo"] for m in spec["mirrors"] if m["repo"].lower() == query.lower()),
+                next((m["repo"] for m in spec["mirrors"] if m.get("alive")), spec["mirrors"][0]["repo"]))  # fmt: skip
+    match = Match("hf", f"hf:{repo}", None, repo, repo.split("/")[0], None, fam["id"], True)
+    why = f"the official {fam['name']} inpainting checkpoint"
+    subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
+    rec, alts, warns = ladder.recommend(subject)
+    return LookupResult(query, match, [], rec, alts, warns)
+
+
+def _official_file(query: str) -> LookupResult | None:
+    """An official checkpoint by its file name: the inpainting model itself, or the base's family."""
+    found = families.official_file(query)
+    if found is None:
+        return None
+    fam, role = found
+    if role == "inpaint":
+        return _official_inpaint(fam, fam["inpaint"], query)
+    result = _family_match(fam, query)
+    result.notes.append(f"{shown(query)} is the official {fam['name']} base checkpoint")
+    return result
 
 
 def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
@@ -229,8 +237,10 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         finally:
             if reg is not None:
                 reg.close()
-    if q.kind == "text" and (fam := _family_by_text(q.raw)):
+    if q.kind == "text" and (fam := families.family_by_name(q.raw)):
         return _family_match(fam, raw)
+    if q.kind == "text" and (official := _official_file(q.raw)):
+        return official
     if q.kind == "hf":
         fam = families.family(families.family_for_hf_repo(q.repo))
         if fam:
@@ -282,7 +292,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         if problem:
             raise NotFound(problem)
         if isinstance(found, list):
-            return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1))
+            return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1), m.downloads)
                                             for m in found], notes=notes + ["several models match: be more specific, "
                                                                            "or look one up by id"])  # fmt: skip
         if found is None:
@@ -326,28 +336,66 @@ def _resolve(reg: Reader | None, q: Query):
         hit = reg.by_hash(q.hash, q.hash_kind)
         return (reg.model(hit[0]), hit[1]) if hit else None
     if q.kind == "text":
-        if (exact := reg.exact(q.raw)) is not None:  # "Dark Pony 123456" is a name, not "Dark Pony" version 123456
-            q.version_hint = None
-            return exact, None
-        ranked = reg.search(q.text or q.raw, limit=8)
-        if q.version_hint and not _clear_winner(reg, ranked):
-            # "dreamshaper 8" may also be a name that ends in a number
-            ranked = sorted({m.id: m for m in ranked + reg.search(q.raw, limit=8)}.values(), key=lambda m: -m.score)
-        if not ranked:
-            return None
-        if _clear_winner(reg, ranked):
-            return ranked[0], None
-        return [m for m in ranked if m.score >= 50] or None
+        return _by_name(reg, q)
     return None
 
 
-def _clear_winner(reg: Reader, ranked: list[ModelRecord]) -> bool:
-    if not ranked:
-        return False
-    top = ranked[0]
-    runner_up = next((m for m in ranked[1:] if m.id not in _family_of(reg, top)), None)
-    lead = top.score - (runner_up.score if runner_up else 0.0)
-    return any(top.score >= score and lead >= margin for score, margin in ACCEPT)
+def _by_name(reg: Reader, q: Query):
+    """A file name the registry knows, the one model of that exact name (or clearly the most downloaded of
+    several), or the best-scored candidates (``advisor.match``)."""
+    if q.raw.strip().lower().endswith(CHECKPOINT_SUFFIXES) and (hits := reg.by_file_name(q.raw.strip())):
+        model_id, version_id = hits[0]
+        return reg.model(model_id), version_id
+    q.version_hint = None  # a version is only taken where match finds one of the model's own
+    wanted = normalize_name(q.raw)[:200]
+    found = _scored(reg, wanted, _candidates(reg, wanted))
+    exact = reg.exact(q.raw)
+    if exact:
+        # The exact name wins ("Dark Pony 123456" is a name, not "Dark Pony" version 123456), unless it is a
+        # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实")
+        top = exact[0]
+        unrivalled = len(exact) == 1 or top.downloads >= match.POPULAR * (exact[1].downloads + 1)
+        named = {m.id for m in exact}
+        if unrivalled and not any(s.similarity >= match.EXACT_RIVAL and s.model.downloads >= match.POPULAR *
+                                  (top.downloads + 1) for s in found.values() if s.model.id not in named):  # fmt: skip
+            return top, None
+        for m in exact:
+            found[m.id] = match.Scored(m, 100.0)
+    decided = match.decide(list(found.values()), lambda s: _family_of(reg, s.model))
+    if isinstance(decided, match.Scored):
+        return decided.model, decided.version.id if decided.version else None
+    return _listed(decided) if decided else None
+
+
+def _candidates(reg: Reader, wanted: str) -> dict:
+    """The cheapest batch of candidates for the query and for each of its shorter name parts ("juggernaut xl"
+    of "juggernaut xl v9"), then wider batches of the whole query until one holds a good enough name."""
+    found: dict = {}
+    for part in match.name_parts(wanted):
+        for batch in reg.name_candidates(part):
+            found.update((m.id, m) for m in batch)
+            if batch:
+                break
+    if not any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in found.values()):
+        for batch in reg.name_candidates(wanted):
+            found.update((m.id, m) for m in batch)
+            if any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in batch):
+                break
+    return found
+
+
+def _scored(reg: Reader, wanted: str, models: dict) -> dict:
+    versions = reg.version_names(list(models)) if " " in wanted else {}
+    return {mid: match.score(wanted, m, [match.VersionName(*v) for v in versions.get(mid, [])])
+            for mid, m in models.items()}  # fmt: skip
+
+
+def _listed(scored: list) -> list[ModelRecord]:
+    out = []
+    for s in scored[:8]:
+        s.model.score = s.similarity
+        out.append(s.model)
+    return out
 
 
 def _family_of(reg: Reader, model: ModelRecord) -> set[str]:

@@ -229,10 +229,11 @@ def lookup_result(console: Console, r) -> None:
         console.print(t(note, "dim"))
     if r.match is None and r.candidates:
         table = Table(title=line("Several models match “", r.query[:80], "”"))
-        for col in ("score", "id", "name", "creator", "family"):
-            table.add_column(col, overflow="fold")
+        for col in ("score", "id", "name", "creator", "family", "downloads"):
+            table.add_column(col, overflow="fold", justify="right" if col == "downloads" else "left")
         for c in r.candidates:
-            table.add_row(f"{c.score:.0f}", t(c.model_id), t(c.name), t(c.creator or ""), t(c.family or "?"))
+            table.add_row(f"{c.score:.0f}", t(c.model_id), t(c.name), t(c.creator or ""), t(c.family or "?"),
+                          f"{c.downloads:,}")  # fmt: skip
         console.print(table)
         console.print(line("Look one up by id, e.g. ", (f"inpaint-advisor lookup {r.candidates[0].model_id}", "bold")))
         return

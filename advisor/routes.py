@@ -50,11 +50,16 @@ def markers_of(name: str, base_model: str | None, header_markers: list[str], fam
     prediction, Civitai's base model string, or a word in the model's or version's name."""
     found: dict[str, str] = {}
     words = set(re.findall(r"[a-z0-9]+(?:[-_][a-z0-9]+)*", (name or "").lower()))
-    words |= {w for compound in list(words) for w in re.split(r"[-_]", compound)}
+    glued = set()  # each pair of parts as one word: "V-Pred-1.0-Version" says "v-pred" (and "vpred")
+    for compound in list(words):
+        parts = re.split(r"[-_]", compound)
+        words |= set(parts)
+        glued |= {glue.join(pair) for pair in zip(parts, parts[1:], strict=False) for glue in ("-", "_", "")}
     for marker, spec in _data()["markers"].items():
         if base_model and base_model.strip().lower() in {b.lower() for b in spec["base_models"]}:
             found[marker] = f"its base model is {base_model}"
-        elif hit := next((w for w in spec["words"] if w in words), None):
+        elif hit := next((w for w in spec["words"] if w in words), None) or \
+                next((w for w in spec["words"] if w in glued), None):  # fmt: skip
             found[marker] = f"its name says {hit!r}"
     fam = families.family(family_id)
     if "v_pred" in header_markers:

@@ -56,3 +56,40 @@ def lineage(family_id: str | None) -> list[dict]:
 def official_target(family_id: str | None) -> dict | None:
     """The family whose official inpainting pair applies: its own, or its parent's (Pony -> SDXL)."""
     return next((fam for fam in lineage(family_id) if fam.get("inpaint")), None)
+
+
+def _compact_name(value: str) -> str:
+    return re.sub(r"[\W_]+", "", value.lower())
+
+
+@cache
+def _name_index() -> dict[str, str]:
+    """Every way of naming a family, spaces and punctuation aside ("SD1.5" is "sd 1.5")."""
+    index: dict[str, str] = {}
+    for f in all_families():
+        for n in [f["id"], f["name"], *f.get("aliases", []), *f["civitai_base_models"], *f["hf_base_repos"]]:
+            index.setdefault(_compact_name(n), f["id"])
+    return index
+
+
+def family_by_name(text: str) -> dict | None:
+    """ "SDXL 1.0", "sd15", "Stable Diffusion 1.5", "Pony": a base model, not a fine-tune."""
+    return family(_name_index().get(_compact_name(text)))
+
+
+@cache
+def _file_index() -> dict[str, tuple[str, str]]:
+    index: dict[str, tuple[str, str]] = {}
+    for f in all_families():
+        for role in ("inpaint", "base"):
+            names = [(f.get(role) or {}).get("file") or "", *f.get("file_names", {}).get(role, [])]
+            for name in names:
+                if name and "/" not in name:  # "unet/diffusion_pytorch_model..." names no one file
+                    index.setdefault(name.lower(), (f["id"], role))
+    return index
+
+
+def official_file(name: str) -> tuple[dict, str] | None:
+    """(family, "inpaint" | "base") of an official checkpoint's file name ("sd-v1-5-inpainting.ckpt")."""
+    hit = _file_index().get(name.strip().lower())
+    return (family(hit[0]), hit[1]) if hit else None

@@ -119,6 +119,13 @@ def m007_job_runs(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[schema.JobRun.__table__])
 
 
+def m008_name_indexes(conn: Connection) -> None:
+    """Files found by their name, case aside (``lookup dreamshaper_8.safetensors``), and models by their name
+    without spaces (``lookup juggernautxl``)."""
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_file_name_lower ON file (lower(name))")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_model_name_compact ON model (replace(name_norm, ' ', ''))")
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -134,6 +141,7 @@ MIGRATIONS = [
     Migration(5, "model download counts", m005_model_downloads),
     Migration(6, "route file checks", m006_route_checks),
     Migration(7, "team-mode job runs", m007_job_runs),
+    Migration(8, "file name and spaceless model name indexes", m008_name_indexes),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

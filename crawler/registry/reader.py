@@ -2,16 +2,15 @@
 on the hot path, and never a write (SQLite is opened ``mode=ro``, PostgreSQL in read-only transactions).
 
 Free-text search takes candidates from each engine's trigram index (SQLite: FTS5, ``crawler.registry.search``;
-PostgreSQL: pg_trgm) and ranks them with rapidfuzz, the same scorer on both: only a few hundred names are ever
+PostgreSQL: pg_trgm); ``advisor.match`` ranks them, the same scorer on both: only a few hundred names are ever
 scored in Python.
 """
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from rapidfuzz import fuzz
 
 from crawler.names import normalize_name
 from crawler.registry import drivers, search
@@ -19,7 +18,6 @@ from crawler.registry.errors import NoRegistry
 from crawler.registry.location import Location, locate
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
-GOOD_ENOUGH = 80.0
 MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer
 
 
@@ -51,7 +49,9 @@ class ModelRecord:
     family: str | None
     is_inpainting: bool
     has_inpainting: bool
-    score: float = 100.0
+    score: float = 100.0  # how well a free-text query named it, when it was searched for
+    name_norm: str = ""
+    downloads: int = 0
 
 
 @dataclass
@@ -260,40 +260,46 @@ class Reader:
         return [ArtifactRecord(r[0], r[1], r[2], r[3], r[5], _text_time(r[6])) for r in rows
                 if unchanged(r[1], r[2], r[4])]  # fmt: skip
 
-    def exact(self, text: str) -> ModelRecord | None:
-        """The one model whose normalised name is ``text``'s, if exactly one is."""
-        rows = self.rows(f"SELECT {MODEL_COLS} FROM model WHERE name_norm = ? LIMIT 2", (normalize_name(text),))
-        return self.model_record(rows[0]) if len(rows) == 1 else None
+    def exact(self, text: str) -> list[ModelRecord]:
+        """The models whose normalised name is ``text``'s (re-uploads share names), most downloaded first."""
+        cols = MODEL_COLS + (", name_norm, downloads" if self.state.version >= 5 else ", name_norm, 0")
+        rows = self.rows(f"SELECT {cols} FROM model WHERE name_norm = ? ORDER BY 11 DESC, id LIMIT 20",
+                         (normalize_name(text)[:MAX_QUERY],))  # fmt: skip
+        return [self._candidate(r) for r in rows]
 
     def is_empty(self) -> bool:
         return self.row("SELECT 1 FROM model LIMIT 1") is None
 
-    def search(self, text: str, limit: int = 10) -> list[ModelRecord]:
-        """Models ranked by how well their name matches ``text``; best first, scores 0-100."""
-        wanted = normalize_name(text)[:MAX_QUERY]
-        if not wanted:
-            return []
-        if (exact := self.exact(wanted)) is not None:  # the name as written: no need to rank anything
-            return [exact]
-        ranked: list[ModelRecord] = []
-        for rows in self.search_index.candidates(wanted):  # from the cheapest way to the widest
-            scored = self._score(wanted, rows)
-            if scored and (not ranked or scored[0].score > ranked[0].score):
-                ranked = scored
-            if ranked and ranked[0].score >= GOOD_ENOUGH:
-                break
-        return ranked[:limit]
+    def name_candidates(self, wanted: str) -> Iterator[list[ModelRecord]]:
+        """Batches of models whose names may be what the normalised ``wanted`` means, from the cheapest way to
+        the widest (each with ``name_norm`` and ``downloads`` set); the caller scores them and stops when one
+        batch holds a good enough name."""
+        for rows in self.search_index.candidates(wanted[:MAX_QUERY]):
+            yield [self._candidate(r) for r in rows]
 
-    def _score(self, wanted: str, rows) -> list[ModelRecord]:
-        scored = []
-        for row in rows:
-            model = self.model_record(row)
-            model.score = max(fuzz.WRatio(wanted, row[9]), fuzz.token_set_ratio(wanted, row[9]))
-            scored.append(model)
-        # dedicated inpainting models rank just below their parent at equal score; the id settles the rest, so
-        # that both engines (whose indexes hand candidates over in different orders) rank alike
-        scored.sort(key=lambda m: (-m.score, m.is_inpainting, len(m.name), m.id))
-        return scored
+    def _candidate(self, row) -> ModelRecord:
+        model = self.model_record(row)
+        model.name_norm, model.downloads = row[9], row[10] or 0
+        return model
+
+    def version_names(self, model_ids: list[str]) -> dict[str, list[tuple[str, str, bool, int]]]:
+        """model id -> (version id, name, is_inpainting, position) of each of its versions, in one query."""
+        out: dict[str, list] = {m: [] for m in model_ids}
+        for i in range(0, len(model_ids), 500):
+            chunk = model_ids[i : i + 500]
+            rows = self.rows(f"SELECT model_id, id, name, is_inpainting, position FROM version WHERE model_id IN "
+                             f"({','.join('?' * len(chunk))}) ORDER BY model_id, position", chunk)  # fmt: skip
+            for r in rows:
+                out[r[0]].append((r[1], r[2], bool(r[3]), r[4]))
+        return out
+
+    def by_file_name(self, name: str) -> list[tuple[str, str]]:
+        """(model id, version id) of the files called ``name`` (case aside), primary files and newer versions
+        first; through migration 8's index on lower(name)."""
+        rows = self.rows("SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id "
+                         'WHERE lower(f.name) = ? ORDER BY f."primary" DESC, v.position LIMIT 20',
+                         (name.lower(),))  # fmt: skip
+        return [tuple(r) for r in rows]
 
 
 def open_reader(db: str | os.PathLike | None = None) -> Reader:

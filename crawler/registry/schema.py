@@ -11,7 +11,7 @@ PostgreSQL (no SQLite-only types; JSON is stored as text).
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -30,6 +30,9 @@ class Family(SQLModel, table=True):
 
 
 class Model(SQLModel, table=True):
+    # "juggernautxl" finds "Juggernaut XL": names without their spaces (a trigram index cannot see across them)
+    __table_args__ = (Index("ix_model_name_compact", text("replace(name_norm, ' ', '')")),)
+
     id: str = Field(primary_key=True)
     source: str = Field(foreign_key="source.id")
     source_id: str
@@ -68,6 +71,9 @@ class Version(SQLModel, table=True):
 
 
 class File(SQLModel, table=True):
+    # lookup by a file's name as users have it on disk ("dreamshaper_8.safetensors"), case aside
+    __table_args__ = (Index("ix_file_name_lower", text("lower(name)")),)
+
     id: str = Field(primary_key=True)
     version_id: str = Field(foreign_key="version.id", index=True)
     name: str

@@ -1,7 +1,7 @@
 """Candidate names for a free-text lookup, from each engine's trigram index: a typo breaks only the trigrams it
 touches, so a name that shares most of the query's trigrams is a candidate. ``candidates(wanted)`` yields sets of
-model rows (``reader.MODEL_COLS`` plus ``name_norm``), cheapest first; the reader scores each with rapidfuzz
-and stops at the first good enough one.
+model rows (``reader.MODEL_COLS`` plus ``name_norm`` and ``downloads``), cheapest first; ``advisor.match`` scores
+them, and lookup stops at the first good enough one.
 """
 
 from collections.abc import Iterator
@@ -9,11 +9,16 @@ from collections.abc import Iterator
 CANDIDATES = 300
 MIN_TRIGRAMS = 3
 POSTINGS_BUDGET = 6000
-_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting, name_norm"
+_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting, name_norm, downloads"
+_COLS_BEFORE_5 = _COLS.replace("downloads", "0")  # migration 5 added the download counts
 
 
 def _trigrams(wanted: str) -> list[str]:
     return sorted({wanted[i : i + 3] for i in range(len(wanted) - 2) if " " not in wanted[i : i + 3]})
+
+
+def _columns(reader) -> str:
+    return _COLS if reader.state.version >= 5 else _COLS_BEFORE_5
 
 
 def _long_enough(wanted: str) -> bool:
@@ -25,6 +30,7 @@ class SqliteNames:
 
     def __init__(self, reader):
         self.reader = reader
+        self.cols = _columns(reader)
         tables = {r[0] for r in reader.rows("SELECT name FROM sqlite_master WHERE name LIKE 'model_fts%'")}
         self.has_fts = "model_fts" in tables
         self.has_vocab = "model_fts_vocab" in tables
@@ -36,21 +42,19 @@ class SqliteNames:
         # Most queries are a name with a dropped letter, a missing suffix or different punctuation: every
         # trigram still occurs in the name. BM25-ranking the union of posting lists costs 100-500 ms on a large
         # registry, intersecting them a millisecond, so that comes first.
-        ids = self._all_trigrams(wanted)
-        if ids:
-            yield self._models(ids)
+        yield self._spaceless(wanted) + self._models(self._all_trigrams(wanted))
         yield self._models(self._rarest_trigrams(wanted))
         yield self._models(self._rarest_trigrams(wanted, widen=True))
 
     def _models(self, ids: list[int]) -> list:
         if not ids:
             return []
-        return self.reader.rows(f"SELECT {_COLS} FROM model WHERE rowid IN ({','.join('?' * len(ids))})", ids)
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE rowid IN ({','.join('?' * len(ids))})", ids)
 
     def _substring(self, wanted: str) -> list:
         """Short queries, or a registry without the index: a bounded substring scan. (Normalised names and
         queries hold no LIKE wildcards: punctuation is a space.)"""
-        return self.reader.rows(f"SELECT {_COLS} FROM model WHERE name_norm LIKE ? LIMIT ?",
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE ? LIMIT ?",
                                 (f"%{wanted}%", CANDIDATES))  # fmt: skip
 
     def _rarest_trigrams(self, wanted: str, widen: bool = False) -> list[int]:
@@ -73,16 +77,21 @@ class SqliteNames:
         sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?"
         return [r[0] for r in self.reader.rows(sql, (match, CANDIDATES))]
 
-    def _all_trigrams(self, wanted: str) -> list[int] | None:
-        """Rowids of names containing every trigram of the query: posting lists intersected, no ranking. None
-        when there are too many to have seen them all (the ranked search decides then)."""
+    def _spaceless(self, wanted: str) -> list:
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE replace(name_norm, ' ', '') = ? LIMIT ?",
+                                (wanted.replace(" ", ""), CANDIDATES))  # fmt: skip
+
+    def _all_trigrams(self, wanted: str) -> list[int]:
+        """Rowids of names containing every trigram of the query (posting lists intersected), the most
+        downloaded first: a popular name is not crowded out by its thousand look-alikes."""
         grams = _trigrams(wanted)
         if len(grams) < 2:
-            return None
+            return []
         match = " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
-        ids = [r[0] for r in self.reader.rows("SELECT rowid FROM model_fts WHERE model_fts MATCH ? LIMIT ?",
-                                              (match, CANDIDATES + 1))]  # fmt: skip
-        return ids if len(ids) <= CANDIDATES else None
+        order = "downloads DESC, " if self.reader.state.version >= 5 else ""
+        sql = (f"SELECT rowid FROM model WHERE rowid IN (SELECT rowid FROM model_fts WHERE model_fts MATCH ?) "
+               f"ORDER BY {order}rowid LIMIT ?")  # fmt: skip
+        return [r[0] for r in self.reader.rows(sql, (match, CANDIDATES))]
 
 
 class PostgresNames:
@@ -92,16 +101,25 @@ class PostgresNames:
     as such). No threshold to tune: the 300 nearest go to rapidfuzz."""
 
     _NEAREST = [
-        f"SELECT {_COLS} FROM model ORDER BY name_norm <-> %s LIMIT %s",
-        f"SELECT {_COLS} FROM model ORDER BY %s <<-> name_norm LIMIT %s",
+        "SELECT {cols} FROM model ORDER BY name_norm <-> %s LIMIT %s",
+        "SELECT {cols} FROM model ORDER BY %s <<-> name_norm LIMIT %s",
     ]
+    # the names holding the query, the most downloaded first (a popular name among its thousand look-alikes),
+    # and those that are the query without spaces
+    _POPULAR = ("SELECT {cols} FROM model WHERE name_norm LIKE %s ORDER BY downloads DESC LIMIT %s",
+                "SELECT {cols} FROM model WHERE replace(name_norm, ' ', '') = %s LIMIT %s")  # fmt: skip
 
     def __init__(self, reader):
         self.reader = reader
+        self.cols = _columns(reader)
 
     def candidates(self, wanted: str) -> Iterator[list]:
+        if _long_enough(wanted) and self.reader.state.version >= 5:
+            holding, spaceless = (sql.format(cols=self.cols) for sql in self._POPULAR)
+            yield list(self.reader.conn.execute(holding, (f"%{wanted}%", CANDIDATES)).fetchall()) + \
+                list(self.reader.conn.execute(spaceless, (wanted.replace(" ", ""), CANDIDATES)).fetchall())  # fmt: skip
         if _long_enough(wanted) and self.reader.state.version >= 3:  # migration 3 made the index
             for sql in self._NEAREST:
-                yield list(self.reader.conn.execute(sql, (wanted, CANDIDATES)).fetchall())
-        yield self.reader.rows(f"SELECT {_COLS} FROM model WHERE name_norm LIKE ? LIMIT ?",
+                yield list(self.reader.conn.execute(sql.format(cols=self.cols), (wanted, CANDIDATES)).fetchall())
+        yield self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE ? LIMIT ?",
                                (f"%{wanted}%", CANDIDATES))  # fmt: skip
