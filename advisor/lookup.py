@@ -348,19 +348,18 @@ def _by_name(reg: Reader, q: Query):
         return reg.model(model_id), version_id
     q.version_hint = None  # a version is only taken where match finds one of the model's own
     wanted = normalize_name(q.raw)[:200]
-    found = _scored(reg, wanted, _candidates(reg, wanted))
     exact = reg.exact(q.raw)
-    if exact:
+    if exact and (len(exact) == 1 or exact[0].downloads >= match.POPULAR * (exact[1].downloads + 1)):
         # The exact name wins ("Dark Pony 123456" is a name, not "Dark Pony" version 123456), unless it is a
-        # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实")
-        top = exact[0]
-        unrivalled = len(exact) == 1 or top.downloads >= match.POPULAR * (exact[1].downloads + 1)
-        named = {m.id for m in exact}
-        if unrivalled and not any(s.similarity >= match.EXACT_RIVAL and s.model.downloads >= match.POPULAR *
-                                  (top.downloads + 1) for s in found.values() if s.model.id not in named):  # fmt: skip
+        # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实"), which
+        # the first, cheapest batch of candidates holds: the names holding the query, most downloaded first
+        top, named = exact[0], {m.id for m in exact}
+        rivals = _scored(reg, wanted, {m.id: m for m in next(reg.name_candidates(wanted), [])})
+        if not any(s.similarity >= match.EXACT_RIVAL and s.model.downloads >= match.POPULAR * (top.downloads + 1)
+                   for s in rivals.values() if s.model.id not in named):  # fmt: skip
             return top, None
-        for m in exact:
-            found[m.id] = match.Scored(m, 100.0)
+    found = _scored(reg, wanted, _candidates(reg, wanted))
+    found.update((m.id, match.Scored(m, 100.0)) for m in exact)
     decided = match.decide(list(found.values()), lambda s: _family_of(reg, s.model))
     if isinstance(decided, match.Scored):
         return decided.model, decided.version.id if decided.version else None
@@ -368,16 +367,19 @@ def _by_name(reg: Reader, q: Query):
 
 
 def _candidates(reg: Reader, wanted: str) -> dict:
-    """The cheapest batch of candidates for the query and for each of its shorter name parts ("juggernaut xl"
-    of "juggernaut xl v9"), then wider batches of the whole query until one holds a good enough name."""
+    """The first batch of candidates for the query, the cheapest for each of its shorter name parts
+    ("juggernaut xl" of "juggernaut xl v9"), then wider batches of the whole query until one holds a good
+    enough name."""
     found: dict = {}
-    for part in match.name_parts(wanted):
-        for batch in reg.name_candidates(part):
-            found.update((m.id, m) for m in batch)
-            if batch:
-                break
+    whole = reg.name_candidates(wanted)
+    for batch in whole:
+        found.update((m.id, m) for m in batch)
+        if batch:
+            break
+    for part in match.name_parts(wanted)[1:]:  # the cheapest batch only: names holding the part
+        found.update((m.id, m) for m in next(reg.name_candidates(part), []))
     if not any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in found.values()):
-        for batch in reg.name_candidates(wanted):
+        for batch in whole:
             found.update((m.id, m) for m in batch)
             if any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in batch):
                 break

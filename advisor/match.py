@@ -147,10 +147,13 @@ def score(query: str, model, versions: list[VersionName]) -> Scored:
         part = " ".join(words[:k])
         if len(_compact(part)) < 3:
             break
+        named = name_similarity(part, model.name_norm)
+        if named < LIST_AT or named <= best.similarity:  # no version can lift it above what it has
+            continue
         found = best_version(words[k:], versions)
         if found is None:
             continue
-        similarity = name_similarity(part, model.name_norm) - (100.0 - found[0]) / 4
+        similarity = named - (100.0 - found[0]) / 4
         if similarity > best.similarity:
             best = Scored(model, similarity, found[1])
     return best
@@ -159,8 +162,8 @@ def score(query: str, model, versions: list[VersionName]) -> Scored:
 def name_parts(query: str) -> list[str]:
     """The query, then without up to MAX_VERSION_WORDS trailing words: where candidate names are looked up."""
     words = query.split()
-    parts = [" ".join(words[:k]) for k in range(len(words), max(0, len(words) - MAX_VERSION_WORDS) - 1, -1) if k]
-    return [p for p in parts if len(_compact(p)) >= 3] or [query]
+    parts = [" ".join(words[:k]) for k in range(len(words) - 1, max(0, len(words) - MAX_VERSION_WORDS) - 1, -1) if k]
+    return [query] + [p for p in parts if len(_compact(p)) >= 4]  # a shorter part matches too much to help
 
 
 def _ahead(top: Scored, rival: Scored) -> bool:
