@@ -351,10 +351,10 @@ def _by_name(reg: Reader, q: Query):
     exact = reg.exact(q.raw)
     if exact and (len(exact) == 1 or exact[0].downloads >= match.POPULAR * (exact[1].downloads + 1)):
         # The exact name wins ("Dark Pony 123456" is a name, not "Dark Pony" version 123456), unless it is a
-        # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实"), which
-        # the first, cheapest batch of candidates holds: the names holding the query, most downloaded first
+        # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实", or
+        # "DreamShaper XL" version "Turbo" for a stranger's "DreamShaper XL Turbo"): the cheap batches hold it
         top, named = exact[0], {m.id for m in exact}
-        rivals = _scored(reg, wanted, {m.id: m for m in next(reg.name_candidates(wanted), [])})
+        rivals = _scored(reg, wanted, _candidates(reg, wanted, widen=False))
         if not any(s.similarity >= match.EXACT_RIVAL and s.model.downloads >= match.POPULAR * (top.downloads + 1)
                    for s in rivals.values() if s.model.id not in named):  # fmt: skip
             return top, None
@@ -366,7 +366,7 @@ def _by_name(reg: Reader, q: Query):
     return _listed(decided) if decided else None
 
 
-def _candidates(reg: Reader, wanted: str) -> dict:
+def _candidates(reg: Reader, wanted: str, *, widen: bool = True) -> dict:
     """The first batch of candidates for the query, the cheapest for each of its shorter name parts
     ("juggernaut xl" of "juggernaut xl v9"), then wider batches of the whole query until one holds a good
     enough name."""
@@ -378,7 +378,7 @@ def _candidates(reg: Reader, wanted: str) -> dict:
             break
     for part in match.name_parts(wanted)[1:]:  # the cheapest batch only: names holding the part
         found.update((m.id, m) for m in next(reg.name_candidates(part), []))
-    if not any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in found.values()):
+    if widen and not any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in found.values()):
         for batch in whole:
             found.update((m.id, m) for m in batch)
             if any(match.name_similarity(wanted, m.name_norm) >= GOOD_ENOUGH for m in batch):

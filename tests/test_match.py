@@ -148,3 +148,21 @@ def test_an_exact_name_wins_unless_it_is_a_strangers_copy_of_a_far_more_popular_
     # as well and downloaded far more: a careful reader means that one
     r = lookup("Juggernaut XL Lightning", db=registry_db, offline=True)
     assert (r.match.model_id, r.match.version_name) == ("civitai:133005", "V9 Lightning")
+
+
+def test_a_strangers_exact_name_loses_to_a_popular_model_and_version_named_as_well(registry_db, serve):
+    """The popular model's name does not hold the query here (no "turbo" in "DreamShaper XL"): its version does."""
+    from crawler.registry.schema import Model
+    from crawler.registry.upsert import upsert
+
+    eval_world.build(registry_db, serve)
+    engine = registry_layer.connect(registry_db)
+    with engine.begin() as conn:
+        upsert(conn, Model.__table__, [{"id": "civitai:9999999", "source": "civitai", "source_id": "9999999",
+                                        "name": "DreamShaper XL Turbo", "name_norm": "dreamshaper xl turbo",
+                                        "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,
+                                        "mode": None, "base_model": "SDXL 1.0", "family": "sdxl",
+                                        "is_inpainting": False, "has_inpainting": False, "updated_at": None,
+                                        "content_hash": "", "downloads": 40}])  # fmt: skip
+    r = lookup("dreamshaper xl turbo", db=registry_db, offline=True)
+    assert (r.match.model_id, r.match.version_name) == ("civitai:112902", "Turbo DPM SDE")
