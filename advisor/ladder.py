@@ -14,10 +14,11 @@ from advisor.commands import Command, EnvRef
 from advisor.safety import safe_filename
 from crawler import families
 from crawler.detect import version_label
+from crawler.hosts import DEFAULT_URL
 
 MERGEABLE = {"sd1", "sd2", "sdxl"}
 HF = "https://huggingface.co"
-CIVITAI = "https://civitai.com"
+CIVITAI = DEFAULT_URL  # civitai.red: its pages show every model, civitai.com only the SFW ones
 
 
 @dataclass

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from crawler.hosts import CIVITAI_HOSTS
 from crawler.names import normalize_name
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
@@ -90,7 +91,7 @@ def parse_query(raw: str) -> Query:
         url = urlsplit(q if "://" in q else "https://" + q)
         host = url.netloc.lower().removeprefix("www.")
         parts = [p for p in url.path.split("/") if p]
-        if host.endswith(("civitai.com", "civitai.red")):  # both hosts since the April 2026 split
+        if host.endswith(CIVITAI_HOSTS):  # both hosts since the April 2026 split
             params = parse_qs(url.query)
             vid = (params.get("modelVersionId") or [None])[0]
             if len(parts) >= 2 and parts[0] == "models" and parts[1].isdigit():

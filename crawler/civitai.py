@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from crawler import links
 from crawler.civitai_items import parse_page
 from crawler.feed import PageFeed
+from crawler.hosts import DEFAULT_URL
 from crawler.http import ApiError, JsonClient, RetryPolicy
 from crawler.registry import runs
 from crawler.registry.pages import PageResult, store_parsed
@@ -22,7 +23,6 @@ from crawler.registry.pages import PageResult, store_parsed
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-DEFAULT_URL = "https://civitai.com"
 URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
 TOKEN_ENV = "CIVITAI_API_TOKEN"
 PAGE_SIZE = 100

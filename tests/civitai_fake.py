@@ -54,6 +54,9 @@ class FakeCivitai:
     # /api/download/models/{version id} -> the signed storage URL it redirects to (307), and whether it needs a
     # token (401 with Civitai's login-wall body otherwise)
     downloads: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # civitai.com since the April 2026 split, as some clients report it: NSFW models are not listed even with
+    # nsfw=true (civitai.red lists everything)
+    sfw_only: bool = False
 
     def __post_init__(self):
         self.items = sorted(self.items, key=lambda i: (_last_version_time(i), i["id"]))
@@ -73,7 +76,7 @@ class FakeCivitai:
             for i in self.items
             if "Checkpoint" in query.get("types", ["Checkpoint"]) and i.get("type") == "Checkpoint"
         ]
-        if one.get("nsfw") != "true":
+        if one.get("nsfw") != "true" or self.sfw_only:
             items = [i for i in items if not i.get("nsfw")]  # the real server's silent PG-only default
         period = one.get("period")
         if period and period != "AllTime":
