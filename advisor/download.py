@@ -30,17 +30,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from advisor.safety import safe_filename
-from crawler.http import USER_AGENT, Retryable, RetryPolicy, redact, retry_wait, retrying
+from crawler.http import (
+    USER_AGENT,
+    RedirectError,
+    Retryable,
+    RetryPolicy,
+    open_redirected,
+    redact,
+    retry_wait,
+    retrying,
+)
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
 
 CHUNK = 1 << 20
-MAX_REDIRECTS = 5
 SIZE_TOLERANCE = 0.02  # Civitai records sizes in (rounded) KB; a 2 % difference is a different file
 _PREFIX = ".inpaint-advisor-"
 
@@ -190,25 +198,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None, what: str) -> httpx.Response:
-    """A streamed response for ``url``, redirects followed by hand: the token only to the first host."""
-    origin = urlsplit(url).netloc
-    for _ in range(MAX_REDIRECTS + 1):
-        sent = dict(headers)
-        if token and urlsplit(url).netloc == origin:
-            sent["Authorization"] = f"Bearer {token}"
-        request = client.build_request("GET", url, headers=sent)
-        response = client.send(request, stream=True)
-        if response.status_code not in (301, 302, 303, 307, 308):
-            return response
-        location = response.headers.get("location")
-        response.close()
-        if not location:
-            raise DownloadError(f"{what}: a redirect without a Location")
-        url = urljoin(url, location)
-        if "/login" in urlsplit(url).path:
+    try:
+        return open_redirected(client, url, headers, token)
+    except RedirectError as exc:
+        if exc.kind == "login-wall":
             raise DownloadError(f"{what}: redirected to a login page: set CIVITAI_API_TOKEN to an API key",
-                                "login-wall")  # fmt: skip
-    raise DownloadError(f"{what}: too many redirects")
+                                "login-wall") from None  # fmt: skip
+        raise DownloadError(f"{what}: " + ("a redirect without a Location" if exc.kind == "no-location" else
+                                           "too many redirects")) from None  # fmt: skip
 
 
 def _hash_existing(path: Path, upto: int) -> StreamHasher:

@@ -64,7 +64,9 @@ def _crawl_report(console: Console, s, rows: list[tuple[str, object]], notes: li
 def crawl_summary(console: Console, s: "CrawlSummary") -> None:
     rows = [("pages", s.pages), ("models", s.models), ("versions", s.versions), ("models changed", s.written),
             ("new inpainting releases", s.new_inpainting), ("new sibling links", s.new_links),
-            ("retried requests", s.retries), ("errors", s.errors)]  # fmt: skip
+            ("file headers read (ambiguous versions)", s.headers_read),
+            ("verdicts the headers reversed", s.proofs_changed), ("retried requests", s.retries),
+            ("errors", s.errors)]  # fmt: skip
     notes = [line("unknown base models (stored as-is): ", ", ".join(sorted(s.unknown_base_models)))] \
         if s.unknown_base_models else []  # fmt: skip
     _crawl_report(console, s, rows, notes)

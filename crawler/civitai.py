@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from crawler import links
+from crawler import civitai_proof, links
 from crawler.civitai_items import parse_page
 from crawler.feed import PageFeed
 from crawler.hosts import DEFAULT_URL
@@ -108,8 +108,10 @@ def fetch_by_hashes(hashes: list[str], *, base_url: str | None = None,
 
 
 def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
-    """Parse and write one page of raw `/models` items (see ``store_parsed``)."""
-    return store_parsed(engine, parse_page(items), run_id, next_cursor)
+    """Parse and write one page of raw `/models` items (see ``store_parsed``), known header proofs applied."""
+    parsed = parse_page(items)
+    civitai_proof.apply_known(engine, parsed)
+    return store_parsed(engine, parsed, run_id, next_cursor)
 
 
 def period_for(since: datetime | None, now: datetime) -> str | None:
@@ -125,6 +127,10 @@ class CrawlSummary(runs.RunSummary):
     models: int = 0
     versions: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
+    # ambiguous versions proven from their files' headers (crawler.civitai_proof)
+    headers_read: int = 0
+    proofs_changed: int = 0
+    proofs_unreadable: int = 0
 
 
 def crawl(
@@ -137,8 +143,10 @@ def crawl(
     max_pages: int | None = None,
     on_page: Callable[[CrawlSummary], None] | None = None,
     on_retry: Callable[[str], None] | None = None,
+    proof_budget: int = civitai_proof.BUDGET,
 ) -> CrawlSummary:
-    """Crawl every Checkpoint model. ``mode="incremental"`` asks only for models changed since the last
+    """Crawl every Checkpoint model; then read the file headers of up to ``proof_budget`` versions whose
+    metadata is ambiguous (crawler.civitai_proof). ``mode="incremental"`` asks only for models changed since the last
     successful run. A run that was killed or failed is resumed from its last committed page."""
     base_url = api_url(base_url)
     token = token or token_from_env()
@@ -163,6 +171,7 @@ def crawl(
                     on_retry(page)
                 continue
             parsed, next_cursor, retries = page
+            civitai_proof.apply_known(engine, parsed)
             stored = store_parsed(engine, parsed, run.id, next_cursor)
             summary.pages += 1
             summary.models += stored.models
@@ -177,6 +186,9 @@ def crawl(
             summary.status = "interrupted"
             runs.finish(engine, run, "interrupted", f"stopped after {summary.pages} pages (--max-pages)")
             return summary
+        proved = civitai_proof.prove_pending(engine, base_url, token, budget=proof_budget)
+        summary.headers_read, summary.proofs_changed = proved.read, proved.changed
+        summary.proofs_unreadable = proved.unreadable
         summary.new_links = links.link_sibling_models(engine)
         summary.status = "ok"
         runs.finish(engine, run, "ok")

@@ -100,3 +100,39 @@ def version_label(name: str) -> str:
     """A comparable label: "V6.0 B1 inpainting (VAE)" -> "6.0 b1 vae"; used to pair an inpainting version with
     the normal version it was made from."""
     return " ".join(t.lstrip("v") if _VERSION_LABEL_RE.fullmatch(t) else t for t in strip_inpainting(name).split())
+
+
+def ambiguity(*, version_name: str | None, base_model_type: str | None, file_names: list[str],
+              model_name: str | None, model_tags: list[str]) -> str | None:  # fmt: skip
+    """Why a Civitai version's metadata cannot settle whether it is an inpainting release (its file's header
+    then decides), or None when the metadata agrees with itself."""
+    names_say = mentions_inpainting(version_name) or any(mentions_inpainting(n) for n in file_names)
+    typed = base_model_type == "Inpainting"
+    if typed and not names_say:
+        return 'typed "Inpainting", but its names say nothing of it'
+    if names_say and base_model_type == "Standard":
+        return 'its names say inpainting, but it is typed "Standard"'
+    model_says = mentions_inpainting(model_name) or any(mentions_inpainting(t) for t in model_tags)
+    if model_says and not names_say and not typed:
+        return "the model is named or tagged inpainting, but this version says nothing of it"
+    return None
+
+
+PROOF = 0.99
+UNPROVEN_WEIGHT = 0.6  # how much of its margin over THRESHOLD a verdict keeps when its file could not be read
+
+
+def with_proof(is_inpainting: bool, confidence: float, evidence: list[str], variant: str | None, how: str,
+               problem: str | None = None) -> tuple[bool, float, list[str]]:  # fmt: skip
+    """A version's verdict after a header read of its file: the UNet's input channels decide (``variant`` from
+    merge.layout: inpaint/fill, or normal/pix2pix/depth); an unreadable file keeps the metadata's verdict at a
+    lower confidence."""
+    evidence = [e for e in evidence if not e.startswith(("its file's header", "its file could not be read"))]
+    if variant in ("inpaint", "fill"):
+        return True, PROOF, [f"its file's header proves it: {how}", *evidence]
+    if variant in ("normal", "pix2pix", "depth"):
+        return False, round(1 - PROOF, 4), [f"its file's header proves it is not an inpainting model: {how}",
+                                            *evidence]  # fmt: skip
+    lowered = THRESHOLD + (confidence - THRESHOLD) * UNPROVEN_WEIGHT if is_inpainting else confidence
+    why = problem or "no UNet in its header"
+    return is_inpainting, round(lowered, 4), [*evidence, f"its file could not be read to prove it ({why})"]

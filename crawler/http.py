@@ -199,3 +199,35 @@ class JsonClient:
 
         what = redact(url) if "://" in url else url
         return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._on_retry)
+
+
+class RedirectError(CrawlError):
+    """A download redirect that leads nowhere usable; ``kind``: login-wall | no-location | too-many."""
+
+    def __init__(self, kind: str, url: str):
+        super().__init__(f"{kind}: {redact(url)}")
+        self.kind = kind
+
+
+MAX_REDIRECTS = 5
+
+
+def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | None) -> httpx.Response:
+    """A streamed response for ``url``, redirects followed by hand so that the token goes to the first host only
+    (Civitai's download URL), never to the signed storage it redirects to. The caller closes the response."""
+    origin = urlsplit(url).netloc
+    for _ in range(MAX_REDIRECTS + 1):
+        sent = dict(headers)
+        if token and urlsplit(url).netloc == origin:
+            sent["Authorization"] = f"Bearer {token}"
+        response = client.send(client.build_request("GET", url, headers=sent), stream=True)
+        if response.status_code not in (301, 302, 303, 307, 308):
+            return response
+        location = response.headers.get("location")
+        response.close()
+        if not location:
+            raise RedirectError("no-location", url)
+        url = str(httpx.URL(url).join(location))
+        if "/login" in urlsplit(url).path:
+            raise RedirectError("login-wall", url)
+    raise RedirectError("too-many", url)

@@ -55,7 +55,7 @@ def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _entry(path: Path, name: str, t, data_start: int) -> TensorInfo:
+def _entry(path, name: str, t, data_start: int) -> TensorInfo:
     """One header entry, checked: a dtype we know, a shape of non-negative ints, two offsets that agree."""
     where = f"{path}: tensor {name[:200]!r}"
     if not isinstance(t, dict):
@@ -73,6 +73,27 @@ def _entry(path: Path, name: str, t, data_start: int) -> TensorInfo:
         raise CheckpointError(f"{where}: {end - begin} bytes at its offsets, but its shape and dtype make "
                               f"{info.nbytes}")  # fmt: skip
     return info
+
+
+def parse_header_json(raw: bytes, where, data_start: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """The JSON of a safetensors header (the ``n`` bytes after its length): tensors and ``__metadata__``, each
+    entry checked; ``where`` names the file in errors. Also for headers read remotely with a range request."""
+    if raw[:1] != b"{":
+        raise CheckpointError(f"{where}: not a safetensors file (its header is not a JSON object)")
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{where}: safetensors header is not UTF-8") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: safetensors header is nested too deeply") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: safetensors header is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(parsed, dict):
+        raise CheckpointError(f"{where}: not a safetensors file (its header is not a JSON object)")
+    metadata = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{where}: malformed __metadata__ (it must map names to strings)")
+    return {name: _entry(where, name, t, data_start) for name, t in parsed.items()}, dict(metadata)
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -95,23 +116,8 @@ def read_header(path: str | os.PathLike) -> Header:
         raise CheckpointError(f"{path}: a folder, not a safetensors file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
-    if raw[:1] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    try:
-        parsed = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: safetensors header is not UTF-8") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: safetensors header is nested too deeply") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({str(exc)[:120]})") from None
-    if not isinstance(parsed, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
     data_start = 8 + n
-    metadata = parsed.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path}: malformed __metadata__ (it must map names to strings)")
-    tensors = {name: _entry(path, name, t, data_start) for name, t in parsed.items()}
+    tensors, metadata = parse_header_json(raw, path, data_start)
     pos = data_start
     for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
         if info.start != pos:
@@ -124,4 +130,4 @@ def read_header(path: str | os.PathLike) -> Header:
     if pos < size:
         raise CheckpointError(f"{path}: {size - pos:,} bytes after the last tensor (not a safetensors file as "
                               "written, or damaged)")  # fmt: skip
-    return Header(path, tensors, dict(metadata), data_start, size)
+    return Header(path, tensors, metadata, data_start, size)

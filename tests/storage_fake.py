@@ -18,6 +18,7 @@ class Blob:
     drop_after: int | None = None  # close the connection after this many body bytes, once
     hold_after: int | None = None  # send this many body bytes, then wait for ``release``, once
     etag: str | None = None
+    status: int | None = None  # answer every request with this status instead (503: storage in trouble)
 
     def __post_init__(self):
         self.etag = self.etag or f'"{hashlib.sha256(self.data).hexdigest()[:16]}"'
@@ -57,21 +58,25 @@ class _Handler(FakeApiHandler):
         blob = storage.blobs.get(key)
         if blob is None:
             return self._send(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
-        start, status = 0, 200
+        start, stop, status = 0, len(blob.data), 200
         wanted = self.headers.get("Range")
+        if blob.status is not None:
+            return self._send(blob.status, b"<Error><Code>SlowDown</Code></Error>", "application/xml")
         if wanted and (self.headers.get("If-Range") in (None, blob.etag)):
-            start = int(wanted.removeprefix("bytes=").split("-")[0])
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start = int(first)
+            stop = min(stop, int(last) + 1) if last else stop  # "bytes=0-524287": a header read
             if start >= len(blob.data):
                 return self._send(416, b"", headers={"Content-Range": f"bytes */{len(blob.data)}"})
             status = 206
-        body = blob.data[start:]
+        body = blob.data[start:stop]
         self.send_response(status)
         self.send_header("Content-Type", blob.content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", blob.etag)
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(blob.data) - 1}/{len(blob.data)}")
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(blob.data)}")
         if blob.filename:
             self.send_header("Content-Disposition", disposition(blob.filename))
         self.end_headers()

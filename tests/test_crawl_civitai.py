@@ -50,8 +50,10 @@ def test_fixture_crawl_stores_every_checkpoint_once_with_versions_and_files(engi
     assert one(engine, "SELECT count(*) FROM version")[0] == sum(len(i["modelVersions"]) for i in checkpoints)
     # nsfw=true was sent: NSFW models are not silently dropped
     assert one(engine, "SELECT nsfw FROM model WHERE id='civitai:43331'")[0] == 1
-    assert all(r["query"]["nsfw"] == ["true"] and r["query"]["types"] == ["Checkpoint"] for r in fake.requests)
-    assert all(r["query"]["sort"] == ["Oldest"] for r in fake.requests)
+    listings = [r for r in fake.requests if r["path"] == "/api/v1/models"]
+    assert listings and all(r["query"]["nsfw"] == ["true"] and r["query"]["types"] == ["Checkpoint"]
+                            for r in listings)  # fmt: skip
+    assert all(r["query"]["sort"] == ["Oldest"] for r in listings)
     # each model's download count, for `build --missing`
     item = next(i for i in checkpoints if (i.get("stats") or {}).get("downloadCount"))
     stored = one(engine, "SELECT downloads FROM model WHERE id = :id", id=f"civitai:{item['id']}")[0]

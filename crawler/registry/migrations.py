@@ -127,6 +127,11 @@ def m008_name_indexes(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_model_name_compact ON model (replace(name_norm, ' ', ''))")
 
 
+def m009_header_proofs(conn: Connection) -> None:
+    """Proofs read from Civitai files' headers where metadata is ambiguous (the headerproof table)."""
+    SQLModel.metadata.create_all(conn, tables=[schema.HeaderProof.__table__])
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -143,6 +148,7 @@ MIGRATIONS = [
     Migration(6, "route file checks", m006_route_checks),
     Migration(7, "team-mode job runs", m007_job_runs),
     Migration(8, "file name and spaceless model name indexes", m008_name_indexes),
+    Migration(9, "Civitai header proofs", m009_header_proofs),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

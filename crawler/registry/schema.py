@@ -225,3 +225,16 @@ class SchemaMigration(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     name: str
     applied_at: datetime
+
+
+class HeaderProof(SQLModel, table=True):
+    """What a Civitai file's safetensors header showed, read with a range request where the version's metadata
+    was ambiguous; keyed by the file's SHA256 (a file is proven once, whatever model or host it is under)."""
+
+    key: str = Field(primary_key=True)  # upper-case sha256, or "file:<id>" for a file without one
+    variant: str | None = None  # inpaint | fill | normal | pix2pix | depth; None: could not be read
+    arch: str | None = None
+    in_channels: int | None = None
+    how: str = ""
+    problem: str | None = None
+    checked_at: datetime

@@ -1,0 +1,166 @@
+"""Proof from the file where a Civitai version's metadata is ambiguous: the crawl reads the primary file's
+safetensors header with range requests through the download redirect (the token to Civitai only), decides by
+the UNet's input channels, records the proof by hash and relinks; unreadable files keep the metadata verdict
+at a lower confidence; everything else is never fetched."""
+
+import json
+
+import pytest
+
+from advisor.lookup import lookup
+from crawler import civitai, detect
+from crawler import registry as registry_layer
+from crawler.http import RetryPolicy
+from tests.civitai_fake import FakeCivitai
+from tests.eval_world import item, version_id
+from tests.hf_fake import sd_file
+from tests.storage_fake import Blob, FakeStorage, StorageServer
+
+FAST = RetryPolicy(attempts=2, base_delay=0.001)
+TOKEN = "civitai-s3cret-token"
+
+# (model spec, {version position: (family, variant) of its real file, or a Blob for a broken one})
+CASES = [
+    # named and tagged inpainting, its version says nothing: the file proves it is one
+    ({"id": 700, "name": "MagicPaint", "downloads": 900, "tags": ["inpainting"],
+      "versions": [["v1", "SD 1.5", "Standard", "magicpaint_v1.safetensors"]]}, {0: ("sd1", "inpaint")}),
+    # tagged inpainting, a plain version (ambiguous, proven normal) beside a clear inpainting one (never read)
+    ({"id": 701, "name": "DreamPaint", "downloads": 800, "tags": ["inpainting", "anime"],
+      "versions": [["8", "SD 1.5", "Standard", "dreampaint_8.safetensors"],
+                   ["8 Inpainting", "SD 1.5", "Inpainting", "dreampaint_8Inpainting.safetensors"]]},
+     {0: ("sd1", "normal"), 1: ("sd1", "inpaint")}),
+    # typed Inpainting, its names say nothing: in fact a normal checkpoint
+    ({"id": 702, "name": "Mislabelled", "downloads": 700, "tags": [],
+      "versions": [["v2", "SDXL 1.0", "Inpainting", "mislabelled_v2.safetensors"], ["v1", "SDXL 1.0", "Standard"]]},
+     {0: ("sdxl", "normal")}),
+    # an "-inp" name typed Standard: the file proves the name right
+    ({"id": 703, "name": "RealToon", "downloads": 600, "tags": [],
+      "versions": [["v1.2.1-inp", "SD 1.5", "Standard", "realtoon_v121-inp.safetensors"], ["v1.2.1", "SD 1.5"]]},
+     {0: ("sd1", "inpaint")}),
+    # tagged inpainting, its download answers with a JSON error: the metadata verdict stays, less sure
+    ({"id": 704, "name": "Walled Inpainting", "downloads": 500, "tags": ["inpainting"],
+      "versions": [["v1", "SD 1.5", "Standard", "walled_v1.safetensors"]]},
+     {0: Blob(b'{"error":"no access"}', content_type="application/json")}),
+    # nothing ambiguous: never fetched
+    ({"id": 705, "name": "Plain Model", "downloads": 400, "tags": ["photorealistic"],
+      "versions": [["v3", "SD 1.5", "Standard", "plain_v3.safetensors"]]}, {0: ("sd1", "normal")}),
+]
+
+
+@pytest.fixture
+def world(registry_db, serve):
+    storage = FakeStorage()
+    with StorageServer(storage) as storage_url:
+        fake = FakeCivitai([item(spec, i) for i, (spec, _) in enumerate(CASES)], duplicate_at_boundary=False)
+        for spec, files in CASES:
+            for pos, content in files.items():
+                vid = str(version_id(spec["id"], pos))
+                storage.blobs[vid] = content if isinstance(content, Blob) else Blob(sd_file(*content) + b"\0" * 4096)
+                fake.downloads[vid] = (f"{storage_url}/blob/{vid}?X-Amz-Signature=abc", True)
+        url = serve(fake)
+        yield fake, storage, url, registry_db
+
+
+def crawl(world, **kw):
+    fake, _, url, db = world
+    return civitai.crawl(registry_layer.connect(db), base_url=url, token=TOKEN, policy=FAST, **kw)
+
+
+def verdict(db, model_id: int, pos: int):
+    with registry_layer.open_reader(db) as reader:
+        v = next(v for v in reader.versions(f"civitai:{model_id}") if v.id == f"civitai:v{version_id(model_id, pos)}")
+        conf = reader.row("SELECT inpaint_confidence FROM version WHERE id = ?", (v.id,))[0]
+    return v.is_inpainting, conf, v.evidence
+
+
+def test_ambiguous_versions_are_decided_by_their_files_headers(world):
+    fake, storage, _, db = world
+    summary = crawl(world)
+    assert summary.headers_read == 5 and summary.proofs_changed == 2 and summary.proofs_unreadable == 1
+
+    is_inp, conf, evidence = verdict(db, 700, 0)  # the metadata alone could not tell
+    assert is_inp and conf == detect.PROOF and "9 input channels" in evidence[0]
+    assert verdict(db, 701, 0)[0] is False and "not an inpainting model" in verdict(db, 701, 0)[2][0]
+    assert verdict(db, 702, 0)[0] is False  # typed Inpainting, but a normal UNet
+    assert verdict(db, 703, 0)[0] is True and verdict(db, 703, 0)[1] == detect.PROOF
+    # unreadable: the metadata's verdict (the model name and tag say inpainting) kept, at a lower confidence
+    is_inp, conf, evidence = verdict(db, 704, 0)
+    assert is_inp and detect.THRESHOLD <= conf < 0.8 and "could not be read" in evidence[-1]
+
+    # bounded: only the ambiguous versions' files, a header's worth each, the token never to the storage host
+    read = sorted(r["path"].split("?")[0].rsplit("/", 1)[-1] for r in storage.requests)
+    assert read == sorted(str(version_id(m, 0)) for m in (700, 701, 702, 703, 704))
+    assert all(r["range"] == "bytes=0-524287" and r["authorization"] is None for r in storage.requests)
+    assert fake.auth_headers.count(f"Bearer {TOKEN}") >= 5  # ...but to Civitai's download URL
+    with registry_layer.open_reader(db) as reader:
+        keys = {r[0] for r in reader.rows("SELECT key FROM headerproof")}
+        sha = reader.row("SELECT sha256 FROM file WHERE version_id = 'civitai:v7000'")[0]
+    assert sha in keys and len(keys) == 5  # by the file's hash
+
+
+def test_proofs_move_links_and_answers(world):
+    _, _, _, db = world
+    crawl(world)
+    r = lookup("MagicPaint", db=db, offline=True)
+    assert r.recommendation.kind == "already-inpainting"
+    assert any("header proves" in e for e in r.recommendation.evidence)
+    r = lookup("RealToon", db=db, offline=True)  # the -inp version, proven, is its own release
+    assert r.recommendation.kind == "own-release" and "v1.2.1-inp" in r.recommendation.target.name
+    r = lookup("Mislabelled", db=db, offline=True)  # its newest version is not inpainting after all
+    assert r.match.version_name == "v2" and r.recommendation.kind != "already-inpainting"
+    with registry_layer.open_reader(db) as reader:
+        assert reader.model("civitai:702").has_inpainting is False and reader.model("civitai:700").is_inpainting
+
+
+def test_a_file_is_read_once_and_its_proof_survives_a_recrawl(world):
+    fake, storage, _, db = world
+    crawl(world)
+    before = len(storage.requests)
+    for it in fake.items:  # every model changed at the source: re-parsed from metadata, rewritten
+        it["description"] = "<p>new</p>"
+        it["name"] += " "
+    fake._cache.clear()
+    summary = crawl(world)
+    assert summary.written == len(CASES) and summary.headers_read == 0 and len(storage.requests) == before
+    assert verdict(db, 700, 0)[0] is True and verdict(db, 702, 0)[0] is False
+
+
+def test_a_storage_in_trouble_defers_the_proof_to_the_next_crawl(world):
+    _, storage, _, db = world
+    storage.blobs["7000"].status = 503
+    summary = crawl(world)
+    assert summary.headers_read == 5 and summary.proofs_unreadable == 1  # 704's JSON page; 7000's 503: nothing
+    is_inp, conf, evidence = verdict(db, 700, 0)
+    assert not any("header" in e or "could not be read" in e for e in evidence)
+    storage.blobs["7000"].status = None
+    summary = crawl(world)
+    assert summary.headers_read == 1 and verdict(db, 700, 0)[:2] == (True, detect.PROOF)
+
+
+def test_the_budget_bounds_a_crawl_and_the_rest_wait(world):
+    summary = crawl(world, proof_budget=2)
+    assert summary.headers_read == 2
+    assert crawl(world).headers_read == 3
+
+
+@pytest.mark.parametrize(
+    "kw, ambiguous",
+    [(dict(version_name="v1", base_model_type="Standard", file_names=["a.safetensors"], model_name="X Inpainting",
+           model_tags=[]), True),
+     (dict(version_name="v1", base_model_type="Inpainting", file_names=["a.safetensors"], model_name="X",
+           model_tags=[]), True),
+     (dict(version_name="v1-inp", base_model_type="Standard", file_names=["a.safetensors"], model_name="X",
+           model_tags=[]), True),
+     (dict(version_name="v1 inpainting", base_model_type="Inpainting", file_names=["a-inpainting.safetensors"],
+           model_name="X", model_tags=[]), False),
+     (dict(version_name="v1", base_model_type="Standard", file_names=["a.safetensors"], model_name="ThinPaintLine",
+           model_tags=["painting"]), False)],
+)  # fmt: skip
+def test_what_counts_as_ambiguous(kw, ambiguous):
+    assert (detect.ambiguity(**kw) is not None) == ambiguous
+
+
+def test_evidence_of_an_earlier_proof_is_replaced_not_stacked():
+    once = detect.with_proof(False, 0.0, ["x"], "inpaint", "9 input channels in its header")
+    twice = detect.with_proof(*once, "inpaint", "9 input channels in its header")
+    assert twice == once and json.dumps(twice[2]).count("header proves") == 1
