@@ -62,14 +62,29 @@ def _compact_name(value: str) -> str:
     return re.sub(r"[\W_]+", "", value.lower())
 
 
-@cache
+_indexes: dict[str, tuple[list, dict]] = {}
+
+
+def _index_of(kind: str, build) -> dict:
+    """``build(families)``, cached for as long as the families list is the same object (tests swap it)."""
+    fams = all_families()
+    held = _indexes.get(kind)
+    if held is None or held[0] is not fams:
+        held = _indexes[kind] = (fams, build(fams))
+    return held[1]
+
+
 def _name_index() -> dict[str, str]:
     """Every way of naming a family, spaces and punctuation aside ("SD1.5" is "sd 1.5")."""
-    index: dict[str, str] = {}
-    for f in all_families():
-        for n in [f["id"], f["name"], *f.get("aliases", []), *f["civitai_base_models"], *f["hf_base_repos"]]:
-            index.setdefault(_compact_name(n), f["id"])
-    return index
+
+    def build(fams: list[dict]) -> dict[str, str]:
+        index: dict[str, str] = {}
+        for f in fams:
+            for n in [f["id"], f["name"], *f.get("aliases", []), *f["civitai_base_models"], *f["hf_base_repos"]]:
+                index.setdefault(_compact_name(n), f["id"])
+        return index
+
+    return _index_of("names", build)
 
 
 def family_by_name(text: str) -> dict | None:
@@ -77,16 +92,18 @@ def family_by_name(text: str) -> dict | None:
     return family(_name_index().get(_compact_name(text)))
 
 
-@cache
 def _file_index() -> dict[str, tuple[str, str]]:
-    index: dict[str, tuple[str, str]] = {}
-    for f in all_families():
-        for role in ("inpaint", "base"):
-            names = [(f.get(role) or {}).get("file") or "", *f.get("file_names", {}).get(role, [])]
-            for name in names:
-                if name and "/" not in name:  # "unet/diffusion_pytorch_model..." names no one file
-                    index.setdefault(name.lower(), (f["id"], role))
-    return index
+    def build(fams: list[dict]) -> dict[str, tuple[str, str]]:
+        index: dict[str, tuple[str, str]] = {}
+        for f in fams:
+            for role in ("inpaint", "base"):
+                names = [(f.get(role) or {}).get("file") or "", *f.get("file_names", {}).get(role, [])]
+                for name in names:
+                    if name and "/" not in name:  # "unet/diffusion_pytorch_model..." names no one file
+                        index.setdefault(name.lower(), (f["id"], role))
+        return index
+
+    return _index_of("files", build)
 
 
 def official_file(name: str) -> tuple[dict, str] | None:
