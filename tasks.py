@@ -3,7 +3,7 @@
 
     python3 tasks.py run lookup "majicmix realistic"   # any inpaint-advisor command
     python3 tasks.py test                                # ruff + the whole test suite (what CI runs)
-    python3 tasks.py bench [crawl|merge|lookup|scan|build|queue] [options] # benchmarks/, see README
+    python3 tasks.py bench [crawl|merge|lookup|match|scan|build|queue] [options] # benchmarks/, see README
     python3 tasks.py where                               # how to run inpaint-advisor directly
 
 Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
@@ -75,15 +75,16 @@ def main(argv: list[str]) -> int:
         tests = sh(PY, "-m", "pytest", *rest, check=False, cwd=ROOT).returncode
         return tests or lint
     if task == "bench":
-        known = ["crawl", "merge", "lookup", "scan", "build", "queue"]
+        known = ["crawl", "merge", "lookup", "match", "scan", "build", "queue"]
         names = [n for n in rest if n in known]
         args = rest[len(names) :]  # the rest goes to the scripts: bench merge --cold --families sd1
         if rest[: len(names)] != names:
-            print("usage: tasks.py bench [crawl|merge|lookup|scan|build|queue ...] [script options]", file=sys.stderr)
+            print("usage: tasks.py bench [crawl|merge|lookup|match|scan|build|queue ...] [script options]",
+                  file=sys.stderr)
             return 2
         return max(
             sh(PY, ROOT / "benchmarks" / f"bench_{n}.py", *args, check=False, cwd=ROOT).returncode
-            for n in names or known[:4]  # build needs ~45 GB of disk, queue a PostgreSQL server: only when named
+            for n in names or known[:5]  # build needs ~45 GB of disk, queue a PostgreSQL server: only when named
         )
     print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)
     return 2
