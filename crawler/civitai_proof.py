@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 FIRST_READ = 512 * 1024  # an SD 1.5/SDXL/FLUX header is 60-250 KB: usually one request
 MAX_HEADER = 16 * 2**20  # more is not a checkpoint header worth reading
 BUDGET = 200  # header reads per crawl; the rest wait for the next one (the most downloaded models first)
+PENDING_BATCH = 2000
 
 
 @dataclass
@@ -37,8 +38,6 @@ class ProofSummary:
     unreadable: int = 0
     changed: int = 0  # versions whose verdict the proof reversed
     deferred: int = 0  # could not be asked now (connection, 429, 5xx): asked again by the next crawl
-    bytes: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 class Unreadable(Exception):
@@ -114,21 +113,27 @@ def _verdict(version: dict, proof: dict) -> tuple[bool, float, list[str]]:
                              proof.get("variant"), proof.get("how") or "", proof.get("problem"))  # fmt: skip
 
 
+def _wants_proof(row: dict) -> bool:
+    ambiguous = detect.ambiguity(version_name=row["name"], base_model_type=row["base_model_type"],
+                                 file_names=[row["file_name"]], model_name=row["model_name"],
+                                 model_tags=json.loads(row["tags"] or "[]"))  # fmt: skip
+    safetensors = row["format"] in (None, "SafeTensor") and row["file_name"].lower().endswith(".safetensors")
+    return ambiguous is not None and safetensors
+
+
 def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
                   timeout: float = 30.0) -> ProofSummary:  # fmt: skip
     """Read the headers of the ambiguous versions not proven yet (at most ``budget``), record the proofs and
     rewrite those versions' verdicts, their models' flags and same-model links."""
     summary = ProofSummary()
+    wanted: list[dict] = []
+    offset = 0
     with engine.connect() as conn:
-        candidates = proofs.pending(conn, budget * 20)
-    wanted = []
-    for row in candidates:
-        tags = json.loads(row["tags"] or "[]")
-        why = detect.ambiguity(version_name=row["name"], base_model_type=row["base_model_type"],
-                               file_names=[row["file_name"]], model_name=row["model_name"],
-                               model_tags=tags)  # fmt: skip
-        if why and row["format"] in (None, "SafeTensor") and row["file_name"].lower().endswith(".safetensors"):
-            wanted.append(row)
+        # versions that merely mention inpainting and agree with themselves are never proven, so they stay in
+        # the SQL filter's answer: page past them to the ambiguous ones
+        while len(wanted) < budget and (batch := proofs.pending(conn, PENDING_BATCH, offset)):
+            offset += len(batch)
+            wanted += [row for row in batch if _wants_proof(row)]
     wanted = wanted[:budget]
     found: dict[str, dict] = {}
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
@@ -148,8 +153,6 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             summary.proven += proof["variant"] is not None
             summary.unreadable += proof["variant"] is None
             summary.changed += verdict[0] != bool(row["is_inpainting"])
-            if proof.get("problem"):
-                summary.problems.append(f"{row['model_name'][:80]} — {row['name'][:60]}: {proof['problem']}")
     with engine.begin() as conn:
         proofs.save(conn, list(found.values()))
         for model_id in proofs.set_verdicts(conn, verdicts):

@@ -164,3 +164,11 @@ def test_evidence_of_an_earlier_proof_is_replaced_not_stacked():
     once = detect.with_proof(False, 0.0, ["x"], "inpaint", "9 input channels in its header")
     twice = detect.with_proof(*once, "inpaint", "9 input channels in its header")
     assert twice == once and json.dumps(twice[2]).count("header proves") == 1
+
+
+def test_ambiguous_versions_behind_many_clear_ones_are_still_reached(world, monkeypatch):
+    """Versions that mention inpainting and agree with themselves are never proven: the search pages past them."""
+    from crawler import civitai_proof
+
+    monkeypatch.setattr(civitai_proof, "PENDING_BATCH", 1)
+    assert crawl(world).headers_read == 5

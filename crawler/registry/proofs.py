@@ -26,9 +26,10 @@ def known(conn: Connection, keys: list[str]) -> dict[str, dict]:
     return out
 
 
-def pending(conn: Connection, limit: int) -> list[dict]:
+def pending(conn: Connection, limit: int, offset: int = 0) -> list[dict]:
     """Civitai versions whose metadata hints at inpainting somewhere (type, names, model name or tags), with
-    their primary file, whose file has no proof yet; at most ``limit``, the most downloaded models first."""
+    their primary file, whose file has no proof yet: ``limit`` of them from ``offset``, the most downloaded
+    models first."""
     hint = Version.base_model_type == "Inpainting"
     for pattern in _HINTS:
         hint = hint | Version.name.ilike(pattern) | File.name.ilike(pattern) | Model.name.ilike(pattern) | \
@@ -44,6 +45,7 @@ def pending(conn: Connection, limit: int) -> list[dict]:
         .outerjoin(HeaderProof, HeaderProof.key == file_key)
         .where(Model.source == "civitai", HeaderProof.key.is_(None), hint)
         .order_by(Model.downloads.desc(), Version.id)
+        .offset(offset)
         .limit(limit)
     ).all()
     return [dict(r._mapping) for r in rows]
