@@ -185,6 +185,9 @@ class Server(LocalServer):
 
     def __init__(self, fake: FakeCivitai):
         super().__init__(type("Handler", (_Handler,), {"fake": fake}))
+        # a client that stops reading early (a header read that has what it needs) closes its connection: not
+        # an error worth a traceback
+        self.httpd.handle_error = lambda request, address: None
 
 
 # -- a synthetic catalogue with realistic items ---------------------------------------------------------------
