@@ -232,7 +232,7 @@ def _registry_file(role: str, reader, model_id: str, version_id: str | None, fol
     """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
     model = reader.model(model_id)
     versions = reader.versions(model.id)
-    version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None, None)
+    version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None)
     if version is None or not version.primary_file:
         raise BuildError(f"{role}: the registry knows no file of {model.name} to download", "no-file")
     if model.source == "civitai":

@@ -13,7 +13,6 @@ from advisor import routes
 from advisor.commands import Command, EnvRef
 from advisor.safety import safe_filename
 from crawler import families
-from crawler.detect import version_label
 from crawler.hosts import DEFAULT_URL
 
 MERGEABLE = {"sd1", "sd2", "sdxl"}
@@ -353,14 +352,10 @@ def _route_recommendation(route: routes.Route, checks: dict) -> Recommendation:
                           how=route.how, score=route.score, route=route.id)  # fmt: skip
 
 
-def choose_version(versions: list, version_id: str | None, hint: str | None):
-    """The version the user means: by id, by a label like "v7", else the newest non-inpainting one."""
+def choose_version(versions: list, version_id: str | None):
+    """The version the user means: by id (a URL's, a hash's, or the one advisor.match read in a name), else the
+    newest non-inpainting one."""
     if version_id:
         return next((v for v in versions if v.id == version_id), None)
-    if hint:
-        label = version_label(hint)
-        exact = [v for v in versions if version_label(v.name) == label]
-        if exact:
-            return sorted(exact, key=lambda v: v.is_inpainting)[0]
     normal = [v for v in versions if not v.is_inpainting]
     return (normal or versions or [None])[0]

@@ -98,7 +98,7 @@ def _official_file(query: str) -> LookupResult | None:
 
 def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
     versions = reg.versions(model.id)
-    version = ladder.choose_version(versions, version_id or q.version_id, q.version_hint)
+    version = ladder.choose_version(versions, version_id or q.version_id)
     family = (version.family if version else None) or model.family
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
@@ -346,19 +346,18 @@ def _by_name(reg: Reader, q: Query):
     if q.raw.strip().lower().endswith(CHECKPOINT_SUFFIXES) and (hits := reg.by_file_name(q.raw.strip())):
         model_id, version_id = hits[0]
         return reg.model(model_id), version_id
-    q.version_hint = None  # a version is only taken where match finds one of the model's own
     wanted = normalize_name(q.raw)[:200]
     exact = reg.exact(q.raw)
+    # an exact name needs no wider search: only its rivals in the cheap batches matter
+    found = _scored(reg, wanted, _candidates(reg, wanted, widen=not exact))
     if exact and (len(exact) == 1 or exact[0].downloads >= match.POPULAR * (exact[1].downloads + 1)):
         # The exact name wins ("Dark Pony 123456" is a name, not "Dark Pony" version 123456), unless it is a
         # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实", or
-        # "DreamShaper XL" version "Turbo" for a stranger's "DreamShaper XL Turbo"): the cheap batches hold it
+        # "DreamShaper XL" version "Turbo" for a stranger's "DreamShaper XL Turbo")
         top, named = exact[0], {m.id for m in exact}
-        rivals = _scored(reg, wanted, _candidates(reg, wanted, widen=False))
         if not any(s.similarity >= match.EXACT_RIVAL and s.model.downloads >= match.POPULAR * (top.downloads + 1)
-                   for s in rivals.values() if s.model.id not in named):  # fmt: skip
+                   for s in found.values() if s.model.id not in named):  # fmt: skip
             return top, None
-    found = _scored(reg, wanted, _candidates(reg, wanted))
     found.update((m.id, match.Scored(m, 100.0)) for m in exact)
     decided = match.decide(list(found.values()), lambda s: _family_of(reg, s.model))
     if isinstance(decided, match.Scored):

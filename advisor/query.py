@@ -13,8 +13,6 @@ _HASH_KINDS = {8: "autov1", 10: "autov2", 12: "autov3", 64: "sha256"}
 _AIR = re.compile(r"^urn:air:(?P<eco>[\w.-]+):(?P<type>[\w.-]+):civitai:(?P<id>\d+)(?:@(?P<vid>\d+))?$", re.I)
 _CIVITAI_ID = re.compile(r"^civitai:(?P<id>\d+)(?:@(?P<vid>\d+))?$", re.I)
 _HF_REPO = re.compile(r"^(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)$")
-# "majicmix realistic v7", "dreamshaper 8", "realcartoon3d v1.2.1-inp": a trailing version label
-_VERSION_TAIL = re.compile(r"^(?P<name>.*?\S)\s+(?P<version>v?\d+(?:\.\d+)*[a-z]?(?:[-_ ]?\w+)?)$", re.I)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _AIR_TYPES = {"lora": "a LoRA", "lycoris": "a LyCORIS", "embedding": "an embedding", "vae": "a VAE",
               "controlnet": "a ControlNet", "upscaler": "an upscaler", "hypernet": "a hypernetwork",
@@ -58,7 +56,6 @@ class Query:
     hash_kind: str | None = None
     path: Path | None = None
     text: str | None = None
-    version_hint: str | None = None
 
 
 def parse_query(raw: str) -> Query:
@@ -112,7 +109,4 @@ def parse_query(raw: str) -> Query:
     if sum(ch.isalnum() for ch in normalize_name(q)) < MIN_NAME_CHARS:
         raise QueryError(f"{shown(q)!r} is too short to match a model name: give at least {MIN_NAME_CHARS} letters or "
                          "digits, a URL, a hash or a file")  # fmt: skip
-    text, version = q, None
-    if m := _VERSION_TAIL.match(q):
-        text, version = m["name"], m["version"]
-    return Query(raw, "text", text=text, version_hint=version)
+    return Query(raw, "text", text=q)  # a version named at its end is found by advisor.match

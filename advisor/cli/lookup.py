@@ -20,12 +20,15 @@ def lookup(
     """Which inpainting checkpoint should I use with this model?
 
     Answers, in order: it already is one; its own inpainting release; the creator's inpainting model; the
-    official inpainting model of its family; or how to build one (the exact merge command).
+    official inpainting model of its family, how to build one (the exact merge command) and the other routes
+    (patches, ControlNets, ...), weighed together. A name that several models match about as well lists them.
 
     \b
     Examples:
       inpaint-advisor lookup "majicmix realistic v7"
-      inpaint-advisor lookup https://civitai.com/models/4384?modelVersionId=128713
+      inpaint-advisor lookup "dreamshapr 8 inpainting"  (typos fine; a version at the end is picked)
+      inpaint-advisor lookup https://civitai.red/models/4384?modelVersionId=128713
+      inpaint-advisor lookup juggernautXL_v9Rdphoto2Lightning.safetensors   (a file name)
       inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072
       inpaint-advisor lookup Lykon/dreamshaper-8        (a Hugging Face repo)
       inpaint-advisor lookup 7C819B6D13                 (an AutoV2 hash)
