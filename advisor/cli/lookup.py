@@ -26,9 +26,9 @@ def lookup(
     \b
     Examples:
       inpaint-advisor lookup "majicmix realistic v7"
-      inpaint-advisor lookup "dreamshapr 8 inpainting"  (typos fine; a version at the end is picked)
+      inpaint-advisor lookup "dreamshapr 8 inpainting"  (typo; version at the end)
       inpaint-advisor lookup https://civitai.red/models/4384?modelVersionId=128713
-      inpaint-advisor lookup juggernautXL_v9Rdphoto2Lightning.safetensors   (a file name)
+      inpaint-advisor lookup dreamshaper_8.safetensors  (a file name)
       inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072
       inpaint-advisor lookup Lykon/dreamshaper-8        (a Hugging Face repo)
       inpaint-advisor lookup 7C819B6D13                 (an AutoV2 hash)
