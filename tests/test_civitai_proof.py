@@ -172,3 +172,28 @@ def test_ambiguous_versions_behind_many_clear_ones_are_still_reached(world, monk
 
     monkeypatch.setattr(civitai_proof, "PENDING_BATCH", 1)
     assert crawl(world).headers_read == 5
+
+
+def test_a_crafted_header_is_recorded_and_shown_as_text(registry_db, serve):
+    """A stranger's file whose header is malformed, with escape sequences in a tensor name: the proof's problem
+    is kept (quoted, cut), the verdict stays, and lookup prints it as text."""
+    import struct
+
+    from tests.conftest import cli_env, run_cli
+
+    raw = json.dumps({"\x1b]8;;http://evil.example\x07x\x1b[2J": {"dtype": "EVIL", "shape": [1],
+                                                                  "data_offsets": [0, 1]}}).encode()  # fmt: skip
+    spec = {"id": 710, "name": "Crafted Inpainting", "downloads": 10, "tags": ["inpainting"],
+            "versions": [["v1", "SD 1.5", "Standard", "crafted_v1.safetensors"]]}
+    storage = FakeStorage()
+    with StorageServer(storage) as storage_url:
+        fake = FakeCivitai([item(spec, 0)], duplicate_at_boundary=False)
+        storage.blobs["7100"] = Blob(struct.pack("<Q", len(raw)) + raw + b"\0")
+        fake.downloads["7100"] = (f"{storage_url}/blob/7100?X-Amz-Signature=abc", False)
+        summary = civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), policy=FAST)
+    assert summary.headers_read == 1 and summary.proofs_unreadable == 1
+    is_inp, _, evidence = verdict(registry_db, 710, 0)
+    # stored with the tensor name quoted (its escapes as text), the metadata verdict kept
+    assert is_inp and "could not be read" in evidence[-1] and "\x1b" not in evidence[-1] and "\\x1b" in evidence[-1]
+    out = run_cli("lookup", "civitai:710", "--offline", env=cli_env(INPAINT_ADVISOR_DB=registry_db))
+    assert out.returncode == 0 and not any(ch in out.stdout + out.stderr for ch in "\x1b\x07\x9b")

@@ -191,3 +191,21 @@ def test_a_version_of_another_model_or_none_is_an_error(hostile):
     none = run_cli("lookup", "civitai:910001@1", "--offline", "--json", env=env)
     assert none.returncode == 1 and "has no version 1" in json.loads(none.stdout)["error"]["message"]
 
+
+
+def test_candidates_listed_for_a_name_print_crafted_names_as_text(tmp_path, registry_db, serve):
+    """Two close strangers' names: the candidates table (score, downloads) shows them as text, JSON too."""
+    items = [_item(920001, "Twin\x1b[2J [bold]Mix[/] A", creator=f"\x1b[31mred{OSC8}"),
+             _item(920002, "Twin\x1b[2J [bold]Mix[/] B", creator="\u202eredda")]  # fmt: skip
+    for it in items:
+        it["stats"]["downloadCount"] = 500
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db, INPAINT_ADVISOR_CIVITAI_URL=serve(FakeCivitai(items)))
+    assert run_cli("crawl", "civitai", env=env).returncode == 0
+    table = run_cli("lookup", "twin 2j bold mix", "--offline", env=env)
+    assert table.returncode == 1 and "Several models match" in table.stdout, table.stdout
+    assert _clean(table.stdout + table.stderr) and "[bold]Mix[/]" in table.stdout.replace("\n", "")
+    assert "evil.example" not in table.stdout
+    as_json = run_cli("lookup", "twin 2j bold mix", "--offline", "--json", env=env)
+    listed = json.loads(as_json.stdout)["candidates"]
+    assert {c["model_id"] for c in listed} == {"civitai:920001", "civitai:920002"}
+    assert all(c["downloads"] == 500 for c in listed)
