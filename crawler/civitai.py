@@ -157,7 +157,7 @@ def crawl(
         period = period_for(since, runs.utcnow())
     started = runs.start(engine, "civitai", mode, since=since, period=period)
     run = started.run
-    summary = CrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
+    summary = CrawlSummary(run_id=started.run_id, mode=mode, resumed=started.resumed)
     params = {"types": "Checkpoint", "nsfw": "true", "limit": str(PAGE_SIZE), "sort": SORT}
     if run.period:
         params["period"] = run.period

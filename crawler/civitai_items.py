@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 from crawler import detect, links
 from crawler.families import family_for_base_model
@@ -69,8 +70,8 @@ def parse_model(item: dict) -> ParsedModel | None:
         return None
     model_id = f"civitai:{mid}"
     name = _str(item.get("name")) or f"model {mid}"
-    tags = [t if isinstance(t, str) else _str(_dict(t).get("name")) for t in _list(item.get("tags"))]
-    tags = [t for t in tags if t]
+    raw_tags = [t if isinstance(t, str) else _str(_dict(t).get("name")) for t in _list(item.get("tags"))]
+    tags = [t for t in raw_tags if t]
     creator = _str(_dict(item.get("creator")).get("username"))
     raw_versions = [v for v in _list(item.get("modelVersions")) if isinstance(v, dict) and v.get("id") is not None]
 
@@ -81,8 +82,10 @@ def parse_model(item: dict) -> ParsedModel | None:
         detect.version_has_own_signal(_str(v.get("name")), _str(v.get("baseModelType")), file_names(v))
         for v in raw_versions
     )
-    versions, files, inpaint = [], [], set()
-    newest: datetime | None = None
+    versions: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
+    inpaint: set[str] = set()
+    newest: str | None = None  # registry_dt's text form, which compares like the instants
     for position, v in enumerate(raw_versions):
         vid = f"civitai:v{v['id']}"
         vname = _str(v.get("name")) or f"version {v['id']}"
@@ -140,7 +143,7 @@ def parse_model(item: dict) -> ParsedModel | None:
                 }
             )
     base_model = versions[0]["base_model"] if versions else None
-    model = {
+    model: dict[str, Any] = {
         "id": model_id,
         "source": "civitai",
         "source_id": str(mid),

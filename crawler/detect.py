@@ -6,6 +6,7 @@ follow a letter: "MajicInpainting" and "dreamshaper_8Inpainting" are inpainting,
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -29,7 +30,9 @@ def _words(text: str) -> str:
 
 @lru_cache(maxsize=65536)  # each name is asked about twice per crawl item (own signal, then evidence)
 def mentions_inpainting(text: str | None) -> bool:
-    return bool(text) and _INPAINT_RE.search(_words(text)) is not None
+    if not text:
+        return False
+    return _INPAINT_RE.search(_words(text)) is not None
 
 
 def strip_inpainting(text: str) -> str:
@@ -59,7 +62,7 @@ def detect_version(
     base_model_type: str | None,
     file_names: list[str],
     model_name: str | None = None,
-    model_tags: list[str] = (),
+    model_tags: Sequence[str] = (),
     model_is_dedicated: bool = False,
 ) -> Detection:
     """Evidence for one version. ``model_is_dedicated``: no version of the model says inpainting on its own, so

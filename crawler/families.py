@@ -109,4 +109,4 @@ def _file_index() -> dict[str, tuple[str, str]]:
 def official_file(name: str) -> tuple[dict, str] | None:
     """(family, "inpaint" | "base") of an official checkpoint's file name ("sd-v1-5-inpainting.ckpt")."""
     hit = _file_index().get(name.strip().lower())
-    return (family(hit[0]), hit[1]) if hit else None
+    return (by_id()[hit[0]], hit[1]) if hit else None  # the index holds the families' own ids

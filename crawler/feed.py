@@ -29,7 +29,10 @@ def _put(q, item, parent: int) -> bool:
 
 
 def _fetch_pages(base_url, token, policy, params, cursor, max_pages, q, parent) -> None:
-    client = JsonClient(base_url, token=token, policy=policy, on_retry=lambda msg: _put(q, msg, parent))
+    def on_retry(msg: str) -> None:
+        _put(q, msg, parent)
+
+    client = JsonClient(base_url, token=token, policy=policy, on_retry=on_retry)
     try:
         pages = 0
         while True:
@@ -38,7 +41,9 @@ def _fetch_pages(base_url, token, policy, params, cursor, max_pages, q, parent) 
             body, _ = client.get("/api/v1/models", params=params | ({"cursor": cursor} if cursor else {}))
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise ValueError(f"unexpected /models answer: {str(body)[:120]}")
-            meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+            meta = body.get("metadata")
+            if not isinstance(meta, dict):
+                meta = {}
             nxt = meta.get("nextCursor")
             cursor = str(nxt) if nxt not in (None, "") else None
             pages += 1
@@ -60,7 +65,7 @@ def _fetch_pages(base_url, token, policy, params, cursor, max_pages, q, parent) 
 class PageFeed:
     def __init__(self, base_url: str, token: str | None, policy: RetryPolicy, params: dict, cursor: str | None,
                  max_pages: int | None):  # fmt: skip
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
         self._q = ctx.Queue(maxsize=AHEAD)
         args = (base_url, token, policy, params, cursor, max_pages, self._q, os.getpid())
         self._proc = ctx.Process(target=_fetch_pages, args=args, daemon=True, name="civitai-fetch")

@@ -48,7 +48,7 @@ def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
         else:
             if s.last_success is None:
                 h.reasons.append("no crawl has succeeded yet")
-            elif h.age_s > max_age.total_seconds():
+            elif h.age_s is not None and h.age_s > max_age.total_seconds():
                 limit = _ago(max_age.total_seconds())
                 h.reasons.append(f"last successful crawl {_ago(h.age_s)} ago, over the limit of {limit}")
             if s.last_status == "failed":

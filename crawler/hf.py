@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from crawler import detect, families, links, officials
 from crawler.civitai_items import parse_dt
@@ -53,7 +53,7 @@ class HubRepo:
     config: dict = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     gated: bool = False
-    blobs: tuple[dict, dict] | None = None  # (sizes, sha256) when already known
+    blobs: tuple[dict[str, int], dict[str, str]] | None = None  # (sizes, sha256) when already known
     downloads: int = 0
 
     @property
@@ -66,15 +66,17 @@ class HubRepo:
 
     @classmethod
     def from_listing(cls, item: dict) -> HubRepo:
-        siblings = item.get("siblings") if isinstance(item.get("siblings"), list) else []
+        siblings, sha, card, cfg = item.get("siblings"), item.get("sha"), item.get("cardData"), item.get("config")
+        if not isinstance(siblings, list):
+            siblings = []
         return cls(
             id=item["id"],
-            sha=item.get("sha") if isinstance(item.get("sha"), str) else None,
+            sha=sha if isinstance(sha, str) else None,
             last_modified=parse_dt(item.get("lastModified")),
             created_at=parse_dt(item.get("createdAt")),
             tags=[t for t in item.get("tags") or [] if isinstance(t, str)],
-            card=item.get("cardData") if isinstance(item.get("cardData"), dict) else {},
-            config=item.get("config") if isinstance(item.get("config"), dict) else {},
+            card=card if isinstance(card, dict) else {},
+            config=cfg if isinstance(cfg, dict) else {},
             files=[s["rfilename"] for s in siblings if isinstance(s, dict) and isinstance(s.get("rfilename"), str)],
             gated=item.get("gated") not in (None, False, "false"),
             downloads=_count(item.get("downloads")),
@@ -122,7 +124,9 @@ def lineage(card: dict, tags: list[str]) -> tuple[list[str], str | None]:
 
 
 def _class_name(cfg: dict) -> str | None:
-    diffusers = cfg.get("diffusers") if isinstance(cfg.get("diffusers"), dict) else {}
+    diffusers = cfg.get("diffusers")
+    if not isinstance(diffusers, dict):
+        diffusers = {}
     name = diffusers.get("_class_name") or diffusers.get("class_name")
     return name if isinstance(name, str) else None
 
@@ -142,7 +146,7 @@ def _family(bases: list[str], arch: str | None, class_family: str | None) -> tup
     they disagree the shapes win."""
     lineage_family = next((f for f in map(families.family_for_hf_repo, bases) if f), None)
     if lineage_family:
-        lineage_arch = families.family(lineage_family)["architecture"]
+        lineage_arch = families.by_id()[lineage_family]["architecture"]  # an id from the families themselves
         if arch is None or lineage_arch == arch:
             return lineage_family, None
         return arch, f"declares base {bases[0]} but its tensor shapes are {arch}"
@@ -256,6 +260,15 @@ class HfCrawlSummary(runs.RunSummary):
     same_files: int = 0
 
 
+class _Cursor(TypedDict):
+    """A Hub crawl's resume point, stored as JSON in its run's cursor: the listing (index into ``queries()``,
+    and its label to notice a changed list) and the next page's URL within it."""
+
+    query: int
+    next: str | None
+    label: NotRequired[str]
+
+
 def _revision_key(sha: str | None) -> str:
     return f"{sha}/{PARSER_VERSION}" if sha else ""
 
@@ -288,9 +301,9 @@ def crawl(
     run = started.run
     if run.since is not None:
         since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
-    summary = HfCrawlSummary(run_id=run.id, mode=mode, resumed=started.resumed)
+    summary = HfCrawlSummary(run_id=started.run_id, mode=mode, resumed=started.resumed)
     listings = queries()
-    state = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
+    state: _Cursor = json.loads(run.cursor) if run.cursor else {"query": 0, "next": None}
     saved = state.get("label")
     if saved is not None and (state["query"] >= len(listings) or listings[state["query"]][0] != saved):
         state = {"query": 0, "next": None}  # the bundled query list changed since the cursor was saved
@@ -320,6 +333,7 @@ def crawl(
                 summary.unavailable += bool(seen.unavailable)
                 summary.errors += len(seen.errors)
                 parsed[f"hf:{repo.id}"] = parse_repo(repo, seen, hub.endpoint)
+            cursor: _Cursor
             if page.next_url and not stop:
                 cursor = {"query": qi, "next": page.next_url}
             else:
@@ -376,7 +390,7 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
                 family[model_id], moved = theirs, True
         if not moved:
             break
-    changed = {m: f for m, f in family.items() if f != before[m]}
+    changed = {m: f for m, f in family.items() if f is not None and f != before[m]}  # moves only set families
     lineage_queries.set_families(engine, changed)
     return len(changed)
 

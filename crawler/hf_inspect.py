@@ -90,7 +90,8 @@ def proof_from_header(tensors: dict, path: str) -> Proof:
     return Proof(layout.variant, layout.family, layout.in_channels, f"tensor shapes in {path}{shown}")
 
 
-def inspect(hub: Hub, repo: str, revision: str, files: list[str], *, known_blobs: dict | None = None) -> Inspection:
+def inspect(hub: Hub, repo: str, revision: str, files: list[str], *,
+            known_blobs: tuple[dict[str, int], dict[str, str]] | None = None) -> Inspection:  # fmt: skip
     """Read the few bytes that prove each checkpoint's family and variant. Costs one request for a diffusers
     repo; for single files, one for sizes and hashes plus one header read per large checkpoint file."""
     result = Inspection(checkpoints_of(files))

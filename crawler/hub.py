@@ -12,12 +12,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
 from crawler.http import ApiError, CrawlError, JsonClient, Retryable, RetryPolicy, redact, retry_wait, retrying
 from merge.header import TensorInfo
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 ENDPOINT_ENV = "HF_ENDPOINT"
@@ -68,7 +72,7 @@ class Hub:
         self._sleep = sleep
         self._json = JsonClient(self.endpoint, token=self.token, policy=self.policy, timeout=timeout,
                                 on_retry=self._count_retry, sleep=sleep)  # fmt: skip
-        self._api = None
+        self._api: HfApi | None = None
 
     def close(self) -> None:
         self._json.close()

@@ -4,7 +4,7 @@ recommendation to the first mirror the last check found alive."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crawler import families
 from crawler.hf_inspect import blobs_of
@@ -60,8 +60,8 @@ def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
     checks = []
     for fam in families.all_families():
         for role in ("inpaint", "base"):
-            spec = fam.get(role)
-            for mirror in (spec or {}).get("mirrors", []):
+            spec = fam.get(role) or {}
+            for mirror in spec.get("mirrors", []):
                 check = check_mirror(hub, fam["id"], role, mirror["repo"], spec)
                 if check is not None:
                     checks.append(check)
@@ -86,6 +86,7 @@ def check_routes(engine: Engine, hub: Hub) -> list[RouteCheck]:
                 except ApiError:
                     infos[repo] = None  # not asked: the previous check stays
             info = infos[repo]
+            found: dict[str, Any]
             if isinstance(info, RepoUnavailable):
                 found = {"alive": False, "detail": f"HTTP {info.status}: {info.reason}"}
             elif info is not None:

@@ -18,7 +18,7 @@ CONNECT_TIMEOUT = 5  # seconds to wait for a PostgreSQL server before saying it 
 
 
 def check_sqlite_path(loc: Location, *, create: bool) -> None:
-    path = loc.path
+    path = loc.file
     if path.is_dir():
         raise NotARegistry(f"{path} is a directory, not a registry file")
     if path.exists():

@@ -7,6 +7,7 @@ Every failure to open becomes one ``RegistryError`` that names the registry and 
 import contextlib
 import os
 import sqlite3
+import weakref
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -18,6 +19,7 @@ from crawler.registry.errors import NoRegistry, RegistryError
 from crawler.registry.location import Location, locate
 
 _engines: dict[tuple[Location, bool], Engine] = {}
+_locations: weakref.WeakKeyDictionary[Engine, Location] = weakref.WeakKeyDictionary()  # the registry each reaches
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -39,13 +41,13 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def where(engine: Engine) -> str:
     """The registry an engine reaches, as messages show it (a path, or a URL without its password)."""
-    loc = engine.info.get("location") if hasattr(engine, "info") else None
+    loc = _locations.get(engine)
     return loc.display if loc else engine.url.render_as_string(hide_password=True)
 
 
 def _make_engine(loc: Location, read_only: bool) -> Engine:
     engine = _create_engine(loc, read_only)
-    engine.info = {"location": loc}
+    _locations[engine] = loc
     return engine
 
 
@@ -53,21 +55,23 @@ def _create_engine(loc: Location, read_only: bool) -> Engine:
     if loc.dialect == "sqlite":
         # a creator rather than a sqlite:/// URL: any path works (no URL escaping), and read-only opens fall back
         # to immutable; QueuePool, which SQLAlchemy picks for files but not for a bare "sqlite://"
-        engine = create_engine("sqlite://", creator=lambda: drivers.open_sqlite(loc.path, read_only),
+        engine = create_engine("sqlite://", creator=lambda: drivers.open_sqlite(loc.file, read_only),
                                poolclass=QueuePool)  # fmt: skip
         if not read_only:
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     drivers.psycopg_module(loc)
-    args = {"connect_timeout": drivers.CONNECT_TIMEOUT}
+    args: dict[str, int | str] = {"connect_timeout": drivers.CONNECT_TIMEOUT}
     if read_only:
         args["options"] = "-c default_transaction_read_only=on"
+    assert loc.url is not None  # every location that is not SQLite has a URL (``locate``)
     return create_engine(loc.url, connect_args=args)
 
 
 def describe_error(exc: BaseException, loc: Location) -> RegistryError | None:
     """A database error (SQLAlchemy's or a driver's) as one line about the registry, or None if it is not one."""
-    return drivers.describe(exc.orig if isinstance(exc, DBAPIError) else exc, loc)
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return drivers.describe(orig, loc) if orig is not None else None
 
 
 def _open(db, *, read_only: bool, prepare) -> Engine:

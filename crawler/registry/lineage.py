@@ -2,6 +2,7 @@
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from crawler.registry.schema import Family, Model, Version
 
@@ -9,8 +10,10 @@ from crawler.registry.schema import Family, Model, Version
 def hf_families(engine: Engine) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, str | None]]:
     """({hf model id: (declared base repo, family)}, {family: parent family})."""
     with engine.connect() as conn:
-        rows = conn.execute(select(Model.id, Model.base_model, Model.family).where(Model.source == "hf")).all()
-        parents = dict(conn.execute(select(Family.id, Family.parent)).all())
+        rows = conn.execute(
+            select(col(Model.id), col(Model.base_model), col(Model.family)).where(col(Model.source) == "hf")
+        ).all()
+        parents: dict[str, str | None] = dict(conn.execute(select(col(Family.id), col(Family.parent))).all())
     return {r.id: (r.base_model, r.family) for r in rows}, parents
 
 
@@ -20,5 +23,5 @@ def set_families(engine: Engine, changed: dict[str, str]) -> None:
         return
     with engine.begin() as conn:
         for model_id, family in changed.items():
-            conn.execute(update(Model).where(Model.id == model_id).values(family=family))
-            conn.execute(update(Version).where(Version.model_id == model_id).values(family=family))
+            conn.execute(update(Model).where(col(Model.id) == model_id).values(family=family))
+            conn.execute(update(Version).where(col(Version.model_id) == model_id).values(family=family))

@@ -1,45 +1,48 @@
 """The queries behind inpainting links: which models are dedicated inpainting models, their creators' other
 models, and the links themselves; and the same checkpoint published on both sources (equal SHA256)."""
 
+from collections.abc import Sequence
+
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlmodel import col
 
-from crawler.registry.schema import InpaintLink, Model, Version
+from crawler.registry.schema import InpaintLink, Model, Version, table_of
 from crawler.registry.upsert import upsert
 
 
-def dedicated_models(conn: Connection) -> list[Row]:
+def dedicated_models(conn: Connection) -> Sequence[Row[str, str, str | None, str]]:
     """(id, name, creator, source) of every model whose versions are all inpainting releases."""
     return conn.execute(
-        select(Model.id, Model.name, Model.creator, Model.source).where(
-            Model.is_inpainting.is_(True), Model.creator.is_not(None)
+        select(col(Model.id), col(Model.name), col(Model.creator), col(Model.source)).where(
+            col(Model.is_inpainting).is_(True), col(Model.creator).is_not(None)
         )
     ).all()
 
 
 def sibling_link_ids(conn: Connection) -> set[str]:
-    return set(conn.execute(select(InpaintLink.id).where(InpaintLink.kind == "sibling-model")).scalars())
+    return set(conn.execute(select(col(InpaintLink.id)).where(col(InpaintLink.kind) == "sibling-model")).scalars())
 
 
-def creator_models(conn: Connection, source: str, creator: str) -> list[Row]:
+def creator_models(conn: Connection, source: str, creator: str) -> Sequence[Row[str, str]]:
     """(id, name) of the creator's models on that source that are not inpainting models themselves."""
     return conn.execute(
-        select(Model.id, Model.name).where(
-            Model.source == source, Model.creator == creator, Model.is_inpainting.is_(False)
+        select(col(Model.id), col(Model.name)).where(
+            col(Model.source) == source, col(Model.creator) == creator, col(Model.is_inpainting).is_(False)
         )
     ).all()
 
 
 def versions_of(conn: Connection, model_ids: list[str]) -> list[dict]:
-    cols = [Version.id, Version.model_id, Version.name, Version.published_at, Version.is_inpainting,
-            Version.inpaint_confidence]  # fmt: skip
-    return [dict(r._mapping) for r in conn.execute(select(*cols).where(Version.model_id.in_(model_ids)))]
+    cols = [col(Version.id), col(Version.model_id), col(Version.name), col(Version.published_at),
+            col(Version.is_inpainting), col(Version.inpaint_confidence)]  # fmt: skip
+    return [dict(r._mapping) for r in conn.execute(select(*cols).where(col(Version.model_id).in_(model_ids)))]
 
 
 def save_sibling_links(conn: Connection, rows: list[dict], parents: set[str]) -> None:
-    upsert(conn, InpaintLink.__table__, rows)
+    upsert(conn, table_of(InpaintLink), rows)
     if parents:
-        conn.execute(update(Model).where(Model.id.in_(parents)).values(has_inpainting=True))
+        conn.execute(update(Model).where(col(Model.id).in_(parents)).values(has_inpainting=True))
 
 
 def link_same_files(engine: Engine, hf_model: str | None = None) -> int:

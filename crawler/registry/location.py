@@ -31,15 +31,24 @@ class Location:
         """For messages: the path, or the URL with its password hidden."""
         if self.path is not None:
             return str(self.path)
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.url or "")
         if parts.password:
             host = parts.netloc.rsplit("@", 1)[1]
             parts = parts._replace(netloc=f"{parts.username}:***@{host}")
         return parts.geturl()
 
     @property
+    def file(self) -> Path:
+        """The SQLite file, which every SQLite location has."""
+        if self.path is None:
+            raise ValueError(f"the registry {self.display} is not a SQLite file")
+        return self.path
+
+    @property
     def conninfo(self) -> str:
         """The URL as libpq reads it (no SQLAlchemy driver suffix)."""
+        if self.url is None:
+            raise ValueError(f"the registry {self.display} is not a PostgreSQL database")
         return "postgresql" + self.url[self.url.index("://") :]
 
 

@@ -99,7 +99,7 @@ def m003_postgresql_name_search(conn: Connection) -> None:
 
 def m004_artifacts(conn: Connection) -> None:
     """What `build` made or fetched (the artifact table)."""
-    SQLModel.metadata.create_all(conn, tables=[schema.Artifact.__table__])
+    SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.Artifact)])
 
 
 def m005_model_downloads(conn: Connection) -> None:
@@ -112,12 +112,12 @@ def m005_model_downloads(conn: Connection) -> None:
 
 def m006_route_checks(conn: Connection) -> None:
     """What the Hub crawl found for the inpainting routes' files (the routecheck table)."""
-    SQLModel.metadata.create_all(conn, tables=[schema.RouteCheck.__table__])
+    SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.RouteCheck)])
 
 
 def m007_job_runs(conn: Connection) -> None:
     """The last run of each team-mode build job: its worker and error (the jobrun table)."""
-    SQLModel.metadata.create_all(conn, tables=[schema.JobRun.__table__])
+    SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.JobRun)])
 
 
 def m008_name_indexes(conn: Connection) -> None:
@@ -129,7 +129,7 @@ def m008_name_indexes(conn: Connection) -> None:
 
 def m009_header_proofs(conn: Connection) -> None:
     """Proofs read from Civitai files' headers where metadata is ambiguous (the headerproof table)."""
-    SQLModel.metadata.create_all(conn, tables=[schema.HeaderProof.__table__])
+    SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.HeaderProof)])
 
 
 @dataclass(frozen=True)
@@ -172,12 +172,13 @@ def _seeded(conn: Connection, state: State) -> bool:
 
 def _seed(conn: Connection) -> None:
     """Sources and the families of the bundled data (which change with new releases of inpaint-advisor)."""
-    upsert(conn, schema.Source.__table__, [{"id": k, "name": n, "base_url": u} for k, (n, u) in SOURCES.items()])
-    upsert(conn, schema.Family.__table__, [
+    sources = [{"id": k, "name": n, "base_url": u} for k, (n, u) in SOURCES.items()]
+    upsert(conn, schema.table_of(schema.Source), sources)
+    upsert(conn, schema.table_of(schema.Family), [
         {"id": f["id"], "name": f["name"], "parent": f.get("parent"), "architecture": f["architecture"],
          "has_official_inpaint": bool(f.get("inpaint"))} for f in families.all_families()
     ])  # fmt: skip
-    upsert(conn, schema.Meta.__table__, [{"key": "families", "value": _families_digest()}])
+    upsert(conn, schema.table_of(schema.Meta), [{"key": "families", "value": _families_digest()}])
 
 
 def _lock(conn: Connection) -> None:
@@ -208,11 +209,11 @@ def upgrade(engine: Engine, where: str) -> list[str]:
                 migration.apply(conn)
                 applied.append(migration.name)
             if schema.SchemaMigration.__tablename__ not in state.tables:
-                SQLModel.metadata.create_all(conn, tables=[schema.SchemaMigration.__table__])
+                SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.SchemaMigration)])
         now = datetime.now(UTC)
+        record = schema.table_of(schema.SchemaMigration).insert()
         for migration in pending:
-            conn.execute(schema.SchemaMigration.__table__.insert().values(id=migration.id, name=migration.name,
-                                                                          applied_at=now))  # fmt: skip
+            conn.execute(record.values(id=migration.id, name=migration.name, applied_at=now))
         if not _seeded(conn, state):
             _seed(conn)
         conn.commit()

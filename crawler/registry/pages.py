@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
 
 from crawler.registry import runs
-from crawler.registry.schema import CrawlLock, CrawlRun, File, InpaintLink, Model, Version
+from crawler.registry.schema import CrawlLock, CrawlRun, File, InpaintLink, Model, Version, table_of
 from crawler.registry.upsert import upsert
 
 
@@ -30,7 +31,9 @@ class PageResult:
 
 
 def _content_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
-    return dict(conn.execute(select(Model.id, Model.content_hash).where(Model.id.in_(ids))).all()) if ids else {}
+    if not ids:
+        return {}
+    return dict(conn.execute(select(col(Model.id), col(Model.content_hash)).where(col(Model.id).in_(ids))).all())
 
 
 def content_hashes(engine: Engine, ids: list[str]) -> dict[str, str]:
@@ -56,20 +59,22 @@ def store_parsed(
             changed_ids = [p.model["id"] for p in changed]
             was_inpaint = set(
                 conn.execute(
-                    select(Version.id).where(Version.model_id.in_(changed_ids), Version.is_inpainting.is_(True))
+                    select(col(Version.id)).where(
+                        col(Version.model_id).in_(changed_ids), col(Version.is_inpainting).is_(True)
+                    )
                 ).scalars()
             )
             result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
-            upsert(conn, Model.__table__, [p.model for p in changed])
-            upsert(conn, Version.__table__, [v for p in changed for v in p.versions])
-            upsert(conn, File.__table__, [f for p in changed for f in p.files])
-            upsert(conn, InpaintLink.__table__, [link for p in changed for link in p.links])
+            upsert(conn, table_of(Model), [p.model for p in changed])
+            upsert(conn, table_of(Version), [v for p in changed for v in p.versions])
+            upsert(conn, table_of(File), [f for p in changed for f in p.files])
+            upsert(conn, table_of(InpaintLink), [link for p in changed for link in p.links])
         result.written = len(changed)
         if run_id is not None:
             now = runs.utcnow()
             conn.execute(
                 update(CrawlRun)
-                .where(CrawlRun.id == run_id)
+                .where(col(CrawlRun.id) == run_id)
                 .values(
                     cursor=next_cursor,
                     pages=CrawlRun.pages + 1,
@@ -79,5 +84,5 @@ def store_parsed(
                     heartbeat_at=now,
                 )
             )
-            conn.execute(update(CrawlLock).where(CrawlLock.run_id == run_id).values(heartbeat_at=now))
+            conn.execute(update(CrawlLock).where(col(CrawlLock.run_id) == run_id).values(heartbeat_at=now))
     return result

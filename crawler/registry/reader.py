@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import overload
 
 from crawler.names import normalize_name
 from crawler.registry import drivers, search
@@ -106,7 +107,11 @@ def unchanged(path: str, size: int, mtime_ns: int) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
-def _text_time(value) -> str | None:
+@overload
+def _text_time(value: datetime | str) -> str: ...
+@overload
+def _text_time(value: None) -> None: ...
+def _text_time(value: datetime | str | None) -> str | None:
     """Timestamps as SQLite stores them; PostgreSQL hands back datetimes."""
     return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
 
@@ -142,8 +147,8 @@ class Reader:
         found = self.rows(sql, params)
         return found[0] if found else None
 
-    def model_record(self, row) -> ModelRecord:
-        return ModelRecord(*row[:7], bool(row[7]), bool(row[8]))
+    def model_record(self, row: tuple) -> ModelRecord:
+        return ModelRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bool(row[8]))
 
     def model(self, model_id: str) -> ModelRecord | None:
         row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE id = ?", (model_id,))
@@ -219,7 +224,7 @@ class Reader:
             f"evidence FROM inpaintlink WHERE {column} = ? ORDER BY confidence DESC, inpaint_version_id",
             (model_id,),
         )
-        return [LinkRecord(*r[:6], json.loads(r[6] or "[]")) for r in rows]
+        return [LinkRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "[]")) for r in rows]
 
     def links_to(self, model_id: str) -> list[LinkRecord]:
         return self._links("parent_model_id", model_id)
@@ -309,7 +314,7 @@ def open_reader(db: str | os.PathLike | None = None) -> Reader:
     try:
         if loc.dialect == "sqlite":
             drivers.check_sqlite_path(loc, create=False)
-            conn = drivers.open_sqlite(loc.path, read_only=True)
+            conn = drivers.open_sqlite(loc.file, read_only=True)
         else:
             conn = drivers.open_postgres(loc, read_only=True)
         state = read_state(lambda sql: list(conn.execute(sql).fetchall()), loc.dialect, loc.display)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from crawler.registry.schema import CrawlLock, CrawlRun
 
@@ -67,7 +67,7 @@ def record_failure(engine: Engine, run: CrawlRun, summary: RunSummary, exc: Base
     summary.status, summary.error = "failed", str(exc) or type(exc).__name__
     summary.errors += 1
     with Session(engine) as session:
-        session.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(errors=CrawlRun.errors + 1))
+        session.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(errors=col(CrawlRun.errors) + 1))
         session.commit()
     finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
 
@@ -76,6 +76,12 @@ def record_failure(engine: Engine, run: CrawlRun, summary: RunSummary, exc: Base
 class Started:
     run: CrawlRun
     resumed: bool
+
+    @property
+    def run_id(self) -> int:
+        """The run's id, which the database gave it when ``start`` first committed it."""
+        assert self.run.id is not None
+        return self.run.id
 
 
 def start(
@@ -97,7 +103,9 @@ def start(
                 if not _is_stale(lock, host, now):
                     raise CrawlLocked(lock) from None
                 # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
-                session.execute(delete(CrawlLock).where(CrawlLock.source == source, CrawlLock.pid == lock.pid))
+                session.execute(
+                    delete(CrawlLock).where(col(CrawlLock.source) == source, col(CrawlLock.pid) == lock.pid)
+                )
                 session.commit()
     else:
         raise RuntimeError(f"could not take the {source} crawl lock")
@@ -105,14 +113,15 @@ def start(
     with Session(engine) as session:
         session.execute(
             update(CrawlRun)
-            .where(CrawlRun.source == source, CrawlRun.status == "running")
+            .where(col(CrawlRun.source) == source, col(CrawlRun.status) == "running")
             .values(status="interrupted", last_error="the process stopped without finishing (killed?)")
         )
         last = session.exec(
-            select(CrawlRun).where(CrawlRun.source == source).order_by(CrawlRun.id.desc()).limit(1)
+            select(CrawlRun).where(CrawlRun.source == source).order_by(col(CrawlRun.id).desc()).limit(1)
         ).first()
-        resumed = bool(last and last.status in ("interrupted", "failed") and last.cursor and last.mode == mode)
-        if resumed:
+        resumed = False
+        if last is not None and last.status in ("interrupted", "failed") and last.cursor and last.mode == mode:
+            resumed = True
             run = last
             run.status, run.host, run.pid, run.heartbeat_at, run.last_error = "running", host, pid, now, None
         else:
@@ -130,7 +139,7 @@ def start(
         session.add(run)
         session.commit()
         session.refresh(run)
-        session.execute(update(CrawlLock).where(CrawlLock.source == source).values(run_id=run.id))
+        session.execute(update(CrawlLock).where(col(CrawlLock.source) == source).values(run_id=run.id))
         session.commit()
         session.refresh(run)
         session.expunge(run)
@@ -142,8 +151,8 @@ def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None)
         values = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
         if status == "ok":
             values.update(finished_at=utcnow(), cursor=None)
-        session.execute(update(CrawlRun).where(CrawlRun.id == run.id).values(**values))
-        session.execute(delete(CrawlLock).where(CrawlLock.source == run.source, CrawlLock.pid == run.pid))
+        session.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(**values))
+        session.execute(delete(CrawlLock).where(col(CrawlLock.source) == run.source, col(CrawlLock.pid) == run.pid))
         session.commit()
 
 
@@ -152,6 +161,6 @@ def last_successful(engine: Engine, source: str) -> CrawlRun | None:
         return session.exec(
             select(CrawlRun)
             .where(CrawlRun.source == source, CrawlRun.status == "ok")
-            .order_by(CrawlRun.started_at.desc())
+            .order_by(col(CrawlRun.started_at).desc())
             .limit(1)
         ).first()

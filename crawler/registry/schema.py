@@ -10,9 +10,16 @@ PostgreSQL (no SQLite-only types; JSON is stored as text).
 """
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import BigInteger, Index, text
+from sqlalchemy import BigInteger, Index, Table, text
 from sqlmodel import Field, SQLModel
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """``model.__table__``, the Core table of a ``table=True`` model: SQLModel sets it on every table model, but
+    its typing does not declare it."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set at runtime, not in SQLModel's stubs
 
 
 class Source(SQLModel, table=True):

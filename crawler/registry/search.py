@@ -65,7 +65,8 @@ class SqliteNames:
         if grams and self.has_vocab:
             marks = ",".join("?" * len(grams))
             counts = dict(self.reader.rows(f"SELECT term, doc FROM model_fts_vocab WHERE term IN ({marks})", grams))
-            chosen, spent = [], 0
+            chosen: list[str] = []
+            spent = 0
             for doc, g in sorted((counts[g], g) for g in grams if g in counts):
                 if len(chosen) >= MIN_TRIGRAMS and spent + doc > POSTINGS_BUDGET * (8 if widen else 1):
                     break

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
+from sqlmodel import col
 
 from crawler.registry.engine import where
 from crawler.registry.reader import unchanged
@@ -97,24 +98,28 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
             versions=count(Version),
             files=count(File),
             inpainting_versions=conn.execute(
-                select(func.count()).select_from(Version).where(Version.is_inpainting.is_(True))
+                select(func.count()).select_from(Version).where(col(Version.is_inpainting).is_(True))
             ).scalar_one(),
             links=count(InpaintLink),
             same_files=count(SameFile),
         )
-        status.per_source = dict(conn.execute(select(Model.source, func.count()).group_by(Model.source)).all())
+        status.per_source = dict(
+            conn.execute(select(col(Model.source), func.count()).group_by(col(Model.source))).all()
+        )
         status.officials = [
             OfficialInfo(r.family, r.role, r.repo, r.file, r.alive, r.matches, r.detail, r.checked_at)
-            for r in conn.execute(select(OfficialCheck).order_by(OfficialCheck.id)).all()
+            for r in conn.execute(select(OfficialCheck).order_by(col(OfficialCheck.id))).all()
         ]
         per_family = conn.execute(
             select(
-                Model.family,
+                col(Model.family),
                 func.count(),
-                func.sum(case((Model.has_inpainting.is_(True) & Model.is_inpainting.is_(False), 1), else_=0)),
+                func.sum(
+                    case((col(Model.has_inpainting).is_(True) & col(Model.is_inpainting).is_(False), 1), else_=0)
+                ),
             )
-            .where(Model.is_inpainting.is_(False))
-            .group_by(Model.family)
+            .where(col(Model.is_inpainting).is_(False))
+            .group_by(col(Model.family))
         ).all()
         names = {f.id: f for f in conn.execute(select(Family)).all()}
         for fam, n, covered in per_family:
@@ -132,13 +137,14 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         status.unknown_base_models = [
             (bm, n)
             for bm, n in conn.execute(
-                select(Version.base_model, func.count())
-                .where(Version.family.is_(None), Version.base_model.is_not(None))
-                .group_by(Version.base_model)
+                select(col(Version.base_model), func.count())
+                .where(col(Version.family).is_(None), col(Version.base_model).is_not(None))
+                .group_by(col(Version.base_model))
                 .order_by(func.count().desc())
             ).all()
+            if bm is not None  # as the query asks
         ]
-        for r in conn.execute(select(CrawlRun).order_by(CrawlRun.id.desc()).limit(recent_runs)).all():
+        for r in conn.execute(select(CrawlRun).order_by(col(CrawlRun.id).desc()).limit(recent_runs)).all():
             status.runs.append(
                 RunInfo(
                     r.id,
@@ -156,9 +162,9 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
             )
     if "artifact" in status_tables(engine):
         with engine.connect() as conn:
-            for r in conn.execute(select(Artifact).order_by(Artifact.created_at.desc()).limit(recent_runs * 2)):
-                status.builds.append(BuildInfo(r.kind, r.model_id, r.path, r.size,
-                                               unchanged(r.path, r.size, r.mtime_ns), r.created_at))  # fmt: skip
+            for a in conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(recent_runs * 2)):
+                status.builds.append(BuildInfo(a.kind, a.model_id, a.path, a.size,
+                                               unchanged(a.path, a.size, a.mtime_ns), a.created_at))  # fmt: skip
     return status
 
 
@@ -184,14 +190,18 @@ def source_runs(engine: Engine) -> list[SourceRuns]:
     from crawler.registry.schema import Source
 
     with engine.connect() as conn:
-        models = dict(conn.execute(select(Model.source, func.count()).group_by(Model.source)).all())
-        ok = dict(conn.execute(select(CrawlRun.source, func.max(CrawlRun.finished_at))
-                               .where(CrawlRun.status == "ok").group_by(CrawlRun.source)).all())  # fmt: skip
-        newest = {}
-        for r in conn.execute(select(CrawlRun).order_by(CrawlRun.id.desc())).all():
+        models: dict[str, int] = dict(
+            conn.execute(select(col(Model.source), func.count()).group_by(col(Model.source))).all()
+        )
+        ok: dict[str, datetime | None] = dict(
+            conn.execute(select(col(CrawlRun.source), func.max(col(CrawlRun.finished_at)))
+                         .where(col(CrawlRun.status) == "ok").group_by(col(CrawlRun.source))).all()
+        )  # fmt: skip
+        newest: dict[str, Row[CrawlRun]] = {}
+        for r in conn.execute(select(CrawlRun).order_by(col(CrawlRun.id).desc())).all():
             newest.setdefault(r.source, r)
         out = []
-        for (sid,) in conn.execute(select(Source.id).order_by(Source.id)).all():
+        for (sid,) in conn.execute(select(col(Source.id)).order_by(col(Source.id))).all():
             last = newest.get(sid)
             out.append(SourceRuns(sid, int(models.get(sid, 0)), _aware(ok.get(sid)), last.status if last else None,
                                   last.last_error if last else None, _aware(last.started_at) if last else None))
