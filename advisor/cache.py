@@ -9,10 +9,11 @@ without waiting, and leaves (and reports) what another process holds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from merge import hashing, prepared
 
@@ -85,13 +86,11 @@ def _all_or_nothing(locks: list[Path]):
     """Hold every lock in ``locks`` without waiting; yields False (holding none) when one is taken."""
     with contextlib.ExitStack() as stack:
         for path in locks:
-            f = stack.enter_context(open(path, "a+b"))
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                stack.enter_context(FileLock(path, timeout=0))
+            except Timeout:
                 yield False
                 return
-            stack.callback(fcntl.flock, f, fcntl.LOCK_UN)
         yield True
 
 

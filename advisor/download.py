@@ -15,28 +15,27 @@ resumable, verified, and never a bad file under a final name.
   registry's hash removes the file and says so with both hashes; with no known hash the result says
   ``verified=False``. Only then is the file renamed to its final name (from Content-Disposition, reduced to a
   safe basename; nothing is written outside the target folder).
-- A lock per file (``flock``) makes two builds share one download: the second waits, then finds it done.
+- A lock per file (``filelock``: flock on POSIX, LockFileEx on Windows) makes two builds share one download:
+  the second waits, then finds it done.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from filelock import FileLock
 
 from advisor.safety import safe_filename
 from crawler.http import (
-    USER_AGENT,
     RedirectError,
     Retryable,
     RetryPolicy,
@@ -44,6 +43,7 @@ from crawler.http import (
     redact,
     retry_wait,
     retrying,
+    user_agent,
 )
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
@@ -187,14 +187,6 @@ class _Partial:
             p.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another build fetching the same file: wait for it
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None, what: str) -> httpx.Response:
@@ -232,12 +224,12 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
     what = f"{source.label + ': ' if source.label else ''}{shown}"
     partial = _Partial(folder, source.url)
     own_client = client is None
-    client = client or httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=timeout, follow_redirects=False)
+    client = client or httpx.Client(headers={"User-Agent": user_agent()}, timeout=timeout, follow_redirects=False)
     policy = policy or RetryPolicy(attempts=8, base_delay=1.0, max_delay=30.0)
     fetched = [0]
     resumed = [False]
     try:
-        with _locked(partial.lock):
+        with FileLock(partial.lock):  # another build fetching the same file: wait for it
             done = _already_done(partial, source)
             if done is not None:
                 return done
@@ -284,7 +276,7 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
     headers = {"Accept": "application/octet-stream, */*"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-        if state.get("validator"):
+        if state and state.get("validator"):  # (an offset means a state)
             headers["If-Range"] = state["validator"]
     try:
         response = _redirected(client, source.url, headers, source.token, what)

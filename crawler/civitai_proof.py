@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from crawler import detect, links
-from crawler.http import USER_AGENT, CrawlError, open_redirected
+from crawler.http import CrawlError, open_redirected, user_agent
 from crawler.registry import proofs
 from merge.header import CheckpointError, parse_header_json
 from merge.layout import detect as layout_of
@@ -137,7 +137,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
     wanted = wanted[:budget]
     found: dict[str, dict] = {}
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
-    with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as client:
+    with httpx.Client(timeout=timeout, headers={"User-Agent": user_agent()}) as client:
         for row in wanted:
             key = proofs.key_of(row["sha256"], row["file_id"])
             if key not in found:

@@ -6,6 +6,7 @@ present; otherwise exponential backoff with full jitter.
 """
 
 import email.utils
+import functools
 import random
 import re
 import time
@@ -18,7 +19,19 @@ import httpx
 import orjson
 
 T = TypeVar("T")
-USER_AGENT = "inpaint-advisor/0.1 (+https://github.com/inpaint-advisor)"
+
+
+@functools.cache
+def user_agent() -> str:
+    """``inpaint-advisor/<version>``: the version is the installed distribution's (pyproject.toml's), read once."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"inpaint-advisor/{version('inpaint-advisor')} (+https://github.com/inpaint-advisor)"
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "inpaint-advisor (+https://github.com/inpaint-advisor)"
+
+
 _SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
 
 
@@ -146,7 +159,7 @@ class JsonClient:
         on_retry: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        headers = {"User-Agent": user_agent(), "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.policy = policy or RetryPolicy()

@@ -12,8 +12,11 @@ import struct
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from platformdirs import user_cache_dir
+
+from merge import portable
 
 CHUNK = 8 * 2**20
 _lock = threading.Lock()
@@ -44,9 +47,6 @@ def file_stamp(path: Path) -> tuple[str, str]:
     return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
 
 
-_FIELDS = ("sha256", "autov2", "autov1", "autov3", "data_pass")
-
-
 _loaded: dict[Path, tuple[tuple[int, int], dict]] = {}  # cache file -> (its size and mtime, its entries)
 
 
@@ -67,7 +67,7 @@ def _load(target: Path) -> dict:
     return dict(data)
 
 
-def _valid(entry) -> bool:
+def _valid(entry: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("autov2"), str) \
         and all(entry.get(k) is None or isinstance(entry.get(k), str) for k in ("autov1", "autov3")) \
         and isinstance(entry.get("data_pass", True), bool)  # fmt: skip
@@ -79,14 +79,15 @@ def cached(path: str | os.PathLike, *, autov3: bool = True) -> FileHashes | None
     for folder in cache_dirs():
         entry = _load(folder / "hashes.json").get(name)
         if _valid(entry) and entry.get("stamp") == stamp and (entry.get("data_pass", True) or not autov3):
-            return FileHashes(**{k: entry.get(k) for k in _FIELDS[:4]}, data_pass=entry.get("data_pass", True))
+            return FileHashes(entry["sha256"], entry["autov2"], entry.get("autov1"), entry.get("autov3"),
+                              data_pass=entry.get("data_pass", True))
     return None
 
 
 def _store(path: Path, hashes: FileHashes) -> str | None:
     """Cache ``hashes``; returns a warning when no cache folder could be written (the hashes are still good)."""
     name, stamp = file_stamp(path)
-    problems = []
+    problems: list[str] = []
     with _lock:
         for folder in cache_dirs():
             target = folder / "hashes.json"
@@ -244,8 +245,7 @@ def _read_and_hash(path: Path, hasher: StreamHasher, progress) -> FileHashes:
     def read() -> None:
         try:
             with open(path, "rb", buffering=0) as f:
-                if hasattr(os, "posix_fadvise"):  # a larger kernel readahead
-                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                portable.advise_sequential(f.fileno())
                 while not stop.is_set():
                     buf = free.get()
                     n = f.readinto(buf)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import mmap
 import os
@@ -27,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from merge import hashing
+from filelock import FileLock
+
+from merge import hashing, portable
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.fused import CODES
 from merge.header import TensorInfo
@@ -52,7 +53,7 @@ class ZeroSource(TensorSource):
         self.tensors = {k: TensorInfo(i.dtype if i.dtype in CODES else "F32", i.shape) for k, i in tensors.items()}
         self.metadata = {}
         size = max([i.nbytes for i in self.tensors.values()] + [mmap.PAGESIZE])
-        self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        self._mm = portable.zero_mapping(size)
 
     def read(self, name, buffer=None):
         from merge.safetensors_io import typed_view
@@ -139,12 +140,8 @@ def leftovers() -> list[Path]:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 1.0,

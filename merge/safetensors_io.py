@@ -19,13 +19,14 @@ import threading
 import warnings
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from merge import pages
+from merge import pages, portable
 from merge.header import FLOAT_NAMES, ITEMSIZE, CheckpointError, Header, TensorInfo, read_header  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import Buffer
 
 
 @cache
@@ -54,10 +55,10 @@ def read_into(fd: int, info: TensorInfo, buffer: torch.Tensor) -> torch.Tensor:
     import torch
 
     view = buffer[: info.nbytes]
-    mem = memoryview(view.numpy())
+    mem = memoryview(cast("Buffer", view.numpy()))  # numpy's stubs give ndarray __buffer__ from Python 3.12 only
     done = 0
     while done < info.nbytes:
-        got = os.preadv(fd, [mem[done:]], info.start + done)
+        got = portable.pread_into(fd, mem[done:], info.start + done)
         if got <= 0:
             raise CheckpointError(f"unexpected end of file reading bytes {info.start + done:,}")
         done += got
@@ -118,7 +119,7 @@ class SafetensorsWriter:
         self.data_start = 8 + self.header_len  # update_metadata keeps the header's length
         self.total_size = self.data_start + self.data_size
         self._fd = -1
-        self._mm = None
+        self._mm: mmap.mmap | None = None  # none for an output without tensor data
         self._done = 0
         self._flushed = 0
         self._flusher: threading.Thread | None = None
@@ -131,12 +132,7 @@ class SafetensorsWriter:
         """Make the hidden partial file at its full size (a full disk fails here, before any work), header first."""
         try:
             self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.posix_fallocate(self._fd, 0, self.total_size)
-            except OSError as exc:
-                if exc.errno == 28:
-                    raise
-                os.ftruncate(self._fd, self.total_size)  # a filesystem without fallocate
+            portable.preallocate(self._fd, self.total_size)
             self._write_at(struct.pack("<Q", self.header_len) + self._raw_header, 0)
             if self.data_size:
                 self._mm = mmap.mmap(self._fd, self.total_size)
@@ -153,7 +149,7 @@ class SafetensorsWriter:
         mem = memoryview(data).cast("B")
         done = 0
         while done < len(mem):
-            done += os.pwrite(self._fd, mem[done:], offset + done)
+            done += portable.pwrite(self._fd, mem[done:], offset + done)
 
     def start_populating(self) -> bool:
         """Map the output's pages in on a thread, ahead of the writes (see merge.pages). Stops at the end of
@@ -165,7 +161,9 @@ class SafetensorsWriter:
         return True
 
     def _populate(self) -> None:
-        with pages.address_of(self._mm) as base:
+        mm = self._mm
+        assert mm is not None  # start_populating checked; commit and abort join this thread before closing it
+        with pages.address_of(mm) as base:
             pos = self.data_start
             while pos < self.total_size and not self._stop_populating.is_set():
                 pos = max(pos, self.data_start + self._done)  # pages already written need nothing
@@ -183,8 +181,9 @@ class SafetensorsWriter:
     def sizes(self) -> dict[str, int]:
         return {k: v.nbytes for k, v in self.infos.items()}
 
-    def span(self, name: str) -> tuple[mmap.mmap, int, int]:
-        """``(mapping, start, end)`` of tensor ``name``'s place in the mapped output (merge.direct writes there)."""
+    def span(self, name: str) -> tuple[mmap.mmap | None, int, int]:
+        """``(mapping, start, end)`` of tensor ``name``'s place in the mapped output (merge.direct writes there);
+        no mapping where the output has no tensor data."""
         info = self.infos[name]
         return self._mm, self.data_start + info.start, self.data_start + info.end
 
@@ -209,7 +208,7 @@ class SafetensorsWriter:
             and (self._flusher is None or not self._flusher.is_alive())
         ):
             self._flushed = self._done
-            self._flusher = threading.Thread(target=os.fdatasync, args=(self._fd,), daemon=True)
+            self._flusher = threading.Thread(target=portable.datasync, args=(self._fd,), daemon=True)
             self._flusher.start()
 
     def update_metadata(self, metadata: dict) -> None:

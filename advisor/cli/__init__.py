@@ -12,21 +12,28 @@ import typer
 from advisor.cli import build, cache, crawl, lookup, merge, scan, schedule, status, team  # noqa: F401  (each module registers its commands)
 from advisor.cli.app import app
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str]) -> int:
+    """Run the command line ``argv`` (without the program name); its exit status. Usage errors end like every
+    other failure (with ``--json``: one JSON object on stdout)."""
     from advisor.output import USAGE, fail
 
-    argv = sys.argv[1:] if argv is None else argv
     try:
         code = app(args=argv, prog_name="inpaint-advisor", standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors (typer vendors click): bad options, missing args
         if "--json" in argv:
-            sys.exit(fail(exc.format_message(), code="usage", exit_code=getattr(exc, "exit_code", USAGE),
-                          as_json=True))  # fmt: skip
-        exc.show()
-        sys.exit(getattr(exc, "exit_code", USAGE))
+            return fail(exc.format_message(), code="usage", exit_code=getattr(exc, "exit_code", USAGE),
+                        as_json=True)  # fmt: skip
+        exc.show()  # type: ignore[attr-defined]  # click's ClickException.show, which typer's stubs do not declare
+        return getattr(exc, "exit_code", USAGE)
+    except typer.Exit as exc:
+        return exc.exit_code
     except typer.Abort:
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(sys.argv[1:] if argv is None else argv))

@@ -2,13 +2,12 @@
 
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import JsonOption, die, die_for
 
 _HINTS = {"exists": "; pass --force to replace it", "inputs": " (A = --inpaint, B = --model, C = --base)"}
@@ -22,7 +21,7 @@ def _stop(signum, _frame) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def merge(
     inpaint: Annotated[Path, typer.Option("--inpaint", "-a", metavar="A",
                                           help="A: the official inpainting model of the family.")],
@@ -102,8 +101,3 @@ def merge(
         print_json(result)
     else:
         render.merge_result(out_console, result)
-    # Tearing down torch's modules takes half a second and there is nothing left to clean up: the output is
-    # closed and renamed, the inputs unmapped.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
