@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from advisor import ladder
 from advisor.cache import files_dir
@@ -26,6 +27,9 @@ from advisor.lookup import LookupResult, Match, lookup
 from advisor.safety import safe_filename
 from crawler import families, registry
 from merge import hashing
+
+if TYPE_CHECKING:
+    from crawler.registry.reader import Reader
 
 ACTIONS = ("built", "downloaded-release", "already-built", "already-inpainting", "planned")
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -209,6 +213,14 @@ def _official(role: str, fam: dict, which: str, checks: dict) -> _Need:
     return _hub_file(role, repo, spec["file"], spec.get("sha256"), spec.get("size"))
 
 
+def _given_or_official(role: str, given: str | os.PathLike | None, fam: dict | None, which: str, checks: dict) -> _Need:
+    """The user's own file when given, else the family's official one."""
+    if given:
+        return _local(role, given)
+    assert fam is not None  # _build refuses to go on without a family's official files for what is not given
+    return _official(role, fam, which, checks)
+
+
 def _local(role: str, path: str | os.PathLike) -> _Need:
     p = Path(path).expanduser()
     if not p.exists():
@@ -228,9 +240,11 @@ def _civitai_version(role: str, reader, model, version, folder: Path | None = No
     return _Need(role, source, where, identity=(version.sha256 or version.id).upper())
 
 
-def _registry_file(role: str, reader, model_id: str, version_id: str | None, folder: Path | None = None) -> _Need:
+def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: str | None,
+                   folder: Path | None = None) -> _Need:  # fmt: skip
     """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
-    model = reader.model(model_id)
+    if reader is None or (model := reader.model(model_id)) is None:  # say, an official model known from data/ alone
+        raise BuildError(f"{role}: {model_id} is not in the registry, so its file cannot be found", "no-registry")
     versions = reader.versions(model.id)
     version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None)
     if version is None or not version.primary_file:
@@ -251,6 +265,7 @@ def _state(need: _Need) -> str:
         return "cached" if states == {"cached"} else "partial" if states & {"cached", "partial"} else "missing"
     if need.local is not None:
         return "local" if need.origin == "user" else "cached"
+    assert need.source is not None  # a need is a folder's files, a file on disk, or a file to fetch
     target = need.folder / safe_filename(need.source.name) if need.source.name else None
     if target is not None and target.exists():
         return "cached"
@@ -272,6 +287,7 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
             _get(part, progress, records, offline)
         return need.folder
     if need.source is None:
+        assert need.local is not None  # a need is a folder's files, a file on disk, or a file to fetch
         return need.local
     if offline:
         there = need.folder / safe_filename(need.source.name) if need.source.name else None
@@ -328,40 +344,44 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
           merge_progress: Callable[[int], None] | None = None) -> BuildResult:  # fmt: skip
     """The Python API behind `inpaint-advisor build`; raises BuildError (and lookup's errors) when it cannot."""
     found = lookup(query, db=db, offline=offline)
-    if found.match is None:
+    match, rec = found.match, found.recommendation
+    if match is None:
         why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
         raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
+    assert rec is not None  # lookup answers every match with a recommendation
     out_dir = Path(out).expanduser()
-    result = BuildResult(query, "planned", "", found.match, warnings=list(found.warnings))
+    result = BuildResult(query, "planned", "", match, warnings=list(found.warnings))
     reader = registry.open_reader_if_any(db)
     try:
         if not force_build:
-            fetched = _fetch_instead(found, reader, out_dir, dry_run, offline, progress, result, db)
+            fetched = _fetch_instead(found, match, rec, reader, out_dir, dry_run, offline, progress, result, db)
             if fetched:
                 return result
-        return _build(found, reader, out_dir, inpaint, base, multiplier, dtype, device, dry_run, offline, db,
-                      progress, merge_progress, result)  # fmt: skip
+        return _build(found, match, rec, reader, out_dir, inpaint, base, multiplier, dtype, device, dry_run, offline,
+                      db, progress, merge_progress, result)  # fmt: skip
     finally:
         if reader is not None:
             reader.close()
 
 
 
-def _fetch_instead(found: LookupResult, reader, out_dir: Path, dry_run: bool, offline: bool, progress,
-                   result: BuildResult, db) -> bool:  # fmt: skip
+def _fetch_instead(found: LookupResult, match: Match, rec: ladder.Recommendation, reader, out_dir: Path,
+                   dry_run: bool, offline: bool, progress, result: BuildResult, db) -> bool:  # fmt: skip
     """Download instead of build: the model itself when it already is an inpainting model, or its own or
-    sibling release made for this version. True when that settled the build."""
-    rec = found.recommendation
-    match = found.match
+    sibling release made for this version (``match`` and ``rec``: ``found``'s). True when that settled the
+    build."""
     if rec.kind == "already-inpainting":
         if match.source == "file":
             result.action, result.reason = "already-inpainting", rec.reason
             result.output = _output(Path(found.query.strip()).expanduser())  # as lookup's query parser read it
             result.verified = True
             return True
+        if match.model_id is None:  # not a registry model (lookup gives one an id): no file to download
+            raise BuildError(f"{match.name} is not in a registry, so its file cannot be found", "no-registry")
         need = _registry_file("release", reader, match.model_id, match.version_id, out_dir)
         action = "already-inpainting"
-    elif rec.kind in ("own-release", "sibling-release") and rec.for_your_version and rec.target.version_id:
+    elif rec.kind in ("own-release", "sibling-release") and rec.for_your_version and rec.target is not None \
+            and rec.target.version_id:
         release = reader.model_of_version(rec.target.version_id)
         need = _registry_file("release", reader, release.id, rec.target.version_id, out_dir)
         action = "downloaded-release"
@@ -413,29 +433,29 @@ def _record(match: Match, path: Path, sha256: str, *, db) -> None:
         pass  # a registry that cannot be written: the file is there all the same
 
 
-def _build(found: LookupResult, reader, out_dir: Path, inpaint, base, multiplier, dtype, device, dry_run,
-           offline, db, progress, merge_progress, result: BuildResult) -> BuildResult:  # fmt: skip
+def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader, out_dir: Path, inpaint, base,
+           multiplier, dtype, device, dry_run, offline, db, progress, merge_progress,
+           result: BuildResult) -> BuildResult:  # fmt: skip
+    """The merge (``match`` and ``rec``: ``found``'s)."""
     from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
-    match = found.match
-    build_rec = next((r for r in [found.recommendation, *found.alternatives] if r.kind == "build"), None)
+    build_rec = next((r for r in [rec, *found.alternatives] if r.kind == "build"), None)
     fam = families.official_target(match.family)
     if not (inpaint and base) and (build_rec is None or fam is None):
-        raise BuildError(f"no build route for {match.name}: {found.recommendation.reason}", "no-build-route")
+        raise BuildError(f"no build route for {match.name}: {rec.reason}", "no-build-route")
     checks = reader.official_checks() if reader is not None else {}
-    a = _local("A", inpaint) if inpaint else _official("A", fam, "inpaint", checks)
-    c = _local("C", base) if base else _official("C", fam, "base", checks)
+    a = _given_or_official("A", inpaint, fam, "inpaint", checks)
+    c = _given_or_official("C", base, fam, "base", checks)
     if match.source == "file" or _is_local_file(found.query):  # found by its hash: still the user's own file
         b = _local("B", found.query)
-    elif reader is None:
+    elif reader is None or match.model_id is None:  # (no id: a bare family, nothing to look up)
         raise BuildError(f"B: {match.name} is not in a registry, so its file cannot be found", "no-registry")
     else:
         b = _registry_file("B", reader, match.model_id, match.version_id)
     key = _recipe_key(a, b, c, multiplier, dtype)
     result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
-    top = found.recommendation
-    if top.route is not None:  # built as asked; the advice says where a route does better
-        result.warnings.append(f"{top.reason.split(':', 1)[0]} ranks above a merge for this model ({top.kind}); "
+    if rec.route is not None:  # built as asked; the advice says where a route does better
+        result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip
     result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
                             n.source.size if n.source else None, _state(n)) for n in (a, b, c)]  # fmt: skip

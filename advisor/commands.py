@@ -31,6 +31,14 @@ class Command:
     label: str = ""  # what it is for, e.g. "download A"
 
     @property
+    def plain_argv(self) -> list[str]:
+        """``argv`` to run without a shell: a command with an ``EnvRef`` needs the user's shell to expand it."""
+        plain = [a for a in self.argv if isinstance(a, str)]
+        if len(plain) != len(self.argv):
+            raise TypeError(f"{shell_text(self)} needs a shell: it names {', '.join(self.env)}")
+        return plain
+
+    @property
     def env(self) -> list[str]:
         return [a.name for a in self.argv if isinstance(a, EnvRef)]
 

@@ -14,6 +14,7 @@ from advisor.commands import Command, EnvRef
 from advisor.safety import safe_filename
 from crawler import families
 from crawler.hosts import DEFAULT_URL
+from crawler.registry.reader import LinkRecord
 
 MERGEABLE = {"sd1", "sd2", "sdxl"}
 HF = "https://huggingface.co"
@@ -95,8 +96,10 @@ def _download_command(t: Target, label: str = "download") -> Command:
     """curl for Civitai (the token as a header curl keeps off other hosts on redirect), `hf download` for the
     Hub; options before ``--`` and the positional names after it, so that no name can pass for an option."""
     if t.source == "civitai":
+        assert t.download_url is not None  # a Civitai target is a registry version's (_release_target)
         return Command(["curl", "-L", "--fail", "-H", EnvRef("CIVITAI_API_TOKEN", "Authorization: Bearer "),
                         "-o", safe_filename(t.file), t.download_url], label)  # fmt: skip
+    assert t.repo is not None  # a Hub target names its repo
     if t.file and "/" not in t.file:
         return Command(["hf", "download", "--local-dir", ".", "--", t.repo, t.file], label)
     folder = safe_filename(t.repo.split("/")[-1], "model")
@@ -148,7 +151,7 @@ def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | 
     )
 
 
-def _rank_releases(subject: Subject, links: list) -> list[tuple[object, str]]:
+def _rank_releases(subject: Subject, links: list[LinkRecord]) -> list[tuple[LinkRecord, str]]:
     """Each inpainting release with its note, the closest to the user's version first: the one made for it (or
     for the same file on another source), then the nearest by the model's version order (on a tie the newer;
     with no version asked, the newest); detection confidence only breaks ties."""
@@ -187,14 +190,16 @@ def _rank_releases(subject: Subject, links: list) -> list[tuple[object, str]]:
 def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None,
                          notes: list | None = None) -> Recommendation:  # fmt: skip
     a, c = _hf_target(fam, "inpaint", checks, notes), _hf_target(fam, "base", checks, notes)
+    # the data names both for every family with an official inpainting model (a Hub repo each)
+    assert a is not None and a.repo is not None and c is not None and c.repo is not None
     if fam["inpaint"]["layout"] == "diffusers":
         a_path = safe_filename(a.repo.split("/")[-1], "inpainting") + "/"  # the downloaded folder, read as is
     else:
         a_path = safe_filename(a.file)
-    hub_b = subject.model_id is not None and subject.model_id.startswith("hf:")
-    if subject.local:  # the user's own file or folder: their path, as they gave it
+    hub_repo = subject.model_id[3:] if subject.model_id is not None and subject.model_id.startswith("hf:") else None
+    if subject.local and subject.file is not None:  # the user's own file or folder: their path, as they gave it
         b = subject.file
-    elif hub_b and subject.file and subject.file.endswith("/"):
+    elif hub_repo is not None and subject.file and subject.file.endswith("/"):
         b = safe_filename(subject.file.rstrip("/"), "model") + "/"  # a Hub diffusers repo, downloaded as a folder
     elif subject.file:
         b = safe_filename(subject.file)
@@ -206,12 +211,12 @@ def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None
     command = Command(["inpaint-advisor", "merge", "--inpaint", a_path, "--model", b, "--base", safe_filename(c.file),
                        "--out", out, "--multiplier", "1.0"], "build")  # fmt: skip
     downloads = [_download_command(a, "download A"), _download_command(c, "download C")]
-    if hub_b and subject.file:
-        repo = subject.model_id[3:]
+    if hub_repo is not None and subject.file:
+        fetch_b: list[str | EnvRef]
         if b.endswith("/"):
-            fetch_b = ["hf", "download", "--local-dir", b.rstrip("/"), "--", repo]
+            fetch_b = ["hf", "download", "--local-dir", b.rstrip("/"), "--", hub_repo]
         else:
-            fetch_b = ["hf", "download", "--local-dir", ".", "--", repo, subject.file]
+            fetch_b = ["hf", "download", "--local-dir", ".", "--", hub_repo, subject.file]
         downloads.insert(1, Command(fetch_b, "download B"))
     return Recommendation(
         "build",
@@ -278,12 +283,13 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
     weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:
-        target = _hf_target(official, "inpaint", checks, warnings)
+        inpainting = _hf_target(official, "inpaint", checks, warnings)
+        assert inpainting is not None  # official_target's family has an official inpainting model
         approx = official["id"] != subject.family
         reason = (f"Use the official {official['name']} inpainting model"
                   + (f", the usual stand-in for {own_fam['name']} (no official one exists)." if approx and own_fam
                      else "."))  # fmt: skip
-        off = Recommendation("official", reason, target, _download_command(target))
+        off = Recommendation("official", reason, inpainting, _download_command(inpainting))
         if approx:
             warnings.append(f"{own_fam['name'] if own_fam else subject.family} differs from {official['name']}: "
                             "expect lower quality than with a dedicated inpainting model.")  # fmt: skip
@@ -293,15 +299,15 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         if "v_pred" in subject.prediction:
             warnings.append("Your model predicts v (v_pred marker): the official inpainting model predicts epsilon; "
                             "the merge keeps your markers, test the result.")  # fmt: skip
-        for r in (off, build):
-            if r is not None:
-                r.score, penalties = routes.checkpoint_weight(r.kind, subject.family, marks)
-                r.evidence += [f"weighed down: {p}" for p in penalties]
-                r.how = [routes.checkpoint_how(official["id"])]
-                weighed.append(r)
+        for checkpoint in (off, build):
+            if checkpoint is not None:
+                checkpoint.score, penalties = routes.checkpoint_weight(checkpoint.kind, subject.family, marks)
+                checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
+                checkpoint.how = [routes.checkpoint_how(official["id"])]
+                weighed.append(checkpoint)
     route_checks = registry.route_checks() if registry else {}
     weighed += [_route_recommendation(route, route_checks) for route in routes.routes_for(subject.family, marks)]
-    weighed.sort(key=lambda r: -r.score)  # stable: on a tie, the official model, a build, then the data's order
+    weighed.sort(key=lambda r: -_weight(r))  # stable: on a tie, the official model, a build, then the data's order
     if rec is None and weighed and weighed[0].route is not None and own_fam:
         beaten = [_CHECKPOINT_NAMES[r.kind] for r in weighed[1:] if r.route is None]
         if beaten:
@@ -318,6 +324,11 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
             reason = f"The base model {subject.base_model or 'of this model'} is unknown to inpaint-advisor."
         rec = Recommendation("none", reason)
     return rec, alternatives, warnings
+
+
+def _weight(r: Recommendation) -> int:
+    assert r.score is not None  # every weighed recommendation has its score (checkpoint_weight, a route's)
+    return r.score
 
 
 _CHECKPOINT_NAMES = {"official": "the official inpainting model", "build": "an add-difference build"}

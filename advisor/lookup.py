@@ -12,7 +12,7 @@ from pathlib import Path
 
 from advisor import ladder, match
 from advisor.probe import probe
-from advisor.query import CHECKPOINT_SUFFIXES, Query, parse_query, shown
+from advisor.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
@@ -138,6 +138,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
 def _file_answer(q: Query, reg: Reader | None) -> LookupResult:
     from merge.hashing import cached
 
+    assert q.path is not None  # a "file" query (parse_query) has its path
     hashes = cached(q.path) if reg is not None and q.path.is_file() else None
     return answer_for_file(q, probe(q.path), reg, hashes.sha256 if hashes else None)
 
@@ -148,17 +149,20 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
     files (scan) with one open registry."""
     if not isinstance(q, Query):
         q = parse_query(str(q))
-    if reg is not None and sha256 and (hit := reg.by_hash(sha256, "sha256")):
-        result = _answer(reg, reg.model(hit[0]), q, hit[1])
-        result.notes.append(f"{q.path.name} is this registry file (sha256 {sha256[:12]}…)")
+    path = q.path
+    if path is None:
+        raise QueryError(f"not a local file or folder: {shown(q.raw)}")
+    if reg is not None and sha256 and (hit := reg.by_hash(sha256, "sha256")) and (model := reg.model(hit[0])):
+        result = _answer(reg, model, q, hit[1])
+        result.notes.append(f"{path.name} is this registry file (sha256 {sha256[:12]}…)")
         return result
     is_inpaint = p.variant in ("inpaint", "fill")
-    match = Match("file", None, None, q.path.name, None, None, p.family, is_inpaint)
+    match = Match("file", None, None, path.name, None, None, p.family, is_inpaint)
     subject = ladder.Subject(
-        name=q.path.name,
+        name=path.name,
         family=p.family,
         is_inpainting=is_inpaint,
-        file=str(q.path) + ("/" if q.path.is_dir() else ""),
+        file=str(path) + ("/" if path.is_dir() else ""),
         local=True,
         prediction=p.markers,
         inpaint_evidence=[f"UNet takes {p.in_channels} input channels"] if is_inpaint else [],
@@ -195,6 +199,7 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
     from crawler.http import CrawlError, RetryPolicy
     from crawler.hub import RepoUnavailable, endpoint_from_env
 
+    assert q.repo is not None  # an "hf" query (parse_query) names its repo
     try:
         hf.fetch_one(registry.connect(db), q.repo, policy=RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0))
     except RepoUnavailable as exc:
@@ -242,6 +247,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
     if q.kind == "text" and (official := _official_file(q.raw)):
         return official
     if q.kind == "hf":
+        assert q.repo is not None  # an "hf" query (parse_query) names its repo
         fam = families.family(families.family_for_hf_repo(q.repo))
         if fam:
             return _family_match(fam, raw)
@@ -333,6 +339,7 @@ def _resolve(reg: Reader | None, q: Query):
         model = reg.model(f"hf:{q.repo}")
         return (model, None) if model else None
     if q.kind == "hash":
+        assert q.hash is not None and q.hash_kind is not None  # a "hash" query (parse_query) has both
         hit = reg.by_hash(q.hash, q.hash_kind)
         return (reg.model(hit[0]), hit[1]) if hit else None
     if q.kind == "text":

@@ -16,10 +16,14 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz
 
 from crawler.names import normalize_name
+
+if TYPE_CHECKING:
+    from crawler.registry.reader import ModelRecord
 
 ANSWER_AT = 86.0  # similarity a name needs to be answered when a rival is within MARGIN
 MARGIN = 6.0  # a lead this large answers by itself ...
@@ -48,7 +52,7 @@ class VersionName:
 
 @dataclass
 class Scored:
-    model: object  # a registry ModelRecord (id, name, name_norm, downloads, ...)
+    model: "ModelRecord"  # (id, name, name_norm, downloads, is_inpainting are what is read)
     similarity: float
     version: VersionName | None = None
 

@@ -39,7 +39,7 @@ def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
     width = unet.get("cross_attention_dim")
     family = layout.CROSS_ATTN.get(width) if isinstance(width, int) else None
     comps = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
-    return family, layout.VARIANTS.get(in_ch, "unknown"), in_ch, comps
+    return family, layout.VARIANTS.get(in_ch, "unknown") if in_ch is not None else "unknown", in_ch, comps
 
 
 def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:

@@ -90,7 +90,7 @@ def parse_query(raw: str) -> Query:
         parts = [p for p in url.path.split("/") if p]
         if host.endswith(CIVITAI_HOSTS):  # both hosts since the April 2026 split
             params = parse_qs(url.query)
-            vid = (params.get("modelVersionId") or [None])[0]
+            vid = params["modelVersionId"][0] if params.get("modelVersionId") else None
             if len(parts) >= 2 and parts[0] == "models" and parts[1].isdigit():
                 return Query(raw, "civitai", model_id=parts[1], version_id=vid)
             if len(parts) >= 2 and parts[0] == "model-versions" and parts[1].isdigit():

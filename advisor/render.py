@@ -5,10 +5,11 @@ parsed as markup) after ``safety.terminal_text`` (no escape sequences or control
 Markup is used only for our own fixed words.
 """
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -48,7 +49,7 @@ def _sample(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def _crawl_report(console: Console, s, rows: list[tuple[str, object]], notes: list[Text]) -> None:
+def _crawl_report(console: Console, s, rows: Sequence[tuple[str, object]], notes: list[Text]) -> None:
     color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
     console.print(line((f"crawl {s.status}", color), f" (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"))
     table = Table.grid(padding=(0, 2))
@@ -115,8 +116,10 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
         console.print(line("models per source: ", ", ".join(f"{k} {v:,}" for k, v in sorted(st.per_source.items()))))
     if st.families:
         table = _compact("Fine-tunes per family (dedicated inpainting models not counted)")
-        for col, justify in (("family", "left"), ("models", "right"), ("own inpainting", "right"),
-                             ("coverage", "right"), ("official", "left")):  # fmt: skip
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("family", "left"), ("models", "right"), ("own inpainting", "right"), ("coverage", "right"),
+            ("official", "left"))  # fmt: skip
+        for col, justify in columns:
             table.add_column(col, justify=justify)
         for f in st.families:
             table.add_row(t(f.family), f"{f.models:,}", f"{f.with_inpainting:,}", f"{f.coverage:.1%}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -222,7 +223,7 @@ class _Classified:
             pass  # a cache that cannot be written costs the next scan a header read per file, nothing else
 
 
-def scan(paths: list[str | os.PathLike], *, db: str | None = None, offline: bool = False,
+def scan(paths: Sequence[str | os.PathLike], *, db: str | None = None, offline: bool = False,
          progress=None) -> list[ScanResult]:  # fmt: skip
     """One result per PATH; ``progress(done, total)`` as files are identified."""
     return [_scan_one(Path(p).expanduser(), db, offline, progress) for p in paths]
@@ -234,7 +235,7 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     layout_name, folders = checkpoint_folders(root)
     result = ScanResult(str(root.resolve()), layout_name, [str(f) for f in folders])
     files = walk(folders)
-    found: list[tuple[Path, ProbeResult, str | None]] = []
+    found: list[tuple[Path, ProbeResult, str]] = []
     classified = _Classified()
     checkpoints: list[tuple[Path, ProbeResult]] = []
     for path in files:  # headers first: what is set aside is never hashed
@@ -242,8 +243,8 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
             probed, aside = classified.get(path)
         except OSError as exc:  # unreadable now (permissions, a file gone)
             probed, aside = None, f"unreadable: {exc.strerror or exc}"
-        if aside:
-            result.skipped.append(Skipped(str(path), aside))
+        if aside or probed is None:  # (no probe comes with a reason, but for a damaged cache entry)
+            result.skipped.append(Skipped(str(path), aside or "unreadable: no header verdict"))
         else:
             checkpoints.append((path, probed))
     done = [len(result.skipped)]

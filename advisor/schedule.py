@@ -117,10 +117,10 @@ def systemd_available() -> bool:
 
 def _run(command: Command, done: Installed) -> subprocess.CompletedProcess:
     done.commands.append(command)
-    result = subprocess.run(command.argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(command.plain_argv, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())[:300]
-        raise ScheduleError(f"{' '.join(command.argv)} failed: {detail or f'exit {result.returncode}'}")
+        raise ScheduleError(f"{' '.join(command.plain_argv)} failed: {detail or f'exit {result.returncode}'}")
     return result
 
 
@@ -206,7 +206,7 @@ def _without_block(lines: list[str]) -> list[str]:
 def _write_crontab(lines: list[str], done: Installed) -> None:
     command = Command(["crontab", "-"])
     done.commands.append(command)
-    result = subprocess.run(command.argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    result = subprocess.run(command.plain_argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
     if result.returncode != 0:
         raise ScheduleError(f"crontab - failed: {' '.join(result.stderr.split())[:300]}")
 

@@ -132,7 +132,7 @@ class ZipPickleSource(TensorSource):
         self.tensors = parsed.tensors
         self.metadata = {}
         self._fd = os.open(path, os.O_RDONLY)
-        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        self._mm: mmap.mmap | None = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)  # None once closed
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info, ref = self.tensors[name], self.parsed.refs[name]
@@ -146,7 +146,7 @@ class ZipPickleSource(TensorSource):
 
     def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
         info = self.tensors[name]
-        if not self.parsed.refs[name].contiguous:
+        if not self.parsed.refs[name].contiguous or self._mm is None:  # (None: closed, like SafetensorsSource's)
             return None
         return [(self._mm, info.start, info.end)] if info.nbytes else []
 
@@ -270,7 +270,12 @@ class DiffusersSource(TensorSource):
         if r.op == "transpose":
             return None
         parts = [self.parts[r.component].segments(s) for s in r.sources]  # "cat" is along dim 0: bytes in a row
-        return None if any(p is None for p in parts) else [rng for p in parts for rng in p]
+        runs: list[tuple[mmap.mmap, int, int]] = []
+        for p in parts:
+            if p is None:
+                return None
+            runs += p
+        return runs
 
     def transposed(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
         r = self.recipes[name]

@@ -101,6 +101,7 @@ def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: Module
             fast.transpose(stored.runs[0][0], address, rows, cols, stored.itemsize)
             ready[i] = Runs(stored.dtype, [(address, rows * cols)])
         run = _rule_task(rule, fast, ready, out, plan.multiplier, entry.shape, b_shape)
+        assert run is not None  # the task above, of the same rule and dtypes (a buffer's runs are one each)
         return run()  # buffers live until here
 
     return with_transposes
@@ -112,9 +113,11 @@ def _rule_task(rule: str, fast: ModuleType, inputs: list[Runs], out: Runs, m: fl
     if any(t.dtype not in CODES for t in (*inputs, out)):
         return None
     if rule == "add":
-        return _add(fast, *inputs, out, m)
+        a, b, c = inputs
+        return _add(fast, a, b, c, out, m)
     if rule == "channels" and all(len(t.runs) <= 1 for t in (*inputs, out)):
-        return _channels(fast, *inputs, out, m, shape, b_shape)
+        a, b, c = inputs
+        return _channels(fast, a, b, c, out, m, shape, b_shape)
     return None
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from merge import direct, fused, hashing, metadata, pages
@@ -141,7 +142,7 @@ def run_merge(
     position, stop = [0], threading.Event()
     reader = threading.Thread(target=read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
     held = pages.Addresses()
-    torch = None
+    torch: ModuleType | None = None  # imported below only where some tensor needs it
     # From the writer's first byte on, any exit (an error, Ctrl-C, SIGTERM raised here by the CLI's handler)
     # removes the hidden partial file: the writer is held before its file exists, in the block that aborts it.
     writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], meta, sync=sync,

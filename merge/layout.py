@@ -12,13 +12,14 @@ VARIANTS = {4: "normal", 9: "inpaint", 8: "pix2pix", 5: "depth"}
 CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "flux1": "FLUX.1",
                 "sd3": "SD 3", None: "an unknown architecture"}  # fmt: skip
-ARCHITECTURES = {  # ModelSpec names
+ARCHITECTURES: dict[tuple[str | None, str], str] = {  # ModelSpec names (of a family, which may be unknown)
     ("sd1", "normal"): "stable-diffusion-v1", ("sd1", "inpaint"): "stable-diffusion-v1-inpainting",
     ("sd2", "normal"): "stable-diffusion-v2-512", ("sd2", "inpaint"): "stable-diffusion-v2-inpainting",
     ("sdxl", "normal"): "stable-diffusion-xl-v1-base", ("sdxl", "inpaint"): "stable-diffusion-xl-v1-inpainting",
     ("sd1", "pix2pix"): "stable-diffusion-v1-instruct-pix2pix", ("sd2", "depth"): "stable-diffusion-v2-depth",
 }  # fmt: skip
-RESOLUTION = {"sd1": "512x512", "sd2": "512x512", "sdxl": "1024x1024", "sdxl-refiner": "1024x1024"}
+RESOLUTION: dict[str | None, str] = {"sd1": "512x512", "sd2": "512x512", "sdxl": "1024x1024",
+                                     "sdxl-refiner": "1024x1024"}  # fmt: skip
 _ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks).*attn2\.to_k\.weight$")
 _FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
 _SD3_KEY = "joint_blocks.0.context_block.attn.qkv.weight"
@@ -53,13 +54,13 @@ def _find(tensors: dict[str, TensorInfo], suffix: str) -> TensorInfo | None:
 
 
 def detect(tensors: dict[str, TensorInfo]) -> Layout:
-    floats = Counter()
+    floats: Counter[str] = Counter()
     params = 0
     for t in tensors.values():
         params += t.numel
         if t.is_float:
             floats[t.dtype] += t.numel
-    markers = [m for m in ("v_pred", "ztsnr") if m in tensors]
+    markers: list[str] = [m for m in ("v_pred", "ztsnr") if m in tensors]
     layout = Layout(None, "unknown", markers, floats.most_common(1)[0][0] if floats else "", params)
     layout.components = [name for name, prefix in [
         ("unet", UNET), ("vae", "first_stage_model."), ("text_encoder", "cond_stage_model."),
@@ -72,7 +73,8 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
         img_in = _find(tensors, "img_in.weight")
         layout.family = "flux1"
         layout.in_channels = img_in.shape[1] if img_in and len(img_in.shape) == 2 else None
-        layout.variant = {64: "normal", 384: "fill"}.get(layout.in_channels, "unknown")
+        if layout.in_channels is not None:  # else "unknown", as it is
+            layout.variant = {64: "normal", 384: "fill"}.get(layout.in_channels, "unknown")
         return layout
     if _find(tensors, _SD3_KEY) is not None:
         layout.family, layout.variant = "sd3", "normal"
@@ -82,7 +84,7 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
         layout.in_channels = conv_in.shape[1]
         layout.variant = VARIANTS.get(layout.in_channels, "unknown")
     width = next((t.shape[-1] for k, t in tensors.items() if _ATTN2_K.match(k) and len(t.shape) == 2), None)
-    layout.family = CROSS_ATTN.get(width)
+    layout.family = CROSS_ATTN.get(width) if width is not None else None
     if layout.family is None:  # no UNet cross-attention (a partial file): the text encoders still tell
         if any(k.startswith("conditioner.embedders.1.model.") for k in tensors):
             layout.family = "sdxl"

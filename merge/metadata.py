@@ -11,7 +11,7 @@ from pathlib import Path
 from merge import layout
 from merge.plan import MergePlan
 
-IMPLEMENTATION = {"sd1": "https://github.com/CompVis/stable-diffusion",
+IMPLEMENTATION: dict[str | None, str] = {"sd1": "https://github.com/CompVis/stable-diffusion",
                   "sd2": "https://github.com/Stability-AI/stablediffusion",
                   "sdxl": "https://github.com/Stability-AI/generative-models"}  # fmt: skip
 
