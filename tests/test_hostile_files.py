@@ -189,13 +189,20 @@ def test_fuzzed_headers_raise_only_the_projects_own_error(tmp_path, content):
         assert set(source.tensors) == set(header.tensors)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])  # fmt: skip
-@given(content=mutated_files())
-def test_fuzzed_inputs_to_a_merge_plan_raise_only_merge_or_checkpoint_errors(tmp_path_factory, content):
+@pytest.fixture(scope="module")
+def a_and_c(tmp_path_factory) -> Path:
+    """A and C for the fuzzed B, written once: the plan only reads them."""
     tmp = tmp_path_factory.mktemp("plan")
     write_checkpoint(tmp / "a.safetensors", "sd1", "inpaint", 1)
     write_checkpoint(tmp / "c.safetensors", "sd1", "normal", 3)
+    return tmp
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])  # fmt: skip
+@given(content=mutated_files())
+def test_fuzzed_inputs_to_a_merge_plan_raise_only_merge_or_checkpoint_errors(a_and_c, content):
+    tmp = a_and_c
     (tmp / "b.safetensors").write_bytes(content)
     try:
         plan = plan_merge(tmp / "a.safetensors", tmp / "b.safetensors", tmp / "c.safetensors", tmp / "o.safetensors")
