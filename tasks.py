@@ -2,7 +2,10 @@
 """Set up a local virtualenv and run things in it. Needs only Python >= 3.11.
 
     python3 tasks.py run lookup "majicmix realistic"   # any inpaint-advisor command
-    python3 tasks.py test                                # ruff + the whole test suite (what CI runs)
+    python3 tasks.py test                                # lint + the whole test suite (what CI runs)
+    python3 tasks.py lint                                # ruff, mypy, and the generated docs checked (cog)
+    python3 tasks.py docs                                # regenerate docs/ and README.md parts from the code
+    python3 tasks.py wheel                               # build sdist + wheel, run every command from a venv
     python3 tasks.py bench [crawl|merge|lookup|match|scan|build|queue] [options] # benchmarks/, see README
     python3 tasks.py where                               # how to run inpaint-advisor directly
 
@@ -47,6 +50,25 @@ def setup() -> None:
     print(where(), flush=True)
 
 
+def doc_files() -> list[str]:
+    """The Markdown files with cog sections: the reference generated from the code."""
+    return [str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+            if "[[[cog" in p.read_text(encoding="utf-8")]
+
+
+def lint() -> int:
+    """ruff, mypy, and cog --check: the generated docs must match the code they are generated from."""
+    failed = sh(PY, "-m", "ruff", "check", ROOT, check=False, cwd=ROOT).returncode
+    failed |= sh(PY, "-m", "mypy", check=False, cwd=ROOT).returncode
+    docs = doc_files()
+    if docs:
+        checked = sh(PY, "-m", "cogapp", "--check", "--diff", *docs, check=False, cwd=ROOT).returncode
+        if checked:
+            print("docs are out of date: run `python3 tasks.py docs` and commit the result", flush=True)
+        failed |= checked
+    return failed
+
+
 def where() -> str:
     exe = BIN / "inpaint-advisor"
     shown = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else str(exe)
@@ -69,11 +91,15 @@ def main(argv: list[str]) -> int:
     if task == "run":
         return sh(BIN / "inpaint-advisor", *rest, check=False).returncode
     if task == "lint":
-        return sh(PY, "-m", "ruff", "check", ROOT, check=False).returncode
+        return lint()
+    if task == "docs":  # regenerate what docs/ and README.md generate from the code
+        return sh(PY, "-m", "cogapp", "-r", *doc_files(), check=False, cwd=ROOT).returncode
     if task == "test":
-        lint = sh(PY, "-m", "ruff", "check", ROOT, check=False).returncode
+        failed = lint()
         tests = sh(PY, "-m", "pytest", *rest, check=False, cwd=ROOT).returncode
-        return tests or lint
+        return tests or failed
+    if task == "wheel":  # build the sdist and wheel, install into a clean venv, run every command (.ci/run does)
+        return sh(PY, ROOT / ".ci" / "wheel_check.py", *rest, check=False, cwd=ROOT).returncode
     if task == "bench":
         known = ["crawl", "merge", "lookup", "match", "scan", "build", "queue"]
         names = [n for n in rest if n in known]
