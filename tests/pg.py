@@ -16,7 +16,7 @@ ENV = "INPAINT_ADVISOR_TEST_PG"
 def server_url() -> str:
     url = os.environ.get(ENV)
     if not url:
-        message = f"no PostgreSQL test server: set {ENV} (see README, Development) to run the PostgreSQL cases"
+        message = f"no PostgreSQL test server: set {ENV} (see docs/development.md) to run the PostgreSQL cases"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + "; under CI=true a skipped PostgreSQL case is a failure")
         pytest.skip(message)

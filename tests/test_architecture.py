@@ -1,5 +1,5 @@
-"""The layout the README promises: imports run one way (advisor -> crawler -> merge, data below all), no module
-imports itself back through others, and only the registry layer talks to databases."""
+"""The layout docs/architecture.md promises: imports run one way (advisor -> crawler -> merge, data below all),
+no module imports itself back through others, and only the registry layer talks to databases."""
 
 import ast
 from pathlib import Path

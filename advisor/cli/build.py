@@ -5,11 +5,11 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for, run_batch_and_report
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def build(
     queries: Annotated[list[str] | None, typer.Argument(metavar="MODEL...", show_default=False, help="Anything "
                                                         "lookup takes: a name, a Civitai URL, id or AIR, a Hugging "
@@ -53,13 +53,15 @@ def build(
       inpaint-advisor build "majicmix realistic v7"
       inpaint-advisor build civitai:4384 --out ~/models/Stable-diffusion
       inpaint-advisor build ./myModel.safetensors --dry-run
-      inpaint-advisor build myPony.safetensors -a sdxl-inpainting/ -c sd_xl_base_1.0.safetensors
-      inpaint-advisor build --missing --family sd1 --min-downloads 10000 --limit 5 --out ~/inpainting
-      inpaint-advisor build civitai:4384 civitai:43331 --enqueue      # team mode: the workers build them
+      inpaint-advisor build myPony.safetensors -a sdxl-inpainting/ \\
+          -c sd_xl_base_1.0.safetensors
+      inpaint-advisor build --missing --family sd1 --min-downloads 10000 \\
+          --limit 5 --out ~/inpainting
+      inpaint-advisor build civitai:4384 civitai:43331 --enqueue  (team mode)
 
     Exit status: 0 the output exists and is verified, 1 it could not be made (or is unverified), 2 usage.
     """  # noqa: D301
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 
     from advisor import render
     from advisor.build import BuildError
@@ -68,6 +70,7 @@ def build(
     from advisor.output import USAGE, err, print_json
     from advisor.output import out as out_console
 
+    queries = queries or []  # (typer gives None for no MODEL)
     if missing == bool(queries):
         raise die("give a MODEL, or --missing for the registry's most downloaded models without one",
                   code="usage", exit_code=2, as_json=as_json)  # fmt: skip
@@ -86,14 +89,14 @@ def build(
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def on_bytes(label: str, done: int, total: int | None) -> None:
         if label not in tasks:
             tasks[label] = progress.add_task(render.line(label).plain[:60], total=total)
         progress.update(tasks[label], completed=done, total=total)
 
-    merging = {}
+    merging: dict[str, TaskID] = {}
 
     def on_merge(n: int) -> None:
         if "task" not in merging:

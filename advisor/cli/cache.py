@@ -4,15 +4,16 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, app
 from advisor.cli.common import JsonOption, die
 
 cache_app = typer.Typer(help="What builds keep in the cache: prepared pairs and fetched files.", no_args_is_help=True,
+                        subcommand_metavar=SUBCOMMAND,
                         context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(cache_app, name="cache")
 
 
-@cache_app.command("list")
+@cache_app.command("list", cls=PlainCommand)
 def list_(as_json: JsonOption = False) -> None:
     """List the prepared pairs (a family's A - M*C, made once so that later builds read two inputs, not three)
     and the fetched files (official A and C, fine-tunes), with their sizes. The cache is
@@ -33,9 +34,9 @@ def list_(as_json: JsonOption = False) -> None:
         render.cache_report(out, report)
 
 
-@cache_app.command()
+@cache_app.command(cls=PlainCommand)
 def clear(
-    what: Annotated[str, typer.Argument(metavar="[all|prepared|files]", help="What to remove.")] = "all",
+    what: Annotated[str, typer.Argument(metavar="all|prepared|files", help="What to remove.")] = "all",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed, remove nothing.")] = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import crawl_app
+from advisor.cli.app import PlainCommand, crawl_app
 from advisor.cli.common import DbOption, JsonOption, die, die_for, http_url
 
 IncrementalOption = Annotated[
@@ -16,7 +16,7 @@ BackoffOption = Annotated[float, typer.Option(min=0.0, metavar="SECONDS",
                                               help="First retry delay (doubles each time, at most 30 s).")]  # fmt: skip
 
 
-@crawl_app.command("civitai")
+@crawl_app.command("civitai", cls=PlainCommand)
 def crawl_civitai(
     incremental: IncrementalOption = False,
     max_pages: MaxPagesOption = None,
@@ -60,7 +60,7 @@ def crawl_civitai(
     )  # fmt: skip
 
 
-@crawl_app.command("hf")
+@crawl_app.command("hf", cls=PlainCommand)
 def crawl_hf(
     incremental: IncrementalOption = False,
     max_pages: MaxPagesOption = None,
@@ -107,7 +107,7 @@ def crawl_hf(
     )  # fmt: skip
 
 
-@crawl_app.command("all")
+@crawl_app.command("all", cls=PlainCommand)
 def crawl_all(
     incremental: IncrementalOption = False,
     retries: RetriesOption = 6,

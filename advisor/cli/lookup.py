@@ -5,11 +5,11 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die_for
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def lookup(
     query: Annotated[str, typer.Argument(metavar="MODEL", help="A name (typos welcome), a Civitai URL, id or AIR, "
                                          "a Hugging Face repo, a hash, or a local file or folder.")],
@@ -41,7 +41,7 @@ def lookup(
     raise typer.Exit(run_lookup(query, db=db, offline=offline, as_json=as_json))
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def probe(
     path: Annotated[Path, typer.Argument(metavar="FILE|FOLDER", help="A .safetensors file or a diffusers folder.")],
     with_hash: Annotated[bool, typer.Option("--hash", help="Add SHA256, AutoV2, AutoV3 (one streaming read).")] = False,

@@ -5,14 +5,14 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, run_batch_and_report
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def scan(
     paths: Annotated[list[Path] | None, typer.Argument(
-        metavar="PATH", show_default=False,
+        metavar="PATH...", show_default=False,
         help="A UI's folder, its models folder, or any folder (default: the current one).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Do not ask Civitai about files the registry "
                                           "does not know.")] = False,  # fmt: skip

@@ -5,11 +5,12 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, duration
 
 schedule_app = typer.Typer(help="Crawl every source on a timer (systemd user timer, else crontab).",
-                           no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
+                           no_args_is_help=True, subcommand_metavar=SUBCOMMAND,
+                           context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(schedule_app, name="schedule")
 
 BackendOption = Annotated[str, typer.Option(
@@ -23,12 +24,13 @@ def _fail(exc, as_json: bool) -> typer.Exit:
     return die(str(exc), code=exc.code, exit_code=USAGE if exc.code == "usage" else 1, as_json=as_json)
 
 
-@schedule_app.command()
+@schedule_app.command(cls=PlainCommand)
 def install(
     every: Annotated[timedelta, typer.Option("--every", parser=duration, metavar="DURATION",
-                                             help="Incremental crawl period.")] = "6h",  # fmt: skip
+                                             help="Incremental crawl period.")] = "6h",  # type: ignore[assignment]  # fmt: skip
     full_every: Annotated[timedelta, typer.Option("--full-every", parser=duration, metavar="DURATION",
-                                                  help="Full crawl period.")] = "7d",  # fmt: skip
+                                                  help="Full crawl period.")] = "7d",  # type: ignore[assignment]  # fmt: skip
+    # (typer passes a default through parser=duration, as it does the option's text)
     backend: BackendOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -57,7 +59,7 @@ def install(
         render.schedule_installed(out, done)
 
 
-@schedule_app.command()
+@schedule_app.command(cls=PlainCommand)
 def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOption = False) -> None:
     """Show the installed schedule, its next runs, and each source's last crawl.
 
@@ -84,9 +86,15 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
         render.schedule_shown(out, shown, last)
 
 
-@schedule_app.command()
+@schedule_app.command(cls=PlainCommand)
 def remove(backend: BackendOption = "auto", as_json: JsonOption = False) -> None:
-    """Remove the schedule an install wrote (nothing else in your crontab or units is touched)."""
+    """Remove the schedule an install wrote (nothing else in your crontab or units is touched).
+
+    \b
+    Examples:
+      inpaint-advisor schedule remove
+      inpaint-advisor schedule remove --backend cron --json
+    """  # noqa: D301
     from advisor import render, schedule
     from advisor.output import out, print_json
 

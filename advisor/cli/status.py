@@ -6,16 +6,17 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for, duration
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def status(
     check: Annotated[bool, typer.Option("--check", help="Health check for monitoring: exit 0 healthy, 1 not.")] = False,
     max_age: Annotated[timedelta, typer.Option("--max-age", parser=duration, metavar="DURATION",
                                                help="With --check: the oldest a source's last successful crawl "
-                                               "may be (30m, 24h, 7d).")] = "24h",  # fmt: skip
+                                               "may be (30m, 24h, 7d).")] = "24h",  # type: ignore[assignment]  # fmt: skip
+    # (typer passes a default through parser=duration, as it does the option's text)
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:

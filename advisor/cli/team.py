@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for
 
 SQLITE_HINT = ("; on one machine, `inpaint-advisor scan --build` and `build --missing` run the same builds in the "
@@ -23,7 +23,7 @@ def team_failure(exc: BaseException, as_json: bool) -> typer.Exit:
     return die_for(exc, as_json=as_json)
 
 
-@app.command()
+@app.command(cls=PlainCommand)
 def worker(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where this host's builds go (shared storage, "
                                       "typically).")] = Path("."),  # fmt: skip
@@ -43,7 +43,8 @@ def worker(
 
     \b
     Examples:
-      INPAINT_ADVISOR_DB=postgresql+psycopg://team@db/registry inpaint-advisor worker --out /mnt/models
+      INPAINT_ADVISOR_DB=postgresql+psycopg://team@db/registry \\
+          inpaint-advisor worker --out /mnt/models
       inpaint-advisor worker --concurrency 2 --crawl-every 6h --out /mnt/models
     """  # noqa: D301
     from advisor import team
@@ -60,7 +61,8 @@ def worker(
         raise team_failure(exc, False) from None
 
 
-jobs_app = typer.Typer(invoke_without_command=True,
+JobId = Annotated[int, typer.Argument(metavar="ID", help="A job's id, as `inpaint-advisor jobs` lists it.")]
+jobs_app = typer.Typer(invoke_without_command=True, subcommand_metavar=f"[{SUBCOMMAND}]",
                        context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(jobs_app, name="jobs")
 
@@ -68,8 +70,8 @@ app.add_typer(jobs_app, name="jobs")
 @jobs_app.callback()
 def jobs(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option("--status", metavar="STATUS",
-                                               help="Only todo, doing, succeeded, failed or cancelled.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="STATUS", help="Only todo, doing, succeeded, failed, cancelled or aborted.")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -103,10 +105,14 @@ def jobs(
         render.jobs_table(out, found)
 
 
-@jobs_app.command()
-def retry(ctx: typer.Context, job_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None,
-          as_json: JsonOption = False) -> None:  # fmt: skip
-    """Queue a failed job again now."""
+@jobs_app.command(cls=PlainCommand)
+def retry(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Queue a failed job again now.
+
+    \b
+    Examples:
+      inpaint-advisor jobs retry 42
+    """  # noqa: D301
     from advisor import team
     from advisor.output import err, print_json
 
@@ -120,10 +126,14 @@ def retry(ctx: typer.Context, job_id: Annotated[int, typer.Argument(metavar="ID"
         err.print(f"job {job_id} queued again")
 
 
-@jobs_app.command()
-def cancel(ctx: typer.Context, job_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None,
-           as_json: JsonOption = False) -> None:  # fmt: skip
-    """Remove a queued job, or ask a running one to stop."""
+@jobs_app.command(cls=PlainCommand)
+def cancel(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Remove a queued job, or ask a running one to stop.
+
+    \b
+    Examples:
+      inpaint-advisor jobs cancel 42
+    """  # noqa: D301
     from advisor import team
     from advisor.output import err, print_json
 
