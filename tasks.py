@@ -96,7 +96,8 @@ def main(argv: list[str]) -> int:
         return sh(PY, "-m", "cogapp", "-r", *doc_files(), check=False, cwd=ROOT).returncode
     if task == "test":
         failed = lint()
-        tests = sh(PY, "-m", "pytest", *rest, check=False, cwd=ROOT).returncode
+        # one worker per core (pytest-xdist); the ten slowest tests listed at the end, to keep the suite fast
+        tests = sh(PY, "-m", "pytest", "-n", "auto", "--durations=10", *rest, check=False, cwd=ROOT).returncode
         return tests or failed
     if task == "wheel":  # build the sdist and wheel, install into a clean venv, run every command (.ci/run does)
         return sh(PY, ROOT / ".ci" / "wheel_check.py", *rest, check=False, cwd=ROOT).returncode

@@ -170,8 +170,68 @@ def cli_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process, as a user would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "advisor", *args], capture_output=True, text=True, env=env or cli_env(), timeout=timeout
-    )
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120, cwd: str | Path | None = None,
+            fresh: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """The real console entry point in a child process, as a user would run it: its own environment, working
+    directory, output and exit status. The child is forked from a warm zygote (tests/cli_zygote.py), which saves
+    a second of interpreter start and imports per call; ``fresh=True`` starts a new interpreter instead
+    (`python -m advisor`), for what depends on the start itself."""
+    env = env or cli_env()
+    if fresh:
+        return subprocess.run([sys.executable, "-m", "advisor", *args], capture_output=True, text=True, env=env,
+                              cwd=cwd, timeout=timeout)  # fmt: skip
+    return _zygote().run(list(args), env, str(cwd or os.getcwd()), timeout)
+
+
+class _Zygote:
+    def __init__(self) -> None:
+        import tempfile
+        import threading
+
+        self._lock = threading.Lock()
+        self._dir = Path(tempfile.mkdtemp(prefix="inpaint-advisor-cli-"))
+        self._proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_zygote.py")], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, env=cli_env(), cwd=self._dir)  # fmt: skip
+
+    def run(self, argv: list[str], env: dict, cwd: str, timeout: float) -> subprocess.CompletedProcess:
+        import json
+
+        with self._lock:
+            out, err = self._dir / "stdout", self._dir / "stderr"
+            out.write_bytes(b"")
+            err.write_bytes(b"")
+            request = {"argv": argv, "env": env, "cwd": cwd, "stdout": str(out), "stderr": str(err),
+                       "timeout": timeout}  # fmt: skip
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            reply = self._proc.stdout.readline()
+            if not reply:
+                raise RuntimeError("the CLI zygote died (tests/cli_zygote.py)")
+            answer = json.loads(reply)
+            stdout, stderr = out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
+        if answer["timed_out"]:
+            raise subprocess.TimeoutExpired(["inpaint-advisor", *argv], timeout, stdout, stderr)
+        return subprocess.CompletedProcess(["inpaint-advisor", *argv], answer["returncode"], stdout, stderr)
+
+    def close(self) -> None:
+        import shutil
+
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=30)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_zygotes: list[_Zygote] = []
+
+
+def _zygote() -> _Zygote:
+    if not _zygotes:
+        _zygotes.append(_Zygote())
+    return _zygotes[0]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for z in _zygotes:
+        z.close()

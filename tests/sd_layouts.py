@@ -4,7 +4,12 @@ what identifies a family (conv_in channels, cross-attention context width, key p
 Used by the tests and by benchmarks/bench_merge.py (scale=1: full-size shapes).
 """
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -213,7 +218,38 @@ def write_checkpoint(
     dtype=torch.float16,
     extra: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    sd = make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype)
-    sd.update(extra or {})
-    save_file(sd, str(path))
-    return sd
+    """Write a checkpoint of ``family``'s real key names with random values from ``seed``; returns its tensors.
+    The same arguments give the same file, so each is made once per process and copied after that (tests
+    write hundreds of them; the random values and their encoding were a noticeable share of the suite)."""
+    if scale == 1:  # full size (the benchmarks): gigabytes, never kept
+        sd = make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype)
+        sd.update(extra or {})
+        save_file(sd, str(path))
+        return sd
+    key = (family, variant, seed, scale, dtype)
+    made = _made.get(key)
+    if made is None:
+        sd = make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype)
+        made = _made[key] = (sd, None)
+    sd, cached = made
+    if extra:
+        sd = {**sd, **extra}
+        save_file(sd, str(path))
+    elif cached is not None and cached.exists():
+        shutil.copyfile(cached, path)
+    else:
+        save_file(sd, str(path))
+        cached = _cache_dir() / f"{len(_made)}-{family}-{variant}-{seed}-{scale}-{str(dtype)[6:]}.safetensors"
+        shutil.copyfile(path, cached)
+        _made[key] = (sd, cached)
+    return {k: v.clone() for k, v in sd.items()}  # the caller may change its copy
+
+
+_made: dict[tuple, tuple[dict[str, torch.Tensor], Path | None]] = {}
+
+
+@cache
+def _cache_dir() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="inpaint-advisor-layouts-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -149,7 +149,7 @@ def test_the_periodic_crawl_is_deferred_once_per_tick_across_two_workers(team_wo
     assert len(ticks) == len(set(ticks))  # one job per tick, not one per worker
 
 
-@pytest.mark.team(n=int(os.environ.get("INPAINT_ADVISOR_LOAD_BUILDS", "200")))
+@pytest.mark.team(n=int(os.environ.get("INPAINT_ADVISOR_LOAD_BUILDS", "24")))
 def test_four_workers_one_killed_9_mid_build_lose_nothing(team_world):
     """The load and fault test: every job ends done, each output registered once and correct, nothing under a
     final name incomplete; the killed worker's job is picked up again after the heartbeat timeout."""
