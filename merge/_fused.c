@@ -132,53 +132,78 @@ static int usable(int args_ok) {
     return 0;
 }
 
-/* add_difference(a, a_dtype, b, b_dtype, c, c_dtype, out, out_dtype, n, m) -> bool (all finite).
- * Pointers are addresses of contiguous buffers of n elements (tensor.data_ptr()); dtypes 0 fp16, 1 bf16, 2 fp32. */
+static const size_t ITEM[3] = {2, 2, 4};
+
+/* Every pointer comes with the memory it lies in, ``[lo, hi)`` (its mapping, its buffer): an access that would
+ * leave it is refused here, whatever the caller computed, so a malformed file can never make the loop read or
+ * write outside its memory. 0 with ValueError set when ``p .. p + count * item`` is not inside it. */
+typedef struct { unsigned long long p, lo, hi; } Span;
+
+static int inside(Span s, Py_ssize_t count, size_t item) {
+    if (count < 0 || s.p < s.lo || s.p > s.hi || (unsigned long long)count > (s.hi - s.p) / item) {
+        PyErr_SetString(PyExc_ValueError, "out-of-range access refused: a tensor runs past its memory");
+        return 0;
+    }
+    return 1;
+}
+
+/* add_difference(a, a_lo, a_hi, a_dtype, b, ..., c, ..., out, out_lo, out_hi, out_dtype, n, m) -> bool (all
+ * finite). Pointers are addresses of contiguous runs of n elements, each with the memory it lies in; dtypes
+ * 0 fp16, 1 bf16, 2 fp32. */
 static PyObject *py_add_difference(PyObject *self, PyObject *args) {
-    unsigned long long a, b, c, out;
+    Span a, b, c, out;
     int da, db, dc, dout;
     Py_ssize_t n;
     float m;
-    if (!PyArg_ParseTuple(args, "KiKiKiKinf", &a, &da, &b, &db, &c, &dc, &out, &dout, &n, &m)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKiKKKiKKKiKKKinf", &a.p, &a.lo, &a.hi, &da, &b.p, &b.lo, &b.hi, &db, &c.p, &c.lo,
+                          &c.hi, &dc, &out.p, &out.lo, &out.hi, &dout, &n, &m))
+        return NULL;
     if (!usable(n >= 0 && !bad_dtype(da) && !bad_dtype(db) && !bad_dtype(dc) && !bad_dtype(dout))) return NULL;
+    if (!inside(a, n, ITEM[da]) || !inside(b, n, ITEM[db]) || !inside(c, n, ITEM[dc]) || !inside(out, n, ITEM[dout]))
+        return NULL;
     int finite = 1;
 #if HAVE_KERNEL
     Py_BEGIN_ALLOW_THREADS
-    finite = add_difference((const void *)a, da, (const void *)b, db, (const void *)c, dc, (void *)out, dout,
+    finite = add_difference((const void *)a.p, da, (const void *)b.p, db, (const void *)c.p, dc, (void *)out.p, dout,
                             (size_t)n, m);
     Py_END_ALLOW_THREADS
 #endif
     return PyBool_FromLong(finite);
 }
 
-/* convert(src, src_dtype, dst, dst_dtype, n): a copy that changes the float type */
+/* convert(src, src_lo, src_hi, src_dtype, dst, dst_lo, dst_hi, dst_dtype, n): a copy that changes the float type */
 static PyObject *py_convert(PyObject *self, PyObject *args) {
-    unsigned long long src, dst;
+    Span src, dst;
     int ds, dd;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "KiKin", &src, &ds, &dst, &dd, &n)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKiKKKin", &src.p, &src.lo, &src.hi, &ds, &dst.p, &dst.lo, &dst.hi, &dd, &n))
+        return NULL;
     if (!usable(n >= 0 && !bad_dtype(ds) && !bad_dtype(dd))) return NULL;
+    if (!inside(src, n, ITEM[ds]) || !inside(dst, n, ITEM[dd])) return NULL;
 #if HAVE_KERNEL
     Py_BEGIN_ALLOW_THREADS
-    convert((const void *)src, ds, (void *)dst, dd, (size_t)n);
+    convert((const void *)src.p, ds, (void *)dst.p, dd, (size_t)n);
     Py_END_ALLOW_THREADS
 #endif
     Py_RETURN_NONE;
 }
 
-/* transpose(src, dst, rows, cols, itemsize): dst (cols x rows) = the transpose of src (rows x cols), in tiles
- * that stay in cache; for the one transposed tensor of an SDXL diffusers folder (text_projection) */
+/* transpose(src, src_lo, src_hi, dst, dst_lo, dst_hi, rows, cols, itemsize): dst (cols x rows) = the transpose
+ * of src (rows x cols), in tiles that stay in cache; for the one transposed tensor of an SDXL diffusers folder
+ * (text_projection) */
 static PyObject *py_transpose(PyObject *self, PyObject *args) {
-    unsigned long long src, dst;
+    Span src, dst;
     Py_ssize_t rows, cols, size;
-    if (!PyArg_ParseTuple(args, "KKnnn", &src, &dst, &rows, &cols, &size)) return NULL;
-    if (rows < 0 || cols < 0 || (size != 2 && size != 4)) {
+    if (!PyArg_ParseTuple(args, "KKKKKKnnn", &src.p, &src.lo, &src.hi, &dst.p, &dst.lo, &dst.hi, &rows, &cols, &size))
+        return NULL;
+    if (rows < 0 || cols < 0 || (size != 2 && size != 4) || (cols && rows > PY_SSIZE_T_MAX / cols)) {
         PyErr_SetString(PyExc_ValueError, "bad shape or item size");
         return NULL;
     }
+    if (!inside(src, rows * cols, (size_t)size) || !inside(dst, rows * cols, (size_t)size)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    const char *s = (const char *)src;
-    char *d = (char *)dst;
+    const char *s = (const char *)src.p;
+    char *d = (char *)dst.p;
     const Py_ssize_t tile = 64;
     for (Py_ssize_t i0 = 0; i0 < rows; i0 += tile)
         for (Py_ssize_t j0 = 0; j0 < cols; j0 += tile)
@@ -189,17 +214,19 @@ static PyObject *py_transpose(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* copy_bytes(src, dst, nbytes): memcpy without the GIL (tensors copied as they are) */
+/* copy_bytes(src, src_lo, src_hi, dst, dst_lo, dst_hi, nbytes): memcpy without the GIL (tensors copied as
+ * they are) */
 static PyObject *py_copy_bytes(PyObject *self, PyObject *args) {
-    unsigned long long src, dst;
+    Span src, dst;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "KKn", &src, &dst, &n)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKKKKn", &src.p, &src.lo, &src.hi, &dst.p, &dst.lo, &dst.hi, &n)) return NULL;
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "negative byte count");
         return NULL;
     }
+    if (!inside(src, n, 1) || !inside(dst, n, 1)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    if (n) memcpy((void *)dst, (const void *)src, (size_t)n);
+    if (n) memcpy((void *)dst.p, (const void *)src.p, (size_t)n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

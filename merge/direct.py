@@ -31,10 +31,11 @@ Task = Callable[[], bool]  # fills one output tensor; returns False if it holds 
 
 @dataclass
 class Runs:
-    """One tensor's bytes: ``(address, element count)`` runs, in order."""
+    """One tensor's bytes: ``(address, element count, lo, hi)`` runs, in order; ``[lo, hi)`` is the memory the
+    run lies in (its mapping), which the C loop holds every access to."""
 
     dtype: str
-    runs: list[tuple[int, int]]
+    runs: list[tuple[int, int, int, int]]
 
     @property
     def itemsize(self) -> int:
@@ -43,17 +44,18 @@ class Runs:
 
 def _runs(held: Addresses, segments: list[tuple[mmap.mmap, int, int]], dtype: str) -> Runs:
     size = ITEMSIZE[dtype]
-    return Runs(dtype, [(held.of(m) + start, (end - start) // size) for m, start, end in segments if end > start])
+    return Runs(dtype, [(held.of(m) + start, (end - start) // size, held.of(m), held.of(m) + len(m))
+                        for m, start, end in segments if end > start])  # fmt: skip
 
 
-def aligned(*tensors: Runs) -> Iterator[tuple[int, list[int]]]:
+def aligned(*tensors: Runs) -> Iterator[tuple[int, list[tuple[int, int, int]]]]:
     """Walk tensors of one element count, cut into runs at different places, as stretches where each one is
-    contiguous: ``(element count, [address in each tensor])``."""
+    contiguous: ``(element count, [(address, lo, hi) in each tensor])``, ``[lo, hi)`` the memory it lies in."""
     index = [0] * len(tensors)
     used = [0] * len(tensors)  # elements already walked of each tensor's current run
     while all(i < len(t.runs) for i, t in zip(index, tensors, strict=True)):
         n = min(t.runs[i][1] - u for t, i, u in zip(tensors, index, used, strict=True))
-        yield n, [t.runs[i][0] + u * t.itemsize for t, i, u in zip(tensors, index, used, strict=True)]
+        yield n, [(t.runs[i][0] + u * t.itemsize, *t.runs[i][2:]) for t, i, u in zip(tensors, index, used, strict=True)]
         for k, t in enumerate(tensors):
             used[k] += n
             if used[k] == t.runs[index[k]][1]:
@@ -98,8 +100,9 @@ def _task(entry: Entry, plan: MergePlan, writer: SafetensorsWriter, fast: Module
         for i, (stored, (rows, cols)) in transposed.items():
             buffers.append(buffer := bytearray(rows * cols * stored.itemsize))
             address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-            fast.transpose(stored.runs[0][0], address, rows, cols, stored.itemsize)
-            ready[i] = Runs(stored.dtype, [(address, rows * cols)])
+            src, _, lo, hi = stored.runs[0]
+            fast.transpose(src, lo, hi, address, address, address + len(buffer), rows, cols, stored.itemsize)
+            ready[i] = Runs(stored.dtype, [(address, rows * cols, address, address + len(buffer))])
         run = _rule_task(rule, fast, ready, out, plan.multiplier, entry.shape, b_shape)
         assert run is not None  # the task above, of the same rule and dtypes (a buffer's runs are one each)
         return run()  # buffers live until here
@@ -126,7 +129,7 @@ def _copy(fast: ModuleType, src: Runs, out: Runs) -> Task | None:
 
         def copy() -> bool:
             for n, (s, o) in aligned(src, out):
-                fast.copy_bytes(s, o, n * out.itemsize)
+                fast.copy_bytes(*s, *o, n * out.itemsize)
             return True  # copies are not checked for NaN/Inf, as on the torch path
 
         return copy
@@ -135,7 +138,7 @@ def _copy(fast: ModuleType, src: Runs, out: Runs) -> Task | None:
 
     def convert() -> bool:
         for n, (s, o) in aligned(src, out):
-            fast.convert(s, CODES[src.dtype], o, CODES[out.dtype], n)
+            fast.convert(*s, CODES[src.dtype], *o, CODES[out.dtype], n)
         return True
 
     return convert
@@ -147,7 +150,7 @@ def _add(fast: ModuleType, a: Runs, b: Runs, c: Runs, out: Runs, m: float) -> Ta
     def add() -> bool:
         finite = True
         for n, addresses in aligned(a, b, c, out):
-            args = [v for address, code in zip(addresses, codes, strict=True) for v in (address, code)]
+            args = [v for span, code in zip(addresses, codes, strict=True) for v in (*span, code)]
             finite &= fast.add_difference(*args, n, m)
         return finite
 
@@ -163,14 +166,15 @@ def _channels(fast, a: Runs, b: Runs, c: Runs, out: Runs, m: float, a_shape, b_s
     def channels() -> bool:
         if not a.runs:
             return True
-        (pa, _), (pb, _), (pc, _), (po, _) = a.runs[0], b.runs[0], c.runs[0], out.runs[0]
+        (pa, _, *ma), (pb, _, *mb), (pc, _, *mc), (po, _, *mo) = a.runs[0], b.runs[0], c.runs[0], out.runs[0]
         finite = True
         for r in range(rows):
             ra, ro = pa + r * per_row_a * a.itemsize, po + r * per_row_a * out.itemsize
             rb, rc = pb + r * per_row_b * b.itemsize, pc + r * per_row_b * c.itemsize
-            finite &= fast.add_difference(ra, codes[0], rb, codes[1], rc, codes[2], ro, codes[3], per_row_b, m)
+            finite &= fast.add_difference(ra, *ma, codes[0], rb, *mb, codes[1], rc, *mc, codes[2], ro, *mo, codes[3],
+                                          per_row_b, m)  # fmt: skip
             rest_a, rest_o = ra + per_row_b * a.itemsize, ro + per_row_b * out.itemsize
-            fast.convert(rest_a, codes[0], rest_o, codes[3], per_row_a - per_row_b)
+            fast.convert(rest_a, *ma, codes[0], rest_o, *mo, codes[3], per_row_a - per_row_b)
         return finite
 
     return channels

@@ -129,11 +129,15 @@ def run_merge(
     _clean_stale_partials(plan.out)
     title = title or plan.out.stem
     hashes: dict[int, str] = {}
+    hash_failed: list[OSError] = []
 
     def hash_all():
-        for i, (role, src) in enumerate(zip("abc", (plan.a, plan.b, plan.c), strict=True), start=1):
-            recorded = plan.recorded.get(role)
-            hashes[i] = recorded[1] if recorded else hashing.file_hashes(src.files()[0], autov3=False).sha256
+        try:
+            for i, (role, src) in enumerate(zip("abc", (plan.a, plan.b, plan.c), strict=True), start=1):
+                recorded = plan.recorded.get(role)
+                hashes[i] = recorded[1] if recorded else hashing.file_hashes(src.files()[0], autov3=False).sha256
+        except OSError as exc:  # reported by the merge if it gets that far; a failed merge has its own error
+            hash_failed.append(exc)
 
     hasher = threading.Thread(target=hash_all, daemon=True, name="merge-hash") if hash_inputs else None
     if hasher:
@@ -171,7 +175,10 @@ def run_merge(
     def process(entry: Entry) -> bool:
         task = tasks.get(entry.name)
         if task is not None:
-            return task()
+            try:
+                return task()
+            except ValueError as exc:  # the C loop refused an access outside a tensor's memory
+                raise MergeError(f"{entry.name}: {exc}") from None
         if not hasattr(local, "scratch"):
             local.scratch = fused.Scratch()
         tensors = [src.read(entry.name) for src in plan.sources_of(entry)]
@@ -204,6 +211,8 @@ def run_merge(
                 progress(writer.infos[entry.name].nbytes)
         if hasher:
             hasher.join()
+            if hash_failed:
+                raise hash_failed[0]
             writer.update_metadata(metadata.with_hashes(meta, hashes))
         held.close()  # the output's mapping is closed by commit
         try:

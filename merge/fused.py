@@ -58,7 +58,8 @@ def add_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, m: float, 
     tensors = (a, b, c, out)
     codes = [CODES.get(dtype_name(x.dtype)) for x in tensors]
     if fast is not None and None not in codes and all(x.is_contiguous() for x in tensors):
-        args = [v for x, code in zip(tensors, codes, strict=True) for v in (x.data_ptr(), code)]
+        args = [v for x, code in zip(tensors, codes, strict=True)
+                for v in (x.data_ptr(), x.data_ptr(), x.data_ptr() + x.numel() * x.element_size(), code)]  # fmt: skip
         return fast.add_difference(*args, out.numel(), m)
     return add_difference_torch(a, b, c, m, out, s)
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from merge.header import ITEMSIZE, TensorInfo
@@ -32,15 +35,24 @@ class Unsupported(Exception):
     """Something this parser does not understand: the caller falls back to torch's own weights-only load."""
 
 
+class _Immutable:
+    """Refuses BUILD: a pickle that sets attributes on what it made is not a state dict torch.save wrote."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state) -> None:
+        raise Unsupported(f"the pickle sets the state of a {type(self).__name__.strip('_')}")
+
+
 @dataclass(frozen=True)
-class _Storage:
+class _Storage(_Immutable):
     dtype: str
     key: str
     numel: int
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Immutable):
     storage: _Storage
     offset: int  # in elements
     shape: tuple[int, ...]
@@ -55,38 +67,55 @@ class TensorRef:
         return all(s == e for s, e, d in zip(self.stride, reversed(expected), self.shape, strict=True) if d != 1)
 
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = STORAGES[name]
+@dataclass(frozen=True)
+class _StorageType(_Immutable):
+    """``torch.FloatStorage`` and its kin, as a pickle names them: made anew for every name a pickle looks up,
+    so that nothing one file does can reach the next (they are never shared between parses)."""
+
+    dtype: str
+
+
+class _StateDict(dict):
+    """``collections.OrderedDict`` as torch.save writes a module's state dict: items, then a BUILD that sets its
+    ``_metadata`` (the modules' versions), which is dropped. Any other state is refused."""
+
+    def __setstate__(self, state) -> None:
+        if not (isinstance(state, dict) and set(state) <= {"_metadata"}):
+            raise Unsupported("a state dict with state other than _metadata")
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_rest) -> TensorRef:
-    if not isinstance(storage, _Storage) or not isinstance(offset, int):
-        raise Unsupported("a tensor without a storage")
-    if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)) or len(size) != len(stride):
+    if not isinstance(storage, _Storage) or not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise Unsupported("a tensor without a storage, or before its start")
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
+        raise Unsupported("a tensor with an odd shape")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (*size, *stride)):
         raise Unsupported("a tensor with an odd shape")
     return TensorRef(storage, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, *_rest):
+    if not isinstance(data, TensorRef):
+        raise Unsupported("a parameter without a tensor")
     return data
 
 
-_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): dict,
-    **{("torch", name): _StorageType(name) for name in STORAGES},
+# What a weights-only state dict may name. Values are constructors called per lookup, never shared objects.
+_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): lambda: _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda: _rebuild_parameter,
+    ("collections", "OrderedDict"): lambda: _StateDict,
+    **{("torch", name): partial(_StorageType, dtype) for name, dtype in STORAGES.items()},
 }
 
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        found = _GLOBALS.get((module, name))
-        if found is None:
+        make = _GLOBALS.get((module, name))
+        if make is None:
             raise Unsupported(f"the pickle names {module}.{name}")
-        return found
+        return make()
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -94,18 +123,25 @@ class _Unpickler(pickle.Unpickler):
         kind, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(kind, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
             raise Unsupported("an unknown storage")
+        if isinstance(numel, bool) or numel < 0:
+            raise Unsupported("a storage of a negative size")
         return _Storage(kind.dtype, key, numel)
 
 
-def _data_offset(f, info: zipfile.ZipInfo) -> int:
+def _data_range(f, info: zipfile.ZipInfo, file_size: int) -> int:
     """Where an entry's bytes start: after its local header, whose name and extra lengths may differ from the
-    central directory's."""
+    central directory's. The local header must name the same file and the bytes must end inside the file."""
     f.seek(info.header_offset)
     local = f.read(30)
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
         raise Unsupported("a damaged zip entry")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    if f.read(name_len) != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
+        raise Unsupported("a zip entry whose local header names another file")
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > file_size:
+        raise Unsupported("a zip entry that runs past the end of the file")
+    return start
 
 
 def _last_element(ref: TensorRef) -> int:
@@ -123,12 +159,12 @@ def parse(path: Path) -> Parsed | None:
     """The zip checkpoint's state dict (a nested ``state_dict`` unwrapped), or None where only torch can tell."""
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as z:
-            return _parse(f, z)
+            return _parse(f, z, os.fstat(f.fileno()).st_size)
     except Exception:  # noqa: BLE001 - a damaged archive raises anything: torch's loader has the last word on it
         return None
 
 
-def _parse(f, z: zipfile.ZipFile) -> Parsed | None:
+def _parse(f, z: zipfile.ZipFile, file_size: int) -> Parsed | None:
     infos = {i.filename: i for i in z.infolist()}
     pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
@@ -157,9 +193,11 @@ def _parse(f, z: zipfile.ZipFile) -> Parsed | None:
                 return None
             if entry.file_size < ref.storage.numel * ITEMSIZE[ref.storage.dtype]:
                 raise Unsupported("a storage shorter than its tensors")
-            starts[key] = _data_offset(f, entry)
+            starts[key] = _data_range(f, entry, file_size)
         size = ITEMSIZE[ref.storage.dtype]
-        if all(ref.shape) and _last_element(ref) >= ref.storage.numel:
+        # every byte the tensor covers lies inside its storage: nothing before it (offset >= 0, checked when
+        # rebuilt), nothing past it; an empty tensor covers none, but its offset still may not pass the end
+        if ref.offset > ref.storage.numel or (all(ref.shape) and _last_element(ref) >= ref.storage.numel):
             raise Unsupported("a tensor beyond its storage")
         start = starts[key] + ref.offset * size
         end = start + math.prod(ref.shape) * size if ref.contiguous else start

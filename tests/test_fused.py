@@ -82,10 +82,12 @@ def test_non_contiguous_or_other_dtypes_take_the_torch_path():
 
 
 def test_aligned_walks_tensors_cut_at_different_places_in_step():
-    a = Runs("F16", [(1000, 3), (2000, 5)])  # a diffusers concatenation
-    b = Runs("F32", [(5000, 8)])
-    c = Runs("F16", [(7000, 1), (8000, 7)])
-    assert list(aligned(a, b, c)) == [(1, [1000, 5000, 7000]), (2, [1002, 5004, 8000]), (5, [2000, 5012, 8004])]
+    a = Runs("F16", [(1000, 3, 900, 1500), (2000, 5, 2000, 2500)])  # a diffusers concatenation (address, count, lo, hi)
+    b = Runs("F32", [(5000, 8, 5000, 6000)])
+    c = Runs("F16", [(7000, 1, 7000, 7500), (8000, 7, 8000, 8500)])
+    assert list(aligned(a, b, c)) == [(1, [(1000, 900, 1500), (5000, 5000, 6000), (7000, 7000, 7500)]),
+                                      (2, [(1002, 900, 1500), (5004, 5000, 6000), (8000, 8000, 8500)]),
+                                      (5, [(2000, 2000, 2500), (5012, 5000, 6000), (8004, 8000, 8500)])]  # fmt: skip
     assert list(aligned(Runs("F16", []), Runs("F16", []))) == []
 
 
@@ -94,5 +96,26 @@ def test_aligned_walks_tensors_cut_at_different_places_in_step():
 def test_the_c_transpose_matches_torch_on_a_non_square_matrix(dtype):
     src = torch.arange(70 * 130, dtype=torch.float32).reshape(70, 130).to(dtype)  # crosses the 64-item tiles
     dst = torch.empty(130, 70, dtype=dtype)
-    fused.kernel().transpose(src.data_ptr(), dst.data_ptr(), 70, 130, src.element_size())
+    s, d, size = src.data_ptr(), dst.data_ptr(), src.numel() * src.element_size()
+    fused.kernel().transpose(s, s, s + size, d, d, d + size, 70, 130, src.element_size())
     assert torch.equal(dst, src.t())
+
+
+@needs_kernel
+def test_the_c_loop_refuses_an_access_past_the_memory_it_is_given():
+    """Whatever the caller computed, the loop holds each pointer to the end of its memory: no read or write
+    outside it (a malformed file's last line of defence)."""
+    k = fused.kernel()
+    x = torch.zeros(64, dtype=torch.float16)
+    p, lo, hi = x.data_ptr(), x.data_ptr(), x.data_ptr() + 128
+    with pytest.raises(ValueError, match="out-of-range"):
+        k.add_difference(p, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, 65, 1.0)  # one element too many
+    with pytest.raises(ValueError, match="out-of-range"):
+        k.add_difference(p + 2, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, 64, 1.0)  # one element in
+    with pytest.raises(ValueError, match="out-of-range"):
+        k.convert(p - (1 << 28), lo, hi, 0, p, lo, hi, 0, 8)  # a negative offset: before its memory
+    with pytest.raises(ValueError, match="out-of-range"):
+        k.copy_bytes(p, lo, hi, p + 64, lo, hi, 65)
+    with pytest.raises(ValueError, match="out-of-range"):
+        k.transpose(p, lo, hi, p, lo, hi, 9, 8, 2)
+    assert k.add_difference(p, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, p, lo, hi, 0, 64, 1.0)  # exactly its memory

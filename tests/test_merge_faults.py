@@ -128,3 +128,30 @@ def test_the_partial_file_of_a_killed_merge_is_removed_by_the_next_one(tmp_path,
     result = _merge_cli(big_trio, out, "--no-sync")
     assert result.returncode == 0, result.stderr
     assert _leftovers(tmp_path) == ["o.safetensors"]
+
+
+@pytest.mark.parametrize("where", ["past-the-end", "before-the-start"])
+def test_the_c_loop_refuses_a_tensor_outside_its_file_even_when_the_reader_let_it_through(trio, tmp_path,
+                                                                                        monkeypatch, where):
+    """The last line of defence: a reader bug that hands the merge a range outside the file's mapping is a
+    clean refusal (one MergeError, nothing written), never a read of other memory or a crash."""
+    from merge import fused
+    from merge.checkpoint import SafetensorsSource
+
+    if fused.kernel() is None:
+        pytest.skip("merge._fused is not built or not usable here")
+    real = SafetensorsSource.segments
+
+    def wrong(self, name):
+        segments = real(self, name)
+        if self.path.name != "b.safetensors" or not segments or "input_blocks.1.0" not in name:
+            return segments
+        mapping, start, end = segments[0]
+        shift = len(mapping) if where == "past-the-end" else -(start + 64)
+        return [(mapping, start + shift, end + shift)]
+
+    monkeypatch.setattr(SafetensorsSource, "segments", wrong)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(MergeError, match="out-of-range access refused"):
+        merge(*trio, out)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

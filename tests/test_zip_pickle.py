@@ -1,6 +1,7 @@
 """merge.zip_pickle: torch zip checkpoints read in place, equal to what torch.load gives, never executed."""
 
 import zipfile
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from merge import direct
 from merge.checkpoint import StateDictSource, ZipPickleSource, open_checkpoint
 from merge.engine import merge, plan_merge
+from merge.header import CheckpointError
 from merge.zip_pickle import parse
 from tests.test_merge import trio
 
@@ -111,4 +113,98 @@ def test_a_storage_shorter_than_its_tensors_is_not_read_past(tmp_path):
     path = tmp_path / "m.ckpt"
     torch.save({"w": torch.ones(100)}, path)
     damaged = _rewritten(path, tmp_path / "short.ckpt", lambda name, data: data[:40] if "/data/" in name else data)
+    assert parse(damaged) is None
+
+
+# -- crafted files (the build-integrity issue): what a hostile .ckpt may try ---------------------------------------
+def _with_pickle(path, to, pickled: bytes):
+    return _rewritten(path, to, lambda name, data: pickled if name.endswith("/data.pkl") else data)
+
+
+def _data_pkl(path) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+
+
+def test_a_pickle_that_builds_state_onto_a_storage_class_cannot_change_how_later_files_are_read(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(6, dtype=torch.float32)}}, good)
+    # after the state dict: torch.FloatStorage with {"dtype": "F16"} BUILT onto it (then popped)
+    poison = b'ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x03\x00\x00\x00F16sb0'
+    pickled = _data_pkl(good)
+    assert pickled.endswith(b".")
+    poisoned = _with_pickle(good, tmp_path / "poisoned.ckpt", pickled[:-1] + poison + b".")
+    with pytest.raises(Exception):  # noqa: B017 - torch's weights-only loader refuses it: so must we
+        torch.load(poisoned, weights_only=True)
+    assert parse(poisoned) is None  # refused here: never read differently from torch
+    with pytest.raises(CheckpointError):
+        open_checkpoint(poisoned)
+    again = parse(good)  # and the next file of the process reads as it is
+    assert again is not None and again.tensors["w"].dtype == "F32"
+    src = open_checkpoint(good)
+    assert torch.equal(src.read("w"), torch.arange(6, dtype=torch.float32))
+    src.close()
+
+
+def test_a_real_module_state_dict_with_its_metadata_is_read_here(tmp_path):
+    path = tmp_path / "m.ckpt"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    torch.save({"state_dict": model.state_dict(), "global_step": 9}, path)  # an OrderedDict with _metadata
+    parsed = parse(path)
+    assert parsed is not None and set(parsed.tensors) == set(model.state_dict())
+
+
+class _Storage:
+    def __init__(self, numel):
+        self.numel = numel
+
+
+class _Tensor:
+    def __init__(self, storage, offset, shape, stride):
+        self.args = (storage, offset, shape, stride, False, OrderedDict())
+
+
+def _crafted(path, tensors: dict, numel: int):
+    """A torch.save archive whose pickle says what ``tensors`` say (storage "0" of ``numel`` floats)."""
+    import io
+    import pickle
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel) if isinstance(obj, _Storage) else None
+
+        def reducer_override(self, obj):
+            return (torch._utils._rebuild_tensor_v2, obj.args) if isinstance(obj, _Tensor) else NotImplemented
+
+    real = path.with_name("real.ckpt")
+    torch.save({"x": torch.zeros(numel)}, real)
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(tensors)
+    return _with_pickle(real, path, buf.getvalue())
+
+
+@pytest.mark.parametrize("offset, shape, stride", [(-(2**28), (4,), (1,)), (-1, (2,), (1,)), (60, (8,), (1,)),
+                                                    (0, (4, 4), (1, 21)), (65, (0,), (1,))])  # fmt: skip
+def test_a_tensor_outside_its_storage_is_refused_before_a_byte_is_read(tmp_path, offset, shape, stride):
+    storage = _Storage(64)
+    ok = _crafted(tmp_path / "ok.ckpt", {"w": _Tensor(storage, 0, (8,), (1,))}, 64)
+    assert parse(ok) is not None  # the control: the same archive with a tensor inside
+    bad = _crafted(tmp_path / "bad.ckpt", {"w": _Tensor(storage, offset, shape, stride)}, 64)
+    assert parse(bad) is None
+
+
+def test_a_storage_that_runs_past_the_end_of_the_file_is_refused(tmp_path):
+    import struct
+
+    path = tmp_path / "m.ckpt"
+    torch.save({"w": torch.ones(100)}, path)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        entry = next(i for i in z.infolist() if "/data/" in i.filename)
+    # the central directory entry of the data member: its sizes made far larger than the file
+    at = next(i for i in range(len(raw)) if raw[i:i + 4] == b"PK\x01\x02"
+              and raw[i + 46:i + 46 + len(entry.filename)] == entry.filename.encode())  # fmt: skip
+    struct.pack_into("<II", raw, at + 20, 10**9, 10**9)
+    damaged = tmp_path / "past-the-end.ckpt"
+    damaged.write_bytes(bytes(raw))
     assert parse(damaged) is None
