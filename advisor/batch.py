@@ -64,7 +64,7 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     with contextlib.closing(registry.open_reader(db)) as reader:
         found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)
     return [f"civitai:{m.source_id}" if m.source == "civitai" else f"https://huggingface.co/{m.source_id}"
-            for m, _ in found]  # fmt: skip
+            for m, _ in found if not (m.source == "hf" and families.is_official_repo(m.source_id))]  # fmt: skip
 
 
 def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,

@@ -11,13 +11,17 @@ same recipe is not built twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from filelock import FileLock
 
 from advisor import ladder
 from advisor.cache import files_dir
@@ -102,6 +106,7 @@ class BuildResult:
     disk_needed: int = 0
     pair: PairUse | None = None
     verified: bool = False
+    nonfinite: int = 0  # output tensors holding NaN/Inf (kept only with allow_nonfinite, or inherited from inputs)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -341,14 +346,24 @@ def _stem(b_path: Path) -> str:
 def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
           multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
           dry_run: bool = False, offline: bool = False, db: str | None = None, progress: Progress | None = None,
-          merge_progress: Callable[[int], None] | None = None) -> BuildResult:  # fmt: skip
+          merge_progress: Callable[[int], None] | None = None,
+          allow_nonfinite: bool = False) -> BuildResult:  # fmt: skip
     """The Python API behind `inpaint-advisor build`; raises BuildError (and lookup's errors) when it cannot."""
+    # A writing command: with no registry yet it makes one, so that a model found live is stored and its file
+    # can be fetched (the two Quickstart commands lead to a first build with no crawl).
+    with contextlib.suppress(registry.RegistryError):  # a registry that cannot be made: lookup says why
+        registry.connect(db)
     found = lookup(query, db=db, offline=offline)
     match, rec = found.match, found.recommendation
     if match is None:
         why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
         raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
     assert rec is not None  # lookup answers every match with a recommendation
+    is_base = match.source == "family" or (match.source == "hf" and not match.is_inpainting
+                                           and families.is_official_repo((match.model_id or "").split(":", 1)[-1]))
+    if is_base and not _is_local_file(query):
+        raise BuildError(f"“{query}” is {match.name}, a base model, not a fine-tune: there is nothing to build; "
+                         f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base", 2)  # fmt: skip
     out_dir = Path(out).expanduser()
     result = BuildResult(query, "planned", "", match, warnings=list(found.warnings))
     reader = registry.open_reader_if_any(db)
@@ -358,7 +373,7 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
             if fetched:
                 return result
         return _build(found, match, rec, reader, out_dir, inpaint, base, multiplier, dtype, device, dry_run, offline,
-                      db, progress, merge_progress, result)  # fmt: skip
+                      db, progress, merge_progress, result, allow_nonfinite)  # fmt: skip
     finally:
         if reader is not None:
             reader.close()
@@ -435,9 +450,8 @@ def _record(match: Match, path: Path, sha256: str, *, db) -> None:
 
 def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader, out_dir: Path, inpaint, base,
            multiplier, dtype, device, dry_run, offline, db, progress, merge_progress,
-           result: BuildResult) -> BuildResult:  # fmt: skip
+           result: BuildResult, allow_nonfinite: bool = False) -> BuildResult:  # fmt: skip
     """The merge (``match`` and ``rec``: ``found``'s)."""
-    from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
     build_rec = next((r for r in [rec, *found.alternatives] if r.kind == "build"), None)
     fam = families.official_target(match.family)
@@ -474,8 +488,7 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
             result.output = Output(done.path, done.size, done.sha256)
             result.verified = True
             return result
-    b_name_path = b.local or Path(safe_filename(b.source.name if b.source and b.source.name else match.name))
-    target = out_dir / safe_filename(f"{_stem(b_name_path)}-inpainting.safetensors")
+    target = out_dir / _output_name(b, match)
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
                             str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
     estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
@@ -488,9 +501,28 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
     result.disk_needed = sum(_bytes(n) for n in needs) + estimate
     if dry_run:
         return result
-    if target.exists():
-        raise BuildError(f"{target} exists and is not this recipe's build: remove it or choose another folder",
-                         "exists")  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One build at a time per output path, across processes (and hosts sharing the folder): the check that
+    # the name is free, the merge, the rename and the record happen under it.
+    with FileLock(out_dir / f".{target.name}.lock"):
+        if target.exists():
+            adopted = _adopt(target, key, engine, match, multiplier, dtype)
+            result.action, result.output, result.verified = "already-built", adopted, True
+            result.reason = f"Built before from the same A, B, C, M and dtype (unrecorded until now): {target}"
+            return result
+        _run_build(a, b, c, pair, needs, key, target, match, multiplier, dtype, device, progress, merge_progress,
+                   offline, result, allow_nonfinite, engine)  # fmt: skip
+    return result
+
+
+def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path, match: Match, multiplier: float,
+               dtype: str, device: str, progress, merge_progress, offline: bool, result: BuildResult,
+               allow_nonfinite: bool, engine) -> None:  # fmt: skip
+    """Fetch what is missing, merge into a hidden file beside ``target``, check it, then give it its name and
+    record it. A kill at any point leaves either nothing under ``target`` or a complete file whose header
+    names this recipe (adopted by the next run)."""
+    from merge.engine import ENGINE_VERSION, MergeError, run_merge
+
     _check_space(files_dir(), sum(_bytes(n) for n in needs))
     paths = {n.role: _get(n, progress, result.downloads, offline) for n in needs}
     for n in needs:
@@ -500,17 +532,34 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
     if pair is not None:  # made from files with these very hashes, checked when it was prepared
         for n in (a, c):
             result.inputs[n.role] = BuildInput(n.role, str(pair.delta), n.identity, f"prepared:{pair.key}", True)
-    sources = {role: {"path": i.path, "source": i.source, "sha256": i.sha256} for role, i in result.inputs.items()}
+    sources: dict[str, object] = {role: {"path": i.path, "source": i.source, "sha256": i.sha256}
+                                  for role, i in result.inputs.items()}  # fmt: skip
     sources["model"] = {"id": match.model_id, "version": match.version_id, "name": match.name}
+    sources["recipe_key"] = key  # what a later run reads to adopt this file after a kill before its record
+    _remove_stale_staged(target)
+    staged = target.with_name(f".{target.stem}.build-{os.getpid()}.safetensors")
     try:
-        plan = _plan(pair, a, b, c, paths, target, multiplier, dtype, device, progress, merge_progress, offline,
+        plan = _plan(pair, a, b, c, paths, staged, multiplier, dtype, device, progress, merge_progress, offline,
                      result)  # fmt: skip
         try:
-            run_merge(plan, progress=merge_progress, sources=sources)
+            merged = run_merge(plan, title=target.stem, progress=merge_progress, sources=sources)
         finally:
             plan.close()
     except MergeError as exc:
         raise BuildError(str(exc), "merge-refused") from None
+    try:
+        result.nonfinite = len(merged.nonfinite)
+        if merged.nonfinite:
+            inherited = _inputs_nonfinite(paths, pair, merged.nonfinite)
+            if not (allow_nonfinite or inherited):
+                raise BuildError(f"the build holds NaN/Inf in {len(merged.nonfinite)} tensors (e.g. "
+                                 f"{merged.nonfinite[0]}) that its inputs do not: nothing was kept (allow it to "
+                                 "keep such a file)", "nonfinite")  # fmt: skip
+            result.warnings.append(f"NaN/Inf in {len(merged.nonfinite)} output tensors"
+                                   + (" (its inputs hold them too)" if inherited else ", kept as asked"))
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
     result.output = _output(target)
     result.action = "built"
     result.verified = all(i.verified for i in result.inputs.values())
@@ -525,7 +574,88 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
                                                 a_sha256=result.inputs["A"].sha256, b_sha256=result.inputs["B"].sha256,
                                                 c_sha256=result.inputs["C"].sha256, multiplier=multiplier,
                                                 dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
-    return result
+
+
+def _remove_stale_staged(target: Path) -> None:
+    """Hidden outputs of builds of ``target`` that were killed (their process is gone): removed."""
+    for p in target.parent.glob(f".{target.stem}.build-*.safetensors"):
+        pid = p.name[len(f".{target.stem}.build-"):-len(".safetensors")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:  # TODO(lead): one liveness helper (zombies count as dead)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _output_name(b: _Need, match: Match) -> str:
+    """``<B's file stem>-inpainting.safetensors``, UI-friendly; a registry model's carries its version id (a
+    Hub repo's, the repo), so a stranger's file named like a popular model's cannot take that model's name."""
+    b_name_path = b.local or Path(safe_filename(b.source.name if b.source and b.source.name else match.name))
+    stem = _stem(b_name_path)
+    if b.origin == "user" or match.source == "file" or not match.version_id:
+        return safe_filename(f"{stem}-inpainting.safetensors")
+    if match.source == "civitai":
+        return safe_filename(f"{stem}-inpainting.v{match.version_id.rsplit(':v', 1)[-1]}.safetensors")
+    return safe_filename(f"{match.model_id.split(':', 1)[-1].replace('/', '--')}-inpainting.safetensors"
+                         if match.model_id else f"{stem}-inpainting.safetensors")
+
+
+def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtype: str) -> Output:
+    """``target`` exists: it is this recipe's build when its header says so (a build killed between its rename
+    and its record), and is then recorded; anything else is never overwritten, and the error says what it is."""
+    from merge.engine import ENGINE_VERSION
+    from merge.header import CheckpointError, read_header
+
+    try:
+        recipe = json.loads(read_header(target).metadata.get("inpaint_advisor.recipe", "{}"))
+    except (CheckpointError, ValueError, OSError):
+        recipe = None
+    sources = recipe.get("sources") if isinstance(recipe, dict) else None
+    if isinstance(sources, dict) and sources.get("recipe_key") == key:
+        output = _output(target)
+        if engine is not None:
+            from crawler.registry import artifacts
+
+            inputs = recipe.get("inputs", {})
+            artifacts.record(engine, artifacts.Made(key=key, kind="built", path=target, sha256=output.sha256,
+                                                    model_id=match.model_id, version_id=match.version_id,
+                                                    a_sha256=inputs.get("A", {}).get("sha256"),
+                                                    b_sha256=inputs.get("B", {}).get("sha256"),
+                                                    c_sha256=inputs.get("C", {}).get("sha256"), multiplier=multiplier,
+                                                    dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
+        return output
+    if isinstance(sources, dict) and sources.get("recipe_key"):
+        what = "another recipe's build (other inputs, M or dtype)"
+    elif isinstance(recipe, dict) and recipe.get("tool") == "inpaint-advisor":
+        what = "a merge made by `inpaint-advisor merge`, not this build"
+    else:
+        what = "not a build of inpaint-advisor"
+    raise BuildError(f"{target} exists and is {what}: it is left as it is; remove it or choose another folder",
+                     "exists")
+
+
+def _inputs_nonfinite(paths: dict, pair, names: list[str]) -> bool:
+    """Whether an input already holds NaN/Inf in one of the output's non-finite tensors (then the build only
+    carries them on); read for those tensors alone."""
+    import torch
+
+    from merge.checkpoint import open_checkpoint
+
+    files = [paths["B"], *([pair.delta] if pair is not None else [paths["A"], paths["C"]])]
+    for path in files:
+        with open_checkpoint(path) as src:
+            for name in names:
+                floating = name in src.tensors and src.tensors[name].dtype in ("F16", "BF16", "F32", "F64")
+                if floating and not bool(torch.isfinite(src.read(name)).all()):
+                    return True
+    return False
 
 
 def _prepared_pair(a: _Need, c: _Need, multiplier: float):
@@ -547,8 +677,9 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
             plan = prepared.plan_build(pair, paths["B"], target, dtype=dtype, device=device)
             result.pair = PairUse(pair.key, str(pair.delta), prepared_now=False)
             return plan
-        except prepared.Unusable as exc:
-            result.warnings.append(f"{exc}: merged from A, B and C")
+        except prepared.Unusable as exc:  # Gone (removed meanwhile, or failed its check): prepared again below
+            pair = None if isinstance(exc, prepared.Gone) else pair
+            result.warnings.append(str(exc) if pair is None else f"{exc}: merged from A, B and C")
             for n in (a, c):
                 paths[n.role] = _get(n, progress, result.downloads, offline)
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,

@@ -249,7 +249,9 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
 
     checks = registry.official_checks() if registry else {}
     built = registry.artifacts_for(subject.model_id, subject.version_id) if registry and subject.model_id else []
-    made = next((a for a in built if a.kind == "built"), None)
+    # "built here" only for a build of this very version; a build of another version is an alternative
+    made = next((a for a in built if a.kind == "built" and a.version_id == subject.version_id), None)
+    other_builds = [a for a in built if a.kind == "built" and a is not made]
     links = [ln for mid in [subject.model_id, *subject.same_file_models] if registry and mid
              for ln in registry.links_to(mid)]  # fmt: skip
     own = [ln for ln in links if ln.kind == "same-model"]
@@ -259,6 +261,11 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         rec = Recommendation("built", f"Use the inpainting version built here on {str(made.created_at)[:10]}: "
                              f"{made.path}.", Target(name=made.path, source="local", file=made.path, size=made.size,
                                                      sha256=made.sha256))  # fmt: skip
+    for other in other_builds[:1]:  # the newest build of another version, named as such
+        alternatives.append(Recommendation(
+            "built", f"A build made here on {str(other.created_at)[:10]} for another version of this model "
+            f"({other.version_id or 'unknown'}): {other.path}.",
+            Target(name=other.path, source="local", file=other.path, size=other.size, sha256=other.sha256)))
     for kind, group in (("own-release", own), ("sibling-release", sibling)):
         if not group:
             continue

@@ -50,6 +50,28 @@ def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
                        lo.architecture, 0.0)  # fmt: skip
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def tensor_index(path: Path, *, torch_fallback: bool) -> tuple[dict, str]:
+    """Every tensor's name, dtype and shape, and the format: a safetensors header, or a zip ``.ckpt``'s pickle
+    parsed as merge reads it (no tensor data, nothing executed). A pickle only torch can read (a legacy
+    archive) is loaded with ``weights_only=True`` where ``torch_fallback`` allows it, else refused."""
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return read_header(path).tensors, "safetensors"
+    from merge.zip_pickle import parse
+
+    parsed = parse(path)
+    if parsed is not None:
+        return parsed.tensors, "pickle"
+    if not torch_fallback:
+        raise CheckpointError("a pickle that only torch could read: convert it to .safetensors to scan it")
+    from merge.checkpoint import open_checkpoint
+
+    with open_checkpoint(path) as source:  # torch.load(weights_only=True): refuses anything but weights
+        return dict(source.tensors), "pickle"
+
+
 def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
     path = Path(path)
     t0 = time.perf_counter()
@@ -60,12 +82,8 @@ def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
         result = ProbeResult(str(path), "diffusers", family, variant, "epsilon", [], "", 0, in_ch, comps,
                              layout.ARCHITECTURES.get((family, variant)), 0.0)  # fmt: skip
     else:
-        if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-            raise CheckpointError(
-                f"{path}: pickle checkpoints cannot be classified without loading them; "
-                "`inpaint-advisor merge` reads them safely (weights_only), or convert to .safetensors"
-            )
-        result = from_layout(path, layout.detect(read_header(path).tensors), "safetensors")
+        tensors, fmt = tensor_index(path, torch_fallback=True)
+        result = from_layout(path, layout.detect(tensors), fmt)
     result.seconds = time.perf_counter() - t0
     if with_hash and path.is_file():
         from merge.hashing import file_hashes

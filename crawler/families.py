@@ -44,6 +44,16 @@ def family_for_hf_repo(repo_id: str | None) -> str | None:
     return _hf_index().get(repo_id.lower()) if repo_id else None
 
 
+def is_official_repo(repo_id: str | None) -> bool:
+    """A family's base repo or a mirror of its official inpainting model or base: not a fine-tune."""
+    if not repo_id:
+        return False
+    wanted = repo_id.lower()
+    return family_for_hf_repo(repo_id) is not None or any(
+        m.get("repo", "").lower() == wanted for f in all_families() for which in ("inpaint", "base")
+        for m in (f.get(which) or {}).get("mirrors", []))  # fmt: skip
+
+
 def lineage(family_id: str | None) -> list[dict]:
     """The family, then its parents (Pony -> SDXL); a parent loop in the data ends the walk."""
     chain, fam = [], family(family_id)

@@ -87,11 +87,13 @@ def test_a_fine_tune_without_a_release_is_built_verified_recorded_and_found(worl
     out = world["tmp"] / "out"
     result = build("civitai:600001", out=out, db=world["db"])
     assert result.action == "built" and result.verified, result
-    target = out / f"tinyModel600001_{result.match.version_name}-inpainting.safetensors"
+    vid = result.match.version_id.rsplit(":v", 1)[1]  # the version's id in the name: no stranger can take it
+    target = out / f"tinyModel600001_{result.match.version_name}-inpainting.v{vid}.safetensors"
     assert result.output.path == str(target.resolve()) and target.exists()
     assert result.output.sha256 == hashlib.sha256(target.read_bytes()).hexdigest().upper()
     assert {r: i.verified for r, i in result.inputs.items()} == {"A": True, "B": True, "C": True}
-    assert sorted(p.name for p in out.iterdir()) == [target.name]  # A, B and C went to the cache
+    # A, B and C went to the cache; beside the output only its hidden lock
+    assert sorted(p.name for p in out.iterdir()) == [f".{target.name}.lock", target.name]
     with safe_open(str(target), "pt") as f:
         recipe = json.loads(f.metadata()["inpaint_advisor.recipe"])
     assert recipe["sources"]["model"]["id"] == "civitai:600001"
@@ -106,6 +108,16 @@ def test_a_fine_tune_without_a_release_is_built_verified_recorded_and_found(worl
     # status lists it
     status = json.loads(run_cli("status", "--json", env=cli_env(INPAINT_ADVISOR_DB=world["db"])).stdout)
     assert [b["path"] for b in status["builds"]] == [str(target.resolve())]
+    (listed,) = status["builds"]
+    assert listed["model_id"] == "civitai:600001" and listed["version_id"] == result.match.version_id
+    assert listed["b_sha256"] == hashlib.sha256(world["b"]).hexdigest().upper()
+    # another version of the model is not answered "built": that build is named as an alternative
+    reader = registry.open_reader_if_any(world["db"])
+    other = next(v.id for v in reader.versions("civitai:600001") if v.id != result.match.version_id)
+    reader.close()
+    answer = lookup(f"civitai:600001@{other.rsplit(':v', 1)[1]}", db=world["db"], offline=True)
+    assert answer.recommendation.kind != "built"
+    assert any(a.kind == "built" and "another version" in a.reason for a in answer.alternatives)
 
 
 def test_a_release_made_for_the_version_is_downloaded_instead(world):
@@ -160,7 +172,9 @@ def test_dry_run_shows_the_plan_and_fetches_nothing(world):
     result = build("civitai:600001", out=world["tmp"] / "out", db=world["db"], dry_run=True)
     assert result.action == "planned" and [p.role for p in result.plan] == ["A", "B", "C"]
     assert {p.state for p in result.plan} == {"missing"} and result.disk_needed > 0
-    assert option(result.merge, "--out").endswith(f"tinyModel600001_{result.match.version_name}-inpainting.safetensors")
+    vid = result.match.version_id.rsplit(":v", 1)[1]
+    assert option(result.merge, "--out").endswith(f"tinyModel600001_{result.match.version_name}-inpainting.v{vid}"
+                                                  ".safetensors")  # fmt: skip
     assert world["storage"].requests == [] and not (world["tmp"] / "out").exists()
 
 
@@ -220,7 +234,7 @@ def test_a_build_killed_during_its_download_finishes_when_run_again(world):
         child.wait(30)
     finally:
         storage.release.set()
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists() or [p.name for p in out.iterdir() if not p.name.endswith(".lock")] == []
     again = build("civitai:600001", out=out, db=world["db"])
     assert again.action == "built" and again.verified
     b = next(d for d in again.downloads if "tinyModel600001_" in d.path)
@@ -262,7 +276,7 @@ def test_build_missing_builds_the_most_downloaded_models_without_a_release(world
     out = world["tmp"] / "batch"
     first = batch.run_batch(batch.missing(world["db"]), db=world["db"], out=out)
     assert [(i.path, i.status, i.action) for i in first.items] == [("civitai:600001", "done", "built")]
-    assert first.disk_needed > 0 and len(list(out.glob("*-inpainting.safetensors"))) == 1
+    assert first.disk_needed > 0 and len(list(out.glob("*-inpainting.v*.safetensors"))) == 1
     again = batch.run_batch(batch.missing(world["db"]), db=world["db"], out=out)  # resumable: nothing redone
     assert [(i.status, i.action) for i in again.items] == [("skipped", "already-built")]
     made = world["tmp"] / "made"  # the official pair is patched in this process only: the child gets A and C
@@ -270,3 +284,24 @@ def test_build_missing_builds_the_most_downloaded_models_without_a_release(world
                      str(made / "c.safetensors"), "--json", env=cli_env(INPAINT_ADVISOR_DB=world["db"]))  # fmt: skip
     summary = json.loads(result.stdout)
     assert summary["items"][0]["path"] == "civitai:600001" and summary["skipped"] == 1, summary  # the same recipe
+
+
+def test_on_a_fresh_machine_build_finds_the_model_live_and_makes_the_registry(world):
+    """No crawl, no registry: `build civitai:ID` looks the model up live, creates the registry, stores what
+    it learned, plans (dry run: no file fetched) and builds."""
+    import contextlib
+
+    from tests import pg
+
+    with contextlib.ExitStack() as stack:
+        fresh = (str(world["tmp"] / "fresh" / "registry.db") if "://" not in world["db"]
+                 else stack.enter_context(pg.fresh_database()))  # fmt: skip
+        out = world["tmp"] / "fresh-out"
+        planned = build("civitai:600001", out=out, db=fresh, dry_run=True)
+        assert planned.action == "planned" and [p.role for p in planned.plan] == ["A", "B", "C"]
+        assert world["storage"].requests == [] and not out.exists()
+        reader = registry.open_reader_if_any(fresh)
+        assert reader is not None and reader.model("civitai:600001") is not None  # stored from the live answer
+        reader.close()
+        built = build("civitai:600001", out=out, db=fresh)
+        assert built.action == "built" and built.verified and built.output is not None

@@ -208,3 +208,19 @@ def test_a_storage_that_runs_past_the_end_of_the_file_is_refused(tmp_path):
     damaged = tmp_path / "past-the-end.ckpt"
     damaged.write_bytes(bytes(raw))
     assert parse(damaged) is None
+
+
+def test_probe_and_lookup_classify_a_zip_ckpt_as_merge_reads_it(tmp_path):
+    """The official SD 1.5 inpainting model is a .ckpt: probe and lookup read it with merge's reader."""
+    from advisor.lookup import lookup
+    from advisor.probe import probe
+    from tests.sd_layouts import checkpoint_shapes, make_state_dict
+
+    path = tmp_path / "sd-v1-5-inpainting-tiny.ckpt"
+    torch.save({"state_dict": make_state_dict(checkpoint_shapes("sd1", "inpaint", 8), 1, torch.float32),
+                "global_step": 440000}, path)  # fmt: skip
+    p = probe(path)
+    assert (p.format, p.family, p.variant, p.in_channels) == ("pickle", "sd1", "inpaint", 9)
+    answer = lookup(str(path), db=str(tmp_path / "none.db"), offline=True)
+    assert answer.match is not None and answer.match.family == "sd1"
+    assert answer.recommendation is not None and answer.recommendation.kind == "already-inpainting"

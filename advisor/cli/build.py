@@ -35,6 +35,8 @@ def build(
                                                help="With --missing: at least N downloads.")] = 0,  # fmt: skip
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="K", help="With --missing: at most K models.")
                      ] = 20,  # fmt: skip
+    allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="Keep an output with NaN/Inf values "
+                                                  "its inputs do not have (refused by default).")] = False,
     enqueue: Annotated[bool, typer.Option("--enqueue", help="Queue the build(s) for the team's workers instead "
                                           "(a PostgreSQL registry; see `inpaint-advisor worker`).")] = False,
     db: DbOption = None,
@@ -44,7 +46,9 @@ def build(
     else a build A + (B - C) * M with the family's official A and C, fetched as needed.
 
     Downloads resume after a dropped connection or a kill (run the same command again), are checked against
-    the SHA256 the registry records, and land under their final name only when complete. A, C and fetched
+    the SHA256 the registry records, and land under their final name only when complete. A build is merged
+    into a hidden file and named only when checked (NaN/Inf its inputs lack: refused); a file already under
+    that name is adopted when its header names this recipe, and never overwritten otherwise. A, C and fetched
     fine-tunes are kept in the cache for the next build. The result is recorded: lookup then points at it,
     and the same build again does no work.
 
@@ -107,7 +111,7 @@ def build(
         with progress:
             result = do_build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype,
                               device=device, force_build=force_build, dry_run=dry_run, offline=offline, db=db,
-                              progress=on_bytes, merge_progress=on_merge)  # fmt: skip
+                              progress=on_bytes, merge_progress=on_merge, allow_nonfinite=allow_nonfinite)  # fmt: skip
     except BuildError as exc:
         raise die(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json) from None
     except NotFound as exc:

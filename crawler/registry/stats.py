@@ -70,6 +70,9 @@ class BuildInfo:
     size: int
     present: bool  # still there, unchanged
     created_at: datetime
+    version_id: str | None = None  # the version built from (a build answers lookup for this version only)
+    b_sha256: str | None = None  # B's SHA256: the fine-tune file it was built from
+    sha256: str | None = None  # the output's
 
 
 @dataclass
@@ -164,7 +167,8 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         with engine.connect() as conn:
             for a in conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(recent_runs * 2)):
                 status.builds.append(BuildInfo(a.kind, a.model_id, a.path, a.size,
-                                               unchanged(a.path, a.size, a.mtime_ns), a.created_at))  # fmt: skip
+                                               unchanged(a.path, a.size, a.mtime_ns), a.created_at, a.version_id,
+                                               a.b_sha256, a.sha256))  # fmt: skip
     return status
 
 
