@@ -176,9 +176,20 @@ def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | N
                  git_oid=None if sha256 else git_oid)  # fmt: skip
 
 
-def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) -> _Need:
-    """A diffusers folder: its listing from the Hub (sizes and lfs.sha256 verify each file), the weights of
-    each component (fp16 variants first, as the merge reads them)."""
+_LISTING = ".inpaint-advisor-listing.json"  # a diffusers folder's Hub listing, kept for offline builds
+
+
+def _hub_listing(role: str, repo: str, root: Path, offline: bool) -> tuple[dict, dict, dict, set[str]]:
+    """(sizes, lfs sha256, git blob ids, file names) of a Hub repo: asked of the Hub and kept beside the cached
+    folder; offline, the kept copy (never the network)."""
+    kept = root / _LISTING
+    if offline:
+        try:
+            data = json.loads(kept.read_text())
+            return data["sizes"], data["hashes"], data["oids"], set(data["names"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise BuildError(f"{role}: {repo}'s file listing is not in the cache, and the build is offline",
+                             "offline") from None  # fmt: skip
     from crawler.hf_inspect import blobs_of, git_oids
     from crawler.hub import Hub
 
@@ -189,6 +200,18 @@ def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) ->
         raise BuildError(f"{role}: cannot list {repo} on the Hugging Face Hub ({exc})", "network") from None
     sizes, hashes = blobs_of(info)
     names = set(sizes) | {s.rfilename for s in info.siblings or []}
+    oids = git_oids(info)
+    with contextlib.suppress(OSError):  # a cache that cannot be written: the next offline build says so
+        root.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps({"sizes": sizes, "hashes": hashes, "oids": oids, "names": sorted(names)}))
+    return sizes, hashes, oids, names
+
+
+def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None, offline: bool = False) -> _Need:
+    """A diffusers folder: its listing from the Hub (sizes and lfs.sha256 verify each file), the weights of
+    each component (fp16 variants first, as the merge reads them)."""
+    root = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo")
+    sizes, hashes, oids, names = _hub_listing(role, repo, root, offline)
     wanted = [n for n in ("model_index.json",) if n in names]
     for part in _FOLDER_PARTS:
         if f"{part}/config.json" in names:
@@ -202,28 +225,27 @@ def _hub_folder(role: str, repo: str, checked: tuple[str, str] | None = None) ->
     expected = dict(hashes)
     if checked:  # the bundled data's own record of the folder's main file wins over the listing
         expected[checked[0]] = checked[1].upper()
-    oids = git_oids(info)
     parts = [_hub_file(role, repo, n, expected.get(n), sizes.get(n), oids.get(n)) for n in wanted]
     identity = hashlib.sha256("\n".join(f"{n}:{p.identity}" for n, p in zip(wanted, parts, strict=True))
                               .encode()).hexdigest().upper()  # fmt: skip
-    root = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo")
     return _Need(role, None, root, identity=identity, files=parts, origin="folder")
 
 
-def _official(role: str, fam: dict, which: str, checks: dict) -> _Need:
+def _official(role: str, fam: dict, which: str, checks: dict, offline: bool) -> _Need:
     spec = fam[which]
     repo, _ = ladder.live_mirror(spec, checks)
     if spec.get("layout") == "diffusers":
-        return _hub_folder(role, repo, (spec["file"], spec["sha256"]) if spec.get("file") else None)
+        return _hub_folder(role, repo, (spec["file"], spec["sha256"]) if spec.get("file") else None, offline)
     return _hub_file(role, repo, spec["file"], spec.get("sha256"), spec.get("size"))
 
 
-def _given_or_official(role: str, given: str | os.PathLike | None, fam: dict | None, which: str, checks: dict) -> _Need:
+def _given_or_official(role: str, given: str | os.PathLike | None, fam: dict | None, which: str, checks: dict,
+                       offline: bool) -> _Need:  # fmt: skip
     """The user's own file when given, else the family's official one."""
     if given:
         return _local(role, given)
     assert fam is not None  # _build refuses to go on without a family's official files for what is not given
-    return _official(role, fam, which, checks)
+    return _official(role, fam, which, checks, offline)
 
 
 def _local(role: str, path: str | os.PathLike) -> _Need:
@@ -246,7 +268,7 @@ def _civitai_version(role: str, reader, model, version, folder: Path | None = No
 
 
 def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: str | None,
-                   folder: Path | None = None) -> _Need:  # fmt: skip
+                   folder: Path | None = None, offline: bool = False) -> _Need:  # fmt: skip
     """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
     if reader is None or (model := reader.model(model_id)) is None:  # say, an official model known from data/ alone
         raise BuildError(f"{role}: {model_id} is not in the registry, so its file cannot be found", "no-registry")
@@ -257,7 +279,7 @@ def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: 
     if model.source == "civitai":
         return _civitai_version(role, reader, model, version, folder)
     if "/" in version.primary_file:  # a diffusers repo
-        return _hub_folder(role, model.source_id)
+        return _hub_folder(role, model.source_id, offline=offline)
     need = _hub_file(role, model.source_id, version.primary_file, version.sha256, None)
     if folder is not None:
         need.folder = folder
@@ -393,12 +415,12 @@ def _fetch_instead(found: LookupResult, match: Match, rec: ladder.Recommendation
             return True
         if match.model_id is None:  # not a registry model (lookup gives one an id): no file to download
             raise BuildError(f"{match.name} is not in a registry, so its file cannot be found", "no-registry")
-        need = _registry_file("release", reader, match.model_id, match.version_id, out_dir)
+        need = _registry_file("release", reader, match.model_id, match.version_id, out_dir, offline)
         action = "already-inpainting"
     elif rec.kind in ("own-release", "sibling-release") and rec.for_your_version and rec.target is not None \
             and rec.target.version_id:
         release = reader.model_of_version(rec.target.version_id)
-        need = _registry_file("release", reader, release.id, rec.target.version_id, out_dir)
+        need = _registry_file("release", reader, release.id, rec.target.version_id, out_dir, offline)
         action = "downloaded-release"
     else:
         return False
@@ -458,14 +480,14 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
     if not (inpaint and base) and (build_rec is None or fam is None):
         raise BuildError(f"no build route for {match.name}: {rec.reason}", "no-build-route")
     checks = reader.official_checks() if reader is not None else {}
-    a = _given_or_official("A", inpaint, fam, "inpaint", checks)
-    c = _given_or_official("C", base, fam, "base", checks)
+    a = _given_or_official("A", inpaint, fam, "inpaint", checks, offline)
+    c = _given_or_official("C", base, fam, "base", checks, offline)
     if match.source == "file" or _is_local_file(found.query):  # found by its hash: still the user's own file
         b = _local("B", found.query)
     elif reader is None or match.model_id is None:  # (no id: a bare family, nothing to look up)
         raise BuildError(f"B: {match.name} is not in a registry, so its file cannot be found", "no-registry")
     else:
-        b = _registry_file("B", reader, match.model_id, match.version_id)
+        b = _registry_file("B", reader, match.model_id, match.version_id, offline=offline)
     key = _recipe_key(a, b, c, multiplier, dtype)
     result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
     if rec.route is not None:  # built as asked; the advice says where a route does better

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from advisor.build import build
+from advisor.build import BuildError, build
 from crawler import civitai, registry
 from crawler.http import RetryPolicy
 from merge.engine import merge
@@ -135,3 +135,18 @@ def test_the_dry_run_of_an_sdxl_build_lists_the_folder_and_fetches_nothing(sdxl)
     assert [p.role for p in result.plan] == ["A", "B", "C"] and "diffusers folder" in result.plan[0].what
     assert not [r for r in sdxl["hub"].requests[len(before):] if "/resolve/" in r]
     assert json.dumps(result.disk_needed)
+
+
+def test_an_offline_dry_run_touches_no_network_and_an_offline_build_uses_what_the_cache_holds(sdxl):
+    """--offline means no request at all: before anything is cached it says what is missing at once (it used
+    to retry the Hub for half a minute); after one online build, the same build runs offline."""
+    before = len(sdxl["hub"].requests)
+    with pytest.raises(BuildError) as offline:
+        build("civitai:610001", out=sdxl["tmp"] / "out", db=sdxl["db"], dry_run=True, offline=True)
+    assert offline.value.code == "offline" and len(sdxl["hub"].requests) == before
+    build("civitai:610001", out=sdxl["tmp"] / "first", db=sdxl["db"])  # online: A's listing and files cached
+    seen = len(sdxl["hub"].requests)
+    planned = build("civitai:610001", out=sdxl["tmp"] / "again", db=sdxl["db"], dry_run=True, offline=True,
+                    dtype="fp32")  # another recipe: planned, from what the cache holds
+    assert planned.action == "planned" and planned.plan[0].state in ("cached", "prepared")
+    assert len(sdxl["hub"].requests) == seen
