@@ -14,13 +14,17 @@ USAGE = 2  # exit status of a usage or configuration error, as click uses it
 
 def print_json(obj) -> None:
     from advisor import jsonout
+    from crawler.http import scrub
 
-    sys.stdout.write(jsonout.dumps(obj) + "\n")
+    sys.stdout.write(scrub(jsonout.dumps(obj)) + "\n")  # no configured secret, whatever a server echoed
     sys.stdout.flush()
 
 
 def fail(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) -> int:
-    """Report a failure; returns the exit status to end with."""
+    """Report a failure; returns the exit status to end with. No configured secret is ever printed."""
+    from crawler.http import scrub
+
+    message = scrub(message)
     if as_json:
         from advisor import jsonout
 

@@ -5,8 +5,10 @@ Retried: 429, 5xx, timeouts, connection errors and HTML/non-JSON bodies (edge pa
 present; otherwise exponential backoff with full jitter.
 """
 
+import contextlib
 import email.utils
 import functools
+import json
 import random
 import re
 import time
@@ -43,8 +45,8 @@ class ApiError(CrawlError):
     """A 4xx answer: retrying will not help (bad cursor, not found, auth)."""
 
     def __init__(self, status: int, url: str, detail: str):
-        self.status, self.url, self.detail = status, url, detail
-        super().__init__(f"HTTP {status} from {url}: {detail}")
+        self.status, self.url, self.detail = status, url, scrub(detail)  # a server may echo the token
+        super().__init__(f"HTTP {status} from {url}: {self.detail}")
 
     def __reduce__(self):  # crosses from the crawl's fetch process
         return (ApiError, (self.status, self.url, self.detail))
@@ -52,8 +54,8 @@ class ApiError(CrawlError):
 
 class RetriesExhausted(CrawlError):
     def __init__(self, url: str, attempts: int, last: str):
-        self.url, self.attempts, self.last = url, attempts, last
-        super().__init__(f"gave up on {url} after {attempts} attempts: {last}")
+        self.url, self.attempts, self.last = url, attempts, scrub(last)
+        super().__init__(f"gave up on {url} after {attempts} attempts: {self.last}")
 
     def __reduce__(self):
         return (RetriesExhausted, (self.url, self.attempts, self.last))
@@ -206,6 +208,11 @@ class JsonClient:
             try:
                 return orjson.loads(response.content), response
             except ValueError:  # orjson.JSONDecodeError is a ValueError
+                if b"\\ud" in response.content or b"\\uD" in response.content:
+                    # a lone surrogate escape ("\ud800"): JSON that orjson refuses and json reads (the registry
+                    # makes the text storable: crawler.registry.storable)
+                    with contextlib.suppress(ValueError):
+                        return json.loads(response.content), response
                 html = b"<html" in response.content[:512].lower()
                 kind = "an HTML page" if html else "a body that is not JSON"
                 raise Retryable(f"HTTP {status} with {kind} instead of JSON") from None
@@ -215,7 +222,8 @@ class JsonClient:
 
 
 class RedirectError(CrawlError):
-    """A download redirect that leads nowhere usable; ``kind``: login-wall | no-location | too-many."""
+    """A download redirect that leads nowhere usable or safe; ``kind``: login-wall | no-location | too-many |
+    bad-scheme (not http or https) | private-address (refused by setting)."""
 
     def __init__(self, kind: str, url: str):
         super().__init__(f"{kind}: {redact(url)}")
@@ -223,15 +231,59 @@ class RedirectError(CrawlError):
 
 
 MAX_REDIRECTS = 5
+REFUSE_PRIVATE = "INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS"  # "1": redirects to private/loopback hosts refused
+
+
+def credentials_allowed(origin: str, url: str) -> bool:
+    """Whether a request to ``url`` may carry the token meant for ``origin`` (the URL that was asked): the same
+    scheme, host and port, and over https (plain http only to a loopback host: a local mirror or test server).
+    A redirect to another host, another port, or from https down to http gets no credentials."""
+    o, u = httpx.URL(origin), httpx.URL(url)
+    if (u.scheme, u.host, u.port) != (o.scheme, o.host, o.port):
+        return False
+    return u.scheme == "https" or _is_loopback(u.host)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _private_host(host: str) -> bool:
+    """Whether ``host`` is or resolves to a loopback, private, link-local or otherwise non-public address."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False  # unresolvable: the request itself fails
+    for address in addresses:
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast:
+            return True
+    return False
 
 
 def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | None) -> httpx.Response:
-    """A streamed response for ``url``, redirects followed by hand so that the token goes to the first host only
-    (Civitai's download URL), never to the signed storage it redirects to. The caller closes the response."""
-    origin = urlsplit(url).netloc
-    for _ in range(MAX_REDIRECTS + 1):
+    """A streamed response for ``url``, redirects followed by hand (the one redirect policy of downloads and
+    proofs): the token goes only where ``credentials_allowed`` says (never to the signed storage Civitai
+    redirects to, never after a downgrade to http); only http(s) redirects are followed; with
+    INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS=1 (workers on a shared network) a redirect to a private or loopback
+    address is refused. The caller closes the response."""
+    import os
+
+    origin = url
+    refuse_private = os.environ.get(REFUSE_PRIVATE, "") not in ("", "0")
+    for hop in range(MAX_REDIRECTS + 1):
         sent = dict(headers)
-        if token and urlsplit(url).netloc == origin:
+        if token and credentials_allowed(origin, url):
             sent["Authorization"] = f"Bearer {token}"
         response = client.send(client.build_request("GET", url, headers=sent), stream=True)
         if response.status_code not in (301, 302, 303, 307, 308):
@@ -240,7 +292,38 @@ def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | 
         response.close()
         if not location:
             raise RedirectError("no-location", url)
-        url = str(httpx.URL(url).join(location))
+        try:
+            url = str(httpx.URL(url).join(location))
+        except (httpx.InvalidURL, ValueError):
+            raise RedirectError("bad-scheme", location) from None
+        if httpx.URL(url).scheme not in ("http", "https"):
+            raise RedirectError("bad-scheme", url)
         if "/login" in urlsplit(url).path:
             raise RedirectError("login-wall", url)
+        if refuse_private and hop < MAX_REDIRECTS and _private_host(httpx.URL(url).host):
+            raise RedirectError("private-address", url)
     raise RedirectError("too-many", url)
+
+
+# -- secrets ------------------------------------------------------------------------------------------------------
+SECRET_VARIABLES = ("CIVITAI_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PGPASSWORD")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
+    echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
+    and stored error."""
+    import os
+
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    db = os.environ.get("INPAINT_ADVISOR_DB", "")
+    match = _URL_PASSWORD.search(db)
+    if match:
+        password = db[match.end(1):match.start(2)]
+        if len(password) >= 4 and password in text:
+            text = text.replace(password, "***")
+    return _URL_PASSWORD.sub(r"\1***\2", text)
