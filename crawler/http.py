@@ -306,7 +306,7 @@ def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | 
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------
-SECRET_VARIABLES = ("CIVITAI_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PGPASSWORD")
+SECRET_VARIABLES = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
 
 
