@@ -1,6 +1,7 @@
-"""`schedule install|show|remove`: crawls on a timer (systemd user timer, else crontab)."""
+"""`schedule install|show|remove|run`: crawls on a timer (systemd user timer, else crontab)."""
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +22,8 @@ BackendOption = Annotated[str, typer.Option(
 def _fail(exc, as_json: bool) -> typer.Exit:
     from advisor.output import USAGE
 
-    return die(str(exc), code=exc.code, exit_code=USAGE if exc.code == "usage" else 1, as_json=as_json)
+    return die(str(exc), code=exc.code, exit_code=USAGE if exc.code in ("usage", "bad-setting") else 1,
+               as_json=as_json)
 
 
 @schedule_app.command(cls=PlainCommand)
@@ -34,10 +36,11 @@ def install(
     backend: BackendOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
-    """Run `crawl all --incremental` every --every and a full `crawl all` every --full-every, with this
-    shell's registry and endpoints (INPAINT_ADVISOR_DB, INPAINT_ADVISOR_CIVITAI_URL, HF_ENDPOINT, ...).
-    Installing again replaces the schedule. Tokens are read from ~/.config/inpaint-advisor/crawl.env at
-    each run, never written into the schedule.
+    """Run `crawl all --incremental` every --every and a full `crawl all` every --full-every (on the
+    calendar), one at a time (`schedule run`), with this shell's registry and endpoints
+    (INPAINT_ADVISOR_DB, INPAINT_ADVISOR_CIVITAI_URL, HF_ENDPOINT, ...). Installing again replaces the
+    schedule; a failed install leaves nothing behind. Tokens are read from
+    ~/.config/inpaint-advisor/crawl.env (created private) at each run, never written into the schedule.
 
     \b
     Examples:
@@ -106,3 +109,55 @@ def remove(backend: BackendOption = "auto", as_json: JsonOption = False) -> None
         print_json(done)
     else:
         render.schedule_removed(out, done)
+
+
+@schedule_app.command(cls=PlainCommand)
+def run(
+    incremental: Annotated[bool, typer.Option("--incremental/--full",
+                                              help="Only what changed since the last successful crawl.")] = False,
+    env_file: Annotated[Path | None, typer.Option(
+        "--env-file", metavar="PATH", dir_okay=False,
+        help="KEY=VALUE lines (tokens) to crawl with, read as data [default: "
+             "~/.config/inpaint-advisor/crawl.env].")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What an installed schedule runs: `crawl all`, with the settings in --env-file read as data (never
+    run by a shell), one scheduled crawl at a time: a full crawl waits for the one running, an incremental
+    one gives way to it (exit 0: the full crawl reads everything it would).
+
+    \b
+    Examples:
+      inpaint-advisor schedule run --incremental
+      inpaint-advisor schedule run --full --env-file ~/crawl.env --json
+
+    Exit status: those of `crawl all`; 2 for an --env-file line that is not KEY=VALUE.
+    """  # noqa: D301
+    import os
+
+    from advisor import schedule
+    from advisor.cli.crawl import crawl_all
+    from advisor.output import err, print_json
+
+    path = env_file or schedule.env_file()
+    try:
+        values = schedule.read_env_file(path)
+    except schedule.ScheduleError as exc:
+        raise _fail(exc, as_json) from None
+    if not path.exists():
+        err.print(f"note: no {path}: crawling without tokens", markup=False, highlight=False)
+    os.environ.update(values)
+    try:
+        turn = schedule.take_turn(full=not incremental)
+    except schedule.ScheduleError as exc:
+        raise _fail(exc, as_json) from None
+    if turn is None:
+        why = "another scheduled crawl is running: this incremental one gives way to it"
+        if as_json:
+            print_json({"skipped": why})
+        else:
+            err.print(f"skipped: {why}", markup=False, highlight=False)
+        return
+    try:
+        crawl_all(incremental=incremental, retries=6, backoff=1.0, db=None, as_json=as_json)
+    finally:
+        os.close(turn)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from crawler.registry import drivers, migrations
+from crawler.registry import drivers, migrations, storable
 from crawler.registry.errors import NoRegistry, RegistryError
 from crawler.registry.location import Location, locate
 
@@ -52,6 +52,13 @@ def _make_engine(loc: Location, read_only: bool) -> Engine:
 
 
 def _create_engine(loc: Location, read_only: bool) -> Engine:
+    engine = _dialect_engine(loc, read_only)
+    # text both engines can store, in every statement (crawler.registry.storable): one place for every column
+    event.listen(engine, "before_cursor_execute", storable.before_cursor_execute, retval=True)
+    return engine
+
+
+def _dialect_engine(loc: Location, read_only: bool) -> Engine:
     if loc.dialect == "sqlite":
         # a creator rather than a sqlite:/// URL: any path works (no URL escaping), and read-only opens fall back
         # to immutable; QueuePool, which SQLAlchemy picks for files but not for a bare "sqlite://"
