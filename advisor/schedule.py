@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from advisor.commands import Command
+from crawler.http import scrub
 
 UNIT = "inpaint-advisor-crawl"
 FULL_UNIT = "inpaint-advisor-crawl-full"
@@ -86,6 +87,9 @@ def carried_env() -> dict[str, str]:
     db = env.get("INPAINT_ADVISOR_DB")
     if db and "://" not in db:
         env["INPAINT_ADVISOR_DB"] = os.path.abspath(os.path.expanduser(db))  # a timer does not run in this folder
+    elif db and scrub(db) != db:  # a password in the registry's URL: a secret, never written into a schedule
+        raise ScheduleError("INPAINT_ADVISOR_DB holds a password, which a schedule never carries: put it in "
+                            "~/.pgpass, or PGPASSWORD=... in the crawl.env file, and install again", "bad-setting")
     return env
 
 

@@ -513,3 +513,14 @@ def test_schedule_run_crawls_with_the_env_file_and_one_scheduled_crawl_at_a_time
     summary = json.loads(out)
     assert summary["ok"] and summary["mode"] == "full"
     assert civitai.auth_headers and set(civitai.auth_headers) == {"Bearer from-the-file"}  # the file's token
+
+
+def test_a_registry_url_with_a_password_is_never_written_into_a_schedule(monkeypatch):
+    from advisor import schedule
+
+    monkeypatch.setenv("INPAINT_ADVISOR_DB", "postgresql+psycopg://crawler:hunter2secret@db.example/registry")
+    with pytest.raises(schedule.ScheduleError, match="holds a password") as refused:
+        schedule.carried_env()
+    assert refused.value.code == "bad-setting" and "hunter2secret" not in str(refused.value)
+    monkeypatch.setenv("INPAINT_ADVISOR_DB", "postgresql+psycopg://crawler@db.example/registry")  # ~/.pgpass
+    assert schedule.carried_env()["INPAINT_ADVISOR_DB"] == "postgresql+psycopg://crawler@db.example/registry"
