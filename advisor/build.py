@@ -572,7 +572,7 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
     try:
         result.nonfinite = len(merged.nonfinite)
         if merged.nonfinite:
-            inherited = _inputs_nonfinite(paths, pair, merged.nonfinite)
+            inherited = _inputs_nonfinite(paths, result.pair, merged.nonfinite)  # the pair only if merged from
             if not (allow_nonfinite or inherited):
                 raise BuildError(f"the build holds NaN/Inf in {len(merged.nonfinite)} tensors (e.g. "
                                  f"{merged.nonfinite[0]}) that its inputs do not: nothing was kept (allow it to "
@@ -600,20 +600,12 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
 
 def _remove_stale_staged(target: Path) -> None:
     """Hidden outputs of builds of ``target`` that were killed (their process is gone): removed."""
+    from merge import portable
+
     for p in target.parent.glob(f".{target.stem}.build-*.safetensors"):
         pid = p.name[len(f".{target.stem}.build-"):-len(".safetensors")]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not portable.pid_alive(int(pid)):
             p.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:  # TODO(lead): one liveness helper (zombies count as dead)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 def _output_name(b: _Need, match: Match) -> str:
@@ -663,14 +655,14 @@ def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtyp
                      "exists")
 
 
-def _inputs_nonfinite(paths: dict, pair, names: list[str]) -> bool:
-    """Whether an input already holds NaN/Inf in one of the output's non-finite tensors (then the build only
-    carries them on); read for those tensors alone."""
+def _inputs_nonfinite(paths: dict, pair: PairUse | None, names: list[str]) -> bool:
+    """Whether an input of the merge that ran already holds NaN/Inf in one of the output's non-finite tensors
+    (then the build only carries them on); read for those tensors alone."""
     import torch
 
     from merge.checkpoint import open_checkpoint
 
-    files = [paths["B"], *([pair.delta] if pair is not None else [paths["A"], paths["C"]])]
+    files = [paths["B"], *([pair.path] if pair is not None else [paths["A"], paths["C"]])]
     for path in files:
         with open_checkpoint(path) as src:
             for name in names:

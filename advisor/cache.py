@@ -3,7 +3,9 @@ fine-tunes, ``files_dir``). Hashes and download records stay: they are small and
 describe, so a deleted file only makes them unused.
 
 Clearing never pulls a file from under a running build: it takes every download lock and every pair's lock
-without waiting, and leaves (and reports) what another process holds.
+without waiting, leaves a pair while a build holds it (merge.prepared.using), and leaves (and reports) what
+another process holds. Partial files (interrupted downloads, unfinished pairs, the hidden files of merges) are
+listed with whether their owner still runs; clearing removes those whose owner is gone, never a live one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from merge import hashing, prepared
+from merge import hashing, portable, prepared
+from merge.engine import partial_owner
 
-WHAT = ("all", "prepared", "files")
+WHAT = ("all", "prepared", "files", "partial")
+_DOWNLOAD_PARTIAL = ".inpaint-advisor-*.partial"  # advisor.download's hidden file (its sidecar adds .json)
+_MERGE_PARTIAL = ".*.partial-*"  # a merge's hidden output (SafetensorsWriter), a pair's record being written
 
 
 @dataclass
@@ -40,11 +45,23 @@ class FileEntry:
 
 
 @dataclass
+class PartialEntry:
+    path: str
+    size: int
+    # download: an interrupted download in files/ (resumed by the next build that needs it); pair: a pair folder
+    # whose preparation did not finish; merge: the hidden file of a merge (or of a pair's record) being written
+    kind: str
+    pid: int | None  # the owner its name records (a merge's)
+    alive: bool  # its owner still runs (a download: one is running now), so `cache clear` leaves it
+
+
+@dataclass
 class CacheReport:
     root: str
     prepared: list[PairEntry] = field(default_factory=list)
     files: list[FileEntry] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # pair folders whose preparation did not finish
+    partials: list[PartialEntry] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -52,7 +69,7 @@ class CacheReport:
 
     def __json__(self) -> dict:
         return {"root": self.root, "prepared": self.prepared, "files": self.files, "unfinished": self.unfinished,
-                "total_bytes": self.total}  # fmt: skip
+                "partials": self.partials, "total_bytes": self.total}  # fmt: skip
 
 
 @dataclass
@@ -78,7 +95,60 @@ def report() -> CacheReport:
         for f in sorted(folder.rglob("*")):
             if f.is_file() and not f.name.endswith(".partial.json"):
                 r.files.append(FileEntry(str(f), f.stat().st_size, f.name.endswith(".partial")))
+    r.partials = partials()
     return r
+
+
+def partials() -> list[PartialEntry]:
+    """Every partial file the cache holds, with whether its owner still runs: an unfinished pair's (its lock
+    held: being prepared), a merge's (the pid in its name, a zombie counted as gone), a download's (a download
+    is running: its lock is not told apart from the others')."""
+    found: list[PartialEntry] = []
+    unfinished = prepared.leftovers()
+    for folder in unfinished:
+        found.append(PartialEntry(str(folder), _size(folder), "pair", None, _pair_busy(folder)))
+    for root in (prepared.root(), files_dir()):
+        for f in sorted(root.rglob(_MERGE_PARTIAL)) if root.is_dir() else []:
+            pid = partial_owner(f)
+            if pid is not None and f.is_file() and not any(d in f.parents for d in unfinished):
+                found.append(PartialEntry(str(f), _file_size(f), "merge", pid, portable.pid_alive(pid)))
+    downloads = sorted(files_dir().rglob(_DOWNLOAD_PARTIAL)) if files_dir().is_dir() else []
+    running = _downloading() if downloads else False
+    found += [PartialEntry(str(f), _file_size(f), "download", None, running) for f in downloads if f.is_file()]
+    return found
+
+
+def _size(folder: Path) -> int:
+    return sum(_file_size(f) for f in folder.rglob("*") if f.is_file())
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone meanwhile
+        return 0
+
+
+def _live_merge_partial(folder: Path) -> bool:
+    return any((pid := partial_owner(f)) is not None and portable.pid_alive(pid) for f in folder.rglob(_MERGE_PARTIAL))
+
+
+def _pair_busy(folder: Path) -> bool:
+    """A pair folder being prepared, or held by a build, or with a live merge writing in it."""
+    with _all_or_nothing([prepared.lock_path(folder.name)]) as free:
+        if not free:
+            return True
+        return bool(prepared.holders(folder.name, clean=False)[0]) or _live_merge_partial(folder)
+
+
+def _download_locks() -> list[Path]:
+    downloads = hashing.cache_dirs()[0] / "downloads"
+    return sorted(downloads.glob("*.lock")) if downloads.is_dir() else []
+
+
+def _downloading() -> bool:
+    with _all_or_nothing(_download_locks()) as free:
+        return not free
 
 
 @contextlib.contextmanager
@@ -95,34 +165,85 @@ def _all_or_nothing(locks: list[Path]):
 
 
 def clear(what: str = "all", *, dry_run: bool = False) -> Cleared:
+    """Remove what ``what`` names: prepared pairs, fetched files, partial files whose owner is gone, or all."""
     if what not in WHAT:
         raise ValueError(f"what to clear must be one of {', '.join(WHAT)} (got {what!r})")
     done = Cleared([], 0, [], dry_run)
-    if what in ("all", "prepared"):
-        for folder in [Path(p.folder) for p in prepared.pairs()] + prepared.leftovers():
+    if what in ("all", "prepared", "partial"):
+        pairs = [Path(p.folder) for p in prepared.pairs()] if what != "partial" else []
+        for folder in pairs + prepared.leftovers():
             _clear_pair(folder, done)
+        root = prepared.root()
+        for users in sorted(root.glob(f"*{prepared.USERS}")) if root.is_dir() else []:
+            key = users.name[: -len(prepared.USERS)]
+            if not (root / key).is_dir():  # a pair removed while a build that died held it
+                with _all_or_nothing([prepared.lock_path(key)]) as free:
+                    done.removed += [str(p) for p in prepared.holders(key, clean=not dry_run)[1]] if free else []
+        _clear_merge_partials(root, done)  # left in a pair that is kept
+    files_kept = False
     if what in ("all", "files") and files_dir().is_dir():
-        downloads = hashing.cache_dirs()[0] / "downloads"
-        locks = sorted(downloads.glob("*.lock")) if downloads.is_dir() else []
-        with _all_or_nothing(locks) as free:
-            if not free:
+        with _all_or_nothing(_download_locks()) as free:
+            if not free or _live_merge_partial(files_dir()):
                 done.busy.append(str(files_dir()))
-                return done
-            size = sum(f.stat().st_size for f in files_dir().rglob("*") if f.is_file())
-            done.removed.append(str(files_dir()))
-            done.freed += size
-            if not dry_run:
-                shutil.rmtree(files_dir(), ignore_errors=True)
+                files_kept = True
+            else:
+                done.removed.append(str(files_dir()))
+                done.freed += _size(files_dir())
+                if not dry_run:
+                    shutil.rmtree(files_dir(), ignore_errors=True)
+    if what == "partial" or (what == "all" and files_kept):
+        _clear_merge_partials(files_dir(), done)
+        _clear_downloads(done)
     return done
 
 
 def _clear_pair(folder: Path, done: Cleared) -> None:
-    with _all_or_nothing([folder.with_name(folder.name + ".lock")]) as free:
+    """A pair's folder, unless it is being prepared or a build holds it; stale users' lock files go either way."""
+    with _all_or_nothing([prepared.lock_path(folder.name)]) as free:
         if not free:
             done.busy.append(str(folder))
             return
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        live, stale = prepared.holders(folder.name, clean=not done.dry_run)
+        done.removed += [str(p) for p in stale]
+        if live or _live_merge_partial(folder):
+            done.busy.append(str(folder))
+            return
         done.removed.append(str(folder))
-        done.freed += size
+        done.freed += _size(folder)
         if not done.dry_run:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _clear_merge_partials(root: Path, done: Cleared) -> None:
+    """Hidden files of merges whose process is gone (a zombie's too), in folders not removed already (a kept
+    pair's folder included: a dead writer's file is no part of the pair)."""
+    removed, busy = [Path(p) for p in done.removed], [Path(p) for p in done.busy]
+    for f in sorted(root.rglob(_MERGE_PARTIAL)) if root.is_dir() else []:
+        pid = partial_owner(f)
+        if pid is None or not f.is_file() or any(d in f.parents for d in removed):
+            continue
+        if portable.pid_alive(pid):
+            if not any(d in f.parents for d in busy):  # (a busy pair's is named by its folder)
+                done.busy.append(str(f))
+            continue
+        done.removed.append(str(f))
+        done.freed += _file_size(f)
+        if not done.dry_run:
+            f.unlink(missing_ok=True)
+
+
+def _clear_downloads(done: Cleared) -> None:
+    """Interrupted downloads (and their sidecars), while no download runs: a running one's is not told apart."""
+    found = sorted(files_dir().rglob(_DOWNLOAD_PARTIAL)) if files_dir().is_dir() else []
+    if not found:
+        return
+    with _all_or_nothing(_download_locks()) as free:
+        for f in found:
+            if not free:
+                done.busy.append(str(f))
+                continue
+            done.removed.append(str(f))
+            done.freed += _file_size(f)
+            if not done.dry_run:
+                f.unlink(missing_ok=True)
+                f.with_name(f.name + ".json").unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from merge import direct, fused, hashing, metadata, pages
+from merge import direct, fused, hashing, metadata, pages, portable
 from merge.header import CheckpointError
 from merge.plan import Entry, MergeError, MergePlan, certainly_no_gpu, cuda_available, plan_merge
 from merge.readahead import read_ahead
@@ -76,14 +76,19 @@ def _output_error(plan: MergePlan, exc: OSError) -> MergeError:
 
 
 def _clean_stale_partials(out: Path) -> None:
-    """Remove ``.<OUT>.partial-<pid>`` files left by merges that were killed."""
+    """Remove ``.<OUT>.partial-<pid>`` files left by merges that were killed (their process is gone, or a zombie
+    its parent has not reaped)."""
     for p in out.parent.glob(f".{out.name}.partial-*"):
-        try:
-            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
+        owner = partial_owner(p)
+        if owner is None or not portable.pid_alive(owner):
             p.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+
+
+def partial_owner(path: Path) -> int | None:
+    """The pid in a hidden partial file's name (``.<name>.partial-<pid>``, SafetensorsWriter's), None when the
+    name has none."""
+    head, sep, pid = path.name.rpartition(".partial-")
+    return int(pid) if sep and head.startswith(".") and pid.isdigit() and pid.isascii() else None
 
 
 # -- arithmetic -------------------------------------------------------------------------------------------------

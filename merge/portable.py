@@ -62,3 +62,49 @@ def advise_sequential(fd: int) -> None:
     """Ask for a larger kernel readahead on a file read start to end (a no-op where there is no fadvise)."""
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def pid_alive(pid: int, proc: str = "/proc") -> bool:
+    """Whether process ``pid`` (of this host) still runs: what a file named after its owner's pid asks before
+    it is removed as a leftover. A zombie (exited, not yet reaped by its parent) is dead: it holds no files and
+    writes nothing again. Linux reads the state in ``/proc/<pid>/stat``; Windows asks OpenProcess and
+    GetExitCodeProcess (``os.kill(pid, 0)`` there would terminate the process); elsewhere (macOS, the BSDs)
+    ``os.kill(pid, 0)``, to which a zombie still answers: it counts as alive there until it is reaped. A process
+    this one may not look at counts as alive."""
+    if pid <= 0:  # 0 and negative pids name process groups, never one process
+        return False
+    if os.path.isdir(os.path.join(proc, "self")):
+        try:
+            with open(os.path.join(proc, str(pid), "stat"), "rb") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        fields = stat.rpartition(b")")[2].split()  # "pid (comm) S ...": comm may hold spaces and parentheses
+        return not fields or fields[0] not in (b"Z", b"X", b"x")
+    if os.name == "nt":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's process, alive
+        return True
+    return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # type: ignore[attr-defined]  # ERROR_ACCESS_DENIED: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)

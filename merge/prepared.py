@@ -10,23 +10,34 @@ Both steps are the merge engine itself, with a source of zeros standing in for t
 is the kernel's one zero page, so they cost neither memory nor disk reads.
 
 A pair lives in the cache (``prepared/<key>/``, keyed by A's and C's sha256 and M): ``delta.safetensors``,
-written like any merge output (hidden, then renamed), and ``pair.json``, written after it; a pair without its
-record is prepared again. A lock per pair makes concurrent builds prepare it once.
+written like any merge output (hidden, then renamed), and ``pair.json``, written after it with the delta's
+SHA256; a pair without its record is prepared again. A lock per pair (``prepared/<key>.lock``) makes
+concurrent builds prepare it once.
+
+A pair is trusted only as far as it is checked: every use (``using``, which ``plan_build`` enters) compares the
+delta's stat (size, mtime, ctime, inode, device) with the one recorded in ``stamp.json`` at its last full check
+and computes its SHA256 again whenever they differ; a delta that is not the file it was prepared as is removed,
+never merged from (``Gone``), and a build prepares it again. A pair in use is held by its user: filelock has no
+shared locks, so each user holds a lock file of its own in ``prepared/<key>.users/``, and `cache clear` leaves
+a pair while any of them is held.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import mmap
 import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from merge import hashing, portable
 from merge.checkpoint import TensorSource, open_checkpoint
@@ -36,11 +47,21 @@ from merge.plan import MergeError, MergePlan, plan_merge
 
 DELTA_FILE = "delta.safetensors"
 PAIR_FILE = "pair.json"
-FORMAT = 1  # of pair.json and the delta's meaning
+STAMP_FILE = "stamp.json"  # the delta's stat at its last full SHA256 check
+USERS = ".users"  # prepared/<key>.users/: a lock file per build that holds the pair
+# Of pair.json and the delta's meaning. 2: the delta's SHA256 is recorded. A pair of format 1 is prepared
+# again rather than hashed now: its delta was only ever checked by size, so hashing it would bless whatever
+# it holds today, the same-size damage included.
+FORMAT = 2
 
 
 class Unusable(MergeError):
     """This model cannot be built from this pair (the three-input merge can)."""
+
+
+class Gone(Unusable):
+    """The pair cannot serve any build: removed meanwhile (`cache clear`), or its delta is not the file it was
+    prepared as (then removed here). Prepared again from A and C, it can."""
 
 
 class ZeroSource(TensorSource):
@@ -48,8 +69,10 @@ class ZeroSource(TensorSource):
 
     kind = "zeros"
 
-    def __init__(self, tensors: dict[str, TensorInfo]):
+    def __init__(self, tensors: dict[str, TensorInfo], hold: contextlib.ExitStack | None = None):
+        """``hold``: what to release with the source (a build's hold on its pair, closed with its plan)."""
         self.path = Path("(zeros)")
+        self._hold = hold
         self.tensors = {k: TensorInfo(i.dtype if i.dtype in CODES else "F32", i.shape) for k, i in tensors.items()}
         self.metadata = {}
         size = max([i.nbytes for i in self.tensors.values()] + [mmap.PAGESIZE])
@@ -73,6 +96,8 @@ class ZeroSource(TensorSource):
     def close(self) -> None:
         with contextlib.suppress(BufferError):
             self._mm.close()
+        if self._hold is not None:
+            self._hold.close()
 
 
 @dataclass
@@ -90,6 +115,7 @@ class PreparedPair:
     size: int
     created: str
     engine: str
+    sha256: str = ""  # of the delta file, as written
     format: int = FORMAT
     used: list[str] = field(default_factory=list)
 
@@ -106,16 +132,129 @@ def key_of(a_sha256: str, c_sha256: str, multiplier: float) -> str:
     return f"{a_sha256[:16].lower()}-{c_sha256[:16].lower()}-m{float(multiplier)!r}"
 
 
+def lock_path(key: str) -> Path:
+    """The pair's own lock: held while it is prepared, checked, taken up by a user or cleared."""
+    return root() / f"{key}.lock"
+
+
+def users_dir(key: str) -> Path:
+    return root() / f"{key}{USERS}"
+
+
 def _load(folder: Path) -> PreparedPair | None:
-    """The pair in ``folder`` when its record is whole and its delta file is the one it describes."""
+    """The pair in ``folder`` when its record is whole, of this format, and its delta file the size it says
+    (what it holds is ``check``'s question, asked before use)."""
     try:
         data = json.loads((folder / PAIR_FILE).read_text())
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            return None
         pair = PreparedPair(**{**data, "folder": folder})
-        if pair.format != FORMAT or pair.delta.stat().st_size != pair.size:
+        if not _is_sha256(pair.sha256) or pair.delta.stat().st_size != pair.size:
             return None
         return pair
     except (OSError, ValueError, TypeError, UnicodeDecodeError, RecursionError):
         return None
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(ch in "0123456789ABCDEF" for ch in value)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest().upper()
+
+
+def _stat_stamp(st: os.stat_result) -> list[int]:
+    """What changes when a file's bytes may have: ctime too, which no user-level call can set back."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _write_json(target: Path, record: dict) -> None:
+    """``record`` under ``target``'s name only once whole (a hidden ``.<name>.partial-<pid>`` first)."""
+    staged = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    staged.write_text(json.dumps(record))
+    os.replace(staged, target)
+
+
+def _stamp(folder: Path, sha256: str, st: os.stat_result) -> None:
+    _write_json(folder / STAMP_FILE, {"sha256": sha256, "stat": _stat_stamp(st)})
+
+
+def _stamped(folder: Path):
+    try:
+        return json.loads((folder / STAMP_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def check(pair: PreparedPair) -> str | None:
+    """Why ``pair``'s delta is not the file it was prepared as (None when it is). Cheap while the delta's stat is
+    the one stamped at its last full check; otherwise its SHA256 is computed again, and a match stamps the
+    stat it was computed under. Call it holding ``lock_path(pair.key)`` (``using`` does)."""
+    try:
+        st = pair.delta.stat()
+        if st.st_size != pair.size:
+            return f"{DELTA_FILE} is {st.st_size} bytes, not {pair.size}"
+        if _stamped(pair.folder) == {"sha256": pair.sha256, "stat": _stat_stamp(st)}:
+            return None
+        digest = _sha256(pair.delta)
+        if digest != pair.sha256:
+            return (f"the SHA256 of its {DELTA_FILE} is {digest[:16]}..., not the {pair.sha256[:16]}... it was "
+                    "prepared with")  # fmt: skip
+        if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):  # unchanged while it was read
+            _stamp(pair.folder, digest, st)
+        return None
+    except OSError as exc:
+        return f"{DELTA_FILE} cannot be read: {exc.strerror or exc}"
+
+
+def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
+    """The lock files of the users that hold pair ``key`` now, and the stale ones of users that died (their lock
+    went with their process, a zombie's too), removed unless ``clean`` is False. Call it holding
+    ``lock_path(key)``, as ``using`` and `cache clear` do, so that no user comes meanwhile."""
+    live: list[Path] = []
+    stale: list[Path] = []
+    folder = users_dir(key)
+    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+        try:
+            with FileLock(path, timeout=0):
+                pass
+        except Timeout:
+            live.append(path)
+            continue
+        stale.append(path)
+        if clean:
+            path.unlink(missing_ok=True)
+    if clean and folder.is_dir() and not live:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return live, stale
+
+
+@contextlib.contextmanager
+def using(pair: PreparedPair) -> Iterator[PreparedPair]:
+    """Hold ``pair`` while a merge reads it: checked first (``check``), then held until the block ends, so that
+    `cache clear` keeps it (and says it is busy). Yields the pair as recorded now; raises Gone where it was
+    removed meanwhile, or fails its check (then it is removed here: never merged from)."""
+    with _locked(lock_path(pair.key)):
+        current = _load(pair.folder)
+        if current is None:
+            raise Gone(f"the prepared pair {pair.key} was removed meanwhile: it is prepared again from A and C",
+                       "inputs")  # fmt: skip
+        why = check(current)
+        if why is not None:
+            shutil.rmtree(current.folder, ignore_errors=True)
+            raise Gone(f"the prepared pair {pair.key} failed its check ({why}): removed, and prepared again from A "
+                       "and C", "inputs")  # fmt: skip
+        holders(pair.key)  # stale users' files go
+        hold = FileLock(users_dir(pair.key) / f"{os.getpid()}-{secrets.token_hex(6)}.lock")
+        hold.acquire()
+    try:
+        yield current
+    finally:
+        hold.release()
+        Path(hold.lock_file).unlink(missing_ok=True)
 
 
 def find(a_sha256: str, c_sha256: str, multiplier: float) -> PreparedPair | None:
@@ -134,7 +273,7 @@ def leftovers() -> list[Path]:
     folder = root()
     if not folder.is_dir():
         return []
-    return [d for d in sorted(folder.iterdir()) if d.is_dir() and _load(d) is None]
+    return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.endswith(USERS) and _load(d) is None]
 
 
 @contextlib.contextmanager
@@ -151,12 +290,13 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
 
     key = key_of(a_sha256, c_sha256, multiplier)
     folder = root() / key
-    with _locked(root() / f"{key}.lock"):
+    with _locked(lock_path(key)):
         done = _load(folder)
         if done is not None:
             return done
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / PAIR_FILE).unlink(missing_ok=True)
+        for name in (PAIR_FILE, STAMP_FILE):
+            (folder / name).unlink(missing_ok=True)
         c = open_checkpoint(base)
         zeros = ZeroSource(c.tensors)
         plan = plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
@@ -172,10 +312,14 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
             )  # fmt: skip
         finally:
             plan.close()
-        record = {k: v for k, v in asdict(pair).items() if k != "folder"}
-        staged = folder / f".{PAIR_FILE}.{os.getpid()}"
-        staged.write_text(json.dumps(record))
-        os.replace(staged, folder / PAIR_FILE)  # the record appears only once the delta it describes is whole
+        # One pass over the file just written (still in the page cache): the merge writes it out of order, from
+        # several threads, through a mapping, so it cannot be hashed as it streams the way a download is.
+        st = pair.delta.stat()
+        pair.sha256 = _sha256(pair.delta)
+        if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
+            _stamp(folder, pair.sha256, st)
+        # the record appears only once the delta it describes is whole
+        _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
         return pair
 
 
@@ -194,14 +338,27 @@ def unusable_with(pair: PreparedPair, model: TensorSource) -> str | None:
 def plan_build(pair: PreparedPair, model, out, *, dtype: str = "fp16", device: str = "auto",
                force: bool = False) -> MergePlan:  # fmt: skip
     """The plan of ``OUT = D + M * B``: the three-input merge's plan in all a caller sees (rules, reports and
-    the recipe name A, B and C); raises Unusable where ``unusable_with`` says why."""
+    the recipe name A, B and C); raises Unusable where ``unusable_with`` says why, and Gone where the pair was
+    removed meanwhile or fails its check. The plan holds the pair (``using``) until it is closed, so that the
+    merge that reads it is never left without it."""
     b = model if isinstance(model, TensorSource) else open_checkpoint(model)
     why = unusable_with(pair, b)
     if why is not None:
         b.close()
         raise Unusable(f"this model cannot be built from the prepared pair: {why}", "inputs")
-    zeros = ZeroSource({k: TensorInfo(b.tensors[k].dtype, tuple(s)) for k, s in pair.deltas.items()})
-    plan = plan_merge(pair.delta, b, zeros, out, multiplier=pair.multiplier, dtype=dtype, device=device, force=force)
+    hold = contextlib.ExitStack()
+    try:
+        pair = hold.enter_context(using(pair))
+    except BaseException:
+        b.close()
+        raise
+    try:
+        zeros = ZeroSource({k: TensorInfo(b.tensors[k].dtype, tuple(s)) for k, s in pair.deltas.items()}, hold)
+        plan = plan_merge(pair.delta, b, zeros, out, multiplier=pair.multiplier, dtype=dtype, device=device,
+                          force=force)  # fmt: skip
+    except BaseException:
+        hold.close()  # the plan, once made, owns it: closing the plan releases the pair
+        raise
     plan.missing_in_bc, plan.mismatched = list(pair.missing_in_c), list(pair.mismatched)
     plan.recorded = {"a": (pair.a["file"], pair.a["sha256"]), "c": (pair.c["file"], pair.c["sha256"])}
     plan.layouts["c"] = dataclasses.replace(plan.layouts["c"], dtype=pair.c_dtype)

@@ -201,7 +201,7 @@ def test_the_cli_builds_from_local_files_with_json(tmp_path):
     assert set(data) >= {"query", "action", "match", "output", "inputs", "downloads", "warnings"}
     assert data["output"]["path"].endswith("b-inpainting.safetensors") and data["inputs"]["B"]["source"] == "local"
     human = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
-                    str(tmp_path / "out2"), "--dry-run", env=env)  # fmt: skip
+                    str(tmp_path / "out2"), "--dtype", "fp32", "--dry-run", env=env)  # another recipe: a plan
     assert human.returncode == 0 and "plan" in human.stdout and "merge:" in human.stdout
 
 

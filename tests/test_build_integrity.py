@@ -170,15 +170,15 @@ def test_a_base_model_given_to_build_is_one_line_and_a_usage_error(query, tmp_pa
     from tests.conftest import cli_env, run_cli
 
     for as_json in (False, True):
-        done = run_cli("build", query, "--out", str(tmp_path), "--offline", *(["--json"] if as_json else []),
-                       env=cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "none.db")))  # fmt: skip
+        done = run_cli("build", query, "--out", str(tmp_path / "out"), "--offline", *(["--json"] if as_json else []),
+                       env=cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "registry.db")))  # fmt: skip
         assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
         if as_json:
             error = json.loads(done.stdout)["error"]
             assert error["code"] == "is-a-base" and "a base model, not a fine-tune" in error["message"]
         else:
             assert "a base model, not a fine-tune" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nothing built, nothing begun
 
 
 def test_build_missing_never_selects_an_official_base_repo(registry_db):

@@ -1,9 +1,16 @@
 """merge.prepared and `cache list|clear`: a family's A and C folded once into A - M*C; builds from it equal the
 three-input merge within one ulp of the output dtype, read neither A nor C, and name them in the recipe."""
 
+import contextlib
 import fcntl
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -169,3 +176,216 @@ def test_cache_list_and_clear(official):
     assert cleared["removed"] == [str(pair.folder)] and not pair.folder.exists()
     assert (files / "v1-5.safetensors").exists()  # only what was asked
     assert run_cli("cache", "clear", "files", env=env).returncode == 0 and not files.exists()
+
+
+# -- integrity: checked before use, held while used, partial files of dead owners cleaned ---------------------
+def _zombie_state(pid: int) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0]
+
+
+@contextlib.contextmanager
+def _zombie():
+    """The pid of a real zombie: a child that exited and that this process does not reap until the block ends."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while _zombie_state(pid) != b"Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        os.kill(pid, 0)  # a zombie still answers a signal test: why liveness reads its state instead
+        yield pid
+    finally:
+        os.waitpid(pid, 0)
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc to make a zombie")
+
+
+def _is_hex(sha256: str) -> bool:
+    return len(sha256) == 64 and int(sha256, 16) >= 0
+
+
+def _tamper(delta, at_end: bool = False) -> None:
+    """Same size, other bytes: 64 bytes of tensor data set to 0xFF (NaN as fp32)."""
+    with open(delta, "r+b") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(-128 if at_end else 8 + header + 64, os.SEEK_END if at_end else os.SEEK_SET)
+        f.write(b"\xff" * 64)
+
+
+def test_a_same_size_tamper_is_caught_and_the_build_prepares_the_pair_again(official):
+    from advisor.build import build
+
+    t = official
+    write_checkpoint(t / "b2.safetensors", "sd1", "normal", 5)
+    first = build(str(t / "b.safetensors"), inpaint=str(t / "a.ckpt"), base=str(t / "c.safetensors"),
+                  out=t / "out", db=str(t / "r.db"), offline=True)  # fmt: skip
+    assert first.pair is not None and first.pair.prepared_now
+    pair = prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0)
+    assert pair is not None and pair.sha256 == hashlib.sha256(pair.delta.read_bytes()).hexdigest().upper()
+    size = pair.delta.stat().st_size
+    _tamper(pair.delta)
+    assert pair.delta.stat().st_size == size and prepared.find(pair.a["sha256"], pair.c["sha256"], 1.0) is not None
+    second = build(str(t / "b2.safetensors"), inpaint=str(t / "a.ckpt"), base=str(t / "c.safetensors"),
+                   out=t / "out", db=str(t / "r.db"), offline=True)  # fmt: skip
+    assert second.action == "built" and second.verified
+    assert second.pair is not None and second.pair.prepared_now and second.pair.key == pair.key
+    assert any("failed its check" in w and "prepared again" in w for w in second.warnings), second.warnings
+    again = prepared.find(pair.a["sha256"], pair.c["sha256"], 1.0)
+    assert again is not None and again.sha256 == hashlib.sha256(again.delta.read_bytes()).hexdigest().upper()
+    merge(t / "a.ckpt", t / "b2.safetensors", t / "c.safetensors", t / "three.safetensors")
+    three, two = load_file(t / "three.safetensors"), load_file(second.output.path)
+    assert set(three) == set(two) and max(_max_ulps(three[k], two[k]) for k in three) <= 1
+    assert all(bool(torch.isfinite(v).all()) for v in two.values() if v.is_floating_point())
+
+
+def test_a_tamper_that_sets_the_mtime_back_is_caught_too(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    st = pair.delta.stat()
+    _tamper(pair.delta, at_end=True)
+    os.utime(pair.delta, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime as it was; ctime cannot be set back
+    with pytest.raises(prepared.Gone, match="failed its check") as gone:
+        prepared.plan_build(pair, t / "b.safetensors", t / "o.safetensors")
+    assert isinstance(gone.value, prepared.Unusable)  # a caller that only knows Unusable still never merges it
+    assert not pair.folder.exists() and not (t / "o.safetensors").exists()
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is None  # prepared again by the next build
+
+
+def test_a_touched_but_unchanged_delta_is_hashed_once_and_used(official, monkeypatch):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    hashed = []
+    real = prepared._sha256
+    monkeypatch.setattr(prepared, "_sha256", lambda path: hashed.append(path) or real(path))
+
+    def use() -> None:
+        plan = prepared.plan_build(prepared.find("A" * 64, "C" * 64, 1.0), t / "b.safetensors", t / "o.safetensors")
+        try:
+            run_merge(plan, hash_inputs=False)
+        finally:
+            plan.close()
+        (t / "o.safetensors").unlink()
+
+    use()
+    assert hashed == []  # stamped when it was prepared: the stat matches, nothing to hash
+    st = pair.delta.stat()
+    os.utime(pair.delta, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    use()
+    use()
+    assert hashed == [pair.delta]  # once, then stamped again
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is not None and pair.delta.exists()
+
+
+def test_a_pair_of_the_old_format_is_prepared_again(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    record = json.loads((pair.folder / prepared.PAIR_FILE).read_text())
+    assert record["format"] == prepared.FORMAT == 2 and record["sha256"] == pair.sha256
+    old = {k: v for k, v in record.items() if k != "sha256"} | {"format": 1}
+    (pair.folder / prepared.PAIR_FILE).write_text(json.dumps(old))
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is None and prepared.leftovers() == [pair.folder]
+    again = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    assert json.loads((again.folder / prepared.PAIR_FILE).read_text())["format"] == 2
+    assert _is_hex(again.sha256) and prepared.leftovers() == []
+
+
+def test_a_pair_removed_after_it_was_found_is_gone_not_a_failed_merge(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    shutil.rmtree(pair.folder)
+    with pytest.raises(prepared.Gone, match="removed meanwhile"):
+        prepared.plan_build(pair, t / "b.safetensors", t / "o.safetensors")
+
+
+def test_cache_clear_keeps_a_pair_a_build_holds_and_says_busy(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(t / "cache"))
+    users = prepared.users_dir(pair.key)
+    users.mkdir(parents=True, exist_ok=True)
+    stale = users / "999999-0badc0ffee.lock"  # a build that died: nobody holds its lock
+    stale.write_text("")
+    with prepared.using(pair) as held:
+        assert held.key == pair.key
+        assert [p.parent for p in users.iterdir()] == [users] and not stale.exists()  # swept on taking it
+        stale.write_text("")
+        busy = run_cli("cache", "clear", "--json", env=env)
+        listed = json.loads(run_cli("cache", "list", "--json", env=env).stdout)
+    assert busy.returncode == 1, busy.stderr
+    done = json.loads(busy.stdout)
+    assert str(pair.folder) in done["busy"] and pair.delta.exists() and str(pair.folder) not in done["removed"]
+    assert str(stale) in done["removed"] and not stale.exists()
+    assert [p["key"] for p in listed["prepared"]] == [pair.key]
+    assert not users.exists() or list(users.iterdir()) == []  # the hold's own file went with it
+    # a plan from the pair holds it too, until the plan is closed
+    plan = prepared.plan_build(pair, t / "b.safetensors", t / "o.safetensors")
+    try:
+        held_now = run_cli("cache", "clear", "prepared", "--json", env=env)
+    finally:
+        plan.close()
+    assert held_now.returncode == 1 and str(pair.folder) in json.loads(held_now.stdout)["busy"]
+    cleared = json.loads(run_cli("cache", "clear", "prepared", "--json", env=env).stdout)
+    assert str(pair.folder) in cleared["removed"] and not pair.folder.exists()
+
+
+@needs_proc
+def test_a_zombies_partial_is_stale_for_the_next_merge_and_for_cache_clear(official):
+    from crawler.registry import runs
+    from merge import portable
+
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(t / "cache"))
+    live = os.getppid()
+    with _zombie() as dead:
+        assert not portable.pid_alive(dead) and not runs._pid_alive(dead) and portable.pid_alive(live)
+        # the next merge to the same output removes the zombie's hidden file, not a live process's
+        out = t / "o.safetensors"
+        zombies, lives = t / f".o.safetensors.partial-{dead}", t / f".o.safetensors.partial-{live}"
+        for p in (zombies, lives):
+            p.write_bytes(b"x" * 10)
+        merge(t / "a.ckpt", t / "b.safetensors", t / "c.safetensors", out)
+        assert out.exists() and not zombies.exists() and lives.exists()
+        # in the cache: listed with their owners, and `cache clear partial` removes the dead one only
+        in_pair = pair.folder / f".{prepared.DELTA_FILE}.partial-{dead}"
+        in_pair.write_bytes(b"x" * 100)
+        files = t / "cache" / "files" / "hf"
+        files.mkdir(parents=True)
+        running = files / f".model.safetensors.partial-{live}"
+        running.write_bytes(b"y" * 7)
+        download = files / ".inpaint-advisor-0123456789abcdef.partial"
+        download.write_bytes(b"z" * 33)
+        download.with_name(download.name + ".json").write_text("{}")
+        unfinished = prepared.root() / "0000-1111-m1.0"
+        unfinished.mkdir()
+        (unfinished / f".{prepared.DELTA_FILE}.partial-{dead}").write_bytes(b"w" * 5)
+        listed = json.loads(run_cli("cache", "list", "--json", env=env).stdout)
+        got = {p["path"]: (p["kind"], p["size"], p["pid"], p["alive"]) for p in listed["partials"]}
+        assert got == {str(in_pair): ("merge", 100, dead, False), str(running): ("merge", 7, live, True),
+                       str(download): ("download", 33, None, False), str(unfinished): ("pair", 5, None, False)}
+        shown = run_cli("cache", "list", env=env)
+        assert shown.returncode == 0 and "Partial files" in shown.stdout and f"pid {dead}" in shown.stdout
+        done = run_cli("cache", "clear", "partial", "--json", env=env)
+        cleared = json.loads(done.stdout)
+    assert done.returncode == 1 and cleared["busy"] == [str(running)] and running.exists()
+    assert set(cleared["removed"]) == {str(in_pair), str(download), str(unfinished)}
+    assert not in_pair.exists() and not download.exists() and not unfinished.exists()
+    assert not download.with_name(download.name + ".json").exists()
+    assert pair.delta.exists() and prepared.find("A" * 64, "C" * 64, 1.0) is not None  # only partial files went
+
+
+def test_pid_alive_without_proc_falls_back_to_a_signal_test():
+    from merge import portable
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert portable.pid_alive(child.pid, proc="/nonexistent") and portable.pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not portable.pid_alive(child.pid, proc="/nonexistent") and not portable.pid_alive(child.pid)
+    assert not portable.pid_alive(0) and not portable.pid_alive(-1)  # process groups, never "alive"

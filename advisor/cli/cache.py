@@ -16,7 +16,8 @@ app.add_typer(cache_app, name="cache")
 @cache_app.command("list", cls=PlainCommand)
 def list_(as_json: JsonOption = False) -> None:
     """List the prepared pairs (a family's A - M*C, made once so that later builds read two inputs, not three)
-    and the fetched files (official A and C, fine-tunes), with their sizes. The cache is
+    and the fetched files (official A and C, fine-tunes), with their sizes, and the partial files of
+    interrupted downloads, preparations and merges, with whether their owner still runs. The cache is
     $INPAINT_ADVISOR_CACHE, else the user cache folder.
 
     \b
@@ -36,16 +37,18 @@ def list_(as_json: JsonOption = False) -> None:
 
 @cache_app.command(cls=PlainCommand)
 def clear(
-    what: Annotated[str, typer.Argument(metavar="all|prepared|files", help="What to remove.")] = "all",
+    what: Annotated[str, typer.Argument(metavar="all|prepared|files|partial", help="What to remove.")] = "all",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed, remove nothing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove prepared pairs, fetched files, or both (the default). What a running build holds is left alone
-    and named. The next build fetches or prepares again what it needs.
+    """Remove prepared pairs, fetched files, or both (the default); `partial` removes only the partial files
+    whose owner is gone (interrupted downloads, unfinished pairs, hidden files of killed merges). What a
+    running build holds is left alone and named. The next build fetches or prepares again what it needs.
 
     \b
     Examples:
       inpaint-advisor cache clear prepared
+      inpaint-advisor cache clear partial
       inpaint-advisor cache clear --dry-run
     """  # noqa: D301
     from advisor import cache, render
