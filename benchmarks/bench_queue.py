@@ -4,8 +4,8 @@
     python benchmarks/bench_queue.py --db postgresql+psycopg://postgres@127.0.0.1:55432/postgres \
         [--builds 200] [--workers 4]
 
-N tiny real-layout SD 1.5 builds (B from a local fake Civitai and signed storage, local A and C), each in a fresh
-database on that server (never the one named):
+N tiny real-layout SD 1.5 builds (B from a local fake Civitai and signed storage, A and C from a fake Hub), each
+in a fresh database on that server (never the one named):
 - naive: the same builds one after another in one process (what `build --missing` does in the foreground);
 - the queue: N jobs enqueued, W `inpaint-advisor worker` processes; jobs/s from the first enqueue to the last
   job done;
@@ -52,14 +52,14 @@ def main() -> None:
             if kill:
                 held.hold_after = len(held.data) // 2
             start = time.monotonic()
-            team.enqueue(wd["queries"], db=db, inpaint=str(wd["a"]), base=str(wd["c"]))
+            team.enqueue(wd["queries"], db=db)  # the workers fetch the official pair (the fake Hub's A and C)
             procs = [_worker(wd) for _ in range(w)]
             recovered = None
             try:
                 if kill:
                     storage.holding.wait(120)
                     job = _until(lambda: next((j for j in team.jobs(db=db) if j.status == "doing" and j.worker
-                                               and j.args.get("query") == wd["queries"][0]), None))  # fmt: skip
+                                               and j.args.get("asked") == wd["queries"][0]), None))  # fmt: skip
                     victim = next(p for p in procs if p.pid == int(job.worker.rsplit(":", 1)[1]))
                     victim.send_signal(signal.SIGKILL)
                     killed = time.monotonic()
@@ -92,8 +92,8 @@ def main() -> None:
 
 
 def _worker(wd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "advisor", "worker", "--out", str(wd["out"])], cwd=ROOT,
-                            env=wd["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen([*wd["worker"], "worker", "--out", str(wd["out"])], cwd=ROOT, env=wd["env"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 def _until(predicate, timeout: float = 120):

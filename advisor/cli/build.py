@@ -140,18 +140,29 @@ def _build_missing(out: Path, family, min_downloads: int, limit: int, dry_run: b
 
 
 def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db, as_json: bool, options: dict) -> None:
-    from advisor import render, team
+    """Queue the builds for the team's workers: each query resolved here first (nothing queued when one matches
+    nothing), one job per resolved recipe. A and C are the family's official pair, which every worker fetches:
+    files named with -a/-c are on this host only, so they are refused."""
+    from advisor import team
     from advisor.batch import missing as most_used_without_release
+    from advisor.cli.team import queued as render_queued
     from advisor.cli.team import team_failure
     from advisor.output import out, print_json
 
+    if options.get("inpaint") or options.get("base"):
+        raise die("--inpaint/--base name files on this host, which the workers cannot read: a queued build uses "
+                  "its family's official A and C (build here, without --enqueue, to use your own)", code="usage",
+                  exit_code=2, as_json=as_json)  # fmt: skip
+    recipe = {k: options[k] for k in ("multiplier", "dtype", "force_build")}
     try:
         if missing:
             queries = most_used_without_release(db, family=family, min_downloads=min_downloads, limit=limit)
-        queued = team.enqueue(list(queries), db=db, **options)
+        queued = team.enqueue(list(queries), db=db, **recipe)
+    except team.NotQueued as exc:
+        raise die(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json) from None
     except Exception as exc:
         raise team_failure(exc, as_json) from None
     if as_json:
         print_json({"queued": queued})
     else:
-        render.queued(out, queued)
+        render_queued(out, queued)

@@ -1,10 +1,12 @@
-"""Team mode: `worker` runs queued builds on this host; `jobs` lists, retries and cancels them. The queue is in
-the PostgreSQL registry (procrastinate); `build --enqueue` fills it."""
+"""Team mode: `worker` runs queued builds on this host; `jobs` lists, shows, retries and cancels them. The queue
+is in the PostgreSQL registry (procrastinate); `build --enqueue` fills it."""
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from advisor.cli.app import SUBCOMMAND, PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for
@@ -32,14 +34,18 @@ def worker(
     crawl_every: Annotated[str | None, typer.Option("--crawl-every", metavar="PERIOD",
                                                     help="Also crawl every PERIOD (15m .. 12h, 1d), once per "
                                                     "period however many workers run.")] = None,  # fmt: skip
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log the queue's own lines, and a "
+                                          "traceback for each failure.")] = False,  # fmt: skip
     db: DbOption = None,
 ) -> None:
     """Run queued builds on this host until stopped (Ctrl-C or SIGTERM let the running build finish first).
 
+    Prints one line per job on stderr: its start, its end (the output, or the error's code and reason).
     Downloads go to this host's cache, outputs to --out, each recorded in the shared registry with this host's
     name. A worker that dies (SIGKILL, power) loses nothing: its job is queued again once its heartbeats stop
-    (within two minutes), on any worker, and resumes its downloads where they are. A build that keeps failing
-    stops after 3 attempts; `inpaint-advisor jobs` shows its error.
+    (within two minutes), on any worker, and resumes its downloads where they are. A build that fails for
+    good (not found, a login wall, ...) fails at once; one that meets a network or disk error runs again
+    after a wait, 3 attempts in all. `inpaint-advisor jobs` shows the errors.
 
     \b
     Examples:
@@ -56,7 +62,7 @@ def worker(
         except ValueError as exc:
             raise die(str(exc), code="usage", exit_code=2) from None
     try:
-        team.work(db=db, out=out, concurrency=concurrency, crawl_every=crawl_every)
+        team.work(db=db, out=out, concurrency=concurrency, crawl_every=crawl_every, verbose=verbose)
     except Exception as exc:
         raise team_failure(exc, False) from None
 
@@ -67,6 +73,130 @@ jobs_app = typer.Typer(invoke_without_command=True, subcommand_metavar=f"[{SUBCO
 app.add_typer(jobs_app, name="jobs")
 
 
+# -- how jobs read ----------------------------------------------------------------------------------------------
+
+
+def _one_line(text: object) -> str:
+    from advisor.safety import terminal_text
+
+    return " ".join(terminal_text(text).split())
+
+
+def _what(j) -> str:
+    if j.task == "build":
+        return str(j.args.get("query") or "")
+    if j.task == "crawl" and "timestamp" in j.args:
+        return f"crawl (tick {datetime.fromtimestamp(j.args['timestamp']):%Y-%m-%d %H:%M})"
+    return j.task
+
+
+def _detail(j) -> str:
+    """The one thing to know about a job in a listing: where it runs, why it failed, when it runs again."""
+    if j.status == "doing":
+        return f"on {j.worker}" if j.worker else ""
+    if j.status == "todo":
+        later = j.scheduled_at is not None and j.scheduled_at > datetime.now(j.scheduled_at.tzinfo)
+        when = f"again at {j.scheduled_at.astimezone():%H:%M:%S}" if later else ("again" if j.error else "")
+        return "; ".join(p for p in (when, j.error or "") if p)
+    if j.status in ("failed", "aborted"):
+        return j.error or ""
+    if j.status == "succeeded":
+        return f"by {j.worker}" if j.worker else ""
+    return ""
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def jobs_table(console: Console, jobs) -> None:
+    """One line per job, however wide the terminal: the error (or worker) cut to fit, whole in `jobs show`."""
+    from rich.table import Table
+    from rich.text import Text
+
+    if not jobs:
+        console.print(Text("no jobs (queue builds with `inpaint-advisor build MODEL --enqueue`)", style="dim"))
+        return
+    rows = [(str(j.id), j.status, str(j.attempts), _one_line(_what(j)), _one_line(_detail(j))) for j in jobs]
+    heads = ("id", "status", "runs", "what", "error or worker")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    gaps = 2 * (len(heads) - 1)
+    room = max(console.width - sum(widths[:3]) - gaps, 24)  # what and detail share the rest
+    widths[3] = min(widths[3], max(room // 2, room - widths[4], 12))
+    widths[4] = max(room - widths[3], 8)
+    table = Table(box=None, padding=(0, 1), pad_edge=False)
+    for i, head in enumerate(heads):
+        table.add_column(_cut(head, widths[i]), no_wrap=True, justify="right" if i in (0, 2) else "left",
+                         width=widths[i] if i >= 3 else None)  # fmt: skip
+    color = {"succeeded": "green", "failed": "red", "doing": "yellow", "cancelled": "dim", "aborted": "red"}
+    for (jid, status, runs, what, detail), j in zip(rows, jobs, strict=True):
+        table.add_row(jid, Text(status, style=color.get(status, "")), runs, Text(_cut(what, widths[3])),
+                      Text(_cut(detail, widths[4]), style="red" if j.status == "failed" else ""))  # fmt: skip
+    console.print(table)
+
+
+_EVENTS = {"deferred": "queued", "deferred_for_retry": "failed, to run again", "scheduled": "to run again (scheduled)",
+           "abort_requested": "asked to stop", "aborted": "stopped", "retried": "queued again"}  # fmt: skip
+
+
+def job_details(console: Console, j) -> None:
+    """Everything about one job, the error whole."""
+    from rich.table import Table
+
+    from advisor.render import line, t
+
+    runs = f"{j.attempts} run" + ("s" if j.attempts != 1 else "")
+    console.print(line((f"job {j.id}", "bold"), f": {j.task}, {j.status} ({runs} ended)"))
+    fields = []
+    if j.task == "build":
+        fields.append(("builds", str(j.args.get("query") or "")))
+        if j.args.get("name"):
+            fields.append(("model", j.args["name"]))
+        if j.args.get("asked") and j.args["asked"] != j.args.get("query"):
+            fields.append(("asked as", j.args["asked"]))
+        recipe = [f"M {j.args.get('multiplier', 1.0):g}", str(j.args.get("dtype", "fp16"))]
+        if j.args.get("inpaint") or j.args.get("base"):
+            recipe.append(f"A {j.args.get('inpaint') or 'official'}, C {j.args.get('base') or 'official'}")
+        else:
+            recipe.append("the family's official A and C")
+        if j.args.get("force_build"):
+            recipe.append("--force-build")
+        fields.append(("recipe", ", ".join(recipe)))
+    else:
+        fields.append(("what", _what(j)))
+    if j.worker:
+        fields.append(("worker", j.worker))
+    if j.status == "todo" and j.scheduled_at is not None:
+        fields.append(("runs at", f"{j.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S %Z}"))
+    if j.error:
+        fields.append(("error", j.error))
+    for e in j.events or []:
+        at = f"{e.at.astimezone():%Y-%m-%d %H:%M:%S}" if e.at else "?"
+        fields.append(("history" if e is j.events[0] else "", f"{at}  {_EVENTS.get(e.type, e.type.replace('_', ' '))}"))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in fields:
+        grid.add_row(f"  {label + ':' if label else ''}", t(value))
+    console.print(grid)
+
+
+def queued(console: Console, items) -> None:
+    """`build --enqueue`: each query, the job it became and what that job builds."""
+    from advisor.render import line
+
+    for q in items:
+        state = f"job {q.job_id}"
+        if q.already:
+            state = f"already queued (job {q.job_id})" if q.job_id else "already queued"
+        console.print(line((f"{state}: ", "bold"), q.query, " → ", q.target, (f" ({q.name})", "dim")))
+    if not items:
+        console.print(line(("nothing to queue", "dim")))
+
+
+# -- the commands -----------------------------------------------------------------------------------------------
+
+
 @jobs_app.callback()
 def jobs(
     ctx: typer.Context,
@@ -75,20 +205,21 @@ def jobs(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The team's build queue: every queued, running and finished job, with its worker and last error; retry
-    or cancel one.
+    """The team's build queue: every queued, running and finished job, one line each with its worker or its
+    error (shortened: `jobs show ID` has it whole); show, retry or cancel one.
 
     \b
     Examples:
       inpaint-advisor jobs
       inpaint-advisor jobs --status failed --json
+      inpaint-advisor jobs show 42
       inpaint-advisor jobs retry 42
       inpaint-advisor jobs cancel 42
     """  # noqa: D301
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db}
         return
-    from advisor import render, team
+    from advisor import team
     from advisor.output import out, print_json
 
     statuses = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
@@ -102,12 +233,33 @@ def jobs(
     if as_json:
         print_json({"jobs": found})
     else:
-        render.jobs_table(out, found)
+        jobs_table(out, found)
+
+
+@jobs_app.command(cls=PlainCommand)
+def show(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Everything about one job: what it builds, its recipe, its worker, its whole last error and its history.
+
+    \b
+    Examples:
+      inpaint-advisor jobs show 42
+    """  # noqa: D301
+    from advisor import team
+    from advisor.output import out, print_json
+
+    try:
+        found = team.show(job_id, db=db or (ctx.obj or {}).get("db"))
+    except Exception as exc:
+        raise team_failure(exc, as_json) from None
+    if as_json:
+        print_json(found)
+    else:
+        job_details(out, found)
 
 
 @jobs_app.command(cls=PlainCommand)
 def retry(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonOption = False) -> None:
-    """Queue a failed job again now.
+    """Queue a failed job again now (or a running one whose worker went silent).
 
     \b
     Examples:
@@ -138,12 +290,10 @@ def cancel(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: Json
     from advisor.output import err, print_json
 
     try:
-        found = team.cancel(job_id, db=db or (ctx.obj or {}).get("db"))
+        done = team.cancel(job_id, db=db or (ctx.obj or {}).get("db"))
     except Exception as exc:
         raise team_failure(exc, as_json) from None
-    if not found:
-        raise die(f"no queued or running job {job_id}", code="not-found", as_json=as_json)
     if as_json:
         print_json({"cancelled": job_id})
     else:
-        err.print(f"job {job_id} cancelled")
+        err.print(f"job {job_id} cancelled" if done == "cancelled" else f"job {job_id} asked to stop (it is running)")
