@@ -49,13 +49,33 @@ def _sample(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+CRAWL_ERRORS_SHOWN = 3  # error lines a crawl report shows; --json (and `status --json`) has the first 50
+
+
+def crawl_errors(notes: Sequence, total: int, n: int = CRAWL_ERRORS_SHOWN, indent: str = "  ") -> list[Text]:
+    """A few of a crawl's errors (``crawler.registry.runs.ErrorNote``): the reason, then the URL on a line of its
+    own (it folds where it must), and how many more."""
+    shown = []
+    for e in notes[:n]:
+        shown.append(line(indent, f"{e.source}: ", e.reason))
+        if e.url:
+            shown.append(line(indent, "  ", (e.url, "dim")))
+    if total > min(n, len(notes)):
+        shown.append(line(indent, f"and {total - min(n, len(notes)):,} more (--json lists the first 50)"))
+    return shown
+
+
 def _crawl_report(console: Console, s, rows: Sequence[tuple[str, object]], notes: list[Text]) -> None:
-    color = {"ok": "green", "interrupted": "yellow"}.get(s.status, "red")
+    color = {"ok": "green", "stopped": "yellow", "interrupted": "yellow"}.get(s.status, "red")
     console.print(line((f"crawl {s.status}", color), f" (run {s.run_id}, {s.mode}{', resumed' if s.resumed else ''})"))
+    if s.note:
+        console.print(line((s.note, "yellow")))
     table = Table.grid(padding=(0, 2))
     for label, value in rows:
         table.add_row(t(label), t(value))
     console.print(table)
+    for text in crawl_errors(s.first_errors, s.errors):
+        console.print(text)
     for note in notes:
         console.print(note)
     if s.error:
@@ -66,6 +86,8 @@ def crawl_summary(console: Console, s: "CrawlSummary") -> None:
     rows = [("pages", s.pages), ("models", s.models), ("versions", s.versions), ("models changed", s.written),
             ("new inpainting releases", s.new_inpainting), ("new sibling links", s.new_links),
             ("file headers read (ambiguous versions)", s.headers_read),
+            ("  not a checkpoint, malformed or gone (404)", s.proofs_unreadable),
+            ("not read yet (read by a later crawl)", s.proofs_deferred),
             ("verdicts the headers reversed", s.proofs_changed), ("retried requests", s.retries),
             ("errors", s.errors)]  # fmt: skip
     notes = [line("unknown base models (stored as-is): ", ", ".join(sorted(s.unknown_base_models)))] \
@@ -83,6 +105,11 @@ def crawl_all_summary(console: Console, s) -> None:
         table.add_row(r.source, line((r.status, color)), f"{r.seconds:.0f} s", str(x.pages) if x else "",
                       str(x.written) if x else "", str(x.new_inpainting) if x else "", t((r.error or "")[:160]))
     console.print(table)
+    for r in s.sources:
+        if r.summary is not None and r.summary.errors:
+            console.print(line(f"{r.source}: {r.summary.errors:,} errors"))
+            for text in crawl_errors(r.summary.first_errors, r.summary.errors):
+                console.print(text)
     if not s.ok:
         console.print(line(("some sources did not finish", "red"), ": run the same command again to resume them"))
 
@@ -149,9 +176,16 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
             table.add_column(col, overflow="fold")
         for r in st.runs:
             note = r.last_error or ("resumable" if r.cursor and r.status != "ok" else "")
+            if r.errors:
+                note = f"{r.errors:,} errors" + (f"; {note}" if note else "")
             table.add_row(str(r.id), t(r.source), r.mode, r.status, f"{r.started_at:%m-%d %H:%M}", str(r.pages),
                           f"{r.items:,}", t(note[:80]))  # fmt: skip
         console.print(table)
+    for r in st.last_runs:
+        if r.errors:
+            console.print(line(f"errors of the last {r.source} crawl (run {r.id}): {r.errors:,}"))
+            for text in crawl_errors(r.first_errors, r.errors):
+                console.print(text)
     _builds(console, st)
 
 
@@ -341,8 +375,16 @@ def cache_report(console: Console, r) -> None:
         for f in r.files:
             table.add_row(t(f.path), _gb(f.size), "partial (resumes)" if f.partial else "complete")
         console.print(table)
-    for u in r.unfinished:
-        console.print(line(("unfinished pair: ", "yellow"), u, " (prepared again when needed; `cache clear` frees it)"))
+    if r.partials:
+        table = _compact("Partial files (interrupted downloads, unfinished pairs, hidden files of merges)")
+        for col in ("file", "kind", "size", "owner"):
+            table.add_column(col, overflow="fold")
+        for p in r.partials:
+            owner = "running" if p.alive else "gone" + (" (resumes)" if p.kind == "download" else "")
+            table.add_row(t(p.path), p.kind, _gb(p.size), owner + (f", pid {p.pid}" if p.pid else ""))
+        console.print(table)
+        if not all(p.alive for p in r.partials):
+            console.print(line(("`cache clear partial`", "bold"), " removes those whose owner is gone"))
 
 
 def cache_cleared(console: Console, done) -> None:
@@ -399,6 +441,8 @@ def schedule_removed(console: Console, done) -> None:
         console.print(line("  removed ", f))
     if done.lines:
         console.print(line("  removed the crontab block"))
+    for note in done.notes:
+        console.print(line(("note: ", "yellow"), note))
 
 
 _PARTNER = {"local": ("on disk", "green"), "built": ("built here", "green"),

@@ -127,10 +127,20 @@ class CrawlSummary(runs.RunSummary):
     models: int = 0
     versions: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
-    # ambiguous versions proven from their files' headers (crawler.civitai_proof)
+    # ambiguous versions proven from their files' headers (crawler.civitai_proof): files read (the unreadable
+    # and gone ones included), each once
     headers_read: int = 0
-    proofs_changed: int = 0
+    proofs_changed: int = 0  # versions whose verdict a header reversed
+    # files read that are not a checkpoint or are malformed, and downloads gone (404, 410): recorded, never
+    # asked again
     proofs_unreadable: int = 0
+    # files not read (401/403 without an API key, 429, 5xx, a dropped connection): nothing recorded, read by a
+    # later crawl (with CIVITAI_API_TOKEN where they need one)
+    proofs_deferred: int = 0
+
+    def run_counts(self) -> dict[str, int]:
+        return {"headers_read": self.headers_read, "headers_unreadable": self.proofs_unreadable,
+                "headers_deferred": self.proofs_deferred}  # fmt: skip
 
 
 def crawl(
@@ -183,15 +193,17 @@ def crawl(
             if on_page:
                 on_page(summary)
         if next_cursor is not None:  # stopped by max_pages: leave the run resumable
-            summary.status = "interrupted"
-            runs.finish(engine, run, "interrupted", f"stopped after {summary.pages} pages (--max-pages)")
+            summary.status, summary.note = "stopped", runs.stopped_note(summary.pages)
+            runs.finish(engine, run, "stopped", None, summary)
             return summary
         proved = civitai_proof.prove_pending(engine, base_url, token, budget=proof_budget)
         summary.headers_read, summary.proofs_changed = proved.read, proved.changed
-        summary.proofs_unreadable = proved.unreadable
+        summary.proofs_unreadable, summary.proofs_deferred = proved.unreadable, proved.deferred
+        for url, reason in proved.failures:
+            summary.note_error("civitai", url, reason)
         summary.new_links = links.link_sibling_models(engine)
         summary.status = "ok"
-        runs.finish(engine, run, "ok")
+        runs.finish(engine, run, "ok", None, summary)
     except BaseException as exc:
         runs.record_failure(engine, run, summary, exc)
         raise

@@ -2,14 +2,16 @@
 header of its primary file, read with range requests through the download URL (Civitai redirects to signed
 storage that honours ranges; the token goes to Civitai only), decides by the UNet's input channels, as the Hub
 crawl does. Bounded: only ambiguous versions (``crawler.detect.ambiguity``), a few hundred KB each, each file
-once (proofs are kept by its SHA256, whatever model or host it is under).
+once (proofs are kept by its SHA256, whatever model or host it is under). Only what was read is recorded: a
+file not read (401/403 without an API key, 429, 5xx, a dropped connection) stays "not read yet", asked again by
+the next crawl.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,40 +30,82 @@ if TYPE_CHECKING:
 FIRST_READ = 512 * 1024  # an SD 1.5/SDXL/FLUX header is 60-250 KB: usually one request
 MAX_HEADER = 16 * 2**20  # more is not a checkpoint header worth reading
 BUDGET = 200  # header reads per crawl; the rest wait for the next one (the most downloaded models first)
+MAX_ATTEMPTS = 4  # times the budget: files not read (401, 5xx) cost a request each, not a header's worth
+GIVE_UP_AFTER = 5  # transient failures in a row (5xx, dropped connections): the storage is in trouble
 PENDING_BATCH = 2000
+TOKEN_ENV = "CIVITAI_API_TOKEN"  # as crawler.civitai.TOKEN_ENV (which imports this module): named, never read here
 
 
 @dataclass
 class ProofSummary:
-    read: int = 0
+    read: int = 0  # files whose proof is recorded (read, the unreadable ones included, or gone), each once
     proven: int = 0
-    unreadable: int = 0
+    unreadable: int = 0  # read, and not a checkpoint or malformed, or gone (404, 410): recorded, not asked again
     changed: int = 0  # versions whose verdict the proof reversed
-    deferred: int = 0  # could not be asked now (connection, 429, 5xx): asked again by the next crawl
+    deferred: int = 0  # not read (401/403, 429, 5xx, a dropped connection): nothing recorded, asked again later
+    # (download URL, reason) of each file not read
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None  # why the reads stopped early (a 429, a storage in trouble)
 
 
 class Unreadable(Exception):
-    """The file's header could not be read or is not a checkpoint's: the metadata verdict stands."""
+    """The file was read, and its header is not a checkpoint's (or is malformed): the metadata verdict stands."""
+
+
+class Gone(Exception):
+    """The download answers 404 or 410: there is no file to read, and asking again will not bring it. Recorded
+    like an unreadable file (the metadata verdict stands), and named among the crawl's errors."""
+
+
+class NotRead(Exception):
+    """The file could not be read now (an HTTP error, a dropped connection, a redirect that leads nowhere):
+    nothing is recorded, and the next crawl asks again. ``transient``: the server's trouble (429, 5xx, the
+    connection), not this file's (401, 403)."""
+
+    def __init__(self, reason: str, *, status: int | None = None, transient: bool = False):
+        super().__init__(reason)
+        self.status, self.transient = status, transient
 
 
 def _read(client: httpx.Client, url: str, token: str | None, start: int, end: int) -> tuple[bytes, str]:
     """Bytes ``start``..``end`` (inclusive) and the URL that served them (the signed storage URL, reused for a
     second read without the token); a server that ignores the range is read only as far as needed."""
-    response = open_redirected(client, url, {"Range": f"bytes={start}-{end}"}, token)
     try:
-        if response.status_code not in (200, 206):
-            raise Unreadable(f"HTTP {response.status_code}")
+        response = open_redirected(client, url, {"Range": f"bytes={start}-{end}"}, token)
+    except httpx.HTTPError as exc:
+        raise NotRead(f"{type(exc).__name__}: the connection failed", transient=True) from None
+    except CrawlError as exc:  # a redirect to a login page, nowhere, or somewhere refused
+        raise NotRead(str(exc)) from None
+    try:
+        status = response.status_code
+        if status in (404, 410):
+            raise Gone(f"HTTP {status}: the download is gone")
+        if status not in (200, 206):
+            raise NotRead(_http_reason(status, token), status=status, transient=status == 429 or status >= 500)
         if "json" in response.headers.get("content-type", "") or "html" in response.headers.get("content-type", ""):
             raise Unreadable("the download answered with a page, not the file")
         want, got = end - start + 1, bytearray()
         skip = start if response.status_code == 200 else 0  # the range was ignored: the whole file comes
-        for chunk in response.iter_bytes():
-            got += chunk
-            if len(got) >= skip + want:
-                break
+        try:
+            for chunk in response.iter_bytes():
+                got += chunk
+                if len(got) >= skip + want:
+                    break
+        except httpx.HTTPError as exc:  # dropped mid-body: what came is not the file's header
+            raise NotRead(f"{type(exc).__name__}: the connection dropped while reading", transient=True) from None
         return bytes(got[skip : skip + want]), str(response.url)
     finally:
         response.close()
+
+
+def _http_reason(status: int, token: str | None) -> str:
+    if status in (401, 403) and not token:
+        return f"HTTP {status}: the file needs a Civitai API key (set {TOKEN_ENV})"
+    if status in (401, 403):
+        return f"HTTP {status}: not downloadable with this API key"
+    if status == 429:
+        return "HTTP 429: too many requests"
+    return f"HTTP {status}"
 
 
 def read_remote_header(client: httpx.Client, url: str, token: str | None) -> dict:
@@ -85,20 +129,14 @@ def read_remote_header(client: httpx.Client, url: str, token: str | None) -> dic
     return tensors
 
 
-TRANSIENT = (429, 500, 502, 503, 504)
-
-
-def prove(client: httpx.Client, url: str, token: str | None) -> dict | None:
-    """A headerproof row (without its key) for the file behind ``url``; None when it could not be asked now (a
-    dropped connection, a 429 or 5xx): nothing is recorded, the next crawl asks again."""
+def prove(client: httpx.Client, url: str, token: str | None) -> dict:
+    """A headerproof row (without its key) for the file behind ``url``, from its header as read. NotRead when
+    the file could not be read now (401/403, 429, 5xx, a dropped connection): nothing is to be recorded, and
+    the next crawl (with a token, or later) asks again; Gone when there is no file (404, 410)."""
     try:
         tensors = read_remote_header(client, url, token)
     except Unreadable as exc:
-        if any(str(exc) == f"HTTP {code}" for code in TRANSIENT):
-            return None
         return {"variant": None, "problem": str(exc), "how": ""}
-    except (httpx.HTTPError, CrawlError):
-        return None
     layout = layout_of(tensors)
     if layout.variant == "unknown":
         return {"variant": None, "problem": "no UNet or transformer in its header", "how": ""}
@@ -123,35 +161,57 @@ def _wants_proof(row: dict) -> bool:
 
 def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
                   timeout: float = 30.0) -> ProofSummary:  # fmt: skip
-    """Read the headers of the ambiguous versions not proven yet (at most ``budget``), record the proofs and
-    rewrite those versions' verdicts, their models' flags and same-model links."""
+    """Read the headers of the ambiguous versions not proven yet (at most ``budget`` files), record the proofs
+    and rewrite those versions' verdicts, their models' flags and same-model links. A file that could not be
+    read (NotRead) is recorded nowhere: it is asked again by the next crawl."""
     summary = ProofSummary()
     wanted: list[dict] = []
     offset = 0
     with engine.connect() as conn:
         # versions that merely mention inpainting and agree with themselves are never proven, so they stay in
-        # the SQL filter's answer: page past them to the ambiguous ones
-        while len(wanted) < budget and (batch := proofs.pending(conn, PENDING_BATCH, offset)):
+        # the SQL filter's answer: page past them to the ambiguous ones (enough for the budget's reads, and
+        # for the files that may not be read now)
+        while len(wanted) < budget * MAX_ATTEMPTS and (batch := proofs.pending(conn, PENDING_BATCH, offset)):
             offset += len(batch)
             wanted += [row for row in batch if _wants_proof(row)]
-    wanted = wanted[:budget]
     found: dict[str, dict] = {}
+    not_read: set[str] = set()
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
+    in_a_row = 0
     with httpx.Client(timeout=timeout, headers={"User-Agent": user_agent()}) as client:
         for row in wanted:
             key = proofs.key_of(row["sha256"], row["file_id"])
+            if key in not_read:
+                continue
             if key not in found:
-                proof = prove(client, f"{base_url}/api/download/models/{row['source_id']}", token)
-                summary.read += 1
-                if proof is None:
+                if summary.read >= budget or summary.read + summary.deferred >= budget * MAX_ATTEMPTS:
+                    continue  # spent: only versions sharing a file read already are still decided
+                url = f"{base_url}/api/download/models/{row['source_id']}"
+                try:
+                    proof = prove(client, url, token)
+                except Gone as exc:
+                    proof = {"variant": None, "problem": str(exc), "how": ""}
+                    summary.failures.append((url, f"{exc}; recorded, not asked again"))
+                except NotRead as exc:
                     summary.deferred += 1
+                    not_read.add(key)
+                    in_a_row = in_a_row + 1 if exc.transient else 0
+                    if exc.status == 429 or in_a_row >= GIVE_UP_AFTER:
+                        summary.stopped = "asked to slow down" if exc.status == 429 else \
+                            f"{in_a_row} failures in a row"  # fmt: skip
+                        summary.failures.append((url, f"{exc}; header reads stopped here ({summary.stopped}): "
+                                                      "this file and the rest wait for the next crawl"))  # fmt: skip
+                        break
+                    summary.failures.append((url, f"{exc}; not read, asked again by the next crawl"))
                     continue
+                in_a_row = 0
+                summary.read += 1
+                summary.proven += proof["variant"] is not None
+                summary.unreadable += proof["variant"] is None
                 found[key] = {"key": key, **proof}
             proof = found[key]
             verdict = _verdict(row, proof)
             verdicts[row["id"]] = verdict
-            summary.proven += proof["variant"] is not None
-            summary.unreadable += proof["variant"] is None
             summary.changed += verdict[0] != bool(row["is_inpainting"])
     with engine.begin() as conn:
         proofs.save(conn, list(found.values()))

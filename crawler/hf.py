@@ -331,7 +331,8 @@ def crawl(
                 summary.inspected += 1
                 summary.requests += seen.requests
                 summary.unavailable += bool(seen.unavailable)
-                summary.errors += len(seen.errors)
+                for url, reason in seen.errors:
+                    summary.note_error("hf", url, reason)
                 parsed[f"hf:{repo.id}"] = parse_repo(repo, seen, hub.endpoint)
             cursor: _Cursor
             if page.next_url and not stop:
@@ -351,21 +352,22 @@ def crawl(
             if on_page:
                 on_page(summary)
         if qi < len(listings):  # stopped by max_pages: leave the run resumable
-            summary.status = "interrupted"
-            runs.finish(engine, run, "interrupted", f"stopped after {summary.pages} pages (--max-pages)")
+            summary.status, summary.note = "stopped", runs.stopped_note(summary.pages)
+            runs.finish(engine, run, "stopped", None, summary)
             return summary
         if check_officials:
-            checks = officials.check_all(engine, hub)
+            on_error = lambda url, reason: summary.note_error("hf", url, reason)  # noqa: E731
+            checks = officials.check_all(engine, hub, on_error)
             summary.officials_alive = sum(c.alive and c.matches for c in checks)
             summary.officials_dead = sorted({c.repo for c in checks if not c.alive})
-            route_checks = officials.check_routes(engine, hub)
+            route_checks = officials.check_routes(engine, hub, on_error)
             summary.route_files_missing = sorted(f"{c.repo}/{c.file}" for c in route_checks if not c.file_found)
         resolve_lineage(engine)
         summary.same_files = link_same_files(engine)
         summary.new_links = links.link_sibling_models(engine)
         summary.retries = hub.retries
         summary.status = "ok"
-        runs.finish(engine, run, "ok")
+        runs.finish(engine, run, "ok", None, summary)
     except BaseException as exc:
         runs.record_failure(engine, run, summary, exc)
         raise

@@ -47,7 +47,7 @@ class Inspection:
     sizes: dict[str, int] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     unavailable: str | None = None  # gated / not found: recorded, not fatal
-    errors: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (URL, reason) of each request that failed
     requests: int = 0
 
 
@@ -124,12 +124,22 @@ def inspect(hub: Hub, repo: str, revision: str, files: list[str], *,
                     ckpt.proof = proof_from_header(hub.safetensors_header(repo, revision, ckpt.key), ckpt.key)
                 except (FileMissing, ApiError) as exc:
                     ckpt.proof = Proof(problem=str(exc))
+                    if not (isinstance(exc, ApiError) and exc.status == 200):  # 200: read, not a valid header
+                        result.errors.append(_failure(hub, repo, revision, exc))
     except RepoUnavailable as exc:
         result.unavailable = exc.reason
     except (FileMissing, ApiError) as exc:
-        result.errors.append(str(exc))
+        result.errors.append(_failure(hub, repo, revision, exc))
     result.checkpoints = [c for c in result.checkpoints if not c.proof.not_a_checkpoint]
     return result
+
+
+def _failure(hub: Hub, repo: str, revision: str, exc: FileMissing | ApiError) -> tuple[str, str]:
+    """(URL, reason) of a failed request, for the crawl's error list."""
+    if isinstance(exc, FileMissing):
+        return f"{hub.endpoint}/{repo}/resolve/{revision}/{exc.path}", "listed by the Hub, but not there (HTTP 404)"
+    url = exc.url if "://" in exc.url else f"{hub.endpoint}/{exc.url}"
+    return url, f"HTTP {exc.status}: {exc.detail}" if exc.status != 200 else exc.detail
 
 
 def git_oids(info) -> dict[str, str]:

@@ -4,6 +4,7 @@ recommendation to the first mirror the last check found alive."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crawler import families
@@ -17,8 +18,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 
-def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> OfficialCheck | None:
-    """None when the Hub could not be asked (a transient error): the previous check stays."""
+OnError = Callable[[str, str], None]  # (URL, reason) of a request that failed
+
+
+def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict,
+                 on_error: OnError | None = None) -> OfficialCheck | None:  # fmt: skip
+    """None when the Hub could not be asked (a transient error, told to ``on_error``): the previous check
+    stays."""
     wanted = spec.get("file")
 
     def check(**found) -> OfficialCheck:
@@ -29,7 +35,9 @@ def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict) -> Off
         info = hub.model_info(repo, files_metadata=True)
     except RepoUnavailable as exc:
         return check(alive=False, detail=f"HTTP {exc.status}: {exc.reason}")
-    except ApiError:
+    except ApiError as exc:
+        if on_error:
+            on_error(exc.url, f"HTTP {exc.status}: {exc.detail}; the previous check stays")
         return None
     if wanted is None:  # a diffusers repo recommended as a whole
         found = "model_index.json" in {s.rfilename for s in info.siblings or []}
@@ -56,20 +64,20 @@ def _file_facts(info, wanted: str, spec: dict) -> dict:
     return {"file_found": found, "size": size, "sha256": sha, "matches": found and not problems, "detail": detail}
 
 
-def check_all(engine: Engine, hub: Hub) -> list[OfficialCheck]:
+def check_all(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list[OfficialCheck]:
     checks = []
     for fam in families.all_families():
         for role in ("inpaint", "base"):
             spec = fam.get(role) or {}
             for mirror in spec.get("mirrors", []):
-                check = check_mirror(hub, fam["id"], role, mirror["repo"], spec)
+                check = check_mirror(hub, fam["id"], role, mirror["repo"], spec, on_error)
                 if check is not None:
                     checks.append(check)
     officials.save_checks(engine, checks)
     return checks
 
 
-def check_routes(engine: Engine, hub: Hub) -> list[RouteCheck]:
+def check_routes(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list[RouteCheck]:
     """The same check for every Hub file of the inpainting routes (data/routes.json), one Hub call per repo."""
     from data import load
 
@@ -83,8 +91,10 @@ def check_routes(engine: Engine, hub: Hub) -> list[RouteCheck]:
                     infos[repo] = hub.model_info(repo, files_metadata=True)
                 except RepoUnavailable as exc:
                     infos[repo] = exc
-                except ApiError:
+                except ApiError as exc:
                     infos[repo] = None  # not asked: the previous check stays
+                    if on_error:
+                        on_error(exc.url, f"HTTP {exc.status}: {exc.detail}; the previous check stays")
             info = infos[repo]
             found: dict[str, Any]
             if isinstance(info, RepoUnavailable):

@@ -125,16 +125,114 @@ def test_a_file_is_read_once_and_its_proof_survives_a_recrawl(world):
     assert verdict(db, 700, 0)[0] is True and verdict(db, 702, 0)[0] is False
 
 
-def test_a_storage_in_trouble_defers_the_proof_to_the_next_crawl(world):
+def proof_keys(db) -> set[str]:
+    with registry_layer.open_reader(db) as reader:
+        return {r[0] for r in reader.rows("SELECT key FROM headerproof")}
+
+
+def last_run(db) -> dict:
+    with registry_layer.open_reader(db) as reader:
+        row = reader.row("SELECT status, errors, first_errors, headers_read, headers_unreadable, headers_deferred "
+                         "FROM crawlrun ORDER BY id DESC LIMIT 1")  # fmt: skip
+    keys = ("status", "errors", "first_errors", "read", "unreadable", "deferred")
+    return dict(zip(keys, row[:2] + (json.loads(row[2] or "[]"),) + tuple(row[3:]), strict=True))
+
+
+def sha_of(db, vid: int) -> str:
+    with registry_layer.open_reader(db) as reader:
+        return reader.row("SELECT sha256 FROM file WHERE version_id = ?", (f"civitai:v{vid}",))[0]
+
+
+@pytest.mark.parametrize("trouble", ["503", "dropped connection"])
+def test_a_storage_in_trouble_defers_the_proof_to_the_next_crawl(world, trouble):
+    """A 503, or a connection dropped inside the header: the file was not read, so nothing is recorded and the
+    version keeps its metadata verdict untouched; the next crawl reads it."""
     _, storage, _, db = world
-    storage.blobs["7000"].status = 503
+    if trouble == "503":
+        storage.blobs["7000"].status = 503
+    else:
+        storage.blobs["7000"].drop_after = 100  # once: a few bytes of the header, then the connection goes
     summary = crawl(world)
-    assert summary.headers_read == 5 and summary.proofs_unreadable == 1  # 704's JSON page; 7000's 503: nothing
+    # 704's JSON page was read (and is not a checkpoint); 7000 was not read at all
+    assert (summary.headers_read, summary.proofs_unreadable, summary.proofs_deferred) == (4, 1, 1)
+    assert sha_of(db, 7000) not in proof_keys(db) and len(proof_keys(db)) == 4
     is_inp, conf, evidence = verdict(db, 700, 0)
     assert not any("header" in e or "could not be read" in e for e in evidence)
+    # the error is named: the download URL asked (not the signed storage URL), and why
+    assert summary.errors == 1 and summary.first_errors[0].url.endswith("/api/download/models/7000")
+    reason = summary.first_errors[0].reason
+    assert ("HTTP 503" in reason if trouble == "503" else "dropped" in reason) and "next crawl" in reason
+    assert last_run(db) == {"status": "ok", "errors": 1, "first_errors": [
+        {"source": "civitai", "url": summary.first_errors[0].url, "reason": reason}],
+        "read": 4, "unreadable": 1, "deferred": 1}  # fmt: skip
     storage.blobs["7000"].status = None
     summary = crawl(world)
-    assert summary.headers_read == 1 and verdict(db, 700, 0)[:2] == (True, detect.PROOF)
+    assert (summary.headers_read, summary.proofs_deferred, summary.errors) == (1, 0, 0)
+    assert verdict(db, 700, 0)[:2] == (True, detect.PROOF) and sha_of(db, 7000) in proof_keys(db)
+
+
+def test_a_download_that_is_gone_is_recorded_once_and_named(world):
+    fake, _, _, db = world
+    del fake.downloads["7000"]  # Civitai answers 404
+    summary = crawl(world)
+    assert (summary.headers_read, summary.proofs_unreadable, summary.proofs_deferred) == (5, 2, 0)
+    assert summary.errors == 1 and "HTTP 404: the download is gone" in summary.first_errors[0].reason
+    assert "could not be read" in verdict(db, 700, 0)[2][-1] and sha_of(db, 7000) in proof_keys(db)
+    asked = lambda: sum(r["path"] == "/api/download/models/7000" for r in fake.requests)  # noqa: E731
+    before = asked()
+    again = crawl(world)
+    assert again.headers_read == 0 and again.errors == 0 and asked() == before  # not asked again
+
+
+def test_without_an_api_key_nothing_is_proven_and_a_crawl_with_one_reads_them(world, monkeypatch):
+    """Civitai answers 401 to a download without a key: those files are not read, so no proof (failed or
+    otherwise) is stored and the summary says they wait; a crawl with the key reads them all."""
+    from tests.conftest import cli_env, run_cli
+
+    fake, storage, url, db = world
+    monkeypatch.delenv("CIVITAI_API_TOKEN", raising=False)
+    result = run_cli("crawl", "civitai", "--db", db, "--url", url, "--json", env=cli_env())
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout)
+    assert (first["headers_read"], first["proofs_unreadable"], first["proofs_deferred"]) == (0, 0, 5)
+    assert not storage.requests and not proof_keys(db)  # nothing read, nothing recorded
+    assert first["errors"] == 5 and len(first["first_errors"]) == 5
+    assert all(e["source"] == "civitai" and "/api/download/models/" in e["url"] and "HTTP 401" in e["reason"]
+               and "CIVITAI_API_TOKEN" in e["reason"] for e in first["first_errors"])  # fmt: skip
+    record = last_run(db)
+    assert (record["read"], record["unreadable"], record["deferred"], record["errors"]) == (0, 0, 5, 5)
+    assert record["first_errors"] == first["first_errors"]
+    assert not any("header" in e or "could not be read" in e for e in verdict(db, 700, 0)[2])
+
+    second = crawl(world)  # with the key
+    assert (second.headers_read, second.proofs_unreadable, second.proofs_deferred) == (5, 1, 0)
+    assert verdict(db, 700, 0)[:2] == (True, detect.PROOF) and len(proof_keys(db)) == 5
+    assert last_run(db)["deferred"] == 0 and last_run(db)["read"] == 5
+
+
+def test_the_table_counts_read_unreadable_and_not_read_apart(world, monkeypatch):
+    from tests.conftest import cli_env, run_cli
+
+    _, _, url, db = world
+    monkeypatch.delenv("CIVITAI_API_TOKEN", raising=False)
+    out = run_cli("crawl", "civitai", "--db", db, "--url", url, env=cli_env(COLUMNS="200"))
+    assert out.returncode == 0, out.stderr
+    rows = {" ".join(r.split()[:-1]): r.split()[-1] for r in out.stdout.splitlines() if r.split()[-1:] != []}
+    assert rows["file headers read (ambiguous versions)"] == "0"
+    assert rows["not read yet (read by a later crawl)"] == "5" and rows["errors"] == "5"
+    assert out.stdout.count("HTTP 401: the file needs a Civitai API key") == 3 and "and 2 more" in out.stdout
+
+
+def test_a_429_stops_the_header_reads_for_this_crawl(world):
+    _, storage, _, db = world
+    for blob in storage.blobs.values():
+        blob.status = 429
+    summary = crawl(world)
+    assert (summary.headers_read, summary.proofs_deferred) == (0, 1) and len(storage.requests) == 1
+    assert "stopped" in summary.first_errors[0].reason and not proof_keys(db)
+    for blob in storage.blobs.values():
+        blob.status = None
+    assert crawl(world).headers_read == 5
 
 
 def test_the_budget_bounds_a_crawl_and_the_rest_wait(world):

@@ -172,12 +172,48 @@ def test_exhausted_retries_fail_clearly_and_the_next_crawl_resumes(engine, serve
     fake.faults = [Fault(500)] * FAST.attempts
     with pytest.raises(RetriesExhausted, match="gave up on .* after 4 attempts: HTTP 500"):
         civitai.crawl(engine, base_url=url, policy=FAST)
-    run = one(engine, "SELECT status, cursor, pages, errors FROM crawlrun ORDER BY id DESC")
+    run = one(engine, "SELECT status, cursor, pages, errors, first_errors FROM crawlrun ORDER BY id DESC")
     assert run[0] == "failed" and run[1] and run[2] == 2 and run[3] == 1
+    [note] = json.loads(run[4])  # the error, named in the run record
+    assert note["source"] == "civitai" and note["url"] == "/api/v1/models" and "after 4 attempts" in note["reason"]
     summary = civitai.crawl(engine, base_url=url, policy=FAST)
     assert summary.resumed and summary.status == "ok"
     assert one(engine, "SELECT count(*) FROM model")[0] == 400
     assert one(engine, "SELECT count(*) FROM crawlrun")[0] == 1  # the same run, continued
+    # ...which keeps the errors of its earlier start, then this one's (the fake serves no file: each ambiguous
+    # version's download is gone)
+    errors, stored = one(engine, "SELECT errors, first_errors FROM crawlrun")
+    assert summary.errors > 0 and errors == 1 + summary.errors
+    assert json.loads(stored)[0] == note and len(json.loads(stored)) == min(runs.MAX_ERRORS, errors)
+    assert all("HTTP 404: the download is gone" in n["reason"] for n in json.loads(stored)[1:])
+
+
+def test_max_pages_stops_as_asked_not_interrupted_and_the_next_crawl_goes_on(registry_db, serve):
+    url = serve(FakeCivitai(synthetic_catalogue(250)))
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
+    result = run_cli("crawl", "civitai", "--url", url, "--max-pages", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("crawl stopped (run 1, full)") and "interrupted" not in result.stdout
+    assert "stopped after 2 pages as asked (--max-pages); run again to go on" in result.stdout
+    engine = registry.connect(registry_db)
+    assert one(engine, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
+    as_json = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert as_json["last_runs"][0]["status"] == "stopped" and as_json["last_runs"][0]["errors"] == 0
+    done = json.loads(run_cli("crawl", "civitai", "--url", url, "--json", env=env).stdout)
+    assert done["resumed"] and done["status"] == "ok" and done["note"] is None and done["pages"] == 1
+    assert one(engine, "SELECT count(*) FROM model")[0] == 250
+
+
+def test_an_error_note_has_no_secret_and_the_list_is_bounded(monkeypatch):
+    monkeypatch.setenv("CIVITAI_API_TOKEN", "civitai-s3cret-9f2")
+    summary = civitai.CrawlSummary(run_id=1, mode="full", resumed=False)
+    for n in range(runs.MAX_ERRORS + 7):
+        summary.note_error("civitai", f"https://civitai.red/api/download/models/{n}?token=civitai-s3cret-9f2",
+                           f"HTTP 500 echoing civitai-s3cret-9f2\n   {n}")  # fmt: skip
+    assert summary.errors == runs.MAX_ERRORS + 7 and len(summary.first_errors) == runs.MAX_ERRORS
+    first = summary.first_errors[0]
+    assert first.url == "https://civitai.red/api/download/models/0?token=***"
+    assert first.reason == "HTTP 500 echoing *** 0"
 
 
 def test_a_second_crawl_on_the_same_registry_is_refused(registry_db, serve):
@@ -319,3 +355,19 @@ def test_status_shows_counts_per_family_and_coverage(registry_db, serve):
     assert st["unknown_base_models"] == [["Hyper Future 9000", 1]]
     human = run_cli("status", "--db", registry_db)
     assert "sd1" in human.stdout and "83.3%" in human.stdout and "Hyper Future 9000" in human.stdout
+
+
+def test_crawl_all_names_each_sources_errors():
+    from rich.console import Console
+
+    from advisor import render
+    from crawler.crawl_all import AllSummary, SourceResult
+
+    s = civitai.CrawlSummary(run_id=1, mode="full", resumed=False, status="ok")
+    for n in range(5):
+        s.note_error("civitai", f"https://civitai.red/api/download/models/{n}", "HTTP 503; not read")
+    console = Console(record=True, width=100)
+    render.crawl_all_summary(console, AllSummary("full", [SourceResult("civitai", "ok", 1.0, s)]))
+    text = console.export_text()
+    assert "civitai: 5 errors" in text and text.count("HTTP 503; not read") == 3 and "and 2 more" in text
+    assert "/api/download/models/0" in text and "/api/download/models/3" not in text

@@ -150,7 +150,9 @@ def test_retries_run_out_with_a_clear_error_then_resume(engine, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=2)
     url = hub_url(fake)
     first = crawl(engine, url, max_pages=5, check_officials=False)
-    assert first.status == "interrupted"
+    assert first.status == "stopped"
+    assert first.note == "stopped after 5 pages as asked (--max-pages); run again to go on"
+    assert one(engine, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
     fake.faults = [Fault(429, ratelimit_reset=1) for _ in range(4)]
     with pytest.raises(RetriesExhausted, match="gave up on .* after 4 attempts: HTTP 429"):
         crawl(engine, url)
@@ -296,7 +298,7 @@ def test_unknown_repo_endpoint_is_a_clear_error(registry_db):
 def test_a_cursor_from_another_query_list_restarts_the_listings(engine, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=2)
     url = hub_url(fake)
-    assert crawl(engine, url, max_pages=3, check_officials=False).status == "interrupted"
+    assert crawl(engine, url, max_pages=3, check_officials=False).status == "stopped"
     stale = json.dumps({"query": 2, "next": "/api/models?stale=1", "label": "a listing data/ no longer has"})
     with engine.begin() as conn:
         conn.execute(text("UPDATE crawlrun SET cursor = :c"), {"c": stale})
@@ -305,3 +307,39 @@ def test_a_cursor_from_another_query_list_restarts_the_listings(engine, hub_url)
     assert done.resumed and done.status == "ok"
     assert not any("stale=1" in r for r in fake.requests)
     assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
+
+
+def test_every_error_is_named_in_the_summary_the_run_record_and_status(registry_db, hub_url):
+    """Requests that fail without stopping the crawl (a config read answered 400, an official mirror the Hub
+    would not describe) are each kept with their URL and reason: in the table (a few, then how many more),
+    in the run record, and in `status` and `status --json` (the last run of each source)."""
+    broken = ["dreamer/dreamvision", "dreamer/dreamvision-inpainting", "misc/not-really-inpaint", "xlfan/xl-merge",
+              "xlfan/no-card"]  # fmt: skip
+    faults = [Fault(400, path_prefix=f"/{repo}/resolve/") for repo in broken]
+    fake = FakeHub(fixture_hub(), faults=faults + [Fault(400, path_prefix=f"/api/models/{OFFICIAL_SD1}")])
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db, COLUMNS="200")
+    result = run_cli("crawl", "hf", "--hf-endpoint", hub_url(fake), "--retries", "2", "--backoff", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert not fake.faults  # every fault was met
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["errors", "6"] for line in lines)
+    shown = [i for i, line in enumerate(lines) if line.strip().startswith("hf: HTTP 400")]  # each with its URL
+    assert len(shown) == 3 and all("/resolve/" in lines[i + 1] or "/api/models/" in lines[i + 1] for i in shown)
+    assert "and 3 more (--json lists the first 50)" in result.stdout
+
+    engine = registry.connect(registry_db)
+    errors, stored = one(engine, "SELECT errors, first_errors FROM crawlrun")
+    notes = json.loads(stored)
+    assert errors == 6 and len(notes) == 6 and {n["source"] for n in notes} == {"hf"}
+    assert sorted(n["url"].split("/resolve/")[0].split("/", 3)[-1] for n in notes if "/resolve/" in n["url"]) \
+        == sorted(broken)  # fmt: skip
+    assert any(n["url"].endswith(f"/api/models/{OFFICIAL_SD1}") and "previous check stays" in n["reason"]
+               for n in notes)  # fmt: skip
+    assert all(n["reason"].startswith("HTTP 400") for n in notes)
+
+    status = json.loads(run_cli("status", "--json", env=env).stdout)
+    last = {r["source"]: r for r in status["last_runs"]}
+    assert last["hf"]["errors"] == 6 and last["hf"]["first_errors"] == notes
+    human = run_cli("status", env=env).stdout
+    assert "errors of the last hf crawl" in human and "and 3 more" in human
+    assert sum(line.strip().startswith("hf: HTTP 400") for line in human.splitlines()) == 3

@@ -41,8 +41,8 @@ def crawl_civitai(
       inpaint-advisor crawl civitai --incremental   # only what changed
       inpaint-advisor crawl civitai --max-pages 50  # a slice; run again to go on
 
-    Exit status: 0 done, 1 failed or another crawl is running (run again to resume), 2 usage or registry
-    error, 130 interrupted.
+    Exit status: 0 done (or stopped at --max-pages), 1 failed or another crawl is running (run again to
+    resume), 2 usage or registry error, 130 interrupted.
     """  # noqa: D301
     from crawler import civitai
     from crawler.http import RetryPolicy

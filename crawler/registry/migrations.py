@@ -132,6 +132,19 @@ def m009_header_proofs(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.HeaderProof)])
 
 
+def m010_crawl_run_errors(conn: Connection) -> None:
+    """Each crawl run's errors in detail (the first 50) and its header reads counted apart: read, unreadable,
+    not read yet."""
+    from sqlalchemy import inspect
+
+    have = {c["name"] for c in inspect(conn).get_columns("crawlrun")}  # m001 may have made them
+    if "first_errors" not in have:
+        conn.exec_driver_sql("ALTER TABLE crawlrun ADD COLUMN first_errors VARCHAR")
+    for name in ("headers_read", "headers_unreadable", "headers_deferred"):
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE crawlrun ADD COLUMN {name} INTEGER DEFAULT '0' NOT NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     id: int
@@ -149,6 +162,7 @@ MIGRATIONS = [
     Migration(7, "team-mode job runs", m007_job_runs),
     Migration(8, "file name and spaceless model name indexes", m008_name_indexes),
     Migration(9, "Civitai header proofs", m009_header_proofs),
+    Migration(10, "crawl run errors and header read counts", m010_crawl_run_errors),
 ]
 assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.SCHEMA_VERSION is out of date"
 

@@ -1,8 +1,9 @@
 """Crawl runs: one writer per source at a time, and resuming where a killed or failed run stopped."""
 
+import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, update
@@ -11,9 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from crawler.registry.schema import CrawlLock, CrawlRun
+from merge import portable
 
 # A lock whose holder has not written a page for this long is considered abandoned (a crashed other host).
 STALE_AFTER = timedelta(minutes=15)
+# A run left in one of these states with a cursor is continued by the next start of the same mode.
+RESUMABLE = ("interrupted", "failed", "stopped")
 
 
 def utcnow() -> datetime:
@@ -30,19 +34,30 @@ class CrawlLocked(Exception):
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return portable.pid_alive(pid)  # a zombie (a killed crawl its parent has not reaped) holds nothing
 
 
 def _is_stale(lock: CrawlLock, host: str, now: datetime) -> bool:
     if lock.host == host:
         return not _pid_alive(lock.pid)
     return now - lock.heartbeat_at > STALE_AFTER
+
+
+MAX_ERRORS = 50  # errors a run keeps with their detail (every one is counted)
+
+
+@dataclass
+class ErrorNote:
+    """One error a crawl met: where and why, secrets removed."""
+
+    source: str  # civitai | hf
+    url: str  # what was asked (tokens and secret parameters removed); "" where no one request failed
+    reason: str  # why: the answer (HTTP status and the server's message) or the failure, and what comes of it
+
+
+def stopped_note(pages: int) -> str:
+    """What a crawl that stopped at ``--max-pages`` says: not a failure, and how to go on."""
+    return f"stopped after {pages} page{'s' if pages != 1 else ''} as asked (--max-pages); run again to go on"
 
 
 @dataclass
@@ -57,19 +72,32 @@ class RunSummary:
     new_inpainting: int = 0
     new_links: int = 0
     retries: int = 0
-    errors: int = 0
-    status: str = "running"
-    error: str | None = None
+    errors: int = 0  # every error this crawl met (a failed request, a file not read), counted
+    first_errors: list[ErrorNote] = field(default_factory=list)  # the first 50 of them, each with its URL and reason
+    status: str = "running"  # ok | stopped (at --max-pages: run again to go on) | failed | interrupted
+    error: str | None = None  # why the crawl failed
+    note: str | None = None  # how it stopped short, where it did
+
+    def note_error(self, source: str, url: str, reason: str) -> None:
+        """Count an error and keep its detail (the first MAX_ERRORS), tokens and URL secrets removed."""
+        from crawler.http import redact, scrub
+
+        self.errors += 1
+        if len(self.first_errors) < MAX_ERRORS:
+            shown = redact(scrub(url)) if url else ""
+            self.first_errors.append(ErrorNote(source, shown, scrub(" ".join(reason.split()))[:300]))
+
+    def run_counts(self) -> dict[str, int]:
+        """Counts of this source that its run record keeps (``CrawlRun`` columns)."""
+        return {}
 
 
 def record_failure(engine: Engine, run: CrawlRun, summary: RunSummary, exc: BaseException) -> None:
-    """The run stops: keep its cursor for the next start, count the error, release the lock."""
-    summary.status, summary.error = "failed", str(exc) or type(exc).__name__
-    summary.errors += 1
-    with Session(engine) as session:
-        session.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(errors=col(CrawlRun.errors) + 1))
-        session.commit()
-    finish(engine, run, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", summary.error)
+    """The run stops: keep its cursor for the next start, record the error, release the lock."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    summary.status, summary.error = status, str(exc) or type(exc).__name__
+    summary.note_error(run.source, str(getattr(exc, "url", "") or ""), summary.error)
+    finish(engine, run, status, summary.error, summary)
 
 
 @dataclass
@@ -87,7 +115,7 @@ class Started:
 def start(
     engine: Engine, source: str, mode: str, *, since: datetime | None = None, period: str | None = None
 ) -> Started:
-    """Take the source's lock, then resume its last interrupted/failed run or open a new one."""
+    """Take the source's lock, then resume its last stopped, interrupted or failed run or open a new one."""
     host, pid, now = socket.gethostname(), os.getpid(), utcnow()
     for _ in range(3):
         try:
@@ -120,7 +148,7 @@ def start(
             select(CrawlRun).where(CrawlRun.source == source).order_by(col(CrawlRun.id).desc()).limit(1)
         ).first()
         resumed = False
-        if last is not None and last.status in ("interrupted", "failed") and last.cursor and last.mode == mode:
+        if last is not None and last.status in RESUMABLE and last.cursor and last.mode == mode:
             resumed = True
             run = last
             run.status, run.host, run.pid, run.heartbeat_at, run.last_error = "running", host, pid, now, None
@@ -146,11 +174,20 @@ def start(
     return Started(run, resumed)
 
 
-def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None) -> None:
+def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None,
+           summary: RunSummary | None = None) -> None:  # fmt: skip
+    """Close the run (``stopped``: at --max-pages, resumed by the next start) and release the lock; with
+    ``summary``, its errors are added to the run's (a resumed run keeps those of its earlier starts)."""
     with Session(engine) as session:
-        values = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
+        values: dict = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
         if status == "ok":
             values.update(finished_at=utcnow(), cursor=None)
+        if summary is not None:
+            kept = session.exec(select(CrawlRun.first_errors).where(col(CrawlRun.id) == run.id)).first()
+            notes = json.loads(kept) if kept else []
+            notes += [asdict(n) for n in summary.first_errors][: max(0, MAX_ERRORS - len(notes))]
+            values.update(errors=col(CrawlRun.errors) + summary.errors, first_errors=json.dumps(notes) if notes
+                          else None, **summary.run_counts())  # fmt: skip
         session.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(**values))
         session.execute(delete(CrawlLock).where(col(CrawlLock.source) == run.source, col(CrawlLock.pid) == run.pid))
         session.commit()

@@ -172,7 +172,7 @@ class CrawlRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(foreign_key="source.id", index=True)
     mode: str  # "full" | "incremental"
-    status: str = Field(index=True)  # "running" | "ok" | "failed" | "interrupted"
+    status: str = Field(index=True)  # "running" | "ok" | "stopped" (--max-pages) | "failed" | "interrupted"
     started_at: datetime
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
@@ -185,8 +185,14 @@ class CrawlRun(SQLModel, table=True):
     items: int = 0
     versions: int = 0
     new_inpainting: int = 0
-    errors: int = 0
+    errors: int = 0  # every error the run met
     last_error: str | None = None
+    first_errors: str | None = None  # JSON: the first 50 errors, [{"source", "url", "reason"}, ...]
+    # Civitai's header proofs: files read (unreadable ones included); of those, not a checkpoint, malformed or
+    # gone (404/410); and files not read (401/403/429/5xx, a dropped connection: asked again by the next crawl)
+    headers_read: int = 0
+    headers_unreadable: int = 0
+    headers_deferred: int = 0
 
 
 class CrawlLock(SQLModel, table=True):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from crawler.registry.errors import NewerRegistry, NotARegistry
 
-SCHEMA_VERSION = 9  # len(migrations.MIGRATIONS); checked there
+SCHEMA_VERSION = 10  # len(migrations.MIGRATIONS); checked there
 MIGRATION_TABLE = "schema_migration"
 LEGACY_TABLES = {"model", "meta"}  # what a registry made before migrations always has
 

@@ -1,14 +1,16 @@
 """What the registry holds: counts per family, inpainting coverage, unknown base models, recent crawls."""
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import col
 
 from crawler.registry.engine import where
 from crawler.registry.reader import unchanged
+from crawler.registry.runs import ErrorNote
 from crawler.registry.schema import (
     Artifact,
     CrawlRun,
@@ -19,6 +21,7 @@ from crawler.registry.schema import (
     OfficialCheck,
     SameFile,
     Version,
+    table_of,
 )
 
 
@@ -40,14 +43,38 @@ class RunInfo:
     id: int
     source: str
     mode: str
-    status: str
+    status: str  # running | ok | stopped (--max-pages: resumable) | failed | interrupted
     started_at: datetime
     finished_at: datetime | None
     pages: int
     items: int
-    errors: int
+    errors: int  # every error the run met
     cursor: str | None
     last_error: str | None
+    first_errors: list[ErrorNote] = field(default_factory=list)  # the first 50 errors, with URL and reason
+    headers_read: int = 0  # Civitai: files whose header proof was recorded (the unreadable ones included)
+    headers_unreadable: int = 0  # Civitai: of those, not a checkpoint, malformed, or gone (404, 410)
+    headers_deferred: int = 0  # Civitai: files not read (401/403, 429, 5xx, a dropped connection): asked again
+
+
+def _run_info(r) -> RunInfo:
+    """A ``crawlrun`` row as read by ``run_columns`` (an older registry lacks the newer columns)."""
+    m = r._mapping
+    try:
+        notes = [ErrorNote(**n) for n in json.loads(m.get("first_errors") or "[]")]
+    except (ValueError, TypeError):
+        notes = []
+    return RunInfo(r.id, r.source, r.mode, r.status, r.started_at, r.finished_at, r.pages, r.items, r.errors,
+                   r.cursor, r.last_error, notes, m.get("headers_read", 0), m.get("headers_unreadable", 0),
+                   m.get("headers_deferred", 0))  # fmt: skip
+
+
+def run_columns(conn: Connection) -> list:
+    """The ``crawlrun`` columns this registry has: `status` reads an older one as it is."""
+    from sqlalchemy import inspect
+
+    have = {c["name"] for c in inspect(conn).get_columns("crawlrun")}
+    return [c for c in table_of(CrawlRun).c if c.name in have]
 
 
 @dataclass
@@ -88,7 +115,8 @@ class RegistryStatus:
     officials: list[OfficialInfo] = field(default_factory=list)  # empty until a Hugging Face crawl ran
     families: list[FamilyCount] = field(default_factory=list)
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
-    runs: list[RunInfo] = field(default_factory=list)
+    runs: list[RunInfo] = field(default_factory=list)  # the most recent crawls, newest first
+    last_runs: list[RunInfo] = field(default_factory=list)  # the newest crawl of each source, with its errors
     builds: list[BuildInfo] = field(default_factory=list)  # what `build` made or fetched here, newest first
 
 
@@ -147,22 +175,12 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
             ).all()
             if bm is not None  # as the query asks
         ]
-        for r in conn.execute(select(CrawlRun).order_by(col(CrawlRun.id).desc()).limit(recent_runs)).all():
-            status.runs.append(
-                RunInfo(
-                    r.id,
-                    r.source,
-                    r.mode,
-                    r.status,
-                    r.started_at,
-                    r.finished_at,
-                    r.pages,
-                    r.items,
-                    r.errors,
-                    r.cursor,
-                    r.last_error,
-                )
-            )
+        columns = run_columns(conn)
+        for r in conn.execute(select(*columns).order_by(col(CrawlRun.id).desc()).limit(recent_runs)).all():
+            status.runs.append(_run_info(r))
+        newest = select(func.max(col(CrawlRun.id))).group_by(col(CrawlRun.source)).scalar_subquery()
+        for r in conn.execute(select(*columns).where(col(CrawlRun.id).in_(newest)).order_by(col(CrawlRun.source))):
+            status.last_runs.append(_run_info(r))
     if "artifact" in status_tables(engine):
         with engine.connect() as conn:
             for a in conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(recent_runs * 2)):
@@ -201,8 +219,8 @@ def source_runs(engine: Engine) -> list[SourceRuns]:
             conn.execute(select(col(CrawlRun.source), func.max(col(CrawlRun.finished_at)))
                          .where(col(CrawlRun.status) == "ok").group_by(col(CrawlRun.source))).all()
         )  # fmt: skip
-        newest: dict[str, Row[CrawlRun]] = {}
-        for r in conn.execute(select(CrawlRun).order_by(col(CrawlRun.id).desc())).all():
+        newest: dict[str, Row] = {}
+        for r in conn.execute(select(*run_columns(conn)).order_by(col(CrawlRun.id).desc())).all():
             newest.setdefault(r.source, r)
         out = []
         for (sid,) in conn.execute(select(col(Source.id)).order_by(col(Source.id))).all():
