@@ -104,6 +104,16 @@ def registry_db(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "registry.db")
         return
+    with pg.fresh_database(migrated=True) as url:  # a registry already, as registry.connect makes on SQLite
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request, tmp_path):
+    """Like ``registry_db``, but on PostgreSQL an empty database (for loading an old registry's dump)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "registry.db")
+        return
     with pg.fresh_database() as url:
         yield url
 

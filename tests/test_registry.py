@@ -22,13 +22,13 @@ CONTENT = ["model", "version", "file", "inpaintlink", "samefile", "officialcheck
 
 
 @pytest.fixture
-def legacy_db(registry_db):
+def legacy_db(empty_db):
     """The registry as the code on main at 69bbd5e left it (a Civitai crawl and a Hugging Face crawl)."""
-    if "://" in registry_db:
-        pg.run_sql(registry_db, (LEGACY / "registry-v5.pg.sql").read_text())
+    if "://" in empty_db:
+        pg.run_sql(empty_db, (LEGACY / "registry-v5.pg.sql").read_text())
     else:
-        shutil.copy(LEGACY / "registry-v5.sqlite", registry_db)
-    return registry_db
+        shutil.copy(LEGACY / "registry-v5.sqlite", empty_db)
+    return empty_db
 
 
 def rows_of(db: str) -> dict[str, list]:
