@@ -307,11 +307,12 @@ def _bytes(need: _Need) -> int:
     return (need.source.size or 0) if need.source is not None and _state(need) != "cached" else 0
 
 
-def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], offline: bool) -> Path:
+def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], offline: bool,
+         warnings: list[str] | None = None) -> Path:  # fmt: skip
     """The need's path on disk, downloading what is missing."""
     if need.files:
         for part in need.files:
-            _get(part, progress, records, offline)
+            _get(part, progress, records, offline, warnings)
         return need.folder
     if need.source is None:
         assert need.local is not None  # a need is a folder's files, a file on disk, or a file to fetch
@@ -330,6 +331,8 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
         raise BuildError(str(exc), exc.code) from None
     verified = got.verified or (need.git_oid is not None and _check_git_oid(need, got.path))
     records.append(FetchRecord(got.url, str(got.path), got.bytes, got.resumed, verified, got.reused))
+    if warnings is not None:
+        warnings.extend(got.warnings)  # the file is good; its bookkeeping could not be written (a full disk)
     need.checked = verified
     return got.path
 
@@ -433,7 +436,7 @@ def _fetch_instead(found: LookupResult, match: Match, rec: ladder.Recommendation
         result.action = "planned"
         return True
     _check_space(out_dir, result.disk_needed)
-    path = _get(need, progress, result.downloads, offline)
+    path = _get(need, progress, result.downloads, offline, result.warnings)
     result.action = action
     result.output = _output(path)
     result.verified = _verified(need)
@@ -546,7 +549,7 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
     from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
     _check_space(files_dir(), sum(_bytes(n) for n in needs))
-    paths = {n.role: _get(n, progress, result.downloads, offline) for n in needs}
+    paths = {n.role: _get(n, progress, result.downloads, offline, result.warnings) for n in needs}
     for n in needs:
         result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity if len(n.identity) == 64 else None,
                                            n.source.url if n.source else ("local" if n.local else "hf-folder"),
@@ -695,7 +698,7 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
             pair = None if isinstance(exc, prepared.Gone) else pair
             result.warnings.append(str(exc) if pair is None else f"{exc}: merged from A, B and C")
             for n in (a, c):
-                paths[n.role] = _get(n, progress, result.downloads, offline)
+                paths[n.role] = _get(n, progress, result.downloads, offline, result.warnings)
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,
                                                    n.source.url if n.source else "local", _verified(n))  # fmt: skip
     plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype, device=device)

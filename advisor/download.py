@@ -9,24 +9,31 @@ resumable, verified, and never a bad file under a final name.
 - Redirects are followed here, not by the client: the token goes to the first host only (Civitai's 307 to
   signed storage carries no Authorization), and a redirect to a login page is a login wall.
 - Refused before a byte is saved, each with one line that says why and what to do: 401 (login wall), 403 (no
-  access, early access), 404, 451 (region block), a JSON or HTML body where a model was expected, a size far
-  from the one the registry records.
+  access, early access), 404, 451 (region block), a JSON, HTML or text body where a model was expected (told
+  from its first bytes, whatever its Content-Type says), a size far from the one the registry records.
 - SHA256 is computed while the bytes stream (a resumed file's first part is read once); a mismatch with the
   registry's hash removes the file and says so with both hashes; with no known hash the result says
   ``verified=False``. Only then is the file renamed to its final name (from Content-Disposition, reduced to a
-  safe basename; nothing is written outside the target folder).
+  safe basename; nothing is written outside the target folder). The sidecar lives in that folder, which others
+  may write: it is read like a stranger's text, and one with a name that is not a safe basename, or any field
+  of the wrong kind, is ignored (the download starts over). The partial file is never followed through a link.
+- A complete, verified file is done even where the record of it cannot be written (a disk that fills at the
+  very end): that is a warning, and the next run finds the file under its final name by its SHA256.
 - A lock per file (``filelock``: flock on POSIX, LockFileEx on Windows) makes two builds share one download:
   the second waits, then finds it done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -34,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from filelock import FileLock
 
-from advisor.safety import safe_filename
+from advisor.safety import safe_filename, terminal_text
 from crawler.http import (
     RedirectError,
     Retryable,
@@ -47,10 +54,19 @@ from crawler.http import (
 )
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
+from merge.header import MAX_HEADER, CheckpointError
 
 CHUNK = 1 << 20
 SIZE_TOLERANCE = 0.02  # Civitai records sizes in (rounded) KB; a 2 % difference is a different file
 _PREFIX = ".inpaint-advisor-"
+_SNIFF = 4096  # the first bytes of a body that tell a page of text from a model file
+_TEXT_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t\n\r\f\v"  # any encoding's text
+_MAX_SIDECAR = 64 * 1024  # a sidecar or record is a few hundred bytes: anything far larger is not one
+_MAX_VALIDATOR = 1024
+# opening what a stranger may have planted: not through a link, and never waiting on a FIFO (Windows has neither)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class DownloadError(Exception):
@@ -82,6 +98,7 @@ class Downloaded:
     resumed: bool
     verified: bool  # matched a known SHA256
     reused: bool = False  # was already there: nothing fetched
+    warnings: list[str] = field(default_factory=list)  # the file is good, but its bookkeeping could not be written
 
 
 def _key(url: str) -> str:
@@ -97,15 +114,42 @@ def _filename(response: httpx.Response) -> str | None:
     return message.get_filename()
 
 
+def _is_model(first: bytes) -> bool:
+    """Whether a body starts as a checkpoint does: safetensors (an 8-byte little-endian header length, then the
+    header's ``{``: its first byte may itself be ``{``, ``[`` or ``<``), torch's zip (.ckpt, .pt, .bin) or a
+    bare pickle (protocol 2-5). A diffusers folder's weights are one of these too."""
+    if len(first) >= 9 and first[8:9] == b"{" and 2 <= int.from_bytes(first[:8], "little") <= MAX_HEADER:
+        return True
+    return first.startswith(b"PK\x03\x04") or (first[:1] == b"\x80" and first[1:2] in (b"\x02", b"\x03", b"\x04",
+                                                                                  b"\x05"))  # fmt: skip
+
+
+def _text(first: bytes) -> bytes | None:
+    """The first few KB of a body as text (a byte-order mark dropped, UTF-16 made UTF-8), or None where they hold
+    a control byte, as every binary format does within its first bytes."""
+    sample = first[:_SNIFF]
+    if sample.startswith(b"\xef\xbb\xbf"):
+        sample = sample[3:]
+    elif sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        sample = sample[: len(sample) // 2 * 2].decode("utf-16", "replace").encode()
+    return None if sample.translate(None, _TEXT_BYTES) else sample
+
+
 def _body_kind(content_type: str, first: bytes) -> str | None:
-    """"a JSON" or "an HTML" page where a model file was expected (an error answer saved as a model is the
-    classic)."""
-    head = first.lstrip()[:64].lower()
-    if "json" in content_type or head.startswith((b"{", b"[")) and b'"' in head[:4]:
-        return "a JSON"
-    if "html" in content_type or head.startswith((b"<!doctype", b"<html", b"<?xml")):
+    """"a JSON", "an HTML" or "a text" page where a model file was expected (an error answer saved as a model is
+    the classic), told from the first bytes whatever the Content-Type says (a JSON error sent as
+    application/octet-stream, a page that starts with a comment); None for what starts as a model does."""
+    if not first or _is_model(first):
+        return None
+    ctype = content_type.lower()
+    text = _text(first)
+    head = (first[:_SNIFF] if text is None else text).lstrip()[:64].lower()
+    if "html" in ctype or head.startswith((b"<!doctype", b"<html", b"<?xml", b"<!--")) or (
+            text is not None and head.startswith(b"<")):  # fmt: skip
         return "an HTML"
-    return None
+    if "json" in ctype or head.startswith((b"{", b"[")) and (text is not None or b'"' in head[:4]):
+        return "a JSON"
+    return "a text" if text is not None else None
 
 
 def _message_of(response: httpx.Response) -> str:
@@ -155,6 +199,73 @@ def _bookkeeping() -> Path:
     return folder
 
 
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _safe_name(name: object) -> str | None:
+    """``name`` where it is a file name a download could have been given: what ``safe_filename`` makes of it is
+    itself (one path component, no ``..``, not hidden, no control characters), so the target stays in its
+    folder; None for anything else (``../../.ssh/authorized_keys``, an absolute path, not a string)."""
+    if not isinstance(name, str) or not name or safe_filename(name, "") != name or Path(name).name != name:
+        return None
+    return name
+
+
+def _read_small(path: Path) -> bytes | None:
+    """A small regular file's bytes; None where it is missing, a link, not a regular file (a FIFO planted in a
+    shared folder would block a plain open forever), too large or unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _BINARY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SIDECAR:
+                return None
+            data = f.read(_MAX_SIDECAR + 1)
+        except OSError:
+            return None
+    return data if len(data) <= _MAX_SIDECAR else None
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """``data`` in a new file at ``path`` (whatever was there, a planted link included, removed, not followed)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """``value`` as ``path``, whole or not at all (a full disk leaves the old file, or none)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        _write_new(tmp, json.dumps(value).encode())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _checked_state(raw: bytes | None, url: str) -> dict | None:
+    """A sidecar's fields when it is this URL's and each is of the kind ``_transfer`` writes; None otherwise."""
+    try:
+        state = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(state, dict) or state.get("url") != url:
+        return None
+    validator, size, name = state.get("validator"), state.get("size"), state.get("name")
+    if validator is not None and not (isinstance(validator, str) and len(validator) <= _MAX_VALIDATOR
+                                      and validator.isascii() and validator.isprintable()):  # fmt: skip
+        return None  # it goes back to the server as an If-Range header: one line of ASCII
+    if (size is not None and not _int(size)) or (name is not None and _safe_name(name) is None):
+        return None
+    return {"url": url, "validator": validator, "size": size, "name": name}
+
+
 class _Partial:
     """The hidden partial file and its sidecar, beside the target; the lock and the record of a finished
     download in the cache."""
@@ -168,25 +279,45 @@ class _Partial:
         self.lock = book / f"{place}.lock"
         self.done = book / f"{place}.done.json"
 
+    def sidecar(self, url: str) -> dict | None:
+        """The sidecar, checked: the folder may be shared, so whoever can write it could have planted one (a
+        name that renames the download to ``~/.ssh/authorized_keys``); one that fails any check is ignored."""
+        return _checked_state(_read_small(self.meta), url)
+
     def state(self, url: str) -> dict | None:
+        """The sidecar of a partial file to resume: both there, the partial file a regular file, not a link."""
+        state = self.sidecar(url)
         try:
-            state = json.loads(self.meta.read_text())
-        except (OSError, ValueError):
+            plain = stat.S_ISREG(os.lstat(self.data).st_mode)
+        except OSError:
             return None
-        if not isinstance(state, dict) or state.get("url") != url or not self.data.exists():
-            return None
-        return state
+        return state if plain else None
 
     def save(self, state: dict) -> None:
-        tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.meta)
+        _write_json(self.meta, state)
+
+    def open(self, resume: bool):
+        """The partial file for writing: continued only where it is a regular file (opened without following a
+        link, never waiting on a FIFO), else created anew in place of whatever was there."""
+        if not resume:
+            self.data.unlink(missing_ok=True)
+            return os.fdopen(os.open(self.data, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o644), "wb")
+        try:
+            fd = os.open(self.data, os.O_RDWR | _NOFOLLOW | _NONBLOCK | _BINARY)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EMLINK):  # (ELOOP, or EMLINK on BSDs: a link)
+                raise
+            fd = -1
+        if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at: start over
+            if fd >= 0:
+                os.close(fd)
+            self.clear()
+            raise Retryable("the partial file is not a regular file: starting over", 0)
+        return os.fdopen(fd, "r+b")
 
     def clear(self) -> None:
         for p in (self.data, self.meta):
             p.unlink(missing_ok=True)
-
-
 
 
 def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None, what: str) -> httpx.Response:
@@ -200,16 +331,17 @@ def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None
                                            "too many redirects")) from None  # fmt: skip
 
 
-def _hash_existing(path: Path, upto: int) -> StreamHasher:
+def _hash_existing(f, upto: int) -> StreamHasher:
+    """The hashes of the first ``upto`` bytes of the open partial file ``f``."""
     h = StreamHasher()
-    with open(path, "rb") as f:
-        left = upto
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
+    f.seek(0)
+    left = upto
+    while left > 0:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
     return h
 
 
@@ -230,7 +362,7 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
     resumed = [False]
     try:
         with FileLock(partial.lock):  # another build fetching the same file: wait for it
-            done = _already_done(partial, source)
+            done = _already_done(partial, source, folder)
             if done is not None:
                 return done
 
@@ -251,21 +383,83 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
             client.close()
 
 
-def _already_done(partial: _Partial, source: Source) -> Downloaded | None:
-    """This URL was downloaded into this folder before, and the file is still there as it was (size and mtime):
-    reused, nothing fetched. A waiter on another build's download finds it here too."""
+def _already_done(partial: _Partial, source: Source, folder: Path) -> Downloaded | None:
+    """This URL was downloaded into this folder before, and the file is still there as it was: reused, nothing
+    fetched. A waiter on another build's download finds it here too."""
+    return _recorded(partial, source, folder) or _complete_unrecorded(partial, source, folder)
+
+
+def _recorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | None:
+    """The record of this download, where the file it names is still as it was (size and mtime)."""
     try:
-        record = json.loads(partial.done.read_text())
-        path = Path(record["path"])
-        st = path.stat()
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(_read_small(partial.done) or b"null")
+    except (ValueError, RecursionError):
         return None
-    if st.st_size != record.get("size") or st.st_mtime_ns != record.get("mtime_ns"):
+    if not isinstance(record, dict):
         return None
-    sha = str(record.get("sha256", "")).upper()
-    if source.sha256 and sha != source.sha256.upper():
+    where, size, mtime, sha = record.get("path"), record.get("size"), record.get("mtime_ns"), record.get("sha256")
+    if not (isinstance(where, str) and _int(size) and _int(mtime) and isinstance(sha, str)):
         return None
-    return Downloaded(path, redact(source.url), 0, st.st_size, sha, False, bool(record.get("verified")), reused=True)
+    path = Path(where)
+    try:
+        st = os.stat(path)
+        inside = path.parent == folder.resolve()
+    except OSError:
+        return None
+    if not inside or not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime:
+        return None
+    if source.sha256 and sha.upper() != source.sha256.upper():
+        return None
+    return Downloaded(path, redact(source.url), 0, st.st_size, sha.upper(), False, record.get("verified") is True,
+                      reused=True)  # fmt: skip
+
+
+def _complete_unrecorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | None:
+    """No record (the disk was full when it was to be written), but the file is there under its final name,
+    the name the sidecar left behind gives or the registry's, and has the SHA256 the registry records: reused
+    (hashed once, where the hash cache does not know it), and recorded now."""
+    if not source.sha256:
+        return None
+    expected = source.sha256.upper()
+    sidecar = partial.sidecar(source.url)
+    names = [sidecar["name"] if sidecar else None, _safe_name(safe_filename(source.name)) if source.name else None]
+    for name in dict.fromkeys(n for n in names if n):
+        path = folder / name
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if sidecar and sidecar["name"] == name and sidecar["size"] is not None:
+            if st.st_size != sidecar["size"]:
+                continue
+        elif source.size and abs(st.st_size - source.size) > SIZE_TOLERANCE * source.size:
+            continue  # another file of that name: not worth reading to hash
+        try:
+            sha = (hashing.cached(path, autov3=False) or hashing.file_hashes(path, autov3=False)).sha256.upper()
+        except (OSError, CheckpointError):
+            continue
+        if sha != expected:
+            continue
+        warnings = _record(partial, path, os.stat(path), sha, True)
+        return Downloaded(path, redact(source.url), 0, st.st_size, sha, False, True, reused=True, warnings=warnings)
+    return None
+
+
+def _record(partial: _Partial, target: Path, st: os.stat_result, sha: str, verified: bool) -> list[str]:
+    """Record a finished download, so that the next run finds it; best effort: a full disk leaves the file good
+    and done (the next run finds it by its SHA256, or fetches it again where none is known), and a warning."""
+    try:
+        _write_json(partial.done, {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                   "sha256": sha, "verified": verified})  # fmt: skip
+    except OSError as exc:  # the sidecar stays: it names the file for the next run
+        return [f"{target.name}: complete and {'verified' if verified else 'unverified'}, but the record of the "
+                f"download could not be written in {partial.done.parent} ({exc.strerror or exc}): a later run may "
+                "read it again to find it"]  # fmt: skip
+    with contextlib.suppress(OSError):
+        partial.meta.unlink(missing_ok=True)
+    return []
 
 
 def _transfer(client, source: Source, partial: _Partial, what: str, fetched: list, resumed: list,
@@ -318,15 +512,15 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         if start == 0:
             kind = _body_kind(response.headers.get("content-type", ""), first) if source.weights else None
             if kind:
-                raise DownloadError(f"{what}: the server answered with {kind} page, not a model file "
-                                    f"({' '.join(first[:160].decode('utf-8', 'replace').split())})",
+                excerpt = terminal_text(" ".join(first[:160].decode("utf-8", "replace").split()))
+                raise DownloadError(f"{what}: the server answered with {kind} page, not a model file ({excerpt})",
                                     "not-a-model")  # fmt: skip
             _check_size(source, total, what)
         _check_space(partial.data.parent, (total or 0) - start, what)
-        hasher = BackgroundHasher(_hash_existing(partial.data, start) if start else StreamHasher())
         resumed[0] = resumed[0] or bool(start)
         partial.save({"url": source.url, "validator": validator, "size": total, "name": name})
-        with open(partial.data, "r+b" if start else "wb") as out:
+        with partial.open(bool(start)) as out:
+            hasher = BackgroundHasher(_hash_existing(out, start) if start else StreamHasher())
             out.seek(start)
             out.truncate()
             done = start
@@ -391,9 +585,16 @@ def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: 
             raise DownloadError(f"{target} exists and is another file: not replaced (move it away and run again)",
                                 "exists")  # fmt: skip
     os.replace(partial.data, target)
-    partial.meta.unlink(missing_ok=True)
-    hashing.remember(target, hashes)  # nobody reads a fresh download again to hash it
+    # Done: the file is complete, verified where a hash is known, under its final name. What follows is
+    # bookkeeping, and a disk full by now (or a cache that cannot be written) makes it a warning, not a failure.
+    warnings = [problem] if (problem := _remember(target, hashes)) else []  # never read again to hash it
     st = target.stat()
-    partial.done.write_text(json.dumps({"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                        "sha256": sha, "verified": expected is not None}))  # fmt: skip
-    return Downloaded(target, shown, fetched, st.st_size, sha, resumed, expected is not None)
+    warnings += _record(partial, target, st, sha, expected is not None)
+    return Downloaded(target, shown, fetched, st.st_size, sha, resumed, expected is not None, warnings=warnings)
+
+
+def _remember(target: Path, hashes: FileHashes) -> str | None:
+    try:
+        return hashing.remember(target, hashes)
+    except OSError as exc:
+        return f"the hashes of {target.name} could not be cached ({exc.strerror or exc})"

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from advisor.lookup import Match, answer_for_file
-from advisor.probe import ProbeResult, from_layout, probe
-from merge.header import CheckpointError
+from advisor.probe import ProbeResult, from_layout, probe, tensor_index
+from merge.header import CheckpointError, regular_file
 
 WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
 # (layout name, what marks its root, its checkpoint folders relative to the root)
@@ -114,7 +114,8 @@ def _comfy_extra_paths(root: Path) -> list[Path]:
 
 
 def walk(folders: list[Path]) -> list[Path]:
-    """Weight files and diffusers folders under ``folders``, each real folder visited once."""
+    """Weight files and diffusers folders under ``folders``, each real folder visited once (a FIFO or a device
+    named like a weight file is listed too, for the scan to set aside unopened)."""
     seen: set[str] = set()
     out: list[Path] = []
     for top in folders:
@@ -157,20 +158,11 @@ def not_a_checkpoint(names: list[str], components: list[str], family: str | None
 def _classify(path: Path) -> tuple[ProbeResult, str | None]:
     """What the header says of ``path``, and why it is set aside (None: a checkpoint)."""
     from merge import layout
-    from merge.header import read_header
 
     if path.is_dir():
         p = probe(path)
         return p, None if "unet" in p.components else "a diffusers folder without a UNet"
-    if path.suffix.lower() in (".safetensors", ".sft"):
-        tensors, fmt = read_header(path).tensors, "safetensors"
-    else:
-        from merge.zip_pickle import parse
-
-        parsed = parse(path)
-        if parsed is None:
-            raise CheckpointError("a pickle that only torch could read: convert it to .safetensors to scan it")
-        tensors, fmt = parsed.tensors, "pickle"
+    tensors, fmt = tensor_index(path, torch_fallback=False)  # a folder of files: no torch.load per pickle
     lo = layout.detect(tensors)
     return from_layout(path, lo, fmt), not_a_checkpoint(list(tensors), lo.components, lo.family)
 
@@ -239,6 +231,11 @@ def _scan_one(root: Path, db, offline: bool, progress) -> ScanResult:
     classified = _Classified()
     checkpoints: list[tuple[Path, ProbeResult]] = []
     for path in files:  # headers first: what is set aside is never hashed
+        try:
+            regular_file(path, folder=True)  # a FIFO, device or socket named like a model: set aside, never opened
+        except CheckpointError as exc:
+            result.skipped.append(Skipped(str(path), str(exc).removeprefix(f"{path}: ")))
+            continue
         try:
             probed, aside = classified.get(path)
         except OSError as exc:  # unreadable now (permissions, a file gone)

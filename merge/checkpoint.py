@@ -18,11 +18,12 @@ import json
 import mmap
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from merge import diffusers_keys, zip_pickle
-from merge.header import CheckpointError, Header, TensorInfo, read_header
+from merge.header import CheckpointError, Header, TensorInfo, read_header, regular_file
 from merge.safetensors_io import dtype_name, read_into, typed_view
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class SafetensorsSource(TensorSource):
         self.header = header or read_header(path)
         self.tensors = self.header.tensors
         self.metadata = self.header.metadata
+        regular_file(path)  # (a header read elsewhere: the file is checked again before it is opened)
         self._fd = os.open(path, os.O_RDONLY)
         self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if self.header.file_size else None
 
@@ -111,6 +113,7 @@ class SafetensorsSource(TensorSource):
 
 def _pickle_kind(path: Path) -> str | None:
     """"zip" (torch.save's format since 1.6), "legacy" (a bare pickle), or None: not a PyTorch checkpoint."""
+    regular_file(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04"):
@@ -131,6 +134,7 @@ class ZipPickleSource(TensorSource):
         self.parsed = parsed
         self.tensors = parsed.tensors
         self.metadata = {}
+        regular_file(path)
         self._fd = os.open(path, os.O_RDONLY)
         self._mm: mmap.mmap | None = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)  # None once closed
 
@@ -217,6 +221,8 @@ class DiffusersSource(TensorSource):
     kind = "diffusers"
 
     def __init__(self, path: Path, prefer_fp16: bool = True):
+        if not stat.S_ISDIR(regular_file(path, folder=True).st_mode):
+            raise CheckpointError(f"{path}: not a diffusers folder")
         self.path = path
         self.parts: dict[str, SafetensorsSource] = {}
         self.class_name = read_config(path / "model_index.json").get("_class_name")
@@ -293,6 +299,7 @@ def read_config(path: Path, *, required: bool = False) -> dict:
         if required:
             raise CheckpointError(f"{path.parent}: not a diffusers folder (no {path.name})")
         return {}
+    regular_file(path)  # a FIFO named config.json would block the read forever
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -306,7 +313,7 @@ def open_checkpoint(path: str | os.PathLike) -> TensorSource:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.is_dir():
+    if stat.S_ISDIR(regular_file(path, folder=True).st_mode):  # a FIFO, a device or a socket: refused here
         return DiffusersSource(path)
     try:
         kind = _pickle_kind(path)

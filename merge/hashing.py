@@ -8,6 +8,7 @@ them (AutoV3 per domain.md is the least certain of the four).
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from typing import Any, TypeGuard
 from platformdirs import user_cache_dir
 
 from merge import portable
+from merge.header import CheckpointError, regular_file
 
 CHUNK = 8 * 2**20
 _lock = threading.Lock()
@@ -204,9 +206,12 @@ class BackgroundHasher:
 
 
 def folder_identity(folder: str | os.PathLike) -> str:
-    """A diffusers folder's identity: the SHA256 of its weight files' names and SHA256s (each cached)."""
+    """A diffusers folder's identity: the SHA256 of its weight files' names and SHA256s (each cached). A weight
+    file that is not a regular file (a FIFO, a device) is a CheckpointError, never opened."""
     folder = Path(folder)
-    files = sorted(f for f in folder.rglob("*.safetensors") if f.is_file())
+    if not stat.S_ISDIR(regular_file(folder, folder=True).st_mode):
+        raise CheckpointError(f"{folder}: not a folder")  # (a regular file: its own hash is its identity)
+    files = sorted(f for f in folder.rglob("*.safetensors") if f.exists() and not f.is_dir())
     lines = [f"{f.relative_to(folder)}:{file_hashes(f, autov3=False).sha256}" for f in files]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest().upper()
 
@@ -220,12 +225,19 @@ def file_hashes(path: str | os.PathLike, *, autov3: bool = True, use_cache: bool
                 warn=None) -> FileHashes:  # fmt: skip
     """``autov3=False`` skips AutoV3's second pass over the data (what needs only SHA256: one pass hashes at
     the disk's speed where two would be bound by the cores); ``progress(nbytes)`` is called after each chunk
-    (for a progress bar); ``warn(message)`` hears of a cache that could not be written."""
+    (for a progress bar); ``warn(message)`` hears of a cache that could not be written. Only a regular file is
+    read (CheckpointError for a FIFO or a device), and one that changes while it is read is a CheckpointError:
+    its hashes would be of no file that ever was."""
     path = Path(path)
+    before = regular_file(path)
     if use_cache and (hit := cached(path, autov3=autov3)) is not None:
         return hit
     hashes = _read_and_hash(path, StreamHasher(autov3=autov3), progress) if not autov3 else _hash_two_passes(
         path, progress)  # fmt: skip
+    after = os.stat(path)
+    if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+        raise CheckpointError(f"{path}: changed while it was hashed ({before.st_size:,} bytes before, "
+                              f"{after.st_size:,} after): hash it again once it is no longer being written")
     if use_cache and (problem := _store(path, hashes)) and warn:
         warn(problem)
     return hashes

@@ -5,6 +5,7 @@ Kept free of torch so that `lookup` and `probe` classify a 7 GB file in millisec
 
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,27 @@ MAX_HEADER = 100 * 2**20
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used as it is: truncated, not safetensors, unsafe pickle, ..."""
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))  # fmt: skip
+
+
+def regular_file(path: str | os.PathLike, *, folder: bool = False) -> os.stat_result:
+    """``path``'s stat (symlinks followed) when it is a regular file (or, with ``folder``, a directory): what
+    every reader calls before it opens a checkpoint, since opening a FIFO blocks until a writer comes (forever)
+    and a device never ends. Anything else is one CheckpointError naming what it is."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file" + (" or folder" if folder else "")) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISREG(st.st_mode) or (folder and stat.S_ISDIR(st.st_mode)):
+        return st
+    what = next((name for test, name in _SPECIAL if test(st.st_mode)), "a special file")
+    link = "a symlink to " if os.path.islink(path) else ""
+    raise CheckpointError(f"{path}: {link}{what}, not a regular file")
 
 
 @dataclass(frozen=True)
@@ -101,8 +123,10 @@ def read_header(path: str | os.PathLike) -> Header:
     cover the data exactly once and in order (no overlap, no gap, nothing after the last one). Anything else is
     one CheckpointError saying what."""
     path = Path(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a safetensors file")
+    size = regular_file(path).st_size
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:

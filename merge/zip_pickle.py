@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from merge.header import ITEMSIZE, TensorInfo
+from merge.header import ITEMSIZE, TensorInfo, regular_file
 
 # storage class name -> safetensors dtype
 STORAGES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
@@ -156,7 +156,9 @@ class Parsed:
 
 
 def parse(path: Path) -> Parsed | None:
-    """The zip checkpoint's state dict (a nested ``state_dict`` unwrapped), or None where only torch can tell."""
+    """The zip checkpoint's state dict (a nested ``state_dict`` unwrapped), or None where only torch can tell.
+    A path that is not a regular file (a FIFO would block the open forever) is a CheckpointError."""
+    regular_file(path)
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as z:
             return _parse(f, z, os.fstat(f.fileno()).st_size)

@@ -239,3 +239,218 @@ def test_a_cache_entry_from_before_data_pass_reads_with_autov3_known(tmp_path, m
         {name: {"stamp": stamp, "sha256": "AB" * 32, "autov2": "AB" * 5}}))  # an older, sparser entry
     hit = hashing.cached(f)
     assert hit is not None and hit.autov1 is None and hit.autov3 is None and hit.data_pass is True
+
+
+# -- a shared output folder: the sidecar, and what else a stranger can plant there ---------------------------------
+def _planted(folder, of: str, *, data: bytes | None = b"", sidecar=None, **fields):
+    """A partial download of URL ``of`` in ``folder``, as a stranger with write access there could leave one."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(of.encode()).hexdigest()[:16]
+    part, meta = folder / f".inpaint-advisor-{key}.partial", folder / f".inpaint-advisor-{key}.partial.json"
+    if data is not None:
+        part.write_bytes(data)
+    if sidecar is None:
+        sidecar = json.dumps({"url": of, "validator": None, "size": len(DATA), "name": "m.safetensors", **fields})
+    meta.write_text(sidecar)
+    return part, meta
+
+
+def _files_under(root) -> set:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "cache" not in p.parts}
+
+
+@pytest.mark.parametrize("name", ["../../escaped.safetensors", "ABSOLUTE", "..", "", ".hidden.safetensors",
+                                  "a/b.safetensors", "x\x1b]8;;evil\x07.safetensors", 123,
+                                  ["m.safetensors"]])  # fmt: skip
+def test_a_sidecar_name_that_would_leave_the_folder_is_ignored(tmp_path, civitai, storage, name):
+    folder = tmp_path / "shared" / "deep" / "out"
+    blob = Blob(DATA, "m.safetensors")
+    source = _offer(civitai, storage, "120", blob)
+    name = str(tmp_path / "abs.safetensors") if name == "ABSOLUTE" else name
+    _planted(folder, source.url, data=DATA[: 2**20], validator=blob.etag, name=name)
+    got = fetch(source, folder, policy=FAST)
+    assert got.path == folder / "m.safetensors" and got.path.read_bytes() == DATA and got.verified
+    assert [r["range"] for r in storage.requests] == [None]  # the whole sidecar ignored: started over
+    assert _files_under(tmp_path) == {"shared/deep/out/m.safetensors"}  # nothing outside, no sidecar left
+
+
+def test_a_valid_sidecar_name_still_resumes(tmp_path, civitai, storage):
+    blob = Blob(DATA, "m.safetensors")
+    source = _offer(civitai, storage, "121", blob)
+    _planted(tmp_path / "out", source.url, data=DATA[: 2**20], validator=blob.etag, name="kept-name.safetensors")
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path == tmp_path / "out" / "kept-name.safetensors" and got.path.read_bytes() == DATA
+    assert got.resumed and [r["range"] for r in storage.requests] == [f"bytes={2**20}-"]
+
+
+@pytest.mark.parametrize("fields", [
+    {"validator": '"abc"\r\nX-Injected: 1'}, {"validator": ["a"]}, {"validator": "x" * 5000},
+    {"size": "3145728"}, {"size": True}, {"size": -1}, {"url": ["not", "a", "url"]},
+])  # fmt: skip
+def test_a_sidecar_field_of_the_wrong_kind_is_ignored(tmp_path, civitai, storage, fields):
+    source = _offer(civitai, storage, "122", Blob(DATA, "m.safetensors"))
+    _planted(tmp_path / "out", source.url, data=DATA[: 2**20], **fields)
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path.read_bytes() == DATA and not got.resumed
+    assert [r["range"] for r in storage.requests] == [None]
+
+
+@pytest.mark.parametrize("sidecar", ["[1, 2]", "null", "{", '"text"', "FIFO"])
+def test_a_sidecar_that_is_no_sidecar_is_ignored_and_never_blocks(tmp_path, civitai, storage, sidecar):
+    source = _offer(civitai, storage, "123", Blob(DATA, "m.safetensors"))
+    _part, meta = _planted(tmp_path / "out", source.url, data=DATA[: 2**20], sidecar="")
+    if sidecar == "FIFO":
+        meta.unlink()
+        os.mkfifo(meta)  # a plain open() of it would wait for a writer forever
+    else:
+        meta.write_text(sidecar)
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path.read_bytes() == DATA and [r["range"] for r in storage.requests] == [None]
+
+
+def test_a_partial_file_planted_as_a_link_is_not_written_through(tmp_path, civitai, storage):
+    blob = Blob(DATA, "m.safetensors")
+    source = _offer(civitai, storage, "124", blob)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"ssh-ed25519 AAAA... me@host\n")
+    part, _meta = _planted(tmp_path / "out", source.url, data=None, validator=blob.etag)
+    part.symlink_to(victim)
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path.read_bytes() == DATA and victim.read_bytes() == b"ssh-ed25519 AAAA... me@host\n"
+    assert [r["range"] for r in storage.requests] == [None]
+
+
+def test_a_partial_file_swapped_for_a_link_or_a_fifo_before_a_resume_starts_over(tmp_path):
+    from advisor.download import _Partial
+    from crawler.http import Retryable
+
+    partial = _Partial(tmp_path, "http://127.0.0.1:9/x.safetensors")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    partial.data.symlink_to(victim)
+    assert partial.state("http://127.0.0.1:9/x.safetensors") is None  # a link is never resumed
+    with pytest.raises(Retryable, match="not a regular file"):
+        partial.open(resume=True)  # (swapped in after the state was read)
+    assert not os.path.lexists(partial.data) and victim.read_bytes() == b"keep"
+    os.mkfifo(partial.data)
+    with pytest.raises(Retryable, match="not a regular file"):
+        partial.open(resume=True)  # at once: never waits for a writer
+    assert not os.path.lexists(partial.data)
+
+
+# -- pages where a model was expected, whatever the Content-Type says --------------------------------------------
+@pytest.mark.parametrize("body, kind", [
+    (b"<!-- served by the CDN --><html><body>Rate limited</body></html>", "an HTML"),
+    (b"\n\n  <!DOCTYPE html>\n<html>Sign in</html>", "an HTML"),
+    (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "an HTML"),
+    (json.dumps({"error": "quota", "message": "try later"}, indent=2).encode(), "a JSON"),
+    (b'[\n  {"detail": "not found"}\n]', "a JSON"),
+    (b"\xef\xbb\xbf  {\n \"error\": true}", "a JSON"),
+    ('\ufeff{"error": "UTF-16"}'.encode("utf-16-le"), "a JSON"),
+    (b"Too many requests. Please slow down.\n", "a text"),
+    ("Ошибка: доступ запрещён\n".encode(), "a text"),
+])  # fmt: skip
+def test_a_page_sent_as_a_model_is_refused_without_a_known_hash(tmp_path, civitai, storage, body, kind):
+    source = _offer(civitai, storage, "130", Blob(body, "m.safetensors"))  # application/octet-stream
+    source.sha256 = source.size = None
+    with pytest.raises(DownloadError, match=f"answered with {kind} page") as refused:
+        fetch(source, tmp_path / "out", policy=FAST)
+    assert refused.value.code == "not-a-model"
+    assert list((tmp_path / "out").iterdir()) == []  # nothing under a final name, no partial either
+    assert len(storage.requests) == 1  # refused at once, not retried
+
+
+def _safetensors_starting_with(first: bytes) -> bytes:
+    """A real safetensors file whose header length's low byte is ``first``: its first byte is ``{``, ``[``..."""
+    header = json.dumps({"w": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}}).encode()
+    n = len(header) + (first[0] - len(header)) % 256 + 256
+    return n.to_bytes(8, "little") + header.ljust(n) + os.urandom(8)
+
+
+@pytest.mark.parametrize("first", [b"{", b"[", b"<", b" ", b"\n"])
+def test_a_real_safetensors_file_whose_first_byte_looks_like_text_is_a_model(tmp_path, civitai, storage, first):
+    from advisor.download import _body_kind
+    from merge.header import read_header
+
+    data = _safetensors_starting_with(first)
+    assert data[:1] == first and data[8:9] == b"{"
+    (tmp_path / "probe.safetensors").write_bytes(data)
+    assert read_header(tmp_path / "probe.safetensors").tensors["w"].shape == (8,)  # a valid file indeed
+    assert _body_kind("application/octet-stream", data) is None
+    source = _offer(civitai, storage, "131", Blob(data, "tiny.safetensors"))
+    source.sha256 = source.size = None
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path.read_bytes() == data and not got.verified
+
+
+def test_what_body_kind_tells_from_the_first_bytes():
+    import io
+    import pickle
+    import zipfile
+
+    from advisor.download import _body_kind
+
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("archive/data.pkl", b"{}")
+    for model in (zipped.getvalue(), pickle.dumps({"w": 1}, protocol=2), pickle.dumps([1], protocol=4),
+                  _safetensors_starting_with(b"{"), os.urandom(4096).replace(b"\x00", b"\x01") + b"\x00"):  # fmt: skip
+        assert _body_kind("application/octet-stream", model) is None
+    assert _body_kind("application/json; charset=utf-8", b"\x00\x01binary?") == "a JSON"  # the header still counts
+    assert _body_kind("text/html", os.urandom(64) + b"\x00") == "an HTML"
+    assert _body_kind("application/octet-stream", b"{" + b"\x00" * 20) is None  # binary after a brace
+    assert _body_kind("application/octet-stream", b"") is None
+    # the bytes are the truth both ways: a model's first bytes pass whatever a misconfigured server labels them
+    assert _body_kind("application/json", _safetensors_starting_with(b"[")) is None
+    assert _body_kind("text/html", zipped.getvalue()) is None
+
+
+# -- a disk that fills at the very end ----------------------------------------------------------------------------
+@pytest.mark.parametrize("served_name", ["m.safetensors", None])  # from Content-Disposition, or the registry's
+@pytest.mark.parametrize("hash_cache_full", [False, True])
+def test_a_verified_file_whose_record_cannot_be_written_is_done_and_reused(tmp_path, civitai, storage, monkeypatch,
+                                                                          served_name, hash_cache_full):  # fmt: skip
+    import errno
+    import pathlib
+
+    source = _offer(civitai, storage, "140", Blob(DATA, served_name))
+    full = [True]
+    real_open, real_write_text = os.open, pathlib.Path.write_text
+
+    def no_space(path, *args, **kwargs):  # the disk fills once the file is complete: only the bookkeeping fails
+        if full[0] and ".done.json" in os.fspath(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    def no_space_for_hashes(self, *args, **kwargs):
+        if full[0] and "hashes" in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_space)
+    if hash_cache_full:
+        monkeypatch.setattr(pathlib.Path, "write_text", no_space_for_hashes)
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    final = tmp_path / "out" / (served_name or "registry-name.safetensors")
+    assert got.path == final and final.read_bytes() == DATA and got.verified and got.bytes == len(DATA)
+    assert any("record" in w and "No space left" in w for w in got.warnings), got.warnings
+    assert not list((tmp_path / "cache" / "downloads").glob("*.done.json*"))  # nothing half written
+    assert (hashing.cached(final) is None) == hash_cache_full
+    full[0] = False
+    again = fetch(source, tmp_path / "out", policy=FAST)  # no record: found under its final name, by its SHA256
+    assert again.reused and again.verified and again.path == final and again.bytes == 0 and not again.warnings
+    assert len(storage.requests) == 1  # fetched once
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [final.name]  # the sidecar gone once recorded
+    third = fetch(source, tmp_path / "out", policy=FAST)  # recorded now
+    assert third.reused and len(storage.requests) == 1
+
+
+def test_a_file_of_the_registry_name_with_another_hash_is_not_reused(tmp_path, civitai, storage):
+    source = _offer(civitai, storage, "141", Blob(DATA))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "registry-name.safetensors").write_bytes(os.urandom(len(DATA)))  # same size, other bytes
+    with pytest.raises(DownloadError) as refused:
+        fetch(source, tmp_path / "out", policy=FAST)
+    assert refused.value.code == "exists" and len(storage.requests) == 1
