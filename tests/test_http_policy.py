@@ -14,8 +14,8 @@ TOKEN = "civitai-token-0123456789"
 
 
 class Hostile(FakeApiHandler):
-    """``/to?url=X`` redirects to X; ``/loop`` to itself; ``/echo`` answers 401 with the Authorization header in its body; every
-    request's path and Authorization header are logged on the class."""
+    """``/to?url=X`` redirects to X; ``/loop`` to itself; ``/echo`` answers 401 with the Authorization header
+    in its body; every request's path and Authorization header are logged on the class."""
 
     seen: list[tuple[str, str | None]] = []
 
