@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -356,7 +356,9 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
     what = f"{source.label + ': ' if source.label else ''}{shown}"
     partial = _Partial(folder, source.url)
     own_client = client is None
-    client = client or httpx.Client(headers={"User-Agent": user_agent()}, timeout=timeout, follow_redirects=False)
+    # no byte for a stall's length is a timeout too (then resumed where it stopped)
+    limits = httpx.Timeout(timeout, read=min(timeout, _stall_seconds()))
+    client = client or httpx.Client(headers={"User-Agent": user_agent()}, timeout=limits, follow_redirects=False)
     policy = policy or RetryPolicy(attempts=8, base_delay=1.0, max_delay=30.0)
     fetched = [0]
     resumed = [False]
@@ -467,7 +469,8 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
     """One attempt: resume or start, stream to the partial file; (final name, its hashes) when complete."""
     state = partial.state(source.url)
     offset = partial.data.stat().st_size if state else 0
-    headers = {"Accept": "application/octet-stream, */*"}
+    # the bytes as stored: a compressed body would be decoded past every size check (a 2 MB gzip -> 2 GiB)
+    headers = {"Accept": "application/octet-stream, */*", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if state and state.get("validator"):  # (an offset means a state)
@@ -504,9 +507,14 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         name = state.get("name") if state and start else None
         name = name or safe_filename(_filename(response) or source.name
                                      or unquote(urlsplit(str(response.url)).path.rsplit("/", 1)[-1]))  # fmt: skip
-        iterator = response.iter_bytes(CHUNK)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise DownloadError(f"{what}: the server sent a {encoding}-encoded body although none was asked for: "
+                                "not saved", "not-a-model")  # fmt: skip
+        limit = _byte_limit(source, total, partial.data.parent)
+        iterator = _bounded(response.iter_raw(), limit - start, what, _stall_seconds())
         try:
-            first = next(iterator, b"")
+            first = _first_bytes(iterator)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise Retryable(type(exc).__name__) from None
         if start == 0:
@@ -536,7 +544,11 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
                     chunk = next(iterator, b"")
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 out.flush()
-                raise Retryable(f"{type(exc).__name__} after {done:,} bytes; resuming") from None
+                why = str(exc) if str(exc).startswith("stalled") else type(exc).__name__
+                raise Retryable(f"{why} after {done:,} bytes; resuming") from None
+            except DownloadError:  # more bytes than the file can have: what came is not the file
+                partial.clear()
+                raise
             out.flush()
             os.fsync(out.fileno())
         if total is not None and done != total:
@@ -546,6 +558,58 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         response.close()
         if hasher is not None:
             hasher.close()
+
+
+SNIFF = 64 * 1024  # what the body checks look at before a byte is saved
+STALL_SECONDS = 60.0
+STALL_MIN_BYTES = 64 * 1024  # fewer than this in a stall window: the transfer crawls, and is resumed
+
+
+def _stall_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("INPAINT_ADVISOR_STALL_SECONDS", STALL_SECONDS)))
+    except ValueError:
+        return STALL_SECONDS
+
+
+def _byte_limit(source: Source, total: int | None, folder: Path) -> int:
+    """The most bytes a body may bring: the size expected (the registry's, else the server's own) and a small
+    margin; where neither is known, what the disk can spare (never the whole disk)."""
+    expected = source.size or total
+    if expected:
+        return int(expected * (1 + SIZE_TOLERANCE)) + CHUNK
+    return max(0, shutil.disk_usage(folder).free - 2 * 2**30)
+
+
+def _bounded(chunks: Iterator[bytes], allowed: int, what: str, stall: float) -> Iterator[bytes]:
+    """``chunks`` cut off past ``allowed`` bytes, and given up when the body crawls: fewer than
+    STALL_MIN_BYTES in ``stall`` seconds (a server dripping a byte at a time never trips a read timeout)."""
+    import time
+
+    seen, window_start, window_bytes = 0, time.monotonic(), 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > allowed:
+            raise DownloadError(f"{what}: the server sent more than the {allowed:,} bytes expected: cut off, "
+                                "nothing kept", "size-mismatch")  # fmt: skip
+        window_bytes += len(chunk)
+        now = time.monotonic()
+        if now - window_start >= stall:
+            if window_bytes < STALL_MIN_BYTES:
+                raise httpx.ReadTimeout(f"stalled: {window_bytes} bytes in {now - window_start:.0f} s")
+            window_start, window_bytes = now, 0
+        yield chunk
+
+
+def _first_bytes(iterator: Iterator[bytes]) -> bytes:
+    """The body's first SNIFF bytes (fewer when it is shorter), for the checks before anything is saved."""
+    first = b""
+    while len(first) < SNIFF:
+        chunk = next(iterator, b"")
+        if not chunk:
+            break
+        first += chunk
+    return first
 
 
 def _total(response: httpx.Response, start: int) -> int | None:
