@@ -27,7 +27,7 @@ class Hostile(FakeApiHandler):
             self._send(302, b"", headers={"Location": unquote(self.path[len("/to?url="):])})
         elif self.path == "/loop":
             self._send(302, b"", headers={"Location": "/loop"})
-        elif self.path == "/echo":
+        elif self.path.startswith("/echo"):  # (a crawl asks /echo/api/v1/models?...)
             body = json.dumps({"error": f"bad credentials: {self.headers.get('Authorization')}"}).encode()
             self._send(401, body)
         else:
@@ -102,7 +102,7 @@ def test_the_cli_never_prints_a_configured_secret_whatever_a_server_sent(tmp_pat
     """A Civitai that echoes the token in its error body: neither the message nor the JSON holds it."""
     Hostile.seen = []
     with LocalServer(Hostile) as url:
-        env = cli_env(CIVITAI_API_TOKEN=TOKEN, INPAINT_ADVISOR_CIVITAI_URL=f"{url}/echo#",
+        env = cli_env(CIVITAI_API_TOKEN=TOKEN, INPAINT_ADVISOR_CIVITAI_URL=f"{url}/echo",
                       INPAINT_ADVISOR_DB=str(tmp_path / "r.db"))  # fmt: skip
         for extra in ([], ["--json"]):
             done = run_cli("crawl", "civitai", "--max-pages", "1", *extra, env=env, timeout=60)
