@@ -507,11 +507,15 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
         from crawler.registry import artifacts
 
         done = artifacts.by_key(engine, key)
+        target = out_dir / _output_name(b, match)
         if done is not None:
             result.action = "already-built"
             result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
             result.output = Output(done.path, done.size, done.sha256)
             result.verified = True
+            if Path(done.path).resolve().parent != out_dir.resolve() and not dry_run:
+                result.output = _copy_into(Path(done.path), target, done.sha256)  # --out is where it goes
+                result.reason += f" (copied into {out_dir})"
             return result
     target = out_dir / _output_name(b, match)
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
@@ -601,12 +605,38 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
                                                 dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
 
 
+def _copy_into(built: Path, target: Path, sha256: str) -> Output:
+    """The build made elsewhere, copied to ``target`` (hidden, checked against its recorded SHA256, then named);
+    a file already under that name is left alone unless it is that very build."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if target.exists():
+            present = _output(target)
+            if present.sha256.upper() == sha256.upper():
+                return present
+            raise BuildError(f"{target} exists and is another file: it is left as it is; the build is {built}",
+                             "exists")  # fmt: skip
+        staged = target.with_name(f".{target.stem}.build-{os.getpid()}.safetensors")
+        try:
+            shutil.copyfile(built, staged)
+            copied = _output(staged)
+            if copied.sha256.upper() != sha256.upper():
+                raise BuildError(f"{built} changed since it was built (SHA256 {copied.sha256[:12]}, recorded "
+                                 f"{sha256[:12]}): not copied", "hash-mismatch")  # fmt: skip
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+    return _output(target)
+
+
 def _remove_stale_staged(target: Path) -> None:
-    """Hidden outputs of builds of ``target`` that were killed (their process is gone): removed."""
+    """Hidden outputs of builds of ``target`` that were killed (their process is gone): removed, with the merge
+    writer's own partial of them (``..<stem>.build-<pid>.safetensors.partial-<pid>``, a kill mid-merge)."""
     from merge import portable
 
-    for p in target.parent.glob(f".{target.stem}.build-*.safetensors"):
-        pid = p.name[len(f".{target.stem}.build-"):-len(".safetensors")]
+    prefix = f".{target.stem}.build-"
+    for p in [*target.parent.glob(f"{prefix}*"), *target.parent.glob(f".{prefix}*")]:
+        pid = p.name.lstrip(".")[len(prefix) - 1:].split(".", 1)[0]
         if pid.isdigit() and not portable.pid_alive(int(pid)):
             p.unlink(missing_ok=True)
 

@@ -144,9 +144,12 @@ def test_nan_or_inf_carried_from_an_input_is_a_warning_not_a_failure(files):
 def test_a_killed_builds_hidden_output_is_removed_by_the_next_build(files):
     files["out"].mkdir()
     stale = files["out"] / ".myModel-inpainting.build-999999999.safetensors"  # a pid that is not running
-    stale.write_bytes(b"half a build")
+    stale.write_bytes(b"a build killed after its merge")
+    mid_merge = files["out"] / "..myModel-inpainting.build-999999998.safetensors.partial-999999998"
+    mid_merge.write_bytes(b"a build killed during its merge (the merge writer's partial)")
     _build(files)
-    assert not stale.exists() and files["target"].exists()
+    assert not stale.exists() and not mid_merge.exists() and files["target"].exists()
+    assert not _hidden_outputs(files["out"])
 
 
 def test_a_strangers_file_named_like_a_popular_models_gets_a_name_of_its_own():
@@ -194,3 +197,14 @@ def test_build_missing_never_selects_an_official_base_repo(registry_db):
                               name_norm=source_id.lower(), family="sd1", downloads=downloads))  # fmt: skip
         session.commit()
     assert batch.missing(registry_db) == ["https://huggingface.co/Lykon/dreamshaper-8"]  # the base repo left out
+
+
+def test_the_same_build_asked_for_another_folder_is_copied_there_checked(files, tmp_path):
+    db = str(tmp_path / "registry.db")
+    first = _build(files, db=db)
+    elsewhere = tmp_path / "comfyui" / "models" / "checkpoints"
+    again = build(files["b"], inpaint=files["a"], base=files["c"], out=elsewhere, offline=True, db=db)
+    copy = elsewhere / files["target"].name
+    assert again.action == "already-built" and again.output.path == str(copy.resolve())
+    assert copy.read_bytes() == files["target"].read_bytes() and again.output.sha256 == first.output.sha256
+    assert not _hidden_outputs(elsewhere)
