@@ -226,10 +226,16 @@ def _clear_merge_partials(root: Path, done: Cleared) -> None:
             if not any(d in f.parents for d in busy):  # (a busy pair's is named by its folder)
                 done.busy.append(str(f))
             continue
-        done.removed.append(str(f))
-        done.freed += _file_size(f)
-        if not done.dry_run:
-            f.unlink(missing_ok=True)
+        _remove(f, done)
+
+
+def _remove(f: Path, done: Cleared, *companions: Path) -> None:
+    """Count ``f`` as cleared and, unless this is a dry run, remove it (and its ``companions``)."""
+    done.removed.append(str(f))
+    done.freed += _file_size(f)
+    if not done.dry_run:
+        for path in (f, *companions):
+            path.unlink(missing_ok=True)
 
 
 def _clear_downloads(done: Cleared) -> None:
@@ -242,8 +248,4 @@ def _clear_downloads(done: Cleared) -> None:
             if not free:
                 done.busy.append(str(f))
                 continue
-            done.removed.append(str(f))
-            done.freed += _file_size(f)
-            if not done.dry_run:
-                f.unlink(missing_ok=True)
-                f.with_name(f.name + ".json").unlink(missing_ok=True)
+            _remove(f, done, f.with_name(f.name + ".json"))  # with its sidecar
