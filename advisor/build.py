@@ -503,11 +503,11 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
         engine = registry.connect(db) if reader is not None else None
     except registry.RegistryError as exc:
         result.warnings.append(f"the build will not be recorded: {exc}")
+    target = out_dir / _output_name(b, match)
     if engine is not None:
         from crawler.registry import artifacts
 
         done = artifacts.by_key(engine, key)
-        target = out_dir / _output_name(b, match)
         if done is not None:
             result.action = "already-built"
             result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
@@ -517,7 +517,6 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
                 result.output = _copy_into(Path(done.path), target, done.sha256)  # --out is where it goes
                 result.reason += f" (copied into {out_dir})"
             return result
-    target = out_dir / _output_name(b, match)
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
                             str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
     estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
