@@ -43,14 +43,16 @@ from filelock import FileLock
 
 from advisor.safety import safe_filename, terminal_text
 from crawler.http import (
+    ApiError,
     RedirectError,
     Retryable,
     RetryPolicy,
+    failure,
+    new_client,
     open_redirected,
     redact,
-    retry_wait,
     retrying,
-    user_agent,
+    transport_errors_retried,
 )
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
@@ -152,16 +154,6 @@ def _body_kind(content_type: str, first: bytes) -> str | None:
     return "a text" if text is not None else None
 
 
-def _message_of(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:160]
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)[:200]
-    return str(body)[:160]
-
-
 def _gated_page(response: httpx.Response) -> str | None:
     """The repo page where a gated Hub file's conditions are accepted, when the Hub says that is the refusal."""
     if response.headers.get("x-error-code") != "GatedRepo":
@@ -171,8 +163,10 @@ def _gated_page(response: httpx.Response) -> str | None:
     return f"{url.scheme}://{url.netloc}/{repo}"
 
 
-def _refusal(response: httpx.Response, what: str) -> DownloadError:
-    status, detail = response.status_code, _message_of(response)
+def _refusal(response: httpx.Response, refused: ApiError, what: str) -> DownloadError:
+    """The one line that says why a download was refused, and what to do, from the answer's status and what the
+    server said (crawler.http.error_body, through ``refused``)."""
+    status, detail = refused.status, refused.detail
     page = _gated_page(response)
     if page is not None:
         return DownloadError(f"{what}: a gated repo (HTTP {status}): log in at {page}, accept its conditions, then "
@@ -320,6 +314,12 @@ class _Partial:
             p.unlink(missing_ok=True)
 
 
+_REDIRECT_TROUBLE = {"no-location": "a redirect without a Location", "too-many": "too many redirects",
+                     "bad-scheme": "a redirect to something other than http(s), not followed",
+                     "private-address": "a redirect to a private address, refused by "
+                                        "INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS"}  # fmt: skip
+
+
 def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None, what: str) -> httpx.Response:
     try:
         return open_redirected(client, url, headers, token)
@@ -327,8 +327,7 @@ def _redirected(client: httpx.Client, url: str, headers: dict, token: str | None
         if exc.kind == "login-wall":
             raise DownloadError(f"{what}: redirected to a login page: set CIVITAI_API_TOKEN to an API key",
                                 "login-wall") from None  # fmt: skip
-        raise DownloadError(f"{what}: " + ("a redirect without a Location" if exc.kind == "no-location" else
-                                           "too many redirects")) from None  # fmt: skip
+        raise DownloadError(f"{what}: {_REDIRECT_TROUBLE.get(exc.kind, exc.kind)} ({exc.where})") from None
 
 
 def _hash_existing(f, upto: int) -> StreamHasher:
@@ -358,7 +357,7 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
     own_client = client is None
     # no byte for a stall's length is a timeout too (then resumed where it stopped)
     limits = httpx.Timeout(timeout, read=min(timeout, _stall_seconds()))
-    client = client or httpx.Client(headers={"User-Agent": user_agent()}, timeout=limits, follow_redirects=False)
+    client = client or new_client(timeout=limits)
     policy = policy or RetryPolicy(attempts=8, base_delay=1.0, max_delay=30.0)
     fetched = [0]
     resumed = [False]
@@ -475,21 +474,19 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
         headers["Range"] = f"bytes={offset}-"
         if state and state.get("validator"):  # (an offset means a state)
             headers["If-Range"] = state["validator"]
-    try:
+    with transport_errors_retried():
         response = _redirected(client, source.url, headers, source.token, what)
-    except (httpx.TimeoutException, httpx.TransportError) as exc:
-        raise Retryable(type(exc).__name__) from None
     hasher = None
     try:
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise Retryable(f"HTTP {status}", retry_wait(response))
         if status == 416 and offset:  # nothing left to send: the partial file may be whole already
             partial.clear()
             raise Retryable("HTTP 416 for a resume: starting over", 0)
-        if status >= 400:
-            response.read()
-            raise _refusal(response, what)
+        problem = failure(response, what)
+        if isinstance(problem, ApiError):
+            raise _refusal(response, problem, what)
+        if problem is not None:
+            raise problem
         validator = response.headers.get("etag") or response.headers.get("last-modified")
         start = 0
         if status == 206:

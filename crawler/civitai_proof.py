@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from crawler import detect, links
-from crawler.http import CrawlError, open_redirected, user_agent
+from crawler.http import CrawlError, new_client, open_redirected
 from crawler.registry import proofs
 from merge.header import CheckpointError, parse_header_json
 from merge.layout import detect as layout_of
@@ -178,7 +178,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
     not_read: set[str] = set()
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
     in_a_row = 0
-    with httpx.Client(timeout=timeout, headers={"User-Agent": user_agent()}) as client:
+    with new_client(timeout=timeout) as client:
         for row in wanted:
             key = proofs.key_of(row["sha256"], row["file_id"])
             if key in not_read:

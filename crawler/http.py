@@ -1,4 +1,5 @@
-"""The one HTTP layer every crawler request goes through: retries with backoff, clear errors, no token leaks.
+"""The one HTTP layer every request goes through (crawls, live lookups, proofs, the Hub, downloads): one client
+factory, retries with backoff, one redirect policy, clear errors, no token leaks.
 
 Retried: 429, 5xx, timeouts, connection errors and HTML/non-JSON bodies (edge pages). Not retried: other 4xx.
 ``Retry-After`` (seconds or HTTP date) and Hugging Face's ``RateLimit: "api";r=0;t=<s>`` set the wait when
@@ -12,7 +13,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -86,19 +87,46 @@ def retry_wait(response: httpx.Response, now: float | None = None) -> float | No
     return None
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a stranger's escape sequences stay out of terminals
+ERROR_BODY_LIMIT = 64 * 1024  # read of an error body at most: enough for any message, never a file's worth
+
+
 def _short(text: str, limit: int = 160) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", _CONTROL.sub("", text)).strip()
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _body_bytes(response: httpx.Response) -> bytes:
+    """The body as read, or its first ERROR_BODY_LIMIT bytes where it streams (an error answer may be huge)."""
+    with contextlib.suppress(httpx.ResponseNotRead):
+        return response.content[:ERROR_BODY_LIMIT]
+    got = b""
+    with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+        for chunk in response.iter_bytes():
+            got += chunk
+            if len(got) >= ERROR_BODY_LIMIT:
+                break
+    return got[:ERROR_BODY_LIMIT]
+
+
+def error_body(response: httpx.Response, limit: int = 300) -> str:
+    """What the server said in an error answer, in one short line with every configured secret scrubbed (a
+    server may echo the token): the JSON body's ``error`` and ``message``, else its text, else the reason."""
+    raw = _body_bytes(response)
     try:
-        body = response.json()
-    except ValueError:
-        return _short(response.text) or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or body)[:300]
-    return _short(str(body))
+        text = raw.decode(response.charset_encoding or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        text = raw.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        body = None
+    if isinstance(body, dict) and (body.get("error") or body.get("message")):
+        said = [str(body[k]) for k in ("error", "message") if body.get(k)]
+        text = ": ".join(dict.fromkeys(said))
+    elif body is not None:
+        text = str(body)
+    return scrub(_short(text, limit) or response.reason_phrase)
 
 
 @dataclass
@@ -113,8 +141,33 @@ class Retryable(Exception):
     """Raised inside an attempt: this failure is worth another try (``wait``: what the server asked for)."""
 
     def __init__(self, last: str, wait: float | None = None):
-        self.last, self.wait = last, wait
-        super().__init__(last)
+        self.last, self.wait = scrub(last), wait  # shown in retry messages as it comes
+        super().__init__(self.last)
+
+
+def failure(response: httpx.Response, what: str | None = None) -> Retryable | ApiError | None:
+    """What an answer's status means, the one rule for every request: None below 400; Retryable for 429 and
+    5xx (the server's trouble: worth a wait, the one it asked for where it said); ApiError with the server's
+    message for any other 4xx (a refusal retrying will not change). ``what`` names the request (redacted)."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        said = error_body(response, 80) if "json" in response.headers.get("content-type", "") else ""
+        return Retryable(f"HTTP {status}: {said}" if said else f"HTTP {status}", retry_wait(response))
+    if status >= 400:
+        return ApiError(status, what or redact(str(response.url)), error_body(response))
+    return None
+
+
+@contextlib.contextmanager
+def transport_errors_retried() -> Iterator[None]:
+    """Inside, a timeout or a dropped connection is Retryable, and a redirect loop httpx followed (the Hub's
+    client) is a RedirectError."""
+    try:
+        yield
+    except httpx.TooManyRedirects as exc:
+        raise RedirectError("too-many", str(exc.request.url)) from None
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise Retryable(type(exc).__name__) from None
 
 
 def backoff(policy: RetryPolicy, attempt: int) -> float:
@@ -149,7 +202,8 @@ def retrying(
 
 
 class JsonClient:
-    """A small JSON-over-HTTP client with the retry policy above. ``on_retry`` sees each retried failure."""
+    """A small JSON-over-HTTP client with the retry policy above. ``on_retry`` sees each retried failure. The
+    token goes with each request where ``credentials_allowed`` says, redirects included (``open_redirected``)."""
 
     def __init__(
         self,
@@ -161,14 +215,12 @@ class JsonClient:
         on_retry: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        headers = {"User-Agent": user_agent(), "Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         self.policy = policy or RetryPolicy()
         self.on_retry = on_retry
         self._sleep = sleep
+        self._token = token
         self.retries = 0
-        self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, follow_redirects=True)
+        self._client = new_client(base_url=base_url, headers={"Accept": "application/json"}, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()
@@ -194,40 +246,42 @@ class JsonClient:
 
     def _request(self, method: str, url: str, **kw) -> tuple[object, httpx.Response]:
         def attempt() -> tuple[object, httpx.Response]:
-            try:
-                response = self._client.request(method, url, **kw)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                raise Retryable(type(exc).__name__) from None
-            status = response.status_code
-            if status == 429 or status >= 500:
-                is_json = "json" in response.headers.get("content-type", "")
-                detail = _short(response.text, 80) if is_json else ""
-                raise Retryable(f"HTTP {status} {detail}".strip(), retry_wait(response))
-            if status >= 400:
-                raise ApiError(status, redact(str(response.url)), _error_detail(response))
-            try:
-                return orjson.loads(response.content), response
-            except ValueError:  # orjson.JSONDecodeError is a ValueError
-                if b"\\ud" in response.content or b"\\uD" in response.content:
-                    # a lone surrogate escape ("\ud800"): JSON that orjson refuses and json reads (the registry
-                    # makes the text storable: crawler.registry.storable)
-                    with contextlib.suppress(ValueError):
-                        return json.loads(response.content), response
-                html = b"<html" in response.content[:512].lower()
-                kind = "an HTML page" if html else "a body that is not JSON"
-                raise Retryable(f"HTTP {status} with {kind} instead of JSON") from None
+            with transport_errors_retried():
+                response = open_redirected(self._client, url, {}, self._token, method=method, stream=False, **kw)
+            problem = failure(response)
+            if problem is not None:
+                raise problem
+            return _json_of(response), response
 
         what = redact(url) if "://" in url else url
         return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._on_retry)
 
 
+def _json_of(response: httpx.Response) -> object:
+    try:
+        return orjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        if b"\\ud" in response.content or b"\\uD" in response.content:
+            # a lone surrogate escape ("\ud800"): JSON that orjson refuses and json reads (the registry makes the
+            # text storable: crawler.registry.storable)
+            with contextlib.suppress(ValueError):
+                return json.loads(response.content)
+        html = b"<html" in response.content[:512].lower()
+        kind = "an HTML page" if html else "a body that is not JSON"
+        raise Retryable(f"HTTP {response.status_code} with {kind} instead of JSON") from None
+
+
 class RedirectError(CrawlError):
-    """A download redirect that leads nowhere usable or safe; ``kind``: login-wall | no-location | too-many |
+    """A redirect that leads nowhere usable or safe; ``kind``: login-wall | no-location | too-many |
     bad-scheme (not http or https) | private-address (refused by setting)."""
 
     def __init__(self, kind: str, url: str):
-        super().__init__(f"{kind}: {redact(url)}")
-        self.kind = kind
+        self.kind, self.url = kind, url
+        self.where = scrub(redact(url))  # a Location may carry anything, an echoed token too
+        super().__init__(f"{kind}: {self.where}")
+
+    def __reduce__(self):  # crosses from the crawl's fetch process
+        return (RedirectError, (self.kind, self.url))
 
 
 MAX_REDIRECTS = 5
@@ -271,38 +325,100 @@ def _private_host(host: str) -> bool:
     return False
 
 
-def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | None) -> httpx.Response:
-    """A streamed response for ``url``, redirects followed by hand (the one redirect policy of downloads and
-    proofs): the token goes only where ``credentials_allowed`` says (never to the signed storage Civitai
-    redirects to, never after a downgrade to http); only http(s) redirects are followed; with
-    INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS=1 (workers on a shared network) a redirect to a private or loopback
-    address is refused. The caller closes the response."""
+def _refuse_private() -> bool:
     import os
 
-    origin = url
-    refuse_private = os.environ.get(REFUSE_PRIVATE, "") not in ("", "0")
+    return os.environ.get(REFUSE_PRIVATE, "") not in ("", "0")
+
+
+def checked_redirect(url: str, location: str | None) -> str:
+    """Where a redirect from ``url`` to ``location`` leads, if it may be followed: an http(s) URL, not a login
+    page, and (INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS=1) not a private or loopback address; else
+    RedirectError."""
+    if not location:
+        raise RedirectError("no-location", url)
+    try:
+        target = httpx.URL(url).join(location)
+    except (httpx.InvalidURL, ValueError):
+        raise RedirectError("bad-scheme", location) from None
+    if target.scheme not in ("http", "https"):
+        raise RedirectError("bad-scheme", str(target))
+    if "/login" in target.path:
+        raise RedirectError("login-wall", str(target))
+    if _refuse_private() and _private_host(target.host):
+        raise RedirectError("private-address", str(target))
+    return str(target)
+
+
+def _redirect_method(method: str, status: int) -> str:
+    """The method a redirect's next request uses, as browsers (and httpx) do: 303, and 301/302 after a POST,
+    become GET; 307 and 308 keep the method and its body."""
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        return "GET"
+    return method
+
+
+def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | None, *, method: str = "GET",
+                    params: dict | list | None = None, json: object = None,
+                    stream: bool = True) -> httpx.Response:  # fmt: skip
+    """The response for ``url`` (relative to the client's base URL, or absolute), redirects followed by hand:
+    the one redirect policy of every request but huggingface_hub's own. The token goes only where
+    ``credentials_allowed`` says (never to the signed storage Civitai redirects to, never after a downgrade to
+    http); each hop must pass ``checked_redirect``; at most MAX_REDIRECTS. ``params`` go with the first request
+    only (a Location is a whole URL). Streamed unless ``stream`` is False; the caller closes it."""
+    origin: str | None = None
     for hop in range(MAX_REDIRECTS + 1):
-        sent = dict(headers)
-        if token and credentials_allowed(origin, url):
-            sent["Authorization"] = f"Bearer {token}"
-        response = client.send(client.build_request("GET", url, headers=sent), stream=True)
+        request = client.build_request(method, url, params=params if hop == 0 else None, json=json)
+        origin = origin or str(request.url)
+        request.headers.update(headers)
+        if token and credentials_allowed(origin, str(request.url)):
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = client.send(request, stream=stream)
         if response.status_code not in (301, 302, 303, 307, 308):
             return response
-        location = response.headers.get("location")
         response.close()
-        if not location:
-            raise RedirectError("no-location", url)
-        try:
-            url = str(httpx.URL(url).join(location))
-        except (httpx.InvalidURL, ValueError):
-            raise RedirectError("bad-scheme", location) from None
-        if httpx.URL(url).scheme not in ("http", "https"):
-            raise RedirectError("bad-scheme", url)
-        if "/login" in urlsplit(url).path:
-            raise RedirectError("login-wall", url)
-        if refuse_private and hop < MAX_REDIRECTS and _private_host(httpx.URL(url).host):
-            raise RedirectError("private-address", url)
+        if hop == MAX_REDIRECTS:
+            break
+        url = checked_redirect(str(request.url), response.headers.get("location"))
+        after = _redirect_method(method, response.status_code)
+        json = json if after == method else None  # a body goes on only where the method does
+        method = after
     raise RedirectError("too-many", url)
+
+
+# -- the client ---------------------------------------------------------------------------------------------------
+DEFAULT_TIMEOUT = 30.0
+
+
+def _identify(request: httpx.Request) -> None:
+    """Our User-Agent first on every request, whatever a library set for it (huggingface_hub sends its own,
+    which follows ours)."""
+    ours, theirs = user_agent(), request.headers.get("user-agent", "")
+    if not theirs.startswith(ours):
+        theirs = theirs.removeprefix("unknown/None; ")  # huggingface_hub's stand-in for a library it was not told
+        request.headers["User-Agent"] = f"{ours} {theirs}".strip()
+
+
+def _refuse_bad_redirect(response: httpx.Response) -> None:
+    """For a client whose redirects httpx follows: each one must pass ``checked_redirect`` (httpx itself drops
+    the Authorization header on the way to another origin)."""
+    if response.has_redirect_location:
+        checked_redirect(str(response.url), response.headers.get("location"))
+
+
+def new_client(*, base_url: str = "", headers: dict[str, str] | None = None,
+               timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, follow_redirects: bool = False,
+               event_hooks: dict[str, list[Callable]] | None = None) -> httpx.Client:  # fmt: skip
+    """The one place an ``httpx.Client`` is made: our User-Agent, a timeout, and redirects not followed by
+    httpx (``open_redirected`` follows them by our policy). ``follow_redirects`` is for huggingface_hub, which
+    follows its own (renamed repos, LFS files): those redirects are held to ``checked_redirect`` and
+    MAX_REDIRECTS. ``event_hooks`` run before ours."""
+    given = event_hooks or {}
+    checks: list[Callable] = [_refuse_bad_redirect] if follow_redirects else []
+    hooks: dict[str, list[Callable]] = {"request": [*given.get("request", []), _identify],
+                                        "response": [*given.get("response", []), *checks]}  # fmt: skip
+    return httpx.Client(base_url=base_url, headers={"User-Agent": user_agent(), **(headers or {})}, timeout=timeout,
+                        follow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, event_hooks=hooks)  # fmt: skip
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@ headers, every request retried the same way (domain.md section 3).
 Listing pages go through our own client rather than ``HfApi.list_models``: the crawl must commit each page with
 the ``Link`` URL of the next one to resume after a kill, and huggingface_hub neither exposes that cursor nor
 retries the first page. ``model_info`` and safetensors header reads use huggingface_hub, wrapped in the same
-retry loop (it does not retry them itself). The endpoint is always passed explicitly: ``HF_ENDPOINT`` is read
-by huggingface_hub once, at import.
+retry loop (it does not retry them itself), and through a client from ``crawler.http.new_client`` (our
+User-Agent, timeouts and redirect rules). The endpoint is always passed explicitly: ``HF_ENDPOINT`` is read by
+huggingface_hub once, at import.
 """
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +19,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from crawler.http import ApiError, CrawlError, JsonClient, Retryable, RetryPolicy, redact, retry_wait, retrying
+from crawler.http import (
+    ApiError,
+    CrawlError,
+    JsonClient,
+    RetryPolicy,
+    failure,
+    new_client,
+    redact,
+    retrying,
+    transport_errors_retried,
+)
 from merge.header import TensorInfo
 
 if TYPE_CHECKING:
@@ -26,6 +38,30 @@ if TYPE_CHECKING:
 DEFAULT_ENDPOINT = "https://huggingface.co"
 ENDPOINT_ENV = "HF_ENDPOINT"
 TOKEN_ENV = "HF_TOKEN"
+
+
+_factory_lock = threading.Lock()
+_factory_installed = False
+
+
+def _hub_client() -> httpx.Client:
+    """huggingface_hub's shared client, made by our factory: its request hook (offline mode, request ids) kept,
+    and its redirects followed by httpx as huggingface_hub needs (a renamed repo answers ``model_info`` with a
+    307, an LFS file with a 302 to its CDN) under our rules (``crawler.http.new_client``)."""
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    return new_client(follow_redirects=True, event_hooks={"request": [hf_request_event_hook]})
+
+
+def use_our_client() -> None:
+    """Have huggingface_hub make its client with ``_hub_client``, once per process."""
+    global _factory_installed
+    with _factory_lock:
+        if not _factory_installed:
+            import huggingface_hub
+
+            huggingface_hub.set_client_factory(_hub_client)
+            _factory_installed = True
 
 
 class RepoUnavailable(CrawlError):
@@ -88,6 +124,7 @@ class Hub:
         if self._api is None:
             from huggingface_hub import HfApi
 
+            use_our_client()
             # token=False: never fall back to a token saved on disk by another tool unless HF_TOKEN says so
             self._api = HfApi(endpoint=self.endpoint, token=self.token or False)
         return self._api
@@ -118,7 +155,8 @@ class Hub:
 
         def attempt():
             try:
-                return fn()
+                with transport_errors_retried():
+                    return fn()
             except GatedRepoError as exc:
                 raise RepoUnavailable(repo, "gated: accept its licence on the Hub and set HF_TOKEN",
                                       _status(exc)) from None  # fmt: skip
@@ -129,13 +167,7 @@ class Hub:
             except SafetensorsParsingError as exc:
                 raise ApiError(200, what, f"not a readable safetensors header ({exc})") from None
             except HfHubHTTPError as exc:
-                response = exc.response
-                status = response.status_code if response is not None else 0
-                if status == 429 or status >= 500:
-                    raise Retryable(f"HTTP {status}", retry_wait(response)) from None
-                raise ApiError(status, what, str(exc).splitlines()[0]) from None
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                raise Retryable(type(exc).__name__) from None
+                raise _failure(exc, what) from None
             except OfflineModeIsEnabled:
                 raise CrawlError("HF_HUB_OFFLINE is set: unset it to reach the Hugging Face Hub") from None
 
@@ -172,6 +204,13 @@ class Hub:
             path,
         )
         return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in meta.tensors.items()}
+
+
+def _failure(exc, what: str) -> Exception:
+    """An HfHubHTTPError by the one rule of ``crawler.http.failure`` (429/5xx retried, other 4xx refused)."""
+    response = getattr(exc, "response", None)
+    problem = failure(response, what) if response is not None else None
+    return problem or ApiError(_status(exc), what, str(exc).splitlines()[0])
 
 
 def _status(exc) -> int:
