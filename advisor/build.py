@@ -569,12 +569,19 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
     try:
         plan = _plan(pair, a, b, c, paths, staged, multiplier, dtype, device, progress, merge_progress, offline,
                      result)  # fmt: skip
+        # the inputs must be the files checked (downloads, the user's files): one swapped since then fails the
+        # build before the output has a name. B is hashed from its bytes as the merge reads them; A and C,
+        # official files, by their cached hashes (a prepared pair has its own checks).
+        plan.expected = {n.role.lower(): n.identity for n in (a, b, c) if len(n.identity) == 64
+                         and not n.files and (n.local is None or n.local.is_file())  # a folder's is no file's hash
+                         and n.role.lower() not in plan.recorded}  # fmt: skip
+        plan.reread = {"b"}
         try:
             merged = run_merge(plan, title=target.stem, progress=merge_progress, sources=sources)
         finally:
             plan.close()
     except MergeError as exc:
-        raise BuildError(str(exc), "merge-refused") from None
+        raise BuildError(str(exc), "hash-mismatch" if exc.reason == "changed" else "merge-refused") from None
     try:
         result.nonfinite = len(merged.nonfinite)
         if merged.nonfinite:
@@ -588,7 +595,9 @@ def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path
         os.replace(staged, target)
     finally:
         staged.unlink(missing_ok=True)
-    result.output = _output(target)
+    # hashed as it was written where every input's hash was known up front; read again otherwise
+    result.output = Output(str(target.resolve()), merged.bytes_written, merged.sha256) if merged.sha256 else \
+        _output(target)
     result.action = "built"
     result.verified = all(i.verified for i in result.inputs.values())
     if not result.verified:

@@ -62,6 +62,9 @@ class MergeResult:
     dtype: str
     multiplier: float
     input_sha256: dict[str, str]
+    # the output's, hashed as it was written; null where the header was finished after the data (the inputs'
+    # hashes unknown until the merge had read them: a plain `merge`)
+    sha256: str | None = None
 
 
 def _output_error(plan: MergePlan, exc: OSError) -> MergeError:
@@ -134,20 +137,37 @@ def run_merge(
     _clean_stale_partials(plan.out)
     title = title or plan.out.stem
     hashes: dict[int, str] = {}
-    hash_failed: list[OSError] = []
+    hash_failed: list[Exception] = []
 
     def hash_all():
         try:
             for i, (role, src) in enumerate(zip("abc", (plan.a, plan.b, plan.c), strict=True), start=1):
-                recorded = plan.recorded.get(role)
-                hashes[i] = recorded[1] if recorded else hashing.file_hashes(src.files()[0], autov3=False).sha256
+                recorded, expected = plan.recorded.get(role), plan.expected.get(role)
+                if recorded:
+                    hashes[i] = recorded[1]
+                    continue
+                path = src.files()[0]
+                hashes[i] = hashing.file_hashes(path, autov3=False, use_cache=role not in plan.reread).sha256
+                if expected and hashes[i].lower() != expected.lower():
+                    hash_failed.append(MergeError(f"{path} changed since it was checked: SHA256 {hashes[i][:12]}..., "
+                                                  f"expected {expected[:12]}...; nothing was written", "changed"))
+        except CheckpointError as exc:  # it changed while it was read
+            hash_failed.append(MergeError(f"{exc}; nothing was written", "changed"))
         except OSError as exc:  # reported by the merge if it gets that far; a failed merge has its own error
             hash_failed.append(exc)
 
+    hash_inputs = hash_inputs or bool(plan.expected)
     hasher = threading.Thread(target=hash_all, daemon=True, name="merge-hash") if hash_inputs else None
     if hasher:
         hasher.start()
     meta = metadata.build(plan, title, sources)
+    # Every input's SHA256 known before the first byte (recorded, or expected and checked before the commit), or
+    # none asked for: the header is final from the start, so the output is hashed as it is written, not read
+    # again afterwards.
+    known = {i: plan.recorded[r][1] if r in plan.recorded else plan.expected.get(r) for i, r in enumerate("abc", 1)}
+    header_final = not hash_inputs or all(known.values())
+    if hash_inputs and header_final:
+        meta = metadata.with_hashes(meta, {i: str(v) for i, v in known.items()})
     position, stop = [0], threading.Event()
     reader = threading.Thread(target=read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
     held = pages.Addresses()
@@ -155,7 +175,7 @@ def run_merge(
     # From the writer's first byte on, any exit (an error, Ctrl-C, SIGTERM raised here by the CLI's handler)
     # removes the hidden partial file: the writer is held before its file exists, in the block that aborts it.
     writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], meta, sync=sync,
-                               create=False)  # fmt: skip
+                               create=False, hash_output=header_final)  # fmt: skip
     try:
         writer.create()
         reader.start()
@@ -218,7 +238,8 @@ def run_merge(
             hasher.join()
             if hash_failed:
                 raise hash_failed[0]
-            writer.update_metadata(metadata.with_hashes(meta, hashes))
+            if not header_final:
+                writer.update_metadata(metadata.with_hashes(meta, hashes))
         held.close()  # the output's mapping is closed by commit
         try:
             writer.commit()
@@ -257,6 +278,7 @@ def run_merge(
         dtype=plan.dtype,
         multiplier=plan.multiplier,
         input_sha256={"A": hashes.get(1, ""), "B": hashes.get(2, ""), "C": hashes.get(3, "")},
+        sha256=writer.sha256,
     )
 
 

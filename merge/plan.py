@@ -28,7 +28,8 @@ MAX_MULTIPLIER = 10.0  # M beyond this is a typo, not a merge anyone wants (1.0 
 
 class MergeError(Exception):
     """Inputs that cannot be merged as asked; nothing was written. ``reason`` names the kind of problem for
-    callers that add advice of their own (a CLI names its flags): "exists", "inputs", "output", "space"."""
+    callers that add advice of their own (a CLI names its flags): "exists", "inputs", "output", "space",
+    "changed" (an input is not the file it was checked to be)."""
 
     def __init__(self, message: str, reason: str = "inputs"):
         super().__init__(message)
@@ -61,6 +62,12 @@ class MergePlan:
     # roles ("a", "b", "c") whose source stands in for another file (merge.prepared): the (file name, sha256)
     # the output's recipe names for them, instead of the stand-in's own
     recorded: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # roles whose file must have this SHA256 (a build's checked inputs): a file that differs fails the merge
+    # before the output gets its name. Known up front, they let the output be hashed as it is written.
+    expected: dict[str, str] = field(default_factory=dict)
+    # roles hashed from their bytes as the merge reads them, not taken from the hash cache (a cached hash vouches
+    # for whatever has the same path, size and mtime)
+    reread: set[str] = field(default_factory=set)
 
     @property
     def output_bytes(self) -> int:

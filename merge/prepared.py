@@ -312,12 +312,14 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
             )  # fmt: skip
         finally:
             plan.close()
-        # One pass over the file just written (still in the page cache): the merge writes it out of order, from
-        # several threads, through a mapping, so it cannot be hashed as it streams the way a download is.
         st = pair.delta.stat()
-        pair.sha256 = _sha256(pair.delta)
-        if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
+        if result.sha256:  # hashed by the merge as it was written
+            pair.sha256 = result.sha256
             _stamp(folder, pair.sha256, st)
+        else:
+            pair.sha256 = _sha256(pair.delta)
+            if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
+                _stamp(folder, pair.sha256, st)
         # the record appears only once the delta it describes is whole
         _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
         return pair

@@ -11,6 +11,7 @@ preparing the output's pages) while torch's import, ~2 s, runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import mmap
 import os
@@ -98,10 +99,12 @@ class SafetensorsWriter:
     FLUSH_EVERY = 512 * 2**20
 
     def __init__(self, path: str | os.PathLike, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict,
-                 *, sync: bool = True, create: bool = True):  # fmt: skip
+                 *, sync: bool = True, create: bool = True, hash_output: bool = False):  # fmt: skip
         """``create=False`` leaves the file to ``create()``, for a caller that must hold the writer (to abort it)
         before the first byte exists: an exception raised between a constructor's return and the assignment of
-        its result (a signal handler's) would otherwise leave the partial file behind."""
+        its result (a signal handler's) would otherwise leave the partial file behind. ``hash_output``: the
+        file's SHA256 is computed as tensors are marked done, in file order (``sha256``), so no one reads the
+        file again to know it; the metadata must then be final (``update_metadata`` is refused)."""
         self.path = Path(path)
         self.sync = sync  # fsync before the rename: durable across a power loss, bounded by the disk's speed
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
@@ -125,6 +128,8 @@ class SafetensorsWriter:
         self._flusher: threading.Thread | None = None
         self._populator: threading.Thread | None = None
         self._stop_populating = threading.Event()
+        self._sha = hashlib.sha256() if hash_output else None
+        self._hashed = 0  # data bytes hashed so far: tensors are hashed in file order only
         if create:
             self.create()
 
@@ -133,7 +138,10 @@ class SafetensorsWriter:
         try:
             self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             portable.preallocate(self._fd, self.total_size)
-            self._write_at(struct.pack("<Q", self.header_len) + self._raw_header, 0)
+            head = struct.pack("<Q", self.header_len) + self._raw_header
+            self._write_at(head, 0)
+            if self._sha is not None:
+                self._sha.update(head)
             if self.data_size:
                 self._mm = mmap.mmap(self._fd, self.total_size)
         except BaseException:
@@ -201,7 +209,10 @@ class SafetensorsWriter:
     def done(self, name: str) -> None:
         """Mark ``name`` written; start writeback of what has accumulated so the final fsync has little left.
         Called from one thread (the one that commits)."""
-        self._done += self.infos[name].nbytes
+        info = self.infos[name]
+        self._done += info.nbytes
+        if self._sha is not None:
+            self._hash(info)
         if (
             self.sync
             and self._done - self._flushed >= self.FLUSH_EVERY
@@ -211,8 +222,32 @@ class SafetensorsWriter:
             self._flusher = threading.Thread(target=portable.datasync, args=(self._fd,), daemon=True)
             self._flusher.start()
 
+    def _hash(self, info: TensorInfo) -> None:
+        """Add a done tensor's bytes, read from the mapping while they are in memory, to the file's SHA256.
+        Out of file order the stream cannot go on: the file is then left unhashed (``sha256`` is None)."""
+        assert self._sha is not None
+        if info.start != self._hashed:
+            self._sha = None
+            return
+        if info.nbytes:
+            assert self._mm is not None
+            start = self.data_start + info.start
+            with memoryview(self._mm) as whole, whole[start : start + info.nbytes] as part:
+                self._sha.update(part)  # hashlib lets go of the GIL: the merge's threads go on meanwhile
+        self._hashed = info.end
+
+    @property
+    def sha256(self) -> str | None:
+        """The SHA256 of the whole file (upper-case hex, as merge.hashing gives it), where it was hashed as
+        written and every tensor is done."""
+        if self._sha is None or self._hashed != self.data_size:
+            return None
+        return self._sha.hexdigest().upper()
+
     def update_metadata(self, metadata: dict) -> None:
         """Rewrite the header with new metadata of the same encoded length (fixed-width placeholders)."""
+        if self._sha is not None:
+            raise RuntimeError("the header of a file hashed as it is written cannot change")
         raw = self._encode(metadata)
         if len(raw) > self.header_len:
             raise RuntimeError("updated metadata does not fit the reserved header")

@@ -208,3 +208,41 @@ def test_the_same_build_asked_for_another_folder_is_copied_there_checked(files, 
     assert again.action == "already-built" and again.output.path == str(copy.resolve())
     assert copy.read_bytes() == files["target"].read_bytes() and again.output.sha256 == first.output.sha256
     assert not _hidden_outputs(elsewhere)
+
+
+def test_the_output_is_hashed_as_it_is_written_not_read_again(files, monkeypatch):
+    import hashlib
+
+    def read_again(path):
+        raise AssertionError(f"{path} was read again to hash it")
+
+    monkeypatch.setattr(build_module, "_output", read_again)
+    result = _build(files)
+    assert result.action == "built"
+    assert result.output.sha256 == hashlib.sha256(files["target"].read_bytes()).hexdigest().upper()
+    assert result.output.size == files["target"].stat().st_size
+
+
+def test_a_b_changed_after_its_check_fails_the_build_before_the_output_has_a_name(files, monkeypatch):
+    """B's hash is in the hash cache (same path, size and mtime): only hashing the bytes the merge reads can
+    tell that they changed."""
+    import os
+    from pathlib import Path
+
+    real = build_module._plan
+
+    def then_tampered(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        b = Path(files["b"])
+        st = b.stat()
+        data = bytearray(b.read_bytes())
+        data[-1] ^= 0x01
+        b.write_bytes(bytes(data))
+        os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return plan
+
+    monkeypatch.setattr(build_module, "_plan", then_tampered)
+    with pytest.raises(BuildError) as err:
+        _build(files)
+    assert err.value.code == "hash-mismatch" and "changed since it was checked" in str(err.value)
+    assert not files["target"].exists() and not _hidden_outputs(files["out"])
