@@ -1,0 +1,135 @@
+"""kill -9 at every step of a build, then the same command: it finishes, with a file that is the recipe's merge,
+its record matching it, and nothing half-made left behind.
+
+The build runs in a forked child (this process's imports, warm) that SIGKILLs itself at the chosen step: with
+the output's lock held, mid-way through preparing the family's pair, after the pair's delta is named but before
+its record, mid-merge, with the merge complete but not yet renamed, between the rename and the registry record,
+and right after the record. The download step is killed in tests/test_build.py (a child held by the server)."""
+
+import os
+import signal
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from advisor import build as build_module
+from advisor.build import build
+from crawler import registry
+from crawler.registry import artifacts
+from merge import hashing
+from tests.sd_layouts import write_checkpoint
+
+STEPS = ["locked", "preparing-pair", "pair-unrecorded", "merging", "merged", "renamed", "recorded"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    paths = {"a": folder / "a.safetensors", "b": folder / "myModel.safetensors", "c": folder / "c.safetensors"}
+    for (role, path), variant in zip(paths.items(), ("inpaint", "normal", "normal"), strict=True):
+        write_checkpoint(path, "sd1", variant, {"a": 1, "b": 2, "c": 3}[role])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _kill_at(step: str) -> None:
+    """In the child: SIGKILL this process when the build reaches ``step``."""
+    from merge import prepared
+    from merge.safetensors_io import SafetensorsWriter
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if step == "locked":
+        build_module._run_build = lambda *a, **k: die()
+    elif step in ("preparing-pair", "merging"):
+        real_done, seen = SafetensorsWriter.done, [0]
+
+        def done(self, name):
+            real_done(self, name)
+            in_pair = self.path.name == prepared.DELTA_FILE
+            if in_pair == (step == "preparing-pair"):
+                seen[0] += 1
+                if seen[0] == 5:
+                    die()
+
+        SafetensorsWriter.done = done
+    elif step == "pair-unrecorded":
+        real_json = prepared._write_json
+        prepared._write_json = lambda target, record: die() if target.name == prepared.PAIR_FILE else \
+            real_json(target, record)
+    elif step == "merged":
+        real_replace = os.replace
+        os.replace = lambda src, dst: die() if ".build-" in str(src) else real_replace(src, dst)
+    elif step == "renamed":
+        artifacts.record = lambda *a, **k: die()
+    elif step == "recorded":
+        real_record = artifacts.record
+
+        def record(*args, **kwargs):
+            real_record(*args, **kwargs)
+            die()
+
+        artifacts.record = record
+
+
+def _build(inputs, out, db):
+    return build(inputs["b"], inpaint=inputs["a"], base=inputs["c"], out=out, db=db, offline=True)
+
+
+def _killed_build(inputs, out, db, step: str) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            _kill_at(step)
+            _build(inputs, out, db)
+        finally:
+            os._exit(3)  # the step was never reached
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"{step}: not killed ({status})"
+
+
+def _tensors(path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    """The same build, never killed: what every killed build must end up as."""
+    folder = tmp_path_factory.mktemp("reference")
+    os.environ["INPAINT_ADVISOR_CACHE"] = str(folder / "cache")
+    try:
+        result = _build(inputs, folder / "out", str(folder / "registry.db"))
+    finally:
+        del os.environ["INPAINT_ADVISOR_CACHE"]
+    return result, _tensors(result.output.path)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_build_killed_at_any_step_is_finished_by_the_same_command(inputs, reference, tmp_path, monkeypatch, step):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    out, db = tmp_path / "out", str(tmp_path / "registry.db")
+    registry.connect(db)
+    _killed_build(inputs, out, db, step)
+
+    result = _build(inputs, out, db)  # the same command
+    expected, tensors = reference
+    target = out / expected.output.path.rsplit("/", 1)[1]
+    assert result.action in ("built", "already-built") and result.verified
+    assert result.output.path == str(target.resolve())
+    assert result.output.sha256 == hashing.file_hashes(target, use_cache=False, autov3=False).sha256
+    made = _tensors(target)
+    assert made.keys() == tensors.keys() and all(torch.equal(made[k], tensors[k]) for k in tensors)
+    rows = artifacts.by_key(registry.connect(db), _recipe_key(target))
+    assert rows is not None and rows.sha256 == result.output.sha256
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == [target.name]
+    cache = tmp_path / "cache"
+    assert not [p for p in cache.rglob("*") if ".partial-" in p.name or ".build-" in p.name]
+
+
+def _recipe_key(path) -> str:
+    import json
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["inpaint_advisor.recipe"])["sources"]["recipe_key"]
