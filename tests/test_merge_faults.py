@@ -92,12 +92,18 @@ def big_trio(tmp_path):
     return paths
 
 
+def _signals_as_in_a_terminal() -> None:
+    """SIGINT at its default, as a shell in a terminal starts a command: a child inherits an ignored SIGINT (the
+    test worker's can be, after some library in an earlier test), and Python then rightly leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_catch(big_trio, out):
     """A CLI merge, frozen (SIGSTOP) as soon as its hidden partial output appears."""
     a, b, c = big_trio
     child = subprocess.Popen([sys.executable, "-m", "advisor", "merge", "-a", str(a), "-b", str(b), "-c", str(c),
                               "-o", str(out), "--no-sync"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=cli_env(), cwd=ROOT)  # fmt: skip
+                             text=True, env=cli_env(), cwd=ROOT, preexec_fn=_signals_as_in_a_terminal)  # fmt: skip
     deadline = time.monotonic() + 60
     while not list(out.parent.glob(f".{out.name}.partial-*")):
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
