@@ -15,6 +15,7 @@ import hashlib
 import json
 import mmap
 import os
+import queue
 import struct
 import threading
 import warnings
@@ -129,7 +130,10 @@ class SafetensorsWriter:
         self._populator: threading.Thread | None = None
         self._stop_populating = threading.Event()
         self._sha = hashlib.sha256() if hash_output else None
-        self._hashed = 0  # data bytes hashed so far: tensors are hashed in file order only
+        self._hashed = 0  # data bytes handed to the hash so far: tensors are hashed in file order only
+        # done tensors' spans, hashed on a thread of their own: the merge goes on while the hash catches up
+        self._to_hash: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._hasher: threading.Thread | None = None
         if create:
             self.create()
 
@@ -223,24 +227,38 @@ class SafetensorsWriter:
             self._flusher.start()
 
     def _hash(self, info: TensorInfo) -> None:
-        """Add a done tensor's bytes, read from the mapping while they are in memory, to the file's SHA256.
-        Out of file order the stream cannot go on: the file is then left unhashed (``sha256`` is None)."""
-        assert self._sha is not None
+        """Hand a done tensor's bytes, in the mapping while they are in memory, to the file's SHA256. Out of
+        file order the stream cannot go on: the file is then left unhashed (``sha256`` is None)."""
         if info.start != self._hashed:
+            self._stop_hashing()
             self._sha = None
             return
         if info.nbytes:
-            assert self._mm is not None
-            start = self.data_start + info.start
-            with memoryview(self._mm) as whole, whole[start : start + info.nbytes] as part:
-                self._sha.update(part)  # hashlib lets go of the GIL: the merge's threads go on meanwhile
+            if self._hasher is None:
+                self._hasher = threading.Thread(target=self._hash_spans, daemon=True, name="output-hash")
+                self._hasher.start()
+            self._to_hash.put((self.data_start + info.start, info.nbytes))
         self._hashed = info.end
+
+    def _hash_spans(self) -> None:
+        assert self._sha is not None and self._mm is not None  # the mapping outlives this thread (commit joins it)
+        with memoryview(self._mm) as whole:
+            while (span := self._to_hash.get()) is not None:
+                start, size = span
+                with whole[start : start + size] as part:
+                    self._sha.update(part)  # hashlib lets go of the GIL
+
+    def _stop_hashing(self) -> None:
+        if self._hasher is not None:
+            self._to_hash.put(None)
+            self._hasher.join()
+            self._hasher = None
 
     @property
     def sha256(self) -> str | None:
         """The SHA256 of the whole file (upper-case hex, as merge.hashing gives it), where it was hashed as
-        written and every tensor is done."""
-        if self._sha is None or self._hashed != self.data_size:
+        written and every tensor is done (known once committed)."""
+        if self._sha is None or self._hashed != self.data_size or self._hasher is not None:
             return None
         return self._sha.hexdigest().upper()
 
@@ -255,6 +273,7 @@ class SafetensorsWriter:
 
     def commit(self) -> Path:
         self._join_populator()
+        self._stop_hashing()
         if self._flusher is not None:
             self._flusher.join()
         if self._mm is not None:
@@ -271,6 +290,7 @@ class SafetensorsWriter:
 
     def abort(self) -> None:
         self._join_populator()
+        self._stop_hashing()
         if self._flusher is not None:
             self._flusher.join()
         if self._mm is not None:

@@ -432,3 +432,24 @@ def test_fp16_overflow_of_finite_values_is_reported_and_large_finite_values_are_
     o = load_file(tmp_path / "o.safetensors")
     assert r.nonfinite == [over]  # 70000 does not fit fp16; 60000 does
     assert o[over][0].item() == float("inf") and o[big][0].item() == 60000.0
+
+
+def test_the_writer_hashes_its_file_as_tensors_are_done_in_order_and_admits_it_out_of_order(tmp_path):
+    import hashlib
+
+    from merge.safetensors_io import SafetensorsWriter
+
+    layout = [("x", "F16", (64, 3)), ("y", "F32", (5,)), ("z", "F16", (0,))]
+    values = {"x": torch.randn(64, 3).half(), "y": torch.randn(5), "z": torch.empty(0).half()}
+    for order, hashed in (("xyz", True), ("yxz", False)):
+        path = tmp_path / f"{order}.safetensors"
+        w = SafetensorsWriter(path, layout, {"k": "v"}, hash_output=True)
+        for name in order:
+            w.write(name, values[name])
+        w.commit()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest().upper()
+        assert w.sha256 == (digest if hashed else None), order
+    w = SafetensorsWriter(tmp_path / "h.safetensors", layout, {"k": "v"}, hash_output=True)
+    with pytest.raises(RuntimeError, match="cannot change"):
+        w.update_metadata({})
+    w.abort()
