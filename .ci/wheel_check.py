@@ -59,7 +59,7 @@ print(f"{len(a)} tensors identical")
 LIST_COMMANDS = """
 import json
 import typer
-from advisor.cli import app
+from advisor.cli.main import app
 def walk(cmd, path):
     yield path
     if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
@@ -88,8 +88,9 @@ def build(dist: Path, pure: Path, scratch: Path) -> tuple[Path, Path]:
     sdist = next(dist.glob("inpaint_advisor-*.tar.gz"))
     wheel = next(dist.glob("inpaint_advisor-*.whl"))
     names = _wheel_names(wheel)
-    for needed in ("advisor/cli/__init__.py", "crawler/registry/__init__.py", "data/families.json",
-                   "data/routes.json", "data/hf_crawl.json"):  # fmt: skip
+    for needed in ("advisor/advice/__init__.py", "advisor/build/__init__.py", "advisor/cli/main.py",
+                   "advisor/local/__init__.py", "advisor/team/__init__.py", "crawler/registry/__init__.py",
+                   "data/families.json", "data/routes.json", "data/hf_crawl.json"):  # fmt: skip
         if needed not in names:
             raise Failed(f"the wheel lacks {needed}")
     if not any(n.startswith("merge/_fused.") and n.endswith((".so", ".pyd")) for n in names):

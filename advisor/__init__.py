@@ -1,1 +1,2 @@
-"""Answer "which inpainting checkpoint do I use with this model?": resolve, recommend, render, and the CLI."""
+"""Answer "which inpainting checkpoint do I use with this model?", and build it: one package per use case
+(advice, build, local, team) and the command line (cli)."""

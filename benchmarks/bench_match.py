@@ -94,8 +94,8 @@ def naive(db: str):
     the evaluation's judge can read (model only: no versions, no families)."""
     from rapidfuzz import fuzz
 
-    from advisor.lookup import LookupResult, Match, lookup
-    from advisor.query import parse_query
+    from advisor.advice import parse_query
+    from advisor.advice.lookup import LookupResult, Match, lookup
     from crawler.names import normalize_name
     from crawler.registry import open_reader
 
@@ -133,7 +133,7 @@ def evaluate(label: str, answer) -> tuple[float, float, list[str]]:
 
 
 def measure(label: str, db: str, n_more: int) -> None:
-    from advisor.lookup import lookup
+    from advisor.advice.lookup import lookup
 
     def ours(q):
         return lookup(q, db=db, offline=True)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     import pytest
 
-    from advisor import team
     from advisor.build import build
+    from advisor.team import worker as team
     from tests.pg import fresh_database
     from tests.team_world import FAST, world
 

@@ -35,7 +35,7 @@ def command_paths(command=None, path: tuple[str, ...] = ()):
     if command is None:
         import typer
 
-        from advisor.cli import app
+        from advisor.cli.main import app
 
         command = typer.main.get_command(app)
     yield path
@@ -46,7 +46,7 @@ def command_paths(command=None, path: tuple[str, ...] = ()):
 def _command(path: tuple[str, ...]):
     import typer
 
-    from advisor.cli import app
+    from advisor.cli.main import app
 
     command = typer.main.get_command(app)
     for name in path:
@@ -63,7 +63,7 @@ def help_text(path: tuple[str, ...]) -> str:
 
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.cli.main import app
 
     # the whole run in a clean environment: typer reads its completion options' settings before CliRunner's env=
     unset = [v["name"] for v in _load("settings")["variables"]] + ["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"]
@@ -191,23 +191,23 @@ def exit_statuses() -> str:
 # What each command prints with --json: (command, the shape in Markdown, the result types it holds). The types
 # are "module:Class"; a shape names them by link.
 OUTPUTS = [
-    ("lookup", "{LookupResult}", ["advisor.lookup:LookupResult"]),
-    ("probe", "{ProbeResult}", ["advisor.probe:ProbeResult"]),
-    ("build", "{BuildResult}", ["advisor.build:BuildResult"]),
-    ("build --missing, scan --build", "{BatchResult}", ["advisor.batch:BatchResult"]),
-    ("build --enqueue", '`{"queued": [`{Queued}`, ...]}`', ["advisor.team:Queued"]),
-    ("scan", "{ScanResult} (one folder), `[`{ScanResult}`, ...]` (several)", ["advisor.scan:ScanResult"]),
+    ("lookup", "{LookupResult}", ["advisor.advice.lookup:LookupResult"]),
+    ("probe", "{ProbeResult}", ["advisor.local.probe:ProbeResult"]),
+    ("build", "{BuildResult}", ["advisor.build.builder:BuildResult"]),
+    ("build --missing, scan --build", "{BatchResult}", ["advisor.build.batch:BatchResult"]),
+    ("build --enqueue", '`{"queued": [`{Queued}`, ...]}`', ["advisor.team.worker:Queued"]),
+    ("scan", "{ScanResult} (one folder), `[`{ScanResult}`, ...]` (several)", ["advisor.local.scan:ScanResult"]),
     ("merge", "{MergeResult}", ["merge.engine:MergeResult"]),
     ("crawl civitai", "{CrawlSummary}", ["crawler.civitai:CrawlSummary"]),
     ("crawl hf", "{HfCrawlSummary}", ["crawler.hf:HfCrawlSummary"]),
     ("crawl all", "{AllSummary}", ["crawler.crawl_all:AllSummary"]),
     ("status", "{RegistryStatus}", ["crawler.registry.stats:RegistryStatus"]),
     ("status --check", "{Health}", ["crawler.health:Health"]),
-    ("cache list", "{CacheReport}", ["advisor.cache:CacheReport"]),
-    ("cache clear", "{Cleared}", ["advisor.cache:Cleared"]),
-    ("schedule install, schedule remove", "{Installed}", ["advisor.schedule:Installed"]),
+    ("cache list", "{CacheReport}", ["advisor.build.cache:CacheReport"]),
+    ("cache clear", "{Cleared}", ["advisor.build.cache:Cleared"]),
+    ("schedule install, schedule remove", "{Installed}", ["advisor.team.schedules:Installed"]),
     ("schedule show", '{Shown} and `"last": [`{SourceRuns}`, ...]`',
-     ["advisor.schedule:Shown", "crawler.registry.stats:SourceRuns"]),
+     ["advisor.team.schedules:Shown", "crawler.registry.stats:SourceRuns"]),
     ("schedule run", '{AllSummary}, or `{"skipped": "..."}` (an incremental run gave way to a scheduled crawl)',
      ["crawler.crawl_all:AllSummary"]),
     ("jobs", '`{"jobs": [`{JobRecord}`, ...]}`', ["crawler.registry.queue:JobRecord"]),
@@ -220,8 +220,8 @@ OUTPUTS = [
 # Where an annotation says less than the JSON holds (``object``), or the JSON is not the field as typed.
 _OVERRIDES = {
     ("Command", "argv"): "list[str]",  # an EnvRef is written as "$NAME" (with its prefix)
-    ("Partner", "target"): "advisor.ladder:Target | None",
-    ("Partner", "command"): "advisor.commands:Command | None",
+    ("Partner", "target"): "advisor.advice.ladder:Target | None",
+    ("Partner", "command"): "advisor.advice.commands:Command | None",
     ("SourceResult", "summary"): "crawler.civitai:CrawlSummary | crawler.hf:HfCrawlSummary | None",
 }
 
@@ -437,7 +437,7 @@ WEIGHED_EXAMPLES = [
 
 def route_ranking() -> str:
     """docs/routes.md: what `lookup` ranks first and then for each example model, with the scores."""
-    from advisor.ladder import Subject, recommend
+    from advisor.advice.ladder import Subject, recommend
 
     names = {r["id"]: r["name"] for r in _load("routes")["routes"]}
     shown = {"official": "official model", "build": "build"}
@@ -452,7 +452,7 @@ def route_ranking() -> str:
 
 def carried() -> str:
     """docs/schedules.md: the settings a schedule takes from the shell that installs it."""
-    from advisor.schedule import CARRIED
+    from advisor.team.schedules import CARRIED
 
     return "".join(f"- `{name}`\n" for name in CARRIED)
 
@@ -462,13 +462,17 @@ def carried() -> str:
 
 def modules(package: str) -> str:
     """docs/architecture.md: each module of a package folder (``crawler/registry``) with its docstring's first
-    sentence."""
+    sentence, then each subpackage (``advisor/build/``) with its ``__init__``'s."""
     root = Path(__file__).resolve().parent.parent
+    folder = root / package
+    entries = [(path.name, path) for path in sorted(folder.glob("*.py"))]
+    entries += [(f"{sub.name}/", sub / "__init__.py") for sub in sorted(folder.iterdir())
+                if (sub / "__init__.py").is_file()]  # fmt: skip
     rows = []
-    for path in sorted((root / package).glob("*.py")):
+    for name, path in entries:
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         first = " ".join(doc.split("\n\n")[0].split())
         match = re.match(r"(.+?[.?!])(\s|$)", first)
         text = re.sub(r"``([^`]+)``", r"`\1`", match[1] if match else first)
-        rows.append(f"- `{path.name}`" + (f": {text}" if text else ""))
+        rows.append(f"- `{name}`" + (f": {text}" if text else ""))
     return "\n".join(rows) + "\n"

@@ -4,7 +4,7 @@ Tests run the CLI as a user would: a separate process with its own environment, 
 stderr and exit status. Starting Python and importing typer, rich, SQLAlchemy and torch costs about a second
 per call; over a hundred calls that was minutes of the suite. This zygote imports all of it once, then forks a
 child per call: the child gets the call's environment, cwd and output files, runs `inpaint-advisor` exactly as
-`python -m advisor` would (the same `advisor.fastpath.main`), and exits with its status. Each child starts from
+`python -m advisor` would (the same `advisor.cli.fastpath.main`), and exits with its status. Each child starts from
 the zygote's pristine state, so nothing leaks from one call to the next.
 
 Protocol (one JSON object per line): the test sends {argv, env, cwd, stdout, stderr, timeout}; the zygote
@@ -26,10 +26,10 @@ def _warm() -> None:
     """Import what commands import, so that forked children find it loaded."""
     import torch  # noqa: F401  (its import starts no threads: children fork safely)
 
-    import advisor.cli  # noqa: F401  (typer, rich, every command module)
-    import advisor.fastpath  # noqa: F401
-    import advisor.lookup  # noqa: F401
-    import advisor.render  # noqa: F401
+    import advisor.advice.lookup  # noqa: F401
+    import advisor.cli.fastpath  # noqa: F401
+    import advisor.cli.main  # noqa: F401  (typer, rich, every command module)
+    import advisor.cli.render  # noqa: F401
     import crawler.registry  # noqa: F401
     import merge.engine  # noqa: F401
 
@@ -50,13 +50,13 @@ def _child(request: dict) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from rich.console import Console
 
-        from advisor import output
+        from advisor.cli import output
 
         # the consoles read the terminal width and colour settings when made: make them under this environment
         output.out = Console()
         output.err = Console(stderr=True, soft_wrap=True)
         sys.argv = ["inpaint-advisor", *request["argv"]]
-        from advisor.fastpath import main
+        from advisor.cli.fastpath import main
 
         main()
         code = 0

@@ -112,11 +112,11 @@ def world(tmp_path: Path, monkeypatch, db: str, n: int, timings: dict | None = N
 def _as_worker(pair_file: str, argv: list[str]) -> None:
     import runpy
 
-    import advisor.download
+    import advisor.build.download
     from crawler.http import RetryPolicy
 
     point_pair(json.loads(Path(pair_file).read_text()))
-    advisor.download.RetryPolicy = lambda **_: RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)  # type: ignore
+    advisor.build.download.RetryPolicy = lambda **_: RetryPolicy(attempts=2, base_delay=0.05, max_delay=0.1)  # type: ignore
     sys.argv = ["inpaint-advisor", *argv]
     runpy.run_module("advisor", run_name="__main__")
 

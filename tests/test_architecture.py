@@ -1,5 +1,6 @@
-"""The layout docs/architecture.md promises: imports run one way (advisor -> crawler -> merge, data below all),
-no module imports itself back through others, and only the registry layer talks to databases."""
+"""The layout docs/architecture.md promises: imports run one way (advisor -> crawler -> merge, data below all;
+within advisor, cli -> team -> build -> local and advice -> safety), no module imports itself back through
+others, and only the registry layer talks to databases."""
 
 import ast
 from pathlib import Path
@@ -10,6 +11,11 @@ PACKAGES = ("advisor", "crawler", "merge", "data")
 DATABASE_LIBRARIES = ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg", "procrastinate")  # the queue too
 # who may import whom (a package always may import itself)
 ALLOWED = {"advisor": {"crawler", "merge", "data"}, "crawler": {"merge", "data"}, "merge": set(), "data": set()}
+# advisor's use cases, top to bottom: a module may import its own layer and those below it, never one above.
+# local and advice share a layer: a lookup probes a local file, and a scan asks lookup about each one.
+ADVISOR_LAYERS = (("advisor.cli",), ("advisor.team",), ("advisor.build",), ("advisor.local", "advisor.advice"),
+                  ("advisor.safety",))  # fmt: skip
+ADVISOR_TOP = {"advisor", "advisor.__main__"}  # the package itself and `python -m advisor`: above every layer
 
 
 def _modules() -> dict[str, Path]:
@@ -88,6 +94,35 @@ def test_imports_run_one_way():
              if target.split(".")[0] != module.split(".")[0]
              and target.split(".")[0] not in ALLOWED[module.split(".")[0]]]  # fmt: skip
     assert wrong == []
+
+
+def _layer(module: str) -> int | None:
+    for depth, packages in enumerate(ADVISOR_LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return depth
+    return None
+
+
+def test_every_advisor_module_has_a_layer():
+    assert [m for m in _modules() if m.startswith("advisor") and m not in ADVISOR_TOP and _layer(m) is None] == []
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a layer above the importer's (the top package counts as above every layer)."""
+    return [f"{module} imports {target}" for module, targets in graph.items() for target in targets
+            if target.startswith("advisor") and (layer := _layer(module)) is not None
+            and ((above := _layer(target)) is None or above < layer)]  # fmt: skip
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"advisor.build.builder": {"advisor.cli.render", "advisor.advice"}, "advisor.local.scan":
+             {"advisor.advice.lookup", "advisor"}, "advisor.__main__": {"advisor.cli.fastpath"}}  # fmt: skip
+    assert sorted(_upward(graph)) == ["advisor.build.builder imports advisor.cli.render",
+                                      "advisor.local.scan imports advisor"]  # fmt: skip
+
+
+def test_advisor_packages_import_downward():
+    assert _upward(_graph()) == []
 
 
 def test_only_the_registry_layer_talks_to_databases():

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from advisor.advice.lookup import lookup
 from advisor.build import BuildError, build
-from advisor.download import CHUNK
-from advisor.lookup import lookup
+from advisor.build.download import CHUNK
 from crawler import civitai, registry
 from crawler.http import RetryPolicy
 from tests.build_world import RealFile, build_servers
@@ -263,7 +263,7 @@ def test_a_model_the_pair_cannot_serve_is_merged_from_a_b_and_c(world, monkeypat
 
 
 def test_build_missing_builds_the_most_downloaded_models_without_a_release(world):
-    from advisor import batch
+    from advisor.build import batch
 
     engine = registry.connect(world["db"])
     from sqlalchemy import text

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from advisor import build as build_module
 from advisor.build import BuildError, build
+from advisor.build import builder as build_module
 from crawler import registry
 from crawler.registry import artifacts
 from tests.sd_layouts import write_checkpoint
@@ -153,9 +153,9 @@ def test_a_killed_builds_hidden_output_is_removed_by_the_next_build(files):
 
 
 def test_a_strangers_file_named_like_a_popular_models_gets_a_name_of_its_own():
-    from advisor.build import _Need, _output_name
-    from advisor.download import Source
-    from advisor.lookup import Match
+    from advisor.advice import Match
+    from advisor.build import Source
+    from advisor.build.builder import _Need, _output_name
 
     def named(version_id):
         need = _Need("B", Source("http://x/1", name="popularRealistic_v9.safetensors"), folder=build_module.Path("."))
@@ -187,7 +187,7 @@ def test_a_base_model_given_to_build_is_one_line_and_a_usage_error(query, tmp_pa
 def test_build_missing_never_selects_an_official_base_repo(registry_db):
     from sqlmodel import Session
 
-    from advisor import batch
+    from advisor.build import batch
     from crawler.registry.schema import Model
 
     engine = registry.connect(registry_db)

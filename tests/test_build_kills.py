@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from advisor import build as build_module
 from advisor.build import build
+from advisor.build import builder as build_module
 from crawler import registry
 from crawler.registry import artifacts
 from merge import hashing

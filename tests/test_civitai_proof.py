@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from advisor.lookup import lookup
+from advisor.advice.lookup import lookup
 from crawler import civitai, detect
 from crawler import registry as registry_layer
 from crawler.http import RetryPolicy

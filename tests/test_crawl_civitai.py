@@ -360,7 +360,7 @@ def test_status_shows_counts_per_family_and_coverage(registry_db, serve):
 def test_crawl_all_names_each_sources_errors():
     from rich.console import Console
 
-    from advisor import render
+    from advisor.cli import render
     from crawler.crawl_all import AllSummary, SourceResult
 
     s = civitai.CrawlSummary(run_id=1, mode="full", resumed=False, status="ok")

@@ -9,8 +9,8 @@ import sys
 import pytest
 from sqlalchemy import text
 
-from advisor.commands import shell_text
-from advisor.lookup import lookup
+from advisor.advice import shell_text
+from advisor.advice.lookup import lookup
 from crawler import civitai, hf, registry
 from crawler.http import RetriesExhausted, RetryPolicy
 from crawler.registry.stats import registry_status

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from advisor.probe import probe
+from advisor.local.probe import probe
 from merge.checkpoint import open_checkpoint
 from merge.diffusers_keys import _SD1_ATTN, _SDXL_ATTN, _unet_layer_map, unet_key, vae_key
 from merge.engine import merge

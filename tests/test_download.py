@@ -1,4 +1,4 @@
-"""advisor.download against real local servers: Civitai's 307 to signed storage, the Hub's resolve URLs, and
+"""advisor.build.download against real local servers: Civitai's 307 to signed storage, the Hub's resolve URLs, and
 every way a download goes wrong."""
 
 import json
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from advisor.download import DownloadError, Source, fetch
+from advisor.build import DownloadError, Source, fetch
 from crawler.http import RetryPolicy
 from merge import hashing
 from tests.civitai_fake import FakeCivitai, Server
@@ -149,7 +149,7 @@ def test_two_fetches_of_one_file_share_one_transfer(tmp_path, civitai, storage):
 
 FETCH = """
 import sys
-from advisor.download import Source, fetch
+from advisor.build import Source, fetch
 from crawler.http import RetryPolicy
 got = fetch(Source(sys.argv[1], sha256=sys.argv[2]), sys.argv[3], policy=RetryPolicy(attempts=3, base_delay=0.01))
 print(got.resumed, got.bytes)
@@ -323,7 +323,7 @@ def test_a_partial_file_planted_as_a_link_is_not_written_through(tmp_path, civit
 
 
 def test_a_partial_file_swapped_for_a_link_or_a_fifo_before_a_resume_starts_over(tmp_path):
-    from advisor.download import _Partial
+    from advisor.build.download import _Partial
     from crawler.http import Retryable
 
     partial = _Partial(tmp_path, "http://127.0.0.1:9/x.safetensors")
@@ -371,7 +371,7 @@ def _safetensors_starting_with(first: bytes) -> bytes:
 
 @pytest.mark.parametrize("first", [b"{", b"[", b"<", b" ", b"\n"])
 def test_a_real_safetensors_file_whose_first_byte_looks_like_text_is_a_model(tmp_path, civitai, storage, first):
-    from advisor.download import _body_kind
+    from advisor.build.download import _body_kind
     from merge.header import read_header
 
     data = _safetensors_starting_with(first)
@@ -390,7 +390,7 @@ def test_what_body_kind_tells_from_the_first_bytes():
     import pickle
     import zipfile
 
-    from advisor.download import _body_kind
+    from advisor.build.download import _body_kind
 
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as z:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from advisor.download import DownloadError, Source, fetch
+from advisor.build import DownloadError, Source, fetch
 from crawler.http import RetryPolicy
 from tests.local_server import FakeApiHandler, LocalServer
 

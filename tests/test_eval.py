@@ -5,7 +5,7 @@ among 200,000 models."""
 
 import re
 
-from advisor.lookup import lookup
+from advisor.advice.lookup import lookup
 from tests import eval_world
 
 

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from advisor.cli import app
+from advisor.cli.main import app
 from crawler.hosts import CIVITAI_HOSTS, DEFAULT_URL
 
 

@@ -4,8 +4,8 @@ from either."""
 
 import pytest
 
-from advisor.download import Source, fetch
-from advisor.lookup import lookup
+from advisor.advice.lookup import lookup
+from advisor.build import Source, fetch
 from crawler import civitai
 from crawler import registry as registry_layer
 from crawler.http import RetryPolicy

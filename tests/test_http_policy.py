@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from advisor.download import DownloadError, Source, fetch
+from advisor.build import DownloadError, Source, fetch
 from crawler.http import (
     MAX_REDIRECTS,
     ApiError,

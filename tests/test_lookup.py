@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from advisor import match
-from advisor.lookup import lookup
-from advisor.probe import probe
-from advisor.query import parse_query
+from advisor.advice import match, parse_query
+from advisor.advice.lookup import lookup
+from advisor.local.probe import probe
 from crawler import civitai
 from crawler import registry as registry_layer
 from crawler.http import RetryPolicy
@@ -77,7 +76,7 @@ def test_ambiguous_text_lists_ranked_candidates_instead_of_guessing(registry):
     assert r.match is None and r.recommendation is None
     names = [c.name for c in r.candidates]
     assert "CyberRealistic" in names and "majicMIX realistic 麦橘写实" in names
-    # best match first, popularity breaking near ties: the order advisor.match ranks by
+    # best match first, popularity breaking near ties: the order advisor.advice.match ranks by
     ranks = [c.score + match.POPULARITY_WEIGHT * math.log10(1 + c.downloads) for c in r.candidates]
     assert all(a >= b - 0.1 for a, b in zip(ranks, ranks[1:], strict=False)), ranks  # scores are rounded
     assert len({c.model_id for c in r.candidates}) == len(ranks) > 1
@@ -194,7 +193,7 @@ def test_cli_json_schema_and_exit_codes(registry):
 
 
 def test_lookup_does_not_import_torch(registry):
-    code = ("import sys; from advisor.cli import app\n"
+    code = ("import sys; from advisor.cli.main import app\n"
             "try:\n    app(['lookup', 'majicmix realistic v7', '--offline'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules, 'httpx' in sys.modules, 'sqlmodel' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -1,12 +1,12 @@
-"""advisor.match's rules one by one (the evaluation set checks them together on a crawled registry), and the
+"""advisor.advice.match's rules one by one (the evaluation set checks them together on a crawled registry), and the
 bundled names of families and official files."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from advisor import match
-from advisor.lookup import lookup
+from advisor.advice import match
+from advisor.advice.lookup import lookup
 from crawler import families
 from crawler import registry as registry_layer
 from crawler.names import normalize_name

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from advisor.lookup import lookup
+from advisor.advice.lookup import lookup
 from tests.conftest import NOWHERE, cli_env, run_cli
 
 

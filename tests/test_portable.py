@@ -27,7 +27,7 @@ for name in ("MAP_PRIVATE", "PROT_READ"):
     if hasattr(mmap, name):
         delattr(mmap, name)
 
-from advisor.fastpath import try_lookup
+from advisor.cli.fastpath import try_lookup
 
 results = []
 for argv in json.loads(sys.argv[1]):
@@ -35,7 +35,7 @@ for argv in json.loads(sys.argv[1]):
     with redirect_stdout(buf):
         code = try_lookup(argv)
         if code is None:
-            from advisor.cli import run
+            from advisor.cli.main import run
             code = run(argv)
     results.append({"argv": argv, "code": code, "stdout": buf.getvalue()})
 print(json.dumps(results))

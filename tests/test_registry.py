@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import inspect, text
 
-from advisor.lookup import lookup
+from advisor.advice.lookup import lookup
 from crawler import registry
 from crawler.registry import engine as registry_engine
 from crawler.registry.migrations import _PG_LOCK, MIGRATIONS
@@ -192,7 +192,7 @@ NO_DRIVER = """
 import sys
 sys.modules["psycopg"] = None  # as if the postgres extra were not installed
 sys.argv = ["inpaint-advisor", *sys.argv[1:]]
-from advisor.fastpath import main
+from advisor.cli.fastpath import main
 main()
 """
 

@@ -3,7 +3,7 @@ by the model's version order (the newer on a tie), detection confidence only bre
 
 from types import SimpleNamespace
 
-from advisor import ladder
+from advisor.advice import ladder
 from tests.ladder_registry import Releases
 
 VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from advisor import ladder, routes
-from advisor.lookup import lookup
+from advisor.advice import ladder, routes
+from advisor.advice.lookup import lookup
 from crawler import families
 from data import load
 from tests.conftest import cli_env, run_cli

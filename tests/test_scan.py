@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from advisor.scan import checkpoint_folders, scan
+from advisor.local.scan import checkpoint_folders, scan
 from crawler import civitai, registry
 from crawler.http import RetryPolicy
 from tests.civitai_fake import FakeCivitai, synthetic_item
@@ -215,7 +215,7 @@ def hub_pair(tmp_path, monkeypatch):
 
 
 def test_scan_build_gets_every_missing_partner_and_resumes_after_a_failure(a1111, known, hub_pair, monkeypatch):
-    from advisor import batch
+    from advisor.build import batch
 
     sd = a1111 / "models" / "Stable-diffusion"
     (r,) = scan([a1111], db=known, offline=True)
@@ -264,7 +264,7 @@ def test_scan_build_cli_summary_and_exit_status(a1111, known, hub_pair, tmp_path
 @pytest.mark.parametrize("disk, flag, spinning", [("sda", "1", True), ("nvme0n1", "0", False), ("vda", "1", False),
                                                   ("xvda", "1", False)])  # fmt: skip
 def test_only_a_spinning_disk_is_hashed_one_file_at_a_time(tmp_path, disk, flag, spinning):
-    from advisor.scan import _rotational
+    from advisor.local.scan import _rotational
 
     f = tmp_path / "m.safetensors"
     f.write_bytes(b"x")

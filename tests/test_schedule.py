@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from advisor import schedule
+from advisor.team import schedules as schedule
 from tests.civitai_fake import FakeCivitai, load_fixture
 from tests.conftest import ROOT, cli_env, run_cli
 
@@ -516,7 +516,7 @@ def test_schedule_run_crawls_with_the_env_file_and_one_scheduled_crawl_at_a_time
 
 
 def test_a_registry_url_with_a_password_is_never_written_into_a_schedule(monkeypatch):
-    from advisor import schedule
+    from advisor.team import schedules as schedule
 
     monkeypatch.setenv("INPAINT_ADVISOR_DB", "postgresql+psycopg://crawler:hunter2secret@db.example/registry")
     with pytest.raises(schedule.ScheduleError, match="holds a password") as refused:

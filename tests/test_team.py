@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from advisor import team
+from advisor.team import worker as team
 from crawler import registry
 from crawler.registry import queue
 from merge.engine import merge

@@ -212,8 +212,8 @@ def test_a_storage_that_runs_past_the_end_of_the_file_is_refused(tmp_path):
 
 def test_probe_and_lookup_classify_a_zip_ckpt_as_merge_reads_it(tmp_path):
     """The official SD 1.5 inpainting model is a .ckpt: probe and lookup read it with merge's reader."""
-    from advisor.lookup import lookup
-    from advisor.probe import probe
+    from advisor.advice.lookup import lookup
+    from advisor.local.probe import probe
     from tests.sd_layouts import checkpoint_shapes, make_state_dict
 
     path = tmp_path / "sd-v1-5-inpainting-tiny.ckpt"

@@ -1,7 +1,7 @@
 """The recommendation ladder (the article's advice, most specific first):
 
 already an inpainting model -> its own inpainting release -> a sibling inpainting model by the same creator ->
-then, weighed together for the model's family and markers (advisor.routes, data/routes.json): the official
+then, weighed together for the model's family and markers (advisor.advice.routes, data/routes.json): the official
 inpainting checkpoint, a custom build by add-difference, and the routes that need no inpainting checkpoint
 (the Fooocus patch, ControlNets, adapters, fill models, sampler methods) -> no inpainting route.
 """
@@ -9,8 +9,8 @@ inpainting checkpoint, a custom build by add-difference, and the routes that nee
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from advisor import routes
-from advisor.commands import Command, EnvRef
+from advisor.advice import routes
+from advisor.advice.commands import Command, EnvRef
 from advisor.safety import safe_filename
 from crawler import families
 from crawler.hosts import DEFAULT_URL
@@ -371,7 +371,7 @@ def _route_recommendation(route: routes.Route, checks: dict) -> Recommendation:
 
 
 def choose_version(versions: list, version_id: str | None):
-    """The version the user means: by id (a URL's, a hash's, or the one advisor.match read in a name), else the
+    """The version the user means: by id (a URL's, a hash's, or the one advisor.advice.match read in a name), else the
     newest non-inpainting one."""
     if version_id:
         return next((v for v in versions if v.id == version_id), None)

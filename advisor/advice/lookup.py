@@ -10,9 +10,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor import ladder, match
-from advisor.probe import probe
-from advisor.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
+from advisor.advice import ladder, match
+from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
+from advisor.local.probe import probe
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
@@ -349,7 +349,7 @@ def _resolve(reg: Reader | None, q: Query):
 
 def _by_name(reg: Reader, q: Query):
     """A file name the registry knows, the one model of that exact name (or clearly the most downloaded of
-    several), or the best-scored candidates (``advisor.match``)."""
+    several), or the best-scored candidates (``advisor.advice.match``)."""
     if q.raw.strip().lower().endswith(CHECKPOINT_SUFFIXES) and (hits := reg.by_file_name(q.raw.strip())):
         model_id, version_id = hits[0]
         return reg.model(model_id), version_id

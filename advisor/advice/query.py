@@ -109,4 +109,4 @@ def parse_query(raw: str) -> Query:
     if sum(ch.isalnum() for ch in normalize_name(q)) < MIN_NAME_CHARS:
         raise QueryError(f"{shown(q)!r} is too short to match a model name: give at least {MIN_NAME_CHARS} letters or "
                          "digits, a URL, a hash or a file")  # fmt: skip
-    return Query(raw, "text", text=q)  # a version named at its end is found by advisor.match
+    return Query(raw, "text", text=q)  # a version named at its end is found by advisor.advice.match

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor.build import BuildError, BuildResult, build
-from advisor.scan import ScanResult
+from advisor.build.builder import BuildError, BuildResult, build
+from advisor.local import ScanResult
 
 NEEDS_WORK = ("own-release", "sibling-release", "official", "build")
 

@@ -4,7 +4,7 @@ It follows the lookup's ladder: a model that already is an inpainting model, or 
 made for the version asked about, is downloaded rather than built; otherwise A (the family's official
 inpainting model) and C (its base) come from the bundled data's live mirror, or the user's own files, B from
 the registry or the user's file, and the merge engine builds ``<B's stem>-inpainting.safetensors``. Every
-download goes through ``advisor.download`` (resumable, verified); inputs are kept in the cache, outputs in the
+download goes through ``advisor.build.download`` (resumable, verified); inputs are kept in the cache, outputs in the
 chosen folder; what was built is recorded in the registry (``artifact``) so that `lookup` points at it and the
 same recipe is not built twice.
 """
@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from advisor import ladder
-from advisor.cache import files_dir
-from advisor.commands import Command
-from advisor.download import Downloaded, DownloadError, Source, fetch
-from advisor.lookup import LookupResult, Match, lookup
+from advisor.advice import Command, LookupResult, Match, ladder
+from advisor.advice.lookup import lookup
+from advisor.build.cache import files_dir
+from advisor.build.download import Downloaded, DownloadError, Source, fetch
 from advisor.safety import safe_filename
 from crawler import families, registry
 from merge import hashing
@@ -355,7 +354,7 @@ def _recipe_key(a: _Need, b: _Need, c: _Need, multiplier: float, dtype: str) -> 
 
 
 def _is_local_file(query: str) -> bool:
-    from advisor.query import QueryError, parse_query
+    from advisor.advice import QueryError, parse_query
 
     try:
         return parse_query(query).kind == "file"

@@ -21,7 +21,7 @@ from merge import hashing, portable, prepared
 from merge.engine import partial_owner
 
 WHAT = ("all", "prepared", "files", "partial")
-_DOWNLOAD_PARTIAL = ".inpaint-advisor-*.partial"  # advisor.download's hidden file (its sidecar adds .json)
+_DOWNLOAD_PARTIAL = ".inpaint-advisor-*.partial"  # advisor.build.download's hidden file (its sidecar adds .json)
 _MERGE_PARTIAL = ".*.partial-*"  # a merge's hidden output (SafetensorsWriter), a pair's record being written
 
 

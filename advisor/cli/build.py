@@ -67,12 +67,12 @@ def build(
     """  # noqa: D301
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 
-    from advisor import render
+    from advisor.advice import NotFound
     from advisor.build import BuildError
     from advisor.build import build as do_build
-    from advisor.lookup import NotFound
-    from advisor.output import USAGE, err, print_json
-    from advisor.output import out as out_console
+    from advisor.cli import render
+    from advisor.cli.output import USAGE, err, print_json
+    from advisor.cli.output import out as out_console
 
     queries = queries or []  # (typer gives None for no MODEL)
     if missing == bool(queries):
@@ -129,7 +129,7 @@ def build(
 
 def _build_missing(out: Path, family, min_downloads: int, limit: int, dry_run: bool, offline: bool, db, as_json: bool,
                    options: dict) -> None:  # fmt: skip
-    from advisor.batch import missing
+    from advisor.build.batch import missing
     from crawler import registry
 
     try:
@@ -143,11 +143,11 @@ def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db,
     """Queue the builds for the team's workers: each query resolved here first (nothing queued when one matches
     nothing), one job per resolved recipe. A and C are the family's official pair, which every worker fetches:
     files named with -a/-c are on this host only, so they are refused."""
-    from advisor import team
-    from advisor.batch import missing as most_used_without_release
+    from advisor.build.batch import missing as most_used_without_release
+    from advisor.cli.output import out, print_json
     from advisor.cli.team import queued as render_queued
     from advisor.cli.team import team_failure
-    from advisor.output import out, print_json
+    from advisor.team import worker as team
 
     if options.get("inpaint") or options.get("base"):
         raise die("--inpaint/--base name files on this host, which the workers cannot read: a queued build uses "

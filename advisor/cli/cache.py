@@ -25,8 +25,9 @@ def list_(as_json: JsonOption = False) -> None:
       inpaint-advisor cache list
       inpaint-advisor cache list --json
     """  # noqa: D301
-    from advisor import cache, render
-    from advisor.output import out, print_json
+    from advisor.build import cache
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
 
     report = cache.report()
     if as_json:
@@ -51,8 +52,9 @@ def clear(
       inpaint-advisor cache clear partial
       inpaint-advisor cache clear --dry-run
     """  # noqa: D301
-    from advisor import cache, render
-    from advisor.output import USAGE, out, print_json
+    from advisor.build import cache
+    from advisor.cli import render
+    from advisor.cli.output import USAGE, out, print_json
 
     if what not in cache.WHAT:
         raise die(f"what to clear must be one of {', '.join(cache.WHAT)} (got {what!r})", code="usage",

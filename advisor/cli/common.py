@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from advisor.output import fail, fail_for
+from advisor.cli.output import fail, fail_for
 
 DbOption = Annotated[
     str | None,
@@ -17,7 +17,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def die(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) -> typer.Exit:
-    """``raise die(...)``: report the failure (see advisor.output) and end with ``exit_code``."""
+    """``raise die(...)``: report the failure (see advisor.cli.output) and end with ``exit_code``."""
     return typer.Exit(fail(message, code=code, exit_code=exit_code, as_json=as_json))
 
 
@@ -55,9 +55,9 @@ def duration(value: str) -> timedelta:
 def run_batch_and_report(queries: list[str], *, as_json: bool, **batch_options) -> None:
     """`scan --build` and `build --missing`: run the batch with a line per item, one summary, exit 1 if any
     item failed."""
-    from advisor import render
-    from advisor.batch import run_batch
-    from advisor.output import err, out, print_json
+    from advisor.build import run_batch
+    from advisor.cli import render
+    from advisor.cli.output import err, out, print_json
 
     def on_item(item) -> None:
         if not as_json:

@@ -151,8 +151,8 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
     """Progress, retry notices, the summary, and the errors every crawl command shares."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from advisor import render
-    from advisor.output import err, out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import err, out, print_json
     from crawler import registry
     from crawler.http import CrawlError
     from crawler.registry.runs import CrawlLocked

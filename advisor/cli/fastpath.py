@@ -2,35 +2,13 @@
 
 `lookup` must answer cold in well under half a second, and importing typer (which now brings pydantic) costs
 ~150 ms of that. The plain forms of the command are parsed here; anything else (`--help`, unknown options)
-goes through the typer app, which defines the same command and calls ``run_lookup`` too.
+goes through the typer app, which defines the same command and calls ``answer.run_lookup`` too.
 """
 
 import os
 import sys
 
-
-def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> int:
-    """The lookup command itself; returns its exit status."""
-    from advisor import render
-    from advisor.lookup import NotFound, lookup
-    from advisor.output import USAGE, fail, fail_for, out, print_json
-
-    try:
-        result = lookup(query, db=db or os.environ.get("INPAINT_ADVISOR_DB"), offline=offline)
-    except NotFound as exc:
-        return fail(str(exc), code="not-found", as_json=as_json)
-    except ValueError as exc:  # the query itself cannot be read
-        return fail(str(exc), code="bad-query", exit_code=USAGE, as_json=as_json)
-    except Exception as exc:
-        code = fail_for(exc, as_json=as_json)
-        if code is None:
-            raise
-        return code
-    if as_json:
-        print_json(result)
-    else:
-        render.lookup_result(out, result)
-    return 0 if result.answered else 1
+from advisor.cli.answer import run_lookup
 
 
 def try_lookup(argv: list[str]) -> int | None:
@@ -63,7 +41,7 @@ def main() -> None:
     argv = sys.argv[1:]
     code = try_lookup(argv)
     if code is None:
-        from advisor.cli import run
+        from advisor.cli.main import run
 
         code = run(argv)
     if argv[:1] == ["merge"] and "torch" in sys.modules:

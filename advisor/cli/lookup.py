@@ -36,7 +36,7 @@ def lookup(
 
     Exit status: 0 answered, 1 nothing matched (or several candidates), 2 usage or registry error.
     """  # noqa: D301
-    from advisor.fastpath import run_lookup
+    from advisor.cli.answer import run_lookup
 
     raise typer.Exit(run_lookup(query, db=db, offline=offline, as_json=as_json))
 
@@ -54,9 +54,9 @@ def probe(
       inpaint-advisor probe sd_xl_base_1.0.safetensors --json
       inpaint-advisor probe myModel.safetensors --hash
     """  # noqa: D301
-    from advisor import render
-    from advisor.output import out, print_json
-    from advisor.probe import probe as do_probe
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
+    from advisor.local.probe import probe as do_probe
 
     try:
         result = do_probe(path, with_hash=with_hash)

@@ -1,6 +1,6 @@
-"""`inpaint-advisor`: a thin typer layer over the library functions in crawler/, advisor/ and merge/. One module
-per command group (lookup.py: lookup and probe; crawl.py; status.py; merge.py; build.py; cache.py;
-schedule.py; scan.py); common.py holds what they share.
+"""The typer application with every command registered: one module per command group (lookup.py: lookup and
+probe; crawl.py; status.py; merge.py; build.py; cache.py; schedule.py; scan.py; team.py), each registering its
+commands when imported here. `fastpath.main` (the entry point) comes here for anything but a plain `lookup`.
 
 Usage errors end like every other failure: with ``--json``, one JSON object on stdout and exit status 2.
 """
@@ -18,7 +18,7 @@ __all__ = ["app", "main", "run"]
 def run(argv: list[str]) -> int:
     """Run the command line ``argv`` (without the program name); its exit status. Usage errors end like every
     other failure (with ``--json``: one JSON object on stdout)."""
-    from advisor.output import USAGE, fail
+    from advisor.cli.output import USAGE, fail
 
     try:
         code = app(args=argv, prog_name="inpaint-advisor", standalone_mode=False)

@@ -57,9 +57,9 @@ def merge(
     """  # noqa: D301
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    from advisor import render
-    from advisor.output import err, print_json
-    from advisor.output import out as out_console
+    from advisor.cli import render
+    from advisor.cli.output import err, print_json
+    from advisor.cli.output import out as out_console
     from merge.engine import MergeError, plan_merge, run_merge
 
     # torch (imported by run_merge where a tensor needs it) loads numpy, whose OpenBLAS starts a spinning thread

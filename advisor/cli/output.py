@@ -13,7 +13,7 @@ USAGE = 2  # exit status of a usage or configuration error, as click uses it
 
 
 def print_json(obj) -> None:
-    from advisor import jsonout
+    from advisor.cli import jsonout
     from crawler.http import scrub
 
     sys.stdout.write(scrub(jsonout.dumps(obj)) + "\n")  # no configured secret, whatever a server echoed
@@ -26,12 +26,12 @@ def fail(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) 
 
     message = scrub(message)
     if as_json:
-        from advisor import jsonout
+        from advisor.cli import jsonout
 
         sys.stdout.write(jsonout.error(code, message) + "\n")
         sys.stdout.flush()
     else:
-        from advisor.render import error_line
+        from advisor.cli.render import error_line
 
         err.print(error_line(message))
     return exit_code

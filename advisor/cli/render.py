@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from advisor.commands import Command, shell_text
+from advisor.advice import Command, shell_text
 from advisor.safety import terminal_text
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel

@@ -43,9 +43,9 @@ def scan(
     """  # noqa: D301
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-    from advisor import render
-    from advisor.output import err, out, print_json
-    from advisor.scan import scan as do_scan
+    from advisor.cli import render
+    from advisor.cli.output import err, out, print_json
+    from advisor.local.scan import scan as do_scan
 
     paths = paths or [Path(".")]
     missing = [p for p in paths if not p.expanduser().is_dir()]
@@ -68,7 +68,7 @@ def scan(
 
 
 def _batch(results, db, limit, family, dry_run: bool, offline: bool, as_json: bool) -> None:
-    from advisor.batch import todo
+    from advisor.build.batch import todo
 
     run_batch_and_report(todo(results, family=family, limit=limit), as_json=as_json, db=db, dry_run=dry_run,
                          offline=offline)  # fmt: skip

@@ -20,7 +20,7 @@ BackendOption = Annotated[str, typer.Option(
 
 
 def _fail(exc, as_json: bool) -> typer.Exit:
-    from advisor.output import USAGE
+    from advisor.cli.output import USAGE
 
     return die(str(exc), code=exc.code, exit_code=USAGE if exc.code in ("usage", "bad-setting") else 1,
                as_json=as_json)
@@ -47,8 +47,9 @@ def install(
       inpaint-advisor schedule install
       inpaint-advisor schedule install --every 3h --full-every 1d --backend cron
     """  # noqa: D301
-    from advisor import render, schedule
-    from advisor.output import out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
+    from advisor.team import schedules as schedule
 
     if backend not in ("auto", "systemd", "cron"):
         raise _fail(schedule.ScheduleError(f"unknown backend {backend!r}: auto, systemd or cron", "usage"), as_json)
@@ -70,8 +71,9 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
     Examples:
       inpaint-advisor schedule show --json
     """  # noqa: D301
-    from advisor import render, schedule
-    from advisor.output import out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
+    from advisor.team import schedules as schedule
     from crawler import registry
     from crawler.registry.stats import source_runs
 
@@ -98,8 +100,9 @@ def remove(backend: BackendOption = "auto", as_json: JsonOption = False) -> None
       inpaint-advisor schedule remove
       inpaint-advisor schedule remove --backend cron --json
     """  # noqa: D301
-    from advisor import render, schedule
-    from advisor.output import out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
+    from advisor.team import schedules as schedule
 
     try:
         done = schedule.remove(backend)
@@ -134,9 +137,9 @@ def run(
     """  # noqa: D301
     import os
 
-    from advisor import schedule
     from advisor.cli.crawl import crawl_all
-    from advisor.output import err, print_json
+    from advisor.cli.output import err, print_json
+    from advisor.team import schedules as schedule
 
     path = env_file or schedule.env_file()
     try:

@@ -33,8 +33,8 @@ def status(
       inpaint-advisor status --json
       inpaint-advisor status --check --max-age 12h --json
     """  # noqa: D301
-    from advisor import render
-    from advisor.output import out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
     from crawler.registry.stats import registry_status
 
     if check:
@@ -48,8 +48,8 @@ def status(
 
 
 def _check(db, max_age: timedelta, as_json: bool) -> None:
-    from advisor import render
-    from advisor.output import out, print_json
+    from advisor.cli import render
+    from advisor.cli.output import out, print_json
     from crawler import health
 
     report = _read(lambda engine: health.check(engine, max_age), db, as_json, "unhealthy: {}", no_registry_exit=1)

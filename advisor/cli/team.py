@@ -53,7 +53,7 @@ def worker(
           inpaint-advisor worker --out /mnt/models
       inpaint-advisor worker --concurrency 2 --crawl-every 6h --out /mnt/models
     """  # noqa: D301
-    from advisor import team
+    from advisor.team import worker as team
     from crawler.registry.queue import cron_for
 
     if crawl_every is not None:
@@ -143,7 +143,7 @@ def job_details(console: Console, j) -> None:
     """Everything about one job, the error whole."""
     from rich.table import Table
 
-    from advisor.render import line, t
+    from advisor.cli.render import line, t
 
     runs = f"{j.attempts} run" + ("s" if j.attempts != 1 else "")
     console.print(line((f"job {j.id}", "bold"), f": {j.task}, {j.status} ({runs} ended)"))
@@ -183,7 +183,7 @@ def job_details(console: Console, j) -> None:
 
 def queued(console: Console, items) -> None:
     """`build --enqueue`: each query, the job it became and what that job builds."""
-    from advisor.render import line
+    from advisor.cli.render import line
 
     for q in items:
         state = f"job {q.job_id}"
@@ -219,8 +219,8 @@ def jobs(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db}
         return
-    from advisor import team
-    from advisor.output import out, print_json
+    from advisor.cli.output import out, print_json
+    from advisor.team import worker as team
 
     statuses = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
     if status is not None and status not in statuses:
@@ -244,8 +244,8 @@ def show(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonOp
     Examples:
       inpaint-advisor jobs show 42
     """  # noqa: D301
-    from advisor import team
-    from advisor.output import out, print_json
+    from advisor.cli.output import out, print_json
+    from advisor.team import worker as team
 
     try:
         found = team.show(job_id, db=db or (ctx.obj or {}).get("db"))
@@ -265,8 +265,8 @@ def retry(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: JsonO
     Examples:
       inpaint-advisor jobs retry 42
     """  # noqa: D301
-    from advisor import team
-    from advisor.output import err, print_json
+    from advisor.cli.output import err, print_json
+    from advisor.team import worker as team
 
     try:
         team.retry(job_id, db=db or (ctx.obj or {}).get("db"))
@@ -286,8 +286,8 @@ def cancel(ctx: typer.Context, job_id: JobId, db: DbOption = None, as_json: Json
     Examples:
       inpaint-advisor jobs cancel 42
     """  # noqa: D301
-    from advisor import team
-    from advisor.output import err, print_json
+    from advisor.cli.output import err, print_json
+    from advisor.team import worker as team
 
     try:
         done = team.cancel(job_id, db=db or (ctx.obj or {}).get("db"))

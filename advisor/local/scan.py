@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from advisor.lookup import Match, answer_for_file
-from advisor.probe import ProbeResult, from_layout, probe, tensor_index
+from advisor.advice.lookup import Match, answer_for_file
+from advisor.local.probe import ProbeResult, from_layout, probe, tensor_index
 from merge.header import CheckpointError, regular_file
 
 WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}

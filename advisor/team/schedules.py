@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from advisor.commands import Command
+from advisor.advice import Command
 from crawler.http import scrub
 
 UNIT = "inpaint-advisor-crawl"

@@ -52,9 +52,8 @@ def is_transient(code: str, message: str = "") -> bool:
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(code, message) of what a build raised."""
+    from advisor.advice import NotFound, QueryError
     from advisor.build import BuildError
-    from advisor.lookup import NotFound
-    from advisor.query import QueryError
     from crawler.registry.errors import RegistryError
     from merge.header import CheckpointError
 
@@ -109,8 +108,8 @@ def build_key(model_id: str, version_id: str | None, *, multiplier: float = 1.0,
 def _target_of(query: str, db: str | None) -> _Target | tuple[str, int, str]:
     """The model and version ``query`` means, as a query any worker resolves alike (its ids), or why not:
     (code, exit status, reason)."""
-    from advisor.lookup import NotFound, lookup
-    from advisor.query import QueryError
+    from advisor.advice import NotFound, QueryError
+    from advisor.advice.lookup import lookup
     from advisor.safety import terminal_text
     from merge.header import CheckpointError
 
@@ -142,7 +141,7 @@ def _target_of(query: str, db: str | None) -> _Target | tuple[str, int, str]:
 
 def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.0, dtype: str = "fp16",
             force_build: bool = False) -> list[Queued]:  # fmt: skip
-    """Queue one build per query, each resolved first (advisor.lookup) to the model and version it means; the
+    """Queue one build per query, each resolved first (advisor.advice.lookup) to the model and version it means; the
     same resolved recipe is one job, however it was named. NotQueued, and nothing queued, when a query
     matches nothing or several models, or names a file only this host has."""
     queue.require(db)

@@ -99,7 +99,7 @@ class JobRecord:
 
 @dataclass
 class JobNews:
-    """What a worker tells of a job as it goes (one line each, advisor.team writes them)."""
+    """What a worker tells of a job as it goes (one line each, advisor.team.worker writes them)."""
 
     kind: str  # start | done | retry | failed | requeued
     job_id: int

@@ -2,7 +2,7 @@
 on the hot path, and never a write (SQLite is opened ``mode=ro``, PostgreSQL in read-only transactions).
 
 Free-text search takes candidates from each engine's trigram index (SQLite: FTS5, ``crawler.registry.search``;
-PostgreSQL: pg_trgm); ``advisor.match`` ranks them, the same scorer on both: only a few hundred names are ever
+PostgreSQL: pg_trgm); ``advisor.advice.match`` ranks them, the same scorer on both: only a few hundred names are ever
 scored in Python.
 """
 

@@ -1,6 +1,6 @@
 """Candidate names for a free-text lookup, from each engine's trigram index: a typo breaks only the trigrams it
 touches, so a name that shares most of the query's trigrams is a candidate. ``candidates(wanted)`` yields sets of
-model rows (``reader.MODEL_COLS`` plus ``name_norm`` and ``downloads``), cheapest first; ``advisor.match`` scores
+model rows (``reader.MODEL_COLS`` plus ``name_norm`` and ``downloads``), cheapest first; ``advisor.advice.match`` scores
 them, and lookup stops at the first good enough one.
 """
 
