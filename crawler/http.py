@@ -89,6 +89,7 @@ def retry_wait(response: httpx.Response, now: float | None = None) -> float | No
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a stranger's escape sequences stay out of terminals
 ERROR_BODY_LIMIT = 64 * 1024  # read of an error body at most: enough for any message, never a file's worth
+ERROR_BODY_SECONDS = 10.0  # and no longer than this, however slowly it drips
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -100,11 +101,11 @@ def _body_bytes(response: httpx.Response) -> bytes:
     """The body as read, or its first ERROR_BODY_LIMIT bytes where it streams (an error answer may be huge)."""
     with contextlib.suppress(httpx.ResponseNotRead):
         return response.content[:ERROR_BODY_LIMIT]
-    got = b""
+    got, until = b"", time.monotonic() + ERROR_BODY_SECONDS
     with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
         for chunk in response.iter_bytes():
             got += chunk
-            if len(got) >= ERROR_BODY_LIMIT:
+            if len(got) >= ERROR_BODY_LIMIT or time.monotonic() > until:  # what came is enough to say what it was
                 break
     return got[:ERROR_BODY_LIMIT]
 
@@ -221,6 +222,11 @@ class JsonClient:
         self._token = token
         self.retries = 0
         self._client = new_client(base_url=base_url, headers={"Accept": "application/json"}, timeout=timeout)
+        self._timeout = timeout
+
+    def _deadline(self) -> float:
+        """When an answer must have arrived whole: the timeout bounds each read, not a body dripped forever."""
+        return time.monotonic() + 4 * self._timeout
 
     def close(self) -> None:
         self._client.close()
@@ -247,28 +253,48 @@ class JsonClient:
     def _request(self, method: str, url: str, **kw) -> tuple[object, httpx.Response]:
         def attempt() -> tuple[object, httpx.Response]:
             with transport_errors_retried():
-                response = open_redirected(self._client, url, {}, self._token, method=method, stream=False, **kw)
-            problem = failure(response)
-            if problem is not None:
-                raise problem
-            return _json_of(response), response
+                response = open_redirected(self._client, url, {}, self._token, method=method, stream=True, **kw)
+                try:
+                    problem = failure(response)  # reads at most ERROR_BODY_LIMIT of an error's body
+                    if problem is not None:
+                        raise problem
+                    return _json_of(response.status_code, _capped_body(response, self._deadline())), response
+                finally:
+                    response.close()
 
         what = redact(url) if "://" in url else url
         return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._on_retry)
 
 
-def _json_of(response: httpx.Response) -> object:
+MAX_JSON_BYTES = 64 * 2**20  # an API page is a few MB at most: past this, a body is not an answer
+
+
+def _capped_body(response: httpx.Response, deadline: float) -> bytes:
+    """A JSON answer's body, read as it streams: refused past MAX_JSON_BYTES, and a body still arriving at
+    ``deadline`` (a server dripping bytes, or one that never ends) is a failure worth another try."""
+    got = bytearray()
+    for chunk in response.iter_bytes():
+        got += chunk
+        if len(got) > MAX_JSON_BYTES:
+            raise ApiError(response.status_code, redact(str(response.url)),
+                           f"an answer of over {MAX_JSON_BYTES // 2**20} MB: refused, not read further")  # fmt: skip
+        if time.monotonic() > deadline:
+            raise Retryable(f"HTTP {response.status_code}: the answer was still arriving when its time was up")
+    return bytes(got)
+
+
+def _json_of(status: int, content: bytes) -> object:
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(content)
     except ValueError:  # orjson.JSONDecodeError is a ValueError
-        if b"\\ud" in response.content or b"\\uD" in response.content:
+        if b"\\ud" in content or b"\\uD" in content:
             # a lone surrogate escape ("\ud800"): JSON that orjson refuses and json reads (the registry makes the
             # text storable: crawler.registry.storable)
             with contextlib.suppress(ValueError):
-                return json.loads(response.content)
-        html = b"<html" in response.content[:512].lower()
+                return json.loads(content)
+        html = b"<html" in content[:512].lower()
         kind = "an HTML page" if html else "a body that is not JSON"
-        raise Retryable(f"HTTP {response.status_code} with {kind} instead of JSON") from None
+        raise Retryable(f"HTTP {status} with {kind} instead of JSON") from None
 
 
 class RedirectError(CrawlError):

@@ -323,3 +323,41 @@ def test_a_download_never_shows_a_token_a_server_echoed(two_servers, monkeypatch
               sleep=lambda _: None)  # fmt: skip
     assert refused.value.code == code and "bad credentials: Bearer ***" in str(refused.value)
     assert TOKEN not in str(refused.value) and Hostile.seen[0][1] == f"Bearer {TOKEN}"
+
+
+class Endless(FakeApiHandler):
+    """``/flood`` (``/flood500``): a chunked JSON answer (a 500) that never ends; ``/drip``: one byte of a JSON
+    answer every 50 ms, forever."""
+
+    def do_GET(self):
+        import time
+
+        status = 500 if self.path == "/flood500" else 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"[" * 65536 if self.path.startswith("/flood") else b"["
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if self.path == "/drip":
+                    self.wfile.flush()
+                    time.sleep(0.05)
+        except OSError:  # the client gave up: what the test wants
+            pass
+
+
+def test_an_answer_that_never_ends_is_refused_past_its_cap_and_its_deadline(monkeypatch):
+    import crawler.http
+
+    monkeypatch.setattr(crawler.http, "MAX_JSON_BYTES", 2 * 2**20)
+    with LocalServer(Endless) as url:
+        client = JsonClient(url, policy=RetryPolicy(attempts=1), timeout=0.5, sleep=lambda s: None)
+        with pytest.raises(ApiError, match="over 2 MB: refused"):
+            client.get("/flood")
+        with pytest.raises(RetriesExhausted, match="HTTP 500"):  # an error's body: its first 64 KiB only
+            client.get("/flood500")
+        with pytest.raises(RetriesExhausted, match="still arriving when its time was up"):
+            client.get("/drip")  # each byte within the read timeout; the whole past 4 x timeout
+        client.close()
