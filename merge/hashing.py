@@ -44,9 +44,11 @@ def cache_dirs() -> list[Path]:
 
 
 def file_stamp(path: Path) -> tuple[str, str]:
-    """(absolute path, "size:mtime_ns"): what a cached fact about a file is keyed by."""
+    """(absolute path, "size:mtime_ns:ctime_ns:inode"): what a cached fact about a file is keyed by. ctime and
+    inode too: a file rewritten in place or swapped for another of the same size, its mtime set back, is not
+    the file that was hashed (no user-level call sets ctime back)."""
     st = path.stat()
-    return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}"
+    return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 _loaded: dict[Path, tuple[tuple[int, int], dict]] = {}  # cache file -> (its size and mtime, its entries)
@@ -223,7 +225,8 @@ def remember(path: str | os.PathLike, hashes: FileHashes) -> str | None:
 
 def file_hashes(path: str | os.PathLike, *, autov3: bool = True, use_cache: bool = True, progress=None,
                 warn=None) -> FileHashes:  # fmt: skip
-    """``autov3=False`` skips AutoV3's second pass over the data (what needs only SHA256: one pass hashes at
+    """``use_cache=False`` hashes the bytes whatever the cache says (and corrects the cache where it was
+    wrong). ``autov3=False`` skips AutoV3's second pass over the data (what needs only SHA256: one pass hashes at
     the disk's speed where two would be bound by the cores); ``progress(nbytes)`` is called after each chunk
     (for a progress bar); ``warn(message)`` hears of a cache that could not be written. Only a regular file is
     read (CheckpointError for a FIFO or a device), and one that changes while it is read is a CheckpointError:
@@ -235,10 +238,13 @@ def file_hashes(path: str | os.PathLike, *, autov3: bool = True, use_cache: bool
     hashes = _read_and_hash(path, StreamHasher(autov3=autov3), progress) if not autov3 else _hash_two_passes(
         path, progress)  # fmt: skip
     after = os.stat(path)
-    if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+    if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):  # fmt: skip
         raise CheckpointError(f"{path}: changed while it was hashed ({before.st_size:,} bytes before, "
                               f"{after.st_size:,} after): hash it again once it is no longer being written")
-    if use_cache and (problem := _store(path, hashes)) and warn:
+    # a fresh hash goes into the cache unless an entry with the same SHA256 (perhaps with AutoV3 too) is there
+    known = None if use_cache else cached(path, autov3=False)
+    if (known is None or known.sha256 != hashes.sha256) and (problem := _store(path, hashes)) and warn:
         warn(problem)
     return hashes
 

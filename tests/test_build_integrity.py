@@ -13,6 +13,7 @@ from advisor.build import BuildError, build
 from advisor.build import builder as build_module
 from crawler import registry
 from crawler.registry import artifacts
+from merge import hashing
 from tests.sd_layouts import write_checkpoint
 
 
@@ -246,3 +247,24 @@ def test_a_b_changed_after_its_check_fails_the_build_before_the_output_has_a_nam
         _build(files)
     assert err.value.code == "hash-mismatch" and "changed since it was checked" in str(err.value)
     assert not files["target"].exists() and not _hidden_outputs(files["out"])
+    monkeypatch.setattr(build_module, "_plan", real)
+    again = _build(files)  # the same command builds the B that is there now: no stale hash keeps failing it
+    assert again.action == "built" and again.inputs["B"].sha256 == hashing.file_hashes(
+        files["b"], use_cache=False, autov3=False).sha256  # fmt: skip
+
+
+def test_a_b_rewritten_in_place_with_its_mtime_set_back_is_not_taken_for_the_one_built_before(files, tmp_path):
+    import os
+    from pathlib import Path
+
+    db = str(tmp_path / "registry.db")
+    registry.connect(db)
+    first = _build(files, db=db)
+    b = Path(files["b"])
+    st = b.stat()
+    data = bytearray(b.read_bytes())
+    data[-1] ^= 0x01
+    b.write_bytes(bytes(data))
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only ctime tells
+    second = _build(dict(files, out=tmp_path / "elsewhere"), db=db)
+    assert second.action == "built" and second.inputs["B"].sha256 != first.inputs["B"].sha256
