@@ -1,4 +1,5 @@
-"""SHA256, AutoV1, AutoV2 and AutoV3 of a model file in one streaming read, cached by path + size + mtime.
+"""SHA256, AutoV1, AutoV2 and AutoV3 of a model file in one streaming read, cached by path, size, mtime, ctime
+and inode.
 
 AutoV2 is the first 10 hex digits of SHA256 (A1111's "model hash"); AutoV1 hashes the 64 KiB at 1 MiB;
 AutoV3 hashes a safetensors file's tensor data (header excluded), first 12 hex digits — as Civitai computes

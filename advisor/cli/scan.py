@@ -28,7 +28,7 @@ def scan(
     """Pair every checkpoint in your models folder with the inpainting model to use with it, preferring one
     that is already on disk. A1111/Forge, ComfyUI (with extra_model_paths.yaml), InvokeAI, SwarmUI and Fooocus
     folders are recognised; LoRAs, VAEs, text encoders, ControlNets and upscalers are listed as set aside.
-    Checkpoints are hashed once (cached by path, size and mtime) and found in the registry by hash; hashes
+    Checkpoints are hashed once (cached by path, size, mtime, ctime and inode) and found in the registry by hash; hashes
     it does not know are asked of Civitai (100 a request) unless --offline, and what it knows is stored.
 
     With --build, every partner still missing is downloaded (a release) or built (the official pair's merge)
