@@ -395,8 +395,9 @@ def _write_like(template: Path, to: Path) -> None:
     with open(template, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as src:
         writer = SafetensorsWriter(to, layout, {})
         writer.start_populating()  # as the merge does
-        assert writer._mm is not None
-        with memoryview(writer._mm) as out, memoryview(src) as given:
+        mapping = writer.span(layout[0][0])[0]
+        assert mapping is not None
+        with memoryview(mapping) as out, memoryview(src) as given:
             for name, info in header.tensors.items():
                 _, start, end = writer.span(name)
                 out[start:end] = given[info.start : info.end]  # one copy; a header's offsets are absolute

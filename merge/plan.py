@@ -65,8 +65,8 @@ class MergePlan:
     # roles whose file must have this SHA256 (a build's checked inputs): a file that differs fails the merge
     # before the output gets its name. Known up front, they let the output be hashed as it is written.
     expected: dict[str, str] = field(default_factory=dict)
-    # roles hashed from their bytes as the merge reads them, not taken from the hash cache (a cached hash vouches
-    # for whatever has the same path, size and mtime)
+    # roles hashed from their bytes as the merge reads them, not taken from the hash cache (which vouches for a
+    # file by its stat, not by what the merge reads)
     reread: set[str] = field(default_factory=set)
 
     @property

@@ -313,13 +313,11 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
         finally:
             plan.close()
         st = pair.delta.stat()
-        if result.sha256:  # hashed by the merge as it was written
-            pair.sha256 = result.sha256
+        # hashed by the merge as it was written; read again only where it could not be (then stamped only if
+        # the file did not change meanwhile)
+        pair.sha256 = result.sha256 or _sha256(pair.delta)
+        if result.sha256 or _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
             _stamp(folder, pair.sha256, st)
-        else:
-            pair.sha256 = _sha256(pair.delta)
-            if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
-                _stamp(folder, pair.sha256, st)
         # the record appears only once the delta it describes is whole
         _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
         return pair

@@ -98,11 +98,9 @@ def _tensors(path) -> dict:
 def reference(inputs, tmp_path_factory):
     """The same build, never killed: what every killed build must end up as."""
     folder = tmp_path_factory.mktemp("reference")
-    os.environ["INPAINT_ADVISOR_CACHE"] = str(folder / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INPAINT_ADVISOR_CACHE", str(folder / "cache"))
         result = _build(inputs, folder / "out", str(folder / "registry.db"))
-    finally:
-        del os.environ["INPAINT_ADVISOR_CACHE"]
     return result, _tensors(result.output.path)
 
 
