@@ -134,3 +134,25 @@ def test_only_the_registry_layer_talks_to_databases():
         if name.split(".")[0] in DATABASE_LIBRARIES
     ]
     assert offenders == []
+
+
+# the ladder ranks what lookup gathered (advisor.advice.facts): it may read the registry's record types, never
+# the registry itself, the network, the clock or the files
+LADDER_MAY_NOT = ("crawler.registry", "crawler.http", "httpx", "huggingface_hub", "time", "datetime", "os",
+                  "pathlib", "advisor.advice.lookup", "advisor.advice.facts.gather")  # fmt: skip
+LADDER_RECORDS = {"crawler.registry.reader", "crawler.registry.reader.LinkRecord"}  # a record type, no query
+
+
+def test_the_ladder_is_a_function_of_plain_data():
+    path = _modules()["advisor.advice.ladder"]
+    names = [n for n in _imports(path, runtime_only=False) if n not in LADDER_RECORDS]
+    assert [n for n in names if any(n == bad or n.startswith(bad + ".") for bad in LADDER_MAY_NOT)] == []
+
+
+def test_the_ladder_weighs_releases_without_a_registry():
+    from advisor.advice import ladder
+    from tests.ladder_facts import releases
+
+    subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id="civitai:v2")
+    rec, _, _ = ladder.recommend(subject, releases("Mix", {"v2": 0.9}))
+    assert rec.kind == "own-release" and rec.target.version_id == "civitai:v2-inp"

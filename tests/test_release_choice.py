@@ -4,7 +4,7 @@ by the model's version order (the newer on a tie), detection confidence only bre
 from types import SimpleNamespace
 
 from advisor.advice import ladder
-from tests.ladder_registry import Releases
+from tests.ladder_facts import releases
 
 VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first
 
@@ -13,7 +13,7 @@ def _ask(version: str | None, made_for: dict[str, float]):
     subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id=f"civitai:{version}" if version else None,
                              versions=[SimpleNamespace(id=f"civitai:{v}", position=i)
                                        for i, v in enumerate(VERSIONS)])  # fmt: skip
-    rec, _, warnings = ladder.recommend(subject, Releases("Mix", made_for))
+    rec, _, warnings = ladder.recommend(subject, releases("Mix", made_for))
     return rec, warnings
 
 

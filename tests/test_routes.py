@@ -11,7 +11,7 @@ from advisor.advice.lookup import lookup
 from crawler import families
 from data import load
 from tests.conftest import cli_env, run_cli
-from tests.ladder_registry import Releases
+from tests.ladder_facts import releases
 
 DATA = load("routes")
 MARKERS = set(DATA["markers"])
@@ -136,7 +136,7 @@ def test_flux_keeps_its_fill_model_first():
 
 def test_the_models_own_release_still_comes_first():
     subject = ladder.Subject("XL Fan", "sdxl", model_id="civitai:1", version_id="civitai:v1")
-    rec, alts, _ = ladder.recommend(subject, Releases("XL Fan", {"v1": 0.9}))
+    rec, alts, _ = ladder.recommend(subject, releases("XL Fan", {"v1": 0.9}))
     assert rec.kind == "own-release" and rec.for_your_version
     assert alts[0].route == "fooocus-inpaint" and "better than" not in alts[0].reason
 

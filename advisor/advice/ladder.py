@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from advisor.advice import routes
 from advisor.advice.commands import Command, EnvRef
+from advisor.advice.facts import Facts, Release
 from advisor.safety import safe_filename
 from crawler import families
 from crawler.hosts import DEFAULT_URL
@@ -71,10 +72,10 @@ class Subject:
     same_file_versions: list[str] = field(default_factory=list)
 
 
-def _release_target(registry, version_id: str) -> Target:
+def _release_target(release: Release) -> Target:
     """Where to get a registry version: a Civitai version page and download, or a Hugging Face repo file."""
-    model = registry.model_of_version(version_id)
-    version = next(v for v in registry.versions(model.id) if v.id == version_id)
+    model, version = release.model, release.version
+    version_id = version.id
     if model.source == "hf":
         repo, file = model.source_id, version.primary_file
         single = file is not None and "/" not in file
@@ -228,8 +229,10 @@ def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None
     )
 
 
-def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Recommendation], list[str]]:
-    """(recommendation, alternatives, warnings)"""
+def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendation, list[Recommendation], list[str]]:
+    """(recommendation, alternatives, warnings) for ``subject``, weighing what the registry knows of it
+    (``facts``, advisor.advice.facts.gather; none for a bare family or a file the registry lacks)."""
+    facts = facts or Facts()
     alternatives: list[Recommendation] = []
     warnings: list[str] = []
     own_fam = families.family(subject.family)
@@ -247,13 +250,12 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
             warnings,
         )
 
-    checks = registry.official_checks() if registry else {}
-    built = registry.artifacts_for(subject.model_id, subject.version_id) if registry and subject.model_id else []
+    checks = facts.official_checks
+    built = facts.builds
     # "built here" only for a build of this very version; a build of another version is an alternative
     made = next((a for a in built if a.kind == "built" and a.version_id == subject.version_id), None)
     other_builds = [a for a in built if a.kind == "built" and a is not made]
-    links = [ln for mid in [subject.model_id, *subject.same_file_models] if registry and mid
-             for ln in registry.links_to(mid)]  # fmt: skip
+    links = facts.links
     own = [ln for ln in links if ln.kind == "same-model"]
     sibling = [ln for ln in links if ln.kind == "sibling-model"]
     rec = None
@@ -270,13 +272,13 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
         if not group:
             continue
         (link, note), *others = _rank_releases(subject, group)
-        target = _release_target(registry, link.inpaint_version_id)
+        target = _release_target(facts.releases[link.inpaint_version_id])
         what = (
             "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
         )
         r = Recommendation(kind, f"Use {what}: {target.name} ({note}).", target, _download_command(target),
                            list(link.evidence), for_your_version=note == "made for your version")  # fmt: skip
-        r.evidence += [f"also: {_release_target(registry, other.inpaint_version_id).name} ({why})"
+        r.evidence += [f"also: {_release_target(facts.releases[other.inpaint_version_id]).name} ({why})"
                        for other, why in others]  # fmt: skip
         if "version" in note and note != "made for your version":
             warnings.append(f"The inpainting release was {note}.")
@@ -312,8 +314,7 @@ def recommend(subject: Subject, registry=None) -> tuple[Recommendation, list[Rec
                 checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
                 checkpoint.how = [routes.checkpoint_how(official["id"])]
                 weighed.append(checkpoint)
-    route_checks = registry.route_checks() if registry else {}
-    weighed += [_route_recommendation(route, route_checks) for route in routes.routes_for(subject.family, marks)]
+    weighed += [_route_recommendation(route, facts.route_checks) for route in routes.routes_for(subject.family, marks)]
     weighed.sort(key=lambda r: -_weight(r))  # stable: on a tie, the official model, a build, then the data's order
     if rec is None and weighed and weighed[0].route is not None and own_fam:
         beaten = [_CHECKPOINT_NAMES[r.kind] for r in weighed[1:] if r.route is None]

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor.advice import ladder, match
+from advisor.advice import facts, ladder, match
 from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
 from advisor.local.probe import probe
 from crawler import families, registry
@@ -129,7 +129,8 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
         file=b_file, inpaint_evidence=evidence,
         same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins],
     )  # fmt: skip
-    rec, alts, warns = ladder.recommend(subject, reg)
+    known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg)
+    rec, alts, warns = ladder.recommend(subject, known)
     if family is None and base:
         warns.insert(0, f'Base model "{base}" is not in the bundled data yet (stored as-is).')
     return LookupResult(q.raw, match, [], rec, alts, warns, notes)
