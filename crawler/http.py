@@ -10,16 +10,20 @@ import contextlib
 import email.utils
 import functools
 import json
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
+
+if TYPE_CHECKING:
+    import ssl
 
 T = TypeVar("T")
 
@@ -352,8 +356,6 @@ def _private_host(host: str) -> bool:
 
 
 def _refuse_private() -> bool:
-    import os
-
     return os.environ.get(REFUSE_PRIVATE, "") not in ("", "0")
 
 
@@ -432,6 +434,19 @@ def _refuse_bad_redirect(response: httpx.Response) -> None:
         checked_redirect(str(response.url), response.headers.get("location"))
 
 
+_contexts: dict[tuple[str, str], "ssl.SSLContext"] = {}
+
+
+def _tls_context() -> "ssl.SSLContext":
+    """The certificate store, loaded once per process and shared by every client (as httpx would load it:
+    SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle). Loading it costs about 30 ms of CPU, which each new
+    client paid again: a crawl, a lookup, each download."""
+    key = (os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
+    if key not in _contexts:
+        _contexts[key] = httpx.create_ssl_context()
+    return _contexts[key]
+
+
 def new_client(*, base_url: str = "", headers: dict[str, str] | None = None,
                timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, follow_redirects: bool = False,
                event_hooks: dict[str, list[Callable]] | None = None) -> httpx.Client:  # fmt: skip
@@ -444,7 +459,8 @@ def new_client(*, base_url: str = "", headers: dict[str, str] | None = None,
     hooks: dict[str, list[Callable]] = {"request": [*given.get("request", []), _identify],
                                         "response": [*given.get("response", []), *checks]}  # fmt: skip
     return httpx.Client(base_url=base_url, headers={"User-Agent": user_agent(), **(headers or {})}, timeout=timeout,
-                        follow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, event_hooks=hooks)  # fmt: skip
+                        follow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, event_hooks=hooks,
+                        verify=_tls_context())  # fmt: skip
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------
@@ -456,8 +472,6 @@ def scrub(text: str) -> str:
     """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
     echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
     and stored error."""
-    import os
-
     for name in SECRET_VARIABLES:
         secret = os.environ.get(name, "")
         if len(secret) >= 4 and secret in text:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
-import time
 
 
 def _warm() -> None:
@@ -85,17 +85,15 @@ def _serve() -> None:
         pid = os.fork()
         if pid == 0:
             _child(request)
-        deadline = time.monotonic() + request.get("timeout", 120)
-        timed_out = False
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline and not timed_out:
-                timed_out = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            time.sleep(0.005)
+        # sleep until the child ends (its pidfd turns readable) or its time is up: polling waitpid every few
+        # milliseconds was 16 s of the suite's CPU time
+        ended = os.pidfd_open(pid)
+        timed_out = not select.select([ended], [], [], request.get("timeout", 120))[0]
+        os.close(ended)
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
         replies.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "timed_out": timed_out}) + "\n")
         replies.flush()
 

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
 
 from merge import fused
-from tests import pg
+from tests import pg, sd_layouts
 from tests.civitai_fake import FakeCivitai, Server
 from tests.hf_fake import FakeHub, HubServer
 
@@ -245,3 +245,23 @@ def _zygote() -> _Zygote:
 def pytest_sessionfinish(session, exitstatus) -> None:
     for z in _zygotes:
         z.close()
+
+
+def pytest_configure(config) -> None:
+    """One folder of generated checkpoints for the whole session (tests/sd_layouts.py): made here, before the
+    xdist workers start, so that they inherit it and each checkpoint is generated once, not once per worker."""
+    if hasattr(config, "workerinput") or os.environ.get(sd_layouts.LAYOUTS):
+        return
+    import tempfile
+
+    config._inpaint_layouts = tempfile.mkdtemp(prefix="inpaint-advisor-layouts-")
+    os.environ[sd_layouts.LAYOUTS] = config._inpaint_layouts
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    folder = getattr(config, "_inpaint_layouts", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(sd_layouts.LAYOUTS, None)

@@ -5,14 +5,16 @@ Used by the tests and by benchmarks/bench_merge.py (scale=1: full-size shapes).
 """
 
 import atexit
+import os
 import shutil
 import tempfile
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 UNET = "model.diffusion_model."
 
@@ -214,42 +216,66 @@ def write_checkpoint(
     family: str,
     variant: str = "normal",
     seed: int = 0,
-    scale: int = 8,
+    scale: int = 16,
     dtype=torch.float16,
     extra: dict | None = None,
-) -> dict[str, torch.Tensor]:
-    """Write a checkpoint of ``family``'s real key names with random values from ``seed``; returns its tensors.
-    The same arguments give the same file, so each is made once per process and copied after that (tests
-    write hundreds of them; the random values and their encoding were a noticeable share of the suite)."""
+) -> MutableMapping[str, torch.Tensor]:
+    """Write a checkpoint of ``family``'s real key names with random values from ``seed``; returns its tensors,
+    read from the file only when asked for (most callers never ask). The same arguments give the same file, so
+    each is made once per test session, shared by the xdist workers, and copied after that: making the random
+    values was a sixth of the suite's CPU time."""
     if scale == 1:  # full size (the benchmarks): gigabytes, never kept
         sd = make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype)
         sd.update(extra or {})
         save_file(sd, str(path))
         return sd
-    key = (family, variant, seed, scale, dtype)
-    made = _made.get(key)
-    if made is None:
-        sd = make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype)
-        made = _made[key] = (sd, None)
-    sd, cached = made
+    made = _cache_dir() / f"{family}-{variant}-{seed}-{scale}-{str(dtype).removeprefix('torch.')}.safetensors"
+    if not made.exists():
+        partial = made.with_name(f".{os.getpid()}-{made.name}")
+        save_file(make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype), str(partial))
+        os.replace(partial, made)  # another worker may have made it meanwhile: the same bytes
     if extra:
-        sd = {**sd, **extra}
-        save_file(sd, str(path))
-    elif cached is not None and cached.exists():
-        shutil.copyfile(cached, path)
+        save_file({**load_file(str(made)), **extra}, str(path))
     else:
-        save_file(sd, str(path))
-        cached = _cache_dir() / f"{len(_made)}-{family}-{variant}-{seed}-{scale}-{str(dtype)[6:]}.safetensors"
-        shutil.copyfile(path, cached)
-        _made[key] = (sd, cached)
-    return {k: v.clone() for k, v in sd.items()}  # the caller may change its copy
+        shutil.copyfile(made, path)
+    return _Tensors(made, extra or {})
 
 
-_made: dict[tuple, tuple[dict[str, torch.Tensor], Path | None]] = {}
+class _Tensors(MutableMapping):
+    """A written checkpoint's tensors, loaded from the session's copy on first use: the caller's own copies,
+    to change as it likes."""
+
+    def __init__(self, made: Path, extra: dict):
+        self._made, self._extra, self._loaded = made, extra, None
+
+    def _all(self) -> dict[str, torch.Tensor]:
+        if self._loaded is None:
+            self._loaded = {**load_file(str(self._made)), **{k: v.clone() for k, v in self._extra.items()}}
+        return self._loaded
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._all()[key]
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self._all()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._all()[key]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+LAYOUTS = "INPAINT_ADVISOR_TEST_LAYOUTS"  # a folder the session's workers share (tests/conftest.py sets it)
 
 
 @cache
 def _cache_dir() -> Path:
+    if os.environ.get(LAYOUTS):
+        return Path(os.environ[LAYOUTS])
     folder = Path(tempfile.mkdtemp(prefix="inpaint-advisor-layouts-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder

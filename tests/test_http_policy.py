@@ -361,3 +361,22 @@ def test_an_answer_that_never_ends_is_refused_past_its_cap_and_its_deadline(monk
         with pytest.raises(RetriesExhausted, match="still arriving when its time was up"):
             client.get("/drip")  # each byte within the read timeout; the whole past 4 x timeout
         client.close()
+
+
+def test_clients_share_one_loaded_certificate_store_and_a_new_setting_loads_another(monkeypatch, tmp_path):
+    from crawler import http
+
+    loads = []
+    real = httpx.create_ssl_context
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda *a, **kw: loads.append(1) or real(*a, **kw))
+    monkeypatch.setattr(http, "_contexts", {})
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    for _ in range(3):
+        http.new_client().close()
+    assert len(loads) == 1
+    import certifi
+
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())  # honoured as httpx honours it: a store of its own
+    http.new_client().close()
+    assert len(loads) == 2

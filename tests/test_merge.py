@@ -59,7 +59,7 @@ def test_every_rule_gives_exact_values(tmp_path, arithmetic):
     ):
         assert torch.equal(o[k], expected(a[k], b[k], c[k]))
     # first conv: delta on channels 0-3, mask and masked-image channels 4-8 stay A's
-    assert o[CONV_IN].shape == (40, 9, 3, 3)
+    assert o[CONV_IN].shape == (b[CONV_IN].shape[0], 9, 3, 3)  # A's nine input channels, B's width
     assert torch.equal(o[CONV_IN][:, :4], expected(a[CONV_IN][:, :4], b[CONV_IN], c[CONV_IN]))
     assert torch.equal(o[CONV_IN][:, 4:], a[CONV_IN][:, 4:])
     assert r.channel_merged == [CONV_IN]
@@ -345,7 +345,7 @@ def test_a_cpu_merge_of_safetensors_runs_without_torch_and_stores_the_torch_path
     k = "model.diffusion_model.out.2.bias"
     b[k] = b[k].clone()
     b[k][0] = float("nan")
-    save_file(b, str(pb))
+    save_file(dict(b), str(pb))
     direct = tmp_path / "direct.safetensors"
     env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path))
     child = subprocess.run([sys.executable, "-c", NO_TORCH_MERGE, str(pa), str(pb), str(pc), str(direct)],
