@@ -1,3 +1,5 @@
+import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -116,6 +118,54 @@ def empty_db(request, tmp_path):
         return
     with pg.fresh_database() as url:
         yield url
+
+
+_filled: dict[tuple[str, str], tuple[str, object]] = {}  # (engine, key) -> (the filled master, what fill gave)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def filled_registry(request, tmp_path):
+    """``db, made = filled_registry(key, fill)``: a registry as ``fill(db)`` leaves it, and what that call
+    returned. ``fill`` runs once per worker and key, into a master kept for the session; each test gets its own
+    copy of it (SQLite's backup API, PostgreSQL's CREATE DATABASE ... TEMPLATE), which costs less than a crawl.
+    For fixtures whose registry is the setting of many tests, not what they test."""
+    copies: list = []
+
+    def get(key: str, fill):
+        from crawler.registry.engine import close_all
+
+        if (request.param, key) not in _filled:
+            sqlite = request.param == "sqlite"
+            master = str(_masters() / f"{len(_filled)}.db") if sqlite else pg.kept_copy_of_template()
+            made = fill(master)
+            close_all()  # a PostgreSQL template may have no open connection while it is copied
+            _filled[request.param, key] = (master, made)
+        master, made = _filled[request.param, key]
+        if request.param == "sqlite":
+            import sqlite3
+
+            db = str(tmp_path / "registry.db")
+            with contextlib.closing(sqlite3.connect(master)) as src, contextlib.closing(sqlite3.connect(db)) as dst:
+                src.backup(dst)
+            return db, made
+        copy = pg.fresh_database(template=master)
+        copies.append(copy)
+        return copy.__enter__(), made
+
+    yield get
+    for copy in copies:
+        copy.__exit__(None, None, None)
+
+
+@functools.cache
+def _masters() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="inpaint-advisor-masters-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @pytest.fixture

@@ -61,10 +61,32 @@ def _migrated_template(url: str) -> str:
     return _templates[url]
 
 
+def kept_copy_of_template(prefix: str = "ia_master") -> str:
+    """The URL of a new registry of the current schema that stays for the rest of this process (dropped at
+    exit): a master that tests fill once and then copy (``fresh_database(template=...)``)."""
+    import atexit
+
+    import psycopg
+
+    url = server_url()
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(_conninfo(url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_migrated_template(url)}"')
+
+    def drop() -> None:
+        with contextlib.suppress(Exception), psycopg.connect(_conninfo(url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return _with_database(url, name)
+
+
 @contextlib.contextmanager
-def fresh_database(server: str | None = None, prefix: str = "ia_test", *, migrated: bool = False):
+def fresh_database(server: str | None = None, prefix: str = "ia_test", *, migrated: bool = False,
+                   template: str | None = None):  # fmt: skip
     """Yields the SQLAlchemy URL of a new database on ``server`` (default: the test server), dropped afterwards:
-    empty, or with ``migrated`` already a registry of the current schema (a copy of a template made once).
+    empty, or with ``migrated`` already a registry of the current schema (a copy of a template made once), or
+    a copy of the database at URL ``template`` (which must have no connection open).
     Benchmarks use it too: they never touch the database they were pointed at."""
     import psycopg
 
@@ -72,7 +94,10 @@ def fresh_database(server: str | None = None, prefix: str = "ia_test", *, migrat
 
     url = server or server_url()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    template = f' TEMPLATE "{_migrated_template(url)}"' if migrated else ""
+    if template is not None:
+        template = f' TEMPLATE "{urlsplit(template).path.lstrip("/")}"'
+    else:
+        template = f' TEMPLATE "{_migrated_template(url)}"' if migrated else ""
     with psycopg.connect(_conninfo(url), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"{template}')
     try:

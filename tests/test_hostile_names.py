@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from advisor.safety import MAX_FILENAME_BYTES, safe_filename, terminal_text
-from tests.civitai_fake import FakeCivitai, synthetic_item
+from tests.civitai_fake import FakeCivitai, Server, synthetic_item
 from tests.conftest import cli_env, run_cli
 
 ESC_OR_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -37,23 +37,29 @@ def _item(model_id: int, name: str, *, base="SD 1.5", file_name=None, inpaint_fi
 
 
 @pytest.fixture
-def hostile(tmp_path, registry_db, serve):
-    """A registry crawled from crafted items; the markers are files that pasted commands must never create."""
-    markers = [tmp_path / "owned-1", tmp_path / "owned-2", tmp_path / "owned-3"]
-    items = [
-        _item(910001, f"Evil [/] [bold red]Mix\x1b[2J\x1b[H {OSC8} \u202eredda", creator="bad\x1b[31mguy[/]",
-              file_name=f"x$(touch {markers[0]}).safetensors"),
-        _item(910002, "Quote Breaker", base="SDXL 1.0", file_name=f'a";touch {markers[1]};".safetensors'),
-        _item(910003, "Path Walker", inpaint_file="../../etc/x.safetensors", file_name="../../../../tmp/y.safetensors"),
-        _item(910004, "Option Smuggler", inpaint_file="-rf --output=/etc/passwd.safetensors",
-              file_name=f"`touch {markers[2]}`.safetensors"),
-        _item(910005, "L" * 400 + " long name " + "麦" * 120, file_name="n" * 600 + ".safetensors"),
-        _item(910006, "Unknown Base", base="[red]SDXL[/red] \x1b[5m blink"),
-    ]
-    url = serve(FakeCivitai(items))
-    env = cli_env(INPAINT_ADVISOR_DB=registry_db, INPAINT_ADVISOR_CIVITAI_URL=url)
-    crawl = run_cli("crawl", "civitai", env=env)
-    return env, crawl, markers
+def hostile(filled_registry, tmp_path_factory):
+    """A registry crawled (once per worker, then copied) from crafted items; the markers are files that pasted
+    commands must never create."""
+
+    def crawl(db: str):
+        markers = [tmp_path_factory.mktemp("markers") / f"owned-{i}" for i in (1, 2, 3)]
+        items = [
+            _item(910001, f"Evil [/] [bold red]Mix\x1b[2J\x1b[H {OSC8} \u202eredda", creator="bad\x1b[31mguy[/]",
+                  file_name=f"x$(touch {markers[0]}).safetensors"),
+            _item(910002, "Quote Breaker", base="SDXL 1.0", file_name=f'a";touch {markers[1]};".safetensors'),
+            _item(910003, "Path Walker", inpaint_file="../../etc/x.safetensors",
+                  file_name="../../../../tmp/y.safetensors"),
+            _item(910004, "Option Smuggler", inpaint_file="-rf --output=/etc/passwd.safetensors",
+                  file_name=f"`touch {markers[2]}`.safetensors"),
+            _item(910005, "L" * 400 + " long name " + "麦" * 120, file_name="n" * 600 + ".safetensors"),
+            _item(910006, "Unknown Base", base="[red]SDXL[/red] \x1b[5m blink"),
+        ]  # fmt: skip
+        with Server(FakeCivitai(items)) as url:
+            crawled = run_cli("crawl", "civitai", env=cli_env(INPAINT_ADVISOR_DB=db, INPAINT_ADVISOR_CIVITAI_URL=url))
+        return crawled, markers
+
+    db, (crawled, markers) = filled_registry("hostile names", crawl)
+    return cli_env(INPAINT_ADVISOR_DB=db), crawled, markers
 
 
 def _clean(text: str) -> bool:

@@ -14,16 +14,20 @@ from advisor.local.probe import probe
 from crawler import civitai
 from crawler import registry as registry_layer
 from crawler.http import RetryPolicy
-from tests.civitai_fake import FakeCivitai, load_fixture, synthetic_item
+from tests.civitai_fake import FakeCivitai, Server, load_fixture, synthetic_item
 from tests.conftest import ROOT, cli_env, option, run_cli
 from tests.sd_layouts import write_checkpoint
 
 
 @pytest.fixture
-def registry(registry_db, serve):
-    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(FakeCivitai(load_fixture())),
-                  policy=RetryPolicy(attempts=2, base_delay=0.001))  # fmt: skip
-    return registry_db
+def registry(filled_registry):
+    """A registry crawled from the Civitai fixture (once per worker, then copied)."""
+
+    def crawl(db: str) -> None:
+        with Server(FakeCivitai(load_fixture())) as url:
+            civitai.crawl(registry_layer.connect(db), base_url=url, policy=RetryPolicy(attempts=2, base_delay=0.001))
+
+    return filled_registry("civitai fixture", crawl)[0]
 
 
 def ask(q, registry, **kw):
