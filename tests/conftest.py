@@ -101,12 +101,13 @@ def local_network_only(monkeypatch):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_db(request, tmp_path):
-    """Where a test's registry lives: a SQLite file, or a fresh PostgreSQL database (tests/pg.py). Every test
-    that touches the registry takes this, so that it runs on both engines."""
+    """Where a test's registry lives: a SQLite file, or a PostgreSQL database as a fresh registry is (emptied
+    back after each test and reused: tests/pg.py). Every test that touches the registry takes this, so that it
+    runs on both engines."""
     if request.param == "sqlite":
         yield str(tmp_path / "registry.db")
         return
-    with pg.fresh_database(migrated=True) as url:  # a registry already, as registry.connect makes on SQLite
+    with pg.reused_registry() as url:  # a registry already, as registry.connect makes on SQLite
         yield url
 
 
