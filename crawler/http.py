@@ -22,6 +22,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from data.errors import InpaintAdvisorError
+
 if TYPE_CHECKING:
     import ssl
 
@@ -42,8 +44,10 @@ def user_agent() -> str:
 _SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
 
 
-class CrawlError(Exception):
+class CrawlError(InpaintAdvisorError):
     """Base class: a request that could not be answered."""
+
+    code = "crawl-failed"
 
 
 class ApiError(CrawlError):

@@ -10,14 +10,18 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import InpaintAdvisorError
+
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
             "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 FLOAT_NAMES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 MAX_HEADER = 100 * 2**20
 
 
-class CheckpointError(Exception):
+class CheckpointError(InpaintAdvisorError):
     """A checkpoint that cannot be used as it is: truncated, not safetensors, unsafe pickle, ..."""
+
+    code = "bad-checkpoint"
 
 
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.errors import InpaintAdvisorError
 from merge import layout
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import TensorInfo
@@ -26,10 +27,12 @@ FREE_MARGIN = 64 * 2**20  # left free beyond the output, for the filesystem's ow
 MAX_MULTIPLIER = 10.0  # M beyond this is a typo, not a merge anyone wants (1.0 is the inpainting recipe)
 
 
-class MergeError(Exception):
+class MergeError(InpaintAdvisorError):
     """Inputs that cannot be merged as asked; nothing was written. ``reason`` names the kind of problem for
     callers that add advice of their own (a CLI names its flags): "exists", "inputs", "output", "space",
     "changed" (an input is not the file it was checked to be)."""
+
+    code = "merge-refused"
 
     def __init__(self, message: str, reason: str = "inputs"):
         super().__init__(message)

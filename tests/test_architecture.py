@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 PACKAGES = ("advisor", "crawler", "merge", "data")
 DATABASE_LIBRARIES = ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg", "procrastinate")  # the queue too
 # who may import whom (a package always may import itself)
-ALLOWED = {"advisor": {"crawler", "merge", "data"}, "crawler": {"merge", "data"}, "merge": set(), "data": set()}
+ALLOWED = {"advisor": {"crawler", "merge", "data"}, "crawler": {"merge", "data"}, "merge": {"data"}, "data": set()}
 # advisor's use cases, top to bottom: a module may import its own layer and those below it, never one above.
 # local and advice share a layer: a lookup probes a local file, and a scan asks lookup about each one.
 ADVISOR_LAYERS = (("advisor.cli",), ("advisor.team",), ("advisor.build",), ("advisor.local", "advisor.advice"),

@@ -16,6 +16,7 @@ from advisor.local.probe import probe
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
+from data.errors import InpaintAdvisorError
 
 GOOD_ENOUGH = 80.0  # a candidate batch with a name this close ends the search for wider ones
 
@@ -210,8 +211,10 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
     return None
 
 
-class NotFound(LookupError):
+class NotFound(InpaintAdvisorError, LookupError):
     """The query names something precise that does not exist (a version that is not the model's)."""
+
+    code = "not-found"
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from crawler.hosts import CIVITAI_HOSTS
 from crawler.names import normalize_name
+from data.errors import InpaintAdvisorError
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _HASH_KINDS = {8: "autov1", 10: "autov2", 12: "autov3", 64: "sha256"}
@@ -21,8 +22,10 @@ _URL_HOSTS = ("civitai.com/", "www.civitai.com/", "civitai.red/", "www.civitai.r
 MIN_NAME_CHARS = 2  # letters or digits a name query needs before it can match anything with confidence
 
 
-class QueryError(ValueError):
+class QueryError(InpaintAdvisorError, ValueError):
     """The query cannot be read as any kind of model reference (a usage error)."""
+
+    code = "bad-query"
 
 
 def shown(q: str, limit: int = 120) -> str:

@@ -29,6 +29,7 @@ from advisor.build.cache import files_dir
 from advisor.build.download import Downloaded, DownloadError, Source, fetch
 from advisor.safety import safe_filename
 from crawler import families, registry
+from data.errors import InpaintAdvisorError
 from merge import hashing
 
 if TYPE_CHECKING:
@@ -39,12 +40,10 @@ _FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _WEIGHTS = ("diffusion_pytorch_model{}.safetensors", "model{}.safetensors")
 
 
-class BuildError(Exception):
-    """A build that cannot be done as asked; ``code`` for JSON, ``exit_code`` for the CLI."""
+class BuildError(InpaintAdvisorError):
+    """A build that cannot be done as asked; ``code`` names the kind (data/error_codes.json)."""
 
-    def __init__(self, message: str, code: str = "build-failed", exit_code: int = 1):
-        super().__init__(message)
-        self.code, self.exit_code = code, exit_code
+    code = "build-failed"
 
 
 @dataclass
@@ -250,7 +249,7 @@ def _given_or_official(role: str, given: str | os.PathLike | None, fam: dict | N
 def _local(role: str, path: str | os.PathLike) -> _Need:
     p = Path(path).expanduser()
     if not p.exists():
-        raise BuildError(f"{role}: no such file or folder: {p}", "bad-input", 2)
+        raise BuildError(f"{role}: no such file or folder: {p}", "bad-input")
     identity = hashing.file_hashes(p, autov3=False).sha256 if p.is_file() else hashing.folder_identity(p)
     return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
 
@@ -387,7 +386,7 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
                                            and families.is_official_repo((match.model_id or "").split(":", 1)[-1]))
     if is_base and not _is_local_file(query):
         raise BuildError(f"“{query}” is {match.name}, a base model, not a fine-tune: there is nothing to build; "
-                         f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base", 2)  # fmt: skip
+                         f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base")  # fmt: skip
     out_dir = Path(out).expanduser()
     result = BuildResult(query, "planned", "", match, warnings=list(found.warnings))
     reader = registry.open_reader_if_any(db)

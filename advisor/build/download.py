@@ -54,6 +54,7 @@ from crawler.http import (
     retrying,
     transport_errors_retried,
 )
+from data.errors import InpaintAdvisorError
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
 from merge.header import MAX_HEADER, CheckpointError
@@ -71,12 +72,10 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
 
-class DownloadError(Exception):
+class DownloadError(InpaintAdvisorError):
     """A download that cannot succeed as asked; nothing is left under a final name. ``code`` names the kind."""
 
-    def __init__(self, message: str, code: str = "download-failed"):
-        super().__init__(message)
-        self.code = code
+    code = "download-failed"
 
 
 @dataclass

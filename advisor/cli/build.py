@@ -67,12 +67,11 @@ def build(
     """  # noqa: D301
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
 
-    from advisor.advice import NotFound
-    from advisor.build import BuildError
     from advisor.build import build as do_build
     from advisor.cli import render
     from advisor.cli.output import USAGE, err, print_json
     from advisor.cli.output import out as out_console
+    from data.errors import InpaintAdvisorError
 
     queries = queries or []  # (typer gives None for no MODEL)
     if missing == bool(queries):
@@ -112,13 +111,9 @@ def build(
             result = do_build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype,
                               device=device, force_build=force_build, dry_run=dry_run, offline=offline, db=db,
                               progress=on_bytes, merge_progress=on_merge, allow_nonfinite=allow_nonfinite)  # fmt: skip
-    except BuildError as exc:
-        raise die(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json) from None
-    except NotFound as exc:
-        raise die(str(exc), code="not-found", as_json=as_json) from None
-    except ValueError as exc:
-        raise die(str(exc), code="bad-query", exit_code=USAGE, as_json=as_json) from None
     except Exception as exc:
+        if isinstance(exc, ValueError) and not isinstance(exc, InpaintAdvisorError):  # a parser under QueryError
+            raise die(str(exc), code="bad-query", exit_code=USAGE, as_json=as_json) from None
         raise die_for(exc, as_json=as_json) from None
     if as_json:
         print_json(result)
@@ -158,8 +153,6 @@ def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db,
         if missing:
             queries = most_used_without_release(db, family=family, min_downloads=min_downloads, limit=limit)
         queued = team.enqueue(list(queries), db=db, **recipe)
-    except team.NotQueued as exc:
-        raise die(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json) from None
     except Exception as exc:
         raise team_failure(exc, as_json) from None
     if as_json:

@@ -173,7 +173,7 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
         with progress:
             summary = crawl(engine, lambda s: progress.update(task, description=describe(s)), on_retry)
     except CrawlLocked as exc:
-        raise die(str(exc), code="crawl-locked", as_json=as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     except (CrawlError, ValueError) as exc:
         raise die(f"{exc}. The crawl stopped; run the same command again to resume from the last saved page.",
                   code="crawl-failed", as_json=as_json) from None  # fmt: skip

@@ -38,14 +38,12 @@ def fail(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) 
 
 
 def fail_for(exc: BaseException, *, as_json: bool) -> int | None:
-    """The failure report for the library errors every command may meet; None for anything else."""
-    from crawler.registry.errors import RegistryError
-    from merge.header import CheckpointError
+    """The failure report for an error of the tool's own (its code and the exit status data/error_codes.json
+    gives it), an interrupt or an OS error; None for anything else (a bug: its traceback is the report)."""
+    from data.errors import InpaintAdvisorError
 
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, InpaintAdvisorError):
         return fail(str(exc), code=exc.code, exit_code=exc.exit_code, as_json=as_json)
-    if isinstance(exc, CheckpointError):
-        return fail(str(exc), code="bad-checkpoint", as_json=as_json)
     if isinstance(exc, KeyboardInterrupt):
         return fail("interrupted", code="interrupted", exit_code=130, as_json=as_json)
     if isinstance(exc, OSError) and exc.strerror:

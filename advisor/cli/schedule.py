@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from advisor.cli.app import SUBCOMMAND, PlainCommand, app
-from advisor.cli.common import DbOption, JsonOption, die, duration
+from advisor.cli.common import DbOption, JsonOption, die, die_for, duration
+from advisor.cli.output import USAGE
 
 schedule_app = typer.Typer(help="Crawl every source on a timer (systemd user timer, else crontab).",
                            no_args_is_help=True, subcommand_metavar=SUBCOMMAND,
@@ -17,13 +18,6 @@ app.add_typer(schedule_app, name="schedule")
 BackendOption = Annotated[str, typer.Option(
     "--backend", metavar="auto|systemd|cron",
     help="Where the schedule lives (auto: systemd if it runs here).")]  # fmt: skip
-
-
-def _fail(exc, as_json: bool) -> typer.Exit:
-    from advisor.cli.output import USAGE
-
-    return die(str(exc), code=exc.code, exit_code=USAGE if exc.code in ("usage", "bad-setting") else 1,
-               as_json=as_json)
 
 
 @schedule_app.command(cls=PlainCommand)
@@ -52,11 +46,11 @@ def install(
     from advisor.team import schedules as schedule
 
     if backend not in ("auto", "systemd", "cron"):
-        raise _fail(schedule.ScheduleError(f"unknown backend {backend!r}: auto, systemd or cron", "usage"), as_json)
+        raise die(f"unknown backend {backend!r}: auto, systemd or cron", code="usage", exit_code=USAGE, as_json=as_json)
     try:
         done = schedule.install(every, full_every, backend)
     except schedule.ScheduleError as exc:
-        raise _fail(exc, as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     if as_json:
         print_json(done)
     else:
@@ -80,7 +74,7 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
     try:
         shown = schedule.show(backend)
     except schedule.ScheduleError as exc:
-        raise _fail(exc, as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     try:
         last = source_runs(registry.connect_read_only(db))
     except Exception:  # noqa: BLE001 - no registry (yet): the schedule is still worth showing
@@ -107,7 +101,7 @@ def remove(backend: BackendOption = "auto", as_json: JsonOption = False) -> None
     try:
         done = schedule.remove(backend)
     except schedule.ScheduleError as exc:
-        raise _fail(exc, as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     if as_json:
         print_json(done)
     else:
@@ -145,14 +139,14 @@ def run(
     try:
         values = schedule.read_env_file(path)
     except schedule.ScheduleError as exc:
-        raise _fail(exc, as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     if not path.exists():
         err.print(f"note: no {path}: crawling without tokens", markup=False, highlight=False)
     os.environ.update(values)
     try:
         turn = schedule.take_turn(full=not incremental)
     except schedule.ScheduleError as exc:
-        raise _fail(exc, as_json) from None
+        raise die_for(exc, as_json=as_json) from None
     if turn is None:
         why = "another scheduled crawl is running: this incremental one gives way to it"
         if as_json:

@@ -21,7 +21,7 @@ def team_failure(exc: BaseException, as_json: bool) -> typer.Exit:
 
     if isinstance(exc, TeamModeNeedsPostgres):
         hint = SQLITE_HINT if "SQLite" in str(exc) else ""
-        return die(f"{exc}{hint}", code=exc.code, exit_code=exc.exit_code, as_json=as_json)
+        return die(f"{exc}{hint}", code=exc.code, exit_code=exc.exit_code, as_json=as_json)  # with its advice
     return die_for(exc, as_json=as_json)
 
 

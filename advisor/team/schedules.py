@@ -25,6 +25,7 @@ from pathlib import Path
 
 from advisor.advice import Command
 from crawler.http import scrub
+from data.errors import InpaintAdvisorError
 
 UNIT = "inpaint-advisor-crawl"
 FULL_UNIT = "inpaint-advisor-crawl-full"
@@ -41,10 +42,10 @@ ENV_TEMPLATE = """\
 """
 
 
-class ScheduleError(Exception):
-    def __init__(self, message: str, code: str = "schedule-failed"):
-        super().__init__(message)
-        self.code = code
+class ScheduleError(InpaintAdvisorError):
+    """A schedule that cannot be installed, run or removed as asked; ``code`` names the kind."""
+
+    code = "schedule-failed"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from crawler.registry import queue
 from crawler.registry.queue import JobNews, JobRecord
+from data.errors import InpaintAdvisorError, exit_status
 
 # A failure another attempt would meet again: the job fails at once, with its code.
 PERMANENT = frozenset({
@@ -52,19 +53,8 @@ def is_transient(code: str, message: str = "") -> bool:
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(code, message) of what a build raised."""
-    from advisor.advice import NotFound, QueryError
-    from advisor.build import BuildError
-    from crawler.registry.errors import RegistryError
-    from merge.header import CheckpointError
-
-    if isinstance(exc, (BuildError, RegistryError)):
+    if isinstance(exc, InpaintAdvisorError):
         return exc.code, str(exc)
-    if isinstance(exc, NotFound):
-        return "not-found", str(exc)
-    if isinstance(exc, QueryError):
-        return "bad-query", str(exc)
-    if isinstance(exc, CheckpointError):
-        return "bad-checkpoint", str(exc)
     if isinstance(exc, OSError):
         return "os-error", f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     return "build-failed", f"{type(exc).__name__}: {exc}"
@@ -79,12 +69,10 @@ class Queued:
     already: bool  # the same build was queued or running already (``job_id``: that job, when known)
 
 
-class NotQueued(Exception):
+class NotQueued(InpaintAdvisorError):
     """Nothing was queued: a query matched nothing (or several models), or names what no worker can fetch."""
 
-    def __init__(self, message: str, code: str = "not-found", exit_code: int = 1):
-        super().__init__(message)
-        self.code, self.exit_code = code, exit_code
+    code = "not-found"
 
 
 @dataclass
@@ -105,9 +93,9 @@ def build_key(model_id: str, version_id: str | None, *, multiplier: float = 1.0,
     return "build:" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _target_of(query: str, db: str | None) -> _Target | tuple[str, int, str]:
+def _target_of(query: str, db: str | None) -> _Target | tuple[str, str]:
     """The model and version ``query`` means, as a query any worker resolves alike (its ids), or why not:
-    (code, exit status, reason)."""
+    (code, reason)."""
     from advisor.advice import NotFound, QueryError
     from advisor.advice.lookup import lookup
     from advisor.safety import terminal_text
@@ -116,23 +104,21 @@ def _target_of(query: str, db: str | None) -> _Target | tuple[str, int, str]:
     shown = f"“{terminal_text(query)}”"
     try:
         found = lookup(query, db=db)
-    except NotFound as exc:
-        return "not-found", 1, f"{shown}: {exc}"
     except QueryError as exc:
-        return "bad-query", 2, str(exc)
-    except CheckpointError as exc:
-        return "bad-checkpoint", 1, f"{shown}: {exc}"
+        return exc.code, str(exc)
+    except (NotFound, CheckpointError) as exc:
+        return exc.code, f"{shown}: {exc}"
     match = found.match
     if match is None:
         if found.candidates:
             ids = ", ".join(c.model_id for c in found.candidates[:3])
-            return "not-found", 1, f"{shown} matches several models ({ids}, ...): name one by id"
-        return "not-found", 1, f"no model matched {shown}"
+            return "not-found", f"{shown} matches several models ({ids}, ...): name one by id"
+        return "not-found", f"no model matched {shown}"
     if match.source == "file":
-        return "bad-query", 2, (f"{shown} is a file on this host that the registry does not know by its SHA256: "
-                                "workers cannot read it (build it here, without --enqueue)")  # fmt: skip
+        return "bad-query", (f"{shown} is a file on this host that the registry does not know by its SHA256: "
+                             "workers cannot read it (build it here, without --enqueue)")  # fmt: skip
     if match.source == "family" or match.model_id is None:
-        return "is-a-base", 2, f"{shown} is {terminal_text(match.name)}, a base model: there is nothing to build"
+        return "is-a-base", f"{shown} is {terminal_text(match.name)}, a base model: there is nothing to build"
     target = match.model_id
     if match.source == "civitai" and match.version_id and ":v" in match.version_id:
         target = f"{match.model_id}@{match.version_id.rsplit(':v', 1)[1]}"
@@ -146,7 +132,7 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
     matches nothing or several models, or names a file only this host has."""
     queue.require(db)
     targets: list[_Target] = []
-    problems: list[tuple[str, int, str]] = []
+    problems: list[tuple[str, str]] = []
     for q in queries:
         resolved = _target_of(q, db)
         if isinstance(resolved, _Target):
@@ -154,8 +140,8 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
         else:
             problems.append(resolved)
     if problems:
-        code, exit_code, _ = max(problems, key=lambda p: p[1])
-        raise NotQueued("nothing queued: " + "; ".join(p[2] for p in problems), code, exit_code)
+        code = max((p[0] for p in problems), key=exit_status)  # a usage error outranks a name that matched nothing
+        raise NotQueued("nothing queued: " + "; ".join(p[1] for p in problems), code)
     multiplier, force_build = float(multiplier), bool(force_build)
     options = {"multiplier": multiplier, "dtype": dtype, "force_build": force_build}
     got = queue.enqueue_builds(db, [(build_key(t.model_id, t.version_id, multiplier=multiplier, dtype=dtype,

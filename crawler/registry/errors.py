@@ -1,20 +1,20 @@
 """What can be wrong with a registry, each with a message that says which registry and what is wrong.
 
-Every class carries a ``code`` for ``--json`` and the exit status a command should end with: 2 for a
-registry that is misconfigured or unusable as given, 1 for one that simply has nothing in it yet.
+Every class carries a ``code`` for ``--json``; data/error_codes.json gives its exit status: 2 for a registry
+that is misconfigured or unusable as given, 1 for one that simply has nothing in it yet.
 """
 
+from data.errors import InpaintAdvisorError
 
-class RegistryError(Exception):
+
+class RegistryError(InpaintAdvisorError):
     code = "registry-error"
-    exit_code = 2
 
 
 class NoRegistry(RegistryError):
     """Nothing at the configured place yet (a read-only command never creates one)."""
 
     code = "no-registry"
-    exit_code = 1
 
 
 class NotARegistry(RegistryError):

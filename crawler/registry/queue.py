@@ -41,19 +41,16 @@ def _seconds(name: str, default: float) -> float:
 
 class TeamModeNeedsPostgres(RegistryError):
     code = "needs-postgres"
-    exit_code = 2
 
 
 class QueueError(RegistryError):
     """The queue cannot be reached or created, or a job cannot be retried or cancelled in its state."""
 
     code = "queue-error"
-    exit_code = 1
 
 
 class NoSuchJob(RegistryError):
     code = "not-found"
-    exit_code = 1
 
 
 class JobFailed(Exception):

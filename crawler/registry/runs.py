@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from crawler.registry.schema import CrawlLock, CrawlRun
+from data.errors import InpaintAdvisorError
 from merge import portable
 
 # A lock whose holder has not written a page for this long is considered abandoned (a crashed other host).
@@ -24,7 +25,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class CrawlLocked(Exception):
+class CrawlLocked(InpaintAdvisorError):
+    code = "crawl-locked"
+
     def __init__(self, lock: CrawlLock):
         self.lock = lock
         super().__init__(
