@@ -6,7 +6,6 @@ writes the previous page.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,16 +14,14 @@ from typing import TYPE_CHECKING
 from crawler import civitai_proof, links
 from crawler.civitai_items import parse_page
 from crawler.feed import PageFeed
-from crawler.hosts import DEFAULT_URL
 from crawler.http import ApiError, JsonClient, RetryPolicy
 from crawler.registry import runs
 from crawler.registry.pages import PageResult, store_parsed
+from data import settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-URL_ENV = "INPAINT_ADVISOR_CIVITAI_URL"
-TOKEN_ENV = "CIVITAI_API_TOKEN"
 PAGE_SIZE = 100
 # "Oldest" walks in ascending last-version time then id: it can repeat an item across a page boundary (deduped
 # by upsert) but never skips one, unlike "Newest" and the metric sorts.
@@ -38,11 +35,11 @@ PERIODS = [
 
 
 def api_url(base_url: str | None = None) -> str:
-    return (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    return base_url.rstrip("/") if base_url else settings.current().civitai_url
 
 
 def token_from_env() -> str | None:
-    return os.environ.get(TOKEN_ENV) or None
+    return settings.current().civitai_token
 
 
 LIVE_POLICY = RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0)

@@ -10,7 +10,6 @@ the next crawl.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ import httpx
 from crawler import detect, links
 from crawler.http import CrawlError, new_client, open_redirected
 from crawler.registry import proofs
-from merge.header import CheckpointError, parse_header_json
+from merge.header import CheckpointError, header_length, parse_header_json
 from merge.layout import detect as layout_of
 
 if TYPE_CHECKING:
@@ -113,8 +112,8 @@ def read_remote_header(client: httpx.Client, url: str, token: str | None) -> dic
     head, served_by = _read(client, url, token, 0, FIRST_READ - 1)
     if len(head) < 8:
         raise Unreadable("shorter than a safetensors header")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n < 2 or n > MAX_HEADER:
+    n = header_length(head)
+    if n is None or n > MAX_HEADER:  # a tighter cap than a local file's: this is read over the network
         raise Unreadable("not a safetensors file")
     raw = head[8 : 8 + n]
     if len(raw) < n:

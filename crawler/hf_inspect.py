@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from crawler.http import ApiError
 from crawler.hub import FileMissing, Hub, RepoUnavailable
 from data import load
-from merge.layout import CROSS_ATTN, VARIANTS, detect
+from merge.layout import detect, from_diffusers_config
 
 MIN_CHECKPOINT_BYTES = 500 * 2**20  # smaller root files are VAEs, embeddings, LoRAs: not worth a header read
-FLUX_VARIANTS = {64: "normal", 384: "fill"}
 
 
 def config() -> dict:
@@ -69,17 +68,10 @@ def checkpoints_of(files: list[str]) -> list[Checkpoint]:
 
 
 def proof_from_unet_config(cfg: dict, path: str) -> Proof:
-    channels = cfg.get("in_channels")
-    if not isinstance(channels, int):
+    arch, variant, channels = from_diffusers_config(cfg, transformer=path.startswith("transformer/"))
+    if channels is None:
         return Proof(problem=f"{path} has no in_channels")
-    if path.startswith("transformer/"):
-        cls = str(cfg.get("_class_name", ""))
-        arch = "flux1" if "Flux" in cls else "sd3" if "SD3" in cls else None
-        variant = FLUX_VARIANTS.get(channels) if arch == "flux1" else "normal" if arch == "sd3" else None
-        return Proof(variant, arch, channels, f"{path} in_channels {channels}")
-    width = cfg.get("cross_attention_dim")
-    arch = CROSS_ATTN.get(width) if isinstance(width, int) else None
-    return Proof(VARIANTS.get(channels, "unknown"), arch, channels, f"{path} in_channels {channels}")
+    return Proof(variant, arch, channels, f"{path} in_channels {channels}")
 
 
 def proof_from_header(tensors: dict, path: str) -> Proof:

@@ -2,5 +2,7 @@
 with the same API, keys and ids on both (domain.md section 1): the crawler and live lookups ask civitai.red,
 so that no checkpoint is missed, and both hosts' URLs are read."""
 
-DEFAULT_URL = "https://civitai.red"
+from data.settings import CIVITAI
+
+DEFAULT_URL = CIVITAI  # said once, in the settings
 CIVITAI_HOSTS = ("civitai.com", "civitai.red")

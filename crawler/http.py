@@ -10,7 +10,6 @@ import contextlib
 import email.utils
 import functools
 import json
-import os
 import random
 import re
 import time
@@ -22,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from data import settings
 from data.errors import InpaintAdvisorError
 
 if TYPE_CHECKING:
@@ -319,7 +319,6 @@ class RedirectError(CrawlError):
 
 
 MAX_REDIRECTS = 5
-REFUSE_PRIVATE = "INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS"  # "1": redirects to private/loopback hosts refused
 
 
 def credentials_allowed(origin: str, url: str) -> bool:
@@ -360,7 +359,7 @@ def _private_host(host: str) -> bool:
 
 
 def _refuse_private() -> bool:
-    return os.environ.get(REFUSE_PRIVATE, "") not in ("", "0")
+    return settings.current().refuse_private_redirects
 
 
 def checked_redirect(url: str, location: str | None) -> str:
@@ -445,7 +444,7 @@ def _tls_context() -> "ssl.SSLContext":
     """The certificate store, loaded once per process and shared by every client (as httpx would load it:
     SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle). Loading it costs about 30 ms of CPU, which each new
     client paid again: a crawl, a lookup, each download."""
-    key = (os.environ.get("SSL_CERT_FILE", ""), os.environ.get("SSL_CERT_DIR", ""))
+    key = settings.current().cert_store
     if key not in _contexts:
         _contexts[key] = httpx.create_ssl_context()
     return _contexts[key]
@@ -468,7 +467,6 @@ def new_client(*, base_url: str = "", headers: dict[str, str] | None = None,
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------
-SECRET_VARIABLES = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
 
 
@@ -476,11 +474,10 @@ def scrub(text: str) -> str:
     """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
     echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
     and stored error."""
-    for name in SECRET_VARIABLES:
-        secret = os.environ.get(name, "")
-        if len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "***")
-    db = os.environ.get("INPAINT_ADVISOR_DB", "")
+    now = settings.current()
+    for secret in now.secrets():
+        text = text.replace(secret, "***")
+    db = now.db or ""
     match = _URL_PASSWORD.search(db)
     if match:
         password = db[match.end(1):match.start(2)]

@@ -9,7 +9,6 @@ User-Agent, timeouts and redirect rules). The endpoint is always passed explicit
 huggingface_hub once, at import.
 """
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,14 +29,12 @@ from crawler.http import (
     retrying,
     transport_errors_retried,
 )
+from data import settings
 from merge.header import TensorInfo
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
-ENDPOINT_ENV = "HF_ENDPOINT"
-TOKEN_ENV = "HF_TOKEN"
 
 
 _factory_lock = threading.Lock()
@@ -79,7 +76,7 @@ class FileMissing(CrawlError):
 
 
 def endpoint_from_env(explicit: str | None = None) -> str:
-    return (explicit or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
+    return explicit.rstrip("/") if explicit else settings.current().hf_endpoint
 
 
 @dataclass
@@ -100,7 +97,7 @@ class Hub:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.endpoint = endpoint_from_env(endpoint)
-        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.token = token if token is not None else settings.current().hf_token
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
         self.on_retry = on_retry

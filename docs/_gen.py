@@ -452,7 +452,7 @@ def route_ranking() -> str:
 
 def carried() -> str:
     """docs/schedules.md: the settings a schedule takes from the shell that installs it."""
-    from advisor.team.schedules import CARRIED
+    from data.settings import CARRIED
 
     return "".join(f"- `{name}`\n" for name in CARRIED)
 

@@ -11,11 +11,11 @@ Two implementations give the same bits (tests/test_fused.py holds them to it):
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from data import settings
 from merge.safetensors_io import dtype_name
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ CODES = {"F16": 0, "BF16": 1, "F32": 2}  # merge/_fused.c's dtype numbers, by sa
 @cache
 def kernel() -> ModuleType | None:
     """The C module when it is built, usable on this CPU and not switched off; else None."""
-    if os.environ.get("INPAINT_ADVISOR_NO_KERNEL", "") not in ("", "0"):
+    if settings.current().no_kernel:
         return None
     try:
         from merge import _fused

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import stat
-import struct
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any, TypeGuard
 
 from platformdirs import user_cache_dir
 
+from data import settings
 from merge import portable
-from merge.header import CheckpointError, regular_file
+from merge.header import CheckpointError, header_length, regular_file
 
 CHUNK = 8 * 2**20
 _lock = threading.Lock()
@@ -40,7 +40,7 @@ def cache_dirs() -> list[Path]:
     """Where hashes are cached: ``$INPAINT_ADVISOR_CACHE``, then the user cache dir (used when the first cannot
     be written, so that a hash that took minutes is not lost)."""
     default = Path(user_cache_dir("inpaint-advisor", appauthor=False))
-    configured = os.environ.get("INPAINT_ADVISOR_CACHE")
+    configured = settings.current().cache
     return [Path(configured), default] if configured and Path(configured) != default else [default]
 
 
@@ -110,10 +110,8 @@ def _store(path: Path, hashes: FileHashes) -> str | None:
 
 
 def _safetensors_data_start(head: bytes) -> int | None:
-    if len(head) < 9:
-        return None
-    (n,) = struct.unpack("<Q", head[:8])
-    return 8 + n if head[8:9] == b"{" and n < 100 * 2**20 else None
+    n = header_length(head)
+    return 8 + n if n is not None and head[8:9] == b"{" else None
 
 
 class StreamHasher:

@@ -28,6 +28,16 @@ _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (st
             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))  # fmt: skip
 
 
+def header_length(head: bytes) -> int | None:
+    """The safetensors header's length from a file's first 8 bytes (little-endian), or None where they cannot
+    start one: fewer than 8 bytes, or a length below 2 (``{}``) or past MAX_HEADER. The one reading of the
+    format's prefix, for files, downloads and remote headers alike."""
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    return n if 2 <= n <= MAX_HEADER else None
+
+
 def regular_file(path: str | os.PathLike, *, folder: bool = False) -> os.stat_result:
     """``path``'s stat (symlinks followed) when it is a regular file (or, with ``folder``, a directory): what
     every reader calls before it opens a checkpoint, since opening a FIFO blocks until a writer comes (forever)
@@ -135,8 +145,9 @@ def read_header(path: str | os.PathLike) -> Header:
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or n + 8 > size or n < 2:
+            n = header_length(head)
+            if n is None or n + 8 > size:
+                n = struct.unpack("<Q", head)[0]
                 raise CheckpointError(
                     f"{path}: not a safetensors file, or truncated (header length {n}, file {size} B)")  # fmt: skip
             raw = f.read(n)

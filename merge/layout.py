@@ -10,6 +10,7 @@ UNET = "model.diffusion_model."
 CONV_IN = UNET + "input_blocks.0.0.weight"
 VARIANTS = {4: "normal", 9: "inpaint", 8: "pix2pix", 5: "depth"}
 CROSS_ATTN = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}
+FLUX_VARIANTS = {64: "normal", 384: "fill"}  # FLUX.1's img_in width: 64 packed latent channels, 384 with the mask
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner", "flux1": "FLUX.1",
                 "sd3": "SD 3", None: "an unknown architecture"}  # fmt: skip
 ARCHITECTURES: dict[tuple[str | None, str], str] = {  # ModelSpec names (of a family, which may be unknown)
@@ -18,11 +19,28 @@ ARCHITECTURES: dict[tuple[str | None, str], str] = {  # ModelSpec names (of a fa
     ("sdxl", "normal"): "stable-diffusion-xl-v1-base", ("sdxl", "inpaint"): "stable-diffusion-xl-v1-inpainting",
     ("sd1", "pix2pix"): "stable-diffusion-v1-instruct-pix2pix", ("sd2", "depth"): "stable-diffusion-v2-depth",
 }  # fmt: skip
+MERGEABLE = frozenset({"sd1", "sd2", "sdxl"})  # the families whose add-difference recipe merge.plan knows
 RESOLUTION: dict[str | None, str] = {"sd1": "512x512", "sd2": "512x512", "sdxl": "1024x1024",
                                      "sdxl-refiner": "1024x1024"}  # fmt: skip
 _ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks).*attn2\.to_k\.weight$")
 _FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
 _SD3_KEY = "joint_blocks.0.context_block.attn.qkv.weight"
+
+
+def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str | None, str | None, int | None]:
+    """(family, variant, input channels) from a diffusers ``unet/config.json`` (cross-attention width and
+    input channels, as the single-file shapes say them) or ``transformer/config.json`` (its class, and
+    FLUX.1's input width); the variant is None for a transformer this table does not know."""
+    channels = cfg.get("in_channels") if isinstance(cfg.get("in_channels"), int) else None
+    if transformer:
+        kind = str(cfg.get("_class_name", ""))
+        family = "flux1" if "Flux" in kind else "sd3" if "SD3" in kind else None
+        if family == "flux1":
+            return family, FLUX_VARIANTS.get(channels or 0), channels
+        return family, "normal" if family == "sd3" else None, channels
+    width = cfg.get("cross_attention_dim")
+    family = CROSS_ATTN.get(width) if isinstance(width, int) else None
+    return family, VARIANTS.get(channels, "unknown") if channels is not None else "unknown", channels
 
 
 @dataclass
@@ -74,7 +92,7 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
         layout.family = "flux1"
         layout.in_channels = img_in.shape[1] if img_in and len(img_in.shape) == 2 else None
         if layout.in_channels is not None:  # else "unknown", as it is
-            layout.variant = {64: "normal", 384: "fill"}.get(layout.in_channels, "unknown")
+            layout.variant = FLUX_VARIANTS.get(layout.in_channels, "unknown")
         return layout
     if _find(tensors, _SD3_KEY) is not None:
         layout.family, layout.variant = "sd3", "normal"

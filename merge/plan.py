@@ -15,13 +15,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data import settings
 from data.errors import InpaintAdvisorError
 from merge import layout
 from merge.checkpoint import TensorSource, open_checkpoint
 from merge.header import TensorInfo
 
 OUT_DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
-SUPPORTED = {"sd1", "sd2", "sdxl"}
 MARKERS = ("v_pred", "ztsnr")
 FREE_MARGIN = 64 * 2**20  # left free beyond the output, for the filesystem's own needs
 MAX_MULTIPLIER = 10.0  # M beyond this is a typo, not a merge anyone wants (1.0 is the inpainting recipe)
@@ -91,7 +91,7 @@ ROLE = {"a": "A (the inpainting model)", "b": "B (the fine-tune)", "c": "C (its 
 def _check_family(lay: dict[str, layout.Layout]) -> None:
     fams = {k: v.family for k, v in lay.items()}
     for k, v in lay.items():
-        if v.family not in SUPPORTED:
+        if v.family not in layout.MERGEABLE:
             raise MergeError(f"{ROLE[k]} is {v.label}: merges support SD 1.x, SD 2.x and SDXL checkpoints")
     if len(set(fams.values())) > 1:
         odd = next(k for k in "bc" if fams[k] != fams["a"])
@@ -262,7 +262,7 @@ def plan_merge(
 def certainly_no_gpu() -> bool:
     """Whether torch could not see a GPU, told without importing it (Linux: no NVIDIA or AMD device nodes), so
     that a CPU merge need not import torch just to learn that. False means "ask torch"."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    if settings.current().cuda_hidden:
         return True
     if not sys.platform.startswith("linux"):
         return False

@@ -156,3 +156,16 @@ def test_the_ladder_weighs_releases_without_a_registry():
     subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id="civitai:v2")
     rec, _, _ = ladder.recommend(subject, releases("Mix", {"v2": 0.9}))
     assert rec.kind == "own-release" and rec.target.version_id == "civitai:v2-inp"
+
+
+def test_only_the_settings_module_touches_the_environment():
+    """data/settings.py reads every variable (and sets the few a run sets); everyone else asks it."""
+    touching = []
+    for module, path in _modules().items():
+        if module == "data.settings":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv")
+                    and isinstance(node.value, ast.Name) and node.value.id == "os"):  # fmt: skip
+                touching.append(f"{module}:{node.lineno}")
+    assert touching == []

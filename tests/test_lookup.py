@@ -94,6 +94,19 @@ def test_ladder_own_release_for_the_same_version(registry):
     assert any("v7-inpainting" in r.recommendation.target.name for _ in [0])
 
 
+def test_printed_pages_and_downloads_are_on_the_configured_sites(registry, monkeypatch):
+    """What lookup prints and what build fetches come from the same settings: a mirror or a replay of Civitai
+    and of the Hub is named in the answer too, not the public sites."""
+    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", "https://civitai.mirror.example/")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.mirror.example")
+    release = ask("civitai:43331@176425", registry).recommendation.target
+    assert release.url == "https://civitai.mirror.example/models/43331?modelVersionId=221343"
+    assert release.download_url == "https://civitai.mirror.example/api/download/models/221343"
+    family = lookup("SDXL 1.0", db=registry, offline=True)
+    urls = [r.target.url for r in [family.recommendation, *family.alternatives] if r.target and r.target.source == "hf"]
+    assert urls and all(u.startswith("https://hub.mirror.example/") for u in urls)
+
+
 def test_ladder_flags_a_release_made_for_another_version(registry):
     r = ask("civitai:43331@94640", registry)  # v6: only v7 has an inpainting release
     assert r.recommendation.kind == "own-release"

@@ -15,6 +15,7 @@ from crawler.registry.reader import (
     RouteFileState,
     VersionRecord,
 )
+from data.settings import Sites
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Facts:
     builds: list[ArtifactRecord] = field(default_factory=list)  # made here for the model, its version's first
     links: list[LinkRecord] = field(default_factory=list)  # releases linked to the model or a same-file twin
     releases: dict[str, Release] = field(default_factory=dict)  # a link's inpaint version id -> the release
+    sites: Sites = field(default_factory=Sites)  # where the answer's pages and downloads are (the settings')
 
 
 class _Registry(Protocol):  # what gathering reads (crawler.registry.reader.Reader)
@@ -43,9 +45,10 @@ class _Registry(Protocol):  # what gathering reads (crawler.registry.reader.Read
     def versions(self, model_id: str) -> list[VersionRecord]: ...
 
 
-def gather(model_id: str | None, version_id: str | None, same_file_models: list[str], registry: _Registry) -> Facts:
+def gather(model_id: str | None, version_id: str | None, same_file_models: list[str], registry: _Registry,
+           sites: Sites) -> Facts:  # fmt: skip
     """The facts about a registry model (and the models that publish the same file) that the ladder weighs."""
-    facts = Facts(registry.official_checks(), registry.route_checks())
+    facts = Facts(registry.official_checks(), registry.route_checks(), sites=sites)
     if model_id is None:
         return facts
     facts.builds = registry.artifacts_for(model_id, version_id)

@@ -7,19 +7,15 @@ inpainting checkpoint, a custom build by add-difference, and the routes that nee
 """
 
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from advisor.advice import routes
 from advisor.advice.commands import Command, EnvRef
 from advisor.advice.facts import Facts, Release
 from advisor.safety import safe_filename
 from crawler import families
-from crawler.hosts import DEFAULT_URL
 from crawler.registry.reader import LinkRecord
-
-MERGEABLE = {"sd1", "sd2", "sdxl"}
-HF = "https://huggingface.co"
-CIVITAI = DEFAULT_URL  # civitai.red: its pages show every model, civitai.com only the SFW ones
+from data.settings import Sites
+from merge.layout import MERGEABLE
 
 
 @dataclass
@@ -72,7 +68,7 @@ class Subject:
     same_file_versions: list[str] = field(default_factory=list)
 
 
-def _release_target(release: Release) -> Target:
+def _release_target(release: Release, sites: Sites) -> Target:
     """Where to get a registry version: a Civitai version page and download, or a Hugging Face repo file."""
     model, version = release.model, release.version
     version_id = version.id
@@ -82,14 +78,14 @@ def _release_target(release: Release) -> Target:
         return Target(
             name=f"{repo}" + (f" / {file}" if single else " (diffusers folder)"), source="hf", model_id=model.id,
             version_id=version_id, repo=repo, file=file if single else None, sha256=version.sha256,
-            url=f"{HF}/{repo}", download_url=f"{HF}/{repo}/resolve/main/{file}" if single else None,
+            url=sites.hub_page(repo), download_url=sites.hub_file(repo, file) if single and file else None,
         )  # fmt: skip
     # URLs are built from ids, not taken from the registry: a stranger's downloadUrl could point anywhere
-    mid, vid = quote(model.source_id, safe=""), quote(version_id.split(":v", 1)[1], safe="")
+    vid = version_id.split(":v", 1)[1]
     return Target(
         name=f"{model.name} — {version.name}", source="civitai", model_id=model.id, version_id=version_id,
         file=version.primary_file, sha256=version.sha256,
-        url=f"{CIVITAI}/models/{mid}?modelVersionId={vid}", download_url=f"{CIVITAI}/api/download/models/{vid}",
+        url=sites.civitai_page(model.source_id, vid), download_url=sites.civitai_download(vid),
     )  # fmt: skip
 
 
@@ -131,11 +127,11 @@ def live_mirror(spec: dict, checks: dict) -> tuple[str, str | None]:
 FOLDER_EXCLUDES = ["*.bin", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ckpt"]
 
 
-def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | None = None) -> Target | None:
+def _hf_target(fam: dict, which: str, facts: Facts, notes: list | None = None) -> Target | None:
     spec = fam.get(which)
     if not spec:
         return None
-    repo, note = live_mirror(spec, checks or {})
+    repo, note = live_mirror(spec, facts.official_checks)
     if note and notes is not None and note not in notes:
         notes.append(note)
     file = spec.get("file")
@@ -147,8 +143,8 @@ def _hf_target(fam: dict, which: str, checks: dict | None = None, notes: list | 
         file=file,  # a folder's checked file (its UNet): the download is the whole folder, so no size is shown
         size=None if folder else spec.get("size"),
         sha256=spec.get("sha256"),
-        url=f"{HF}/{repo}",
-        download_url=f"{HF}/{repo}/resolve/main/{file}" if file and not folder else None,
+        url=facts.sites.hub_page(repo),
+        download_url=facts.sites.hub_file(repo, file) if file and not folder else None,
     )
 
 
@@ -188,9 +184,8 @@ def _rank_releases(subject: Subject, links: list[LinkRecord]) -> list[tuple[Link
     return ranked
 
 
-def build_recommendation(subject: Subject, fam: dict, checks: dict | None = None,
-                         notes: list | None = None) -> Recommendation:  # fmt: skip
-    a, c = _hf_target(fam, "inpaint", checks, notes), _hf_target(fam, "base", checks, notes)
+def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list | None = None) -> Recommendation:
+    a, c = _hf_target(fam, "inpaint", facts, notes), _hf_target(fam, "base", facts, notes)
     # the data names both for every family with an official inpainting model (a Hub repo each)
     assert a is not None and a.repo is not None and c is not None and c.repo is not None
     if fam["inpaint"]["layout"] == "diffusers":
@@ -250,7 +245,6 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
             warnings,
         )
 
-    checks = facts.official_checks
     built = facts.builds
     # "built here" only for a build of this very version; a build of another version is an alternative
     made = next((a for a in built if a.kind == "built" and a.version_id == subject.version_id), None)
@@ -272,13 +266,13 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
         if not group:
             continue
         (link, note), *others = _rank_releases(subject, group)
-        target = _release_target(facts.releases[link.inpaint_version_id])
+        target = _release_target(facts.releases[link.inpaint_version_id], facts.sites)
         what = (
             "its creator's inpainting release" if kind == "own-release" else "the creator's separate inpainting model"
         )
         r = Recommendation(kind, f"Use {what}: {target.name} ({note}).", target, _download_command(target),
                            list(link.evidence), for_your_version=note == "made for your version")  # fmt: skip
-        r.evidence += [f"also: {_release_target(facts.releases[other.inpaint_version_id]).name} ({why})"
+        r.evidence += [f"also: {_release_target(facts.releases[other.inpaint_version_id], facts.sites).name} ({why})"
                        for other, why in others]  # fmt: skip
         if "version" in note and note != "made for your version":
             warnings.append(f"The inpainting release was {note}.")
@@ -292,7 +286,7 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
     weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:
-        inpainting = _hf_target(official, "inpaint", checks, warnings)
+        inpainting = _hf_target(official, "inpaint", facts, warnings)
         assert inpainting is not None  # official_target's family has an official inpainting model
         approx = official["id"] != subject.family
         reason = (f"Use the official {official['name']} inpainting model"
@@ -302,7 +296,7 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
         if approx:
             warnings.append(f"{own_fam['name'] if own_fam else subject.family} differs from {official['name']}: "
                             "expect lower quality than with a dedicated inpainting model.")  # fmt: skip
-        build = build_recommendation(subject, official, checks, warnings) if official["id"] in MERGEABLE else None
+        build = build_recommendation(subject, official, facts, warnings) if official["id"] in MERGEABLE else None
         if official["id"] == "sdxl" and build:
             build.evidence.append("C must carry the fp16-fix VAE the SDXL inpainting UNet was trained with.")
         if "v_pred" in subject.prediction:
@@ -314,7 +308,7 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
                 checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
                 checkpoint.how = [routes.checkpoint_how(official["id"])]
                 weighed.append(checkpoint)
-    weighed += [_route_recommendation(route, facts.route_checks) for route in routes.routes_for(subject.family, marks)]
+    weighed += [_route_recommendation(route, facts) for route in routes.routes_for(subject.family, marks)]
     weighed.sort(key=lambda r: -_weight(r))  # stable: on a tie, the official model, a build, then the data's order
     if rec is None and weighed and weighed[0].route is not None and own_fam:
         beaten = [_CHECKPOINT_NAMES[r.kind] for r in weighed[1:] if r.route is None]
@@ -342,8 +336,9 @@ def _weight(r: Recommendation) -> int:
 _CHECKPOINT_NAMES = {"official": "the official inpainting model", "build": "an add-difference build"}
 
 
-def _route_recommendation(route: routes.Route, checks: dict) -> Recommendation:
+def _route_recommendation(route: routes.Route, facts: Facts) -> Recommendation:
     """A route as a recommendation: its first Hub file as the target, every file as a download."""
+    checks = facts.route_checks
     evidence = [f"known trouble: {r}" for r in route.reasons]
     target = Target(name=route.name, source="method", url=route.sources[0] if route.sources else None)
     if route.files:
@@ -351,8 +346,8 @@ def _route_recommendation(route: routes.Route, checks: dict) -> Recommendation:
         state = checks.get((first.repo, first.file))
         target = Target(name=f"{first.repo} / {first.file}", source="hf", repo=first.repo, file=first.file,
                         size=first.size or (state.size if state else None),
-                        sha256=first.sha256 or (state.sha256 if state else None), url=f"{HF}/{first.repo}",
-                        download_url=f"{HF}/{first.repo}/resolve/main/{quote(first.file)}")  # fmt: skip
+                        sha256=first.sha256 or (state.sha256 if state else None), url=facts.sites.hub_page(first.repo),
+                        download_url=facts.sites.hub_file(first.repo, first.file))  # fmt: skip
         for f in route.files:
             state = checks.get((f.repo, f.file))
             if state is not None and not (state.alive and state.file_found):

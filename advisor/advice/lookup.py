@@ -16,6 +16,7 @@ from advisor.local.probe import probe
 from crawler import families, registry
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
+from data import settings
 from data.errors import InpaintAdvisorError
 
 GOOD_ENOUGH = 80.0  # a candidate batch with a name this close ends the search for wider ones
@@ -59,9 +60,14 @@ class LookupResult:
         return self.recommendation is not None
 
 
+def _bare() -> facts.Facts:
+    """What the ladder weighs for an answer the registry has nothing to add to: where the sites are."""
+    return facts.Facts(sites=settings.current().sites)
+
+
 def _family_match(fam: dict, query: str) -> LookupResult:
     match = Match("family", None, None, fam["name"], None, None, fam["id"], False)
-    rec, alts, warns = ladder.recommend(ladder.Subject(name=f"your {fam['name']} model", family=fam["id"]))
+    rec, alts, warns = ladder.recommend(ladder.Subject(name=f"your {fam['name']} model", family=fam["id"]), _bare())
     return LookupResult(query, match, [], rec, alts, warns)
 
 
@@ -80,7 +86,7 @@ def _official_inpaint(fam: dict, spec: dict, query: str) -> LookupResult:
     match = Match("hf", f"hf:{repo}", None, repo, repo.split("/")[0], None, fam["id"], True)
     why = f"the official {fam['name']} inpainting checkpoint"
     subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
-    rec, alts, warns = ladder.recommend(subject)
+    rec, alts, warns = ladder.recommend(subject, _bare())
     return LookupResult(query, match, [], rec, alts, warns)
 
 
@@ -130,7 +136,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
         file=b_file, inpaint_evidence=evidence,
         same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins],
     )  # fmt: skip
-    known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg)
+    known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg, settings.current().sites)
     rec, alts, warns = ladder.recommend(subject, known)
     if family is None and base:
         warns.insert(0, f'Base model "{base}" is not in the bundled data yet (stored as-is).')
@@ -169,7 +175,7 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
         prediction=p.markers,
         inpaint_evidence=[f"UNet takes {p.in_channels} input channels"] if is_inpaint else [],
     )
-    rec, alts, warns = ladder.recommend(subject)
+    rec, alts, warns = ladder.recommend(subject, _bare())
     result = LookupResult(q.raw, match, [], rec, alts, warns)
     result.notes.append(f"classified from tensor shapes: {p.family or 'unknown'} {p.variant}, {p.dtype}, "
                         f"{p.params / 1e9:.2f} B parameters")  # fmt: skip

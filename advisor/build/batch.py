@@ -56,10 +56,10 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     """Queries for the registry's most downloaded models that have no inpainting release, in families a build
     can serve (``family`` alone if given)."""
     from crawler import families, registry
-    from merge.plan import SUPPORTED
+    from merge.layout import MERGEABLE
 
     buildable = [f["id"] for f in families.all_families()
-                 if (families.official_target(f["id"]) or {}).get("id") in SUPPORTED]  # an add-difference route
+                 if (families.official_target(f["id"]) or {}).get("id") in MERGEABLE]  # an add-difference route
     wanted = [family] if family else buildable
     with contextlib.closing(registry.open_reader(db)) as reader:
         found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)

@@ -29,6 +29,7 @@ from advisor.build.cache import files_dir
 from advisor.build.download import Downloaded, DownloadError, Source, fetch
 from advisor.safety import safe_filename
 from crawler import families, registry
+from data import settings
 from data.errors import InpaintAdvisorError
 from merge import hashing
 
@@ -133,14 +134,12 @@ def _hf_endpoint() -> str:
 
 
 def _hf_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
+    return settings.current().hf_token
 
 
 def _hf_cache_dir() -> str | None:
     """The Hugging Face cache as the environment says now (huggingface_hub reads it once, at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
+    return settings.current().hf_cache
 
 
 def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:

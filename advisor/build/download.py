@@ -54,10 +54,11 @@ from crawler.http import (
     retrying,
     transport_errors_retried,
 )
+from data import settings
 from data.errors import InpaintAdvisorError
 from merge import hashing
 from merge.hashing import BackgroundHasher, FileHashes, StreamHasher
-from merge.header import MAX_HEADER, CheckpointError
+from merge.header import CheckpointError, header_length
 
 CHUNK = 1 << 20
 SIZE_TOLERANCE = 0.02  # Civitai records sizes in (rounded) KB; a 2 % difference is a different file
@@ -119,7 +120,7 @@ def _is_model(first: bytes) -> bool:
     """Whether a body starts as a checkpoint does: safetensors (an 8-byte little-endian header length, then the
     header's ``{``: its first byte may itself be ``{``, ``[`` or ``<``), torch's zip (.ckpt, .pt, .bin) or a
     bare pickle (protocol 2-5). A diffusers folder's weights are one of these too."""
-    if len(first) >= 9 and first[8:9] == b"{" and 2 <= int.from_bytes(first[:8], "little") <= MAX_HEADER:
+    if first[8:9] == b"{" and header_length(first) is not None:
         return True
     return first.startswith(b"PK\x03\x04") or (first[:1] == b"\x80" and first[1:2] in (b"\x02", b"\x03", b"\x04",
                                                                                   b"\x05"))  # fmt: skip
@@ -562,10 +563,7 @@ STALL_MIN_BYTES = 64 * 1024  # fewer than this in a stall window: the transfer c
 
 
 def _stall_seconds() -> float:
-    try:
-        return max(0.1, float(os.environ.get("INPAINT_ADVISOR_STALL_SECONDS", STALL_SECONDS)))
-    except ValueError:
-        return STALL_SECONDS
+    return max(0.1, settings.current().stall_seconds or STALL_SECONDS)
 
 
 def _byte_limit(source: Source, total: int | None, folder: Path) -> int:

@@ -1,7 +1,6 @@
 """`lookup`'s answer printed, or its failure reported: the command itself, shared by the fast path (fastpath.py)
 and the typer command (lookup.py), so it imports no typer."""
 
-import os
 
 
 def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> int:
@@ -11,7 +10,7 @@ def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> i
     from advisor.cli.output import USAGE, fail, fail_for, out, print_json
 
     try:
-        result = lookup(query, db=db or os.environ.get("INPAINT_ADVISOR_DB"), offline=offline)
+        result = lookup(query, db=db, offline=offline)  # no --db: the registry the settings name
     except Exception as exc:
         code = fail_for(exc, as_json=as_json)
         if code is not None:

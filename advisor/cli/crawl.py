@@ -127,7 +127,6 @@ def crawl_all(
     Exit status: 0 every source done, 1 one failed or was being crawled already (run again to resume), 2
     usage or registry error, 130 interrupted.
     """  # noqa: D301
-    import os
 
     from crawler.crawl_all import crawl_all as run_all
     from crawler.http import RetryPolicy
@@ -137,8 +136,7 @@ def crawl_all(
 
     summary = _run_crawl(
         lambda engine, on_page, on_retry: run_all(
-            engine, incremental=incremental, civitai_url=os.environ.get("INPAINT_ADVISOR_CIVITAI_URL") or None,
-            hf_endpoint=os.environ.get("HF_ENDPOINT") or None, on_retry=on_retry,
+            engine, incremental=incremental, on_retry=on_retry,  # the sites the settings name
             on_page=lambda source, s: on_page(s), policy=RetryPolicy(attempts=retries, base_delay=backoff),
         ),
         db, as_json, "crawling every source", describe, "crawl_all_summary",

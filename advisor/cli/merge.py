@@ -1,6 +1,5 @@
 """`merge`: OUT = A + (B - C) * M, streamed."""
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +8,7 @@ import typer
 
 from advisor.cli.app import PlainCommand, app
 from advisor.cli.common import JsonOption, die, die_for
+from data import settings
 
 _HINTS = {"exists": "; pass --force to replace it", "inputs": " (A = --inpaint, B = --model, C = --base)"}
 
@@ -64,7 +64,7 @@ def merge(
 
     # torch (imported by run_merge where a tensor needs it) loads numpy, whose OpenBLAS starts a spinning thread
     # per core; a merge never calls BLAS, and on a small machine those threads take CPU from the merge's own.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    settings.limit_blas_threads()
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop)

@@ -9,6 +9,7 @@ import typer
 from advisor.cli.app import SUBCOMMAND, PlainCommand, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for, duration
 from advisor.cli.output import USAGE
+from data import settings
 
 schedule_app = typer.Typer(help="Crawl every source on a timer (systemd user timer, else crontab).",
                            no_args_is_help=True, subcommand_metavar=SUBCOMMAND,
@@ -142,7 +143,7 @@ def run(
         raise die_for(exc, as_json=as_json) from None
     if not path.exists():
         err.print(f"note: no {path}: crawling without tokens", markup=False, highlight=False)
-    os.environ.update(values)
+    settings.apply(values)
     try:
         turn = schedule.take_turn(full=not incremental)
     except schedule.ScheduleError as exc:

@@ -34,12 +34,9 @@ class ProbeResult:
 
 
 def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
-    unet = read_config(path / "unet" / "config.json", required=True)
-    in_ch = unet.get("in_channels") if isinstance(unet.get("in_channels"), int) else None
-    width = unet.get("cross_attention_dim")
-    family = layout.CROSS_ATTN.get(width) if isinstance(width, int) else None
+    family, variant, in_ch = layout.from_diffusers_config(read_config(path / "unet" / "config.json", required=True))
     comps = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
-    return family, layout.VARIANTS.get(in_ch, "unknown") if in_ch is not None else "unknown", in_ch, comps
+    return family, variant or "unknown", in_ch, comps
 
 
 def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:

@@ -25,14 +25,13 @@ from pathlib import Path
 
 from advisor.advice import Command
 from crawler.http import scrub
+from data import settings
 from data.errors import InpaintAdvisorError
 
 UNIT = "inpaint-advisor-crawl"
 FULL_UNIT = "inpaint-advisor-crawl-full"
 TIMERS = (f"{UNIT}.timer", f"{FULL_UNIT}.timer")
 BEGIN, END = "# >>> inpaint-advisor schedule >>>", "# <<< inpaint-advisor schedule <<<"
-CARRIED = ("INPAINT_ADVISOR_DB", "INPAINT_ADVISOR_CIVITAI_URL", "HF_ENDPOINT", "INPAINT_ADVISOR_CACHE", "HF_HOME",
-           "HF_HUB_CACHE")  # fmt: skip
 BOOT_DELAY = 900  # seconds after boot before the first incremental crawl
 ENV_TEMPLATE = """\
 # inpaint-advisor: settings for scheduled crawls, read as data at each run (never run by a shell).
@@ -59,8 +58,9 @@ class Installed:
 
 def _config_home() -> tuple[Path, str]:
     """The user config dir, and the setting it comes from (for messages)."""
-    if os.environ.get("XDG_CONFIG_HOME"):
-        return Path(os.environ["XDG_CONFIG_HOME"]), "XDG_CONFIG_HOME"
+    configured = settings.current().config_home
+    if configured:
+        return Path(configured), "XDG_CONFIG_HOME"
     return Path.home() / ".config", "HOME"
 
 
@@ -84,7 +84,7 @@ def program() -> list[str]:
 
 def carried_env() -> dict[str, str]:
     """The settings that make the scheduled crawl use this shell's registry and endpoints (no tokens)."""
-    env = {k: os.environ[k] for k in CARRIED if os.environ.get(k)}
+    env = settings.carried()
     db = env.get("INPAINT_ADVISOR_DB")
     if db and "://" not in db:
         env["INPAINT_ADVISOR_DB"] = os.path.abspath(os.path.expanduser(db))  # a timer does not run in this folder

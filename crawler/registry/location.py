@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from platformdirs import user_data_dir
 
 from crawler.registry.errors import UnsupportedRegistry
+from data import settings
 
 ENV_VAR = "INPAINT_ADVISOR_DB"
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
@@ -54,7 +55,7 @@ class Location:
 
 def locate(db: str | os.PathLike | None = None) -> Location:
     """``db`` (a path or URL) beats ``$INPAINT_ADVISOR_DB`` beats the data-dir default."""
-    value = os.fspath(db) if db else os.environ.get(ENV_VAR) or str(default_db_path())
+    value = os.fspath(db) if db else settings.current().db or str(default_db_path())
     if "://" not in value:
         return Location("sqlite", path=Path(value).expanduser())
     scheme = value.split("://", 1)[0].lower()

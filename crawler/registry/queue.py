@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import sys
 import time
@@ -24,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from crawler.registry.errors import RegistryError
 from crawler.registry.location import locate
+from data import settings
 
 BUILD, CRAWL, RECOVER = "inpaint_advisor.build", "inpaint_advisor.crawl", "inpaint_advisor.recover_stalled"
 BUILDS, CRAWLS, HOUSEKEEPING = "builds", "crawls", "housekeeping"  # queues
@@ -31,12 +31,6 @@ URGENT = 100  # housekeeping and the crawl go before queued builds (procrastinat
 ATTEMPTS = 3  # a job whose failures are transient stops after these runs, its last error kept
 
 
-def _seconds(name: str, default: float) -> float:
-    """A worker timing from the environment (tests of a killed worker shorten them)."""
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
 
 
 class TeamModeNeedsPostgres(RegistryError):
@@ -231,7 +225,7 @@ _STATE = """SELECT j.status::text AS status, j.queueing_lock, j.scheduled_at,
 
 def _state(app, job_id: int) -> dict:
     rows = app.connector.get_sync_connector().execute_query_all(
-        query=_STATE, job_id=job_id, stall=_seconds("INPAINT_ADVISOR_WORKER_STALL_AFTER", 60))  # fmt: skip
+        query=_STATE, job_id=job_id, stall=settings.current().worker_stall_after)  # fmt: skip
     if not rows:
         raise NoSuchJob(f"no job {job_id}")
     return rows[0]
@@ -348,7 +342,7 @@ def retry_wait(attempts: int) -> float | None:
     its first), or None when it has had its ATTEMPTS: INPAINT_ADVISOR_RETRY_WAIT ** (runs so far)."""
     if attempts + 1 >= ATTEMPTS:
         return None
-    return _seconds("INPAINT_ADVISOR_RETRY_WAIT", 5) ** (attempts + 1)
+    return settings.current().retry_wait ** (attempts + 1)
 
 
 # Jobs running whose worker stopped writing heartbeats, found by the worker's row rather than by procrastinate's
@@ -407,9 +401,8 @@ def run_worker(db: str | None, *, build: Callable[..., object], crawl: Callable[
     heartbeats (or whose worker row is gone) are queued again."""
     from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
-    heartbeat = _seconds("INPAINT_ADVISOR_WORKER_HEARTBEAT", 10)
-    stall_after = _seconds("INPAINT_ADVISOR_WORKER_STALL_AFTER", 60)
-    recover_cron = os.environ.get("INPAINT_ADVISOR_RECOVER_CRON", "* * * * *")
+    timings = settings.current()  # tests of a killed worker shorten them
+    heartbeat, stall_after, recover_cron = timings.worker_heartbeat, timings.worker_stall_after, timings.recover_cron
     _quiet_logging(verbose)
     app = _app(db)
 
@@ -467,7 +460,7 @@ def run_worker(db: str | None, *, build: Callable[..., object], crawl: Callable[
 
     if crawl is not None and crawl_every:
 
-        @app.periodic(cron=os.environ.get("INPAINT_ADVISOR_CRAWL_CRON") or cron_for(crawl_every), periodic_id="crawl")
+        @app.periodic(cron=timings.crawl_cron or cron_for(crawl_every), periodic_id="crawl")
         @app.task(name=CRAWL, queue=CRAWLS, queueing_lock="crawl", priority=URGENT, pass_context=True)
         async def crawl_job(context, timestamp: int = 0):
             from asgiref.sync import sync_to_async
