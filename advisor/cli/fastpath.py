@@ -7,34 +7,38 @@ goes through the typer app, which defines the same command and calls ``answer.ru
 
 import os
 import sys
+from typing import Any
 
 from advisor.cli.answer import run_lookup
+
+# The options of typer's `lookup` (advisor/cli/lookup.py), by their parameter names: tests/test_fastpath.py holds
+# the two definitions to the same options and the same answers.
+FLAGS = {"--offline": "offline", "--json": "as_json"}
+VALUED = {"--db": "db"}
 
 
 def try_lookup(argv: list[str]) -> int | None:
     """The exit code if ``argv`` was a plain lookup that this handled, else None."""
     if not argv or argv[0] != "lookup":
         return None
-    query, offline, as_json, db = None, False, False, None
+    query = None
+    given: dict[str, Any] = {name: False for name in FLAGS.values()} | {name: None for name in VALUED.values()}
     args = iter(argv[1:])
     for arg in args:
-        if arg == "--offline":
-            offline = True
-        elif arg == "--json":
-            as_json = True
-        elif arg == "--db":
-            db = next(args, None)
-            if db is None:
+        option, _, value = arg.partition("=")
+        if arg in FLAGS:
+            given[FLAGS[arg]] = True
+        elif option in VALUED:
+            given[VALUED[option]] = value if "=" in arg else next(args, None)
+            if given[VALUED[option]] is None:
                 return None
-        elif arg.startswith("--db="):
-            db = arg.split("=", 1)[1]
         elif arg.startswith("-") or query is not None:
             return None  # --help, -h, unknown options, extra arguments: typer explains
         else:
             query = arg
     if query is None:
         return None
-    return run_lookup(query, db=db, offline=offline, as_json=as_json)
+    return run_lookup(query, **given)
 
 
 def main() -> None:
