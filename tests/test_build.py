@@ -305,3 +305,22 @@ def test_on_a_fresh_machine_build_finds_the_model_live_and_makes_the_registry(wo
         reader.close()
         built = build("civitai:600001", out=out, db=fresh)
         assert built.action == "built" and built.verified and built.output is not None
+
+
+def test_a_plan_says_everything_before_a_byte_is_fetched_and_running_it_builds_that(world):
+    """plan_build settles the inputs (source, size, hash, cache state), the recipe key, the output and the disk
+    it needs, fetching nothing; run_build does exactly that plan."""
+    from advisor.build import plan_build, run_build
+
+    out = world["tmp"] / "out"
+    requests = len(world["storage"].requests)
+    plan = plan_build("civitai:600001", out=out, db=world["db"])
+    planned = plan.result
+    assert planned.action == "planned" and len(world["storage"].requests) == requests and not out.exists()
+    assert [i.role for i in planned.plan] == ["A", "B", "C"] and all(i.state == "missing" for i in planned.plan)
+    assert planned.plan[1].sha256 == hashlib.sha256(world["b"]).hexdigest().upper()
+    assert planned.recipe_key and planned.disk_needed > len(world["b"])
+    assert option(planned.merge, "--out") == str(plan.merge.target)
+    done = run_build(plan)
+    assert done.action == "built" and done.verified and done.recipe_key == planned.recipe_key
+    assert done.output.path == str(plan.merge.target.resolve())

@@ -224,19 +224,19 @@ def test_scan_build_gets_every_missing_partner_and_resumes_after_a_failure(a1111
     plan = batch.run_batch(wanted, db=known, dry_run=True)
     assert plan.disk_needed > 0 and {i.status for i in plan.items} == {"planned"}
     assert not list(sd.glob("*-inpainting.safetensors"))  # a dry run writes nothing
-    real = batch.build
+    real = batch.run_build
 
-    def failing_once(query, **kw):  # the first item's build fails in the middle of the batch
-        if query.endswith("diffusers-model") and not kw.get("dry_run"):
+    def failing_once(plan, **kw):  # the first item's build fails in the middle of the batch
+        if plan.result.query.endswith("diffusers-model"):
             raise batch.BuildError("the network went away", "network")
-        return real(query, **kw)
+        return real(plan, **kw)
 
-    monkeypatch.setattr(batch, "build", failing_once)
+    monkeypatch.setattr(batch, "run_build", failing_once)
     first = batch.run_batch(wanted, db=known)
     assert {os.path.basename(i.path): i.status for i in first.items} == {"diffusers-model": "failed",
                                                                          "lonely.safetensors": "done"}  # fmt: skip
     assert (sd / "lonely-inpainting.safetensors").exists()
-    monkeypatch.setattr(batch, "build", real)
+    monkeypatch.setattr(batch, "run_build", real)
     (again,) = scan([a1111], db=known, offline=True)  # the built one is now its model's partner
     lonely = next(c for c in again.checkpoints if c.path.endswith("lonely.safetensors"))
     assert lonely.partner.kind == "built" and lonely.partner.path == str(sd / "lonely-inpainting.safetensors")

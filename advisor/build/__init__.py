@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from advisor.build.batch import BatchResult, run_batch
-    from advisor.build.builder import BuildError, BuildResult, build
+    from advisor.build.builder import BuildError, BuildPlan, BuildResult, build, plan_build, run_build
     from advisor.build.cache import files_dir
     from advisor.build.download import Downloaded, DownloadError, Source, fetch
 
-__all__ = ["BatchResult", "BuildError", "BuildResult", "DownloadError", "Downloaded", "Source", "build", "fetch",
-           "files_dir", "run_batch"]  # fmt: skip
+__all__ = ["BatchResult", "BuildError", "BuildPlan", "BuildResult", "DownloadError", "Downloaded", "Source", "build",
+           "fetch", "files_dir", "plan_build", "run_batch", "run_build"]  # fmt: skip
 
 _HOME = {"BatchResult": "batch", "run_batch": "batch", "BuildError": "builder", "BuildResult": "builder",
-         "build": "builder", "files_dir": "cache", "Downloaded": "download", "DownloadError": "download",
+         "build": "builder", "BuildPlan": "builder", "plan_build": "builder", "run_build": "builder",
+         "files_dir": "cache", "Downloaded": "download", "DownloadError": "download",
          "Source": "download", "fetch": "download"}  # fmt: skip
 
 if not TYPE_CHECKING:

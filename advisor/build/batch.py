@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor.build.builder import BuildError, BuildResult, build
+from advisor.build.builder import BuildError, BuildResult, plan_build, run_build
 from advisor.local import ScanResult
 
 NEEDS_WORK = ("own-release", "sibling-release", "official", "build")
@@ -77,7 +77,7 @@ def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False,
     where = {p: Path(out) if out is not None else Path(p).parent for p in paths}
     for path in paths:
         try:
-            plans[path] = build(path, out=where[path], db=db, dry_run=True, offline=offline, **build_options)
+            plans[path] = plan_build(path, out=where[path], db=db, offline=offline, **build_options).result
         except BuildError as exc:
             plans[path] = exc
         except Exception as exc:  # noqa: BLE001 - a lookup or registry error is this item's, not the batch's
@@ -102,8 +102,8 @@ def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False,
 
 
 def _build_one(path: str, out: Path, db, offline: bool, build_options: dict) -> BatchItem:
-    try:
-        done = build(path, out=out, db=db, offline=offline, **build_options)
+    try:  # planned again: an item built before this one may have changed what it needs (a pair prepared)
+        done = run_build(plan_build(path, out=out, db=db, offline=offline, **build_options))
     except BuildError as exc:
         if exc.code == "exists":  # made before, though not recorded (no registry then): left as it is
             return BatchItem(path, "skipped", reason=str(exc))

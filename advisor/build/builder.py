@@ -34,7 +34,10 @@ from data.errors import InpaintAdvisorError
 from merge import hashing
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from crawler.registry.reader import Reader
+    from merge.prepared import PreparedPair
 
 ACTIONS = ("built", "downloaded-release", "already-built", "already-inpainting", "planned")
 _FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -73,6 +76,7 @@ class PlanItem:
     source: str
     size: int | None
     state: str  # local | cached | partial | missing
+    sha256: str | None = None  # what it must hash to, where a registry, the Hub or the bundled data says
 
 
 @dataclass
@@ -102,6 +106,7 @@ class BuildResult:
     downloads: list[FetchRecord] = field(default_factory=list)
     plan: list[PlanItem] = field(default_factory=list)
     merge: Command | None = None  # what the merge runs, as the CLI's command would say it
+    recipe_key: str | None = None  # A, B, C, M and dtype: a build of the same key is the same file
     disk_needed: int = 0
     pair: PairUse | None = None
     verified: bool = False
@@ -365,12 +370,63 @@ def _stem(b_path: Path) -> str:
     return name if b_path.is_dir() else name.rsplit(".", 1)[0]
 
 
+@dataclass
+class BuildPlan:
+    """What a build will do, settled before a byte is fetched or written: ``result`` is what `--dry-run` and
+    `--json` print (action "planned", the inputs with their sources, sizes and cache states, the disk needed),
+    or the final answer when nothing is left to do (``settled``); the rest is what ``run_build`` needs."""
+
+    result: BuildResult
+    match: Match
+    out_dir: Path
+    offline: bool
+    db: str | None = None
+    settled: bool = False
+    fetch: _Need | None = None  # a download instead of a merge: the model itself, or its release
+    fetch_action: str = ""  # what the result's action becomes once fetched
+    record_fetch: bool = False  # a fetched release goes into the registry
+    copy_from: Path | None = None  # built before, elsewhere: copied into out_dir
+    merge: _MergeInputs | None = None
+
+
+@dataclass
+class _MergeInputs:
+    a: _Need
+    b: _Need
+    c: _Need
+    pair: PreparedPair | None  # read instead of A and C when the family's pair is prepared
+    key: str  # the recipe key: A, B, C, M and dtype
+    target: Path
+    engine: Engine | None  # the registry to record into (None: not recorded)
+    multiplier: float
+    dtype: str
+    device: str
+    allow_nonfinite: bool
+
+    @property
+    def needs(self) -> tuple[_Need, ...]:
+        return (self.b,) if self.pair is not None else (self.a, self.b, self.c)  # a pair stands for A and C
+
+
 def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
           multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
           dry_run: bool = False, offline: bool = False, db: str | None = None, progress: Progress | None = None,
           merge_progress: Callable[[int], None] | None = None,
           allow_nonfinite: bool = False) -> BuildResult:  # fmt: skip
-    """The Python API behind `inpaint-advisor build`; raises BuildError (and lookup's errors) when it cannot."""
+    """The Python API behind `inpaint-advisor build`: ``plan_build``, then (unless ``dry_run``) ``run_build``.
+    Raises BuildError (and lookup's errors) when it cannot."""
+    plan = plan_build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, device=device,
+                      force_build=force_build, offline=offline, db=db, allow_nonfinite=allow_nonfinite)  # fmt: skip
+    if dry_run or plan.settled:
+        return plan.result
+    return run_build(plan, progress=progress, merge_progress=merge_progress)
+
+
+def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
+               multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
+               offline: bool = False, db: str | None = None, allow_nonfinite: bool = False) -> BuildPlan:  # fmt: skip
+    """What building ``query`` takes: the model it means, and a download of its release or the merge's A, B and C
+    with where each comes from. Touches no file but the registry (a model found live is stored there)."""
     # A writing command: with no registry yet it makes one, so that a model found live is stored and its file
     # can be fetched (the two Quickstart commands lead to a first build with no crawl).
     with contextlib.suppress(registry.RegistryError):  # a registry that cannot be made: lookup says why
@@ -386,61 +442,82 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
     if is_base and not _is_local_file(query):
         raise BuildError(f"“{query}” is {match.name}, a base model, not a fine-tune: there is nothing to build; "
                          f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base")  # fmt: skip
-    out_dir = Path(out).expanduser()
-    result = BuildResult(query, "planned", "", match, warnings=list(found.warnings))
+    plan = BuildPlan(BuildResult(query, "planned", "", match, warnings=list(found.warnings)), match,
+                     Path(out).expanduser(), offline, db)  # fmt: skip
     reader = registry.open_reader_if_any(db)
     try:
-        if not force_build:
-            fetched = _fetch_instead(found, match, rec, reader, out_dir, dry_run, offline, progress, result, db)
-            if fetched:
-                return result
-        return _build(found, match, rec, reader, out_dir, inpaint, base, multiplier, dtype, device, dry_run, offline,
-                      db, progress, merge_progress, result, allow_nonfinite)  # fmt: skip
+        if force_build or not _plan_fetch(plan, found, rec, reader):
+            _plan_merge(plan, found, rec, reader, inpaint, base, multiplier, dtype, device, db, allow_nonfinite)
     finally:
         if reader is not None:
             reader.close()
+    return plan
 
 
+def run_build(plan: BuildPlan, *, progress: Progress | None = None,
+              merge_progress: Callable[[int], None] | None = None) -> BuildResult:  # fmt: skip
+    """Do what ``plan`` says: fetch, or merge into a verified, recorded checkpoint. A plan is run once."""
+    result = plan.result
+    if plan.settled:
+        return result
+    if plan.fetch is not None:
+        _check_space(plan.out_dir, result.disk_needed)
+        path = _get(plan.fetch, progress, result.downloads, plan.offline, result.warnings)
+        result.action = plan.fetch_action
+        result.output = _output(path)
+        result.verified = _verified(plan.fetch)
+        if not result.verified:
+            result.warnings.append(f"{path.name}: the registry records no SHA256 for it: unverified")
+        if plan.record_fetch:
+            _record(plan.match, path, result.output.sha256, db=plan.db)
+        return result
+    m = plan.merge
+    assert m is not None  # a plan that is not settled fetches or merges
+    if plan.copy_from is not None:
+        assert result.output is not None
+        result.output = _copy_into(plan.copy_from, m.target, result.output.sha256)  # --out is where it goes
+        result.reason += f" (copied into {plan.out_dir})"
+        return result
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    # One build at a time per output path, across processes (and hosts sharing the folder): the check that
+    # the name is free, the merge, the rename and the record happen under it.
+    with FileLock(plan.out_dir / f".{m.target.name}.lock"):
+        if m.target.exists():
+            adopted = _adopt(m.target, m.key, m.engine, plan.match, m.multiplier, m.dtype)
+            result.action, result.output, result.verified = "already-built", adopted, True
+            result.reason = f"Built before from the same A, B, C, M and dtype (unrecorded until now): {m.target}"
+            return result
+        _run_merge(m, plan.match, progress, merge_progress, plan.offline, result)
+    return result
 
-def _fetch_instead(found: LookupResult, match: Match, rec: ladder.Recommendation, reader, out_dir: Path,
-                   dry_run: bool, offline: bool, progress, result: BuildResult, db) -> bool:  # fmt: skip
+
+def _plan_fetch(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation, reader) -> bool:
     """Download instead of build: the model itself when it already is an inpainting model, or its own or
-    sibling release made for this version (``match`` and ``rec``: ``found``'s). True when that settled the
-    build."""
+    sibling release made for this version (``rec``: ``found``'s). True when the plan is that download."""
+    match, result = plan.match, plan.result
     if rec.kind == "already-inpainting":
         if match.source == "file":
             result.action, result.reason = "already-inpainting", rec.reason
             result.output = _output(Path(found.query.strip()).expanduser())  # as lookup's query parser read it
-            result.verified = True
+            result.verified = plan.settled = True
             return True
         if match.model_id is None:  # not a registry model (lookup gives one an id): no file to download
             raise BuildError(f"{match.name} is not in a registry, so its file cannot be found", "no-registry")
-        need = _registry_file("release", reader, match.model_id, match.version_id, out_dir, offline)
-        action = "already-inpainting"
+        need = _registry_file("release", reader, match.model_id, match.version_id, plan.out_dir, plan.offline)
+        plan.fetch_action = "already-inpainting"
     elif rec.kind in ("own-release", "sibling-release") and rec.for_your_version and rec.target is not None \
             and rec.target.version_id:
         release = reader.model_of_version(rec.target.version_id)
-        need = _registry_file("release", reader, release.id, rec.target.version_id, out_dir, offline)
-        action = "downloaded-release"
+        need = _registry_file("release", reader, release.id, rec.target.version_id, plan.out_dir, plan.offline)
+        plan.fetch_action = "downloaded-release"
     else:
         return False
+    plan.fetch, plan.record_fetch = need, reader is not None and bool(match.model_id)
     result.reason = rec.reason + " Downloaded rather than built (force a build to make one anyway)."
     result.plan = [PlanItem("release", need.source.name or need.source.url if need.source else str(need.folder),
                             need.source.url if need.source else "", need.source.size if need.source else None,
-                            _state(need))]  # fmt: skip
+                            _state(need), _sha256(need))]  # fmt: skip
     result.disk_needed = _bytes(need)
-    if dry_run:
-        result.action = "planned"
-        return True
-    _check_space(out_dir, result.disk_needed)
-    path = _get(need, progress, result.downloads, offline, result.warnings)
-    result.action = action
-    result.output = _output(path)
-    result.verified = _verified(need)
-    if not result.verified:
-        result.warnings.append(f"{path.name}: the registry records no SHA256 for it: unverified")
-    if reader is not None and match.model_id:
-        _record(match, path, result.output.sha256, db=db)
     return True
 
 
@@ -470,11 +547,11 @@ def _record(match: Match, path: Path, sha256: str, *, db) -> None:
         pass  # a registry that cannot be written: the file is there all the same
 
 
-def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader, out_dir: Path, inpaint, base,
-           multiplier, dtype, device, dry_run, offline, db, progress, merge_progress,
-           result: BuildResult, allow_nonfinite: bool = False) -> BuildResult:  # fmt: skip
-    """The merge (``match`` and ``rec``: ``found``'s)."""
-
+def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation, reader, inpaint, base,
+                multiplier: float, dtype: str, device: str, db, allow_nonfinite: bool) -> None:  # fmt: skip
+    """The merge's A, B and C, the recipe key and the output (``rec``: ``found``'s); settled when the same recipe
+    was built before."""
+    match, result, offline = plan.match, plan.result, plan.offline
     build_rec = next((r for r in [rec, *found.alternatives] if r.kind == "build"), None)
     fam = families.official_target(match.family)
     if not (inpaint and base) and (build_rec is None or fam is None):
@@ -494,13 +571,14 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
         result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip
     result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
-                            n.source.size if n.source else None, _state(n)) for n in (a, b, c)]  # fmt: skip
+                            n.source.size if n.source else None, _state(n), _sha256(n)) for n in (a, b, c)]  # fmt: skip
+    result.recipe_key = key
     engine = None
     try:
         engine = registry.connect(db) if reader is not None else None
     except registry.RegistryError as exc:
         result.warnings.append(f"the build will not be recorded: {exc}")
-    target = out_dir / _output_name(b, match)
+    target = plan.out_dir / _output_name(b, match)
     if engine is not None:
         from crawler.registry import artifacts
 
@@ -509,45 +587,31 @@ def _build(found: LookupResult, match: Match, rec: ladder.Recommendation, reader
             result.action = "already-built"
             result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
             result.output = Output(done.path, done.size, done.sha256)
-            result.verified = True
-            if Path(done.path).resolve().parent != out_dir.resolve() and not dry_run:
-                result.output = _copy_into(Path(done.path), target, done.sha256)  # --out is where it goes
-                result.reason += f" (copied into {out_dir})"
-            return result
+            result.verified = plan.settled = True
+            if Path(done.path).resolve().parent != plan.out_dir.resolve():
+                plan.copy_from, plan.settled = Path(done.path), False
+            plan.merge = _MergeInputs(a, b, c, None, key, target, engine, multiplier, dtype, device, allow_nonfinite)
+            return
+    plan.merge = _MergeInputs(a, b, c, _prepared_pair(a, c, multiplier), key, target, engine, multiplier, dtype,
+                              device, allow_nonfinite)  # fmt: skip
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
                             str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
     estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
-    pair = _prepared_pair(a, c, multiplier)
-    needs = (b,) if pair is not None else (a, b, c)  # a prepared pair stands for A and C: they need not be here
-    if pair is not None:
+    if plan.merge.pair is not None:
         for item in result.plan:
             if item.role in ("A", "C"):
                 item.state, item.size = "prepared", None
-    result.disk_needed = sum(_bytes(n) for n in needs) + estimate
-    if dry_run:
-        return result
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # One build at a time per output path, across processes (and hosts sharing the folder): the check that
-    # the name is free, the merge, the rename and the record happen under it.
-    with FileLock(out_dir / f".{target.name}.lock"):
-        if target.exists():
-            adopted = _adopt(target, key, engine, match, multiplier, dtype)
-            result.action, result.output, result.verified = "already-built", adopted, True
-            result.reason = f"Built before from the same A, B, C, M and dtype (unrecorded until now): {target}"
-            return result
-        _run_build(a, b, c, pair, needs, key, target, match, multiplier, dtype, device, progress, merge_progress,
-                   offline, result, allow_nonfinite, engine)  # fmt: skip
-    return result
+    result.disk_needed = sum(_bytes(n) for n in plan.merge.needs) + estimate
 
 
-def _run_build(a: _Need, b: _Need, c: _Need, pair, needs, key: str, target: Path, match: Match, multiplier: float,
-               dtype: str, device: str, progress, merge_progress, offline: bool, result: BuildResult,
-               allow_nonfinite: bool, engine) -> None:  # fmt: skip
+def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline: bool, result: BuildResult) -> None:
     """Fetch what is missing, merge into a hidden file beside ``target``, check it, then give it its name and
     record it. A kill at any point leaves either nothing under ``target`` or a complete file whose header
     names this recipe (adopted by the next run)."""
     from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
+    a, b, c, pair, needs, key, target, engine = m.a, m.b, m.c, m.pair, m.needs, m.key, m.target, m.engine
+    multiplier, dtype, device, allow_nonfinite = m.multiplier, m.dtype, m.device, m.allow_nonfinite
     _check_space(files_dir(), sum(_bytes(n) for n in needs))
     paths = {n.role: _get(n, progress, result.downloads, offline, result.warnings) for n in needs}
     for n in needs:
@@ -710,7 +774,7 @@ def _inputs_nonfinite(paths: dict, pair: PairUse | None, names: list[str]) -> bo
     return False
 
 
-def _prepared_pair(a: _Need, c: _Need, multiplier: float):
+def _prepared_pair(a: _Need, c: _Need, multiplier: float) -> PreparedPair | None:
     if len(a.identity) != 64 or len(c.identity) != 64:
         return None
     from merge import prepared
@@ -783,6 +847,10 @@ def _existing(folder: Path) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
+
+
+def _sha256(need: _Need) -> str | None:
+    return need.identity if len(need.identity) == 64 else None
 
 
 def _describe(need: _Need) -> str:
