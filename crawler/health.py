@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from crawler import families
 from crawler.registry.stats import registry_status, source_runs
 
 
@@ -59,11 +60,30 @@ def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
     if all(s.last_status is None for s in sources):
         reasons.append("no source was ever crawled into this registry")
     st = registry_status(engine, recent_runs=0)
-    gone = [f"{o.family} {o.role}: {o.repo}/{o.file or ''} ({o.detail})" for o in st.officials
-            if not (o.alive and o.matches)]  # fmt: skip
+    gone = officials_gone(st.officials)
     reasons += [f"official checkpoint gone or changed: {g}" for g in gone]
     coverage = {f.family: round(f.coverage, 4) for f in st.families}
     return Health(not reasons, max_age.total_seconds(), now, sources, gone, coverage, reasons)
+
+
+def officials_gone(officials: list) -> list[str]:
+    """The official checkpoints the advice cannot point at any more: for each family's inpainting model and
+    base, the mirrors that failed their last check, counted only when no mirror of that checkpoint serves the
+    file (the advice then names the live one) and only where data/families.json expects the mirror alive (one
+    it marks deleted is known, not news: counting it made a monitor alert for ever)."""
+    by_checkpoint: dict[tuple[str, str], list] = {}
+    for o in officials:
+        by_checkpoint.setdefault((o.family, o.role), []).append(o)
+    gone = []
+    for (family_id, role), checks in by_checkpoint.items():
+        live = [o.repo for o in checks if o.alive and o.matches]
+        if live:
+            continue
+        known_dead = {m["repo"].lower() for m in ((families.family(family_id) or {}).get(role) or {}).get("mirrors", [])
+                      if m.get("alive") is False}  # fmt: skip
+        gone += [f"{o.family} {o.role}: {o.repo}/{o.file or ''} ({o.detail})" for o in checks
+                 if o.repo.lower() not in known_dead]  # fmt: skip
+    return gone
 
 
 def _ago(seconds: float) -> str:

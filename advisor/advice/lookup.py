@@ -87,6 +87,10 @@ def _official_inpaint(fam: dict, spec: dict, query: str) -> LookupResult:
     why = f"the official {fam['name']} inpainting checkpoint"
     subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
     rec, alts, warns = ladder.recommend(subject, _bare())
+    asked = next((m for m in spec["mirrors"] if m["repo"] == repo), {})
+    live = next((m["repo"] for m in spec["mirrors"] if m.get("alive")), None)
+    if asked.get("alive") is False and live:
+        warns.insert(0, f"{repo} was deleted from the Hub: the same checkpoint is at {live}.")
     return LookupResult(query, match, [], rec, alts, warns)
 
 
