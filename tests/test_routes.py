@@ -76,6 +76,15 @@ def test_a_lightning_model_drops_the_fooocus_patch_with_the_report_that_says_so(
     assert trouble and "Lightning" in trouble[0] and "its name says 'lightning'" in trouble[0]
 
 
+@pytest.mark.parametrize("query", ["SDXL Lightning", "SDXL Turbo", "stabilityai/sdxl-turbo", "sdxl turbo"])
+def test_a_distilled_family_named_by_its_base_model_or_hub_repo_gets_promax_first_and_the_patch_below(query, tmp_path):
+    answer = lookup(query, db=str(tmp_path / "none.db"), offline=True)
+    assert answer.match is not None and answer.match.family == "sdxl"
+    kinds = [r.route or r.kind for r in [answer.recommendation, *answer.alternatives]]
+    assert kinds[0] == "controlnet-union-promax" and kinds.index("official") < kinds.index("fooocus-inpaint")
+    assert lookup("SDXL 1.0", db=str(tmp_path / "none.db"), offline=True).recommendation.route == "fooocus-inpaint"
+
+
 def test_a_distilled_base_model_string_is_a_marker_too():
     assert "distilled" in routes.markers_of("plain name", "SDXL Turbo", [], "sdxl")
     assert routes.markers_of("HyperRealism XL", "SDXL 1.0", [], "sdxl") == {}  # a word, not a prefix

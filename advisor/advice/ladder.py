@@ -59,6 +59,7 @@ class Subject:
     model_id: str | None = None
     version_id: str | None = None
     version_name: str | None = None
+    asked: str | None = None  # what the user typed, when it named a family ("SDXL Lightning"): its markers count
     versions: list = field(default_factory=list)  # registry VersionRecords, newest first
     file: str | None = None  # B for a build: a local path or the version's file name ("name/" for a folder)
     local: bool = False  # ``file`` is the user's own path (kept as given), not a name from a registry
@@ -281,8 +282,8 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
         else:
             alternatives.append(r)
 
-    marks = routes.markers_of(" ".join(x for x in (subject.name, subject.version_name) if x), subject.base_model,
-                              subject.prediction, subject.family)  # fmt: skip
+    said = " ".join(x for x in (subject.name, subject.version_name, subject.asked) if x)
+    marks = routes.markers_of(said, subject.base_model, subject.prediction, subject.family)
     weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:

@@ -67,7 +67,8 @@ def _bare() -> facts.Facts:
 
 def _family_match(fam: dict, query: str) -> LookupResult:
     match = Match("family", None, None, fam["name"], None, None, fam["id"], False)
-    rec, alts, warns = ladder.recommend(ladder.Subject(name=f"your {fam['name']} model", family=fam["id"]), _bare())
+    subject = ladder.Subject(name=f"your {fam['name']} model", family=fam["id"], asked=query)
+    rec, alts, warns = ladder.recommend(subject, _bare())
     return LookupResult(query, match, [], rec, alts, warns)
 
 
