@@ -88,7 +88,7 @@ def _official_inpaint(fam: dict, spec: dict, query: str) -> LookupResult:
     why = f"the official {fam['name']} inpainting checkpoint"
     subject = ladder.Subject(name=repo, family=fam["id"], is_inpainting=True, inpaint_evidence=[why])
     rec, alts, warns = ladder.recommend(subject, _bare())
-    asked = next((m for m in spec["mirrors"] if m["repo"] == repo), {})
+    asked: dict = next((m for m in spec["mirrors"] if m["repo"] == repo), {})
     live = next((m["repo"] for m in spec["mirrors"] if m.get("alive")), None)
     if asked.get("alive") is False and live:
         warns.insert(0, f"{repo} was deleted from the Hub: the same checkpoint is at {live}.")
@@ -313,9 +313,13 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         if problem:
             raise NotFound(problem)
         if isinstance(found, list):
-            return LookupResult(raw, None, [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1), m.downloads)
-                                            for m in found], notes=notes + ["several models match: be more specific, "
-                                                                           "or look one up by id"])  # fmt: skip
+            listed = [Candidate(m.id, m.name, m.creator, m.family, round(m.score, 1), m.downloads) for m in found]
+            listed.sort(key=lambda c: (-c.score, -c.downloads))  # as the table shows them: by score
+            if len(listed) == 1:  # one weak look-alike is a question, not a choice
+                ask = f"did you mean {listed[0].name} ({listed[0].model_id})? Look it up by id to get its answer"
+            else:
+                ask = "several models match: be more specific, or look one up by id"
+            return LookupResult(raw, None, listed, notes=[*notes, ask])
         if found is None:
             what = f"{q.repo} is not in the registry" if q.kind == "hf" else f"no model matched “{shown(raw)}”"
             return LookupResult(raw, None, notes=notes if trouble else [*notes, what])  # the trouble says why

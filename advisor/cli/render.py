@@ -267,7 +267,8 @@ def lookup_result(console: Console, r) -> None:
     for note in r.notes:
         console.print(t(note, "dim"))
     if r.match is None and r.candidates:
-        table = Table(title=line("Several models match “", r.query[:80], "”"))
+        title = "Several models match “" if len(r.candidates) > 1 else "Did you mean this model for “"
+        table = Table(title=line(title, r.query[:80], "”"))
         for col in ("score", "id", "name", "creator", "family", "downloads"):
             table.add_column(col, overflow="fold", justify="right" if col == "downloads" else "left")
         for c in r.candidates:
