@@ -41,3 +41,20 @@ def test_on_equal_distance_the_newer_release_wins_and_confidence_breaks_what_is_
 def test_with_no_version_asked_the_newest_release_is_the_answer():
     rec, _ = _ask(None, {"v2": 0.99, "v4": 0.5})
     assert rec.target.version_id == "civitai:v4-inp" and "the newest inpainting release" in rec.reason
+
+
+def _version(vid: str, name: str, base: str, inpainting: bool = False):
+    return SimpleNamespace(id=vid, name=name, base_model=base, is_inpainting=inpainting)
+
+
+def test_the_default_version_is_the_newest_without_a_speed_marker_unless_the_words_ask_for_one():
+    versions = [_version("civitai:v3", "V5.1 Hyper (VAE)", "SD 1.5 Hyper"),  # uploaded last, listed first
+                _version("civitai:v2", "V6.0 B1 Inpainting (VAE)", "SD 1.5", inpainting=True),
+                _version("civitai:v1", "V6.0 B1 (VAE)", "SD 1.5")]  # fmt: skip
+    assert ladder.choose_version(versions, None, "Realistic Vision V6.0 B1").id == "civitai:v1"
+    assert ladder.choose_version(versions, None, "realistic vision").id == "civitai:v1"
+    assert ladder.choose_version(versions, None, "realistic vision hyper").id == "civitai:v3"
+    assert ladder.choose_version(versions, "civitai:v3").id == "civitai:v3"  # named by id: as named
+    lightning = [_version("civitai:v9", "V9 Lightning", "SDXL 1.0"), _version("civitai:v8", "V8", "SDXL 1.0")]
+    assert ladder.choose_version(lightning, None, "juggernaut xl").id == "civitai:v8"  # by its name too
+    assert ladder.choose_version(lightning[:1], None).id == "civitai:v9"  # nothing else to choose

@@ -367,10 +367,14 @@ def _route_recommendation(route: routes.Route, facts: Facts) -> Recommendation:
                           how=route.how, score=route.score, route=route.id)  # fmt: skip
 
 
-def choose_version(versions: list, version_id: str | None):
+def choose_version(versions: list, version_id: str | None, asked: str = ""):
     """The version the user means: by id (a URL's, a hash's, or the one advisor.advice.match read in a name), else the
-    newest non-inpainting one."""
+    newest non-inpainting one, and of those the newest without a speed marker (Hyper, Lightning, Turbo, LCM, ...;
+    by its name or base model) unless ``asked``, the user's words, carries one: a careful reader of "Realistic
+    Vision" means V6.0 B1, not the V5.1 Hyper uploaded after it."""
     if version_id:
         return next((v for v in versions if v.id == version_id), None)
     normal = [v for v in versions if not v.is_inpainting]
-    return (normal or versions or [None])[0]
+    fast = "distilled" in routes.markers_of(asked, None, [], None)
+    as_asked = [v for v in normal if ("distilled" in routes.markers_of(v.name, v.base_model, [], None)) == fast]
+    return (as_asked or normal or versions or [None])[0]

@@ -110,7 +110,7 @@ def _official_file(query: str) -> LookupResult | None:
 
 def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
     versions = reg.versions(model.id)
-    version = ladder.choose_version(versions, version_id or q.version_id)
+    version = ladder.choose_version(versions, version_id or q.version_id, q.raw)
     family = (version.family if version else None) or model.family
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
