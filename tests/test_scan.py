@@ -157,6 +157,10 @@ def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):
     assert all(len(line) <= 100 for line in shown.stdout.splitlines())
     missing = run_cli("scan", str(tmp_path / "nope"), "--json", env=env)
     assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "bad-query"
+    assert "no such folder" in json.loads(missing.stdout)["error"]["message"]
+    (tmp_path / "one.safetensors").write_bytes(b"x")  # a file: said to be one, with where to go instead
+    a_file = run_cli("scan", str(tmp_path / "one.safetensors"), env=env)
+    assert a_file.returncode == 2 and "not a folder" in a_file.stderr and "lookup FILE" in a_file.stderr
 
 
 def test_unknown_hashes_are_asked_of_civitai_in_batches_and_stored(a1111, registry_db, serve, monkeypatch):

@@ -50,7 +50,9 @@ def scan(
     paths = paths or [Path(".")]
     missing = [p for p in paths if not p.expanduser().is_dir()]
     if missing:
-        raise die(f"{missing[0]}: no such folder", code="bad-query", exit_code=2, as_json=as_json)
+        what = "not a folder (scan takes a models folder or a UI's root; `lookup FILE` answers for one file)" \
+            if missing[0].expanduser().exists() else "no such folder"  # fmt: skip
+        raise die(f"{missing[0]}: {what}", code="bad-query", exit_code=2, as_json=as_json)
     progress = Progress("identifying", BarColumn(), MofNCompleteColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
     task = progress.add_task("scan", total=None)
