@@ -198,6 +198,16 @@ def test_unreachable_network_is_one_line_and_bundled_data_still_answers(registry
     assert lookup("SD 1.5", db=registry, offline=False, civitai_url="http://127.0.0.1:9").answered
 
 
+def test_a_server_that_refuses_the_lookup_is_not_called_offline(registry, serve):
+    from tests.civitai_fake import Fault
+
+    refusing = FakeCivitai([])
+    refusing.faults = [Fault(401)] * 5
+    r = lookup("civitai:999999", db=registry, offline=False, civitai_url=serve(refusing))
+    assert r.match is None and "refused the lookup (HTTP 401" in r.notes[0] and "CIVITAI_API_TOKEN" in r.notes[0]
+    assert not r.notes[0].startswith("offline")
+
+
 def test_cli_json_schema_and_exit_codes(registry):
     env = cli_env(INPAINT_ADVISOR_DB=registry)
     ok = run_cli("lookup", "majicmix realistic v7", "--offline", "--json", env=env)

@@ -200,7 +200,7 @@ def _fetch(q: Query, db: str | None, base_url: str | None) -> str | None:
         else:
             items = civitai.fetch_items(text=q.raw, base_url=base_url)
     except CrawlError as exc:
-        return f"offline: could not reach {civitai.api_url(base_url)} ({exc}); answering from bundled data"
+        return _unanswered(civitai.api_url(base_url), exc, "CIVITAI_API_TOKEN")
     if items:
         civitai.store_page(registry.connect(db), items, None, None)
     return None
@@ -218,8 +218,20 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
     except RepoUnavailable as exc:
         return f"{q.repo} is not on the Hugging Face Hub ({exc.reason})"
     except CrawlError as exc:
-        return f"offline: could not reach {endpoint_from_env()} ({exc}); answering from bundled data"
+        return _unanswered(endpoint_from_env(), exc, "HF_TOKEN")
     return None
+
+
+def _unanswered(where: str, exc: Exception, token: str) -> str:
+    """Why a live lookup got no answer, in one line: a server that refused us is not a network that is down."""
+    from crawler.http import ApiError
+
+    if isinstance(exc, ApiError) and exc.status in (401, 403):
+        return f"{where} refused the lookup ({exc}): {token} may need to be set to a key with access; " \
+               "answering from bundled data"  # fmt: skip
+    if isinstance(exc, ApiError):
+        return f"{where} answered {exc}; answering from bundled data"
+    return f"offline: could not reach {where} ({exc}); answering from bundled data"
 
 
 class NotFound(InpaintAdvisorError, LookupError):
