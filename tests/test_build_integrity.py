@@ -68,6 +68,15 @@ def _recipe_key_of(path) -> str:
         return json.loads(f.metadata()["inpaint_advisor.recipe"])["sources"]["recipe_key"]
 
 
+def test_an_output_folder_that_is_a_file_is_one_line_and_a_usage_error(files, tmp_path):
+    taken = tmp_path / "not-a-folder"
+    taken.write_bytes(b"someone's file")
+    with pytest.raises(BuildError) as raised:
+        build(files["b"], inpaint=files["a"], base=files["c"], out=taken, offline=True)
+    assert raised.value.code == "bad-input" and raised.value.exit_code == 2 and "not a folder" in str(raised.value)
+    assert taken.read_bytes() == b"someone's file"
+
+
 def test_a_file_of_another_kind_under_the_output_name_is_never_overwritten(files):
     files["out"].mkdir()
     files["target"].write_bytes(b"the user's own file")

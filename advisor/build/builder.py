@@ -444,6 +444,8 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
                          f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base")  # fmt: skip
     plan = BuildPlan(BuildResult(query, "planned", "", match, warnings=list(found.warnings)), match,
                      Path(out).expanduser(), offline, db)  # fmt: skip
+    if plan.out_dir.exists() and not plan.out_dir.is_dir():
+        raise BuildError(f"{plan.out_dir}: not a folder; a build's output goes into a folder", "bad-input")
     reader = registry.open_reader_if_any(db)
     try:
         if force_build or not _plan_fetch(plan, found, rec, reader):
