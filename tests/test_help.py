@@ -52,6 +52,7 @@ def test_help_fits_80_columns_with_plain_metavars(path):
     assert not wide, f"wider than 80 columns: {wide}"
     assert not TYPE_TAG.search(text), TYPE_TAG.search(text)
     assert "]..." not in text and "…" not in text  # no doubled ellipsis; nothing cut short
+    assert not [line for line in text.splitlines() if line.endswith("...")], text  # a command's summary cut
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "inpaint-advisor")

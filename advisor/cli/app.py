@@ -3,7 +3,7 @@
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 SUBCOMMAND = "COMMAND [ARGS...]"  # a group's usage line, written as the commands' own are (click: COMMAND [ARGS]...)
 
@@ -39,8 +39,21 @@ class PlainCommand(TyperCommand):
                     formatter.write_dl(records)
 
 
+class PlainGroup(TyperGroup):
+    """A group whose command list shows each command's first sentence whole, wrapped to the width: click cuts
+    it to one line and ends it with "...", which left `build`, `merge` and most others half-said."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [(name, command.get_short_help_str(limit=10_000)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]  # fmt: skip
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="inpaint-advisor",
+    cls=PlainGroup,
     help="Find the right inpainting checkpoint for a Stable Diffusion fine-tune, or build one.",
     no_args_is_help=True,
     subcommand_metavar=SUBCOMMAND,
@@ -48,7 +61,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-crawl_app = typer.Typer(help="Fill the registry from a model hub.", no_args_is_help=True,
+crawl_app = typer.Typer(help="Fill the registry from a model hub.", no_args_is_help=True, cls=PlainGroup,
                         subcommand_metavar=SUBCOMMAND,
                         context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(crawl_app, name="crawl")

@@ -4,11 +4,11 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import SUBCOMMAND, PlainCommand, app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, PlainGroup, app
 from advisor.cli.common import JsonOption, die
 
 cache_app = typer.Typer(help="What builds keep in the cache: prepared pairs and fetched files.", no_args_is_help=True,
-                        subcommand_metavar=SUBCOMMAND,
+                        cls=PlainGroup, subcommand_metavar=SUBCOMMAND,
                         context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(cache_app, name="cache")
 

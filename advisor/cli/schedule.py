@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from advisor.cli.app import SUBCOMMAND, PlainCommand, app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, PlainGroup, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for, duration
 from advisor.cli.output import USAGE
 from data import settings
 
-schedule_app = typer.Typer(help="Crawl every source on a timer (systemd user timer, else crontab).",
+schedule_app = typer.Typer(cls=PlainGroup, help="Crawl every source on a timer (systemd user timer, else crontab).",
                            no_args_is_help=True, subcommand_metavar=SUBCOMMAND,
                            context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(schedule_app, name="schedule")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from advisor.cli.app import SUBCOMMAND, PlainCommand, app
+from advisor.cli.app import SUBCOMMAND, PlainCommand, PlainGroup, app
 from advisor.cli.common import DbOption, JsonOption, die, die_for
 
 SQLITE_HINT = ("; on one machine, `inpaint-advisor scan --build` and `build --missing` run the same builds in the "
@@ -68,7 +68,7 @@ def worker(
 
 
 JobId = Annotated[int, typer.Argument(metavar="ID", help="A job's id, as `inpaint-advisor jobs` lists it.")]
-jobs_app = typer.Typer(invoke_without_command=True, subcommand_metavar=f"[{SUBCOMMAND}]",
+jobs_app = typer.Typer(cls=PlainGroup, invoke_without_command=True, subcommand_metavar=f"[{SUBCOMMAND}]",
                        context_settings={"help_option_names": ["-h", "--help"]})  # fmt: skip
 app.add_typer(jobs_app, name="jobs")
 
