@@ -23,6 +23,7 @@ import orjson
 
 from data import settings
 from data.errors import InpaintAdvisorError
+from data.settings import scrub
 
 if TYPE_CHECKING:
     import ssl
@@ -59,6 +60,12 @@ class ApiError(CrawlError):
 
     def __reduce__(self):  # crosses from the crawl's fetch process
         return (ApiError, (self.status, self.url, self.detail))
+
+
+class BadURL(CrawlError):
+    """A URL no request can go to: a mirror or endpoint set by hand with a typo."""
+
+    code = "bad-setting"
 
 
 class RetriesExhausted(CrawlError):
@@ -399,7 +406,10 @@ def open_redirected(client: httpx.Client, url: str, headers: dict, token: str | 
     only (a Location is a whole URL). Streamed unless ``stream`` is False; the caller closes it."""
     origin: str | None = None
     for hop in range(MAX_REDIRECTS + 1):
-        request = client.build_request(method, url, params=params if hop == 0 else None, json=json)
+        try:
+            request = client.build_request(method, url, params=params if hop == 0 else None, json=json)
+        except httpx.InvalidURL as exc:
+            raise BadURL(f"{url} is not a usable URL ({exc})") from None
         origin = origin or str(request.url)
         request.headers.update(headers)
         if token and credentials_allowed(origin, str(request.url)):
@@ -461,26 +471,12 @@ def new_client(*, base_url: str = "", headers: dict[str, str] | None = None,
     checks: list[Callable] = [_refuse_bad_redirect] if follow_redirects else []
     hooks: dict[str, list[Callable]] = {"request": [*given.get("request", []), _identify],
                                         "response": [*given.get("response", []), *checks]}  # fmt: skip
-    return httpx.Client(base_url=base_url, headers={"User-Agent": user_agent(), **(headers or {})}, timeout=timeout,
-                        follow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS, event_hooks=hooks,
-                        verify=_tls_context())  # fmt: skip
+    try:
+        return httpx.Client(base_url=base_url, headers={"User-Agent": user_agent(), **(headers or {})},
+                            timeout=timeout, follow_redirects=follow_redirects, max_redirects=MAX_REDIRECTS,
+                            event_hooks=hooks, verify=_tls_context())  # fmt: skip
+    except httpx.InvalidURL as exc:  # a mirror URL set by hand ("https://host:80a"): one line, not a traceback
+        raise BadURL(f"{base_url} is not a usable URL ({exc})") from None
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
-
-
-def scrub(text: str) -> str:
-    """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
-    echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
-    and stored error."""
-    now = settings.current()
-    for secret in now.secrets():
-        text = text.replace(secret, "***")
-    db = now.db or ""
-    match = _URL_PASSWORD.search(db)
-    if match:
-        password = db[match.end(1):match.start(2)]
-        if len(password) >= 4 and password in text:
-            text = text.replace(password, "***")
-    return _URL_PASSWORD.sub(r"\1***\2", text)

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 
-
 _factory_lock = threading.Lock()
 _factory_installed = False
 

@@ -21,7 +21,7 @@ class InpaintAdvisorError(Exception):
     """Something a command cannot do as asked, said in one line. Each kind names its ``code`` as a class
     attribute; ``code=`` gives one error its own (a download that met a login wall, say)."""
 
-    code: str
+    code = "error"  # a kind that forgot its own: still one line, with a code (data/error_codes.json)
 
     def __init__(self, message: str = "", code: str | None = None):
         super().__init__(message)

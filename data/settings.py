@@ -2,22 +2,40 @@
 data/settings.json documents each one and tests/test_docs.py holds the two together. The sites' URLs are built
 from it too, so that what `lookup` prints and what `build` fetches come from the same place.
 
-``current()`` reads the environment when it is called: a caller takes one snapshot for one piece of work (a
-command, a build, a job), and a variable set later (a test, a scheduled run's env file) is heard by the next.
-CLI options go on top of it: a function given an explicit value uses that value.
+``current()`` reads the environment each time it is called (a few dictionary lookups) into a frozen value, so a
+variable set later (a test, a scheduled run's env file) is heard at the next call. CLI options go on top of it:
+a function given an explicit value uses that value; typer's ``envvar=`` options are the one other reader, and
+data/settings.json lists those variables too.
 """
 
 import os
+import re
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 CIVITAI = "https://civitai.red"  # since the April 2026 split civitai.com lists SFW models only; .red lists all
 HUB = "https://huggingface.co"
 SECRETS = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")  # never printed (crawler.http.scrub), never stored
 
 
+def _public(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=host).geturl()
+
+
 def _set(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
+
+
+def _optional_seconds(value: str | None) -> float | None:
+    """Seconds if the variable is set to a number (0 included), else None (the caller's default)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _seconds(value: str | None, default: float) -> float:
@@ -75,7 +93,9 @@ class Settings:
 
     @property
     def sites(self) -> Sites:
-        return Sites(self.civitai_url, self.hf_endpoint)
+        """The sites as answers print them: a mirror's user and password (``https://user:pw@host``) stay in the
+        settings, for the requests, and out of every printed page, download and command."""
+        return Sites(_public(self.civitai_url), _public(self.hf_endpoint))
 
 
 def current() -> Settings:
@@ -88,7 +108,7 @@ def current() -> Settings:
         hf_token=os.environ.get("HF_TOKEN") or None,
         hf_cache=os.environ.get("HF_HUB_CACHE") or (os.path.join(hf_home, "hub") if hf_home else None),
         cache=os.environ.get("INPAINT_ADVISOR_CACHE") or None,
-        stall_seconds=_seconds(os.environ.get("INPAINT_ADVISOR_STALL_SECONDS"), 0) or None,
+        stall_seconds=_optional_seconds(os.environ.get("INPAINT_ADVISOR_STALL_SECONDS")),
         refuse_private_redirects=_set("INPAINT_ADVISOR_REFUSE_PRIVATE_REDIRECTS"),
         no_kernel=_set("INPAINT_ADVISOR_NO_KERNEL"),
         cuda_hidden=os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"),
@@ -120,3 +140,22 @@ def apply(values: dict[str, str]) -> None:
 def limit_blas_threads() -> None:
     """One BLAS thread unless the user asked for more: the merge's own threads do the work."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
+    echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
+    and stored error."""
+    now = current()
+    for secret in now.secrets():
+        text = text.replace(secret, "***")
+    db = now.db or ""
+    match = _URL_PASSWORD.search(db)
+    if match:
+        password = db[match.end(1):match.start(2)]
+        if len(password) >= 4 and password in text:
+            text = text.replace(password, "***")
+    return _URL_PASSWORD.sub(r"\1***\2", text)

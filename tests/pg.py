@@ -58,7 +58,14 @@ def _migrated_template(url: str) -> str:
 
 _FINGERPRINT = """
 SELECT md5(string_agg(n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || coalesce(a.cols, ''), ','
-                      ORDER BY n.nspname, c.relname))
+                      ORDER BY n.nspname, c.relname)
+           || coalesce((SELECT string_agg(conname || contype::text || pg_get_constraintdef(oid), ',' ORDER BY conname)
+                        FROM pg_constraint WHERE connamespace = 'public'::regnamespace), '')
+           || coalesce((SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE NOT tgisinternal), '')
+           || coalesce((SELECT string_agg(proname, ',' ORDER BY proname) FROM pg_proc
+                        WHERE pronamespace = 'public'::regnamespace), '')
+           || coalesce((SELECT string_agg(adrelid::text || pg_get_expr(adbin, adrelid), ',' ORDER BY adrelid, adnum)
+                        FROM pg_attrdef), ''))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN (SELECT attrelid, string_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull::text,
                                        ';' ORDER BY attnum) AS cols
@@ -105,13 +112,13 @@ def _reset(url: str, name: str, pristine: _Pristine) -> bool:
         if conn.execute(_FINGERPRINT).fetchone()[0] != pristine.fingerprint:
             return False
         conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in pristine.tables) + " RESTART IDENTITY CASCADE")
+        for (sequence,) in conn.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'").fetchall():
+            conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')  # owned or not: every counter starts again
         for table, (columns, rows) in pristine.seeds.items():
             names = ", ".join(f'"{c}"' for c in columns)
             marks = ", ".join(["%s"] * len(columns))
             with conn.cursor() as cur:
                 cur.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
-        # sequences that no table owns keep their values through TRUNCATE ... RESTART IDENTITY: there are none
-        # in the schema today, and one added later changes the fingerprint, which then drops the database
     return True
 
 

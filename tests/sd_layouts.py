@@ -5,6 +5,7 @@ Used by the tests and by benchmarks/bench_merge.py (scale=1: full-size shapes).
 """
 
 import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -229,16 +230,18 @@ def write_checkpoint(
         sd.update(extra or {})
         save_file(sd, str(path))
         return sd
-    made = _cache_dir() / f"{family}-{variant}-{seed}-{scale}-{str(dtype).removeprefix('torch.')}.safetensors"
+    shapes = checkpoint_shapes(family, variant, scale)
+    layout = hashlib.sha256(repr(sorted(shapes.items())).encode()).hexdigest()[:12]  # a changed table: new files
+    made = _cache_dir() / f"{family}-{variant}-{seed}-{scale}-{str(dtype).removeprefix('torch.')}-{layout}.safetensors"
     if not made.exists():
         partial = made.with_name(f".{os.getpid()}-{made.name}")
-        save_file(make_state_dict(checkpoint_shapes(family, variant, scale), seed, dtype), str(partial))
+        save_file(make_state_dict(shapes, seed, dtype), str(partial))
         os.replace(partial, made)  # another worker may have made it meanwhile: the same bytes
     if extra:
         save_file({**load_file(str(made)), **extra}, str(path))
     else:
         shutil.copyfile(made, path)
-    return _Tensors(made, extra or {})
+    return _Tensors(made, {k: v.clone() for k, v in (extra or {}).items()})  # as they were written
 
 
 class _Tensors(MutableMapping):
@@ -250,7 +253,7 @@ class _Tensors(MutableMapping):
 
     def _all(self) -> dict[str, torch.Tensor]:
         if self._loaded is None:
-            self._loaded = {**load_file(str(self._made)), **{k: v.clone() for k, v in self._extra.items()}}
+            self._loaded = {**load_file(str(self._made)), **self._extra}
         return self._loaded
 
     def __getitem__(self, key: str) -> torch.Tensor:

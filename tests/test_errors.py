@@ -59,3 +59,10 @@ def test_the_cli_reports_any_of_them_with_its_code_and_status(capsys, as_json):
         else:
             assert str(error) in said.err
     assert fail_for(RuntimeError("a bug"), as_json=as_json) is None  # not ours: its traceback is the report
+
+
+def test_an_error_that_names_no_code_is_still_one_line_with_a_code(capsys):
+    from advisor.cli.output import fail_for
+
+    assert fail_for(InpaintAdvisorError("a kind that forgot its code"), as_json=True) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == {"code": "error", "message": "a kind that forgot its code"}

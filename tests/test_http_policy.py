@@ -380,3 +380,23 @@ def test_clients_share_one_loaded_certificate_store_and_a_new_setting_loads_anot
     monkeypatch.setenv("SSL_CERT_FILE", certifi.where())  # honoured as httpx honours it: a store of its own
     http.new_client().close()
     assert len(loads) == 2
+
+
+def test_a_url_no_request_can_go_to_is_one_clear_error():
+    from advisor.advice.query import QueryError, parse_query
+    from crawler.http import BadURL, new_client
+
+    with pytest.raises(BadURL) as raised:
+        new_client(base_url="https://mirror.example:80a")
+    assert raised.value.code == "bad-setting" and "not a usable URL" in str(raised.value)
+    with pytest.raises(QueryError):
+        parse_query("http://[::1")  # urlsplit's ValueError: the query's fault, said as such
+
+
+def test_a_stall_setting_of_zero_is_the_shortest_window_not_the_default(monkeypatch):
+    from advisor.build import download
+
+    monkeypatch.setenv("INPAINT_ADVISOR_STALL_SECONDS", "0")
+    assert download._stall_seconds() == 0.1
+    monkeypatch.setenv("INPAINT_ADVISOR_STALL_SECONDS", "not a number")
+    assert download._stall_seconds() == download.STALL_SECONDS

@@ -114,6 +114,18 @@ def test_printed_pages_and_downloads_are_on_the_configured_sites(registry, monke
     assert urls and all(u.startswith("https://hub.mirror.example/") for u in urls)
 
 
+def test_a_mirrors_password_is_never_printed(registry, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", "https://user:s3cretpw@civitai.mirror.example")
+    release = ask("civitai:43331@176425", registry).recommendation.target
+    assert release.url == "https://civitai.mirror.example/models/43331?modelVersionId=221343"
+    env = cli_env(INPAINT_ADVISOR_DB=registry, INPAINT_ADVISOR_CIVITAI_URL="https://user:s3cretpw@127.0.0.1:9")
+    for offline in (["--offline"], []):  # the answer's URLs, and the note of a mirror that did not answer
+        shown = run_cli("lookup", "civitai:43331@176425", *offline, env=env)
+        assert "s3cretpw" not in shown.stdout + shown.stderr and "civitai" in shown.stdout.lower()
+    missed = run_cli("lookup", "civitai:999999", env=env)
+    assert "s3cretpw" not in missed.stdout + missed.stderr and "could not reach" in missed.stdout
+
+
 def test_ladder_flags_a_release_made_for_another_version(registry):
     r = ask("civitai:43331@94640", registry)  # v6: only v7 has an inpainting release
     assert r.recommendation.kind == "own-release"

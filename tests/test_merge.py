@@ -453,3 +453,22 @@ def test_the_writer_hashes_its_file_as_tensors_are_done_in_order_and_admits_it_o
     with pytest.raises(RuntimeError, match="cannot change"):
         w.update_metadata({})
     w.abort()
+
+
+def test_tensors_longer_than_a_step_are_merged_exactly_across_steps(tmp_path, arithmetic):
+    """The torch path works in steps of merge.fused.CHUNK elements and the C loop in its own: a tensor of several
+    steps, one of exactly one, and one a step and a bit come out exact (the tiny test layouts have none)."""
+    from merge.fused import CHUNK
+
+    big = {f"model.diffusion_model.big{n}.weight": n for n in (CHUNK, CHUNK + 7, 3 * CHUNK + 1)}
+    made = [{k: torch.randn(n, generator=torch.Generator().manual_seed(seed)).half() for k, n in big.items()}
+            for seed in (1, 2, 3)]  # fmt: skip
+    paths = [tmp_path / f"{n}.safetensors" for n in "abc"]
+    a = write_checkpoint(paths[0], "sd1", "inpaint", 1, extra=made[0])
+    b = write_checkpoint(paths[1], "sd1", "normal", 2, extra=made[1])
+    c = write_checkpoint(paths[2], "sd1", "normal", 3, extra=made[2])
+    out = tmp_path / "out.safetensors"
+    merge(*paths, out)
+    o = load_file(out)
+    for k in big:
+        assert torch.equal(o[k], expected(a[k], b[k], c[k])), k

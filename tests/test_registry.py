@@ -299,3 +299,26 @@ def test_a_live_lookup_on_a_read_only_registry_answers_without_storing(tmp_path,
     answer = lookup("civitai:777002", db=str(folder / "registry.db"), civitai_url=url)
     assert answer.match.model_id == "civitai:777002" and answer.recommendation is not None
     assert any(n.startswith("fetched live and not stored (the registry:") for n in answer.notes), answer.notes
+
+
+def test_a_reused_postgresql_registry_starts_each_test_as_a_fresh_one():
+    """tests/pg.py's reuse: what one test wrote is gone for the next, and a schema a test changed is not reused."""
+    import psycopg
+
+    from tests import pg
+
+    def sql(url, statement):
+        with psycopg.connect(pg._conninfo(url), autocommit=True) as conn:
+            return conn.execute(statement).fetchall() if statement.startswith("SELECT") else conn.execute(statement)
+
+    with pg.reused_registry() as url:
+        seeds = sql(url, "SELECT count(*) FROM family")
+        sql(url, "INSERT INTO source (id, name, base_url) VALUES ('elsewhere', 'Elsewhere', 'http://x')")
+        sql(url, "DELETE FROM family")
+    with pg.reused_registry() as again:
+        assert again == url  # the same database, emptied back
+        assert sql(again, "SELECT count(*) FROM source WHERE id = 'elsewhere'") == [(0,)]
+        assert sql(again, "SELECT count(*) FROM family") == seeds
+        sql(again, "CREATE TABLE stray (x int)")
+    with pg.reused_registry() as fresh:
+        assert fresh != url and sql(fresh, "SELECT to_regclass('stray') IS NULL") == [(True,)]

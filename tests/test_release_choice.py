@@ -58,3 +58,12 @@ def test_the_default_version_is_the_newest_without_a_speed_marker_unless_the_wor
     lightning = [_version("civitai:v9", "V9 Lightning", "SDXL 1.0"), _version("civitai:v8", "V8", "SDXL 1.0")]
     assert ladder.choose_version(lightning, None, "juggernaut xl").id == "civitai:v8"  # by its name too
     assert ladder.choose_version(lightning[:1], None).id == "civitai:v9"  # nothing else to choose
+
+
+def test_only_the_words_beyond_the_models_name_ask_for_a_version():
+    from advisor.advice.lookup import _beyond
+    from advisor.advice.query import parse_query
+
+    assert _beyond(parse_query("Turbo Vision XL"), "Turbo Vision XL") == ""  # its name, not a wish for Turbo
+    assert _beyond(parse_query("turbo vision xl lightning"), "Turbo Vision XL") == "lightning"
+    assert _beyond(parse_query("https://civitai.com/models/1/dreamshaper-xl-turbo"), "DreamShaper XL") == ""

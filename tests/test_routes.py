@@ -202,3 +202,13 @@ def test_the_hub_crawl_checks_route_files_and_lookup_says_when_one_is_gone(regis
     assert any("fooocus_inpaint_head.pth was not on the Hub" in e for e in rec.evidence)
     promax_rec = next(a for a in answer.alternatives if a.route == "controlnet-union-promax")
     assert any("diffusion_pytorch_model_promax.safetensors was not on the Hub" in e for e in promax_rec.evidence)
+
+
+def test_a_mirror_serving_another_file_is_passed_over_for_one_that_serves_the_pinned_one():
+    from crawler.registry.reader import OfficialState
+
+    spec = {"mirrors": [{"repo": "first/mirror", "alive": True}, {"repo": "second/mirror", "alive": True}]}
+    checks = {"first/mirror": OfficialState(True, False, "2026-12-01 00:00:00", "sha256 differs"),
+              "second/mirror": OfficialState(True, True, "2026-12-01 00:00:00", "ok")}  # fmt: skip
+    repo, note = ladder.live_mirror(spec, checks)
+    assert repo == "second/mirror" and note and "serving another file" in note

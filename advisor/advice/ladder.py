@@ -106,19 +106,21 @@ def _download_command(t: Target, label: str = "download") -> Command:
 
 
 def live_mirror(spec: dict, checks: dict) -> tuple[str, str | None]:
-    """(repo, note): the first mirror the last Hub crawl found alive, else the first data/ marks alive. The
-    note says when a crawl found the usual mirror gone."""
+    """(repo, note): the first mirror the last Hub crawl found alive and serving the file data/ pins (as
+    crawler.health counts them), else the first data/ marks alive. The note says when a crawl found the usual
+    mirror gone or changed."""
 
     def alive(m: dict) -> bool:
         state = checks.get(m["repo"])
-        return state.alive if state is not None else bool(m.get("alive"))
+        return state.alive and state.matches if state is not None else bool(m.get("alive"))
 
     usual = next((m for m in spec["mirrors"] if m.get("alive")), spec["mirrors"][0])["repo"]
     chosen = next((m["repo"] for m in spec["mirrors"] if alive(m)), usual)
     note = None
     if chosen != usual:
         state = checks[usual]
-        note = f"{usual} was gone when checked on {str(state.checked_at)[:10]} ({state.detail}): using {chosen}."
+        what = "gone" if not state.alive else "serving another file"
+        note = f"{usual} was {what} when checked on {str(state.checked_at)[:10]} ({state.detail}): using {chosen}."
     elif chosen in checks and not checks[chosen].alive:
         note = f"{chosen} was gone when last checked ({checks[chosen].detail}) and no mirror is known to be alive."
     return chosen, note

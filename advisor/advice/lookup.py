@@ -6,6 +6,7 @@ data still answers for families, official checkpoints and local files.
 """
 
 import contextlib
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,9 +109,18 @@ def _official_file(query: str) -> LookupResult | None:
     return result
 
 
+def _beyond(q: Query, name: str) -> str:
+    """The words of a name query that are not the model's own name: what they ask of its versions ("Juggernaut XL
+    Lightning"). A model called "Turbo Vision XL" asks for no Turbo version, and a URL or id for none at all."""
+    if q.kind != "text":
+        return ""
+    own = set(re.findall(r"[a-z0-9]+", name.lower()))
+    return " ".join(w for w in re.findall(r"[a-z0-9]+", q.raw.lower()) if w not in own)
+
+
 def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
     versions = reg.versions(model.id)
-    version = ladder.choose_version(versions, version_id or q.version_id, q.raw)
+    version = ladder.choose_version(versions, version_id or q.version_id, _beyond(q, model.name))
     family = (version.family if version else None) or model.family
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
@@ -224,8 +234,10 @@ def _fetch_hf(q: Query, db: str | None) -> str | None:
 
 def _unanswered(where: str, exc: Exception, token: str) -> str:
     """Why a live lookup got no answer, in one line: a server that refused us is not a network that is down."""
-    from crawler.http import ApiError
+    from crawler.http import ApiError, BadURL
 
+    if isinstance(exc, BadURL):
+        return f"{exc}; answering from bundled data"
     if isinstance(exc, ApiError) and exc.status in (401, 403):
         return f"{where} refused the lookup ({exc}): {token} may need to be set to a key with access; " \
                "answering from bundled data"  # fmt: skip

@@ -88,7 +88,10 @@ def parse_query(raw: str) -> Query:
     if m := _CIVITAI_ID.match(q):
         return Query(raw, "civitai", model_id=m["id"], version_id=m["vid"])
     if is_url:
-        url = urlsplit(q if "://" in q else "https://" + q)
+        try:
+            url = urlsplit(q if "://" in q else "https://" + q)
+        except ValueError as exc:  # "http://[::1": not a URL anyone could open
+            raise QueryError(f"not a readable URL: {shown(q)} ({exc})") from None
         host = url.netloc.lower().removeprefix("www.")
         parts = [p for p in url.path.split("/") if p]
         if host.endswith(CIVITAI_HOSTS):  # both hosts since the April 2026 split

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from filelock import FileLock
 
@@ -166,7 +167,7 @@ def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | N
               git_oid: str | None = None) -> _Need:  # fmt: skip
     parts = [safe_filename(p, "_") for p in path.split("/")]
     folder = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts[:-1])
-    url = f"{_hf_endpoint()}/{repo}/resolve/main/{path}"
+    url = f"{_hf_endpoint()}/{repo}/resolve/main/{quote(path)}"  # as data.settings.Sites.hub_file prints it
     identity = (sha256 or f"hf:{repo}/{path}").upper()
     cached = _from_hf_cache(repo, path, sha256)
     if cached is not None:
@@ -434,7 +435,10 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
     found = lookup(query, db=db, offline=offline)
     match, rec = found.match, found.recommendation
     if match is None:
-        why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
+        if len(found.candidates) == 1:
+            why = f"did you mean {found.candidates[0].name} ({found.candidates[0].model_id})? name it by id"
+        else:
+            why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
         raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
     assert rec is not None  # lookup answers every match with a recommendation
     is_base = match.source == "family" or (match.source == "hf" and not match.is_inpainting

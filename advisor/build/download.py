@@ -563,7 +563,8 @@ STALL_MIN_BYTES = 64 * 1024  # fewer than this in a stall window: the transfer c
 
 
 def _stall_seconds() -> float:
-    return max(0.1, settings.current().stall_seconds or STALL_SECONDS)
+    configured = settings.current().stall_seconds
+    return max(0.1, STALL_SECONDS if configured is None else configured)
 
 
 def _byte_limit(source: Source, total: int | None, folder: Path) -> int:

@@ -14,7 +14,7 @@ USAGE = 2  # exit status of a usage or configuration error, as click uses it
 
 def print_json(obj) -> None:
     from advisor.cli import jsonout
-    from crawler.http import scrub
+    from data.settings import scrub
 
     sys.stdout.write(scrub(jsonout.dumps(obj)) + "\n")  # no configured secret, whatever a server echoed
     sys.stdout.flush()
@@ -22,7 +22,7 @@ def print_json(obj) -> None:
 
 def fail(message: str, *, code: str, exit_code: int = 1, as_json: bool = False) -> int:
     """Report a failure; returns the exit status to end with. No configured secret is ever printed."""
-    from crawler.http import scrub
+    from data.settings import scrub
 
     message = scrub(message)
     if as_json:

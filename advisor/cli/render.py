@@ -16,6 +16,7 @@ from rich.text import Text
 
 from advisor.advice import Command, shell_text
 from advisor.safety import terminal_text
+from data.settings import scrub
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
     from crawler.civitai import CrawlSummary
@@ -23,9 +24,15 @@ if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for ht
     from crawler.registry.stats import RegistryStatus
 
 
+def _safe(value: object) -> str:
+    """Terminal-safe, and without a configured secret (a mirror's password in a note, say): the text output
+    keeps what JSON output keeps (data.settings.scrub)."""
+    return scrub(terminal_text(value))
+
+
 def t(value: object, style: str = "") -> Text:
     """A stranger's text as literal, terminal-safe rich Text."""
-    return Text(terminal_text(value), style=style)
+    return Text(_safe(value), style=style)
 
 
 def line(*parts) -> Text:
@@ -33,11 +40,11 @@ def line(*parts) -> Text:
     out = Text()
     for part in parts:
         if isinstance(part, tuple):
-            out.append(terminal_text(part[0]), style=part[1])
+            out.append(_safe(part[0]), style=part[1])
         elif isinstance(part, Text):
             out.append_text(part)
         else:
-            out.append(terminal_text(part))
+            out.append(_safe(part))
     return out
 
 

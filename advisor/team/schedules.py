@@ -24,9 +24,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from advisor.advice import Command
-from crawler.http import scrub
 from data import settings
 from data.errors import InpaintAdvisorError
+from data.settings import scrub
 
 UNIT = "inpaint-advisor-crawl"
 FULL_UNIT = "inpaint-advisor-crawl-full"

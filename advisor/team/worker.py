@@ -111,6 +111,9 @@ def _target_of(query: str, db: str | None) -> _Target | tuple[str, str]:
     match = found.match
     if match is None:
         if found.candidates:
+            if len(found.candidates) == 1:
+                only = found.candidates[0]
+                return "not-found", f"{shown}: did you mean {only.name} ({only.model_id})? name it by id"
             ids = ", ".join(c.model_id for c in found.candidates[:3])
             return "not-found", f"{shown} matches several models ({ids}, ...): name one by id"
         return "not-found", f"no model matched {shown}"
@@ -160,7 +163,7 @@ def news_line(news: JobNews) -> str:
     """One line for the worker's log: a job started, done (in how long, and its output), failed (its code and
     one-line reason, and whether it runs again), or queued again after its worker went silent."""
     from advisor.safety import terminal_text
-    from crawler.http import scrub
+    from data.settings import scrub
 
     what = news.args.get("query") or ""
     if news.args.get("name"):
@@ -184,7 +187,7 @@ def news_line(news: JobNews) -> str:
 
 
 def _say(line: str) -> None:
-    from crawler.http import scrub
+    from data.settings import scrub
 
     sys.stderr.write(f"{time.strftime('%H:%M:%S')} {scrub(line)}\n")
     sys.stderr.flush()

@@ -24,7 +24,7 @@ from crawler.registry.errors import (  # noqa: F401  (the public surface)
     RegistryUnreachable,
     UnsupportedRegistry,
 )
-from crawler.registry.location import ENV_VAR, Location, default_db_path, locate  # noqa: F401
+from crawler.registry.location import Location, default_db_path, locate  # noqa: F401
 
 
 def connect(db=None):

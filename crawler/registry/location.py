@@ -13,7 +13,6 @@ from platformdirs import user_data_dir
 from crawler.registry.errors import UnsupportedRegistry
 from data import settings
 
-ENV_VAR = "INPAINT_ADVISOR_DB"
 _POSTGRES_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
 
 

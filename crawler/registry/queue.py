@@ -31,8 +31,6 @@ URGENT = 100  # housekeeping and the crawl go before queued builds (procrastinat
 ATTEMPTS = 3  # a job whose failures are transient stops after these runs, its last error kept
 
 
-
-
 class TeamModeNeedsPostgres(RegistryError):
     code = "needs-postgres"
 
