@@ -33,6 +33,7 @@ PERMANENT = frozenset({
     "is-a-base", "no-build-route", "nonfinite", "hash-mismatch", "size-mismatch", "bad-input", "bad-query",
     "bad-checkpoint", "not-a-model", "merge-refused", "offline", "unverified", "usage", "not-a-registry",
     "registry-too-new", "unsupported-registry", "missing-driver", "needs-postgres",
+    "error",  # an error of ours without a code of its own: a bug, which another run meets again
 })  # fmt: skip
 # A failure of the moment (the network, a server, a full or unmounted disk, the database): retried with backoff,
 # queue.ATTEMPTS runs in all. An "http-error" is transient for HTTP 5xx, 408 and 429 only; a code in neither
