@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 CIVITAI = "https://civitai.red"  # since the April 2026 split civitai.com lists SFW models only; .red lists all
 HUB = "https://huggingface.co"
-SECRETS = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")  # never printed (crawler.http.scrub), never stored
+SECRETS = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")  # never printed (scrub, below), never stored
 
 
 def _public(url: str) -> str:
@@ -87,10 +87,6 @@ class Settings:
     config_home: str | None  # XDG_CONFIG_HOME
     cert_store: tuple[str, str]  # (SSL_CERT_FILE, SSL_CERT_DIR), as httpx reads them
 
-    def secrets(self) -> list[str]:
-        """The configured secrets' values (each at least 4 characters: shorter ones would blank out text)."""
-        return [v for v in (os.environ.get(name, "") for name in SECRETS) if len(v) >= 4]
-
     @property
     def sites(self) -> Sites:
         """The sites as answers print them: a mirror's user and password (``https://user:pw@host``) stay in the
@@ -148,11 +144,12 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
 def scrub(text: str) -> str:
     """``text`` with every configured secret removed: the tokens and passwords of the environment (a server may
     echo a token in an error body) and the password of any URL in it. Applied to every message, JSON output
-    and stored error."""
-    now = current()
-    for secret in now.secrets():
-        text = text.replace(secret, "***")
-    db = now.db or ""
+    and stored error. Reads only the variables it needs: the renderer calls it for every piece of text."""
+    for secret_variable in SECRETS:
+        secret = os.environ.get(secret_variable, "")
+        if len(secret) >= 4:  # shorter ones would blank out ordinary text
+            text = text.replace(secret, "***")
+    db = os.environ.get("INPAINT_ADVISOR_DB", "")
     match = _URL_PASSWORD.search(db)
     if match:
         password = db[match.end(1):match.start(2)]

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from filelock import FileLock
 
@@ -167,7 +166,7 @@ def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | N
               git_oid: str | None = None) -> _Need:  # fmt: skip
     parts = [safe_filename(p, "_") for p in path.split("/")]
     folder = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts[:-1])
-    url = f"{_hf_endpoint()}/{repo}/resolve/main/{quote(path)}"  # as data.settings.Sites.hub_file prints it
+    url = settings.Sites(hf_endpoint=_hf_endpoint()).hub_file(repo, path)  # the endpoint with its credentials
     identity = (sha256 or f"hf:{repo}/{path}").upper()
     cached = _from_hf_cache(repo, path, sha256)
     if cached is not None:
