@@ -60,7 +60,7 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
     from sqlmodel import Session
 
     from crawler import registry
-    from crawler.civitai_items import parse_model
+    from crawler.civitai.items import parse_model
     from crawler.registry.schema import File, Model, Version
 
     engine = registry.connect(db)

@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from crawler import sources
 from crawler.http import CrawlError, RetryPolicy
-
-SOURCES = ("civitai", "hf")
 
 
 @dataclass
@@ -38,22 +37,17 @@ def crawl_all(engine, *, incremental: bool = False, civitai_url: str | None = No
               on_retry: Callable[[str], None] | None = None) -> AllSummary:  # fmt: skip
     """Crawl Civitai, then the Hugging Face Hub (with its official-checkpoint checks), into ``engine``.
     A source that fails or is being crawled by someone else is recorded as such, and the next one runs."""
-    from crawler import civitai, hf
     from crawler.registry.runs import CrawlLocked
 
     mode = "incremental" if incremental else "full"
     result = AllSummary(mode)
-    runs = {
-        "civitai": lambda page: civitai.crawl(engine, mode=mode, base_url=civitai_url, policy=policy,
-                                              on_page=page, on_retry=on_retry),
-        "hf": lambda page: hf.crawl(engine, mode=mode, endpoint=hf_endpoint, policy=policy, on_page=page,
-                                    on_retry=on_retry),
-    }  # fmt: skip
-    for source in SOURCES:
+    urls = {"civitai": civitai_url, "hf": hf_endpoint}
+    for source in sources.NAMES:
         t0 = time.perf_counter()
         page = (lambda s, source=source: on_page(source, s)) if on_page else None
         try:
-            summary = runs[source](page)
+            summary = sources.get(source).crawl(engine, mode=mode, url=urls.get(source), policy=policy,
+                                                on_page=page, on_retry=on_retry)  # fmt: skip
             status = "ok" if summary.status == "ok" else "stopped"
             result.sources.append(SourceResult(source, status, time.perf_counter() - t0, summary))
         except CrawlLocked as exc:

@@ -51,6 +51,14 @@ class CrawlError(InpaintAdvisorError):
     code = "crawl-failed"
 
 
+class Unavailable(CrawlError):
+    """The source says the thing asked for is not there for us: deleted, private, gated."""
+
+    def __init__(self, what: str, reason: str, status: int):
+        self.what, self.reason, self.status = what, reason, status
+        super().__init__(f"{what}: {reason} (HTTP {status})")
+
+
 class ApiError(CrawlError):
     """A 4xx answer: retrying will not help (bad cursor, not found, auth)."""
 

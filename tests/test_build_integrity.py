@@ -206,7 +206,7 @@ def test_build_missing_never_selects_an_official_base_repo(registry_db):
             session.add(Model(id=f"hf:{source_id}", source="hf", source_id=source_id, name=source_id,
                               name_norm=source_id.lower(), family="sd1", downloads=downloads))  # fmt: skip
         session.commit()
-    assert batch.missing(registry_db) == ["https://huggingface.co/Lykon/dreamshaper-8"]  # the base repo left out
+    assert batch.missing(registry_db) == ["hf:Lykon/dreamshaper-8"]  # the base repo left out
 
 
 def test_the_same_build_asked_for_another_folder_is_copied_there_checked(files, tmp_path):

@@ -266,7 +266,7 @@ def test_evidence_of_an_earlier_proof_is_replaced_not_stacked():
 
 def test_ambiguous_versions_behind_many_clear_ones_are_still_reached(world, monkeypatch):
     """Versions that mention inpainting and agree with themselves are never proven: the search pages past them."""
-    from crawler import civitai_proof
+    from crawler.civitai import proof as civitai_proof
 
     monkeypatch.setattr(civitai_proof, "PENDING_BATCH", 1)
     assert crawl(world).headers_read == 5

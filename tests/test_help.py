@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from advisor.cli.main import app
-from crawler.hosts import CIVITAI_HOSTS, DEFAULT_URL
+from crawler.civitai.hosts import CIVITAI_HOSTS
+from data.settings import CIVITAI as DEFAULT_URL
 
 
 def command_paths(command=None, path: tuple[str, ...] = ()):

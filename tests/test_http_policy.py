@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from advisor.build import DownloadError, Source, fetch
+from crawler.hf.hub import Hub
 from crawler.http import (
     MAX_REDIRECTS,
     ApiError,
@@ -23,7 +24,6 @@ from crawler.http import (
     scrub,
     user_agent,
 )
-from crawler.hub import Hub
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.local_server import FakeApiHandler, LocalServer
 

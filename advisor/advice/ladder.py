@@ -12,7 +12,7 @@ from advisor.advice import routes
 from advisor.advice.commands import Command, EnvRef
 from advisor.advice.facts import Facts, Release
 from advisor.safety import safe_filename
-from crawler import families
+from crawler import families, sources
 from crawler.registry.reader import LinkRecord
 from data.settings import Sites
 from merge.layout import MERGEABLE
@@ -70,24 +70,12 @@ class Subject:
 
 
 def _release_target(release: Release, sites: Sites) -> Target:
-    """Where to get a registry version: a Civitai version page and download, or a Hugging Face repo file."""
+    """Where to get a registry version, as its source says."""
     model, version = release.model, release.version
-    version_id = version.id
-    if model.source == "hf":
-        repo, file = model.source_id, version.primary_file
-        single = file is not None and "/" not in file
-        return Target(
-            name=f"{repo}" + (f" / {file}" if single else " (diffusers folder)"), source="hf", model_id=model.id,
-            version_id=version_id, repo=repo, file=file if single else None, sha256=version.sha256,
-            url=sites.hub_page(repo), download_url=sites.hub_file(repo, file) if single and file else None,
-        )  # fmt: skip
-    # URLs are built from ids, not taken from the registry: a stranger's downloadUrl could point anywhere
-    vid = version_id.split(":v", 1)[1]
-    return Target(
-        name=f"{model.name} — {version.name}", source="civitai", model_id=model.id, version_id=version_id,
-        file=version.primary_file, sha256=version.sha256,
-        url=sites.civitai_page(model.source_id, vid), download_url=sites.civitai_download(vid),
-    )  # fmt: skip
+    where = sources.get(model.source).where(model, version, sites)
+    return Target(name=where.name, source=model.source, model_id=model.id, version_id=version.id,
+                  repo=where.repo, file=where.file, sha256=version.sha256, url=where.page_url,
+                  download_url=where.download_url)  # fmt: skip
 
 
 def _download_command(t: Target, label: str = "download") -> Command:

@@ -6,6 +6,7 @@ data still answers for families, official checkpoints and local files.
 """
 
 import contextlib
+import functools
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from advisor.advice import facts, ladder, match
 from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
 from advisor.local.probe import probe
-from crawler import families, registry
+from crawler import families, registry, sources
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
 from data import settings
@@ -124,10 +125,9 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
     family = (version.family if version else None) or model.family
     base = (version.base_model if version else None) or model.base_model
     inpainting = version.is_inpainting if version else model.is_inpainting
-    display = model.name if model.source != "hf" else model.source_id  # "author/repo" is how Hub users say it
-    b_file = version.primary_file if version else None
-    if model.source == "hf" and (b_file is None or "/" in b_file):
-        b_file = model.source_id.split("/", 1)[1] + "/"  # a diffusers repo: merge reads the downloaded folder
+    source = sources.get(model.source)
+    display = source.display_name(model, None)
+    b_file = source.local_name(model, version)
     match = Match(model.source, model.id, version.id if version else None, display, model.creator, base, family,
                   inpainting, version.name if version else None)  # fmt: skip
     evidence = version.evidence if version else []
@@ -145,7 +145,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
             inpainting = match.is_inpainting = True
             evidence = [*evidence, f"{other.source} marks the same file as inpainting", *twin_version.evidence]
     subject = ladder.Subject(
-        name=display + (f" {version.name}" if version and model.source != "hf" else ""), family=family,
+        name=source.display_name(model, version), family=family,
         base_model=base, is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
         version_name=version.name if version else None, versions=versions,
         file=b_file, inpaint_evidence=evidence,
@@ -197,38 +197,28 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
     return result
 
 
-def _fetch(q: Query, db: str | None, base_url: str | None) -> str | None:
-    """Look the model up on Civitai and store it; returns a problem to report in one line, or None."""
-    from crawler import civitai
-    from crawler.http import CrawlError
+def _asked(q: Query) -> sources.Source:
+    """The source a live lookup asks: the one whose id the query is, else the first that searches names and
+    hashes."""
+    return sources.get(q.kind) if q.kind in sources.NAMES else sources.searching()[0]
 
+
+def _fetch(q: Query, db: str | None, urls: dict[str, str | None]) -> str | None:
+    """Ask the query's source and store its answer; returns a problem to report in one line, or None."""
+    from crawler.http import CrawlError, Unavailable
+
+    source = _asked(q)
+    if q.kind in sources.NAMES:
+        ref = sources.Ref(model=q.repo or q.model_id, version=q.version_id)
+    else:
+        ref = sources.Ref(file_hash=q.hash, text=q.raw if q.kind == "text" else None)
+    url = urls.get(source.name)
     try:
-        if q.kind == "civitai":
-            items = civitai.fetch_items(model_id=q.model_id, version_id=q.version_id, base_url=base_url)
-        elif q.kind == "hash":
-            items = civitai.fetch_items(file_hash=q.hash, base_url=base_url)
-        else:
-            items = civitai.fetch_items(text=q.raw, base_url=base_url)
+        source.fetch_one(lambda: registry.connect(db), ref, url=url)
+    except Unavailable as exc:
+        return f"{exc.what} is not on {source.label} ({exc.reason})"
     except CrawlError as exc:
-        return _unanswered(civitai.api_url(base_url), exc, "CIVITAI_API_TOKEN")
-    if items:
-        civitai.store_page(registry.connect(db), items, None, None)
-    return None
-
-
-def _fetch_hf(q: Query, db: str | None) -> str | None:
-    """Ask the Hub about one repo and store it; returns a problem to report in one line, or None."""
-    from crawler import hf
-    from crawler.http import CrawlError, RetryPolicy
-    from crawler.hub import RepoUnavailable, endpoint_from_env
-
-    assert q.repo is not None  # an "hf" query (parse_query) names its repo
-    try:
-        hf.fetch_one(registry.connect(db), q.repo, policy=RetryPolicy(attempts=2, base_delay=0.5, max_delay=2.0))
-    except RepoUnavailable as exc:
-        return f"{q.repo} is not on the Hugging Face Hub ({exc.reason})"
-    except CrawlError as exc:
-        return _unanswered(endpoint_from_env(), exc, "HF_TOKEN")
+        return _unanswered(source.endpoint(url), exc, source.token_variable)
     return None
 
 
@@ -305,13 +295,11 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
             notes.append(f"the registry at {_where(db)} is empty: fill it with `inpaint-advisor crawl civitai`")
         found = _resolve(reg, q)
         problem = _version_problem(reg, q, found)
-        if (found is None or problem) and q.kind in ("civitai", "hash", "text", "hf"):
+        if (found is None or problem) and q.kind in (*sources.NAMES, "hash", "text"):
             if offline:
-                notes.append("offline: " + ("the Hugging Face Hub" if q.kind == "hf" else "Civitai")
-                             + " was not asked")  # fmt: skip
+                notes.append(f"offline: {_asked(q).label} was not asked")
             else:
-                fetch = (lambda where: _fetch_hf(q, where)) if q.kind == "hf" else \
-                    (lambda where: _fetch(q, where, civitai_url))  # fmt: skip
+                fetch = functools.partial(_fetch, q, urls={"civitai": civitai_url})
                 store, unstored = db, "there is no registry to store it in"
                 if reg is None:
                     store = stack.enter_context(_scratch_registry())

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from crawler.hosts import CIVITAI_HOSTS
+from crawler.civitai.hosts import CIVITAI_HOSTS
 from crawler.names import normalize_name
 from data.errors import InpaintAdvisorError
 

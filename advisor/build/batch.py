@@ -55,7 +55,7 @@ def todo(scans: list[ScanResult], *, family: str | None = None, limit: int | Non
 def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0, limit: int = 20) -> list[str]:
     """Queries for the registry's most downloaded models that have no inpainting release, in families a build
     can serve (``family`` alone if given)."""
-    from crawler import families, registry
+    from crawler import families, registry, sources
     from merge.layout import MERGEABLE
 
     buildable = [f["id"] for f in families.all_families()
@@ -63,8 +63,8 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     wanted = [family] if family else buildable
     with contextlib.closing(registry.open_reader(db)) as reader:
         found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)
-    return [f"civitai:{m.source_id}" if m.source == "civitai" else f"https://huggingface.co/{m.source_id}"
-            for m, _ in found if not (m.source == "hf" and families.is_official_repo(m.source_id))]  # fmt: skip
+    return [sources.get(m.source).query(m.id) for m, _ in found
+            if not (m.source == "hf" and families.is_official_repo(m.source_id))]  # fmt: skip
 
 
 def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,

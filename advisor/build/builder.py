@@ -28,7 +28,7 @@ from advisor.advice.lookup import lookup
 from advisor.build.cache import files_dir
 from advisor.build.download import Downloaded, DownloadError, Source, fetch
 from advisor.safety import safe_filename
-from crawler import families, registry
+from crawler import families, registry, sources
 from data import settings
 from data.errors import InpaintAdvisorError
 from merge import hashing
@@ -133,7 +133,7 @@ Progress = Callable[[str, int, int | None], None]  # (label, bytes done, total)
 
 
 def _hf_endpoint() -> str:
-    from crawler.hub import endpoint_from_env
+    from crawler.hf.hub import endpoint_from_env
 
     return endpoint_from_env()
 
@@ -192,8 +192,8 @@ def _hub_listing(role: str, repo: str, root: Path, offline: bool) -> tuple[dict,
         except (OSError, ValueError, KeyError, TypeError):
             raise BuildError(f"{role}: {repo}'s file listing is not in the cache, and the build is offline",
                              "offline") from None  # fmt: skip
-    from crawler.hf_inspect import blobs_of, git_oids
-    from crawler.hub import Hub
+    from crawler.hf.hub import Hub
+    from crawler.hf.inspect import blobs_of, git_oids
 
     try:
         with Hub(_hf_endpoint(), _hf_token()) as hub:
@@ -258,17 +258,6 @@ def _local(role: str, path: str | os.PathLike) -> _Need:
     return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
 
 
-def _civitai_version(role: str, reader, model, version, folder: Path | None = None) -> _Need:
-    from crawler import civitai
-
-    vid = version.id.split(":v", 1)[1]
-    size = int(version.size_kb * 1024) if version.size_kb else None
-    source = Source(f"{civitai.api_url()}/api/download/models/{vid}", name=version.primary_file,
-                    sha256=version.sha256, size=size, token=civitai.token_from_env(), label=role)  # fmt: skip
-    where = folder or files_dir() / "civitai" / safe_filename(vid, "version")
-    return _Need(role, source, where, identity=(version.sha256 or version.id).upper())
-
-
 def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: str | None,
                    folder: Path | None = None, offline: bool = False) -> _Need:  # fmt: skip
     """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
@@ -278,11 +267,16 @@ def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: 
     version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None)
     if version is None or not version.primary_file:
         raise BuildError(f"{role}: the registry knows no file of {model.name} to download", "no-file")
-    if model.source == "civitai":
-        return _civitai_version(role, reader, model, version, folder)
-    if "/" in version.primary_file:  # a diffusers repo
-        return _hub_folder(role, model.source_id, offline=offline)
-    need = _hub_file(role, model.source_id, version.primary_file, version.sha256, None)
+    file = sources.get(model.source).download(model, version)
+    if file.folder:
+        assert file.repo is not None  # only a Hub repo is a folder of files
+        return _hub_folder(role, file.repo, offline=offline)
+    if file.repo is not None and file.path is not None:  # the user's Hugging Face cache may hold it
+        need = _hub_file(role, file.repo, file.path, file.sha256, file.size)
+    else:
+        source = Source(file.url, name=file.name, sha256=file.sha256, size=file.size, token=file.token, label=role)
+        where = files_dir().joinpath(*(safe_filename(part, "_") for part in file.cache))
+        need = _Need(role, source, where, identity=(file.sha256 or version.id).upper())
     if folder is not None:
         need.folder = folder
     return need
@@ -722,10 +716,10 @@ def _output_name(b: _Need, match: Match) -> str:
     stem = _stem(b_name_path)
     if b.origin == "user" or match.source == "file" or not match.version_id:
         return safe_filename(f"{stem}-inpainting.safetensors")
-    if match.source == "civitai":
-        return safe_filename(f"{stem}-inpainting.v{match.version_id.rsplit(':v', 1)[-1]}.safetensors")
-    return safe_filename(f"{match.model_id.split(':', 1)[-1].replace('/', '--')}-inpainting.safetensors"
-                         if match.model_id else f"{stem}-inpainting.safetensors")
+    source = sources.of_id(match.model_id or "")
+    if source is None or match.model_id is None:
+        return safe_filename(f"{stem}-inpainting.safetensors")
+    return safe_filename(source.output_stem(stem, match.model_id, match.version_id) + ".safetensors")
 
 
 def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtype: str) -> Output:

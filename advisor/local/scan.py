@@ -302,7 +302,7 @@ def _rotational(path: Path, sysfs: Path = Path("/sys")) -> bool:
 
 def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
     """Hashes the registry does not know, asked of Civitai in batches; what it knows goes into the registry."""
-    from crawler import civitai, registry
+    from crawler import registry, sources
     from crawler.http import CrawlError
 
     reader = registry.open_reader_if_any(db)
@@ -315,14 +315,12 @@ def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
         return
     result.asked_civitai = len(unknown)
     try:
-        items = civitai.fetch_by_hashes(unknown)
+        found = sources.get("civitai").fetch_by_hashes(lambda: registry.connect(db), unknown)
     except CrawlError as exc:
         result.notes.append(f"could not ask Civitai about {len(unknown)} unknown files ({exc}); scan again online, "
                             "or fill the registry with `inpaint-advisor crawl civitai`")  # fmt: skip
         return
-    if items:
-        civitai.store_page(registry.connect(db), items, None, None)
-        result.found_on_civitai = len(items)
+    result.found_on_civitai = found
 
 
 def _pair(path: Path, probed: ProbeResult, sha, local: dict[str, Path], reader) -> ScannedCheckpoint:

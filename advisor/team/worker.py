@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from crawler import sources
 from crawler.registry import queue
 from crawler.registry.queue import JobNews, JobRecord
 from data.errors import InpaintAdvisorError, exit_status
@@ -123,9 +124,8 @@ def _target_of(query: str, db: str | None) -> _Target | tuple[str, str]:
                              "workers cannot read it (build it here, without --enqueue)")  # fmt: skip
     if match.source == "family" or match.model_id is None:
         return "is-a-base", f"{shown} is {terminal_text(match.name)}, a base model: there is nothing to build"
-    target = match.model_id
-    if match.source == "civitai" and match.version_id and ":v" in match.version_id:
-        target = f"{match.model_id}@{match.version_id.rsplit(':v', 1)[1]}"
+    source = sources.of_id(match.model_id)
+    target = source.query(match.model_id, match.version_id) if source else match.model_id
     return _Target(query, target, match.name, match.model_id, match.version_id)
 
 

@@ -20,13 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from crawler import families
-from crawler.hosts import DEFAULT_URL
 from crawler.registry import schema
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 from crawler.registry.upsert import upsert
+from data.settings import CIVITAI
 
 SOURCES = {
-    "civitai": ("Civitai", DEFAULT_URL),
+    "civitai": ("Civitai", CIVITAI),
     "hf": ("Hugging Face Hub", "https://huggingface.co"),
 }
 _PG_LOCK = 0x1A9A1D  # pg_advisory_xact_lock key: "only one migrator at a time" for this database

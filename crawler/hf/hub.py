@@ -23,6 +23,7 @@ from crawler.http import (
     CrawlError,
     JsonClient,
     RetryPolicy,
+    Unavailable,
     failure,
     new_client,
     redact,
@@ -60,12 +61,12 @@ def use_our_client() -> None:
             _factory_installed = True
 
 
-class RepoUnavailable(CrawlError):
+class RepoUnavailable(Unavailable):
     """Deleted, private or gated: the Hub answers 401/403 ("Repository Not Found", ``GatedRepo``)."""
 
     def __init__(self, repo: str, reason: str, status: int):
-        self.repo, self.reason, self.status = repo, reason, status
-        super().__init__(f"{repo}: {reason} (HTTP {status})")
+        self.repo = repo
+        super().__init__(repo, reason, status)
 
 
 class FileMissing(CrawlError):

@@ -1,5 +1,5 @@
 """Hugging Face Hub: every repo descending from a base in data/, with its lineage and whether it is an
-inpainting model, proven from its files (``crawler.hf_inspect``).
+inpainting model, proven from its files (``crawler.hf.inspect``).
 
 One registry model per repo (``hf:author/name``); one version per checkpoint it holds: the diffusers folder
 (``hf:author/name@diffusers``) and each single-file checkpoint at its root (``hf:author/name@file.safetensors``),
@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
-from crawler import detect, families, links, officials
-from crawler.civitai_items import parse_dt
-from crawler.hf_inspect import Checkpoint, Inspection, config, inspect
+import crawler.hf.officials as officials
+from crawler import detect, families, links
+from crawler.hf.hub import Hub
+from crawler.hf.inspect import Checkpoint, Inspection, config, inspect
 from crawler.http import RetryPolicy
-from crawler.hub import Hub
 from crawler.names import normalize_name
 from crawler.registry import lineage as lineage_queries
 from crawler.registry import runs
 from crawler.registry.links import link_same_files
 from crawler.registry.pages import ParsedModel, content_hashes, store_parsed
+from crawler.timestamps import parse_dt
+from data import settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 PAGE_SIZE = 100
 # Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
 PARSER_VERSION = 1
-HF_URL = "https://huggingface.co"
 
 
 def _count(value) -> int:
@@ -84,7 +85,7 @@ class HubRepo:
 
     @classmethod
     def from_info(cls, info) -> HubRepo:
-        from crawler.hf_inspect import blobs_of
+        from crawler.hf.inspect import blobs_of
 
         card = info.card_data.to_dict() if getattr(info, "card_data", None) is not None else {}
         return cls(
@@ -179,7 +180,7 @@ def _version_name(key: str) -> str:
     return key.rsplit(".", 1)[0] if key != "diffusers" else key
 
 
-def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = HF_URL) -> ParsedModel:
+def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = settings.HUB) -> ParsedModel:
     model_id = f"hf:{repo.id}"
     bases, relation = lineage(repo.card, repo.tags)
     hints, class_family = _hints(repo)
@@ -212,7 +213,7 @@ def parse_repo(repo: HubRepo, seen: Inspection, endpoint: str = HF_URL) -> Parse
                 "format": "SafeTensor" if path.endswith(".safetensors") else "PickleTensor", "fp": None,
                 "primary": path == ckpt.files[0], "sha256": seen.sha256.get(path), "autov1": None, "autov2": None,
                 "autov3": None, "crc32": None, "blake3": None,
-                "download_url": f"{endpoint}/{repo.id}/resolve/main/{path}",
+                "download_url": settings.Sites(hf_endpoint=endpoint).hub_file(repo.id, path),
             })  # fmt: skip
     normal = [v for v in versions if not v["is_inpainting"]] or versions
     model = {

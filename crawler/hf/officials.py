@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crawler import families
-from crawler.hf_inspect import blobs_of
+from crawler.hf.hub import Hub, RepoUnavailable
+from crawler.hf.inspect import blobs_of
 from crawler.http import ApiError
-from crawler.hub import Hub, RepoUnavailable
 from crawler.registry import officials, runs
 from crawler.registry.schema import OfficialCheck, RouteCheck
 

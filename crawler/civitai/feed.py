@@ -12,7 +12,7 @@ import os
 import queue as queue_mod
 from collections.abc import Iterator
 
-from crawler.civitai_items import parse_page
+from crawler.civitai.items import parse_page
 from crawler.http import JsonClient, RetryPolicy
 
 AHEAD = 3  # pages parsed ahead of the writer

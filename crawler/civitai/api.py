@@ -1,6 +1,6 @@
 """Civitai: crawl every Checkpoint model into the registry, or fetch one model live for `lookup`.
 
-Pages are fetched and parsed (``crawler.civitai_items``) in a second process (``crawler.feed``) while this one
+Pages are fetched and parsed (``crawler.civitai.items``) in a second process (``crawler.civitai.feed``) while this one
 writes the previous page.
 """
 
@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from crawler import civitai_proof, links
-from crawler.civitai_items import parse_page
-from crawler.feed import PageFeed
+import crawler.civitai.proof as civitai_proof
+from crawler import links
+from crawler.civitai.feed import PageFeed
+from crawler.civitai.items import parse_page
 from crawler.http import ApiError, JsonClient, RetryPolicy
 from crawler.registry import runs
 from crawler.registry.pages import PageResult, store_parsed
@@ -124,7 +125,7 @@ class CrawlSummary(runs.RunSummary):
     models: int = 0
     versions: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
-    # ambiguous versions proven from their files' headers (crawler.civitai_proof): files read (the unreadable
+    # ambiguous versions proven from their files' headers (crawler.civitai.proof): files read (the unreadable
     # and gone ones included), each once
     headers_read: int = 0
     proofs_changed: int = 0  # versions whose verdict a header reversed
@@ -153,7 +154,7 @@ def crawl(
     proof_budget: int = civitai_proof.BUDGET,
 ) -> CrawlSummary:
     """Crawl every Checkpoint model; then read the file headers of up to ``proof_budget`` versions whose
-    metadata is ambiguous (crawler.civitai_proof). ``mode="incremental"`` asks only for models changed since the last
+    metadata is ambiguous (crawler.civitai.proof). ``mode="incremental"`` asks only for models changed since the last
     successful run. A run that was killed or failed is resumed from its last committed page."""
     base_url = api_url(base_url)
     token = token or token_from_env()

@@ -7,8 +7,8 @@ shape in the safetensors header (a range read of a few hundred KB) for single-fi
 
 from dataclasses import dataclass, field
 
+from crawler.hf.hub import FileMissing, Hub, RepoUnavailable
 from crawler.http import ApiError
-from crawler.hub import FileMissing, Hub, RepoUnavailable
 from data import load
 from merge.layout import detect, from_diffusers_config
 
