@@ -79,13 +79,13 @@ def _release_target(release: Release, sites: Sites) -> Target:
 
 
 def _download_command(t: Target, label: str = "download") -> Command:
-    """curl for Civitai (the token as a header curl keeps off other hosts on redirect), `hf download` for the
-    Hub; options before ``--`` and the positional names after it, so that no name can pass for an option."""
-    if t.source == "civitai":
-        assert t.download_url is not None  # a Civitai target is a registry version's (_release_target)
-        return Command(["curl", "-L", "--fail", "-H", EnvRef("CIVITAI_API_TOKEN", "Authorization: Bearer "),
-                        "-o", safe_filename(t.file), t.download_url], label)  # fmt: skip
-    assert t.repo is not None  # a Hub target names its repo
+    """`hf download` for a Hub repo's file or folder, curl for any other source's download URL (its token as a
+    header curl keeps off other hosts on redirect); options before ``--`` and the positional names after it, so
+    that no name can pass for an option."""
+    if t.repo is None:
+        assert t.download_url is not None  # a registry version's (_release_target): its source built the URL
+        token = EnvRef(sources.get(t.source).token_variable, "Authorization: Bearer ")
+        return Command(["curl", "-L", "--fail", "-H", token, "-o", safe_filename(t.file), t.download_url], label)
     if t.file and "/" not in t.file:
         return Command(["hf", "download", "--local-dir", ".", "--", t.repo, t.file], label)
     folder = safe_filename(t.repo.split("/")[-1], "model")
