@@ -3,7 +3,7 @@
 import re
 from functools import cache
 
-from data import load
+from data import base_models, load
 
 
 def all_families() -> list[dict]:
@@ -19,8 +19,8 @@ def family(family_id: str | None) -> dict | None:
     return by_id().get(family_id) if family_id else None
 
 
-def _key(value: str) -> str:
-    return re.sub(r"\s+", " ", value.strip().lower())
+_key = base_models.key  # base model strings compare as Civitai's list compares them
+civitai_base_model = base_models.civitai_base_model
 
 
 @cache

@@ -224,6 +224,10 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
     own_fam = families.family(subject.family)
     for caveat in (own_fam or {}).get("caveats", []):
         warnings.append(caveat)
+    if own_fam and own_fam.get("media", "image") in _MEDIA:  # no image route or checkpoint fits a video model
+        reason = (f"{own_fam['name']} is {_MEDIA[own_fam['media']]}, not an image checkpoint: no inpainting model, "
+                  "merge or route applies to it.")  # fmt: skip
+        return Recommendation("none", reason), alternatives, warnings
 
     if subject.is_inpainting:
         return (
@@ -314,9 +318,31 @@ def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendat
         if own_fam:
             reason = f"{own_fam['name']} has no official inpainting model, no merge recipe and no known route."
         else:
-            reason = f"The base model {subject.base_model or 'of this model'} is unknown to inpaint-advisor."
+            reason = _unknown_base(subject.base_model)
         rec = Recommendation("none", reason)
     return rec, alternatives, warnings
+
+
+_MEDIA = {"video": "a video model", "audio": "an audio model", "3d": "a 3D model generator",
+          "upscaler": "an upscaler"}  # fmt: skip
+_PROBE = "`inpaint-advisor probe FILE` classifies a downloaded file from its tensors"
+
+
+def _unknown_base(base_model: str | None) -> str:
+    """Why there is no answer for a model of no known family: what its base model is, as far as Civitai's own
+    list of base models says, and whose gap it is."""
+    if not base_model:
+        return f"The base model of this model is not recorded: {_PROBE}."
+    listed = families.civitai_base_model(base_model)
+    if listed is None:
+        return f"The base model {base_model} is unknown to inpaint-advisor and not in Civitai's list: {_PROBE}."
+    if listed["media"] in _MEDIA:
+        return (f"{base_model} is {_MEDIA[listed['media']]} on Civitai ({listed['ecosystem']}), not an image "
+                "checkpoint: no inpainting model, merge or route applies to it.")  # fmt: skip
+    if listed["media"] == "other":
+        return f'Civitai lists the base model as "Other", which says nothing of its architecture: {_PROBE}.'
+    return (f"{base_model} ({listed['ecosystem']}) is an image base model that Civitai lists and inpaint-advisor "
+            "has no inpainting data for yet: a gap of this tool, not of your model.")  # fmt: skip
 
 
 def _weight(r: Recommendation) -> int:

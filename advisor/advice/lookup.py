@@ -153,7 +153,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
     )  # fmt: skip
     known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg, settings.current().sites)
     rec, alts, warns = ladder.recommend(subject, known)
-    if family is None and base:
+    if family is None and base and families.civitai_base_model(base) is None:
         warns.insert(0, f'Base model "{base}" is not in the bundled data yet (stored as-is).')
     return LookupResult(q.raw, match, [], rec, alts, warns, notes)
 

@@ -160,8 +160,12 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
                           "yes" if f.official_inpaint else "—")  # fmt: skip
         console.print(table)
     if st.unknown_base_models:
-        console.print(line(("unknown base models", "yellow"), " (add them to data/families.json): ",
+        console.print(line(("base models inpaint-advisor has no data for yet", "yellow"),
+                           " (a gap of the tool; their models get no advice): ",
                            ", ".join(f"{bm} ({n})" for bm, n in st.unknown_base_models)))  # fmt: skip
+    if st.not_image_base_models:
+        console.print(line(("not image checkpoints", "dim"), " (stored, answered as such): ",
+                           ", ".join(f"{bm} ({media}, {n})" for bm, media, n in st.not_image_base_models)))  # fmt: skip
     if st.officials:
         checked = max(o.checked_at for o in st.officials)
         table = _compact(f"Official checkpoints (last checked {checked:%Y-%m-%d %H:%M} UTC)")

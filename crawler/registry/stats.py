@@ -23,6 +23,7 @@ from crawler.registry.schema import (
     Version,
     table_of,
 )
+from data import base_models
 
 
 @dataclass
@@ -114,7 +115,10 @@ class RegistryStatus:
     per_source: dict[str, int] = field(default_factory=dict)
     officials: list[OfficialInfo] = field(default_factory=list)  # empty until a Hugging Face crawl ran
     families: list[FamilyCount] = field(default_factory=list)
+    # base models of no family: image ones (or not in Civitai's list) are what the bundled data does not cover
+    # yet; the rest are not image checkpoints (video, audio, 3D), stored and answered as such
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
+    not_image_base_models: list[tuple[str, str, int]] = field(default_factory=list)  # (base model, media, models)
     runs: list[RunInfo] = field(default_factory=list)  # the most recent crawls, newest first
     last_runs: list[RunInfo] = field(default_factory=list)  # the newest crawl of each source, with its errors
     builds: list[BuildInfo] = field(default_factory=list)  # what `build` made or fetched here, newest first
@@ -165,16 +169,19 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 )
             )
         status.families.sort(key=lambda f: -f.models)
-        status.unknown_base_models = [
-            (bm, n)
-            for bm, n in conn.execute(
-                select(col(Version.base_model), func.count())
-                .where(col(Version.family).is_(None), col(Version.base_model).is_not(None))
-                .group_by(col(Version.base_model))
-                .order_by(func.count().desc())
-            ).all()
-            if bm is not None  # as the query asks
-        ]
+        for bm, n in conn.execute(
+            select(col(Version.base_model), func.count())
+            .where(col(Version.family).is_(None), col(Version.base_model).is_not(None))
+            .group_by(col(Version.base_model))
+            .order_by(func.count().desc())
+        ).all():
+            if bm is None:  # as the query asks
+                continue
+            if base_models.is_image(bm):
+                status.unknown_base_models.append((bm, n))
+            else:
+                media = (base_models.civitai_base_model(bm) or {}).get("media", "other")
+                status.not_image_base_models.append((bm, media, n))
         columns = run_columns(conn)
         for r in conn.execute(select(*columns).order_by(col(CrawlRun.id).desc()).limit(recent_runs)).all():
             status.runs.append(_run_info(r))
