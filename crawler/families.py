@@ -40,6 +40,16 @@ def family_for_base_model(base_model: str | None) -> str | None:
     return _civitai_index().get(_key(base_model))
 
 
+@cache
+def _api_only_index() -> dict[str, dict]:
+    return {_key(bm): entry for entry in load("families").get("api_only", []) for bm in entry["civitai_base_models"]}
+
+
+def api_only(base_model: str | None) -> dict | None:
+    """The data's record of a base model its maker serves only through an API (no weights to inpaint with)."""
+    return _api_only_index().get(_key(base_model)) if base_model else None
+
+
 def family_for_hf_repo(repo_id: str | None) -> str | None:
     return _hf_index().get(repo_id.lower()) if repo_id else None
 

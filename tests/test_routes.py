@@ -101,8 +101,9 @@ def test_pony_builds_first_and_the_fooocus_patch_falls_for_its_pony_report():
     assert any("PonyXL" in e for e in brushnet.evidence)
 
 
-def test_illustrious_prefers_the_promax_controlnet_over_the_patch():
-    assert _ids("illustrious")[:2] == ["controlnet-union-promax", "fooocus-inpaint"]
+def test_illustrious_prefers_the_noobai_inpainting_controlnet_then_promax_over_the_patch():
+    assert _ids("illustrious")[:3] == ["noobai-inpainting", "controlnet-union-promax", "fooocus-inpaint"]
+    assert _ids("noobai")[:2] == ["noobai-inpainting", "controlnet-union-promax"]
 
 
 def test_a_v_prediction_noobai_model_weighs_down_epsilon_routes():
@@ -115,7 +116,8 @@ def test_a_v_prediction_noobai_model_weighs_down_epsilon_routes():
     build = next(a for a in alts if a.kind == "build")
     assert build.score == routes.checkpoint_weight("build", "noobai", {})[0] - 10
     assert any("v_pred/ztsnr markers" in e for e in build.evidence)
-    assert rec.route == "controlnet-union-promax"  # the build's penalty puts the ControlNet ahead
+    assert rec.route == "noobai-inpainting"  # the build's penalty puts the ControlNets ahead
+    assert [a.route for a in alts[:1]] == ["controlnet-union-promax"]
 
 
 def test_the_header_marker_and_a_v_family_count_as_v_prediction():

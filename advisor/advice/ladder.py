@@ -35,7 +35,7 @@ class Target:
 @dataclass
 class Recommendation:
     # built | already-inpainting | own-release | sibling-release | official | build | none, or a route's kind
-    # (routes.KINDS: patch | controlnet | adapter | fill-model | sampler)
+    # (routes.KINDS: patch | controlnet | adapter | lora | fill-model | sampler)
     kind: str
     reason: str
     target: Target | None = None
@@ -339,6 +339,10 @@ def _unknown_base(base_model: str | None) -> str:
     if listed["media"] in _MEDIA:
         return (f"{base_model} is {_MEDIA[listed['media']]} on Civitai ({listed['ecosystem']}), not an image "
                 "checkpoint: no inpainting model, merge or route applies to it.")  # fmt: skip
+    if (api := families.api_only(base_model)) is not None:
+        edits = f"; {api['edits']}" if api.get("edits") else ""
+        return (f"{base_model} is {api['name']}, served only through its maker's API: there are no weights to "
+                f"inpaint with locally{edits}.")  # fmt: skip
     if listed["media"] == "other":
         return f'Civitai lists the base model as "Other", which says nothing of its architecture: {_PROBE}.'
     return (f"{base_model} ({listed['ecosystem']}) is an image base model that Civitai lists and inpaint-advisor "

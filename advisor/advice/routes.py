@@ -8,7 +8,7 @@ from functools import cache
 
 from crawler import families
 
-KINDS = ("patch", "controlnet", "adapter", "fill-model", "sampler")
+KINDS = ("patch", "controlnet", "adapter", "lora", "fill-model", "sampler")
 
 
 @dataclass

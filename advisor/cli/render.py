@@ -241,6 +241,7 @@ _KIND_TITLE = {
     "patch": "Patch your model",
     "controlnet": "Use an inpainting ControlNet",
     "adapter": "Use an inpainting adapter",
+    "lora": "Use a LoRA on your model",
     "fill-model": "Use a fill / edit model",
     "sampler": "Inpaint with your model itself",
 }
@@ -462,6 +463,7 @@ _PARTNER = {"local": ("on disk", "green"), "built": ("built here", "green"),
             "sibling-release": ("download its release", "cyan"), "official": ("official model", "cyan"),
             "build": ("build one", "yellow"), "none": ("none", "red"), "patch": ("patch it", "cyan"),
             "controlnet": ("a ControlNet", "cyan"), "adapter": ("an adapter", "cyan"),
+            "lora": ("a LoRA", "cyan"),
             "fill-model": ("a fill model", "cyan"), "sampler": ("a sampler method", "cyan")}  # fmt: skip
 
 

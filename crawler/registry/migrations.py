@@ -19,10 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from crawler import families
 from crawler.registry import schema
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 from crawler.registry.upsert import upsert
+from data import base_models, load
 from data.settings import CIVITAI
 
 SOURCES = {
@@ -168,8 +168,12 @@ assert [m.id for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "state.
 
 
 # -- applying them ----------------------------------------------------------------------------------------------
+def _families() -> list[dict]:
+    return load("families")["families"]
+
+
 def _families_digest() -> str:
-    return hashlib.sha256(repr(families.all_families()).encode()).hexdigest()
+    return hashlib.sha256(repr(_families()).encode()).hexdigest()
 
 
 def state_of(conn: Connection, where: str) -> State:
@@ -190,9 +194,20 @@ def _seed(conn: Connection) -> None:
     upsert(conn, schema.table_of(schema.Source), sources)
     upsert(conn, schema.table_of(schema.Family), [
         {"id": f["id"], "name": f["name"], "parent": f.get("parent"), "architecture": f["architecture"],
-         "has_official_inpaint": bool(f.get("inpaint"))} for f in families.all_families()
+         "has_official_inpaint": bool(f.get("inpaint"))} for f in _families()
     ])  # fmt: skip
+    _remap(conn)
     upsert(conn, schema.table_of(schema.Meta), [{"key": "families", "value": _families_digest()}])
+
+
+def _remap(conn: Connection) -> None:
+    """Models and versions stored without a family (their base model was unknown to the data they were crawled
+    with) take the family today's data gives their base model: a newer inpaint-advisor knows more families,
+    and an incremental crawl never sees the models that did not change."""
+    mapping = [{"family": f["id"], "key": base_models.key(bm)} for f in _families() for bm in f["civitai_base_models"]]
+    for table in ("version", "model"):
+        conn.execute(text(f"UPDATE {table} SET family = :family "  # noqa: S608 - a table name of ours
+                          "WHERE family IS NULL AND lower(trim(base_model)) = :key"), mapping)  # fmt: skip
 
 
 def _lock(conn: Connection) -> None:
