@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-CIVITAI = "https://civitai.red"  # since the April 2026 split civitai.com lists SFW models only; .red lists all
+CIVITAI = "https://civitai.com"  # one site under several hosts; the API lists NSFW models with nsfw=true on each
 HUB = "https://huggingface.co"
 SECRETS = ("CIVITAI_API_TOKEN", "HF_TOKEN", "PGPASSWORD")  # never printed (scrub, below), never stored
 
@@ -56,8 +56,11 @@ class Sites:
         page = f"{self.civitai_url}/models/{quote(model_id, safe='')}"
         return page + (f"?modelVersionId={quote(version_id, safe='')}" if version_id else "")
 
-    def civitai_download(self, version_id: str) -> str:
-        return f"{self.civitai_url}/api/download/models/{quote(version_id, safe='')}"
+    def civitai_download(self, version_id: str, file_id: str | None = None) -> str:
+        """A version's download; with ``file_id`` that very file (without it Civitai picks the primary file by the
+        API key owner's file preferences, which may not be the file whose SHA256 was recorded)."""
+        url = f"{self.civitai_url}/api/download/models/{quote(version_id, safe='')}"
+        return url + (f"?fileId={quote(file_id, safe='')}" if file_id else "")
 
     def hub_page(self, repo: str) -> str:
         return f"{self.hf_endpoint}/{repo}"

@@ -18,6 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 from tests.local_server import FakeApiHandler, LocalServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# a version whose creator disabled downloads: fake.downloads[vid] = (DISABLED, False)
+DISABLED = "disabled"
+DOWNLOADS_DISABLED = {"error": "Unauthorized", "message": "The creator has disabled downloads on this file"}
 LOGIN_WALL = {"error": "Unauthorized", "message": "The creator of this asset requires you to be logged in to download "
               "it"}  # fmt: skip
 HTML_ERROR = b"<!DOCTYPE html><html><head><title>504 Gateway Time-out</title></head><body>cloudflare</body></html>"
@@ -51,8 +54,8 @@ class FakeCivitai:
     release: threading.Event = field(default_factory=threading.Event)
     requests: list[dict] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
-    # /api/download/models/{version id} -> the signed storage URL it redirects to (307), and whether it needs a
-    # token (401 with Civitai's login-wall body otherwise)
+    # /api/download/models/{version id} (or "{version id}?fileId={file id}", one file of it) -> the signed
+    # storage URL it redirects to (307), and whether it needs a token (401 with Civitai's login-wall body otherwise)
     downloads: dict[str, tuple[str, bool]] = field(default_factory=dict)
     # civitai.com since the April 2026 split, as some clients report it: NSFW models are not listed even with
     # nsfw=true (civitai.red lists everything)
@@ -136,10 +139,16 @@ class _Handler(FakeApiHandler):
             status, body = fake.models_page(query, base)
             return self._send(status, body)
         if parts.path.startswith("/api/download/models/"):
-            target = fake.downloads.get(parts.path.rsplit("/", 1)[-1])
+            version = parts.path.rsplit("/", 1)[-1]
+            file_id = query.get("fileId", [None])[-1]
+            # "<version>?fileId=<file>" pins a file; the version alone gets whatever the key's preferences pick
+            target = fake.downloads.get(f"{version}?fileId={file_id}") if file_id else None
+            target = target or fake.downloads.get(version)
             if target is None:
                 return self._send(404, json.dumps({"error": "Model not found"}).encode())
             location, needs_token = target
+            if location == DISABLED:
+                return self._send(401, json.dumps(DOWNLOADS_DISABLED).encode())
             if needs_token and not self.headers.get("Authorization"):
                 return self._send(401, json.dumps(LOGIN_WALL).encode())
             return self._send(307, b"", headers={"Location": location})

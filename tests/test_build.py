@@ -324,3 +324,23 @@ def test_a_plan_says_everything_before_a_byte_is_fetched_and_running_it_builds_t
     done = run_build(plan)
     assert done.action == "built" and done.verified and done.recipe_key == planned.recipe_key
     assert done.output.path == str(plan.merge.target.resolve())
+
+
+def test_the_download_pins_the_recorded_file_whatever_the_keys_preferences_pick(world):
+    """Without ?fileId= Civitai serves the primary file by the API key owner's preferences (StabilityMatrix#1710):
+    here another file of the version, whose bytes the recorded SHA256 would refuse. The build asks for the file
+    whose hash the registry holds, and gets it."""
+    fake, storage = world["civitai"], world["storage"]
+    reader = registry.open_reader_if_any(world["db"])
+    version = reader.versions("civitai:600001")[0]
+    reader.close()
+    vid, fid = version.id.rsplit(":v", 1)[1], version.primary_file_id.rsplit(":f", 1)[1]
+    preferred = b"another file of the version: pruned, fp32, whatever the key prefers" * 1000
+    storage.blobs["preferred"] = Blob(preferred, "tinyModel600001_pruned.safetensors")
+    pinned = fake.downloads[vid]
+    fake.downloads[vid] = (f"{pinned[0].rsplit('/blob/', 1)[0]}/blob/preferred?sig=1", False)
+    fake.downloads[f"{vid}?fileId={fid}"] = pinned
+    result = build(f"civitai:600001@{vid}", out=world["tmp"] / "out", db=world["db"])
+    assert result.action == "built" and result.inputs["B"].verified, result
+    asked = [r["query"].get("fileId") for r in fake.requests if r["path"] == f"/api/download/models/{vid}"]
+    assert asked == [[fid]]

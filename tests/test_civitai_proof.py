@@ -159,7 +159,7 @@ def test_a_storage_in_trouble_defers_the_proof_to_the_next_crawl(world, trouble)
     is_inp, conf, evidence = verdict(db, 700, 0)
     assert not any("header" in e or "could not be read" in e for e in evidence)
     # the error is named: the download URL asked (not the signed storage URL), and why
-    assert summary.errors == 1 and summary.first_errors[0].url.endswith("/api/download/models/7000")
+    assert summary.errors == 1 and summary.first_errors[0].url.endswith("/api/download/models/7000?fileId=70000")
     reason = summary.first_errors[0].reason
     assert ("HTTP 503" in reason if trouble == "503" else "dropped" in reason) and "next crawl" in reason
     assert last_run(db) == {"status": "ok", "errors": 1, "first_errors": [
@@ -182,6 +182,18 @@ def test_a_download_that_is_gone_is_recorded_once_and_named(world):
     before = asked()
     again = crawl(world)
     assert again.headers_read == 0 and again.errors == 0 and asked() == before  # not asked again
+
+
+def test_a_file_whose_creator_disabled_downloads_is_recorded_once_and_named(world):
+    from tests.civitai_fake import DISABLED
+
+    fake, _, _, db = world
+    fake.downloads["7000"] = (DISABLED, False)  # 401 "The creator has disabled downloads on this file"
+    summary = crawl(world)
+    assert summary.proofs_deferred == 0 and summary.errors == 1  # no key would read it: not asked again
+    assert "the creator has disabled downloads of this file" in summary.first_errors[0].reason
+    assert sha_of(db, 7000) in proof_keys(db)
+    assert crawl(world).errors == 0
 
 
 def test_without_an_api_key_nothing_is_proven_and_a_crawl_with_one_reads_them(world, monkeypatch):

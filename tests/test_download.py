@@ -94,6 +94,16 @@ def test_the_login_wall_says_what_to_do(tmp_path, civitai, storage):
     assert refused.value.code == "login-wall" and storage.requests == []
 
 
+def test_a_file_whose_creator_disabled_downloads_is_named_so(tmp_path, civitai, storage):
+    from tests.civitai_fake import DISABLED
+
+    source = _offer(civitai, storage, "106", Blob(DATA))
+    civitai.downloads["106"] = (DISABLED, False)
+    with pytest.raises(DownloadError, match="the creator has disabled downloads of this file") as refused:
+        fetch(source, tmp_path, policy=FAST)
+    assert refused.value.code == "downloads-disabled" and storage.requests == []
+
+
 def test_a_hash_mismatch_removes_the_file_and_names_both_hashes(tmp_path, civitai, storage):
     source = _offer(civitai, storage, "105", Blob(DATA, "m.safetensors"))
     source.sha256 = "AB" * 32

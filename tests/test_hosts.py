@@ -1,6 +1,7 @@
-"""Civitai since the April 2026 split (domain.md section 1): civitai.com lists SFW models only, civitai.red
-everything, same API and ids. The default base is civitai.red, URLs of both hosts resolve, downloads work
-from either."""
+"""Civitai's hosts (domain.md section 1): one site under several names (civitai.com and its alias .blue,
+.red, .green), same API and ids; the API lists by its nsfw parameter, and users reported civitai.com hiding
+NSFW-only models in April 2026 (a host that does is simulated here). The default base is civitai.com, a setting
+names another, URLs of every host resolve, downloads work from each."""
 
 import pytest
 
@@ -24,9 +25,19 @@ def split_catalogue() -> list[dict]:
     return items
 
 
-def test_the_default_base_is_the_host_that_lists_everything(monkeypatch):
+def test_the_default_base_is_civitai_com_and_every_alias_is_read(monkeypatch):
+    from advisor.advice.query import QueryError, parse_query
+
     monkeypatch.delenv("INPAINT_ADVISOR_CIVITAI_URL", raising=False)
-    assert civitai.api_url() == "https://civitai.red"
+    assert civitai.api_url() == "https://civitai.com"
+    for host in ("civitai.com", "www.civitai.com", "civitai.blue", "civitai.red", "civitai.green"):
+        q = parse_query(f"https://{host}/models/4384?modelVersionId=128713")
+        assert (q.kind, q.model_id, q.version_id) == ("civitai", "4384", "128713"), host
+    for lookalike in ("https://notcivitai.com/models/4384", "https://civitai.com.evil.example/models/4384"):
+        with pytest.raises(QueryError):  # a host that only ends like Civitai's is not Civitai
+            q = parse_query(lookalike)
+            assert q.kind != "civitai"
+            raise QueryError("not Civitai")
     monkeypatch.setenv("INPAINT_ADVISOR_CIVITAI_URL", "http://127.0.0.1:9/")
     assert civitai.api_url() == "http://127.0.0.1:9"  # a mirror or replay still wins
 

@@ -108,7 +108,7 @@ def test_printed_pages_and_downloads_are_on_the_configured_sites(registry, monke
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.mirror.example")
     release = ask("civitai:43331@176425", registry).recommendation.target
     assert release.url == "https://civitai.mirror.example/models/43331?modelVersionId=221343"
-    assert release.download_url == "https://civitai.mirror.example/api/download/models/221343"
+    assert release.download_url == "https://civitai.mirror.example/api/download/models/221343?fileId=176001"
     family = lookup("SDXL 1.0", db=registry, offline=True)
     urls = [r.target.url for r in [family.recommendation, *family.alternatives] if r.target and r.target.source == "hf"]
     assert urls and all(u.startswith("https://hub.mirror.example/") for u in urls)

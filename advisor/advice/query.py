@@ -18,7 +18,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _AIR_TYPES = {"lora": "a LoRA", "lycoris": "a LyCORIS", "embedding": "an embedding", "vae": "a VAE",
               "controlnet": "a ControlNet", "upscaler": "an upscaler", "hypernet": "a hypernetwork",
               "motionmodule": "a motion module", "wildcards": "a wildcards set", "workflows": "a workflow"}  # fmt: skip
-_URL_HOSTS = ("civitai.com/", "www.civitai.com/", "civitai.red/", "www.civitai.red/", "huggingface.co/", "hf.co/")
+_URL_HOSTS = (*(f"{www}{host}/" for host in CIVITAI_HOSTS for www in ("", "www.")), "huggingface.co/", "hf.co/")
 MIN_NAME_CHARS = 2  # letters or digits a name query needs before it can match anything with confidence
 
 
@@ -94,7 +94,7 @@ def parse_query(raw: str) -> Query:
             raise QueryError(f"not a readable URL: {shown(q)} ({exc})") from None
         host = url.netloc.lower().removeprefix("www.")
         parts = [p for p in url.path.split("/") if p]
-        if host.endswith(CIVITAI_HOSTS):  # both hosts since the April 2026 split
+        if host in CIVITAI_HOSTS:  # one site under each of its names
             params = parse_qs(url.query)
             vid = params["modelVersionId"][0] if params.get("modelVersionId") else None
             if len(parts) >= 2 and parts[0] == "models" and parts[1].isdigit():

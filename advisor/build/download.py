@@ -172,6 +172,10 @@ def _refusal(response: httpx.Response, refused: ApiError, what: str) -> Download
         return DownloadError(f"{what}: a gated repo (HTTP {status}): log in at {page}, accept its conditions, then "
                              "set HF_TOKEN to an access token with read permission (huggingface.co/settings/tokens)",
                              "gated")  # fmt: skip
+    if status == 401 and "disabled downloads" in detail.lower():  # Civitai's "downloads-disabled" (domain.md 1)
+        return DownloadError(f"{what}: the creator has disabled downloads of this file (HTTP 401): no API key "
+                             "gives access; ask the creator, or look for another version",
+                             "downloads-disabled")  # fmt: skip
     if status == 401:
         return DownloadError(f"{what}: login required (HTTP 401: {detail}). For Civitai set CIVITAI_API_TOKEN to "
                              "an API key (civitai.com/user/account); for a gated Hub repo accept its licence and "

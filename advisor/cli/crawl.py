@@ -22,7 +22,7 @@ def crawl_civitai(
     max_pages: MaxPagesOption = None,
     url: Annotated[
         str | None,
-        typer.Option(envvar="INPAINT_ADVISOR_CIVITAI_URL", show_default="https://civitai.red", metavar="URL",
+        typer.Option(envvar="INPAINT_ADVISOR_CIVITAI_URL", show_default="https://civitai.com", metavar="URL",
                      callback=http_url, help="Civitai base URL (a mirror or a local replay)."),
     ] = None,
     retries: RetriesOption = 6,

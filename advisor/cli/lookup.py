@@ -27,7 +27,7 @@ def lookup(
     Examples:
       inpaint-advisor lookup "majicmix realistic v7"
       inpaint-advisor lookup "dreamshapr 8 inpainting"  (typo; version at the end)
-      inpaint-advisor lookup https://civitai.red/models/4384?modelVersionId=128713
+      inpaint-advisor lookup https://civitai.com/models/4384?modelVersionId=128713
       inpaint-advisor lookup dreamshaper_8.safetensors  (a file name)
       inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072
       inpaint-advisor lookup Lykon/dreamshaper-8        (a Hugging Face repo)

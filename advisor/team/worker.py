@@ -30,7 +30,8 @@ from data.errors import InpaintAdvisorError, exit_status
 
 # A failure another attempt would meet again: the job fails at once, with its code.
 PERMANENT = frozenset({
-    "not-found", "no-file", "no-registry", "login-wall", "gated", "no-access", "region-blocked", "exists",
+    "not-found", "no-file", "no-registry", "login-wall", "downloads-disabled", "gated", "no-access", "region-blocked",
+    "exists",
     "is-a-base", "no-build-route", "nonfinite", "hash-mismatch", "size-mismatch", "bad-input", "bad-query",
     "bad-checkpoint", "not-a-model", "merge-refused", "offline", "unverified", "usage", "not-a-registry",
     "registry-too-new", "unsupported-registry", "missing-driver", "needs-postgres",

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 import httpx
 
 from crawler import detect, links
+from crawler.civitai.ids import file_number
 from crawler.http import CrawlError, new_client, open_redirected
 from crawler.registry import proofs
+from data.settings import Sites
 from merge.header import CheckpointError, header_length, parse_header_json
 from merge.layout import detect as layout_of
 
@@ -52,8 +54,9 @@ class Unreadable(Exception):
 
 
 class Gone(Exception):
-    """The download answers 404 or 410: there is no file to read, and asking again will not bring it. Recorded
-    like an unreadable file (the metadata verdict stands), and named among the crawl's errors."""
+    """The download answers 404 or 410, or 401 because its creator disabled downloads: there is no file to read,
+    and asking again will not bring it. Recorded like an unreadable file (the metadata verdict stands), and named
+    among the crawl's errors."""
 
 
 class NotRead(Exception):
@@ -79,6 +82,8 @@ def _read(client: httpx.Client, url: str, token: str | None, start: int, end: in
         status = response.status_code
         if status in (404, 410):
             raise Gone(f"HTTP {status}: the download is gone")
+        if status == 401 and "disabled downloads" in _small_body(response).lower():
+            raise Gone("HTTP 401: the creator has disabled downloads of this file")  # no key will read it
         if status not in (200, 206):
             raise NotRead(_http_reason(status, token), status=status, transient=status == 429 or status >= 500)
         if "json" in response.headers.get("content-type", "") or "html" in response.headers.get("content-type", ""):
@@ -95,6 +100,19 @@ def _read(client: httpx.Client, url: str, token: str | None, start: int, end: in
         return bytes(got[skip : skip + want]), str(response.url)
     finally:
         response.close()
+
+
+def _small_body(response: httpx.Response, limit: int = 4096) -> str:
+    """The start of an error answer's body (a stranger's server may send any amount)."""
+    got = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            got += chunk
+            if len(got) >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    return got[:limit].decode("utf-8", "replace")
 
 
 def _http_reason(status: int, token: str | None) -> str:
@@ -185,7 +203,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             if key not in found:
                 if summary.read >= budget or summary.read + summary.deferred >= budget * MAX_ATTEMPTS:
                     continue  # spent: only versions sharing a file read already are still decided
-                url = f"{base_url}/api/download/models/{row['source_id']}"
+                url = Sites(civitai_url=base_url).civitai_download(row["source_id"], file_number(row["file_id"]))
                 try:
                     proof = prove(client, url, token)
                 except Gone as exc:

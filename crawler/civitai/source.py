@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from crawler.civitai.ids import file_number, version_number
 from crawler.sources import Download, Ref, Source, Where
 from data import settings
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     from data.settings import Sites
 
 
-def _version_number(version_id: str) -> str:
-    return version_id.split(":v", 1)[1]
 
 
 class Civitai:
@@ -63,25 +62,27 @@ class Civitai:
         return version.primary_file if version else None
 
     def where(self, model: ModelRecord, version: VersionRecord, sites: Sites) -> Where:
-        number = _version_number(version.id)
+        number = version_number(version.id)
         return Where(f"{model.name} — {version.name}", sites.civitai_page(model.source_id, number),
-                     sites.civitai_download(number), file=version.primary_file)  # fmt: skip
+                     sites.civitai_download(number, file_number(version.primary_file_id)),
+                     file=version.primary_file)  # fmt: skip
 
     def download(self, model: ModelRecord, version: VersionRecord) -> Download:
-        number = _version_number(version.id)
+        number = version_number(version.id)
         now = settings.current()
         return Download(
-            settings.Sites(civitai_url=now.civitai_url).civitai_download(number),  # the URL with its credentials
+            # the URL with its credentials, and the file pinned (its SHA256 is the one recorded)
+            settings.Sites(civitai_url=now.civitai_url).civitai_download(number, file_number(version.primary_file_id)),
             name=version.primary_file, sha256=version.sha256,
             size=int(version.size_kb * 1024) if version.size_kb else None, token=now.civitai_token,
             cache=("civitai", number),
         )  # fmt: skip
 
     def query(self, model_id: str, version_id: str | None = None) -> str:
-        return model_id + (f"@{_version_number(version_id)}" if version_id and ":v" in version_id else "")
+        return model_id + (f"@{version_number(version_id)}" if version_id and ":v" in version_id else "")
 
     def output_stem(self, file_stem: str, model_id: str, version_id: str) -> str:
-        return f"{file_stem}-inpainting.v{_version_number(version_id)}"
+        return f"{file_stem}-inpainting.v{version_number(version_id)}"
 
 
 SOURCE: Source = Civitai()  # mypy holds it to the interface

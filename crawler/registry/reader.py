@@ -37,6 +37,7 @@ class VersionRecord:
     sha256: str | None = None
     download_url: str | None = None
     size_kb: float | None = None  # of the primary file, as the source records it
+    primary_file_id: str | None = None  # its registry id ("civitai:f<file id>"): a download asks for that file
 
 
 @dataclass
@@ -193,13 +194,14 @@ class Reader:
             "v.inpaint_evidence, v.download_url, "
             '(SELECT f.name FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
             '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
-            '(SELECT f.size_kb FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
+            '(SELECT f.size_kb FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
+            '(SELECT f.id FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
             "FROM version v WHERE v.model_id = ? ORDER BY v.position",
             (model_id,),
         )
         return [
             VersionRecord(r[0], r[1], r[2], r[3], r[4], _text_time(r[5]), r[6], bool(r[7]), json.loads(r[8] or "[]"),
-                          r[10], r[11], r[9], r[12])
+                          r[10], r[11], r[9], r[12], r[13])
             for r in rows
         ]  # fmt: skip
 
