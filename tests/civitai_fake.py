@@ -57,6 +57,9 @@ class FakeCivitai:
     # /api/download/models/{version id} (or "{version id}?fileId={file id}", one file of it) -> the signed
     # storage URL it redirects to (307), and whether it needs a token (401 with Civitai's login-wall body otherwise)
     downloads: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # /api/v1/model-files/{file id}/tensor-metadata -> the tensors Civitai parsed from the file's header
+    # ([{"name", "shape", "dtype", "sizeBytes"}], its API's shape), or DISABLED (403); 404 for the rest
+    tensor_metadata: dict[str, object] = field(default_factory=dict)
     # civitai.com since the April 2026 split, as some clients report it: NSFW models are not listed even with
     # nsfw=true (civitai.red lists everything)
     sfw_only: bool = False
@@ -152,6 +155,14 @@ class _Handler(FakeApiHandler):
             if needs_token and not self.headers.get("Authorization"):
                 return self._send(401, json.dumps(LOGIN_WALL).encode())
             return self._send(307, b"", headers={"Location": location})
+        if parts.path.startswith("/api/v1/model-files/") and parts.path.endswith("/tensor-metadata"):
+            listed = fake.tensor_metadata.get(parts.path.split("/")[4])
+            if listed is None:
+                return self._send(404, json.dumps({"error": "File not found"}).encode())
+            if listed == DISABLED:
+                return self._send(403, json.dumps({"error": "Downloads are disabled for this file"}).encode())
+            body = {"format": "SafeTensor", "tensorCount": len(listed), "tensors": listed}
+            return self._send(200, json.dumps(body).encode())
         if parts.path.startswith("/api/v1/models/"):
             wanted = parts.path.rsplit("/", 1)[-1]
             for item in fake.items:

@@ -307,3 +307,56 @@ def test_a_crafted_header_is_recorded_and_shown_as_text(registry_db, serve):
     assert is_inp and "could not be read" in evidence[-1] and "\x1b" not in evidence[-1] and "\\x1b" in evidence[-1]
     out = run_cli("lookup", "civitai:710", "--offline", env=cli_env(INPAINT_ADVISOR_DB=registry_db))
     assert out.returncode == 0 and not any(ch in out.stdout + out.stderr for ch in "\x1b\x07\x9b")
+
+
+def _blobs_read(storage) -> set[str]:
+    return {r["path"].split("?", 1)[0] for r in storage.requests}
+
+
+def _listed(blob_bytes: bytes) -> list[dict]:
+    """What Civitai's tensor-metadata endpoint answers for a safetensors file: its header's tensors."""
+    n = int.from_bytes(blob_bytes[:8], "little")
+    header = json.loads(blob_bytes[8 : 8 + n])
+    return [{"name": k, "shape": v["shape"], "dtype": v["dtype"].lower() if k.endswith("bias") else v["dtype"],
+             "sizeBytes": v["data_offsets"][1] - v["data_offsets"][0]}
+            for k, v in header.items() if k != "__metadata__"]  # fmt: skip
+
+
+def test_the_tensors_civitai_lists_prove_a_file_without_reading_it(world):
+    """Tensor metadata first (June 2026): no Range read at all where Civitai lists the file's tensors, and the
+    same verdicts as the files' own headers give."""
+    fake, storage, _, db = world
+    for spec, files in CASES:
+        for pos, content in files.items():
+            if not isinstance(content, Blob):
+                fake.tensor_metadata[str(version_id(spec["id"], pos) * 10)] = _listed(sd_file(*content))
+    summary = crawl(world)
+    assert summary.headers_read == 5 and summary.proofs_changed == 2 and summary.proofs_unreadable == 1
+    assert _blobs_read(storage) == {f"/blob/{version_id(704, 0)}"}  # only the file Civitai does not list was read
+    is_inp, _, evidence = verdict(db, 700, 0)
+    assert is_inp and any("as Civitai lists its tensors" in e for e in evidence)
+    asked = [r for r in fake.requests if r["path"].endswith("/tensor-metadata")]
+    assert asked and all(r["path"].startswith("/api/v1/model-files/") for r in asked)
+
+
+@pytest.mark.parametrize("answer", ["malformed", "absent"])
+def test_a_list_civitai_cannot_give_falls_back_to_the_files_header(world, answer):
+    fake, storage, _, db = world
+    listed = _listed(sd_file("sd1", "inpaint"))
+    listed[0]["shape"] = ["not", "a", "shape"]
+    if answer == "malformed":
+        fake.tensor_metadata[str(version_id(700, 0) * 10)] = listed
+    summary = crawl(world)
+    assert summary.headers_read == 5 and f"/blob/{version_id(700, 0)}" in _blobs_read(storage)
+    assert verdict(db, 700, 0)[0] is True
+
+
+def test_tensor_metadata_of_a_file_whose_downloads_are_disabled_is_recorded_as_gone(world):
+    from tests.civitai_fake import DISABLED
+
+    fake, storage, _, db = world
+    fake.tensor_metadata[str(version_id(700, 0) * 10)] = DISABLED
+    summary = crawl(world)
+    assert "the creator has disabled downloads of this file" in summary.first_errors[0].reason
+    assert f"/blob/{version_id(700, 0)}" not in _blobs_read(storage)
+    assert sha_of(db, 7000) in proof_keys(db)

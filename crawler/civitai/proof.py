@@ -1,7 +1,7 @@
-"""Proof from the file where a Civitai version's metadata cannot tell (domain.md section 2): the safetensors
-header of its primary file, read with range requests through the download URL (Civitai redirects to signed
-storage that honours ranges; the token goes to Civitai only), decides by the UNet's input channels, as the Hub
-crawl does. Bounded: only ambiguous versions (``crawler.detect.ambiguity``), a few hundred KB each, each file
+"""Proof from the file where a Civitai version's metadata cannot tell (domain.md section 2): the tensors of its
+primary file, as Civitai lists them (its tensor-metadata endpoint, June 2026: no download), else its
+safetensors header read with range requests through the download URL (Civitai redirects to signed storage that
+honours ranges; the token goes to Civitai only), decide by the UNet's input channels, as the Hub crawl does. Bounded: only ambiguous versions (``crawler.detect.ambiguity``), a few hundred KB each, each file
 once (proofs are kept by its SHA256, whatever model or host it is under). Only what was read is recorded: a
 file not read (401/403 without an API key, 429, 5xx, a dropped connection) stays "not read yet", asked again by
 the next crawl.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 
@@ -20,7 +21,7 @@ from crawler.civitai.ids import file_number
 from crawler.http import CrawlError, new_client, open_redirected
 from crawler.registry import proofs
 from data.settings import Sites
-from merge.header import CheckpointError, header_length, parse_header_json
+from merge.header import ITEMSIZE, CheckpointError, TensorInfo, header_length, parse_header_json
 from merge.layout import detect as layout_of
 
 if TYPE_CHECKING:
@@ -146,18 +147,56 @@ def read_remote_header(client: httpx.Client, url: str, token: str | None) -> dic
     return tensors
 
 
-def prove(client: httpx.Client, url: str, token: str | None) -> dict:
-    """A headerproof row (without its key) for the file behind ``url``, from its header as read. NotRead when
-    the file could not be read now (401/403, 429, 5xx, a dropped connection): nothing is to be recorded, and
-    the next crawl (with a token, or later) asks again; Gone when there is no file (404, 410)."""
+MAX_LISTED_TENSORS = 200_000  # more is not a checkpoint's header (SDXL has about 2,500 tensors)
+
+
+def listed_tensors(client: httpx.Client, base_url: str, file_id: str, token: str | None) -> dict | None:
+    """The tensors Civitai parsed from the file's header (``GET /api/v1/model-files/{id}/tensor-metadata``,
+    June 2026; gated like the download): no download and no Range read. None when it cannot answer (an older
+    Civitai, a mirror without it, a format it does not parse, a failure on its side): the Range read then asks
+    the file itself. Gone when its creator disabled downloads."""
+    url = f"{base_url}/api/v1/model-files/{quote(file_id, safe='')}/tensor-metadata"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        tensors = read_remote_header(client, url, token)
+        with client.stream("GET", url, headers=headers) as response:
+            if response.status_code == 403 and "disabled" in _small_body(response).lower():
+                raise Gone("HTTP 403: the creator has disabled downloads of this file")
+            if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
+                return None
+            body = _small_body(response, MAX_HEADER)
+    except httpx.HTTPError:
+        return None
+    try:
+        listed = json.loads(body).get("tensors")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(listed, list) or not listed or len(listed) > MAX_LISTED_TENSORS:
+        return None
+    tensors = {}
+    for t in listed:
+        name, shape, dtype = (t.get("name"), t.get("shape"), t.get("dtype")) if isinstance(t, dict) else (None,) * 3
+        if not (isinstance(name, str) and isinstance(dtype, str) and dtype.upper() in ITEMSIZE
+                and isinstance(shape, list) and len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
+            return None  # one malformed entry and the list is not trusted: the file itself is read instead
+        tensors[name] = TensorInfo(dtype.upper(), tuple(shape))
+    return tensors
+
+
+def prove(client: httpx.Client, url: str, token: str | None, listed: dict | None = None) -> dict:
+    """A headerproof row (without its key) for the file behind ``url``, from ``listed`` (the tensors Civitai
+    parsed, when it had them) or from its header as read. NotRead when the file could not be read now (401/403,
+    429, 5xx, a dropped connection): nothing is to be recorded, and the next crawl (with a token, or later) asks
+    again; Gone when there is no file (404, 410)."""
+    try:
+        tensors = listed if listed is not None else read_remote_header(client, url, token)
     except Unreadable as exc:
         return {"variant": None, "problem": str(exc), "how": ""}
     layout = layout_of(tensors)
     if layout.variant == "unknown":
         return {"variant": None, "problem": "no UNet or transformer in its header", "how": ""}
     how = f"{layout.in_channels} input channels in its header" if layout.in_channels else "its header's tensors"
+    how += " (as Civitai lists its tensors)" if listed is not None else ""
     return {"variant": layout.variant, "arch": layout.family, "in_channels": layout.in_channels, "how": how}
 
 
@@ -203,9 +242,11 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             if key not in found:
                 if summary.read >= budget or summary.read + summary.deferred >= budget * MAX_ATTEMPTS:
                     continue  # spent: only versions sharing a file read already are still decided
-                url = Sites(civitai_url=base_url).civitai_download(row["source_id"], file_number(row["file_id"]))
+                number = file_number(row["file_id"])
+                url = Sites(civitai_url=base_url).civitai_download(row["source_id"], number)
                 try:
-                    proof = prove(client, url, token)
+                    listed = listed_tensors(client, base_url, number, token) if number else None
+                    proof = prove(client, url, token, listed)
                 except Gone as exc:
                     proof = {"variant": None, "problem": str(exc), "how": ""}
                     summary.failures.append((url, f"{exc}; recorded, not asked again"))
