@@ -1,10 +1,11 @@
 """Proof from the file where a Civitai version's metadata cannot tell (domain.md section 2): the tensors of its
 primary file, as Civitai lists them (its tensor-metadata endpoint, June 2026: no download), else its
 safetensors header read with range requests through the download URL (Civitai redirects to signed storage that
-honours ranges; the token goes to Civitai only), decide by the UNet's input channels, as the Hub crawl does. Bounded: only ambiguous versions (``crawler.detect.ambiguity``), a few hundred KB each, each file
-once (proofs are kept by its SHA256, whatever model or host it is under). Only what was read is recorded: a
-file not read (401/403 without an API key, 429, 5xx, a dropped connection) stays "not read yet", asked again by
-the next crawl.
+honours ranges; the token goes to Civitai only), decide by the UNet's input channels, as the Hub crawl does.
+Bounded: only ambiguous versions (``crawler.detect.ambiguity``), a few hundred KB each, each file once (proofs
+are kept by its SHA256, whatever model or host it is under). Only what was read is recorded: a file not read
+(401/403 without an API key, 429, 5xx, a dropped connection) stays "not read yet", asked again by the next
+crawl.
 """
 
 from __future__ import annotations
