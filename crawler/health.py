@@ -35,6 +35,9 @@ class Health:
     officials_gone: list[str]  # "sd1 inpaint: repo/file (detail)"
     coverage: dict[str, float]  # family -> share of its models with an inpainting release
     reasons: list[str]
+    # what the tool does not know yet (base models without data, Civitai's newer ones): reported, never
+    # counted against the registry's health
+    gaps: list[str] = field(default_factory=list)
 
 
 def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
@@ -63,7 +66,11 @@ def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
     gone = officials_gone(st.officials)
     reasons += [f"official checkpoint gone or changed: {g}" for g in gone]
     coverage = {f.family: round(f.coverage, 4) for f in st.families}
-    return Health(not reasons, max_age.total_seconds(), now, sources, gone, coverage, reasons)
+    gaps = [f"no data for base model {bm}: {n} versions" + (f" (e.g. {', '.join(st.unknown_examples[bm])})"
+                                                             if st.unknown_examples.get(bm) else "")
+            for bm, n in st.unknown_base_models]  # fmt: skip
+    gaps += [f"Civitai lists base model {bm}, which this release does not know" for bm in st.civitai_lists_unknown]
+    return Health(not reasons, max_age.total_seconds(), now, sources, gone, coverage, reasons, gaps)
 
 
 def officials_gone(officials: list) -> list[str]:

@@ -60,6 +60,8 @@ class FakeCivitai:
     # /api/v1/model-files/{file id}/tensor-metadata -> the tensors Civitai parsed from the file's header
     # ([{"name", "shape", "dtype", "sizeBytes"}], its API's shape), or DISABLED (403); 404 for the rest
     tensor_metadata: dict[str, object] = field(default_factory=dict)
+    # /api/v1/enums' BaseModel list (None: the endpoint answers 404, as an older replay would)
+    enums: list[str] | None = None
     # civitai.com since the April 2026 split, as some clients report it: NSFW models are not listed even with
     # nsfw=true (civitai.red lists everything)
     sfw_only: bool = False
@@ -155,6 +157,9 @@ class _Handler(FakeApiHandler):
             if needs_token and not self.headers.get("Authorization"):
                 return self._send(401, json.dumps(LOGIN_WALL).encode())
             return self._send(307, b"", headers={"Location": location})
+        if parts.path == "/api/v1/enums" and fake.enums is not None:
+            body = {"ModelType": ["Checkpoint", "LORA"], "BaseModel": fake.enums, "ActiveBaseModel": fake.enums}
+            return self._send(200, json.dumps(body).encode())
         if parts.path.startswith("/api/v1/model-files/") and parts.path.endswith("/tensor-metadata"):
             listed = fake.tensor_metadata.get(parts.path.split("/")[4])
             if listed is None:

@@ -99,6 +99,10 @@ def crawl_summary(console: Console, s: "CrawlSummary") -> None:
             ("errors", s.errors)]  # fmt: skip
     notes = [line("unknown base models (stored as-is): ", ", ".join(sorted(s.unknown_base_models)))] \
         if s.unknown_base_models else []  # fmt: skip
+    if s.new_base_models:
+        notes.append(line(("base models Civitai lists that this inpaint-advisor does not know yet", "yellow"),
+                          " (a gap of the tool; a newer release may know them): ",
+                          ", ".join(s.new_base_models)))  # fmt: skip
     _crawl_report(console, s, rows, notes)
 
 
@@ -162,7 +166,12 @@ def registry_status(console: Console, st: "RegistryStatus") -> None:
     if st.unknown_base_models:
         console.print(line(("base models inpaint-advisor has no data for yet", "yellow"),
                            " (a gap of the tool; their models get no advice): ",
-                           ", ".join(f"{bm} ({n})" for bm, n in st.unknown_base_models)))  # fmt: skip
+                           "; ".join(_with_examples(bm, n, st.unknown_examples.get(bm, []))
+                                     for bm, n in st.unknown_base_models)))  # fmt: skip
+    if st.civitai_lists_unknown:
+        console.print(line(("base models Civitai lists that this release does not know", "yellow"),
+                           " (its last crawl read them; a newer release may know them): ",
+                           ", ".join(st.civitai_lists_unknown)))  # fmt: skip
     if st.not_image_base_models:
         console.print(line(("not image checkpoints", "dim"), " (stored, answered as such): ",
                            ", ".join(f"{bm} ({media}, {n})" for bm, media, n in st.not_image_base_models)))  # fmt: skip
@@ -409,6 +418,11 @@ def cache_cleared(console: Console, done) -> None:
     console.print(line(f"{'would free' if done.dry_run else 'freed'} {_gb(done.freed)}"))
 
 
+def _with_examples(base_model: str, versions: int, examples: list[str]) -> str:
+    shown = f" (e.g. {', '.join(examples)})" if examples else ""
+    return f"{base_model}: {versions} versions{shown}"
+
+
 def health(console: Console, h) -> None:
     word, color = ("healthy", "green") if h.healthy else ("unhealthy", "red")
     console.print(line((word, f"bold {color}"), f" (limit {h.max_age_s / 3600:g} h)"))
@@ -422,6 +436,8 @@ def health(console: Console, h) -> None:
     console.print(table)
     for r in h.reasons:
         console.print(line(("  - ", "red"), r))
+    for gap in h.gaps:
+        console.print(line(("  gap: ", "yellow"), gap))
 
 
 def schedule_installed(console: Console, done) -> None:

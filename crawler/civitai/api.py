@@ -18,7 +18,8 @@ from crawler.civitai.items import parse_page
 from crawler.http import ApiError, JsonClient, RetryPolicy
 from crawler.registry import runs
 from crawler.registry.pages import PageResult, store_parsed
-from data import settings
+from crawler.registry.stats import record_civitai_base_models
+from data import base_models, settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -105,6 +106,22 @@ def fetch_by_hashes(hashes: list[str], *, base_url: str | None = None,
     return items
 
 
+def fetch_base_models(*, base_url: str | None = None, policy: RetryPolicy | None = None) -> list[str] | None:
+    """Civitai's list of base models as its API serves it (``GET /api/v1/enums``, ``BaseModel``); None when it
+    cannot be had (a mirror without the endpoint, an answer of another shape, a network failure)."""
+    from crawler.http import CrawlError
+
+    try:
+        with JsonClient(api_url(base_url), token=token_from_env(), policy=policy or LIVE_POLICY, timeout=30) as client:
+            body, _ = client.get("/api/v1/enums")
+    except CrawlError:
+        return None
+    listed = body.get("BaseModel") if isinstance(body, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(bm, str) and 0 < len(bm) <= 100 for bm in listed):
+        return None
+    return listed[:1000]
+
+
 def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
     """Parse and write one page of raw `/models` items (see ``store_parsed``), known header proofs applied."""
     parsed = parse_page(items)
@@ -125,6 +142,8 @@ class CrawlSummary(runs.RunSummary):
     models: int = 0
     versions: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
+    # base models Civitai lists (/api/v1/enums) that this release's copy of its list lacks: a gap of the tool
+    new_base_models: list[str] = field(default_factory=list)
     # ambiguous versions proven from their files' headers (crawler.civitai.proof): files read (the unreadable
     # and gone ones included), each once
     headers_read: int = 0
@@ -200,6 +219,10 @@ def crawl(
         for url, reason in proved.failures:
             summary.note_error("civitai", url, reason)
         summary.new_links = links.link_sibling_models(engine)
+        listed = fetch_base_models(base_url=base_url, policy=policy)
+        if listed is not None:
+            record_civitai_base_models(engine, listed)
+            summary.new_base_models = sorted(bm for bm in listed if base_models.civitai_base_model(bm) is None)
         summary.status = "ok"
         runs.finish(engine, run, "ok", None, summary)
     except BaseException as exc:

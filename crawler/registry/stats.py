@@ -4,7 +4,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlmodel import col
 
@@ -17,6 +17,7 @@ from crawler.registry.schema import (
     Family,
     File,
     InpaintLink,
+    Meta,
     Model,
     OfficialCheck,
     SameFile,
@@ -119,9 +120,24 @@ class RegistryStatus:
     # yet; the rest are not image checkpoints (video, audio, 3D), stored and answered as such
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
     not_image_base_models: list[tuple[str, str, int]] = field(default_factory=list)  # (base model, media, models)
+    unknown_examples: dict[str, list[str]] = field(default_factory=dict)  # base model -> its most downloaded models
+    # base models Civitai's /api/v1/enums listed at the last crawl that this release's copy of its list lacks
+    civitai_lists_unknown: list[str] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)  # the most recent crawls, newest first
     last_runs: list[RunInfo] = field(default_factory=list)  # the newest crawl of each source, with its errors
     builds: list[BuildInfo] = field(default_factory=list)  # what `build` made or fetched here, newest first
+
+
+CIVITAI_BASE_MODELS = "civitai_base_models"  # meta key: Civitai's list of base models as its API gave it last
+
+
+def record_civitai_base_models(engine: Engine, names: list[str]) -> None:
+    """Civitai's list of base models as `crawl civitai` read it (/api/v1/enums): status compares it with the
+    copy this release carries."""
+    from crawler.registry.upsert import upsert
+
+    with engine.begin() as conn:
+        upsert(conn, table_of(Meta), [{"key": CIVITAI_BASE_MODELS, "value": json.dumps(names)}])
 
 
 def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
@@ -169,6 +185,7 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 )
             )
         status.families.sort(key=lambda f: -f.models)
+        popular = "downloads" in {c["name"] for c in inspect(conn).get_columns("model")}  # an old registry lacks it
         for bm, n in conn.execute(
             select(col(Version.base_model), func.count())
             .where(col(Version.family).is_(None), col(Version.base_model).is_not(None))
@@ -179,6 +196,7 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 continue
             if base_models.is_image(bm):
                 status.unknown_base_models.append((bm, n))
+                status.unknown_examples[bm] = _examples(conn, bm, popular)
             else:
                 media = (base_models.civitai_base_model(bm) or {}).get("media", "other")
                 status.not_image_base_models.append((bm, media, n))
@@ -188,7 +206,13 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         newest = select(func.max(col(CrawlRun.id))).group_by(col(CrawlRun.source)).scalar_subquery()
         for r in conn.execute(select(*columns).where(col(CrawlRun.id).in_(newest)).order_by(col(CrawlRun.source))):
             status.last_runs.append(_run_info(r))
-    if "artifact" in status_tables(engine):
+    tables = status_tables(engine)
+    if "meta" in tables:
+        with engine.connect() as conn:
+            listed = conn.execute(select(col(Meta.value)).where(col(Meta.key) == CIVITAI_BASE_MODELS)).scalar()
+        status.civitai_lists_unknown = [bm for bm in json.loads(listed or "[]")
+                                        if base_models.civitai_base_model(bm) is None]  # fmt: skip
+    if "artifact" in tables:
         with engine.connect() as conn:
             for a in conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(recent_runs * 2)):
                 status.builds.append(BuildInfo(a.kind, a.model_id, a.path, a.size,
@@ -197,9 +221,16 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
     return status
 
 
-def status_tables(engine: Engine) -> set[str]:
-    from sqlalchemy import inspect
+def _examples(conn: Connection, base_model: str, popular: bool) -> list[str]:
+    """A few models of this base model, the most downloaded first where the registry counts downloads."""
+    order = (col(Model.downloads).desc(), col(Model.id)) if popular else (col(Model.id),)
+    return list(conn.execute(
+        select(col(Model.name)).where(col(Model.id).in_(
+            select(col(Version.model_id)).where(col(Version.base_model) == base_model, col(Version.family).is_(None))))
+        .order_by(*order).limit(3)).scalars())  # fmt: skip
 
+
+def status_tables(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(inspect(conn).get_table_names())
 
