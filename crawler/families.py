@@ -73,6 +73,30 @@ def lineage(family_id: str | None) -> list[dict]:
     return chain
 
 
+@cache
+def _word_index() -> dict[str, set[str]]:
+    index: dict[str, set[str]] = {}
+    for fam in all_families():
+        for word in fam.get("query_words", []):
+            index.setdefault(word, set()).add(fam["id"])
+    return index
+
+
+def asked_families(words: list[str]) -> tuple[list[str], set[str]] | None:
+    """(the family words among ``words``, the families they allow), None when a query names no family: each
+    word allows its families and those descending from them ("xl": SDXL, Pony, Illustrious, ...), and several
+    words allow what all of them allow ("pony xl": Pony)."""
+    said = [w for w in words if w in _word_index()]
+    if not said:
+        return None
+    allowed: set[str] | None = None
+    for word in said:
+        named = _word_index()[word]
+        these = {f["id"] for f in all_families() if any(a["id"] in named for a in lineage(f["id"]))}
+        allowed = these if allowed is None else allowed & these
+    return said, allowed or set()
+
+
 def official_target(family_id: str | None) -> dict | None:
     """The family whose official inpainting pair applies: its own, or its parent's (Pony -> SDXL)."""
     return next((fam for fam in lineage(family_id) if fam.get("inpaint")), None)

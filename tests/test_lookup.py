@@ -299,3 +299,34 @@ def test_help_and_unusual_arguments_go_through_the_full_cli(registry):
     missing = run_cli("lookup", env=env)
     assert missing.returncode == 2 and "Missing argument" in missing.stderr
     assert run_cli("lookup", "--db", registry, "civitai:4384", "--offline", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("query", ["DreamShaper SDXL", "epicphotogasm pony"])
+def test_a_family_word_keeps_look_alikes_of_other_families_out(registry, query):
+    """"DreamShaper SDXL" is not the SD 1.5 DreamShaper: the registry lacks it, so the answer says so (and a live
+    lookup asks Civitai) instead of answering for the SD 1.5 model."""
+    r = ask(query, registry)
+    assert r.match is None and r.candidates == []
+    assert any("look-alikes in the registry are of other families than" in n for n in r.notes), r.notes
+    listed = ask("cyberrealistic xl", registry)  # a weak SDXL-lineage look-alike may be offered, the SD 1.5 one never
+    assert listed.match is None and all(c.family != "sd1" for c in listed.candidates)
+
+
+def test_a_family_word_in_the_models_own_name_is_its_name(registry):
+    assert ask("Flux Fusion", registry).match.model_id == "civitai:" + next(
+        str(i["id"]) for i in load_fixture() if i["name"] == "Flux Fusion")
+    assert ask("dreamshaper sd15", registry).match.name == "DreamShaper"  # the family it is: answered
+    assert ask("pony realism", registry).match.family == "pony"
+
+
+def test_a_family_word_finds_the_model_live_when_the_registry_lacks_it(registry, serve, monkeypatch):
+    import datetime
+    import random
+
+    item = synthetic_item(990001, random.Random(1), datetime.datetime(2025, 1, 1))
+    item["name"] = "CyberRealistic XL"
+    for v in item["modelVersions"]:
+        v["baseModel"] = "SDXL 1.0"
+    url = serve(FakeCivitai([item]))
+    r = lookup("cyberrealistic xl", db=registry, civitai_url=url)
+    assert r.match is not None and r.match.model_id == "civitai:990001" and r.match.family == "sdxl"

@@ -294,8 +294,12 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         elif reg.is_empty():
             notes.append(f"the registry at {_where(db)} is empty: fill it with `inpaint-advisor crawl civitai`")
         found = _resolve(reg, q)
+        miss = found if isinstance(found, FamilyMiss) else None
+        found = None if miss else found
         problem = _version_problem(reg, q, found)
-        if (found is None or problem) and q.kind in (*sources.NAMES, "hash", "text"):
+        # weak look-alikes are no answer while the source may have the model itself: it is asked first
+        weak = isinstance(found, list) and all(m.score < match.FLOOR for m in found)
+        if (found is None or problem or weak) and q.kind in (*sources.NAMES, "hash", "text"):
             if offline:
                 notes.append(f"offline: {_asked(q).label} was not asked")
             else:
@@ -321,6 +325,8 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                         stack.callback(fresh.close)
                         reg = fresh
                     found = _resolve(reg, q)
+                    miss = found if isinstance(found, FamilyMiss) else miss
+                    found = None if isinstance(found, FamilyMiss) else found
                     problem = _version_problem(reg, q, found)
         if problem:
             raise NotFound(problem)
@@ -334,6 +340,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
             return LookupResult(raw, None, listed, notes=[*notes, ask])
         if found is None:
             what = f"{q.repo} is not in the registry" if q.kind == "hf" else f"no model matched “{shown(raw)}”"
+            what += f": {miss.note}" if miss else ""
             return LookupResult(raw, None, notes=notes if trouble else [*notes, what])  # the trouble says why
         model, version_id = found
         result = _answer(reg, model, q, version_id)
@@ -385,9 +392,18 @@ def _by_name(reg: Reader, q: Query):
         model_id, version_id = hits[0]
         return reg.model(model_id), version_id
     wanted = normalize_name(q.raw)[:200]
-    exact = reg.exact(q.raw)
+    asked = families.asked_families(wanted.split())
+    everything = reg.exact(q.raw)
+    exact = [m for m in everything if _of_family(m, asked)]
     # an exact name needs no wider search: only its rivals in the cheap batches matter
-    found = _scored(reg, wanted, _candidates(reg, wanted, widen=not exact))
+    scored = _scored(reg, wanted, _candidates(reg, wanted, widen=not exact))
+    found = {mid: s for mid, s in scored.items() if _of_family(s.model, asked)}
+    def listed(scores) -> bool:
+        return any(s.similarity >= match.LIST_AT for s in scores)
+
+    if asked and not exact and not listed(found.values()) and (everything or listed(scored.values())):
+        return FamilyMiss(f"its look-alikes in the registry are of other families than “{' '.join(asked[0])}” "
+                          "says")  # fmt: skip
     if exact and (len(exact) == 1 or exact[0].downloads >= match.POPULAR * (exact[1].downloads + 1)):
         # The exact name wins ("Dark Pony 123456" is a name, not "Dark Pony" version 123456), unless it is a
         # stranger's re-upload of a far more popular model named as well ("majicMIX realistic 麦橘写实", or
@@ -401,6 +417,23 @@ def _by_name(reg: Reader, q: Query):
     if isinstance(decided, match.Scored):
         return decided.model, decided.version.id if decided.version else None
     return _listed(decided) if decided else None
+
+
+@dataclass
+class FamilyMiss:
+    """A name query that names a family, whose look-alikes in the registry are all of other families."""
+
+    note: str
+
+
+def _of_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> bool:
+    """Whether a candidate can be what a query that names a family asks for ("juggernaut xl v9" is no SD 1.5
+    model): of an allowed family, of no known family, or holding the family's word in its own name."""
+    if asked is None or model.family is None:
+        return True
+    words, allowed = asked
+    own = set(model.name_norm.split()) if model.name_norm else set(normalize_name(model.name).split())
+    return model.family in allowed or any(w in own for w in words)
 
 
 def _candidates(reg: Reader, wanted: str, *, widen: bool = True) -> dict:
