@@ -166,3 +166,18 @@ def test_a_strangers_exact_name_loses_to_a_popular_model_and_version_named_as_we
                                         "content_hash": "", "downloads": 40}])  # fmt: skip
     r = lookup("dreamshaper xl turbo", db=registry_db, offline=True)
     assert (r.match.model_id, r.match.version_name) == ("civitai:112902", "Turbo DPM SDE")
+
+
+@pytest.mark.parametrize("query, meant", [("photon mix v5", "v5"), ("photon mix 5", "v5"), ("photon mix v3", "v3"),
+                                          ("Photon Mix V3", "v3")])  # fmt: skip
+def test_a_number_in_the_query_decides_between_names_that_differ_by_it(query, meant):
+    models = [M("v5", "Photon Mix V5/Pruned", 1000), M("v3", "Photon Mix V3", 1000)]
+    assert decide(query, models).model.id == meant
+
+
+def test_a_number_that_names_a_version_is_left_to_the_versions():
+    """"Realistic Vision V6.0 B1" is the model's name; "realistic vision v5.1" asks for its version V5.1."""
+    rv = M("rv", "Realistic Vision V6.0 B1", 2_000_000)
+    found = decide("realistic vision v5.1", [rv, M("other", "Realistic Stock Photo", 1000)],
+                   {"rv": [v("V6.0 B1"), v("V5.1", 1)]})  # fmt: skip
+    assert found.model.id == "rv" and found.version.name == "V5.1"

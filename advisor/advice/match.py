@@ -142,10 +142,30 @@ def best_version(words: list[str], versions: list[VersionName]) -> tuple[float, 
     return max(scored, key=lambda sv: (sv[0], -sv[1].position))
 
 
+NUMBER_AGREES = 8.0  # a name holding every number the query says ("photon mix 5": "Photon Mix V5/Pruned") ...
+NUMBER_DIFFERS = 25.0  # ... and one whose numbers are all others ("Photon Mix V3"): look-alikes told apart
+_NUMBER = re.compile(r"^\d+[a-z]?\d*$")
+
+
+def _numbers(text: str) -> set[str]:
+    return {t for t in _label(text.split()) if _NUMBER.match(t)}
+
+
+def _by_number(query: str, name_norm: str, similarity: float) -> float:
+    """Names that differ by a number are told apart by the number the query says (when it says one and the name
+    has one: a number the name lacks is left to its versions)."""
+    asked, has = _numbers(query), _numbers(name_norm)
+    if not asked or not has:
+        return similarity
+    if asked <= has:
+        return min(100.0, similarity + NUMBER_AGREES)
+    return similarity - NUMBER_DIFFERS if not asked & has else similarity
+
+
 def score(query: str, model, versions: list[VersionName]) -> Scored:
-    """The candidate's similarity to ``query``: the whole query against its name, or the best split into a
-    name and a version of its own (the version's imperfection costs a little)."""
-    best = Scored(model, name_similarity(query, model.name_norm))
+    """The candidate's similarity to ``query``: the whole query against its name (its numbers agreeing or not),
+    or the best split into a name and a version of its own (the version's imperfection costs a little)."""
+    best = Scored(model, _by_number(query, model.name_norm, name_similarity(query, model.name_norm)))
     words = query.split()
     for k in range(len(words) - 1, max(0, len(words) - MAX_VERSION_WORDS) - 1, -1):
         part = " ".join(words[:k])
