@@ -165,13 +165,34 @@ def test_json_alternatives_carry_kind_target_how_and_reason(tmp_path):
     assert len([a for a in alts if a["route"]]) == len(_ids("sdxl")) - 1  # every route, the first one answered
 
 
-def test_the_panel_shows_the_best_two_routes_beside_the_answer(tmp_path):
-    out = run_cli("lookup", "SD 1.5", "--offline", env=cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"),
-                                                                COLUMNS="120"))  # fmt: skip
-    text = out.stdout
-    assert "Use the official inpainting model" in text and "Alternative: Build an inpainting version" in text
-    assert "ControlNet 1.1 inpaint" in text and "BrushNet" in text
-    assert "PowerPaint" not in text and f"{len(_ids('sd1')) - 2} more routes" in text
+def test_the_answer_fits_a_screen_and_all_shows_every_alternative_in_full(tmp_path):
+    env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"), COLUMNS="80")
+    text = run_cli("lookup", "SD 1.5", "--offline", env=env).stdout
+    assert len(text.splitlines()) <= 25 and text.startswith("Stable Diffusion 1.x  [sd1]")
+    assert "Use the official inpainting model: " in text and "also: build an inpainting version" in text
+    assert "ControlNet 1.1 inpaint" in text and "BrushNet" in text and "--all" in text
+    assert text.count("resumed from SD 1.2") == 1  # a caveat once
+    full = run_cli("lookup", "SD 1.5", "--offline", "--all", env=env).stdout
+    assert "Alternative: Build an inpainting version" in full and "PowerPaint" in full
+    assert "inpaint-advisor merge --inpaint" in full  # the raw merge, in full
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+@pytest.mark.parametrize("show_all", [False, True], ids=["answer", "all"])
+def test_every_printed_command_copies_whole_at_any_width(tmp_path, columns, show_all):
+    """Each command is one line of its own, whatever the width: joined as printed and split as a shell would,
+    it is the JSON's argv."""
+    import json
+    import shlex
+
+    env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"), COLUMNS=str(columns))
+    args = ["lookup", "SDXL 1.0", "--offline", *(["--all"] if show_all else [])]
+    printed = [ln.split("$ ", 1)[1] for ln in run_cli(*args, env=env).stdout.splitlines() if "$ " in ln]
+    answer = json.loads(run_cli("lookup", "SDXL 1.0", "--offline", "--json", env=env).stdout)
+    recs = [answer["recommendation"], *answer["alternatives"]] if show_all else [answer["recommendation"]]
+    known = [c["argv"] for r in recs for c in [*r["downloads"], r["command"], r["run"]] if c]
+    assert printed and all(shlex.split(p) in known for p in printed), printed
+    assert max(len(p) for p in printed) > 60  # longer than the narrowest screen, and still whole
 
 
 # -- the Hub crawl checks the routes' files --------------------------------------------------------------------
@@ -214,3 +235,14 @@ def test_a_mirror_serving_another_file_is_passed_over_for_one_that_serves_the_pi
               "second/mirror": OfficialState(True, True, "2026-12-01 00:00:00", "ok")}  # fmt: skip
     repo, note = ladder.live_mirror(spec, checks)
     assert repo == "second/mirror" and note and "serving another file" in note
+
+
+def test_a_build_answer_carries_the_one_command_that_does_it_all():
+    subject = ladder.Subject("Pony Mix v6", "pony", model_id="civitai:5", version_id="civitai:v6")
+    rec, alts, _ = ladder.recommend(subject)
+    build = next(r for r in [rec, *alts] if r.kind == "build")
+    assert build.run is not None and build.run.argv == ["inpaint-advisor", "build", "--", "civitai:5@6"]
+    assert build.command.argv[:2] == ["inpaint-advisor", "merge"]  # the raw merge stays, for --all and --json
+    local = ladder.recommend(ladder.Subject("-odd.safetensors", "sd1", file="-odd.safetensors", local=True))
+    built = next(r for r in [local[0], *local[1]] if r.kind == "build")
+    assert built.run.argv == ["inpaint-advisor", "build", "--", "-odd.safetensors"]  # a name is never an option

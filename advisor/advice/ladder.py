@@ -46,6 +46,7 @@ class Recommendation:
     how: list[str] = field(default_factory=list)  # "UI: the node, extension or pipeline to use it with"
     score: int | None = None  # the weighing of official, build and routes (None: pinned above them)
     route: str | None = None  # the route's id in data/routes.json
+    run: Command | None = None  # the one command that does it all (a build: `inpaint-advisor build`), if any
 
 
 @dataclass
@@ -205,6 +206,9 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
         else:
             fetch_b = ["hf", "download", "--local-dir", ".", "--", hub_repo, subject.file]
         downloads.insert(1, Command(fetch_b, "download B"))
+    source = sources.of_id(subject.model_id) if subject.model_id else None
+    asked = source.query(subject.model_id, subject.version_id) if source and subject.model_id else \
+        subject.file if subject.local else None  # fmt: skip
     return Recommendation(
         "build",
         f"Make an inpainting version of {subject.name} itself: A = {a.repo} (official {fam['name']} inpainting), "
@@ -212,18 +216,34 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
         Target(name=out, source="build", repo=a.repo, file=a.file),
         command,
         downloads=downloads,
+        run=Command(["inpaint-advisor", "build", "--", asked], "build") if asked else None,
     )
+
+
+SETTLED = ("built", "already-inpainting", "own-release", "sibling-release")  # answers no family caveat is about
 
 
 def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendation, list[Recommendation], list[str]]:
     """(recommendation, alternatives, warnings) for ``subject``, weighing what the registry knows of it
-    (``facts``, advisor.advice.facts.gather; none for a bare family or a file the registry lacks)."""
-    facts = facts or Facts()
+    (``facts``, advisor.advice.facts.gather; none for a bare family or a file the registry lacks). The family's
+    caveats (about its official pair, its merge, its routes) are warnings where the answer is one of those, and
+    the evidence of the official model and the build where the model has an answer of its own."""
+    rec, alternatives, warnings = _recommend(subject, facts or Facts())
+    caveats = (families.family(subject.family) or {}).get("caveats", [])
+    checkpoints = [alt for alt in alternatives if alt.kind in ("official", "build")]
+    # a family's caveats are about its official pair, unless it has none: where the answer is something else,
+    # they go with that pair, once
+    if rec.kind not in SETTLED and not (rec.route is not None and checkpoints):
+        return rec, alternatives, [*caveats, *warnings]
+    for alt in checkpoints:
+        alt.evidence += [f"caveat: {c}" for c in caveats]
+    return rec, alternatives, warnings
+
+
+def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Recommendation], list[str]]:
     alternatives: list[Recommendation] = []
     warnings: list[str] = []
     own_fam = families.family(subject.family)
-    for caveat in (own_fam or {}).get("caveats", []):
-        warnings.append(caveat)
     if own_fam and own_fam.get("media", "image") in _MEDIA:  # no image route or checkpoint fits a video model
         reason = (f"{own_fam['name']} is {_MEDIA[own_fam['media']]}, not an image checkpoint: no inpainting model, "
                   "merge or route applies to it.")  # fmt: skip

@@ -3,7 +3,7 @@ and the typer command (lookup.py), so it imports no typer."""
 
 
 
-def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> int:
+def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool, show_all: bool = False) -> int:
     """The lookup command itself; returns its exit status."""
     from advisor.advice.lookup import lookup
     from advisor.cli import render
@@ -21,5 +21,5 @@ def run_lookup(query: str, *, db: str | None, offline: bool, as_json: bool) -> i
     if as_json:
         print_json(result)
     else:
-        render.lookup_result(out, result)
+        render.lookup_result(out, result, full=show_all)
     return 0 if result.answered else 1

@@ -13,7 +13,7 @@ from advisor.cli.answer import run_lookup
 
 # The options of typer's `lookup` (advisor/cli/lookup.py), by their parameter names: tests/test_fastpath.py holds
 # the two definitions to the same options and the same answers.
-FLAGS = {"--offline": "offline", "--json": "as_json"}
+FLAGS = {"--offline": "offline", "--json": "as_json", "--all": "show_all"}
 VALUED = {"--db": "db"}
 
 

@@ -14,6 +14,8 @@ def lookup(
     query: Annotated[str, typer.Argument(metavar="MODEL", help="A name (typos welcome), a Civitai URL, id or AIR, "
                                          "a Hugging Face repo, a hash, or a local file or folder.")],
     offline: Annotated[bool, typer.Option("--offline", help="Never go to the network.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Every alternative in full: its files, how to use it in "
+                                           "each UI, its sources, and the raw merge of a build.")] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -22,6 +24,7 @@ def lookup(
     Answers, in order: it already is one; its own inpainting release; the creator's inpainting model; the
     official inpainting model of its family, how to build one (the exact merge command) and the other routes
     (patches, ControlNets, ...), weighed together. A name that several models match about as well lists them.
+    The answer comes with its commands (each on a line of its own, to copy whole), then one line per alternative.
 
     \b
     Examples:
@@ -32,13 +35,14 @@ def lookup(
       inpaint-advisor lookup urn:air:sdxl:checkpoint:civitai:4201@130072
       inpaint-advisor lookup Lykon/dreamshaper-8        (a Hugging Face repo)
       inpaint-advisor lookup 7C819B6D13                 (an AutoV2 hash)
+      inpaint-advisor lookup "Juggernaut XL" --all    (every alternative in full)
       inpaint-advisor lookup ./myModel.safetensors --json
 
     Exit status: 0 answered, 1 nothing matched (or several candidates), 2 usage or registry error.
     """  # noqa: D301
     from advisor.cli.answer import run_lookup
 
-    raise typer.Exit(run_lookup(query, db=db, offline=offline, as_json=as_json))
+    raise typer.Exit(run_lookup(query, db=db, offline=offline, as_json=as_json, show_all=show_all))
 
 
 @app.command(cls=PlainCommand)

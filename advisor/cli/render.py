@@ -254,7 +254,7 @@ _KIND_TITLE = {
     "fill-model": "Use a fill / edit model",
     "sampler": "Inpaint with your model itself",
 }
-ROUTES_SHOWN = 2  # routes beside the answer in the panel view; --json lists them all
+ALTERNATIVES_SHOWN = 6  # one line each under the answer; --all shows every one as a panel
 
 
 def _command_line(command, prompt: str = "$ ") -> Text:
@@ -265,8 +265,7 @@ def _rec_lines(rec, full: bool) -> list:
     lines = [t(rec.reason)]
     target = rec.target
     if target is not None and full:
-        facts = [("file", target.file), ("repo", target.repo), ("page", target.url),
-                 ("download", target.download_url), ("sha256", target.sha256),
+        facts = [("file", target.file), ("repo", target.repo), ("sha256", target.sha256),
                  ("size", f"{target.size:,} B" if target.size else None)]  # fmt: skip
         for label, value in facts:
             if value:
@@ -275,23 +274,46 @@ def _rec_lines(rec, full: bool) -> list:
         lines += [t(f"  · {ev}", "dim") for ev in rec.evidence if ev.startswith("known trouble")]
     for how in rec.how if full else rec.how[:2] if rec.route is not None else []:
         lines.append(line(("  how: ", "dim"), how))
-    for download in rec.downloads if full or rec.route is not None else []:
-        lines.append(_command_line(download, f"{download.label}: $ "))
-    if rec.command:
-        lines.append(_command_line(rec.command))
     for ev in rec.evidence if full else []:
         lines.append(t(f"  · {ev}", "dim"))
     return lines
 
 
-def lookup_result(console: Console, r) -> None:
+def _commands(rec) -> list:
+    """The answer's commands in the order they run: what to fetch, then what to run (a build's one command where
+    it has one: the raw merge is in --all and --json)."""
+    if rec.run is not None:
+        return [rec.run]
+    return [*rec.downloads, *([rec.command] if rec.command else [])]
+
+
+def _print_whole(console: Console, text: Text) -> None:
+    """A command or URL on one line of its own, never wrapped by us (the terminal may fold it on screen; a copy
+    still takes it whole)."""
+    console.print(text, soft_wrap=True)
+
+
+def _one_line(alt) -> Text:
+    if alt.route is not None:
+        what = alt.reason.split(": ", 1)[0]  # the route's name
+    elif alt.kind == "build":
+        what = "your model merged with the official pair (inpaint-advisor build)"
+    else:
+        what = alt.target.name if alt.target is not None else alt.reason
+    score = f" (score {alt.score})" if alt.score is not None else ""
+    return line(("  also: ", "dim"), _KIND_TITLE[alt.kind].lower(), " — ", what, (score, "dim"))
+
+
+def lookup_result(console: Console, r, *, full: bool = False) -> None:
+    """The answer to a screen (``full``: every alternative as a panel with its files, how-to and sources)."""
     for note in r.notes:
         console.print(t(note, "dim"))
     if r.match is None and r.candidates:
         title = "Several models match “" if len(r.candidates) > 1 else "Did you mean this model for “"
         table = Table(title=line(title, r.query[:80], "”"))
         for col in ("score", "id", "name", "creator", "family", "downloads"):
-            table.add_column(col, overflow="fold", justify="right" if col == "downloads" else "left")
+            table.add_column(col, overflow="ellipsis" if col == "name" else "fold",
+                             justify="right" if col == "downloads" else "left")  # fmt: skip
         for c in r.candidates:
             table.add_row(f"{c.score:.0f}", t(c.model_id), t(c.name), t(c.creator or ""), t(c.family or "?"),
                           f"{c.downloads:,}")  # fmt: skip
@@ -308,19 +330,45 @@ def lookup_result(console: Console, r) -> None:
     head = line((f"{m.name}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
                 (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
     rec = r.recommendation
-    body = [head, Text(""), *_rec_lines(rec, True)]
     color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
-    console.print(Panel(Group(*body), title=_KIND_TITLE[rec.kind], title_align="left", border_style=color))
-    shown_routes = 0
-    for alt in r.alternatives:  # compact: the reason and the command; --json has every detail
-        if alt.route is not None:
-            shown_routes += 1
-            if shown_routes > ROUTES_SHOWN:
-                continue
-        console.print(Panel(Group(*_rec_lines(alt, False)), title="Alternative: " + _KIND_TITLE[alt.kind],
+    if full:
+        _full_view(console, r, head, color)
+        return
+    console.print(head)
+    console.print(line((_KIND_TITLE[rec.kind], f"bold {color}"), ": ", rec.reason))
+    if rec.target is not None and rec.target.url:
+        _print_whole(console, line(("  page ", "dim"), rec.target.url))
+    for command in _commands(rec):
+        _print_whole(console, _command_line(command))
+    for alt in r.alternatives[:ALTERNATIVES_SHOWN]:
+        console.print(_one_line(alt))
+    hidden = len(r.alternatives) - ALTERNATIVES_SHOWN
+    more = f"{hidden} more, and " if hidden > 0 else ""
+    if r.alternatives:
+        console.print(t(f"{more}each with its files, how to use it and sources: --all (or --json)", "dim"))
+    for w in r.warnings:
+        console.print(line(("warning: ", "yellow"), w))
+
+
+def _print_after_panel(console: Console, rec) -> None:
+    target = rec.target
+    for label, url in (("page", target.url), ("download", target.download_url)) if target is not None else ():
+        if url:
+            _print_whole(console, line((f"  {label} ", "dim"), url))
+    for command in [*rec.downloads, *([rec.command] if rec.command else []), *([rec.run] if rec.run else [])]:
+        _print_whole(console, _command_line(command, f"{command.label}: $ " if command.label else "$ "))
+
+
+def _full_view(console: Console, r, head: Text, color: str) -> None:
+    """Every recommendation as a panel of text, its commands printed whole after it (outside its border)."""
+    rec = r.recommendation
+    console.print(Panel(Group(head, Text(""), *_rec_lines(rec, True)), title=_KIND_TITLE[rec.kind],
+                        title_align="left", border_style=color))  # fmt: skip
+    _print_after_panel(console, rec)
+    for alt in r.alternatives:
+        console.print(Panel(Group(*_rec_lines(alt, True)), title="Alternative: " + _KIND_TITLE[alt.kind],
                             title_align="left", border_style="dim"))  # fmt: skip
-    if shown_routes > ROUTES_SHOWN:
-        console.print(t(f"{shown_routes - ROUTES_SHOWN} more routes: --json lists them with how to use each", "dim"))
+        _print_after_panel(console, alt)
     for w in r.warnings:
         console.print(line(("warning: ", "yellow"), w))
 
