@@ -344,3 +344,13 @@ def test_the_download_pins_the_recorded_file_whatever_the_keys_preferences_pick(
     assert result.action == "built" and result.inputs["B"].verified, result
     asked = [r["query"].get("fileId") for r in fake.requests if r["path"] == f"/api/download/models/{vid}"]
     assert asked == [[fid]]
+
+
+def test_a_planned_build_names_the_real_files_its_merge_reads(world):
+    plan = build("civitai:600001", out=world["tmp"] / "out", db=world["db"], dry_run=True)
+    argv = plan.merge.argv
+    paths = {flag: argv[argv.index(flag) + 1] for flag in ("--inpaint", "--model", "--base")}
+    assert paths["--inpaint"].endswith("sd-v1-5-inpainting.safetensors")
+    assert paths["--base"].endswith("v1-5-pruned-emaonly.safetensors")
+    assert paths["--model"].endswith(".safetensors") and "tinyModel600001" in paths["--model"]
+    assert not {"A", "B", "C"} & set(argv)

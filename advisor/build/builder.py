@@ -282,6 +282,16 @@ def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: 
     return need
 
 
+def _path_of(need: _Need) -> str:
+    """Where the merge reads this input: the user's file, the cached download, or the folder of a diffusers repo
+    (each where it is, or where its download goes)."""
+    if need.local is not None:
+        return str(need.local)
+    if not need.files and need.source is not None and need.source.name:
+        return str(need.folder / safe_filename(need.source.name))
+    return str(need.folder)
+
+
 def _state(need: _Need) -> str:
     if need.files:
         states = {_state(p) for p in need.files}
@@ -593,8 +603,9 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
             return
     plan.merge = _MergeInputs(a, b, c, _prepared_pair(a, c, multiplier), key, target, engine, multiplier, dtype,
                               device, allow_nonfinite)  # fmt: skip
-    result.merge = Command(["inpaint-advisor", "merge", "--inpaint", "A", "--model", "B", "--base", "C", "--out",
-                            str(target), "--multiplier", repr(float(multiplier)), "--dtype", dtype], "build")
+    result.merge = Command(["inpaint-advisor", "merge", "--inpaint", _path_of(a), "--model", _path_of(b), "--base",
+                            _path_of(c), "--out", str(target), "--multiplier", repr(float(multiplier)), "--dtype",
+                            dtype], "build")  # fmt: skip
     estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
     if plan.merge.pair is not None:
         for item in result.plan:
