@@ -50,6 +50,9 @@ def _item(model_id: int, base: str) -> dict:
         version["baseModel"] = base
         version["baseModelType"] = "Standard"
         version["name"] = version["name"].replace("-inpainting", "")
+        for f in version["files"]:
+            f["name"] = f["name"].replace("-inpainting", "")
+    item["tags"] = [t for t in item["tags"] if t != "inpainting"]
     return item
 
 
@@ -210,3 +213,37 @@ def test_a_registry_crawled_before_a_family_was_known_gets_it_on_upgrade(registr
     with registry.connect(registry_db).connect() as conn:
         assert conn.execute(text("SELECT family FROM model WHERE id = 'civitai:77'")).scalar_one() == "anima"
         assert conn.execute(text("SELECT family FROM version WHERE id = 'civitai:v770'")).scalar_one() == "anima"
+
+
+def test_one_checkpoint_per_base_model_civitai_lists_is_answered_for_what_it_is(registry_db, serve):
+    """A fake Civitai with a model on each of Civitai's 107 base models: every one gets the answer its base model
+    deserves (a family's, an API-only brand's, not an image checkpoint's, or the tool's gap), never a traceback."""
+    from advisor.advice.lookup import lookup
+
+    listed = LISTED["base_models"]
+    items = [_item(920000 + i, b["name"]) for i, b in enumerate(listed)]
+    civitai.crawl(registry.connect(registry_db), base_url=serve(FakeCivitai(items)), policy=FAST)
+    for i, b in enumerate(listed):
+        answer = lookup(f"civitai:{920000 + i}", db=registry_db, offline=True)
+        rec, fam = answer.recommendation, families.family_for_base_model(b["name"])
+        assert answer.match is not None and rec is not None, b["name"]
+        if b["media"] not in ("image", "other"):
+            assert rec.kind == "none" and "not an image checkpoint" in rec.reason, b["name"]
+        elif fam is not None:
+            assert answer.match.family == fam, b["name"]
+            assert rec.kind != "none" or "media" in families.family(fam) or "no known route" in rec.reason, b["name"]
+        elif families.api_only(b["name"]):
+            assert "served only through its maker's API" in rec.reason, b["name"]
+        elif b["media"] == "other":
+            assert "inpaint-advisor probe FILE" in rec.reason, b["name"]
+        else:
+            assert "a gap of this tool" in rec.reason, b["name"]
+
+
+def test_a_video_model_is_never_sent_to_an_image_inpainting_release():
+    from advisor.advice import ladder
+    from tests.ladder_facts import releases
+
+    subject = ladder.Subject("Some LTXV mix", None, base_model="LTXV", model_id="civitai:1", version_id="civitai:v2")
+    rec, alts, _ = ladder.recommend(subject, releases("Some LTXV mix", {"v2": 0.9}))
+    assert rec.kind == "none" and "a video model" in rec.reason and alts == []

@@ -248,6 +248,9 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
         reason = (f"{own_fam['name']} is {_MEDIA[own_fam['media']]}, not an image checkpoint: no inpainting model, "
                   "merge or route applies to it.")  # fmt: skip
         return Recommendation("none", reason), alternatives, warnings
+    listed = families.civitai_base_model(subject.base_model) if own_fam is None else None
+    if listed is not None and listed["media"] in _MEDIA:  # nor does an image inpainting release, of one
+        return Recommendation("none", _unknown_base(subject.base_model)), alternatives, warnings
 
     if subject.is_inpainting:
         return (
