@@ -97,6 +97,26 @@ def asked_families(words: list[str]) -> tuple[list[str], set[str]] | None:
     return said, allowed or set()
 
 
+_BASE_SPELLINGS = ("sd", "sd1", "sd3", "sdxl")  # "sd 1 5", "sd1 5", "sdxl 1 0": the base model, numbers and all
+
+
+def without_family_words(words: list[str]) -> list[str]:
+    """``words`` without the words that say a family, and the numbers of a base model's spelling ("dreamshaper
+    sd15 7" and "dreamshaper 7 sd 1.5" both name DreamShaper 7). The first word is kept (it may be a name),
+    and so is everything when nothing else would be left."""
+    kept: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if kept and (word in _word_index() or word in _BASE_SPELLINGS):
+            while word in _BASE_SPELLINGS and i < len(words) and words[i].isdigit() and len(words[i]) <= 2:
+                i += 1
+            continue
+        kept.append(word)
+    return kept
+
+
 def official_target(family_id: str | None) -> dict | None:
     """The family whose official inpainting pair applies: its own, or its parent's (Pony -> SDXL)."""
     return next((fam for fam in lineage(family_id) if fam.get("inpaint")), None)

@@ -23,6 +23,13 @@ def civitai_base_model(name: str | None) -> dict | None:
     return _by_key().get(key(name)) if name else None
 
 
+def is_api_only(name: str | None) -> bool:
+    """A base model its maker serves only through an API (data/families.json "api_only")."""
+    wanted = key(name) if name else None
+    listed = (bm for entry in load("families").get("api_only", []) for bm in entry["civitai_base_models"])
+    return any(key(bm) == wanted for bm in listed)
+
+
 def is_image(name: str | None) -> bool:
     """An image base model by Civitai's list, or one it does not list (which may be anything)."""
     listed = civitai_base_model(name)

@@ -354,3 +354,10 @@ def test_a_planned_build_names_the_real_files_its_merge_reads(world):
     assert paths["--base"].endswith("v1-5-pruned-emaonly.safetensors")
     assert paths["--model"].endswith(".safetensors") and "tinyModel600001" in paths["--model"]
     assert not {"A", "B", "C"} & set(argv)
+
+
+def test_a_finished_build_names_the_files_as_fetched(world):
+    """A server names its download (Content-Disposition): the merge's argv names the file that was read."""
+    result = build("civitai:600001", out=world["tmp"] / "out", db=world["db"])
+    argv = result.merge.argv
+    assert argv[argv.index("--model") + 1] == result.inputs["B"].path

@@ -360,3 +360,45 @@ def test_tensor_metadata_of_a_file_whose_downloads_are_disabled_is_recorded_as_g
     assert "the creator has disabled downloads of this file" in summary.first_errors[0].reason
     assert f"/blob/{version_id(700, 0)}" not in _blobs_read(storage)
     assert sha_of(db, 7000) in proof_keys(db)
+
+
+@pytest.mark.parametrize("status, body, content_type", [
+    (200, b'{"tensors": ' + b"[" * 200_000, "application/json"),  # nested past the parser's depth
+    (200, b'{"tensors": [{"name": "x", "shape": [-1], "dtype": "F16"}]}', "application/json"),
+    (200, b'{"tensors": [{"name": "x", "shape": [4], "dtype": "Q9_WHAT"}]}', "application/json"),
+    (200, b"<html>edge</html>", "text/html"),
+    (403, b'{"error": "This API key has been disabled"}', "application/json"),  # not the file's downloads
+    (302, b"", "text/plain"),
+])  # fmt: skip
+def test_a_tensor_list_civitai_cannot_give_is_no_answer_and_no_crash(status, body, content_type):
+    import httpx
+
+    from crawler.civitai.proof import listed_tensors
+
+    seen = []
+
+    def answer(request):
+        seen.append(request)
+        return httpx.Response(status, content=body, headers={"content-type": content_type,
+                                                             "location": "https://elsewhere.example/x"})  # fmt: skip
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        assert listed_tensors(client, "https://civitai.example", "5", TOKEN) is None
+    assert len(seen) == 1  # a redirect is not followed
+
+
+def test_the_tensor_list_is_asked_with_the_token_only_where_every_request_may_carry_it():
+    import httpx
+
+    from crawler.civitai.proof import listed_tensors
+
+    sent = []
+
+    def answer(request):
+        sent.append(request.headers.get("authorization"))
+        return httpx.Response(404, json={"error": "File not found"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        listed_tensors(client, "https://civitai.example", "5", TOKEN)
+        listed_tensors(client, "http://192.0.2.2:8080", "5", TOKEN)  # plain http to a host that is not local
+    assert sent == [f"Bearer {TOKEN}", None]

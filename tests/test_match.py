@@ -181,3 +181,22 @@ def test_a_number_that_names_a_version_is_left_to_the_versions():
     found = decide("realistic vision v5.1", [rv, M("other", "Realistic Stock Photo", 1000)],
                    {"rv": [v("V6.0 B1"), v("V5.1", 1)]})  # fmt: skip
     assert found.model.id == "rv" and found.version.name == "V5.1"
+
+
+@pytest.mark.parametrize("query, kept", [
+    ("dreamshaper 7 sd15", "dreamshaper 7"), ("photon mix sd1 5", "photon mix"), ("photon mix sd 1 5", "photon mix"),
+    ("dreamshaper sd15 7", "dreamshaper 7"), ("juggernaut xl v8 sdxl", "juggernaut v8"),
+    ("photon mix 5", "photon mix 5"), ("xl", "xl"), ("pony diffusion v6 xl", "pony diffusion v6"),
+])  # fmt: skip
+def test_a_query_is_also_read_without_its_family_words(query, kept):
+    assert " ".join(families.without_family_words(query.split())) == kept
+
+
+def test_the_numbers_of_a_base_models_spelling_are_not_a_version():
+    models = [M("v5", "Photon Mix V5/Pruned", 1000), M("v3", "Photon Mix V3", 1000)]
+    for query in ("photon mix sd1.5", "photon mix sd 1.5"):
+        assert isinstance(decide(query, models), list), query  # as "photon mix" alone: both are look-alikes
+
+
+def test_a_year_is_not_a_version_number():
+    assert match._numbers("realistic vision 2024") == set() and match._numbers("photon mix v5") == {"5"}

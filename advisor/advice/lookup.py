@@ -397,6 +397,14 @@ def _by_name(reg: Reader, q: Query):
     exact = [m for m in everything if _of_family(m, asked)]
     # an exact name needs no wider search: only its rivals in the cheap batches matter
     scored = _scored(reg, wanted, _candidates(reg, wanted, widen=not exact))
+    # the family's words say the family, not the name or the version ("dreamshaper 7 sd15"): read without them
+    # too, each candidate keeping its better reading ("autismmix pony" names the version "AutismMix_pony")
+    plain = " ".join(families.without_family_words(wanted.split()))
+    if plain != wanted:
+        for mid, s in _scored(reg, plain, _candidates(reg, plain, widen=not exact)).items():
+            was = scored.get(mid)  # a reading that found a version keeps it against one that found none
+            if was is None or (s.similarity > was.similarity and (was.version is None or s.version is not None)):
+                scored[mid] = s
     found = {mid: s for mid, s in scored.items() if _of_family(s.model, asked)}
     def listed(scores) -> bool:
         return any(s.similarity >= match.LIST_AT for s in scores)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz
 
+from crawler import families
 from crawler.names import normalize_name
 
 if TYPE_CHECKING:
@@ -144,11 +145,12 @@ def best_version(words: list[str], versions: list[VersionName]) -> tuple[float, 
 
 NUMBER_AGREES = 8.0  # a name holding every number the query says ("photon mix 5": "Photon Mix V5/Pruned") ...
 NUMBER_DIFFERS = 25.0  # ... and one whose numbers are all others ("Photon Mix V3"): look-alikes told apart
-_NUMBER = re.compile(r"^\d+[a-z]?\d*$")
+_NUMBER = re.compile(r"^\d{1,3}(?:[a-z]\d*)?$")  # a version's number; a year (2024) says nothing of one
 
 
 def _numbers(text: str) -> set[str]:
-    return {t for t in _label(text.split()) if _NUMBER.match(t)}
+    """The version numbers a text says ("v5" is 5), not those of a base model's spelling ("sd 1.5")."""
+    return {t for t in _label(families.without_family_words(text.split())) if _NUMBER.match(t)}
 
 
 def _by_number(query: str, name_norm: str, similarity: float) -> float:

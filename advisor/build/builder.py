@@ -628,6 +628,11 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
         result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity if len(n.identity) == 64 else None,
                                            n.source.url if n.source else ("local" if n.local else "hf-folder"),
                                            _verified(n))  # fmt: skip
+    if result.merge is not None:  # the files as fetched (a server names its download), not as predicted
+        argv = list(result.merge.argv)
+        for flag, role in (("--inpaint", "A"), ("--model", "B"), ("--base", "C")):
+            argv[argv.index(flag) + 1] = str(paths[role]) if role in paths else argv[argv.index(flag) + 1]
+        result.merge = Command(argv, result.merge.label)
     if pair is not None:  # made from files with these very hashes, checked when it was prepared
         for n in (a, c):
             result.inputs[n.role] = BuildInput(n.role, str(pair.delta), n.identity, f"prepared:{pair.key}", True)

@@ -301,7 +301,8 @@ def _one_line(alt) -> Text:
     else:
         what = alt.target.name if alt.target is not None else alt.reason
     score = f" (score {alt.score})" if alt.score is not None else ""
-    return line(("  also: ", "dim"), _KIND_TITLE[alt.kind].lower(), " — ", what, (score, "dim"))
+    title = _KIND_TITLE[alt.kind]
+    return line(("  also: ", "dim"), title[0].lower() + title[1:], " — ", what, (score, "dim"))
 
 
 def lookup_result(console: Console, r, *, full: bool = False) -> None:

@@ -106,13 +106,15 @@ def fetch_by_hashes(hashes: list[str], *, base_url: str | None = None,
     return items
 
 
-def fetch_base_models(*, base_url: str | None = None, policy: RetryPolicy | None = None) -> list[str] | None:
+def fetch_base_models(*, base_url: str | None = None, token: str | None = None,
+                      policy: RetryPolicy | None = None) -> list[str] | None:  # fmt: skip
     """Civitai's list of base models as its API serves it (``GET /api/v1/enums``, ``BaseModel``); None when it
     cannot be had (a mirror without the endpoint, an answer of another shape, a network failure)."""
     from crawler.http import CrawlError
 
     try:
-        with JsonClient(api_url(base_url), token=token_from_env(), policy=policy or LIVE_POLICY, timeout=30) as client:
+        with JsonClient(api_url(base_url), token=token or token_from_env(), policy=policy or LIVE_POLICY,
+                        timeout=30) as client:  # fmt: skip
             body, _ = client.get("/api/v1/enums")
     except CrawlError:
         return None
@@ -219,7 +221,7 @@ def crawl(
         for url, reason in proved.failures:
             summary.note_error("civitai", url, reason)
         summary.new_links = links.link_sibling_models(engine)
-        listed = fetch_base_models(base_url=base_url, policy=policy)
+        listed = fetch_base_models(base_url=base_url, token=token, policy=policy)
         if listed is not None:
             record_civitai_base_models(engine, listed)
             summary.new_base_models = sorted(bm for bm in listed if base_models.civitai_base_model(bm) is None)

@@ -19,7 +19,7 @@ import httpx
 
 from crawler import detect, links
 from crawler.civitai.ids import file_number
-from crawler.http import CrawlError, new_client, open_redirected
+from crawler.http import CrawlError, credentials_allowed, new_client, open_redirected
 from crawler.registry import proofs
 from data.settings import Sites
 from merge.header import ITEMSIZE, CheckpointError, TensorInfo, header_length, parse_header_json
@@ -84,7 +84,7 @@ def _read(client: httpx.Client, url: str, token: str | None, start: int, end: in
         status = response.status_code
         if status in (404, 410):
             raise Gone(f"HTTP {status}: the download is gone")
-        if status == 401 and "disabled downloads" in _small_body(response).lower():
+        if status == 401 and _downloads_disabled(_small_body(response)):
             raise Gone("HTTP 401: the creator has disabled downloads of this file")  # no key will read it
         if status not in (200, 206):
             raise NotRead(_http_reason(status, token), status=status, transient=status == 429 or status >= 500)
@@ -115,6 +115,12 @@ def _small_body(response: httpx.Response, limit: int = 4096) -> str:
     except httpx.HTTPError:
         pass
     return got[:limit].decode("utf-8", "replace")
+
+
+def _downloads_disabled(body: str) -> bool:
+    """Civitai's words for a file whose creator disabled downloads (not a key or an account that is disabled)."""
+    text = body.lower()
+    return "disabled downloads" in text or "downloads are disabled" in text
 
 
 def _http_reason(status: int, token: str | None) -> str:
@@ -157,10 +163,11 @@ def listed_tensors(client: httpx.Client, base_url: str, file_id: str, token: str
     Civitai, a mirror without it, a format it does not parse, a failure on its side): the Range read then asks
     the file itself. Gone when its creator disabled downloads."""
     url = f"{base_url}/api/v1/model-files/{quote(file_id, safe='')}/tensor-metadata"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # the token under the policy of every other request: to Civitai itself, over https or to a loopback mirror
+    headers = {"Authorization": f"Bearer {token}"} if token and credentials_allowed(base_url, url) else {}
     try:
         with client.stream("GET", url, headers=headers) as response:
-            if response.status_code == 403 and "disabled" in _small_body(response).lower():
+            if response.status_code == 403 and _downloads_disabled(_small_body(response)):
                 raise Gone("HTTP 403: the creator has disabled downloads of this file")
             if response.status_code != 200 or "json" not in response.headers.get("content-type", ""):
                 return None
@@ -169,7 +176,7 @@ def listed_tensors(client: httpx.Client, base_url: str, file_id: str, token: str
         return None
     try:
         listed = json.loads(body).get("tensors")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # a stranger's JSON nested past the parser's depth
         return None
     if not isinstance(listed, list) or not listed or len(listed) > MAX_LISTED_TENSORS:
         return None
@@ -194,6 +201,8 @@ def prove(client: httpx.Client, url: str, token: str | None, listed: dict | None
     except Unreadable as exc:
         return {"variant": None, "problem": str(exc), "how": ""}
     layout = layout_of(tensors)
+    if layout.variant == "unknown" and listed is not None:  # a list that says too little: the file itself says
+        return prove(client, url, token)
     if layout.variant == "unknown":
         return {"variant": None, "problem": "no UNet or transformer in its header", "how": ""}
     how = f"{layout.in_channels} input channels in its header" if layout.in_channels else "its header's tensors"

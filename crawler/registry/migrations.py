@@ -201,13 +201,14 @@ def _seed(conn: Connection) -> None:
 
 
 def _remap(conn: Connection) -> None:
-    """Models and versions stored without a family (their base model was unknown to the data they were crawled
-    with) take the family today's data gives their base model: a newer inpaint-advisor knows more families,
-    and an incremental crawl never sees the models that did not change."""
+    """Models and versions take the family today's data gives their Civitai base model (stored without one, or
+    with another: "Flux.1 Kontext" was FLUX.1's, and is its own family now): a newer inpaint-advisor knows more
+    families, and an incremental crawl never sees the models that did not change."""
     mapping = [{"family": f["id"], "key": base_models.key(bm)} for f in _families() for bm in f["civitai_base_models"]]
     for table in ("version", "model"):
         conn.execute(text(f"UPDATE {table} SET family = :family "  # noqa: S608 - a table name of ours
-                          "WHERE family IS NULL AND lower(trim(base_model)) = :key"), mapping)  # fmt: skip
+                          "WHERE lower(trim(base_model)) = :key AND (family IS NULL OR family <> :family)"),
+                     mapping)  # fmt: skip
 
 
 def _lock(conn: Connection) -> None:

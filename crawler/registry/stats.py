@@ -119,7 +119,8 @@ class RegistryStatus:
     # base models of no family: image ones (or not in Civitai's list) are what the bundled data does not cover
     # yet; the rest are not image checkpoints (video, audio, 3D), stored and answered as such
     unknown_base_models: list[tuple[str, int]] = field(default_factory=list)
-    not_image_base_models: list[tuple[str, str, int]] = field(default_factory=list)  # (base model, media, models)
+    # (base model, media or "api-only", versions)
+    not_image_base_models: list[tuple[str, str, int]] = field(default_factory=list)
     unknown_examples: dict[str, list[str]] = field(default_factory=dict)  # base model -> its most downloaded models
     # base models Civitai's /api/v1/enums listed at the last crawl that this release's copy of its list lacks
     civitai_lists_unknown: list[str] = field(default_factory=list)
@@ -194,7 +195,9 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         ).all():
             if bm is None:  # as the query asks
                 continue
-            if base_models.is_image(bm):
+            if base_models.is_api_only(bm):  # answered as such: no weights, no gap of the tool
+                status.not_image_base_models.append((bm, "api-only", n))
+            elif base_models.is_image(bm):
                 status.unknown_base_models.append((bm, n))
                 status.unknown_examples[bm] = _examples(conn, bm, popular)
             else:
