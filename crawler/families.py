@@ -21,6 +21,7 @@ def family(family_id: str | None) -> dict | None:
 
 _key = base_models.key  # base model strings compare as Civitai's list compares them
 civitai_base_model = base_models.civitai_base_model
+api_only = base_models.api_only
 
 
 @cache
@@ -38,16 +39,6 @@ def family_for_base_model(base_model: str | None) -> str | None:
     if not base_model:
         return None
     return _civitai_index().get(_key(base_model))
-
-
-@cache
-def _api_only_index() -> dict[str, dict]:
-    return {_key(bm): entry for entry in load("families").get("api_only", []) for bm in entry["civitai_base_models"]}
-
-
-def api_only(base_model: str | None) -> dict | None:
-    """The data's record of a base model its maker serves only through an API (no weights to inpaint with)."""
-    return _api_only_index().get(_key(base_model)) if base_model else None
 
 
 def family_for_hf_repo(repo_id: str | None) -> str | None:

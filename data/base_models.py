@@ -23,11 +23,15 @@ def civitai_base_model(name: str | None) -> dict | None:
     return _by_key().get(key(name)) if name else None
 
 
-def is_api_only(name: str | None) -> bool:
-    """A base model its maker serves only through an API (data/families.json "api_only")."""
-    wanted = key(name) if name else None
-    listed = (bm for entry in load("families").get("api_only", []) for bm in entry["civitai_base_models"])
-    return any(key(bm) == wanted for bm in listed)
+@cache
+def _api_only_index() -> dict[str, dict]:
+    return {key(bm): entry for entry in load("families").get("api_only", []) for bm in entry["civitai_base_models"]}
+
+
+def api_only(name: str | None) -> dict | None:
+    """The data's record of a base model its maker serves only through an API (data/families.json "api_only":
+    no weights to inpaint with)."""
+    return _api_only_index().get(key(name)) if name else None
 
 
 def is_image(name: str | None) -> bool:

@@ -195,7 +195,7 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         ).all():
             if bm is None:  # as the query asks
                 continue
-            if base_models.is_api_only(bm):  # answered as such: no weights, no gap of the tool
+            if base_models.api_only(bm):  # answered as such: no weights, no gap of the tool
                 status.not_image_base_models.append((bm, "api-only", n))
             elif base_models.is_image(bm):
                 status.unknown_base_models.append((bm, n))
