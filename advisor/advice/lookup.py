@@ -293,9 +293,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                          "one with `inpaint-advisor crawl civitai`")  # fmt: skip
         elif reg.is_empty():
             notes.append(f"the registry at {_where(db)} is empty: fill it with `inpaint-advisor crawl civitai`")
-        found = _resolve(reg, q)
-        miss = found if isinstance(found, FamilyMiss) else None
-        found = None if miss else found
+        found, miss = _resolved(reg, q, None)
         problem = _version_problem(reg, q, found)
         # weak look-alikes are no answer while the source may have the model itself: it is asked first
         weak = isinstance(found, list) and all(m.score < match.FLOOR for m in found)
@@ -324,9 +322,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                     if fresh is not None:
                         stack.callback(fresh.close)
                         reg = fresh
-                    found = _resolve(reg, q)
-                    miss = found if isinstance(found, FamilyMiss) else miss
-                    found = None if isinstance(found, FamilyMiss) else found
+                    found, miss = _resolved(reg, q, miss)
                     problem = _version_problem(reg, q, found)
         if problem:
             raise NotFound(problem)
@@ -360,6 +356,12 @@ def _version_problem(reg: Reader | None, q: Query, found) -> str | None:
         return (f"version {q.version_id} belongs to {owner.name} ({owner.id}), not to {model.name} ({model.id}): "
                 f"look it up as civitai:{owner.source_id}@{q.version_id}")  # fmt: skip
     return f"{model.name} ({model.id}) has no version {q.version_id}"
+
+
+def _resolved(reg: Reader | None, q: Query, miss: "FamilyMiss | None"):
+    """(what ``_resolve`` found, or None for a family miss; the miss, else the one known before)."""
+    found = _resolve(reg, q)
+    return (None, found) if isinstance(found, FamilyMiss) else (found, miss)
 
 
 def _resolve(reg: Reader | None, q: Query):
@@ -406,10 +408,7 @@ def _by_name(reg: Reader, q: Query):
             if was is None or (s.similarity > was.similarity and (was.version is None or s.version is not None)):
                 scored[mid] = s
     found = {mid: s for mid, s in scored.items() if _of_family(s.model, asked)}
-    def listed(scores) -> bool:
-        return any(s.similarity >= match.LIST_AT for s in scores)
-
-    if asked and not exact and not listed(found.values()) and (everything or listed(scored.values())):
+    if asked and not exact and not _listable(found.values()) and (everything or _listable(scored.values())):
         return FamilyMiss(f"its look-alikes in the registry are of other families than “{' '.join(asked[0])}” "
                           "says")  # fmt: skip
     if exact and (len(exact) == 1 or exact[0].downloads >= match.POPULAR * (exact[1].downloads + 1)):
@@ -425,6 +424,10 @@ def _by_name(reg: Reader, q: Query):
     if isinstance(decided, match.Scored):
         return decided.model, decided.version.id if decided.version else None
     return _listed(decided) if decided else None
+
+
+def _listable(scores) -> bool:
+    return any(s.similarity >= match.LIST_AT for s in scores)
 
 
 @dataclass

@@ -261,21 +261,19 @@ def _command_line(command, prompt: str = "$ ") -> Text:
     return line((prompt, "dim"), (shell_text(command), "bold cyan"))
 
 
-def _rec_lines(rec, full: bool) -> list:
+def _rec_lines(rec) -> list:
+    """A recommendation's panel text for --all: its reason, what it points at, how to use it, its evidence (the
+    commands and URLs are printed whole after the panel)."""
     lines = [t(rec.reason)]
     target = rec.target
-    if target is not None and full:
+    if target is not None:
         facts = [("file", target.file), ("repo", target.repo), ("sha256", target.sha256),
                  ("size", f"{target.size:,} B" if target.size else None)]  # fmt: skip
         for label, value in facts:
             if value:
                 lines.append(line((f"{label:>9} ", "dim"), value))
-    if not full and rec.route is not None:  # a route's panel beside the answer: its trouble, where, and how
-        lines += [t(f"  · {ev}", "dim") for ev in rec.evidence if ev.startswith("known trouble")]
-    for how in rec.how if full else rec.how[:2] if rec.route is not None else []:
-        lines.append(line(("  how: ", "dim"), how))
-    for ev in rec.evidence if full else []:
-        lines.append(t(f"  · {ev}", "dim"))
+    lines += [line(("  how: ", "dim"), how) for how in rec.how]
+    lines += [t(f"  · {ev}", "dim") for ev in rec.evidence]
     return lines
 
 
@@ -363,11 +361,11 @@ def _print_after_panel(console: Console, rec) -> None:
 def _full_view(console: Console, r, head: Text, color: str) -> None:
     """Every recommendation as a panel of text, its commands printed whole after it (outside its border)."""
     rec = r.recommendation
-    console.print(Panel(Group(head, Text(""), *_rec_lines(rec, True)), title=_KIND_TITLE[rec.kind],
+    console.print(Panel(Group(head, Text(""), *_rec_lines(rec)), title=_KIND_TITLE[rec.kind],
                         title_align="left", border_style=color))  # fmt: skip
     _print_after_panel(console, rec)
     for alt in r.alternatives:
-        console.print(Panel(Group(*_rec_lines(alt, True)), title="Alternative: " + _KIND_TITLE[alt.kind],
+        console.print(Panel(Group(*_rec_lines(alt)), title="Alternative: " + _KIND_TITLE[alt.kind],
                             title_align="left", border_style="dim"))  # fmt: skip
         _print_after_panel(console, alt)
     for w in r.warnings:
