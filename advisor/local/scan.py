@@ -18,19 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from advisor.advice.lookup import Match, answer_for_file
+from advisor.local import uis
 from advisor.local.probe import ProbeResult, from_layout, probe, tensor_index
 from merge.header import CheckpointError, regular_file
 
 WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
-# (layout name, what marks its root, its checkpoint folders relative to the root)
-UI_LAYOUTS = [
-    ("comfyui", ["comfy", "comfy_extras"], ["models/checkpoints", "models/diffusion_models"]),
-    ("fooocus", ["fooocus_version.py"], ["models/checkpoints"]),
-    ("a1111", ["webui.py", "modules"], ["models/Stable-diffusion"]),
-    ("swarmui", ["launch-linux.sh", "src/SwarmUI.csproj"], ["Models/Stable-Diffusion"]),
-    ("invokeai", ["invokeai.yaml"], ["models"]),
-]
-MODELS_FOLDERS = {"Stable-diffusion": "a1111", "Stable-Diffusion": "swarmui", "checkpoints": "comfyui"}
 
 
 @dataclass
@@ -62,7 +54,7 @@ class Skipped:
 @dataclass
 class ScanResult:
     root: str
-    layout: str  # a1111 | comfyui | invokeai | swarmui | fooocus | folder
+    layout: str  # a UI of data/uis.json (comfyui, a1111, forge, ...) | folder
     folders: list[str]
     checkpoints: list[ScannedCheckpoint] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
@@ -72,45 +64,10 @@ class ScanResult:
 
 
 def checkpoint_folders(root: Path) -> tuple[str, list[Path]]:
-    """The UI layout of ``root`` and the folders to walk for checkpoints."""
-    for name, marks, folders in UI_LAYOUTS:
-        found = [root / f for f in folders if (root / f).is_dir()]
-        if found and any((root / m).exists() for m in marks):
-            if name == "comfyui":
-                found += _comfy_extra_paths(root)
-            return name, found
-    for sub, name in MODELS_FOLDERS.items():  # a UI's models folder itself
-        if (root / sub).is_dir():
-            extra = [root / "diffusion_models"] if name == "comfyui" and (root / "diffusion_models").is_dir() else []
-            return name, [root / sub, *extra]
-    return "folder", [root]
-
-
-def _comfy_extra_paths(root: Path) -> list[Path]:
-    """The checkpoint folders ComfyUI's extra_model_paths.yaml adds (each section's base_path + checkpoints)."""
-    config = root / "extra_model_paths.yaml"
-    if not config.is_file():
-        return []
-    try:
-        import yaml
-
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - a broken config adds nothing; the scan goes on
-        return []
-    found = []
-    for section in (data or {}).values() if isinstance(data, dict) else []:
-        if not isinstance(section, dict):
-            continue
-        base = Path(os.path.expanduser(str(section.get("base_path", "")))) if section.get("base_path") else root
-        base = base if base.is_absolute() else root / base
-        for key in ("checkpoints", "diffusion_models", "unet"):
-            for entry in str(section.get(key) or "").splitlines():
-                if entry.strip():
-                    p = Path(os.path.expanduser(entry.strip()))
-                    folder = p if p.is_absolute() else base / p
-                    if folder.is_dir():
-                        found.append(folder)
-    return found
+    """The UI layout of ``root`` and the folders to walk for checkpoints (a UI without any: the folder itself)."""
+    install = uis.find(root)
+    folders = install.checkpoint_folders()
+    return (install.ui, folders) if folders else ("folder", [root])
 
 
 def walk(folders: list[Path]) -> list[Path]:
