@@ -1,2 +1,2 @@
 """Answer "which inpainting checkpoint do I use with this model?", and build it: one package per use case
-(advice, build, local, team) and the command line (cli)."""
+(advice, build, get, local, team) and the command line (cli)."""

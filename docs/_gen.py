@@ -126,7 +126,8 @@ def examples(path: tuple[str, ...]) -> list[str]:
 
 
 # The front page's order: what a new user needs first. Generating fails when a command is missing here.
-FRONT_PAGE = ["lookup", "probe", "build", "scan", "merge", "cache", "crawl", "status", "schedule", "worker", "jobs"]
+FRONT_PAGE = ["lookup", "probe", "build", "get", "scan", "merge", "cache", "crawl", "status", "schedule", "worker",
+              "jobs"]
 
 
 def front_page_commands(link: str = "docs/commands.md") -> str:
@@ -196,6 +197,10 @@ OUTPUTS = [
     ("build", "{BuildResult}", ["advisor.build.builder:BuildResult"]),
     ("build --missing, scan --build", "{BatchResult}", ["advisor.build.batch:BatchResult"]),
     ("build --enqueue", '`{"queued": [`{Queued}`, ...]}`', ["advisor.team.worker:Queued"]),
+    ("get", "{GetResult}", ["advisor.get.result:GetResult"]),
+    ("get --manifest", '`{"query", "ui", "root", "answer": `{Answer}`, "files": [{"kind", "name", "url", "sha256", '
+     '"size", "destination", "state"}, ...], "build_output", "needs", "steps"}` (a build\'s inputs are files too, '
+     'with `"kind": "build input A"` and no destination)', ["advisor.get.result:Answer"]),
     ("scan", "{ScanResult} (one folder), `[`{ScanResult}`, ...]` (several)", ["advisor.local.scan:ScanResult"]),
     ("merge", "{MergeResult}", ["merge.engine:MergeResult"]),
     ("crawl civitai", "{CrawlSummary}", ["crawler.civitai:CrawlSummary"]),
@@ -476,3 +481,22 @@ def modules(package: str) -> str:
         text = re.sub(r"``([^`]+)``", r"`\1`", match[1] if match else first)
         rows.append(f"- `{name}`" + (f": {text}" if text else ""))
     return "\n".join(rows) + "\n"
+
+
+def ui_folders() -> str:
+    """docs/get.md: where each UI keeps each kind of file (data/uis.json), with the source of each folder."""
+    data = _load("uis")
+    kinds = list(data["kinds"])
+    rows = ["| UI | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
+    for ui in data["uis"]:
+        cells = []
+        for kind in kinds:
+            folder = ui["folders"].get(kind)
+            where = f"`{ui['models']}/{folder}`".replace("`./", "`") if folder else "—"
+            source = ui["sources"].get(kind) or ui["sources"].get("folders") or ui["sources"].get("models_dir")
+            cells.append(f"[{where}]({source})" if folder and source else where)
+        marks = ", ".join(f"`{m}`" for m in ui["marks"])
+        rows.append(f"| **{ui['name']}** (`{ui['id']}`; root has {marks}) | " + " | ".join(cells) + " |")
+    notes = [f"- **{ui['name']}**: {ui['notes']}" for ui in data["uis"] if ui.get("notes")]
+    legend = [f"- `{kind}`: {what}" for kind, what in data["kinds"].items()]
+    return "\n".join(rows) + "\n\n" + "\n".join(legend) + "\n\n" + "\n".join(notes) + "\n"

@@ -52,6 +52,7 @@ class FakeFile:
     content: bytes = b""
     size: int | None = None  # what the Hub reports (an LFS file is bigger than the header we serve)
     lfs: bool = True
+    hold_after: int | None = None  # send this many body bytes, then wait for the hub's ``release``, once
 
     @property
     def reported_size(self) -> int:
@@ -243,6 +244,19 @@ class _Handler(FakeApiHandler):
             start, end = int(start), min(int(end) if end else len(body) - 1, len(body) - 1)
             body, status = body[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{f.reported_size}"
+        if f.hold_after is not None and self.command != "HEAD":  # part of the body, a wait, then the connection goes
+            cut, f.hold_after = f.hold_after, None
+            self.send_response(status)
+            sent = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body)), **headers}
+            for k, v in sent.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.hub.holding.set()
+            self.hub.release.wait(timeout=60)
+            self.close_connection = True
+            return None
         return self._send(status, body, "application/octet-stream", headers)
 
 

@@ -1,5 +1,5 @@
 """The layout docs/architecture.md promises: imports run one way (advisor -> crawler -> merge, data below all;
-within advisor, cli -> team -> build -> local and advice -> safety), no module imports itself back through
+within advisor, cli -> team -> get -> build -> local and advice -> safety), no module imports itself back through
 others, and only the registry layer talks to databases."""
 
 import ast
@@ -13,8 +13,8 @@ DATABASE_LIBRARIES = ("sqlalchemy", "sqlmodel", "sqlite3", "psycopg", "procrasti
 ALLOWED = {"advisor": {"crawler", "merge", "data"}, "crawler": {"merge", "data"}, "merge": {"data"}, "data": set()}
 # advisor's use cases, top to bottom: a module may import its own layer and those below it, never one above.
 # local and advice share a layer: a lookup probes a local file, and a scan asks lookup about each one.
-ADVISOR_LAYERS = (("advisor.cli",), ("advisor.team",), ("advisor.build",), ("advisor.local", "advisor.advice"),
-                  ("advisor.safety",))  # fmt: skip
+ADVISOR_LAYERS = (("advisor.cli",), ("advisor.team",), ("advisor.get",), ("advisor.build",),
+                  ("advisor.local", "advisor.advice"), ("advisor.safety",))  # fmt: skip
 ADVISOR_TOP = {"advisor", "advisor.__main__"}  # the package itself and `python -m advisor`: above every layer
 
 

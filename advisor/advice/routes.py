@@ -124,3 +124,8 @@ def routes_for(family_id: str | None, markers: dict[str, str]) -> list[Route]:
         ))  # fmt: skip
     return sorted(found, key=lambda r: -r.score)
 
+
+
+def spec(route_id: str) -> dict | None:
+    """A route's entry in data/routes.json, as written there."""
+    return next((r for r in _data()["routes"] if r["id"] == route_id), None)

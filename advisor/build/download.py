@@ -88,6 +88,7 @@ class Source:
     token: str | None = None  # Bearer token, sent to the URL's own host only
     label: str = ""  # what the file is for, for messages ("A", "B", "C", "release")
     weights: bool = True  # False for a diffusers folder's JSON configs: then a JSON body is what is expected
+    keep_name: bool = False  # ``name`` is the file's name whatever the server calls it (a UI folder's file)
 
 
 @dataclass
@@ -506,7 +507,8 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             raise Retryable("the file changed on the server: starting over", 0)
         total = _total(response, start)
         name = state.get("name") if state and start else None
-        name = name or safe_filename(_filename(response) or source.name
+        served = None if source.keep_name and source.name else _filename(response)
+        name = name or safe_filename(served or source.name
                                      or unquote(urlsplit(str(response.url)).path.rsplit("/", 1)[-1]))  # fmt: skip
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from advisor.cli import build, cache, crawl, lookup, merge, scan, schedule, status, team  # noqa: F401  (each module registers its commands)
+from advisor.cli import build, cache, crawl, get, lookup, merge, scan, schedule, status, team  # noqa: F401  (each module registers its commands)
 from advisor.cli.app import app
 
 __all__ = ["app", "main", "run"]

@@ -603,3 +603,84 @@ def jobs_table(console: Console, jobs) -> None:
         table.add_row(str(j.id), j.task, t(j.status, color.get(j.status, "")), str(j.attempts), t(str(what)),
                       t(j.worker or ""), t((j.error or "")[:200], "red"))  # fmt: skip
     console.print(table)
+
+
+_GET_WORD = {"planned": ("Plan", "cyan"), "ready": ("Ready", "green"), "nothing": ("Nothing to do", "green")}
+
+
+def get_result(console: Console, r) -> None:
+    """`get`: what was (or would be) placed where, then what to install and do in the UI. Paths and URLs are
+    printed on lines of their own, outside any border, so that they copy whole."""
+    word, color = _GET_WORD.get(r.action, (r.action, "bold"))
+    m = r.match
+    console.print(line((word, f"bold {color}"), ": ", (m.name if m else r.query, "bold"),
+                       f" — {m.version_name}" if m and m.version_name else "",
+                       f"  [{m.family or 'unknown family'}]" if m else "", "  in ", (r.ui_name, "bold"), " at ",
+                       r.root, "" if r.recognised else " (taken as its folder)"))  # fmt: skip
+    a = r.answer
+    score = f", score {a.score}" if a.score is not None else ""
+    console.print(line(("answer: ", "bold"), (a.name, "bold"), f" ({a.kind}{score})"))
+    console.print(t(a.reason, "dim"))
+    for passed in r.passed_over:
+        console.print(line(("passed over: ", "yellow"), passed))
+    for p in r.files:
+        state = {"present": "in place", "copied": "linked from the cache", "fetched": "fetched"}.get(p.state, p.state)
+        check = "verified" if p.verified else ("unverified" if p.state in ("present", "fetched") else
+                                              "sha256 pinned" if p.sha256 else "no sha256 pinned")  # fmt: skip
+        size = _bytes(p.size) if p.size else f"about {_bytes(p.approx_size)}" if p.approx_size else "size unknown"
+        console.print(line(("  ", ""), (f"{state}: ", "bold"), f"{size}, {check}"))
+        console.print(line(("    ", ""), (p.path or p.destination, "cyan")), soft_wrap=True)  # copies whole
+    b = r.build
+    if b is not None:
+        console.print(line(("build: ", "bold"), b.reason))
+        if b.output is not None:
+            console.print(line(("    ", ""), (b.output.path, "cyan")), soft_wrap=True)
+    if r.action == "planned" and r.disk_needed:
+        console.print(line(f"to download and write: about {r.disk_needed / 1e9:.2f} GB"))
+    for need in r.needs:
+        console.print(line(("install first: ", "bold"), need), soft_wrap=True)
+    for step in r.steps:
+        console.print(line(("then: ", "bold"), step))
+    if r.workflow_path:
+        console.print(line(("workflow", "bold"), " (ComfyUI, API format):"))
+        console.print(line(("    ", ""), (r.workflow_path, "cyan")), soft_wrap=True)
+    for w in r.warnings:
+        console.print(line(("warning: ", "yellow"), w))
+
+
+def _bytes(n: int) -> str:
+    return next(f"{n / scale:.2f} {unit}" for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "bytes"))
+                if n >= scale or scale == 1)  # fmt: skip
+
+
+def get_manifest(r) -> dict:
+    """`get --manifest`: every file with where it comes from, its SHA256, size and destination (the shape of
+    Krita AI Diffusion's resource lists: one entry per file), for other tools to fetch."""
+    files = [{"kind": p.kind, "name": p.name, "url": p.url, "sha256": p.sha256, "size": p.size,
+              "destination": p.destination, "state": p.state} for p in r.files]  # fmt: skip
+    if r.build is not None:
+        files += [{"kind": f"build input {item.role}", "name": item.what, "url": item.source or None,
+                   "sha256": item.sha256, "size": item.size, "destination": None, "state": item.state}
+                  for item in r.build.plan]  # fmt: skip
+    return {"query": r.query, "ui": r.ui, "root": r.root, "answer": r.answer, "files": files,
+            "build_output": r.build.output.path if r.build is not None and r.build.output else None,
+            "needs": r.needs, "steps": r.steps}  # fmt: skip
+
+
+def get_batch(console: Console, b) -> None:
+    """`scan --get`: the disk needed, one row per checkpoint, each destination on a line of its own."""
+    head = "Plan" if b.dry_run else "Done"
+    console.print(line((f"{head}: ", "bold"), f"{len(b.items)} checkpoints in ", b.root, f" ({b.ui}); {b.files} "
+                       f"distinct files, about {b.disk_needed / 1e9:.2f} GB to download and write"))  # fmt: skip
+    for item in b.items:
+        console.print(line((f"{item.status}: ", "bold"), (item.path, "cyan")), soft_wrap=True)
+        if item.answer:
+            console.print(line("  ", (item.answer, "bold"), f" ({item.kind})"))
+        for f in item.files:
+            console.print(line("    ", f), soft_wrap=True)
+        if item.status in ("failed", "skipped") and item.reason:
+            console.print(line("  ", (item.reason, "dim")))
+    for need in b.needs:
+        console.print(line(("install first: ", "bold"), need), soft_wrap=True)
+    counts = ", ".join(f"{b.count(s)} {s}" for s in ("done", "skipped", "failed", "planned") if b.count(s))
+    console.print(line(("summary: ", "bold"), counts or "nothing to get"))

@@ -18,10 +18,16 @@ def scan(
                                           "does not know.")] = False,  # fmt: skip
     do_build: Annotated[bool, typer.Option("--build", help="Fetch or build every missing partner beside its "
                                            "model (resumable: run again to go on).")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="With --build: at most N.")] = None,
-    family: Annotated[str | None, typer.Option("--family", metavar="F", help="With --build: only this family "
+    do_get: Annotated[bool, typer.Option("--get", help="`get` for every checkpoint: each one's answer made ready "
+                                         "in the UI's folders, a shared route fetched once (resumable).")] = False,
+    ui: Annotated[str | None, typer.Option("--ui", metavar="UI", help="With --get: the UI, where the folder does "
+                                           "not say (comfyui, a1111, forge, ...).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="With --build/--get: at most N."
+                                              )] = None,  # fmt: skip
+    family: Annotated[str | None, typer.Option("--family", metavar="F", help="With --build/--get: only this family "
                                                "(sd1, sdxl, ...).")] = None,  # fmt: skip
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --build: the plan and the disk it needs.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --build/--get: the plan and the disk it needs."
+                                          )] = False,  # fmt: skip
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -35,11 +41,16 @@ def scan(
     into the folder of its model, named <model>-inpainting.safetensors; the disk needed is shown first; a
     failure is reported and the rest go on; run the same command again to resume. Exit 1 if any failed.
 
+    With --get, each checkpoint's answer is made ready in the UI as `inpaint-advisor get` does (a route's files
+    in the UI's folders, a release or the official model in its checkpoints, a build there): a file several
+    models need is fetched once, the disk needed is shown first, and the same command again resumes.
+
     \b
     Examples:
       inpaint-advisor scan ~/stable-diffusion-webui
       inpaint-advisor scan ~/ComfyUI/models --json
       inpaint-advisor scan ~/stable-diffusion-webui --build --family sd1 --dry-run
+      inpaint-advisor scan ~/ComfyUI --get --family sdxl
     """  # noqa: D301
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
@@ -59,8 +70,13 @@ def scan(
     with progress:
         results = do_scan(paths, db=db, offline=offline,
                           progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if do_build and do_get:
+        raise die("--build or --get, not both", code="usage", exit_code=2, as_json=as_json)
     if do_build:
         _batch(results, db, limit, family, dry_run, offline, as_json)
+        return
+    if do_get:
+        _get_all(results, ui, db, limit, family, dry_run, offline, as_json)
         return
     if as_json:
         print_json(results[0] if len(results) == 1 else results)
@@ -74,3 +90,26 @@ def _batch(results, db, limit, family, dry_run: bool, offline: bool, as_json: bo
 
     run_batch_and_report(todo(results, family=family, limit=limit), as_json=as_json, db=db, dry_run=dry_run,
                          offline=offline)  # fmt: skip
+
+
+def _get_all(results, ui, db, limit, family, dry_run: bool, offline: bool, as_json: bool) -> None:
+    """`scan --get`: one line per checkpoint as it is done, one summary, exit 1 if any failed."""
+    from advisor.cli import render
+    from advisor.cli.output import err, out, print_json
+    from advisor.get.batch import get_folder
+
+    batches = []
+    for scanned in results:
+        def on_item(item) -> None:
+            if not as_json:
+                err.print(render.line((f"{item.status}: ", "bold"), item.path))
+
+        batches.append(get_folder(scanned, ui=ui, family=family, limit=limit, db=db, offline=offline,
+                                  dry_run=dry_run, on_item=on_item))  # fmt: skip
+    if as_json:
+        print_json(batches[0] if len(batches) == 1 else batches)
+    else:
+        for batch in batches:
+            render.get_batch(out, batch)
+    if any(b.count("failed") for b in batches):
+        raise typer.Exit(1)

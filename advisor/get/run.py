@@ -1,0 +1,145 @@
+"""Doing a `get` plan: each file into its UI folder, through build's download engine (resumable, checked
+against its pinned SHA256, under its final name only when complete), or linked from the build cache where a
+build fetched it before; a build through `build` itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from advisor.build.builder import BuildError, run_build
+from advisor.build.download import DownloadError, Source, fetch
+from advisor.get.plan import GetPlan
+from advisor.get.result import GetError, GetResult, Placement
+from merge import hashing
+from merge.header import CheckpointError
+
+Progress = Callable[[str, int, int | None], None]  # (label, bytes done, total)
+
+
+def run_get(plan: GetPlan, *, progress: Progress | None = None,
+            merge_progress: Callable[[int], None] | None = None) -> GetResult:  # fmt: skip
+    """Fetch what ``plan`` lists and run its build; GetError (nothing under a final name) when a file cannot be
+    had. Files already placed stay placed: the same command again goes on from there."""
+    result = plan.result
+    if result.action in ("ready", "nothing"):
+        return result
+    taken = next((p for p in result.files if p.state == "other-file"), None)
+    if taken is not None:
+        raise GetError(f"{taken.destination} exists and is another file: not replaced (move it away and run "
+                       "again)", "exists")  # fmt: skip
+    for p in result.files:
+        if p.state in ("missing", "partial"):  # not placed yet (a batch shares one Placement between models)
+            _place(p, plan.offline, progress, result.warnings)
+    if plan.build is not None:
+        try:
+            result.build = run_build(plan.build, progress=progress, merge_progress=merge_progress)
+        except BuildError as exc:
+            raise GetError(str(exc), exc.code) from None
+        result.warnings += result.build.warnings
+        if not result.build.verified:
+            raise GetError(f"the build of {result.answer.name} is not verified: {result.build.reason}", "build-failed")
+    if result.workflow is not None and result.workflow_path is not None:
+        _write_workflow(Path(result.workflow_path), result.workflow, result.warnings)
+    result.action = "ready"
+    return result
+
+
+def _write_workflow(path: Path, graph: dict, warnings: list[str]) -> None:
+    """Whole or not at all (a temporary file renamed); ours to replace, as the same command writes it again."""
+    import json
+
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(json.dumps(graph, indent=1) + "\n", encoding="utf-8")
+        os.replace(staged, path)
+    except OSError as exc:  # the files are in place: a workflow that cannot be written is a warning
+        warnings.append(f"the workflow could not be written to {path} ({exc.strerror or exc})")
+    finally:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+
+
+def _place(p: Placement, offline: bool, progress: Progress | None, warnings: list[str]) -> None:
+    folder = Path(p.folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GetError(f"{folder}: cannot be made ({exc.strerror or exc})", "os-error") from None
+    if _from_cache(p):
+        return
+    if offline:
+        raise GetError(f"{p.label}: {p.name} is neither in {p.folder} nor in the cache, and the run is offline",
+                       "offline")  # fmt: skip
+    label = f"{p.label}: {p.name}" if p.label else p.name
+    try:
+        got = fetch(
+            Source(
+                p._fetch_url, name=p.name, sha256=p.sha256, size=p.size, token=p._token, label=p.label, keep_name=True
+            ),
+            folder,
+            progress=(lambda done, total: progress(label, done, total)) if progress else None,
+        )
+    except DownloadError as exc:
+        raise GetError(str(exc), exc.code) from None
+    p.name, p.path, p.bytes, p.verified = got.path.name, str(got.path), got.bytes, got.verified
+    p.state = "present" if got.reused else "fetched"
+    if p.sha256 is None:
+        p.sha256 = got.sha256
+        warnings.append(f"{p.name}: no SHA256 is pinned for it; its SHA256 is recorded as {got.sha256} "
+                        "(unverified: compare it with the publisher's)")  # fmt: skip
+    warnings.extend(got.warnings)
+
+
+def _from_cache(p: Placement) -> bool:
+    """The pinned file where a build left it in the cache: linked into the folder (copied across filesystems),
+    never over another file. False when the cache does not hold it."""
+    if p.sha256 is None:
+        return False  # an unpinned file in the cache cannot be told from another of the same name
+    for cached in map(Path, p._cached):
+        try:
+            if not cached.is_file():
+                continue
+            sha = (hashing.cached(cached, autov3=False) or hashing.file_hashes(cached, autov3=False)).sha256
+        except (OSError, CheckpointError):
+            continue
+        if sha.upper() != p.sha256:
+            continue
+        target = Path(p.folder) / p.name
+        try:
+            _link_or_copy(cached, target)
+        except FileExistsError:
+            raise GetError(f"{target} exists and is another file: not replaced (move it away and run again)",
+                           "exists") from None  # fmt: skip
+        except OSError:
+            continue  # the cache's copy cannot be used: fetched instead
+        p.path, p.state, p.verified = str(target), "copied", True
+        return True
+    return False
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source``, or a copy that is whole before it takes the name; never over a
+    file already there (FileExistsError)."""
+    try:
+        os.link(source, target)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass  # another filesystem, or links not allowed: copied
+    staged = target.with_name(f".inpaint-advisor-{uuid.uuid4().hex[:12]}.partial")
+    try:
+        with open(source, "rb") as src, open(staged, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.link(staged, target)  # not os.replace: a file that appeared meanwhile is not overwritten
+    finally:
+        with contextlib.suppress(OSError):
+            staged.unlink()
