@@ -15,7 +15,7 @@ from advisor.advice import routes
 from advisor.build.cache import files_dir
 from advisor.get import GetError, get, plan_get
 from advisor.local import uis
-from tests.build_world import RealFile
+from tests.build_world import RealFile, sd1_world
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.hf_fake import FakeHub, FakeRepo, HubServer, point_official_pair
 
@@ -362,3 +362,32 @@ def test_the_official_checkpoint_comes_with_its_workflow_and_a_named_model_asks_
     a1111 = get("sd 1.5", root=_install(tmp_path, "a1111", ["webui.py", "modules"]), db=str(tmp_path / "r.db"),
                 dry_run=True)  # fmt: skip
     assert a1111.workflow is None  # workflows are ComfyUI's
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch, registry_db):
+    with sd1_world(tmp_path, monkeypatch, registry_db) as w:
+        yield w
+
+
+def test_a_release_lands_in_the_checkpoints_and_a_build_is_built_there(world):
+    from advisor.local.uis import find
+
+    root = _install(world["tmp"], "a1111", ["webui.py", "modules"])
+    got = get("civitai:600002", root=root, db=world["db"])
+    assert got.answer.kind == "own-release" and got.action == "ready"
+    (placed,) = got.files
+    assert placed.destination == str(root / "models" / "Stable-diffusion" / "tinyRelease-inpainting.safetensors")
+    assert placed.verified and placed.state == "fetched"
+    assert placed.url.startswith(os.environ["INPAINT_ADVISOR_CIVITAI_URL"]) and "fileId=" in placed.url
+
+    comfy = _install(world["tmp"], "comfyui", ["comfy"])
+    built = get("civitai:600001", root=comfy, db=world["db"], route="build")
+    assert built.answer.kind == "build" and built.build is not None and built.build.verified
+    output = Path(built.build.output.path)
+    assert output.parent == (comfy / "models" / "checkpoints").resolve() and output.is_file()
+    assert built.workflow["1"]["inputs"]["ckpt_name"] == output.name
+    _check_workflow(built.workflow, comfy)
+    assert find(comfy).ui == "comfyui"
+    again = get("civitai:600001", root=comfy, db=world["db"], route="build")
+    assert again.action == "ready" and again.build.action == "already-built"

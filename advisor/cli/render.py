@@ -633,8 +633,8 @@ def get_result(console: Console, r) -> None:
     b = r.build
     if b is not None:
         console.print(line(("build: ", "bold"), b.reason))
-        if b.output is not None:
-            console.print(line(("    ", ""), (b.output.path, "cyan")), soft_wrap=True)
+        if r.checkpoint:
+            console.print(line(("    ", ""), (r.checkpoint, "cyan")), soft_wrap=True)
     if r.action == "planned" and r.disk_needed:
         console.print(line(f"to download and write: about {r.disk_needed / 1e9:.2f} GB"))
     for need in r.needs:

@@ -144,6 +144,10 @@ def _plan_build(plan: GetPlan, rec: ladder.Recommendation, query: str, db: str |
     built = plan_build(query, out=out, db=db, offline=plan.offline, force_build=rec.kind == "build")
     result = plan.result
     result.build, result.disk_needed = built.result, built.result.disk_needed
+    if built.merge is not None:
+        result.checkpoint = str(built.merge.target)
+    elif built.result.output is not None:
+        result.checkpoint = built.result.output.path
     if built.settled:
         result.action = "nothing" if built.result.action == "already-inpainting" else "ready"
     else:

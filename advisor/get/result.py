@@ -73,6 +73,7 @@ class GetResult:
     steps: list[str] = field(default_factory=list)  # what to do in the UI
     passed_over: list[str] = field(default_factory=list)  # better answers this UI cannot use, with why
     build: BuildResult | None = None
+    checkpoint: str | None = None  # where the build's (or a copied build's) checkpoint is, or will be
     workflow: dict | None = None  # ComfyUI: the model wired with its partner, API format (advisor.get.workflow)
     workflow_path: str | None = None  # where it is written
     warnings: list[str] = field(default_factory=list)

@@ -41,6 +41,7 @@ def run_get(plan: GetPlan, *, progress: Progress | None = None,
         except BuildError as exc:
             raise GetError(str(exc), exc.code) from None
         result.warnings += result.build.warnings
+        result.checkpoint = result.build.output.path if result.build.output else result.checkpoint
         if not result.build.verified:
             raise GetError(f"the build of {result.answer.name} is not verified: {result.build.reason}", "build-failed")
     if result.workflow is not None and result.workflow_path is not None:

@@ -61,8 +61,8 @@ def _sdxl_or_sd(family: str | None) -> str | None:
 
 def _checkpoint_name(result: GetResult, install: Install) -> str | None:
     """The inpainting checkpoint as Load Checkpoint lists it: its path under a checkpoints folder."""
-    if result.build is not None and result.build.output is not None:
-        return _listed(Path(result.build.output.path), install)
+    if result.checkpoint is not None:
+        return _listed(Path(result.checkpoint), install)
     placed = next((p for p in result.files if p.kind == "checkpoint"), None)
     return _listed(Path(placed.path or placed.destination), install) if placed else None
 
