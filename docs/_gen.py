@@ -196,7 +196,7 @@ OUTPUTS = [
     ("probe", "{ProbeResult}", ["advisor.local.probe:ProbeResult"]),
     ("build", "{BuildResult}", ["advisor.build.builder:BuildResult"]),
     ("build --missing, scan --build", "{BatchResult}", ["advisor.build.batch:BatchResult"]),
-    ("build --enqueue", '`{"queued": [`{Queued}`, ...]}`', ["advisor.team.worker:Queued"]),
+    ("build --enqueue, get --enqueue", '`{"queued": [`{Queued}`, ...]}`', ["advisor.team.worker:Queued"]),
     ("get", "{GetResult}", ["advisor.get.result:GetResult"]),
     ("get --manifest", '`{"query", "ui", "root", "answer": `{Answer}`, "files": [{"kind", "name", "url", "sha256", '
      '"size", "destination", "state"}, ...], "build_output", "needs", "steps"}` (a build\'s inputs are files too, '

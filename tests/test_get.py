@@ -391,3 +391,9 @@ def test_a_release_lands_in_the_checkpoints_and_a_build_is_built_there(world):
     assert find(comfy).ui == "comfyui"
     again = get("civitai:600001", root=comfy, db=world["db"], route="build")
     assert again.action == "ready" and again.build.action == "already-built"
+
+
+def test_get_enqueue_without_a_postgresql_registry_says_what_team_mode_needs(tmp_path):
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    done = run_cli("get", "sdxl", "--root", str(root), "--enqueue", "--json", "--db", str(tmp_path / "r.db"))
+    assert done.returncode == 2 and json.loads(done.stdout)["error"]["code"] == "needs-postgres"

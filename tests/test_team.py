@@ -23,7 +23,7 @@ from crawler.registry import queue
 from merge.engine import merge
 from tests import pg
 from tests.conftest import ROOT, cli_env, run_cli
-from tests.team_world import FAST, world
+from tests.team_world import A_FILE, FAST, world
 
 SECRET = "sekrit-token-4242"  # a configured token: no worker line and no stored error may show it
 
@@ -379,3 +379,25 @@ def test_build_missing_enqueue_queues_the_most_used_models_without_a_release(tea
     assert sorted(j.args["asked"] for j in _build_jobs(team_world["db"])) == sorted(q["query"] for q in queued)
     human = run_cli("build", "--missing", "--limit", "2", "--enqueue", env=team_world["env"]).stdout
     assert human.count("already queued (job ") == 2  # the same builds: the same jobs
+
+
+@pytest.mark.team(n=1)
+def test_a_queued_get_is_run_by_a_worker_into_the_ui_folder_and_queued_once(team_world):
+    db = team_world["db"]
+    root = team_world["tmp"] / "shared" / "ComfyUI"
+    (root / "comfy").mkdir(parents=True)
+    first = team.enqueue_get("civitai:700001", root=root, db=db)
+    again = team.enqueue_get("Team Model 700001", root=root, db=db)  # the same model, named otherwise
+    assert again.already and again.job_id == first.job_id
+    with pytest.raises(team.NotQueued) as refused:
+        team.enqueue_get("civitai:700001", root=team_world["tmp"], db=db)
+    assert refused.value.code == "no-ui"
+    worker = _worker(team_world)
+    try:
+        _wait(lambda: _job(db, first.job_id).status == "succeeded", 120, "the get job to succeed")
+    finally:
+        said = _stop(worker)[0]
+    placed = root / "models" / "checkpoints" / A_FILE  # SD 1.5's official inpainting model: the first answer
+    assert placed.read_bytes() == team_world["a"].read_bytes()
+    assert f"job {first.job_id} get start: civitai:700001" in said
+    assert re.search(rf"job {first.job_id} get done in \d+\.\d s: .*{A_FILE}", said), said

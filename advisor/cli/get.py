@@ -49,6 +49,9 @@ def get(
         ),
     ] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Use only what is on disk or in the cache.")] = False,
+    enqueue: Annotated[bool, typer.Option("--enqueue", help="Queue it for the team's workers instead (a PostgreSQL "
+                                          "registry; a worker must see the UI's folder under the same path).")
+                       ] = False,  # fmt: skip
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -70,6 +73,7 @@ def get(
       inpaint-advisor get "pony diffusion" --root ~/ComfyUI \\
           --route controlnet-union-promax --dry-run
       inpaint-advisor get myFluxTune.safetensors --root ~/ComfyUI --manifest
+      inpaint-advisor get civitai:4384 --root /shared/ComfyUI --enqueue  (team mode)
 
     Exit status: 0 everything is in place (or, with --dry-run/--manifest, planned), 1 it is not, 2 usage.
     """  # noqa: D301
@@ -81,6 +85,9 @@ def get(
 
     if ui is not None and ui not in _UIS.split("|"):
         raise typer.BadParameter(f"{ui!r} is not one of {_UIS.replace('|', ', ')}", param_hint="--ui")
+    if enqueue:
+        _enqueue(query, root, ui, route, db, as_json)
+        return
     progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=err,
                         disable=as_json or manifest or not err.is_terminal)  # fmt: skip
@@ -105,3 +112,19 @@ def get(
     else:
         render.get_result(out, result)
     raise typer.Exit(0 if result.action in ("ready", "nothing", "planned") else 1)
+
+
+def _enqueue(query: str, root: Path, ui: str | None, route: str | None, db, as_json: bool) -> None:
+    from advisor.cli.output import out, print_json
+    from advisor.cli.team import queued as render_queued
+    from advisor.cli.team import team_failure
+    from advisor.team import worker as team
+
+    try:
+        queued = team.enqueue_get(query, root=root, ui=ui, route=route, db=db)
+    except Exception as exc:
+        raise team_failure(exc, as_json) from None
+    if as_json:
+        print_json({"queued": [queued]})
+    else:
+        render_queued(out, [queued])

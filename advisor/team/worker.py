@@ -34,7 +34,7 @@ PERMANENT = frozenset({
     "exists",
     "is-a-base", "no-build-route", "nonfinite", "hash-mismatch", "size-mismatch", "bad-input", "bad-query",
     "bad-checkpoint", "not-a-model", "merge-refused", "offline", "unverified", "usage", "not-a-registry",
-    "registry-too-new", "unsupported-registry", "missing-driver", "needs-postgres",
+    "registry-too-new", "unsupported-registry", "missing-driver", "needs-postgres", "no-ui", "no-route-for-ui",
     "error",  # an error of ours without a code of its own: a bug, which another run meets again
 })  # fmt: skip
 # A failure of the moment (the network, a server, a full or unmounted disk, the database): retried with backoff,
@@ -42,7 +42,7 @@ PERMANENT = frozenset({
 # set (an unexpected error) is retried too.
 TRANSIENT = frozenset({
     "network", "disk", "download-failed", "merge-failed", "os-error", "build-failed", "interrupted",
-    "registry-error", "registry-unreachable", "registry-read-only", "queue-error", "http-error",
+    "registry-error", "registry-unreachable", "registry-read-only", "queue-error", "http-error", "get-failed",
 })  # fmt: skip
 
 
@@ -94,6 +94,33 @@ def build_key(model_id: str, version_id: str | None, *, multiplier: float = 1.0,
     recipe = {"model": model_id, "version": version_id, "a": "official", "c": "official",
               "multiplier": float(multiplier), "dtype": dtype, "force_build": bool(force_build)}  # fmt: skip
     return "build:" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def get_key(model_id: str, version_id: str | None, *, root: str, ui: str, route: str | None) -> str:
+    """What makes two gets the same job: the resolved model and version, the UI's folder and the answer asked."""
+    what = {"model": model_id, "version": version_id, "root": root, "ui": ui, "route": route}
+    return "get:" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def enqueue_get(query: str, *, root: str | os.PathLike, ui: str | None = None, route: str | None = None,
+                db: str | None = None) -> Queued:  # fmt: skip
+    """Queue `get` of ``query`` into the UI at ``root``, run by a worker whose host sees that folder under the same
+    path (shared storage, or a worker on the UI's own host). The query is resolved here first, as for a build;
+    NotQueued when it matches nothing or the folder is no UI."""
+    from advisor.local import uis
+
+    queue.require(db)
+    folder = Path(root).expanduser().resolve()
+    install = uis.find(folder, ui) if folder.is_dir() else None
+    if install is None or install.ui == "folder":
+        raise NotQueued(f"nothing queued: {folder} is not a UI folder inpaint-advisor recognises", "no-ui")
+    resolved = _target_of(query, db)
+    if not isinstance(resolved, _Target):
+        raise NotQueued(f"nothing queued: {resolved[1]}", resolved[0])
+    key = get_key(resolved.model_id, resolved.version_id, root=str(folder), ui=install.ui, route=route)
+    (got,) = queue.enqueue_builds(db, [(key, {"query": resolved.target, "asked": query, "name": resolved.name,
+                                              "get_root": str(folder), "ui": install.ui, "route": route})])
+    return Queued(query, resolved.target, resolved.name, got.existing if got.already else got.job_id, got.already)
 
 
 def _target_of(query: str, db: str | None) -> _Target | tuple[str, str]:
@@ -171,7 +198,8 @@ def news_line(news: JobNews) -> str:
     if news.args.get("name"):
         what += f" ({news.args['name']})"
     took = f" in {news.seconds:.1f} s" if news.seconds is not None else ""
-    head = f"job {news.job_id}" + (f" {news.task}" if news.task != "build" else "")
+    task = "get" if news.args.get("get_root") else news.task  # a queued get runs as a build job
+    head = f"job {news.job_id}" + (f" {task}" if task != "build" else "")
     if news.kind == "start":
         again = f", attempt {news.attempt}/{queue.ATTEMPTS}" if news.task == "build" and news.attempt > 1 else ""
         text = f"{head} start: {what}{again}" if what else f"{head} start{again}"
@@ -208,8 +236,11 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
 
     def run_build(query: str, asked: str | None = None, name: str | None = None, inpaint: str | None = None,
                   base: str | None = None, multiplier: float = 1.0, dtype: str = "fp16",
-                  force_build: bool = False) -> str:  # fmt: skip
+                  force_build: bool = False, get_root: str | None = None, ui: str | None = None,
+                  route: str | None = None) -> str:  # fmt: skip
         # (inpaint and base: jobs queued before queued builds took the official pair only)
+        if get_root is not None:  # a queued `get`: the UI's folder as the job names it
+            return run_get(query, get_root, ui, route)
         try:
             result = build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype,
                            force_build=force_build, db=db)  # fmt: skip
@@ -221,6 +252,17 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
             raise queue.JobFailed("unverified", f"{made}: {result.action}, but it could not be verified (the "
                                   "registry records no SHA256 for it)", False)  # fmt: skip
         return made
+
+    def run_get(query: str, root: str, ui: str | None, route: str | None) -> str:
+        from advisor.get import get
+
+        try:
+            result = get(query, root=root, ui=ui, route=route, db=db)
+        except Exception as exc:
+            code, message = failure_of(exc)
+            raise queue.JobFailed(code, message, is_transient(code, message)) from exc
+        placed = [p.path or p.destination for p in result.files] + ([result.checkpoint] if result.checkpoint else [])
+        return ", ".join(placed) or result.answer.name
 
     def run_crawl() -> str:
         from crawler import registry
