@@ -380,6 +380,9 @@ def test_a_release_lands_in_the_checkpoints_and_a_build_is_built_there(world):
     assert placed.destination == str(root / "models" / "Stable-diffusion" / "tinyRelease-inpainting.safetensors")
     assert placed.verified and placed.state == "fetched"
     assert placed.url.startswith(os.environ["INPAINT_ADVISOR_CIVITAI_URL"]) and "fileId=" in placed.url
+    itself = get("civitai:600002@9999001", root=_install(world["tmp"], "forge", ["modules_forge"]), db=world["db"])
+    assert itself.answer.kind == "already-inpainting" and itself.build.action == "already-inpainting"
+    assert Path(itself.checkpoint).parent == (world["tmp"] / "forge" / "models" / "Stable-diffusion").resolve()
 
     comfy = _install(world["tmp"], "comfyui", ["comfy"])
     built = get("civitai:600001", root=comfy, db=world["db"], route="build")
@@ -397,3 +400,14 @@ def test_get_enqueue_without_a_postgresql_registry_says_what_team_mode_needs(tmp
     root = _install(tmp_path, "comfyui", ["comfy"])
     done = run_cli("get", "sdxl", "--root", str(root), "--enqueue", "--json", "--db", str(tmp_path / "r.db"))
     assert done.returncode == 2 and json.loads(done.stdout)["error"]["code"] == "needs-postgres"
+
+
+def test_fooocus_takes_its_own_patch_and_no_inpainting_checkpoint(tmp_path):
+    root = _install(tmp_path, "fooocus", ["fooocus_version.py", "modules", "webui.py"])
+    patch = plan_get("sdxl", root=root, db=str(tmp_path / "r.db"), offline=True).result
+    assert [p.destination for p in patch.files] == [str(root / "models" / "inpaint" / PATCH),
+                                                    str(root / "models" / "inpaint" / HEAD)]  # fmt: skip
+    assert patch.workflow is None and "inpaint engine v2.6" in patch.steps[0]
+    with pytest.raises(GetError) as none:
+        plan_get("sd 1.5", root=root, db=str(tmp_path / "r.db"), offline=True)
+    assert none.value.code == "no-route-for-ui" and "does not inpaint with an inpainting checkpoint" in str(none.value)

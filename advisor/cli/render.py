@@ -632,8 +632,13 @@ def get_result(console: Console, r) -> None:
         console.print(line(("    ", ""), (p.path or p.destination, "cyan")), soft_wrap=True)  # copies whole
     b = r.build
     if b is not None:
-        console.print(line(("build: ", "bold"), b.reason))
+        if b.reason != a.reason:
+            console.print(line(("build: ", "bold"), b.reason))
+        for item in b.plan:
+            size = _bytes(item.size) if item.size else "size unknown"
+            console.print(line(("  ", ""), (f"{item.role}: ", "bold"), item.what, f" ({item.state}, {size})"))
         if r.checkpoint:
+            console.print(line(("  checkpoint:", "bold")))
             console.print(line(("    ", ""), (r.checkpoint, "cyan")), soft_wrap=True)
     if r.action == "planned" and r.disk_needed:
         console.print(line(f"to download and write: about {r.disk_needed / 1e9:.2f} GB"))

@@ -107,7 +107,9 @@ def _plan_for(rec: ladder.Recommendation, found: LookupResult, install: Install,
     result = GetResult(query, "planned", install.ui, install.name, str(install.root), install.recognised,
                        found.match, answer)  # fmt: skip
     plan = GetPlan(result, install, offline)
-    if rec.kind in ("build", "built") or (rec.kind == "already-inpainting" and found.match.source == "file"):
+    if rec.kind in CHECKPOINT_KINDS and uis.spec(install.ui).get("inpainting_checkpoints") is False:
+        raise _PassOver(f"{install.name} does not inpaint with an inpainting checkpoint")
+    if rec.kind in ("build", "built", "already-inpainting"):  # build's plan: it fetches a model that inpaints too
         _plan_build(plan, rec, query, db)
     elif rec.kind in CHECKPOINT_KINDS:
         result.files = [_checkpoint_file(rec, found.match, install, db)]
@@ -210,10 +212,11 @@ def _folder(install: Install, kind: str) -> Path:
 
 
 def _checkpoint_steps(install: Install, family: str | None) -> list[str]:
-    steps = []
-    if install_step := uis.spec(install.ui).get("install_step"):
-        steps.append(install_step)
-    steps.append(routes.checkpoint_how(family))
+    """How the UI takes an inpainting checkpoint, and what the family needs beyond that (FLUX's guidance)."""
+    spec = uis.spec(install.ui)
+    steps = [s for s in (spec.get("install_step"), spec.get("checkpoint_how")) if s]
+    if (specific := routes.checkpoint_how(family)) != routes.checkpoint_how(None):
+        steps.append(specific)
     return steps
 
 
