@@ -73,7 +73,7 @@ def get(
       inpaint-advisor get "pony diffusion" --root ~/ComfyUI \\
           --route controlnet-union-promax --dry-run
       inpaint-advisor get myFluxTune.safetensors --root ~/ComfyUI --manifest
-      inpaint-advisor get civitai:4384 --root /shared/ComfyUI --enqueue  (team mode)
+      inpaint-advisor get civitai:4384 --root /mnt/ComfyUI --enqueue  (team)
 
     Exit status: 0 everything is in place (or, with --dry-run/--manifest, planned), 1 it is not, 2 usage.
     """  # noqa: D301

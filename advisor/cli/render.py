@@ -612,6 +612,8 @@ def get_result(console: Console, r) -> None:
     """`get`: what was (or would be) placed where, then what to install and do in the UI. Paths and URLs are
     printed on lines of their own, outside any border, so that they copy whole."""
     word, color = _GET_WORD.get(r.action, (r.action, "bold"))
+    if r.action == "ready" and not r.files and r.build is None:
+        word = "Nothing to fetch"  # a sampler method: what is left is in the steps
     m = r.match
     console.print(line((word, f"bold {color}"), ": ", (m.name if m else r.query, "bold"),
                        f" — {m.version_name}" if m and m.version_name else "",

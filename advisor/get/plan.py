@@ -19,7 +19,7 @@ from pathlib import Path
 
 from advisor.advice import ladder, routes
 from advisor.advice.lookup import LookupResult, Match, lookup
-from advisor.build.builder import BuildPlan, plan_build
+from advisor.build.builder import BuildError, BuildPlan, plan_build
 from advisor.build.cache import files_dir
 from advisor.get import workflow
 from advisor.get.result import CHECKPOINT_KINDS, Answer, GetError, GetResult, Placement
@@ -97,7 +97,11 @@ def _options(found: LookupResult, route: str | None) -> list[ladder.Recommendati
 
 def _title(rec: ladder.Recommendation) -> str:
     named = routes.spec(rec.route) if rec.route else None
-    return named["name"] if named else rec.target.name if rec.target is not None else rec.kind
+    if named:
+        return named["name"]
+    if rec.kind == "build":
+        return "an add-difference build"
+    return rec.target.name if rec.target is not None else rec.kind
 
 
 def _plan_for(rec: ladder.Recommendation, found: LookupResult, install: Install, query: str, db: str | None,
@@ -143,7 +147,13 @@ def _plan_build(plan: GetPlan, rec: ladder.Recommendation, query: str, db: str |
     out = plan.install.folder("checkpoint")
     if out is None:
         raise _PassOver(f"{plan.install.name} has no folder for checkpoints")
-    built = plan_build(query, out=out, db=db, offline=plan.offline, force_build=rec.kind == "build")
+    try:
+        built = plan_build(query, out=out, db=db, offline=plan.offline, force_build=rec.kind == "build")
+    except BuildError as exc:
+        if exc.code in ("is-a-base", "no-build-route", "no-registry", "no-file"):  # this answer cannot be had here
+            why = "it is a base model, not a fine-tune: there is nothing to build" if exc.code == "is-a-base" else exc
+            raise _PassOver(str(why)) from None
+        raise
     result = plan.result
     result.build, result.disk_needed = built.result, built.result.disk_needed
     if built.merge is not None:
