@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from advisor.advice import shell_text
-from advisor.advice.lookup import lookup
+from advisor.advice.lookup import NotFound, lookup
 from crawler import civitai, hf, registry
 from crawler.http import RetriesExhausted, RetryPolicy
 from crawler.registry.stats import registry_status
@@ -260,15 +260,17 @@ def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(registry_db, hu
     fake = FakeHub(fixture_hub())
     monkeypatch.setenv("HF_ENDPOINT", hub_url(fake))
     registry.connect(registry_db)
-    offline = lookup("painter/realmix", db=registry_db, offline=True)
-    assert offline.match is None and offline.notes[-1] == "painter/realmix is not in the registry"
-    assert "offline: the Hugging Face Hub was not asked" in offline.notes and "is empty" in offline.notes[0]
+    with pytest.raises(NotFound) as offline:  # a precise reference to nothing: one rule, an error
+        lookup("painter/realmix", db=registry_db, offline=True)
+    assert offline.value.code == "not-found" and str(offline.value).startswith("painter/realmix is not in the registry")
+    assert "offline: the Hugging Face Hub was not asked" in str(offline.value) and "is empty" in str(offline.value)
     answer = lookup("https://huggingface.co/painter/realmix", db=registry_db)
     assert answer.match.name == "painter/realmix" and answer.match.family == "sd1"
     assert answer.recommendation.kind == "own-release"
     assert answer.recommendation.target.file == "realmix_v2-inpainting.safetensors"
-    gone = lookup("nobody/deleted-repo", db=registry_db)
-    assert gone.match is None and any("not on the Hugging Face Hub" in n for n in gone.notes)
+    with pytest.raises(NotFound) as gone:
+        lookup("nobody/deleted-repo", db=registry_db)
+    assert gone.value.code == "not-found" and "not on the Hugging Face Hub" in str(gone.value)
 
 
 def test_cli_crawl_hf_json_and_status_show_officials(registry_db, hub_url):

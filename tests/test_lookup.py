@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from advisor.advice import parse_query
-from advisor.advice.lookup import lookup
+from advisor.advice.lookup import NotFound, lookup
 from advisor.local.probe import probe
 from crawler import civitai
 from crawler import registry as registry_layer
@@ -123,7 +123,7 @@ def test_a_mirrors_password_is_never_printed(registry, monkeypatch):
         shown = run_cli("lookup", "civitai:43331@176425", *offline, env=env)
         assert "s3cretpw" not in shown.stdout + shown.stderr and "civitai" in shown.stdout.lower()
     missed = run_cli("lookup", "civitai:999999", env=env)
-    assert "s3cretpw" not in missed.stdout + missed.stderr and "could not reach" in missed.stdout
+    assert "s3cretpw" not in missed.stdout + missed.stderr and "could not reach" in missed.stderr
 
 
 def test_ladder_flags_a_release_made_for_another_version(registry):
@@ -205,8 +205,11 @@ def test_unknown_model_is_fetched_live_stored_and_answered(registry, serve):
 
 
 def test_unreachable_network_is_one_line_and_bundled_data_still_answers(registry):
-    r = lookup("civitai:999999", db=registry, offline=False, civitai_url="http://127.0.0.1:9")
-    assert r.match is None and len(r.notes) == 1 and r.notes[0].startswith("offline: could not reach")
+    with pytest.raises(NotFound) as unanswered:
+        lookup("civitai:999999", db=registry, offline=False, civitai_url="http://127.0.0.1:9")
+    assert unanswered.value.code == "network" and str(unanswered.value).startswith("offline: could not reach")
+    unsure = lookup("some model name", db=registry, offline=False, civitai_url="http://127.0.0.1:9")  # a search
+    assert unsure.match is None and len(unsure.notes) == 1 and unsure.notes[0].startswith("offline: could not")
     assert lookup("SD 1.5", db=registry, offline=False, civitai_url="http://127.0.0.1:9").answered
 
 
@@ -215,9 +218,11 @@ def test_a_server_that_refuses_the_lookup_is_not_called_offline(registry, serve)
 
     refusing = FakeCivitai([])
     refusing.faults = [Fault(401)] * 5
-    r = lookup("civitai:999999", db=registry, offline=False, civitai_url=serve(refusing))
-    assert r.match is None and "refused the lookup (HTTP 401" in r.notes[0] and "CIVITAI_API_TOKEN" in r.notes[0]
-    assert not r.notes[0].startswith("offline")
+    with pytest.raises(NotFound) as refused:
+        lookup("civitai:999999", db=registry, offline=False, civitai_url=serve(refusing))
+    why = str(refused.value)
+    assert refused.value.code == "no-access" and "refused the lookup (HTTP 401" in why and "CIVITAI_API_TOKEN" in why
+    assert not why.startswith("offline")
 
 
 def test_cli_json_schema_and_exit_codes(registry):

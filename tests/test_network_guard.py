@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from advisor.advice.lookup import lookup
+from advisor.advice.lookup import NotFound, lookup
 from tests.conftest import NOWHERE, cli_env, run_cli
 
 
@@ -14,11 +14,11 @@ def test_remote_hosts_are_refused(url):
 
 
 def test_online_lookups_default_to_nowhere(tmp_path):
-    civitai = lookup("civitai:123", db=str(tmp_path / "r.db"))
-    assert civitai.match is None and NOWHERE in civitai.notes[-1]
-    hub = lookup("someone/some-model", db=str(tmp_path / "r.db"))
-    assert hub.match is None and NOWHERE in hub.notes[-1]
+    for query in ("civitai:123", "someone/some-model"):
+        with pytest.raises(NotFound) as unanswered:
+            lookup(query, db=str(tmp_path / "r.db"))
+        assert unanswered.value.code == "network" and NOWHERE in str(unanswered.value)
     assert not (tmp_path / "r.db").exists()  # no registry was made for the live attempt
     env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "cli.db"))
     assert env["INPAINT_ADVISOR_CIVITAI_URL"] == env["HF_ENDPOINT"] == NOWHERE
-    assert NOWHERE in run_cli("lookup", "civitai:123", env=env).stdout
+    assert NOWHERE in run_cli("lookup", "civitai:123", env=env).stderr  # an id that cannot be looked up: an error

@@ -203,8 +203,8 @@ def _asked(q: Query) -> sources.Source:
     return sources.get(q.kind) if q.kind in sources.NAMES else sources.searching()[0]
 
 
-def _fetch(q: Query, db: str | None, urls: dict[str, str | None]) -> str | None:
-    """Ask the query's source and store its answer; returns a problem to report in one line, or None."""
+def _fetch(q: Query, db: str | None, urls: dict[str, str | None]) -> "Trouble | None":
+    """Ask the query's source and store its answer; returns what went wrong (one line, and its code), or None."""
     from crawler.http import CrawlError, Unavailable
 
     source = _asked(q)
@@ -216,28 +216,42 @@ def _fetch(q: Query, db: str | None, urls: dict[str, str | None]) -> str | None:
     try:
         source.fetch_one(lambda: registry.connect(db), ref, url=url)
     except Unavailable as exc:
-        return f"{exc.what} is not on {source.label} ({exc.reason})"
+        return Trouble(f"{exc.what} is not on {source.label} ({exc.reason})", "not-found")
     except CrawlError as exc:
         return _unanswered(source.endpoint(url), exc, source.token_variable)
     return None
 
 
-def _unanswered(where: str, exc: Exception, token: str) -> str:
+@dataclass
+class Trouble:
+    """Why a live lookup got no model: ``code`` not-found (the source says there is none), or why it could not
+    say (no-access, http-error, network)."""
+
+    message: str
+    code: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _unanswered(where: str, exc: Exception, token: str) -> Trouble:
     """Why a live lookup got no answer, in one line: a server that refused us is not a network that is down."""
     from crawler.http import ApiError, BadURL
 
     if isinstance(exc, BadURL):
-        return f"{exc}; answering from bundled data"
+        return Trouble(f"{exc}; answering from bundled data", "bad-query")
     if isinstance(exc, ApiError) and exc.status in (401, 403):
-        return f"{where} refused the lookup ({exc}): {token} may need to be set to a key with access; " \
-               "answering from bundled data"  # fmt: skip
+        return Trouble(f"{where} refused the lookup ({exc}): {token} may need to be set to a key with access; "
+                       "answering from bundled data", "no-access")  # fmt: skip
     if isinstance(exc, ApiError):
-        return f"{where} answered {exc}; answering from bundled data"
-    return f"offline: could not reach {where} ({exc}); answering from bundled data"
+        return Trouble(f"{where} answered {exc}; answering from bundled data", "http-error")
+    return Trouble(f"offline: could not reach {where} ({exc}); answering from bundled data", "network")
 
 
 class NotFound(InpaintAdvisorError, LookupError):
-    """The query names something precise that does not exist (a version that is not the model's)."""
+    """The query names something precise (an id, a version, a repo, a file hash) that is not there: not in the
+    registry, and its source says there is none or was not asked (``code`` not-found), or could not be asked
+    (``code`` network, no-access, http-error: the message says why)."""
 
     code = "not-found"
 
@@ -314,7 +328,7 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
                     store, unstored = stack.enter_context(_scratch_registry()), f"the registry: {error}"
                     trouble = fetch(store)
                 if trouble:
-                    notes.append(trouble)
+                    notes.append(str(trouble))
                 else:
                     if store != db:
                         notes.append(f"fetched live and not stored ({unstored})")
@@ -337,6 +351,11 @@ def lookup(raw: str, *, db: str | None = None, offline: bool = False, civitai_ur
         if found is None:
             what = f"{q.repo} is not in the registry" if q.kind == "hf" else f"no model matched “{shown(raw)}”"
             what += f": {miss.note}" if miss else ""
+            if q.kind != "text":  # a precise reference to nothing: one rule, an error (a name is a search)
+                if trouble:  # bundled data does not answer for an id or a hash
+                    raise NotFound(str(trouble).removesuffix("; answering from bundled data"), trouble.code)
+                missing = f"{shown(raw)} is not in the registry" + (f": {miss.note}" if miss else "")
+                raise NotFound("; ".join([missing, *notes[::-1]]))
             return LookupResult(raw, None, notes=notes if trouble else [*notes, what])  # the trouble says why
         model, version_id = found
         result = _answer(reg, model, q, version_id)
