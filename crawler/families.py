@@ -88,6 +88,11 @@ def asked_families(words: list[str]) -> tuple[list[str], set[str]] | None:
     return said, allowed or set()
 
 
+def named_by(words: list[str]) -> set[str]:
+    """The families ``words`` name themselves ("xl": SDXL; "pony": Pony), not those descending from them."""
+    return {fid for w in words for fid in _word_index().get(w, ())}
+
+
 _BASE_SPELLINGS = ("sd", "sd1", "sd3", "sdxl")  # "sd 1 5", "sd1 5", "sdxl 1 0": the base model, numbers and all
 
 

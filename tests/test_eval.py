@@ -6,6 +6,8 @@ among 200,000 models."""
 import re
 
 from advisor.advice.lookup import lookup
+from crawler import families
+from crawler.names import normalize_name
 from tests import eval_world
 
 
@@ -22,7 +24,7 @@ def test_every_labelled_query_is_answered_as_meant(registry_db, serve):
 def test_the_set_covers_every_kind_of_query():
     qs = eval_world.queries()
     texts = [q["q"] for q in qs]
-    assert len(qs) >= 150 and len(set(texts)) == len(texts)
+    assert len(qs) >= 300 and len(set(texts)) == len(texts)
     kinds = {
         "civitai.com URL": sum("civitai.com/" in t for t in texts),
         "civitai.red URL": sum("civitai.red/" in t for t in texts),
@@ -32,6 +34,9 @@ def test_the_set_covers_every_kind_of_query():
         "family": sum((q["model"] or "").startswith("family:") for q in qs),
         "a version named": sum("version" in q and " " in q["q"] and "://" not in q["q"] for q in qs),
         "ambiguous": sum("candidates" in q for q in qs),
+        "AIR": sum(t.startswith("urn:air:") for t in texts),
+        "family word": sum(families.asked_families(normalize_name(t).split()) is not None for t in texts),
+        "unknown name": sum(q["model"] is None and "candidates" not in q for q in qs),
     }
     assert all(n >= 3 for n in kinds.values()), kinds
     # look-alikes: every popular model has its same-name re-upload and variants in the catalogue

@@ -22,6 +22,7 @@ from data import settings
 from data.errors import InpaintAdvisorError
 
 GOOD_ENOUGH = 80.0  # a candidate batch with a name this close ends the search for wider ones
+OTHER_FAMILY_NAMED = 10.0  # what a name that says another family than the query's costs it
 
 
 @dataclass
@@ -427,6 +428,9 @@ def _by_name(reg: Reader, q: Query):
             if was is None or (s.similarity > was.similarity and (was.version is None or s.version is not None)):
                 scored[mid] = s
     found = {mid: s for mid, s in scored.items() if _of_family(s.model, asked)}
+    for s in found.values():  # "cyberrealistic sdxl" is CyberRealistic XL, not CyberRealistic Pony
+        if _names_another_family(s.model, asked):
+            s.similarity -= OTHER_FAMILY_NAMED
     if asked and not exact and not _listable(found.values()) and (everything or _listable(scored.values())):
         return FamilyMiss(f"its look-alikes in the registry are of other families than “{' '.join(asked[0])}” "
                           "says")  # fmt: skip
@@ -464,6 +468,18 @@ def _of_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> 
     words, allowed = asked
     own = set(model.name_norm.split()) if model.name_norm else set(normalize_name(model.name).split())
     return model.family in allowed or any(w in own for w in words)
+
+
+def _names_another_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> bool:
+    """A candidate whose own name says a family the query's family words do not, nor one they descend from (a
+    Pony variant, asked for SDXL): allowed, as Pony descends from SDXL, but not what the query names first.
+    ("AutismMix SDXL" asked for as Pony says Pony's parent: no cost.)"""
+    if asked is None:
+        return False
+    said = families.named_by(asked[0])
+    ancestry = {f["id"] for fid in said for f in families.lineage(fid)}
+    own = families.named_by((model.name_norm or normalize_name(model.name)).split())
+    return bool(own) and not own <= ancestry
 
 
 def _candidates(reg: Reader, wanted: str, *, widen: bool = True) -> dict:

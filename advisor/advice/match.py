@@ -97,7 +97,17 @@ def name_similarity(query: str, name_norm: str) -> float:
                    fuzz.token_sort_ratio(query, variant))  # fmt: skip
         if len(q_compact) >= 4 and v_compact.startswith(q_compact):
             best = max(best, 85.0 + 10.0 * len(q_compact) / len(v_compact))
+        if len(words) >= 2 and _in_order(words, variant.split()):  # "wai ponyxl": WAI-ANI-NSFW-PONYXL
+            best = max(best, 80.0 + 15.0 * len(q_compact) / len(v_compact))
     return best
+
+
+def _in_order(words: list[str], name: list[str]) -> bool:
+    """Every word of the query is a word of the name, in the name's order, the first one first."""
+    if not name or words[0] != name[0]:
+        return False
+    rest = iter(name[1:])
+    return all(w in rest for w in words[1:])
 
 
 def _label(tokens: Iterable[str]) -> list[str]:
