@@ -496,7 +496,8 @@ def ui_folders() -> str:
             source = ui["sources"].get(kind) or ui["sources"].get("folders") or ui["sources"].get("models_dir")
             cells.append(f"[{where}]({source})" if folder and source else where)
         marks = ", ".join(f"`{m}`" for m in ui["marks"])
-        rows.append(f"| **{ui['name']}** (`{ui['id']}`; root has {marks}) | " + " | ".join(cells) + " |")
+        runs = f"; runs {', '.join(ui['runs'])} and their kin" if ui.get("runs") else ""
+        rows.append(f"| **{ui['name']}** (`{ui['id']}`; root has {marks}{runs}) | " + " | ".join(cells) + " |")
     notes = [f"- **{ui['name']}**: {ui['notes']}" for ui in data["uis"] if ui.get("notes")]
     legend = [f"- `{kind}`: {what}" for kind, what in data["kinds"].items()]
     return "\n".join(rows) + "\n\n" + "\n".join(legend) + "\n\n" + "\n".join(notes) + "\n"

@@ -410,4 +410,104 @@ def test_fooocus_takes_its_own_patch_and_no_inpainting_checkpoint(tmp_path):
     assert patch.workflow is None and "inpaint engine v2.6" in patch.steps[0]
     with pytest.raises(GetError) as none:
         plan_get("sd 1.5", root=root, db=str(tmp_path / "r.db"), offline=True)
-    assert none.value.code == "no-route-for-ui" and "does not inpaint with an inpainting checkpoint" in str(none.value)
+    assert none.value.code == "no-route-for-ui" and "Fooocus does not run Stable Diffusion 1.x" in str(none.value)
+    flux = _install(tmp_path, "a1111", ["webui.py", "modules"])
+    with pytest.raises(GetError) as refused:  # not "nothing to fetch" and a sampler trick it cannot run either
+        plan_get("flux.1", root=flux, db=str(tmp_path / "r.db"), offline=True)
+    assert refused.value.code == "no-route-for-ui" and "AUTOMATIC1111 does not run FLUX.1" in str(refused.value)
+
+
+def test_a_hostile_extra_model_paths_adds_nothing(tmp_path):
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    aliases = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    aliases += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (root / "extra_model_paths.yaml").write_text("\n".join([*aliases, "sec:", "  checkpoints: *a8",
+                                                            "  base_path: *a8", "  inpaint: 7"]))  # fmt: skip
+    install = uis.find(root)  # an alias bomb is no path list: never expanded
+    assert install.extra == {} and install.folder("inpaint") == root / "models" / "inpaint"
+    (root / "extra_model_paths.yaml").write_bytes(b"a:\n  checkpoints: x\n" + b"#" * (2 << 20))
+    assert uis.find(root).extra == {}  # far larger than any real one: not read
+
+
+def test_a_models_folder_is_its_uis_and_a_bare_one_asks_which(tmp_path):
+    forge = _install(tmp_path, "forge", ["webui.py", "modules", "modules_forge"])
+    (forge / "models" / "Stable-diffusion").mkdir(parents=True)
+    plan = plan_get("sdxl", root=forge / "models", db=str(tmp_path / "r.db"), offline=True)
+    assert plan.result.ui == "forge" and plan.result.answer.route == "fooocus-inpaint"  # not A1111's answer
+    bare = tmp_path / "bare" / "models"
+    (bare / "Stable-diffusion").mkdir(parents=True)
+    with pytest.raises(GetError) as which:
+        plan_get("sdxl", root=bare, db=str(tmp_path / "r.db"), offline=True)
+    assert which.value.code == "no-ui" and "AUTOMATIC1111" in str(which.value) and "Forge" in str(which.value)
+    assert plan_get("sdxl", root=bare, ui="forge", db=str(tmp_path / "r.db"), offline=True).result.ui == "forge"
+
+
+def test_a_local_inpainting_model_is_placed_where_the_ui_looks_and_gets_its_workflow(tmp_path):
+    from tests.sd_layouts import write_checkpoint
+
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    outside = tmp_path / "downloads" / "myInpaint.safetensors"
+    outside.parent.mkdir()
+    write_checkpoint(outside, "sd1", "inpaint", 3)
+    result = get(str(outside), root=root, db=str(tmp_path / "r.db"), offline=True)
+    placed = root / "models" / "checkpoints" / "myInpaint.safetensors"
+    assert result.action == "ready" and placed.read_bytes() == outside.read_bytes()
+    assert result.files[0].state == "copied" and result.checkpoint == str(placed)
+    assert json.loads(Path(result.workflow_path).read_text())["1"]["inputs"]["ckpt_name"] == placed.name
+    inside = get(str(placed), root=root, db=str(tmp_path / "r.db"), offline=True)  # in place: nothing to fetch
+    assert inside.action == "nothing" and inside.files == [] and Path(inside.workflow_path).is_file()
+
+
+def test_a_file_of_another_size_is_never_read_and_blocks_the_run(tmp_path, hub, monkeypatch):
+    from merge import hashing
+
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    (root / "models" / "inpaint").mkdir(parents=True)
+    with open(root / "models" / "inpaint" / HEAD, "wb") as f:
+        f.truncate(1 << 40)  # a terabyte of hole under the head's name
+    read = []
+    monkeypatch.setattr(hashing, "file_hashes", lambda p, **k: read.append(p))
+    plan = plan_get("sdxl", root=root, db=str(tmp_path / "r.db"))
+    head = next(p for p in plan.result.files if p.name == HEAD)
+    assert head.state == "other-file" and read == [] and "will not replace it" in plan.result.warnings[-1]
+    dry = run_cli("get", "sdxl", "--root", str(root), "--dry-run", "--offline", "--db", str(tmp_path / "none.db"),
+                  env=cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache")))  # fmt: skip
+    assert dry.returncode == 1 and "will not replace it" in dry.stdout
+
+
+def test_a_cache_file_changed_after_it_was_hashed_is_fetched_instead(tmp_path, hub, monkeypatch):
+    from advisor.get import run
+    from merge import hashing
+
+    served = hub.files[("lllyasviel/fooocus_inpaint", PATCH)].content
+    cached = files_dir() / "hf" / "lllyasviel--fooocus_inpaint" / PATCH
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(served)
+    real = hashing.file_hashes
+
+    def hash_then_tamper(path, **kw):
+        got = real(path, **kw)
+        if Path(path) == cached:
+            cached.write_bytes(b"\0" * len(served))  # same size, other bytes, after the hash was taken
+        return got
+
+    monkeypatch.setattr(run.hashing, "file_hashes", hash_then_tamper)
+    monkeypatch.setattr(run.hashing, "cached", lambda *a, **k: None)
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    result = get("sdxl", root=root, db=str(tmp_path / "r.db"))
+    patch = next(p for p in result.files if p.name == PATCH)
+    assert patch.state == "fetched" and (root / "models" / "inpaint" / PATCH).read_bytes() == served
+
+
+def test_a_planned_build_counts_its_disk_and_enqueue_is_not_a_dry_run(tmp_path):
+    from tests.sd_layouts import write_checkpoint
+
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    mine = root / "models" / "checkpoints" / "my15.safetensors"
+    mine.parent.mkdir(parents=True)
+    write_checkpoint(mine, "sd1", "normal", 4)
+    plan = plan_get(str(mine), root=root, route="build", db=str(tmp_path / "r.db"), offline=True)
+    assert plan.result.build is not None and plan.result.disk_needed == plan.result.build.disk_needed > 0
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))
+    mixed = run_cli("get", "sdxl", "--root", str(root), "--enqueue", "--dry-run", "--json", env=env)
+    assert mixed.returncode == 2 and json.loads(mixed.stdout)["error"]["code"] == "usage"

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from advisor.cli.app import PlainCommand, app
-from advisor.cli.common import DbOption, JsonOption, die_for
+from advisor.cli.common import DbOption, JsonOption, die, die_for
 
 _UIS = "comfyui|a1111|forge|reforge|invokeai|swarmui|fooocus"
 
@@ -84,7 +84,11 @@ def get(
     from advisor.get import plan_get, run_get
 
     if ui is not None and ui not in _UIS.split("|"):
-        raise typer.BadParameter(f"{ui!r} is not one of {_UIS.replace('|', ', ')}", param_hint="--ui")
+        raise die(f"--ui: {ui!r} is not one of {_UIS.replace('|', ', ')}", code="usage", exit_code=2,
+                  as_json=as_json or manifest)  # fmt: skip
+    if enqueue and (dry_run or manifest or offline):
+        raise die("--enqueue queues the get for a worker: --dry-run, --manifest and --offline are for a get run here",
+                  code="usage", exit_code=2, as_json=as_json)  # fmt: skip
     if enqueue:
         _enqueue(query, root, ui, route, db, as_json)
         return
@@ -111,7 +115,8 @@ def get(
         print_json(result)
     else:
         render.get_result(out, result)
-    raise typer.Exit(0 if result.action in ("ready", "nothing", "planned") else 1)
+    blocked = any(p.state == "other-file" for p in result.files)  # the run would refuse: a dry run says so too
+    raise typer.Exit(0 if result.action in ("ready", "nothing", "planned") and not blocked else 1)
 
 
 def _enqueue(query: str, root: Path, ui: str | None, route: str | None, db, as_json: bool) -> None:
@@ -123,7 +128,8 @@ def _enqueue(query: str, root: Path, ui: str | None, route: str | None, db, as_j
     try:
         queued = team.enqueue_get(query, root=root, ui=ui, route=route, db=db)
     except Exception as exc:
-        raise team_failure(exc, as_json) from None
+        raise team_failure(exc, as_json, alone="`inpaint-advisor get` without --enqueue, or `scan --get`, does "
+                           "the same here") from None
     if as_json:
         print_json({"queued": [queued]})
     else:

@@ -97,7 +97,14 @@ def _get_all(results, ui, db, limit, family, dry_run: bool, offline: bool, as_js
     from advisor.cli import render
     from advisor.cli.output import err, out, print_json
     from advisor.get.batch import get_folder
+    from advisor.local import uis
 
+    if ui is not None and ui not in uis.ids():
+        raise die(f"--ui: {ui!r} is not one of {', '.join(uis.ids())}", code="usage", exit_code=2, as_json=as_json)
+    plain = next((r.root for r in results if r.layout == "folder"), None)
+    if plain is not None and ui is None:
+        raise die(f"{plain} is not a UI folder inpaint-advisor recognises: name the UI with --ui "
+                  f"({', '.join(uis.ids())})", code="no-ui", exit_code=2, as_json=as_json)  # fmt: skip
     batches = []
     for scanned in results:
         def on_item(item) -> None:

@@ -15,12 +15,13 @@ SQLITE_HINT = ("; on one machine, `inpaint-advisor scan --build` and `build --mi
                "foreground")  # fmt: skip
 
 
-def team_failure(exc: BaseException, as_json: bool) -> typer.Exit:
-    """A queue error as one line; a SQLite registry is told what to use instead."""
+def team_failure(exc: BaseException, as_json: bool, alone: str | None = None) -> typer.Exit:
+    """A queue error as one line; a SQLite registry is told what to use instead (``alone``: what does the
+    same work on one machine, where it is not a build)."""
     from crawler.registry.queue import TeamModeNeedsPostgres
 
     if isinstance(exc, TeamModeNeedsPostgres):
-        hint = SQLITE_HINT if "SQLite" in str(exc) else ""
+        hint = (f"; on one machine, {alone}" if alone else SQLITE_HINT) if "SQLite" in str(exc) else ""
         return die(f"{exc}{hint}", code=exc.code, exit_code=exc.exit_code, as_json=as_json)  # with its advice
     return die_for(exc, as_json=as_json)
 

@@ -101,6 +101,8 @@ def _run_one(path: str, plan: GetPlan | Exception, dry_run: bool, progress) -> G
         item.files.append(r.build.output.path)
     if r.action in ("ready", "nothing") and all(p.state == "present" for p in r.files):
         item.status, item.reason = "skipped", "already in place"
+        if not dry_run:
+            run_get(plan)  # nothing to fetch: its workflow is written all the same
         return item
     if dry_run:
         return item

@@ -55,19 +55,29 @@ def plan_get(query: str, *, root: str | os.PathLike = ".", ui: str | None = None
     does not say). Raises GetError when no answer can be acted on there."""
     if ui is not None and ui not in uis.ids():
         raise GetError(f"unknown UI {ui!r}: one of {', '.join(uis.ids())}", "usage")
-    where = Path(root).expanduser()
+    where = Path(root).expanduser().resolve()  # absolute: the manifest is read by other tools, elsewhere
     if not where.is_dir():
-        raise GetError(f"{where}: no such folder (the UI's folder, where its files go)", "bad-query")
+        what = "not a folder" if where.exists() else "no such folder"
+        raise GetError(f"{where}: {what} (the UI's folder, where its files go)", "bad-query")
     install = uis.find(where, ui)
-    if ui is not None and not install.recognised and (other := uis.find(where)).ui != "folder":
+    if ui is not None and not install.recognised and (other := uis.find(where)).recognised:
         raise GetError(f"{where} is {other.name}'s folder, not {install.name}'s", "usage")
     if install.ui == "folder":
         raise GetError(f"{where} is not a UI folder inpaint-advisor recognises ({', '.join(uis.ids())}): "
                        "name the UI, or give its folder", "no-ui")  # fmt: skip
+    if ui is None and not install.recognised:  # a bare models folder several UIs lay out alike
+        alike = [uis.spec(u)["name"] for u in uis.ids() if uis.same_layout(u, install.ui)]
+        raise GetError(f"{where} is the models folder of {' or '.join(alike)}: name the UI", "no-ui")
     found = lookup(query, db=db, offline=offline)
     if found.match is None or found.recommendation is None:
         why = "; ".join(found.notes) or ("several models match: name one by id" if found.candidates else "no match")
         raise GetError(f"nothing to get for “{query}”: {why}", "not-found")
+    runs = uis.spec(install.ui).get("runs")
+    lineage = {f["id"] for f in families.lineage(found.match.family)}
+    if runs and lineage and not lineage & set(runs):
+        fam = families.family(found.match.family) or {}
+        raise GetError(f"{install.name} does not run {fam.get('name', found.match.family)} models: use a UI that "
+                       "does (ComfyUI, SwarmUI, ...)", "no-route-for-ui")  # fmt: skip
     options = _options(found, route)
     passed: list[str] = []
     for rec in options:
@@ -77,7 +87,8 @@ def plan_get(query: str, *, root: str | os.PathLike = ".", ui: str | None = None
             passed.append(f"{_title(rec)}: {why}")
             continue
         plan.result.passed_over = passed
-        plan.result.warnings[:0] = found.warnings
+        if rec.kind in CHECKPOINT_KINDS:  # the family's caveats are about its official model and builds
+            plan.result.warnings[:0] = found.warnings
         _plan_workflow(plan.result, install)
         return plan
     raise GetError(f"nothing {install.name} can use for {found.match.name}: " + "; ".join(passed), "no-route-for-ui")
@@ -117,13 +128,16 @@ def _plan_for(rec: ladder.Recommendation, found: LookupResult, install: Install,
         _plan_build(plan, rec, query, db)
     elif rec.kind in CHECKPOINT_KINDS:
         result.files = [_checkpoint_file(rec, found.match, install, db)]
-        result.steps = _checkpoint_steps(install, found.match.family)
+        result.steps = _checkpoint_steps(install, found.match.family, result.files[0].kind)
     else:
         _plan_route(plan, rec)
     for p in result.files:
         _settle(p, install)
-    result.disk_needed = sum(p.size or p.approx_size or 0 for p in result.files if p.state not in ("present",))
-    if all(p.state == "present" for p in result.files) and plan.build is None:
+        if p.state == "other-file":
+            result.warnings.append(f"{p.destination} exists and is another file: get will not replace it (move "
+                                   "it away, then run again)")  # fmt: skip
+    result.disk_needed += sum(p.size or p.approx_size or 0 for p in result.files if p.state != "present")
+    if result.action == "planned" and all(p.state == "present" for p in result.files) and plan.build is None:
         result.action = "ready"
     return plan
 
@@ -165,6 +179,21 @@ def _plan_build(plan: GetPlan, rec: ladder.Recommendation, query: str, db: str |
     else:
         plan.build = built
     result.steps = _checkpoint_steps(plan.install, plan.result.match.family if plan.result.match else None)
+    if result.action == "nothing":
+        _place_local(plan, Path(built.result.output.path) if built.result.output else None)
+
+
+def _place_local(plan: GetPlan, path: Path | None) -> None:
+    """The user's own file that already inpaints, where the UI does not look: linked (or copied) into its
+    checkpoints, checked against its own SHA256."""
+    install, result = plan.install, plan.result
+    if path is None or any(path.resolve().is_relative_to(f.resolve()) for f in install.folders("checkpoint")):
+        return
+    sha = (hashing.cached(path, autov3=False) or hashing.file_hashes(path, autov3=False)).sha256.upper()
+    result.files = [Placement("checkpoint", safe_filename(path.name), str(_folder(install, "checkpoint")), str(path),
+                              sha, path.stat().st_size, "your file", label="your model", _cached=(str(path),))]
+    result.action = "planned"
+    result.checkpoint = result.files[0].destination
 
 
 def _checkpoint_file(rec: ladder.Recommendation, match: Match, install: Install, db: str | None) -> Placement:
@@ -221,11 +250,13 @@ def _folder(install: Install, kind: str) -> Path:
     return folder
 
 
-def _checkpoint_steps(install: Install, family: str | None) -> list[str]:
-    """How the UI takes an inpainting checkpoint, and what the family needs beyond that (FLUX's guidance)."""
+def _checkpoint_steps(install: Install, family: str | None, kind: str = "checkpoint") -> list[str]:
+    """How the UI takes an inpainting checkpoint (or a UNet alone), and in ComfyUI what the family needs beyond
+    that (FLUX's guidance)."""
     spec = uis.spec(install.ui)
-    steps = [s for s in (spec.get("install_step"), spec.get("checkpoint_how")) if s]
-    if (specific := routes.checkpoint_how(family)) != routes.checkpoint_how(None):
+    steps = [s for s in (spec.get("install_step"), spec.get(f"{kind}_how")) if s]
+    specific = routes.checkpoint_how(family)
+    if install.ui == "comfyui" and specific != routes.checkpoint_how(None):
         steps.append(specific)
     return steps
 
@@ -267,6 +298,14 @@ def _plan_route(plan: GetPlan, rec: ladder.Recommendation) -> None:
     result.steps = [use["how"]]
 
 
+def _size_fits(p: Placement, size: int) -> bool:
+    if p.size:
+        return size == p.size
+    if p.approx_size:  # the Hub rounds to three digits
+        return abs(size - p.approx_size) <= p.approx_size * 0.01 + 1024
+    return True
+
+
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
@@ -285,10 +324,10 @@ def _upper(sha: str | None) -> str | None:
 
 def _settle(p: Placement, install: Install) -> None:
     """Whether the file is already in place, in any folder the UI reads its kind from (by SHA256 where one is
-    pinned), half-fetched, or another file under its name."""
+    pinned), half-fetched, or another file under its name. A file of another size is never read to hash it."""
     for folder in [Path(p.folder), *(f for f in install.folders(p.kind) if f != Path(p.folder))]:
         target = folder / p.name
-        if not target.is_file():
+        if not target.is_file() or not _size_fits(p, target.stat().st_size):
             continue
         try:
             sha = (hashing.cached(target, autov3=False) or hashing.file_hashes(target, autov3=False)).sha256.upper()

@@ -5,8 +5,8 @@ build fetched it before; a build through `build` itself."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,7 @@ def run_get(plan: GetPlan, *, progress: Progress | None = None,
     had. Files already placed stay placed: the same command again goes on from there."""
     result = plan.result
     if result.action in ("ready", "nothing"):
+        _workflow(result)
         return result
     taken = next((p for p in result.files if p.state == "other-file"), None)
     if taken is not None:
@@ -44,10 +45,14 @@ def run_get(plan: GetPlan, *, progress: Progress | None = None,
         result.checkpoint = result.build.output.path if result.build.output else result.checkpoint
         if not result.build.verified:
             raise GetError(f"the build of {result.answer.name} is not verified: {result.build.reason}", "build-failed")
-    if result.workflow is not None and result.workflow_path is not None:
-        _write_workflow(Path(result.workflow_path), result.workflow, result.warnings)
+    _workflow(result)
     result.action = "ready"
     return result
+
+
+def _workflow(result: GetResult) -> None:
+    if result.workflow is not None and result.workflow_path is not None:
+        _write_workflow(Path(result.workflow_path), result.workflow, result.warnings)
 
 
 def _write_workflow(path: Path, graph: dict, warnings: list[str]) -> None:
@@ -88,7 +93,7 @@ def _place(p: Placement, offline: bool, progress: Progress | None, warnings: lis
         )
     except DownloadError as exc:
         raise GetError(str(exc), exc.code) from None
-    p.name, p.path, p.bytes, p.verified = got.path.name, str(got.path), got.bytes, got.verified
+    p.name, p.path, p.bytes, p.verified, p.size = got.path.name, str(got.path), got.bytes, got.verified, got.size
     p.state = "present" if got.reused else "fetched"
     if p.sha256 is None:
         p.sha256 = got.sha256
@@ -106,6 +111,7 @@ def _from_cache(p: Placement) -> bool:
         try:
             if not cached.is_file():
                 continue
+            before = cached.stat()
             sha = (hashing.cached(cached, autov3=False) or hashing.file_hashes(cached, autov3=False)).sha256
         except (OSError, CheckpointError):
             continue
@@ -113,34 +119,53 @@ def _from_cache(p: Placement) -> bool:
             continue
         target = Path(p.folder) / p.name
         try:
-            _link_or_copy(cached, target)
+            placed = _link_or_copy(cached, target, before, p.sha256)
         except FileExistsError:
             raise GetError(f"{target} exists and is another file: not replaced (move it away and run again)",
                            "exists") from None  # fmt: skip
         except OSError:
             continue  # the cache's copy cannot be used: fetched instead
+        if not placed:
+            continue  # it changed after it was hashed: fetched instead
         p.path, p.state, p.verified = str(target), "copied", True
         return True
     return False
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """``target`` as a hard link to ``source``, or a copy that is whole before it takes the name; never over a
-    file already there (FileExistsError)."""
+def _same_file(st: os.stat_result, before: os.stat_result) -> bool:
+    """The inode hashed, unchanged (a link changes the ctime, so it is not compared)."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns) == (before.st_ino, before.st_dev, before.st_size,
+                                                                  before.st_mtime_ns)  # fmt: skip
+
+
+def _link_or_copy(source: Path, target: Path, before: os.stat_result, sha256: str) -> bool:
+    """``target`` as a hard link to ``source`` (still the file that was hashed), or a copy hashed as it is
+    written, whole before it takes the name; never over a file already there (FileExistsError). False, and
+    nothing placed, when the bytes are no longer the ones hashed."""
     try:
         os.link(source, target)
-        return
     except FileExistsError:
         raise
     except OSError:
         pass  # another filesystem, or links not allowed: copied
+    else:
+        if _same_file(target.stat(), before):
+            return True
+        target.unlink()
+        return False
     staged = target.with_name(f".inpaint-advisor-{uuid.uuid4().hex[:12]}.partial")
     try:
+        digest = hashlib.sha256()
         with open(source, "rb") as src, open(staged, "xb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())
+        if digest.hexdigest().upper() != sha256:
+            return False
         os.link(staged, target)  # not os.replace: a file that appeared meanwhile is not overwritten
+        return True
     finally:
         with contextlib.suppress(OSError):
             staged.unlink()

@@ -111,6 +111,15 @@ def _graph(ckpt: str, lineage: str, patch: tuple[str, str] | None) -> dict:
 
 
 def file_name(result: GetResult) -> str:
-    """Where in the models folder the workflow goes: named after the model."""
-    stem = Path(result.query).stem if result.match and result.match.source == "file" else result.query
+    """Where in the models folder the workflow goes: named after the model (its file, or its name and version,
+    however it was asked for), with the model's id where it has one, so no two models share one."""
+    m = result.match
+    if m is None:
+        stem = "model"
+    elif m.source == "file":
+        stem = Path(result.query).stem
+    else:
+        stem = " ".join(p for p in (m.name, m.version_name) if p)
+        if m.model_id:
+            stem += f" {m.model_id.split(':', 1)[-1].replace('/', '--')}"
     return safe_filename(f"inpaint-{stem}.api.json", "inpaint.api.json")

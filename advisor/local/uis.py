@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+_MAX_CONFIG = 1 << 20  # an extra_model_paths.yaml is a few hundred bytes: anything far larger is not read
 # a UI's models folder, named by the folder of checkpoints it holds (the root was given one level down)
 _MODELS_FOLDERS = {"Stable-diffusion": "a1111", "Stable-Diffusion": "swarmui", "checkpoints": "comfyui"}
 
@@ -84,10 +85,20 @@ def find(root: Path, ui: str | None = None) -> Install:
             return _install(u["id"], root, root / u["models"], True)
     for sub, name in _MODELS_FOLDERS.items():
         if (root / sub).is_dir() and (ui is None or ui == name or _same_folders(ui, name)):
-            return _install(ui or name, root, root, True)
+            # a models folder: its UI is its parent's (A1111's models folder is Forge's and reForge's too)
+            parent = find(root.parent, ui) if root.parent != root and ui is None else None
+            if parent is not None and parent.recognised and parent.models == root:
+                return parent
+            ambiguous = ui is None and any(_same_folders(u["id"], name) for u in candidates if u["id"] != name)
+            return _install(ui or name, root, root, not ambiguous)
     if ui is not None:
         return _install(ui, root, root / spec(ui)["models"], False)
     return Install("folder", root, root, False)
+
+
+def same_layout(a: str, b: str) -> bool:
+    """Whether two UIs keep checkpoints in a folder of the same name (A1111, Forge and reForge)."""
+    return _same_folders(a, b)
 
 
 def _same_folders(a: str, b: str) -> bool:
@@ -106,9 +117,9 @@ def _comfy_extra_paths(root: Path, keys: dict[str, list[str]]) -> tuple[dict[str
     """Each kind's folders from ComfyUI's extra_model_paths.yaml (each section's base_path + its entries), and
     where a section marked ``is_default`` sends new files; a broken config adds nothing."""
     config = root / "extra_model_paths.yaml"
-    if not config.is_file():
-        return {}, {}
     try:
+        if not config.is_file() or config.stat().st_size > _MAX_CONFIG:
+            return {}, {}
         import yaml
 
         data = yaml.safe_load(config.read_text(encoding="utf-8"))
@@ -119,11 +130,15 @@ def _comfy_extra_paths(root: Path, keys: dict[str, list[str]]) -> tuple[dict[str
     for section in (data or {}).values() if isinstance(data, dict) else []:
         if not isinstance(section, dict):
             continue
-        base = Path(os.path.expanduser(str(section.get("base_path", "")))) if section.get("base_path") else root
+        given = section.get("base_path")
+        base = Path(os.path.expanduser(given)) if isinstance(given, str) and given else root
         base = base if base.is_absolute() else root / base
         for kind, names in keys.items():
             for key in names:
-                for entry in str(section.get(key) or "").splitlines():
+                value = section.get(key)
+                if not isinstance(value, str):  # ComfyUI splits strings only; an alias bomb is no path list
+                    continue
+                for entry in value.splitlines():
                     if not entry.strip():
                         continue
                     p = Path(os.path.expanduser(entry.strip()))
