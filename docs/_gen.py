@@ -428,6 +428,7 @@ def json_types() -> str:
 # Example models: (label, family, Civitai's base model string, header markers). Their rankings are computed.
 WEIGHED_EXAMPLES = [
     ("SD 1.5 fine-tune", "sd1", "SD 1.5", []),
+    ("SD 1.5 anime fine-tune (tagged anime)", "sd1", "SD 1.5", ["tag:anime"]),
     ("SDXL fine-tune", "sdxl", "SDXL 1.0", []),
     ("SDXL Lightning (or Turbo, Hyper)", "sdxl", "SDXL Lightning", []),
     ("Pony", "pony", "Pony", []),
@@ -449,7 +450,8 @@ def route_ranking() -> str:
     rows = ["| model | first | then |", "| --- | --- | --- |"]
     for label, family, base_model, markers in WEIGHED_EXAMPLES:
         rec, alternatives, _ = recommend(Subject(name=label, family=family, base_model=base_model,
-                                                 prediction=list(markers)))  # fmt: skip
+                                                 prediction=[m for m in markers if not m.startswith("tag:")],
+                                                 tags=[m[4:] for m in markers if m.startswith("tag:")]))  # fmt: skip
         ranked = [f"{names.get(r.route or '', shown.get(r.kind, r.kind))} ({r.score})" for r in [rec, *alternatives]]
         rows.append(f"| {label} | {_cell(ranked[0])} | {_cell(', '.join(ranked[1:]))} |")
     return "\n".join(rows) + "\n"

@@ -139,12 +139,15 @@ def test_ladder_sibling_model_by_the_same_creator(registry):
     assert any("same creator" in e for e in r.recommendation.evidence)
 
 
-def test_ladder_official_then_build_for_a_plain_fine_tune(registry):
-    r = ask("civitai:107842", registry)  # Aniverse: no inpainting release
-    assert r.recommendation.kind == "official"
-    assert r.recommendation.target.repo == "stable-diffusion-v1-5/stable-diffusion-inpainting"
-    assert r.recommendation.target.sha256 == "c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19"
-    build = next(a for a in r.alternatives if a.kind == "build")
+def test_ladder_builds_for_a_stylized_fine_tune_and_weighs_the_official_model_down(registry):
+    r = ask("civitai:107842", registry)  # Aniverse, tagged anime: no inpainting release
+    assert r.recommendation.kind == "build"  # the official model would paint the mask in its own, photo look
+    official = next(a for a in r.alternatives if a.kind == "official")
+    assert official.score < r.recommendation.score
+    assert any("stylized model's style is lost" in e and "tagged 'anime'" in e for e in official.evidence)
+    assert official.target.repo == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    assert official.target.sha256 == "c6bbc15e3224e6973459ba78de4998b80b50112b0ae5b5c67113d56b4e366b19"
+    build = r.recommendation
     assert build.command.argv[:4] == ["inpaint-advisor", "merge", "--inpaint", "sd-v1-5-inpainting.ckpt"]
     assert option(build.command, "--base") == "v1-5-pruned-emaonly.safetensors"
     assert option(build.command, "--multiplier") == "1.0"

@@ -4,6 +4,8 @@ by the model's version order (the newer on a tie), detection confidence only bre
 from types import SimpleNamespace
 
 from advisor.advice import ladder
+from advisor.advice.facts import Facts, Release
+from crawler.registry.reader import LinkRecord, ModelRecord, VersionRecord
 from tests.ladder_facts import releases
 
 VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first
@@ -11,7 +13,7 @@ VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first
 
 def _ask(version: str | None, made_for: dict[str, float]):
     subject = ladder.Subject("Mix", "sd1", model_id="civitai:1", version_id=f"civitai:{version}" if version else None,
-                             versions=[SimpleNamespace(id=f"civitai:{v}", position=i)
+                             versions=[SimpleNamespace(id=f"civitai:{v}", name=f"v{v}", position=i)
                                        for i, v in enumerate(VERSIONS)])  # fmt: skip
     rec, _, warnings = ladder.recommend(subject, releases("Mix", made_for))
     return rec, warnings
@@ -67,3 +69,42 @@ def test_only_the_words_beyond_the_models_name_ask_for_a_version():
     assert _beyond(parse_query("Turbo Vision XL"), "Turbo Vision XL") == ""  # its name, not a wish for Turbo
     assert _beyond(parse_query("turbo vision xl lightning"), "Turbo Vision XL") == "lightning"
     assert _beyond(parse_query("https://civitai.com/models/1/dreamshaper-xl-turbo"), "DreamShaper XL") == ""
+
+
+def _version(vid: str, name: str, position: int, inpainting: bool = False):
+    return VersionRecord(vid, "civitai:7", name, "SD 1.5", "sd1", None, position, inpainting,
+                         primary_file=f"{vid}.safetensors")  # fmt: skip
+
+
+def test_a_release_of_a_lineage_that_ended_is_not_given_to_the_new_maintainers_version():
+    versions = [_version("civitai:v3", "v2 Rebirth", 0), _version("civitai:v2", "v1.2.2-EOL", 1),
+                _version("civitai:v1", "v1.2.2 inpainting", 2, True)]  # fmt: skip
+    model = ModelRecord("civitai:7", "civitai", "7", "ReV Animated", "Zovya", "SD 1.5", "sd1", False, True)
+    link = LinkRecord("civitai:v1", "civitai:7", "civitai:7", None, "same-model", 0.9, [])
+    facts = Facts(links=[link], releases={"civitai:v1": Release(model, versions[2])})
+    for version, offered in (("civitai:v3", False), ("civitai:v2", True)):
+        subject = ladder.Subject("ReV Animated", "sd1", model_id="civitai:7", version_id=version,
+                                 version_name=next(v.name for v in versions if v.id == version), versions=versions)
+        rec, alternatives, warnings = ladder.recommend(subject, facts)
+        given = [r for r in [rec, *alternatives] if r.kind == "own-release"]
+        assert bool(given) == offered, version
+        if not offered:  # said, with the way to get it
+            assert any("new lineage after v1.2.2-EOL" in w and "ask for that version" in w for w in warnings)
+
+
+def test_another_creators_inpainting_version_is_offered_with_its_evidence_and_tags_weigh_the_official_model():
+    model = ModelRecord("civitai:8", "civitai", "8", "Photon Inpainting", "someone_else", "SD 1.5", "sd1", True, True)
+    model.downloads = 20000
+    facts = Facts(community=[Release(model, _version("civitai:v80", "v1", 0, True))])
+    subject = ladder.Subject("Photon", "sd1", model_id="civitai:1", version_id="civitai:v10", version_name="v1")
+    rec, alternatives, warnings = ladder.recommend(subject, facts)
+    assert rec.kind == "community-release" and rec.target.model_id == "civitai:8"
+    assert "someone_else published" in rec.reason and "20,000 downloads" in rec.evidence
+    assert any("not its creator's own release" in e for e in rec.evidence)
+    assert [a.kind for a in alternatives][:2] == ["official", "build"]  # a photo model: the official one next
+    anime = ladder.Subject("Aniverse", "sd1", model_id="civitai:2", tags=["anime"])
+    rec, alternatives, _ = ladder.recommend(anime)
+    official = next(a for a in alternatives if a.kind == "official")
+    assert rec.kind == "build" and official.score == 58 and rec.score == 66
+    tagged_both = ladder.Subject("majicMIX realistic", "sd1", model_id="civitai:3", tags=["anime", "realistic"])
+    assert ladder.recommend(tagged_both)[0].kind == "official"  # noisy tags: "realistic" says it is no anime model

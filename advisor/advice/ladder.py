@@ -6,6 +6,7 @@ inpainting checkpoint, a custom build by add-difference, and the routes that nee
 (the Fooocus patch, ControlNets, adapters, fill models, sampler methods) -> no inpainting route.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from advisor.advice import routes
@@ -34,7 +35,8 @@ class Target:
 
 @dataclass
 class Recommendation:
-    # built | already-inpainting | own-release | sibling-release | official | build | none, or a route's kind
+    # built | already-inpainting | own-release | sibling-release | community-release | official | build | none,
+    # or a route's kind
     # (routes.KINDS: patch | controlnet | adapter | lora | fill-model | sampler)
     kind: str
     reason: str
@@ -68,6 +70,7 @@ class Subject:
     inpaint_evidence: list[str] = field(default_factory=list)
     same_file_models: list[str] = field(default_factory=list)  # the same checkpoint on another source
     same_file_versions: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # the source's tags of the model, lower-case
 
 
 def _release_target(release: Release, sites: Sites) -> Target:
@@ -220,7 +223,8 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
     )
 
 
-SETTLED = ("built", "already-inpainting", "own-release", "sibling-release")  # answers no family caveat is about
+SETTLED = ("built", "already-inpainting", "own-release", "sibling-release",
+           "community-release")  # answers no family caveat is about
 
 
 def recommend(subject: Subject, facts: Facts | None = None) -> tuple[Recommendation, list[Recommendation], list[str]]:
@@ -281,6 +285,13 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
             f"({other.version_id or 'unknown'}): {other.path}.",
             Target(name=other.path, source="local", file=other.path, size=other.size, sha256=other.sha256)))
     for kind, group in (("own-release", own), ("sibling-release", sibling)):
+        old = [ln for ln in group if _old_lineage(subject, ln, facts)]
+        if old:
+            group = [ln for ln in group if ln not in old]
+            made_for = _lineage_end(subject)
+            warnings.append(f"{subject.name} is a new lineage after {made_for}: its inpainting release "
+                            f"{facts.releases[old[0].inpaint_version_id].version.name} was made for the old one, "
+                            "so it is not offered (ask for that version to get it).")  # fmt: skip
         if not group:
             continue
         (link, note), *others = _rank_releases(subject, group)
@@ -300,7 +311,7 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
             alternatives.append(r)
 
     said = " ".join(x for x in (subject.name, subject.version_name, subject.asked) if x)
-    marks = routes.markers_of(said, subject.base_model, subject.prediction, subject.family)
+    marks = routes.markers_of(said, subject.base_model, subject.prediction, subject.family, subject.tags)
     weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:
@@ -326,6 +337,8 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
                 checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
                 checkpoint.how = [routes.checkpoint_how(official["id"])]
                 weighed.append(checkpoint)
+    for release in facts.community[:1]:  # another creator's inpainting version of this very model
+        weighed.append(_community_recommendation(subject, release, facts, marks))
     weighed += [_route_recommendation(route, facts) for route in routes.routes_for(subject.family, marks)]
     weighed.sort(key=lambda r: -_weight(r))  # stable: on a tie, the official model, a build, then the data's order
     if rec is None and weighed and weighed[0].route is not None and own_fam:
@@ -372,12 +385,57 @@ def _unknown_base(base_model: str | None) -> str:
             "has no inpainting data for yet: a gap of this tool, not of your model.")  # fmt: skip
 
 
+# words that say a version ended its model's lineage ("v1.2.2-EOL"): a later version is a new maintainer's
+_LINEAGE_END = {"eol", "discontinued", "deprecated", "abandoned"}
+
+
+def _lineage_end(subject: Subject):
+    """The newest version whose name says the lineage ended there, when the subject's version is newer."""
+    positions = {v.id: v.position for v in subject.versions}
+    yours = positions.get(subject.version_id or "")
+    ended = [v for v in subject.versions if set(re.split(r"[^a-z]+", v.name.lower())) & _LINEAGE_END]
+    end = min(ended, key=lambda v: v.position, default=None)
+    return end.name if end is not None and yours is not None and yours < end.position else None
+
+
+def _old_lineage(subject: Subject, link: LinkRecord, facts: Facts) -> bool:
+    """A release made for a version of the lineage that ended before the subject's version, whose own name does
+    not name the subject's version ("unless the model says so")."""
+    end = _lineage_end(subject)
+    if end is None:
+        return False
+    positions = {v.id: v.position for v in subject.versions}
+    # the version it was made for, else (a version of this very model) where it stands among the versions
+    made_for = positions.get(link.parent_version_id or "", positions.get(link.inpaint_version_id))
+    end_at = next(v.position for v in subject.versions if v.name == end)
+    release = facts.releases[link.inpaint_version_id].version.name.lower()
+    yours = (subject.version_name or "").lower().split()
+    says_yours = bool(yours) and yours[0] in release
+    return made_for is not None and made_for >= end_at and not says_yours
+
+
+def _community_recommendation(subject: Subject, release: Release, facts: Facts, marks: dict) -> Recommendation:
+    target = _release_target(release, facts.sites)
+    who = release.model.creator or "another creator"
+    r = Recommendation("community-release", f"Use {target.name}, an inpainting version of {subject.name} that "
+                       f"{who} published: made from the model itself, so its look is kept, but not by its creator.",
+                       target, _download_command(target),
+                       [f"named after {subject.name}, of the same base model, by {who}",
+                        f"{release.model.downloads:,} downloads" if release.model.downloads else "downloads unknown",
+                        "not its creator's own release: check its page before trusting it"])  # fmt: skip
+    r.score, penalties = routes.checkpoint_weight("community", subject.family, marks)
+    r.evidence += [f"weighed down: {p}" for p in penalties]
+    r.how = [routes.checkpoint_how(subject.family)]
+    return r
+
+
 def _weight(r: Recommendation) -> int:
     assert r.score is not None  # every weighed recommendation has its score (checkpoint_weight, a route's)
     return r.score
 
 
-_CHECKPOINT_NAMES = {"official": "the official inpainting model", "build": "an add-difference build"}
+_CHECKPOINT_NAMES = {"official": "the official inpainting model", "build": "an add-difference build",
+                     "community-release": "another creator's inpainting version"}  # fmt: skip
 
 
 def _route_recommendation(route: routes.Route, facts: Facts) -> Recommendation:

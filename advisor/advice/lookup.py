@@ -150,7 +150,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
         base_model=base, is_inpainting=inpainting, model_id=model.id, version_id=version.id if version else None,
         version_name=version.name if version else None, versions=versions,
         file=b_file, inpaint_evidence=evidence,
-        same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins],
+        same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins], tags=reg.tags(model.id),
     )  # fmt: skip
     known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg, settings.current().sites)
     rec, alts, warns = ladder.recommend(subject, known)

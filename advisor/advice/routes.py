@@ -45,9 +45,10 @@ def _data() -> dict:
     return load("routes")
 
 
-def markers_of(name: str, base_model: str | None, header_markers: list[str], family_id: str | None) -> dict[str, str]:
+def markers_of(name: str, base_model: str | None, header_markers: list[str], family_id: str | None,
+               tags: list[str] | None = None) -> dict[str, str]:  # fmt: skip
     """The markers that move a route's score, each with what showed it: the header's v_pred key, the family's
-    prediction, Civitai's base model string, or a word in the model's or version's name."""
+    prediction, Civitai's base model string, a word in the model's or version's name, or one of its tags."""
     found: dict[str, str] = {}
     words = set(re.findall(r"[a-z0-9]+(?:[-_][a-z0-9]+)*", (name or "").lower()))
     glued = set()  # each pair of parts as one word: "V-Pred-1.0-Version" says "v-pred" (and "vpred")
@@ -56,11 +57,15 @@ def markers_of(name: str, base_model: str | None, header_markers: list[str], fam
         words |= set(parts)
         glued |= {glue.join(pair) for pair in zip(parts, parts[1:], strict=False) for glue in ("-", "_", "")}
     for marker, spec in _data()["markers"].items():
+        if any(w in words or w in (tags or []) for w in spec.get("not_with", [])):
+            continue  # contradicted: a "realistic" model tagged anime is not a stylized one
         if base_model and base_model.strip().lower() in {b.lower() for b in spec["base_models"]}:
             found[marker] = f"its base model is {base_model}"
         elif hit := next((w for w in spec["words"] if w in words), None) or \
                 next((w for w in spec["words"] if w in glued), None):  # fmt: skip
             found[marker] = f"its name says {hit!r}"
+        elif tag := next((t for t in spec.get("tags", []) if t in (tags or [])), None):
+            found[marker] = f"it is tagged {tag!r}"
     fam = families.family(family_id)
     if "v_pred" in header_markers:
         found["v-prediction"] = "its header carries the v_pred marker"

@@ -17,7 +17,7 @@ from pathlib import Path
 from advisor.build.builder import BuildError, BuildResult, plan_build, run_build
 from advisor.local import ScanResult
 
-NEEDS_WORK = ("own-release", "sibling-release", "official", "build")
+NEEDS_WORK = ("own-release", "sibling-release", "community-release", "official", "build")
 
 
 @dataclass

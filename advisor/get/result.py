@@ -10,7 +10,8 @@ from advisor.advice.lookup import Match
 from advisor.build.builder import BuildResult
 from data.errors import InpaintAdvisorError
 
-CHECKPOINT_KINDS = ("already-inpainting", "own-release", "sibling-release", "official", "build", "built")
+CHECKPOINT_KINDS = ("already-inpainting", "own-release", "sibling-release", "community-release", "official", "build",
+                    "built")  # fmt: skip
 
 
 class GetError(InpaintAdvisorError):

@@ -151,6 +151,15 @@ class Reader:
     def model_record(self, row: tuple) -> ModelRecord:
         return ModelRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bool(row[8]))
 
+    def tags(self, model_id: str) -> list[str]:
+        """The model's tags as its source lists them (Civitai's "anime", "photorealistic", ...), lower-case."""
+        row = self.row("SELECT tags FROM model WHERE id = ?", (model_id,))
+        try:
+            found = json.loads(row[0]) if row and row[0] else []
+        except ValueError:
+            return []
+        return [t.lower() for t in found if isinstance(t, str)] if isinstance(found, list) else []
+
     def model(self, model_id: str) -> ModelRecord | None:
         row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE id = ?", (model_id,))
         if row is None and model_id.startswith("hf:"):  # Hub repo ids are case-insensitive
