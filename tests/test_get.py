@@ -511,3 +511,24 @@ def test_a_planned_build_counts_its_disk_and_enqueue_is_not_a_dry_run(tmp_path):
     env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"))
     mixed = run_cli("get", "sdxl", "--root", str(root), "--enqueue", "--dry-run", "--json", env=env)
     assert mixed.returncode == 2 and json.loads(mixed.stdout)["error"]["code"] == "usage"
+
+
+def test_a_route_file_with_no_pin_is_checked_against_the_hubs_listing_when_a_crawl_read_it(tmp_path):
+    import datetime
+
+    from crawler import registry
+
+    db = str(tmp_path / "r.db")
+    repo = "Comfy-Org/Qwen-Image-InstantX-ControlNets"
+    name = "split_files/controlnet/Qwen-Image-InstantX-ControlNet-Inpainting.safetensors"
+    with registry.connect(db).begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO routecheck (id, route, repo, file, alive, file_found, size, sha256, matches, detail, "
+            "checked_at) VALUES (?, ?, ?, ?, 1, 1, 4096, ?, 0, '', ?)",
+            (f"qwen-image-controlnet-inpainting:{repo}/{name}", "qwen-image-controlnet-inpainting", repo, name,
+             "ab" * 32, datetime.datetime(2026, 12, 1)))  # fmt: skip
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    (placed,) = plan_get("qwen-image", root=root, db=db, offline=True).result.files
+    assert placed.sha256 == "AB" * 32 and placed.size == 4096 and placed.pinned_by == "the Hub's listing (2026-12-01)"
+    (unchecked,) = plan_get("qwen-image", root=root, db=str(tmp_path / "none.db"), offline=True).result.files
+    assert unchecked.sha256 is None and unchecked.pinned_by is None  # hashed when fetched, and said so

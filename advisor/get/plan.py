@@ -130,7 +130,7 @@ def _plan_for(rec: ladder.Recommendation, found: LookupResult, install: Install,
         result.files = [_checkpoint_file(rec, found.match, install, db)]
         result.steps = _checkpoint_steps(install, found.match.family, result.files[0].kind)
     else:
-        _plan_route(plan, rec)
+        _plan_route(plan, rec, db)
     for p in result.files:
         _settle(p, install)
         if p.state == "other-file":
@@ -261,7 +261,7 @@ def _checkpoint_steps(install: Install, family: str | None, kind: str = "checkpo
     return steps
 
 
-def _plan_route(plan: GetPlan, rec: ladder.Recommendation) -> None:
+def _plan_route(plan: GetPlan, rec: ladder.Recommendation, db: str | None = None) -> None:
     install, result = plan.install, plan.result
     spec = routes.spec(rec.route or "")
     if spec is None:
@@ -275,6 +275,7 @@ def _plan_route(plan: GetPlan, rec: ladder.Recommendation) -> None:
         raise _PassOver(f"its weights are not on the Hub ({spec['where']}): fetch them by hand")
     sites = settings.current()
     hub = settings.Sites(hf_endpoint=sites.hf_endpoint)
+    checked = _route_checks(db)
     for f in spec["files"]:
         if not f["file"].lower().endswith(_WEIGHTS) or f["file"] not in use.get("files", [f["file"]]):
             continue  # a config beside the weights (the UIs read the weights alone), or one this UI ships itself
@@ -282,10 +283,14 @@ def _plan_route(plan: GetPlan, rec: ladder.Recommendation) -> None:
         if kind is None:
             raise _PassOver(f"no known folder for its {f['file']}")
         url = hub.hub_file(f["repo"], f["file"])
+        sha, size, pinned_by = f.get("sha256"), f.get("size"), f.get("sha256_source")
+        state = checked.get((f["repo"], f["file"]))
+        if not sha and state is not None and state.alive and state.file_found and state.sha256:
+            # no pin in data/: the Hub's own listing, as the last Hub crawl read it, checks the file instead
+            sha, size, pinned_by = state.sha256, size or state.size, f"the Hub's listing ({state.checked_at[:10]})"
         result.files.append(Placement(
             kind, safe_filename(f.get("save_as") or f["file"].rsplit("/", 1)[-1]), str(_folder(install, kind)),
-            redact(url),
-            _upper(f.get("sha256")), f.get("size"), f.get("sha256_source"), _approx(f.get("size_hint")),
+            redact(url), _upper(sha), size, pinned_by, _approx(f.get("size_hint")),
             label=spec["name"], _fetch_url=url,
             _token=sites.hf_token,
             _cached=(str(files_dir() / "hf" / safe_filename(f["repo"].replace("/", "--"), "repo") /
@@ -316,6 +321,17 @@ def _approx(hint: str | None) -> int | None:
         return int(float(number) * _UNITS[unit.lower()])
     except (ValueError, KeyError):
         return None
+
+
+def _route_checks(db: str | None) -> dict:
+    """What the last Hub crawl found of each route file (empty without a registry)."""
+    reader = registry.open_reader_if_any(db)
+    if reader is None:
+        return {}
+    try:
+        return reader.route_checks()
+    finally:
+        reader.close()
 
 
 def _upper(sha: str | None) -> str | None:
