@@ -1,8 +1,11 @@
-"""Family and variant of a checkpoint from tensor names and shapes alone (domain.md section 2)."""
+"""Family and variant of a checkpoint from tensor names and shapes alone (domain.md section 2): the UNet
+families by their cross-attention width and input channels here, the transformer (DiT) architectures by the
+signatures of data/architectures.json."""
 
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 
 from merge.header import TensorInfo
 
@@ -22,9 +25,23 @@ ARCHITECTURES: dict[tuple[str | None, str], str] = {  # ModelSpec names (of a fa
 MERGEABLE = frozenset({"sd1", "sd2", "sdxl"})  # the families whose add-difference recipe merge.plan knows
 RESOLUTION: dict[str | None, str] = {"sd1": "512x512", "sd2": "512x512", "sdxl": "1024x1024",
                                      "sdxl-refiner": "1024x1024"}  # fmt: skip
+
+
+@cache
+def _signatures() -> dict:
+    from data import load
+
+    return load("architectures")
+
+
+@cache
+def _family_names() -> dict[str, str]:
+    from data import load
+
+    return {f["id"]: f["name"] for f in load("families")["families"]}
+
+
 _ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks).*attn2\.to_k\.weight$")
-_FLUX_KEY = "double_blocks.0.img_attn.norm.key_norm.scale"
-_SD3_KEY = "joint_blocks.0.context_block.attn.qkv.weight"
 
 
 def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str | None, str | None, int | None]:
@@ -34,10 +51,11 @@ def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str 
     channels = cfg.get("in_channels") if isinstance(cfg.get("in_channels"), int) else None
     if transformer:
         kind = str(cfg.get("_class_name", ""))
-        family = "flux1" if "Flux" in kind else "sd3" if "SD3" in kind else None
+        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])), None)
+        family = sig.get("family") if sig else None
         if family == "flux1":
             return family, FLUX_VARIANTS.get(channels or 0), channels
-        return family, "normal" if family == "sd3" else None, channels
+        return family, "normal" if family else None, channels
     width = cfg.get("cross_attention_dim")
     family = CROSS_ATTN.get(width) if isinstance(width, int) else None
     return family, VARIANTS.get(channels, "unknown") if channels is not None else "unknown", channels
@@ -52,10 +70,15 @@ class Layout:
     params: int = 0
     in_channels: int | None = None
     components: list[str] = field(default_factory=list)  # unet, vae, text_encoder(s)
+    media: str = "image"  # video: a video model's transformer (named in ``name``), not an image checkpoint
+    name: str | None = None  # the architecture, where it is no image family of data/families.json
 
     @property
     def label(self) -> str:
-        name = FAMILY_NAMES.get(self.family, self.family or "an unknown architecture")
+        if self.media != "image":
+            return f"a {self.media} model ({self.name})"
+        name = FAMILY_NAMES.get(self.family) or _family_names().get(self.family or "") or \
+            self.family or "an unknown architecture"  # fmt: skip
         suffix = {"inpaint": " inpainting", "normal": ""}.get(self.variant, f" {self.variant}")
         return name + suffix
 
@@ -68,6 +91,29 @@ def _find(tensors: dict[str, TensorInfo], suffix: str) -> TensorInfo | None:
     for prefix in ("", UNET, "model.", "transformer."):
         if prefix + suffix in tensors:
             return tensors[prefix + suffix]
+    return None
+
+
+def _transformer(tensors: dict[str, TensorInfo]) -> dict | None:
+    """The first signature of data/architectures.json the tensors carry (under any of its prefixes)."""
+    table = _signatures()
+    prefixes = table["prefixes"]
+
+    def find(key: str) -> TensorInfo | None:
+        return next((tensors[p + key] for p in prefixes if p + key in tensors), None)
+
+    for sig in table["signatures"]:
+        if not all(any(find(k) is not None for k in group) for group in sig["keys"]):
+            continue
+        if any(find(k) is not None for k in sig.get("absent", [])):
+            continue
+        shapes_fit = True
+        for rule in sig.get("shapes", []):
+            t = find(rule["key"])
+            if t is None or len(t.shape) <= rule["dim"] or t.shape[rule["dim"]] != rule["size"]:
+                shapes_fit = False
+        if shapes_fit:
+            return sig
     return None
 
 
@@ -86,16 +132,16 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
     ] if any(k.startswith(prefix) for k in tensors)]  # fmt: skip
     layout.components = list(dict.fromkeys(layout.components))
 
-    flux = _find(tensors, _FLUX_KEY)
-    if flux is not None:
-        img_in = _find(tensors, "img_in.weight")
-        layout.family = "flux1"
-        layout.in_channels = img_in.shape[1] if img_in and len(img_in.shape) == 2 else None
-        if layout.in_channels is not None:  # else "unknown", as it is
-            layout.variant = FLUX_VARIANTS.get(layout.in_channels, "unknown")
-        return layout
-    if _find(tensors, _SD3_KEY) is not None:
-        layout.family, layout.variant = "sd3", "normal"
+    sig = _transformer(tensors)
+    if sig is not None:
+        if "media" in sig:
+            layout.media, layout.name = sig["media"], sig["name"]
+            return layout
+        layout.family, layout.variant = sig["family"], "normal"
+        if layout.family == "flux1":  # Fill's img_in takes the mask and the masked image too
+            img_in = _find(tensors, "img_in.weight")
+            layout.in_channels = img_in.shape[1] if img_in and len(img_in.shape) == 2 else None
+            layout.variant = FLUX_VARIANTS.get(layout.in_channels or 0, "unknown")
         return layout
     conv_in = tensors.get(CONV_IN)
     if conv_in is not None and len(conv_in.shape) == 4:

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crawler import families
 from merge import layout
 from merge.checkpoint import read_config
 from merge.header import CheckpointError
@@ -41,7 +42,8 @@ def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
 
 def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
     """What a probe says of a file whose tensors were classified (``lo``) by the caller."""
-    pred = "v" if "v_pred" in lo.prediction else ("flow" if lo.family in ("flux1", "sd3") else "epsilon")
+    fam = families.family(lo.family) or {}
+    pred = "v" if "v_pred" in lo.prediction else fam.get("prediction") or "epsilon"
     return ProbeResult(str(path), fmt, lo.family, lo.variant, pred, lo.prediction,
                        _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
                        lo.architecture, 0.0)  # fmt: skip

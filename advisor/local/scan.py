@@ -95,7 +95,7 @@ def walk(folders: list[Path]) -> list[Path]:
 
 def not_a_checkpoint(names: list[str], components: list[str], family: str | None) -> str | None:
     """Why a file with these tensor names is not a checkpoint (None when it is one)."""
-    if "unet" in components or family in ("flux1", "sd3"):
+    if "unet" in components or family is not None:  # a UNet, or a transformer data/architectures.json knows
         return None
     joined = " ".join(names[:400])
     if "lora_" in joined or ".lora." in joined or "lora_A" in joined or "hada_" in joined:
@@ -121,6 +121,8 @@ def _classify(path: Path) -> tuple[ProbeResult, str | None]:
         return p, None if "unet" in p.components else "a diffusers folder without a UNet"
     tensors, fmt = tensor_index(path, torch_fallback=False)  # a folder of files: no torch.load per pickle
     lo = layout.detect(tensors)
+    if lo.media != "image":
+        return from_layout(path, lo, fmt), f"{lo.label}: not an image checkpoint"
     return from_layout(path, lo, fmt), not_a_checkpoint(list(tensors), lo.components, lo.family)
 
 

@@ -1,0 +1,120 @@
+"""Today's transformer architectures told from tensor names and shapes (data/architectures.json, from ComfyUI's
+model_detection.py): each family, the look-alikes that share keys (FLUX.1, FLUX.2 and Chroma; Qwen-Image,
+Mage-Flow and Lens; Lumina and Z-Image; HiDream and HiDream-O1), both key formats (a diffusion model alone and
+ComfyUI's full checkpoint), diffusers folders by class, video transformers named as such; and scan answering
+for such a file by what it is, whatever its name."""
+
+import json
+
+import pytest
+
+from merge.header import TensorInfo
+from merge.layout import detect, from_diffusers_config
+from tests.hf_fake import safetensors_header
+
+
+def _write(path, shapes: dict) -> None:
+    """A whole safetensors file of these bf16 tensors (zeros): a scan checks that the data is all there."""
+    size = 0
+    for shape in shapes.values():
+        n = 2
+        for d in shape:
+            n *= d
+        size += n
+    path.write_bytes(safetensors_header(shapes, "BF16") + b"\0" * size)
+
+
+def _t(shape=(8, 8)) -> TensorInfo:
+    return TensorInfo("BF16", tuple(shape))
+
+
+KEY_NORM = "double_blocks.0.img_attn.norm.key_norm.scale"
+# what each architecture's checkpoints hold (a few of their keys, with the shapes that tell look-alikes apart)
+FILES = {
+    "flux1": {KEY_NORM: (128,), "img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096),
+              "single_blocks.0.linear1.weight": (8, 8)},
+    "flux1-fill": {KEY_NORM: (128,), "img_in.weight": (3072, 384), "txt_in.weight": (3072, 4096)},
+    "flux2": {KEY_NORM: (128,), "img_in.weight": (3072, 128), "double_stream_modulation_img.lin.weight": (8, 8)},
+    "chroma": {KEY_NORM: (128,), "img_in.weight": (3072, 64), "distilled_guidance_layer.norms.0.scale": (5120,)},
+    "qwen-image": {"txt_norm.weight": (3584,), "proj_out.weight": (64, 3072), "img_in.weight": (3072, 64),
+                   "transformer_blocks.0.img_mod.1.weight": (8, 8)},
+    "mage-flow": {"txt_norm.weight": (2560,), "proj_out.weight": (128, 2048),
+                  "transformer_blocks.0.attn.to_q.weight": (8, 8)},
+    "lens": {"txt_norm.weight": (2048,), "img_in.weight": (1536, 64), "proj_out.weight": (256, 1536),
+             "transformer_blocks.0.attn.norm_added_q.weight": (64,), "transformer_blocks.0.img_mlp.w1.weight": (8, 8)},
+    "z-image": {"cap_embedder.1.weight": (3840, 2560), "noise_refiner.0.attention.k_norm.weight": (128,),
+                "layers.0.attention.qkv.weight": (8, 8)},
+    "lumina": {"cap_embedder.1.weight": (2304, 2304), "noise_refiner.0.attention.k_norm.weight": (96,)},
+    "hidream": {"caption_projection.0.linear.weight": (2560, 4096),
+                "double_stream_blocks.0.block.attn1.to_q.weight": (8, 8)},
+    "hidream-o1": {"t_embedder1.mlp.0.weight": (8, 8), "x_embedder.proj1.weight": (8, 8),
+                   "caption_projection.0.linear.weight": (8, 8)},
+    "anima": {"blocks.0.mlp.layer1.weight": (8192, 2048), "llm_adapter.blocks.0.cross_attn.q_proj.weight": (8, 8),
+              "x_embedder.proj.1.weight": (2048, 68)},
+    "sd3": {"joint_blocks.0.context_block.attn.qkv.weight": (4608, 1536), "x_embedder.proj.weight": (1536, 16, 2, 2)},
+    "auraflow": {"double_layers.0.attn.w1q.weight": (8, 8)},
+    "hunyuan": {"mlp_t5.0.weight": (8, 8)},
+    "pixart": {"t_block.1.weight": (8, 8)},
+    "boogu": {"double_stream_layers.0.img_instruct_attn.processor.img_to_q.weight": (8, 8)},
+    "ideogram4": {"embed_image_indicator.weight": (8, 8)},
+    "krea2": {"txtfusion.projector.weight": (8, 8)},
+    "ernie-image": {"layers.0.mlp.linear_fc2.weight": (8, 8)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_each_architecture_is_told_from_its_tensors_in_both_key_formats(name, prefix):
+    lo = detect({prefix + k: _t(shape) for k, shape in FILES[name].items()})
+    family, variant = ("flux1", "fill") if name == "flux1-fill" else (name, "normal")
+    assert (lo.family, lo.variant, lo.media) == (family, variant, "image")
+    assert "unknown" not in lo.label
+
+
+def test_video_transformers_are_named_and_set_aside_by_a_scan(tmp_path):
+    from advisor.local.scan import scan
+
+    wan = {"head.modulation": (1, 6, 5120), "blocks.0.ffn.0.weight": (8, 8), "patch_embedding.weight": (8, 16, 1, 2, 2)}
+    lo = detect({k: _t(s) for k, s in wan.items()})
+    assert (lo.family, lo.media, lo.label) == (None, "video", "a video model (Wan)")
+    models = tmp_path / "models"
+    models.mkdir()
+    _write(models / "not-an-image-model.safetensors", wan)
+    (r,) = scan([models], db=str(tmp_path / "none.db"), offline=True)
+    assert r.checkpoints == [] and "a video model (Wan): not an image checkpoint" in r.skipped[0].reason
+
+
+def test_a_file_named_like_nothing_is_answered_by_what_its_tensors_are(tmp_path):
+    from advisor.local.scan import scan
+
+    root = tmp_path / "ComfyUI"
+    (root / "comfy").mkdir(parents=True)
+    folder = root / "models" / "diffusion_models"
+    folder.mkdir(parents=True)
+    _write(folder / "model_v3_final.safetensors", FILES["qwen-image"])
+    (r,) = scan([root], db=str(tmp_path / "none.db"), offline=True)
+    (found,) = r.checkpoints
+    assert found.family == "qwen-image" and found.partner.kind == "controlnet"  # Qwen-Image's inpainting ControlNet
+    assert "Qwen-Image" in found.partner.reason
+
+
+@pytest.mark.parametrize("cls, family", [
+    ("QwenImageTransformer2DModel", "qwen-image"), ("ZImageTransformer2DModel", "z-image"),
+    ("Flux2Transformer2DModel", "flux2"), ("ChromaTransformer2DModel", "chroma"),
+    ("HiDreamImageTransformer2DModel", "hidream"), ("SD3Transformer2DModel", "sd3"),
+    ("WanTransformer3DModel", None),
+])  # fmt: skip
+def test_a_diffusers_transformer_is_told_by_its_class(cls, family):
+    got, variant, _ = from_diffusers_config(json.loads(json.dumps({"_class_name": cls, "in_channels": 64})),
+                                            transformer=True)  # fmt: skip
+    assert got == family and variant == ("normal" if family else None)
+
+
+def test_a_unet_checkpoint_is_never_taken_for_a_transformer():
+    from tests.sd_layouts import checkpoint_shapes
+
+    for fam in ("sd1", "sd2", "sdxl"):
+        shapes = checkpoint_shapes(fam, "inpaint", scale=8)
+        tensors = {k: TensorInfo("I64", s[1]) if s and s[0] == "int64" else _t(s) for k, s in shapes.items()}
+        lo = detect(tensors)
+        assert (lo.family, lo.variant, lo.media) == (fam, "inpaint", "image")
