@@ -402,3 +402,30 @@ def test_the_tensor_list_is_asked_with_the_token_only_where_every_request_may_ca
         listed_tensors(client, "https://civitai.example", "5", TOKEN)
         listed_tensors(client, "http://192.0.2.2:8080", "5", TOKEN)  # plain http to a host that is not local
     assert sent == [f"Bearer {TOKEN}", None]
+
+
+def test_a_base_model_of_other_is_classified_from_its_files_tensors(registry_db, serve):
+    """"Other" (or a base model the data does not know) says nothing of the family: the file's tensors do, from
+    Civitai's tensor list or the header, and lookup then answers for that family."""
+    from tests.hf_fake import safetensors_header
+
+    specs = [{"id": 760, "name": "Mystery Mix", "downloads": 50, "tags": [],
+              "versions": [["v1", "Other", "Standard", "mystery_v1.safetensors"]]},
+             {"id": 761, "name": "Odd Transformer", "downloads": 40, "tags": [],
+              "versions": [["v1", "Some New Base", "Standard", "odd_v1.safetensors"]]},
+             {"id": 762, "name": "Clip Thing", "downloads": 30, "tags": [],
+              "versions": [["v1", "Wan Video 14B t2v", "Standard", "clip_v1.safetensors"]]}]  # fmt: skip
+    qwen = {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64), "proj_out.weight": (64, 3072)}
+    storage = FakeStorage()
+    with StorageServer(storage) as storage_url:
+        fake = FakeCivitai([item(spec, i) for i, spec in enumerate(specs)], duplicate_at_boundary=False)
+        storage.blobs[str(version_id(760, 0))] = Blob(sd_file("sdxl", "normal") + b"\0" * 4096)
+        fake.tensor_metadata[str(version_id(761, 0) * 10)] = _listed(safetensors_header(qwen, "BF16"))
+        for mid in (760, 761, 762):
+            vid = str(version_id(mid, 0))
+            fake.downloads[vid] = (f"{storage_url}/blob/{vid}?X-Amz-Signature=abc", True)
+        civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
+    assert lookup("civitai:760", db=registry_db, offline=True).match.family == "sdxl"
+    odd = lookup("civitai:761", db=registry_db, offline=True)
+    assert odd.match.family == "qwen-image" and odd.recommendation.route == "qwen-image-controlnet-inpainting"
+    assert _blobs_read(storage) == {f"/blob/{version_id(760, 0)}"}  # Civitai listed 761's; 762 is a video model

@@ -17,10 +17,11 @@ from urllib.parse import quote
 
 import httpx
 
-from crawler import detect, links
+from crawler import detect, families, links
 from crawler.civitai.ids import file_number
 from crawler.http import CrawlError, credentials_allowed, new_client, open_redirected
 from crawler.registry import proofs
+from data import base_models
 from data.settings import Sites
 from merge.header import ITEMSIZE, CheckpointError, TensorInfo, header_length, parse_header_json
 from merge.layout import detect as layout_of
@@ -222,7 +223,26 @@ def _wants_proof(row: dict) -> bool:
                                  file_names=[row["file_name"]], model_name=row["model_name"],
                                  model_tags=json.loads(row["tags"] or "[]"))  # fmt: skip
     safetensors = row["format"] in (None, "SafeTensor") and row["file_name"].lower().endswith(".safetensors")
-    return ambiguous is not None and safetensors
+    return (ambiguous is not None or _family_unknown(row)) and safetensors
+
+
+def _family_unknown(row: dict) -> bool:
+    """No family from its base model ("Other", or one the data does not know), and not a video, audio or API
+    base model either: its file's tensors are to tell it."""
+    base = row.get("base_model")
+    return row.get("family") is None and base_models.is_image(base) and base_models.api_only(base) is None
+
+
+def _family_from(row: dict, proof: dict) -> str | None:
+    """The family the file's tensors tell, where the version's base model gave none or another architecture."""
+    arch = proof.get("arch")
+    told = families.family(arch)
+    if arch is None or told is None:
+        return None
+    said = families.family(row.get("family"))
+    if said is not None and said.get("architecture") == told.get("architecture"):
+        return None  # Pony's file has SDXL's shapes: the base model names the lineage, the shapes agree
+    return arch
 
 
 def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
@@ -243,6 +263,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
     found: dict[str, dict] = {}
     not_read: set[str] = set()
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
+    told: dict[str, str] = {}  # version -> the family its tensors say
     in_a_row = 0
     with new_client(timeout=timeout) as client:
         for row in wanted:
@@ -280,9 +301,12 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             proof = found[key]
             verdict = _verdict(row, proof)
             verdicts[row["id"]] = verdict
+            if (family := _family_from(row, proof)) is not None:
+                told[row["id"]] = family
             summary.changed += verdict[0] != bool(row["is_inpainting"])
     with engine.begin() as conn:
         proofs.save(conn, list(found.values()))
+        proofs.set_families(conn, told)
         for model_id in proofs.set_verdicts(conn, verdicts):
             versions = proofs.versions_for_links(conn, model_id)
             proofs.refresh_model(conn, model_id, versions, links.within_model({"id": model_id}, versions))

@@ -33,13 +33,14 @@ def pending(conn: Connection, limit: int, offset: int = 0) -> list[dict]:
     """Civitai versions whose metadata hints at inpainting somewhere (type, names, model name or tags), with
     their primary file, whose file has no proof yet: ``limit`` of them from ``offset``, the most downloaded
     models first."""
-    hint = col(Version.base_model_type) == "Inpainting"
+    hint = (col(Version.base_model_type) == "Inpainting") | col(Version.family).is_(None)  # or no family known
     for pattern in _HINTS:
         hint = hint | col(Version.name).ilike(pattern) | col(File.name).ilike(pattern) | \
             col(Model.name).ilike(pattern) | col(Model.tags).ilike(pattern)  # fmt: skip
     file_key = func.coalesce(col(File.sha256), literal("file:") + col(File.id))
     rows: Sequence[Row[*tuple[Any, ...]]] = conn.execute(
         select(col(Version.id), col(Version.source_id), col(Version.name), col(Version.base_model_type),
+               col(Version.family), col(Version.base_model),
                col(Version.is_inpainting), col(Version.inpaint_confidence), col(Version.inpaint_evidence),
                col(Model.id).label("model_id"), col(Model.name).label("model_name"), col(Model.tags),
                col(File.id).label("file_id"), col(File.name).label("file_name"), col(File.sha256),
@@ -69,6 +70,15 @@ def set_verdicts(conn: Connection, verdicts: dict[str, tuple[bool, float, list[s
     if not verdicts:
         return set()
     return set(conn.execute(select(col(Version.model_id)).where(col(Version.id).in_(list(verdicts)))).scalars())
+
+
+def set_families(conn: Connection, families: dict[str, str]) -> None:
+    """Versions whose family their files' tensors tell (a base model of "Other", unknown or contradicted by the
+    file): the version's family, and its model's where the model has none."""
+    for vid, family in families.items():
+        conn.execute(update(Version).where(col(Version.id) == vid).values(family=family))
+        model_id = conn.execute(select(col(Version.model_id)).where(col(Version.id) == vid)).scalar()
+        conn.execute(update(Model).where(col(Model.id) == model_id, col(Model.family).is_(None)).values(family=family))
 
 
 def versions_for_links(conn: Connection, model_id: str) -> list[dict]:
