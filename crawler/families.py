@@ -22,6 +22,7 @@ def family(family_id: str | None) -> dict | None:
 _key = base_models.key  # base model strings compare as Civitai's list compares them
 civitai_base_model = base_models.civitai_base_model
 api_only = base_models.api_only
+not_an_image_model = base_models.not_an_image_model
 
 
 @cache

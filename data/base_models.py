@@ -34,7 +34,17 @@ def api_only(name: str | None) -> dict | None:
     return _api_only_index().get(key(name)) if name else None
 
 
+@cache
+def _not_image_index() -> dict[str, dict]:
+    return {key(bm): e for e in load("families").get("not_image_models", []) for bm in e["civitai_base_models"]}
+
+
+def not_an_image_model(name: str | None) -> dict | None:
+    """The data's record of a base model Civitai lists as an image one that is none (ODOR, a joke)."""
+    return _not_image_index().get(key(name)) if name else None
+
+
 def is_image(name: str | None) -> bool:
     """An image base model by Civitai's list, or one it does not list (which may be anything)."""
     listed = civitai_base_model(name)
-    return listed is None or listed["media"] in ("image", "other")
+    return (listed is None or listed["media"] in ("image", "other")) and not_an_image_model(name) is None

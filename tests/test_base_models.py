@@ -96,17 +96,20 @@ def test_other_and_unlisted_base_models_point_at_the_tensors(crawled):
 
 def _without_data(listed: dict) -> bool:
     name = listed["name"]
-    return listed["media"] == "image" and families.family_for_base_model(name) is None and not families.api_only(name)
+    return listed["media"] == "image" and families.family_for_base_model(name) is None and \
+        not families.api_only(name) and not families.not_an_image_model(name)  # fmt: skip
 
 
-def test_an_image_base_model_without_data_is_the_tools_gap():
+def test_an_image_base_model_without_data_is_the_tools_gap(monkeypatch):
     from advisor.advice import ladder
     from tests.ladder_facts import releases
 
-    listed = next(b["name"] for b in LISTED["base_models"] if _without_data(b))
-    assert listed == "ODOR"  # Civitai's experimental architecture, which nothing public describes
-    rec, _, _ = ladder.recommend(ladder.Subject("X", None, base_model=listed), releases("X", {}))
+    future = {"name": "Future Image 5", "media": "image", "ecosystem": "Future", "parent": None, "hidden": False}
+    monkeypatch.setattr(families, "civitai_base_model", lambda name: future if name == "Future Image 5" else None)
+    rec, _, _ = ladder.recommend(ladder.Subject("X", None, base_model="Future Image 5"), releases("X", {}))
     assert rec.kind == "none" and "a gap of this tool, not of your model" in rec.reason
+    joke, _, _ = ladder.recommend(ladder.Subject("X", None, base_model="ODOR"), releases("X", {}))
+    assert joke.kind == "none" and "April Fools'" in joke.reason and "not an image checkpoint" in joke.reason
 
 
 def test_status_tells_gaps_from_models_that_are_not_images(crawled):
@@ -141,9 +144,9 @@ def test_status_check_reports_the_gaps_without_failing_on_them(crawled):
 
 
 def test_every_image_base_model_civitai_lists_is_answered_by_the_data():
-    """A family (with its routes) or an API-only entry for each; ODOR alone is nobody's to describe."""
+    """A family (with its routes), an API-only entry or (ODOR, a joke) no model at all, for each."""
     unanswered = [b["name"] for b in LISTED["base_models"] if _without_data(b)]
-    assert unanswered == ["ODOR"]
+    assert unanswered == []
     for fam in families.all_families():
         if fam["id"] in ("anima", "flux2-klein-4b", "hidream-o1", "ernie-image", "qwen-image-2.1", "flux1-kontext"):
             assert fam["sources"] and all(u.startswith("https://") for u in fam["sources"]), fam["id"]
@@ -234,6 +237,8 @@ def test_one_checkpoint_per_base_model_civitai_lists_is_answered_for_what_it_is(
             assert rec.kind != "none" or "media" in families.family(fam) or "no known route" in rec.reason, b["name"]
         elif families.api_only(b["name"]):
             assert "served only through its maker's API" in rec.reason, b["name"]
+        elif families.not_an_image_model(b["name"]):  # ODOR: Civitai's April Fools' "text-to-scent model"
+            assert rec.kind == "none" and "not an image checkpoint" in rec.reason, b["name"]
         elif b["media"] == "other":
             assert "inpaint-advisor probe FILE" in rec.reason, b["name"]
         else:

@@ -369,6 +369,8 @@ def _unknown_base(base_model: str | None) -> str:
     list of base models says, and whose gap it is."""
     if not base_model:
         return f"The base model of this model is not recorded: {_PROBE}."
+    if (joke := families.not_an_image_model(base_model)) is not None:
+        return f"{base_model} is {joke['what']}, not an image checkpoint: no inpainting model, merge or route applies."
     listed = families.civitai_base_model(base_model)
     if listed is None:
         return f"The base model {base_model} is unknown to inpaint-advisor and not in Civitai's list: {_PROBE}."

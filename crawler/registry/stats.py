@@ -197,6 +197,8 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 continue
             if base_models.api_only(bm):  # answered as such: no weights, no gap of the tool
                 status.not_image_base_models.append((bm, "api-only", n))
+            elif base_models.not_an_image_model(bm):
+                status.not_image_base_models.append((bm, "no model", n))
             elif base_models.is_image(bm):
                 status.unknown_base_models.append((bm, n))
                 status.unknown_examples[bm] = _examples(conn, bm, popular)
