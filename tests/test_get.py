@@ -319,6 +319,8 @@ def _check_workflow(graph: dict, root) -> None:
             if isinstance(value, list):
                 source = graph[value[0]]
                 assert defs[source["class_type"]]["outputs"][value[1]] == kind, (node, name)
+            elif kind == "COMBO" and name in spec.get("choices", {}):
+                assert value in spec["choices"][name], (node, name)
             elif kind.startswith("COMBO:") and kind != "COMBO:input":
                 listed = root / "models" / folders[kind.split(":")[1]]
                 assert (listed / value).is_file(), f"{value} is not in {listed}"
@@ -532,3 +534,25 @@ def test_a_route_file_with_no_pin_is_checked_against_the_hubs_listing_when_a_cra
     assert placed.sha256 == "AB" * 32 and placed.size == 4096 and placed.pinned_by == "the Hub's listing (2026-12-01)"
     (unchecked,) = plan_get("qwen-image", root=root, db=str(tmp_path / "none.db"), offline=True).result.files
     assert unchecked.sha256 is None and unchecked.pinned_by is None  # hashed when fetched, and said so
+
+
+def test_an_inpainting_controlnet_is_wired_as_it_was_trained(tmp_path, hub):
+    from tests.sd_layouts import write_checkpoint
+
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    fast = root / "models" / "checkpoints" / "my_lightning_xl.safetensors"  # Lightning: ProMax ranks first
+    fast.parent.mkdir(parents=True)
+    write_checkpoint(fast, "sdxl", "normal", 9, scale=32)
+    result = get(str(fast), root=root, db=str(tmp_path / "r.db"))
+    assert result.answer.route == "controlnet-union-promax"
+    assert result.needs == ["https://github.com/Fannovel16/comfyui_controlnet_aux"]
+    graph = result.workflow
+    _check_workflow(graph, root)
+    by_class = {n["class_type"]: n for n in graph.values()}
+    assert by_class["SetUnionControlNetType"]["inputs"]["type"] == "repaint"
+    assert by_class["InpaintPreprocessor"]["inputs"]["black_pixel_for_xinsir_cn"] is True  # as xinsir trained it
+    promax = "xinsir-controlnet-union-sdxl-1.0-promax.safetensors"
+    assert by_class["ControlNetLoader"]["inputs"]["control_net_name"] == promax
+    sampler = by_class["KSampler"]["inputs"]
+    assert graph[sampler["latent_image"][0]]["class_type"] == "SetLatentNoiseMask"  # only the mask is repainted
+    assert graph[sampler["positive"][0]]["class_type"] == "ControlNetApplyAdvanced"

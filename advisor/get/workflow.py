@@ -4,8 +4,9 @@ data/comfy_nodes.json (read from ComfyUI's and comfyui-inpaint-nodes' source at 
 test checks every workflow against them.
 
 Written for the answers whose wiring is settled: an inpainting checkpoint (a release, the official model, a
-build) with VAE Encode (for Inpainting), and the Fooocus patch on the user's own model. Other routes get their
-steps, no workflow.
+build) with VAE Encode (for Inpainting); the Fooocus patch on the user's own model; and the inpainting
+ControlNets (ProMax with its repaint type, NoobAI-Inpainting, SD 1.5's), each fed the image marked as it was
+trained (xinsir's ProMax script blacks the masked area out). Other routes get their steps, no workflow.
 """
 
 from __future__ import annotations
@@ -49,7 +50,36 @@ def workflow_for(result: GetResult, install: Install) -> dict | None:
         head = next(n for n in names if n.endswith(".pth"))
         patch = next(n for n in names if n.endswith(".patch"))
         return _graph(_user_model(result, install), lineage, patch=(head, patch))
+    if result.answer.route in _CONTROLNETS and "controlnet" in placed:
+        union, black = _CONTROLNETS[result.answer.route]
+        return _controlnet_graph(_user_model(result, install), lineage, placed["controlnet"].name, union, black)
     return None
+
+
+# the inpainting ControlNets wired here: (the union type to set, or None; masked pixels black rather than -1), as
+# each was trained (xinsir's ProMax script blacks the mask out; the SD 1.5 inpaint ControlNet takes -1)
+_CONTROLNETS = {"controlnet-union-promax": ("repaint", True), "noobai-inpainting": (None, True),
+                "controlnet-inpaint-sd15": (None, False)}  # fmt: skip
+
+
+def _controlnet_graph(ckpt: str, lineage: str, controlnet: str, union: str | None, black: bool) -> dict:
+    """Your model, an inpainting ControlNet fed the image with its masked area marked (comfyui_controlnet_aux's
+    Inpaint Preprocessor), and the latent kept outside the mask (Set Latent Noise Mask)."""
+    g = _graph(ckpt, lineage, patch=None)
+    g["5"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}}
+    g["9"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["5", 0], "mask": ["4", 1]}}
+    g["10"] = {"class_type": "InpaintPreprocessor",
+               "inputs": {"image": ["4", 0], "mask": ["4", 1], "black_pixel_for_xinsir_cn": black}}
+    g["11"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": controlnet}}
+    net = ["11", 0]
+    if union is not None:
+        g["12"] = {"class_type": "SetUnionControlNetType", "inputs": {"control_net": net, "type": union}}
+        net = ["12", 0]
+    g["13"] = {"class_type": "ControlNetApplyAdvanced",
+               "inputs": {"positive": ["2", 0], "negative": ["3", 0], "control_net": net, "image": ["10", 0],
+                          "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": ["1", 2]}}
+    g["6"]["inputs"].update(positive=["13", 0], negative=["13", 1], latent_image=["9", 0])
+    return g  # fmt: skip
 
 
 def _sdxl_or_sd(family: str | None) -> str | None:
