@@ -307,3 +307,10 @@ def test_a_finished_build_names_the_files_as_fetched(world):
     result = build("civitai:600001", out=world["tmp"] / "out", db=world["db"])
     argv = result.merge.argv
     assert argv[argv.index("--model") + 1] == result.inputs["B"].path
+
+
+def test_a_dry_run_says_the_multiplier_it_was_asked(tmp_path):
+    write_checkpoint(tmp_path / "mine.safetensors", "sd1", "normal", 6)
+    plan = build(str(tmp_path / "mine.safetensors"), out=tmp_path / "out", db=str(tmp_path / "r.db"), offline=True,
+                 multiplier=0.5, dry_run=True)  # fmt: skip
+    assert "M = 0.5" in plan.reason and "M = 1.0" not in plan.reason

@@ -243,7 +243,8 @@ def test_cli_json_schema_and_exit_codes(registry):
     assert run_cli("lookup", "realistc", "--offline", env=env).returncode == 1
     assert run_cli("lookup", "https://example.com/x", "--offline", env=env).returncode == 2
     human = run_cli("lookup", "majicmix realistic v7", "--offline", env=env)
-    assert "Use its own inpainting release" in human.stdout and "v7-inpainting" in human.stdout
+    assert "Use its creator's inpainting release: majicMIX realistic" in human.stdout
+    assert "v7-inpainting" in human.stdout and human.stdout.count("inpainting release") == 1
 
 
 def test_lookup_does_not_import_torch(registry):

@@ -284,7 +284,7 @@ def test_a_registry_on_a_read_only_medium_can_still_be_read(tmp_path, read_only_
     folder = read_only_dir(fill)
     env = cli_env(INPAINT_ADVISOR_DB=str(folder / "registry.db"))
     answer = run_cli("lookup", "majicmix realistic v7", "--offline", env=env)
-    assert answer.returncode == 0 and "Use its own inpainting release" in answer.stdout, answer.stderr
+    assert answer.returncode == 0 and "Use its creator's inpainting release" in answer.stdout, answer.stderr
     assert run_cli("status", env=env).returncode == 0
 
 

@@ -169,7 +169,8 @@ def test_the_answer_fits_a_screen_and_all_shows_every_alternative_in_full(tmp_pa
     env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"), COLUMNS="80")
     text = run_cli("lookup", "SD 1.5", "--offline", env=env).stdout
     assert len(text.splitlines()) <= 25 and text.startswith("Stable Diffusion 1.x  [sd1]")
-    assert "Use the official inpainting model: " in text and "also: build an inpainting version" in text
+    assert "Use the official Stable Diffusion 1.x inpainting model." in text and "also: build an inpainting" in text
+    assert text.count("Use the official") == 1  # said once, not as a title and again as its reason
     assert "ControlNet 1.1 inpaint" in text and "BrushNet" in text and "--all" in text
     assert text.count("resumed from SD 1.2") == 1  # a caveat once
     full = run_cli("lookup", "SD 1.5", "--offline", "--all", env=env).stdout

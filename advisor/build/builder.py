@@ -576,6 +576,8 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
         b = _registry_file("B", reader, match.model_id, match.version_id, offline=offline)
     key = _recipe_key(a, b, c, multiplier, dtype)
     result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
+    if multiplier != 1.0:  # the advice speaks of the default merge; this one is asked with another M
+        result.reason = result.reason.replace("M = 1.0", f"M = {multiplier:g}")
     if rec.route is not None:  # built as asked; the advice says where a route does better
         result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip

@@ -239,6 +239,15 @@ def merge_result(console: Console, r) -> None:
         console.print(line(("warning: ", "yellow"), w))
 
 
+def _headline(rec, color: str) -> Text:
+    """The answer in one line: its reason, where the reason says it in its own words ("Use its creator's
+    inpainting release: ..."), else the kind's title before it; never both ("Use ...: Use ...")."""
+    if rec.reason.startswith(("Use ", "Make ")):
+        lead, sep, rest = rec.reason.partition(": ")
+        return line((lead, f"bold {color}"), sep, rest)
+    return line((_KIND_TITLE[rec.kind], f"bold {color}"), ": ", rec.reason)
+
+
 _KIND_TITLE = {
     "built": "Built here",
     "already-inpainting": "Already an inpainting model",
@@ -335,7 +344,7 @@ def lookup_result(console: Console, r, *, full: bool = False) -> None:
         _full_view(console, r, head, color)
         return
     console.print(head)
-    console.print(line((_KIND_TITLE[rec.kind], f"bold {color}"), ": ", rec.reason))
+    console.print(_headline(rec, color))
     if rec.target is not None and rec.target.url:
         _print_whole(console, line(("  page ", "dim"), rec.target.url))
     for command in _commands(rec):
