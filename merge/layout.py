@@ -132,7 +132,8 @@ def detect(tensors: dict[str, TensorInfo]) -> Layout:
     ] if any(k.startswith(prefix) for k in tensors)]  # fmt: skip
     layout.components = list(dict.fromkeys(layout.components))
 
-    sig = _transformer(tensors)
+    unet = tensors.get(CONV_IN) is not None and any(_ATTN2_K.match(k) for k in tensors)
+    sig = None if unet else _transformer(tensors)  # a whole UNet says what it is: a stray key does not overrule it
     if sig is not None:
         if "media" in sig:
             layout.media, layout.name = sig["media"], sig["name"]

@@ -118,3 +118,40 @@ def test_a_unet_checkpoint_is_never_taken_for_a_transformer():
         tensors = {k: TensorInfo("I64", s[1]) if s and s[0] == "int64" else _t(s) for k, s in shapes.items()}
         lo = detect(tensors)
         assert (lo.family, lo.variant, lo.media) == (fam, "inpaint", "image")
+
+
+def test_a_transformers_controlnet_is_set_aside_and_a_stray_key_does_not_overrule_a_unet(tmp_path):
+    from advisor.local.scan import not_a_checkpoint
+    from tests.sd_layouts import checkpoint_shapes
+
+    cn = {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64), "controlnet_blocks.0.weight": (3072, 3072)}
+    lo = detect({k: _t(s) for k, s in cn.items()})
+    assert "ControlNet" in not_a_checkpoint(list(cn), lo.components, lo.family)  # Qwen-Image's, not a checkpoint
+    sd1 = checkpoint_shapes("sd1", "normal", scale=8)
+    tensors = {k: TensorInfo("I64", s[1]) if s and s[0] == "int64" else _t(s) for k, s in sd1.items()}
+    for stray in ("model.diffusion_model.txt_norm.weight", "clf.1.weight", "model.diffusion_model.head.modulation"):
+        lo = detect({**tensors, stray: _t((3584,))})
+        assert (lo.family, lo.media) == ("sd1", "image"), stray  # the whole UNet says what the file is
+
+
+def test_probe_names_a_video_model_and_scan_rereads_verdicts_an_older_release_cached(tmp_path, monkeypatch):
+    from advisor.local import probe as probe_module
+    from advisor.local import scan as scan_module
+
+    wan = {"head.modulation": (1, 6, 5120), "blocks.0.ffn.0.weight": (8, 8)}
+    _write(tmp_path / "clip.safetensors", wan)
+    p = probe_module.probe(tmp_path / "clip.safetensors")
+    assert (p.family, p.media, p.model, p.prediction) == (None, "video", "Wan", "unknown")
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    models = tmp_path / "models"
+    models.mkdir()
+    _write(models / "zi.safetensors", FILES["z-image"])
+    monkeypatch.setattr(scan_module, "_classifier", lambda: "an-older-release")
+    scan_module.scan([models], db=str(tmp_path / "none.db"), offline=True)
+    cached = json.loads((tmp_path / "cache" / "scan-probes.json").read_text())
+    (entry,) = cached.values()
+    entry["aside"], entry["probe"] = "no UNet in it: not a Stable Diffusion checkpoint", None  # what it once said
+    (tmp_path / "cache" / "scan-probes.json").write_text(json.dumps(cached))
+    monkeypatch.setattr(scan_module, "_classifier", lambda: "this-release")
+    (r,) = scan_module.scan([models], db=str(tmp_path / "none.db"), offline=True)
+    assert [c.family for c in r.checkpoints] == ["z-image"] and r.skipped == []  # classified again, by this release

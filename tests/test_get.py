@@ -556,3 +556,15 @@ def test_an_inpainting_controlnet_is_wired_as_it_was_trained(tmp_path, hub):
     sampler = by_class["KSampler"]["inputs"]
     assert graph[sampler["latent_image"][0]]["class_type"] == "SetLatentNoiseMask"  # only the mask is repainted
     assert graph[sampler["positive"][0]]["class_type"] == "ControlNetApplyAdvanced"
+
+
+def test_a_strangers_release_is_fetched_only_when_asked_for():
+    from advisor.advice.ladder import Recommendation
+    from advisor.advice.lookup import LookupResult
+    from advisor.get.plan import _options
+
+    found = LookupResult("photon", None, recommendation=Recommendation("official", "Use the official model."),
+                         alternatives=[Recommendation("community-release", "Or try Photon Inpainting, ..."),
+                                       Recommendation("build", "Make an inpainting version ...")])  # fmt: skip
+    assert [r.kind for r in _options(found, None)] == ["official", "build"]
+    assert [r.kind for r in _options(found, "community-release")] == ["community-release"]

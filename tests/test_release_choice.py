@@ -98,13 +98,38 @@ def test_another_creators_inpainting_version_is_offered_with_its_evidence_and_ta
     facts = Facts(community=[Release(model, _version("civitai:v80", "v1", 0, True))])
     subject = ladder.Subject("Photon", "sd1", model_id="civitai:1", version_id="civitai:v10", version_name="v1")
     rec, alternatives, warnings = ladder.recommend(subject, facts)
-    assert rec.kind == "community-release" and rec.target.model_id == "civitai:8"
-    assert "someone_else published" in rec.reason and "20,000 downloads" in rec.evidence
-    assert any("not its creator's own release" in e for e in rec.evidence)
-    assert [a.kind for a in alternatives][:2] == ["official", "build"]  # a photo model: the official one next
+    community = next(a for a in alternatives if a.kind == "community-release")
+    assert rec.kind == "official" and [a.kind for a in alternatives][0] == "build"  # a stranger's upload: not first
+    assert community.target.model_id == "civitai:8" and "someone_else published" in community.reason
+    assert "20,000 downloads" in community.evidence and "check its page" in community.reason
+    assert any("not its creator's own release" in e for e in community.evidence)
     anime = ladder.Subject("Aniverse", "sd1", model_id="civitai:2", tags=["anime"])
     rec, alternatives, _ = ladder.recommend(anime)
     official = next(a for a in alternatives if a.kind == "official")
     assert rec.kind == "build" and official.score == 58 and rec.score == 66
     tagged_both = ladder.Subject("majicMIX realistic", "sd1", model_id="civitai:3", tags=["anime", "realistic"])
     assert ladder.recommend(tagged_both)[0].kind == "official"  # noisy tags: "realistic" says it is no anime model
+
+
+
+def _lineage(names: list[str], asked: str, release_for: str):
+    """The own-release a version gets among ``names`` (newest first), where ``release_for`` is the inpainting
+    version, a version of the model itself (no detected parent, as the crawler leaves it for "-EOL" names)."""
+    versions = [_version(f"civitai:v{i}", n, i, n == release_for) for i, n in enumerate(names)]
+    model = ModelRecord("civitai:7", "civitai", "7", "Mix", "c", "SD 1.5", "sd1", False, True)
+    release = next(v for v in versions if v.name == release_for)
+    facts = Facts(links=[LinkRecord(release.id, "civitai:7", "civitai:7", None, "same-model", 0.9, [])],
+                  releases={release.id: Release(model, release)})  # fmt: skip
+    version = next(v for v in versions if v.name == asked)
+    rec, alternatives, _ = ladder.recommend(ladder.Subject("Mix", "sd1", model_id="civitai:7", version_id=version.id,
+                                                           version_name=asked, versions=versions), facts)
+    return [r for r in [rec, *alternatives] if r.kind == "own-release"]
+
+
+def test_the_lineage_rule_reads_whole_words_and_the_nearest_end():
+    # "v1" restarted after the EOL: "v1.2.2-EOL Inpainting" is the old lineage's, though it holds "v1"
+    assert _lineage(["v1", "v1.2.2-EOL", "v1.2.2-EOL Inpainting"], "v1", "v1.2.2-EOL Inpainting") == []
+    # "deprecated" marks a superseded version of the same creator's line: its release still serves v3
+    assert _lineage(["v3", "v2 (deprecated)", "v2 Inpainting", "v1"], "v3", "v2 Inpainting")
+    # asked as v2, the nearest end older than it (v1-EOL) counts, not only the newest (v3-EOL)
+    assert _lineage(["v4", "v3-EOL", "v2", "v1-EOL", "v1 inpainting"], "v2", "v1 inpainting") == []

@@ -87,8 +87,9 @@ def community_releases(model_id: str, registry: _Registry) -> list[Release]:
     if model is None or not model.name:
         return []
     name = normalize_name(model.name).split()
+    versions_said: list[str] = []
     while len(name) > 1 and _VERSION.match(name[-1]):
-        name.pop()  # "Realistic Vision V6.0 B1" is "Realistic Vision"
+        versions_said.insert(0, name.pop())  # "Realistic Vision V6.0 B1" is "Realistic Vision"
     found = []
     for batch in registry.name_candidates(" ".join([*name, "inpainting"])):
         for other in batch:
@@ -97,8 +98,9 @@ def community_releases(model_id: str, registry: _Registry) -> list[Release]:
             if (other.id == model.id or not other.is_inpainting or other.family != model.family
                     or (other.creator or "").lower() == (model.creator or "").lower() or words[: len(name)] != name
                     or not rest or not all(w in _INPAINT_WORDS or _VERSION.match(w) for w in rest)
-                    or not any(w in _INPAINT_WORDS - {"version", "edition", "model", "fp16", "pruned"} for w in rest)):
-                continue  # fmt: skip
+                    or not any(w in _INPAINT_WORDS - {"version", "edition", "model", "fp16", "pruned"} for w in rest)
+                    or any(_VERSION.match(w) and w not in versions_said for w in rest[: len(versions_said)])):
+                continue  # fmt: skip  (an "Anything V3 Inpainting" is no version of "Anything V5")
             version = next((v for v in registry.versions(other.id) if v.is_inpainting), None)
             if version is not None:
                 found.append(Release(other, version))

@@ -387,17 +387,21 @@ def _unknown_base(base_model: str | None) -> str:
             "has no inpainting data for yet: a gap of this tool, not of your model.")  # fmt: skip
 
 
-# words that say a version ended its model's lineage ("v1.2.2-EOL"): a later version is a new maintainer's
-_LINEAGE_END = {"eol", "discontinued", "deprecated", "abandoned"}
+# a version named end-of-life ("v1.2.2-EOL") ended its lineage: a later version is a new maintainer's (creators
+# also mark superseded versions "deprecated": that is no new lineage)
+_LINEAGE_END = {"eol"}
 
 
 def _lineage_end(subject: Subject):
-    """The newest version whose name says the lineage ended there, when the subject's version is newer."""
+    """The nearest version older than the subject's whose name says the lineage ended there."""
     positions = {v.id: v.position for v in subject.versions}
     yours = positions.get(subject.version_id or "")
-    ended = [v for v in subject.versions if set(re.split(r"[^a-z]+", v.name.lower())) & _LINEAGE_END]
+    if yours is None:
+        return None
+    ended = [v for v in subject.versions if v.position > yours
+             and set(re.split(r"[^a-z0-9]+", v.name.lower())) & _LINEAGE_END]  # fmt: skip
     end = min(ended, key=lambda v: v.position, default=None)
-    return end.name if end is not None and yours is not None and yours < end.position else None
+    return end.name if end is not None else None
 
 
 def _old_lineage(subject: Subject, link: LinkRecord, facts: Facts) -> bool:
@@ -410,19 +414,19 @@ def _old_lineage(subject: Subject, link: LinkRecord, facts: Facts) -> bool:
     # the version it was made for, else (a version of this very model) where it stands among the versions
     made_for = positions.get(link.parent_version_id or "", positions.get(link.inpaint_version_id))
     end_at = next(v.position for v in subject.versions if v.name == end)
-    release = facts.releases[link.inpaint_version_id].version.name.lower()
-    yours = (subject.version_name or "").lower().split()
-    says_yours = bool(yours) and yours[0] in release
+    release = set(re.split(r"[^a-z0-9.]+", facts.releases[link.inpaint_version_id].version.name.lower()))
+    yours = [t for t in re.split(r"[^a-z0-9.]+", (subject.version_name or "").lower()) if t]
+    says_yours = bool(yours) and yours[0] in release  # a whole word: "v1" is not inside "v1.2.2-eol"
     return made_for is not None and made_for >= end_at and not says_yours
 
 
 def _community_recommendation(subject: Subject, release: Release, facts: Facts, marks: dict) -> Recommendation:
     target = _release_target(release, facts.sites)
     who = release.model.creator or "another creator"
-    r = Recommendation("community-release", f"Use {target.name}, an inpainting version of {subject.name} that "
-                       f"{who} published: made from the model itself, so its look is kept, but not by its creator.",
-                       target, _download_command(target),
-                       [f"named after {subject.name}, of the same base model, by {who}",
+    r = Recommendation("community-release", f"Or try {target.name}, which {who} published as an inpainting "
+                       "version of this model: not its creator's release, and nothing here shows it was made from "
+                       "it; check its page first.", target, _download_command(target),
+                       [f"named after the model, of the same base model, by {who}",
                         f"{release.model.downloads:,} downloads" if release.model.downloads else "downloads unknown",
                         "not its creator's own release: check its page before trusting it"])  # fmt: skip
     r.score, penalties = routes.checkpoint_weight("community", subject.family, marks)

@@ -384,7 +384,8 @@ def _full_view(console: Console, r, head: Text, color: str) -> None:
 
 def probe_result(console: Console, p) -> None:
     table = Table.grid(padding=(0, 2))
-    rows = [("file", p.path), ("format", p.format), ("family", p.family or "unknown"), ("variant", p.variant),
+    family = p.family or (f"none: a {p.media} model ({p.model})" if p.media != "image" else "unknown")
+    rows = [("file", p.path), ("format", p.format), ("family", family), ("variant", p.variant),
             ("in channels", p.in_channels), ("prediction", p.prediction + (f" ({', '.join(p.markers)})" if p.markers
                                                                           else "")),
             ("dtype", p.dtype), ("parameters", f"{p.params / 1e9:.3f} B" if p.params else None),

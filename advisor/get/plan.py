@@ -96,13 +96,13 @@ def plan_get(query: str, *, root: str | os.PathLike = ".", ui: str | None = None
 
 def _options(found: LookupResult, route: str | None) -> list[ladder.Recommendation]:
     every = [r for r in [found.recommendation, *found.alternatives] if r is not None and r.kind != "none"]
-    if route is None:
-        return every
+    if route is None:  # a stranger's release named after the model is fetched only when asked for
+        return [r for r in every if r.kind != "community-release"]
     chosen = [r for r in every if r.route == route or (r.route is None and r.kind == route)]
     if not chosen:
         known = [r.route or r.kind for r in every]
         raise GetError(f"{route!r} is not an answer for {found.match.name if found.match else found.query} "
-                       f"(its answers: {', '.join(known) or 'none'})", "not-found")  # fmt: skip
+                       f"(its answers: {', '.join(known) or 'none'})", "usage")  # fmt: skip
     return chosen
 
 

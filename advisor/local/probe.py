@@ -32,6 +32,8 @@ class ProbeResult:
     autov2: str | None = None
     autov3: str | None = None
     warnings: list[str] = field(default_factory=list)
+    media: str = "image"  # video: a video model's transformer, named in ``model`` (no image checkpoint)
+    model: str | None = None
 
 
 def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
@@ -44,9 +46,11 @@ def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
     """What a probe says of a file whose tensors were classified (``lo``) by the caller."""
     fam = families.family(lo.family) or {}
     pred = "v" if "v_pred" in lo.prediction else fam.get("prediction") or "epsilon"
+    if lo.media != "image":
+        pred = "unknown"  # a video transformer's, which this tool does not read
     return ProbeResult(str(path), fmt, lo.family, lo.variant, pred, lo.prediction,
                        _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
-                       lo.architecture, 0.0)  # fmt: skip
+                       lo.architecture, 0.0, media=lo.media, model=lo.name)  # fmt: skip
 
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -10,6 +10,8 @@ preferring a partner that is already on disk (its own release, the official inpa
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -95,13 +97,13 @@ def walk(folders: list[Path]) -> list[Path]:
 
 def not_a_checkpoint(names: list[str], components: list[str], family: str | None) -> str | None:
     """Why a file with these tensor names is not a checkpoint (None when it is one)."""
-    if "unet" in components or family is not None:  # a UNet, or a transformer data/architectures.json knows
-        return None
-    joined = " ".join(names[:400])
+    joined = " ".join(names[:400])  # an add-on first: a ControlNet of a transformer carries its keys too
     if "lora_" in joined or ".lora." in joined or "lora_A" in joined or "hada_" in joined:
         return "a LoRA (or LyCORIS): an add-on, not a checkpoint"
     if "control_model." in joined or "input_hint_block" in joined or "controlnet" in joined:
         return "a ControlNet: an add-on, not a checkpoint"
+    if "unet" in components or family is not None:  # a UNet, or a transformer data/architectures.json knows
+        return None
     if any(n.startswith(("encoder.", "decoder.", "first_stage_model.")) for n in names) and \
             not any("diffusion_model" in n for n in names):  # fmt: skip
         return "a VAE alone: not a checkpoint"
@@ -126,6 +128,19 @@ def _classify(path: Path) -> tuple[ProbeResult, str | None]:
     return from_layout(path, lo, fmt), not_a_checkpoint(list(tensors), lo.components, lo.family)
 
 
+@functools.cache
+def _classifier() -> str:
+    """What a cached verdict was made by: this release's architecture signatures (data/architectures.json) and
+    the rules below; a verdict of another is made again (an upgrade knows more architectures)."""
+    from data import load
+
+    blob = json.dumps([load("architectures"), _RULES], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_RULES = 2  # raised when the set-aside rules below change
+
+
 class _Classified:
     """Header verdicts kept in the cache by path, size and mtime (like the hashes): a re-scan of 500 files
     reads no header."""
@@ -147,7 +162,7 @@ class _Classified:
 
         name, stamp = hashing.file_stamp(path) if path.is_file() else (None, None)
         entry = self.entries.get(name) if name else None
-        if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and entry.get("by") == _classifier():
             try:
                 return (ProbeResult(**entry["probe"]) if entry.get("probe") else None), entry.get("aside")
             except TypeError:
@@ -158,7 +173,8 @@ class _Classified:
             message = (str(exc).splitlines() or [type(exc).__name__])[0].removeprefix(f"{path}: ")
             found, aside = None, f"unreadable: {message[:200]}"
         if name:
-            self.entries[name] = {"stamp": stamp, "probe": asdict(found) if found else None, "aside": aside}
+            self.entries[name] = {"stamp": stamp, "probe": asdict(found) if found else None, "aside": aside,
+                                  "by": _classifier()}  # fmt: skip
             self.changed = True
         return found, aside
 
