@@ -116,6 +116,11 @@ class Source(Protocol):
         take (a version id, a repo)."""
         ...
 
+    def is_official(self, model_id: str) -> bool:
+        """Whether the model (its registry id) is a family's official base or inpainting model (data/families.json
+        names them): no fine-tune to build from."""
+        ...
+
 
 def get(name: str) -> Source:
     if name not in NAMES:

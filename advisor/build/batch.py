@@ -63,8 +63,7 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     wanted = [family] if family else buildable
     with contextlib.closing(registry.open_reader(db)) as reader:
         found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)
-    return [sources.get(m.source).query(m.id) for m, _ in found
-            if not (m.source == "hf" and families.is_official_repo(m.source_id))]  # fmt: skip
+    return [sources.get(m.source).query(m.id) for m, _ in found if not sources.get(m.source).is_official(m.id)]
 
 
 def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,

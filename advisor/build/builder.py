@@ -444,8 +444,8 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
             why = "several models match: name one by id" if found.candidates else "; ".join(found.notes) or "no match"
         raise BuildError(f"nothing to build for “{query}”: {why}", "not-found")
     assert rec is not None  # lookup answers every match with a recommendation
-    is_base = match.source == "family" or (match.source == "hf" and not match.is_inpainting
-                                           and families.is_official_repo((match.model_id or "").split(":", 1)[-1]))
+    is_base = match.source == "family" or (match.source in sources.NAMES and not match.is_inpainting
+                                           and sources.get(match.source).is_official(match.model_id or ""))
     if is_base and not _is_local_file(query):
         raise BuildError(f"“{query}” is {match.name}, a base model, not a fine-tune: there is nothing to build; "
                          f"`inpaint-advisor lookup` names its official inpainting model", "is-a-base")  # fmt: skip

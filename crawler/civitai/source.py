@@ -84,5 +84,8 @@ class Civitai:
     def output_stem(self, file_stem: str, model_id: str, version_id: str) -> str:
         return f"{file_stem}-inpainting.v{version_number(version_id)}"
 
+    def is_official(self, model_id: str) -> bool:
+        return False  # data/families.json names the official checkpoints by their Hub repos
+
 
 SOURCE: Source = Civitai()  # mypy holds it to the interface

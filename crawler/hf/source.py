@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from crawler import families
 from crawler.sources import Download, Ref, Source, Where
 from data import settings
 
@@ -82,6 +83,9 @@ class Hub:
 
     def output_stem(self, file_stem: str, model_id: str, version_id: str) -> str:
         return f"{model_id.split(':', 1)[-1].replace('/', '--')}-inpainting"
+
+    def is_official(self, model_id: str) -> bool:
+        return families.is_official_repo(model_id.split(":", 1)[-1])  # the official files live on the Hub
 
 
 SOURCE: Source = Hub()  # mypy holds it to the interface
