@@ -116,6 +116,11 @@ class Source(Protocol):
         take (a version id, a repo)."""
         ...
 
+    def fetch_argv(self, model_id: str, file: str, into: str) -> list[str] | None:
+        """The command that fetches the model's file (``into``: where a merge reads it, a folder ending in
+        "/"), for an answer to print; None where the user is expected to have it (its page says how)."""
+        ...
+
     def is_official(self, model_id: str) -> bool:
         """Whether the model (its registry id) is a family's official base or inpainting model (data/families.json
         names them): no fine-tune to build from."""

@@ -187,11 +187,11 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
         a_path = safe_filename(a.repo.split("/")[-1], "inpainting") + "/"  # the downloaded folder, read as is
     else:
         a_path = safe_filename(a.file)
-    hub_repo = subject.model_id[3:] if subject.model_id is not None and subject.model_id.startswith("hf:") else None
+    source = sources.of_id(subject.model_id) if subject.model_id else None
     if subject.local and subject.file is not None:  # the user's own file or folder: their path, as they gave it
         b = subject.file
-    elif hub_repo is not None and subject.file and subject.file.endswith("/"):
-        b = safe_filename(subject.file.rstrip("/"), "model") + "/"  # a Hub diffusers repo, downloaded as a folder
+    elif source is not None and subject.file and subject.file.endswith("/"):
+        b = safe_filename(subject.file.rstrip("/"), "model") + "/"  # a source's folder of files, as fetched
     elif subject.file:
         b = safe_filename(subject.file)
     else:  # a bare family: a placeholder for the user's own file
@@ -202,14 +202,10 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
     command = Command(["inpaint-advisor", "merge", "--inpaint", a_path, "--model", b, "--base", safe_filename(c.file),
                        "--out", out, "--multiplier", "1.0"], "build")  # fmt: skip
     downloads = [_download_command(a, "download A"), _download_command(c, "download C")]
-    if hub_repo is not None and subject.file:
-        fetch_b: list[str | EnvRef]
-        if b.endswith("/"):
-            fetch_b = ["hf", "download", "--local-dir", b.rstrip("/"), "--", hub_repo]
-        else:
-            fetch_b = ["hf", "download", "--local-dir", ".", "--", hub_repo, subject.file]
-        downloads.insert(1, Command(fetch_b, "download B"))
-    source = sources.of_id(subject.model_id) if subject.model_id else None
+    fetch_b = source.fetch_argv(subject.model_id, subject.file, b) if source and subject.model_id and \
+        subject.file and not subject.local else None  # fmt: skip
+    if fetch_b is not None:
+        downloads.insert(1, Command(list(fetch_b), "download B"))
     asked = source.query(subject.model_id, subject.version_id) if source and subject.model_id else \
         subject.file if subject.local else None  # fmt: skip
     return Recommendation(

@@ -84,6 +84,9 @@ class Civitai:
     def output_stem(self, file_stem: str, model_id: str, version_id: str) -> str:
         return f"{file_stem}-inpainting.v{version_number(version_id)}"
 
+    def fetch_argv(self, model_id: str, file: str, into: str) -> list[str] | None:
+        return None  # a Civitai fine-tune is the user's own download (its page links it)
+
     def is_official(self, model_id: str) -> bool:
         return False  # data/families.json names the official checkpoints by their Hub repos
 

@@ -84,6 +84,12 @@ class Hub:
     def output_stem(self, file_stem: str, model_id: str, version_id: str) -> str:
         return f"{model_id.split(':', 1)[-1].replace('/', '--')}-inpainting"
 
+    def fetch_argv(self, model_id: str, file: str, into: str) -> list[str] | None:
+        repo = model_id.split(":", 1)[-1]
+        if into.endswith("/"):  # a diffusers repo, fetched as a folder
+            return ["hf", "download", "--local-dir", into.rstrip("/"), "--", repo]
+        return ["hf", "download", "--local-dir", ".", "--", repo, file]
+
     def is_official(self, model_id: str) -> bool:
         return families.is_official_repo(model_id.split(":", 1)[-1])  # the official files live on the Hub
 
