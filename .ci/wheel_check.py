@@ -8,8 +8,8 @@ wheel into a fresh venv outside the checkout and run every command there, from a
 1. `python -m build` makes the sdist, then the wheel from the sdist (so the sdist is proven complete).
 2. A fresh venv gets torch (the CPU build on this disk, else the CPU index) and the wheel; no editable finder,
    no PYTHONPATH, cwd a scratch folder: `--version`, every command's `--help` (at 80 columns, nothing wider),
-   `lookup` from bundled data, `probe`, `merge` and `scan` on tiny checkpoints made there, `status` on a path
-   where no registry is.
+   `lookup` from bundled data, `probe`, `merge` and `scan` on tiny checkpoints made there, `get --manifest` and
+   `get --dry-run` into a ComfyUI folder, `status` on a path where no registry is.
 3. The same wheel built without a C compiler (the merge's C loop is optional) replaces it: `merge` again, same
    output bits through torch ops.
 4. `pipx install <checkout>` into a scratch PIPX_HOME, then `inpaint-advisor --version` from its bin folder.
@@ -163,6 +163,15 @@ def smoke(py: Path, work: Path) -> Path:
     scan = json.loads(run(exe, "scan", ".", "--offline", "--json", env=env, cwd=work, ok=(0, 1)).stdout)
     if not scan:
         raise Failed("scan printed nothing")
+    (work / "ComfyUI" / "comfy").mkdir(parents=True)  # get: the UI folders, routes and node tables the wheel ships
+    manifest = json.loads(run(exe, "get", "SDXL 1.0", "--root", "ComfyUI", "--offline", "--manifest",
+                              env=env, cwd=work).stdout)  # fmt: skip
+    if not any(f["destination"].endswith("models/inpaint/inpaint_v26.fooocus.patch") for f in manifest["files"]):
+        raise Failed(f"get --manifest answered {manifest}")
+    planned = json.loads(run(exe, "get", "SDXL 1.0", "--root", "ComfyUI", "--offline", "--dry-run", "--json",
+                             env=env, cwd=work).stdout)  # fmt: skip
+    if not planned.get("workflow") or (work / "ComfyUI" / "models").exists():
+        raise Failed(f"get --dry-run answered {planned} (or touched the folder)")
     empty = run(exe, "status", "--db", work / "nowhere" / "registry.db", "--json", env=env, cwd=work, ok=(1, 2))
     if "error" not in json.loads(empty.stdout):
         raise Failed(f"status on an empty path printed {empty.stdout!r}")

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from advisor.advice import Command, LookupResult, Match, ladder
 from advisor.advice.lookup import lookup
-from advisor.build.cache import files_dir
+from advisor.build.cache import download_folder, files_dir, hub_file_path
 from advisor.build.download import Downloaded, DownloadError, Source, fetch
 from advisor.safety import safe_filename
 from crawler import families, registry, sources
@@ -36,7 +36,8 @@ from merge import hashing
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from crawler.registry.reader import Reader
+    from crawler.registry.reader import ModelRecord, Reader, VersionRecord
+    from crawler.sources import Download
     from merge.prepared import PreparedPair
 
 ACTIONS = ("built", "downloaded-release", "already-built", "already-inpainting", "planned")
@@ -164,17 +165,16 @@ def _from_hf_cache(repo: str, path: str, sha256: str | None) -> Path | None:
 
 def _hub_file(role: str, repo: str, path: str, sha256: str | None, size: int | None,
               git_oid: str | None = None) -> _Need:  # fmt: skip
-    parts = [safe_filename(p, "_") for p in path.split("/")]
-    folder = files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts[:-1])
+    cached_at = hub_file_path(repo, path)
     url = settings.Sites(hf_endpoint=_hf_endpoint()).hub_file(repo, path)  # the endpoint with its credentials
     identity = (sha256 or f"hf:{repo}/{path}").upper()
     cached = _from_hf_cache(repo, path, sha256)
     if cached is not None:
         return _Need(role, None, cached.parent, local=cached, identity=identity, origin="hf-cache",
                      checked=bool(sha256))  # fmt: skip
-    source = Source(url, name=parts[-1], sha256=sha256, size=size, token=_hf_token(), label=role,
+    source = Source(url, name=cached_at.name, sha256=sha256, size=size, token=_hf_token(), label=role,
                     weights=not path.endswith(".json"))  # fmt: skip
-    return _Need(role, source, folder, identity=identity if sha256 or not git_oid else f"GIT:{git_oid}",
+    return _Need(role, source, cached_at.parent, identity=identity if sha256 or not git_oid else f"GIT:{git_oid}",
                  git_oid=None if sha256 else git_oid)  # fmt: skip
 
 
@@ -258,16 +258,23 @@ def _local(role: str, path: str | os.PathLike) -> _Need:
     return _Need(role, None, p.parent, local=p, identity=identity, origin="user", checked=True)
 
 
-def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: str | None,
-                   folder: Path | None = None, offline: bool = False) -> _Need:  # fmt: skip
-    """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
+def registry_download(role: str, reader: Reader | None, model_id: str,
+                      version_id: str | None) -> tuple[ModelRecord, VersionRecord, Download]:  # fmt: skip
+    """A registry version's primary file as its source downloads it (the version asked, else the one a user
+    means); BuildError (no-registry, no-file) where the registry cannot say."""
     if reader is None or (model := reader.model(model_id)) is None:  # say, an official model known from data/ alone
         raise BuildError(f"{role}: {model_id} is not in the registry, so its file cannot be found", "no-registry")
     versions = reader.versions(model.id)
     version = next((v for v in versions if v.id == version_id), None) or ladder.choose_version(versions, None)
     if version is None or not version.primary_file:
         raise BuildError(f"{role}: the registry knows no file of {model.name} to download", "no-file")
-    file = sources.get(model.source).download(model, version)
+    return model, version, sources.get(model.source).download(model, version)
+
+
+def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: str | None,
+                   folder: Path | None = None, offline: bool = False) -> _Need:  # fmt: skip
+    """B (or a release) from the registry: a Civitai version's primary file, a Hub file or diffusers folder."""
+    model, version, file = registry_download(role, reader, model_id, version_id)
     if file.folder:
         assert file.repo is not None  # only a Hub repo is a folder of files
         return _hub_folder(role, file.repo, offline=offline)
@@ -275,8 +282,7 @@ def _registry_file(role: str, reader: Reader | None, model_id: str, version_id: 
         need = _hub_file(role, file.repo, file.path, file.sha256, file.size)
     else:
         source = Source(file.url, name=file.name, sha256=file.sha256, size=file.size, token=file.token, label=role)
-        where = files_dir().joinpath(*(safe_filename(part, "_") for part in file.cache))
-        need = _Need(role, source, where, identity=(file.sha256 or version.id).upper())
+        need = _Need(role, source, download_folder(file), identity=(file.sha256 or version.id).upper())
     if folder is not None:
         need.folder = folder
     return need

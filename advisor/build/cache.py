@@ -14,11 +14,16 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
+from advisor.safety import safe_filename
 from merge import hashing, portable, prepared
 from merge.engine import partial_owner
+
+if TYPE_CHECKING:
+    from crawler.sources import Download
 
 WHAT = ("all", "prepared", "files", "partial")
 _DOWNLOAD_PARTIAL = ".inpaint-advisor-*.partial"  # advisor.build.download's hidden file (its sidecar adds .json)
@@ -82,6 +87,17 @@ class Cleared:
 
 def files_dir() -> Path:
     return hashing.cache_dirs()[0] / "files"
+
+
+def hub_file_path(repo: str, path: str) -> Path:
+    """Where the cache keeps a Hub repo's file (the repo's and the path's parts made safe: strangers name them)."""
+    parts = [safe_filename(p, "_") for p in path.split("/")]
+    return files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts)
+
+
+def download_folder(file: Download) -> Path:
+    """Where the cache keeps a registry version's file that is no Hub file (its source's cache path, made safe)."""
+    return files_dir().joinpath(*(safe_filename(part, "_") for part in file.cache))
 
 
 def report() -> CacheReport:

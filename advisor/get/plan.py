@@ -19,14 +19,14 @@ from pathlib import Path
 
 from advisor.advice import ladder, routes
 from advisor.advice.lookup import LookupResult, Match, lookup
-from advisor.build.builder import BuildError, BuildPlan, plan_build
-from advisor.build.cache import files_dir
+from advisor.build.builder import BuildError, BuildPlan, plan_build, registry_download
+from advisor.build.cache import download_folder, hub_file_path
 from advisor.get import workflow
 from advisor.get.result import CHECKPOINT_KINDS, Answer, GetError, GetResult, Placement
 from advisor.local import uis
 from advisor.local.uis import Install
 from advisor.safety import safe_filename
-from crawler import families, registry, sources
+from crawler import families, registry
 from crawler.http import redact
 from data import settings
 from merge import hashing
@@ -212,8 +212,7 @@ def _checkpoint_file(rec: ladder.Recommendation, match: Match, install: Install,
         return Placement(kind, safe_filename(target.file), str(folder), redact(url), _upper(target.sha256),
                          target.size, "data/families.json" if target.sha256 else None, label="official",
                          _fetch_url=url, _token=sites.hf_token,
-                         _cached=(str(files_dir() / "hf" / safe_filename(target.repo.replace("/", "--"), "repo")
-                                      / safe_filename(target.file)),) if target.repo else ())  # fmt: skip
+                         _cached=(str(hub_file_path(target.repo, target.file)),) if target.repo else ())  # fmt: skip
     return _registry_file(rec, install, db)
 
 
@@ -221,23 +220,19 @@ def _registry_file(rec: ladder.Recommendation, install: Install, db: str | None)
     target = rec.target
     assert target is not None and target.model_id is not None  # a release is a registry version
     reader = registry.open_reader_if_any(db)
-    if reader is None:
-        raise _PassOver(f"{target.name} is not in a registry, so its file cannot be found")
     try:
-        model = reader.model(target.model_id)
-        versions = reader.versions(target.model_id) if model is not None else []
-        version = next((v for v in versions if v.id == target.version_id), None) or \
-            ladder.choose_version(versions, None)  # fmt: skip
-        if model is None or version is None or not version.primary_file:
-            raise _PassOver(f"the registry knows no file of {target.name}")
-        file = sources.get(model.source).download(model, version)
+        model, _, file = registry_download(rec.kind, reader, target.model_id, target.version_id)
+    except BuildError as exc:
+        raise _PassOver(str(exc).split(": ", 1)[-1]) from None
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     if file.folder:
         raise _PassOver(f"published as a diffusers folder, which {install.name} does not load as one file")
     folder = _folder(install, "checkpoint")
     name = safe_filename(file.name or f"{model.name}.safetensors")
-    cached = str(files_dir().joinpath(*(safe_filename(part, "_") for part in file.cache)) / name)
+    # where a build of this model left the same file: the Hub's layout for a Hub file, the source's otherwise
+    cached = str(hub_file_path(file.repo, file.path) if file.repo and file.path else download_folder(file) / name)
     return Placement("checkpoint", name, str(folder), redact(file.url), _upper(file.sha256), file.size,
                      f"the registry ({model.source})" if file.sha256 else None, label=rec.kind, _fetch_url=file.url,
                      _token=file.token, _cached=(cached,))  # fmt: skip
@@ -292,9 +287,7 @@ def _plan_route(plan: GetPlan, rec: ladder.Recommendation, db: str | None = None
             kind, safe_filename(f.get("save_as") or f["file"].rsplit("/", 1)[-1]), str(_folder(install, kind)),
             redact(url), _upper(sha), size, pinned_by, _approx(f.get("size_hint")),
             label=spec["name"], _fetch_url=url,
-            _token=sites.hf_token,
-            _cached=(str(files_dir() / "hf" / safe_filename(f["repo"].replace("/", "--"), "repo") /
-                         "/".join(safe_filename(p, "_") for p in f["file"].split("/"))),)))  # fmt: skip
+            _token=sites.hf_token, _cached=(str(hub_file_path(f["repo"], f["file"])),)))  # fmt: skip
     if spec.get("gated") and not sites.hf_token:
         result.warnings.append(f"{spec['name']} is gated: accept its licence on its Hub page, and set HF_TOKEN")
     for_kind = uis.spec(install.ui).get("needs", {})
