@@ -171,3 +171,58 @@ def official_file(name: str) -> tuple[dict, str] | None:
     """(family, "inpaint" | "base") of an official checkpoint's file name ("sd-v1-5-inpainting.ckpt")."""
     hit = _file_index().get(name.strip().lower())
     return (by_id()[hit[0]], hit[1]) if hit else None  # the index holds the families' own ids
+
+
+def architecture(family_id: str | None) -> str | None:
+    """What the family's tensors look like (data/families.json ``architecture``): Pony's is SDXL's."""
+    return (family(family_id) or {}).get("architecture")
+
+
+def agrees_with_tensors(said: str | None, told: str) -> bool:
+    """Whether a file whose tensors tell family ``told`` may be of family ``said``: ``told`` is ``said`` or
+    one of its parents (Pony's file tells SDXL), or ``told`` is a bare architecture that ``said`` shares
+    (Playground v2 has SDXL's). A size the tensors tell (FLUX.2 [klein] 9B) disagrees with another size."""
+    if any(f["id"] == told for f in lineage(said)):
+        return True
+    return architecture(told) == told and architecture(said) == told
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15"), (re.compile(r"\bsd ?xl\b"), "sdxl")]
+
+
+def _name_words(text: str) -> list[str]:
+    """A name's words as family words are written: CamelCase split ("juggernautXL"), "SD 1.5" as "sd15"."""
+    from crawler.names import normalize_name
+
+    words = normalize_name(_CAMEL.sub(" ", text))
+    for spelled, word in _SPELLED:
+        words = spelled.sub(word, words)
+    return words.split()
+
+
+def contradicting_words(family_id: str | None, names: list[str]) -> list[str]:
+    """Family words in ``names`` (a version's, its file's, its model's) that name only families of another
+    architecture than ``family_id``'s: "XL" in a version said to be SD 1.5 (its file is to tell). None where
+    another family word agrees ("Flux-style XL" said to be SDXL: a style, named)."""
+    own = architecture(family_id)
+    if own is None:
+        return []
+    found = []
+    for word in dict.fromkeys(w for name in names if name for w in _name_words(name)):
+        named = _word_index().get(word)
+        if named and all(architecture(f) != own for f in named):
+            found.append(word)
+        elif named:
+            return []
+    return found
+
+
+def contradiction_patterns() -> list[tuple[str, list[str]]]:
+    """For the registry's cheap pre-filter of ``contradicting_words``: (a family word, the families that word
+    would contradict), for every family word."""
+    out = []
+    for word, named in sorted(_word_index().items()):
+        archs = {architecture(f) for f in named}
+        out.append((word, sorted(f["id"] for f in all_families() if f.get("architecture") not in archs)))
+    return out

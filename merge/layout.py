@@ -46,12 +46,13 @@ _ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|outp
 
 def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str | None, str | None, int | None]:
     """(family, variant, input channels) from a diffusers ``unet/config.json`` (cross-attention width and
-    input channels, as the single-file shapes say them) or ``transformer/config.json`` (its class, and
-    FLUX.1's input width); the variant is None for a transformer this table does not know."""
+    input channels, as the single-file shapes say them) or ``transformer/config.json`` (its class, FLUX.1's
+    input width, FLUX.2's text width); the variant is None for a transformer this table does not know."""
     channels = cfg.get("in_channels") if isinstance(cfg.get("in_channels"), int) else None
     if transformer:
         kind = str(cfg.get("_class_name", ""))
-        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])), None)
+        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])
+                    and all(cfg.get(k) == v for k, v in s.get("diffusers_config", {}).items())), None)  # fmt: skip
         family = sig.get("family") if sig else None
         if family == "flux1":
             return family, FLUX_VARIANTS.get(channels or 0), channels
@@ -59,6 +60,22 @@ def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str 
     width = cfg.get("cross_attention_dim")
     family = CROSS_ATTN.get(width) if isinstance(width, int) else None
     return family, VARIANTS.get(channels, "unknown") if channels is not None else "unknown", channels
+
+
+def from_diffusers_folder(unet: dict | None, transformer: dict | None, scheduler: dict) -> "Layout":
+    """A diffusers folder's layout from its configs alone: the UNet's or transformer's (which must be there),
+    and the scheduler's prediction type (a v-prediction model says so there, not in its tensors)."""
+    cfg = unet if unet is not None else transformer or {}
+    family, variant, channels = from_diffusers_config(cfg, transformer=unet is None)
+    lo = Layout(family, variant or "unknown", in_channels=channels)
+    if unet is None:
+        kind = str(cfg.get("_class_name", ""))
+        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])), None)
+        if sig is not None and "media" in sig:
+            lo.media, lo.name = sig["media"], sig["name"]
+    if scheduler.get("prediction_type") == "v_prediction":
+        lo.prediction.append("v_pred")
+    return lo
 
 
 @dataclass

@@ -429,3 +429,58 @@ def test_a_base_model_of_other_is_classified_from_its_files_tensors(registry_db,
     odd = lookup("civitai:761", db=registry_db, offline=True)
     assert odd.match.family == "qwen-image" and odd.recommendation.route == "qwen-image-controlnet-inpainting"
     assert _blobs_read(storage) == {f"/blob/{version_id(760, 0)}"}  # Civitai listed 761's; 762 is a video model
+
+
+def test_a_base_model_its_names_contradict_is_checked_against_the_files_tensors(registry_db, serve):
+    """A version said to be SD 1.5 whose names say XL: Civitai's tensor list tells SDXL, the registry records
+    SDXL with the reason, and a later crawl of the model keeps it. Names that agree cost no read."""
+    from tests.hf_fake import safetensors_header
+    from tests.sd_layouts import checkpoint_shapes
+
+    specs = [{"id": 770, "name": "Juggernaut", "downloads": 50, "tags": [],
+              "versions": [["Ragnarok", "SD 1.5", "Standard", "juggernautXL_ragnarok.safetensors"]]},
+             {"id": 771, "name": "DreamShaper XL", "downloads": 40, "tags": [],
+              "versions": [["v2", "SDXL 1.0", "Standard", "dreamshaperXL_v2.safetensors"]]},
+             {"id": 772, "name": "Flux-style Realism XL", "downloads": 30, "tags": [],
+              "versions": [["v1", "SDXL 1.0", "Standard", "fluxStyleRealismXL_v1.safetensors"]]},
+             {"id": 773, "name": "Plain Mix", "downloads": 20, "tags": [],
+              "versions": [["v1", "SD 1.5", "Standard", "plainMix_v1.safetensors"]]}]  # fmt: skip
+    sdxl = safetensors_header(checkpoint_shapes("sdxl", "normal", scale=8))
+    fake = FakeCivitai([item(spec, i) for i, spec in enumerate(specs)], duplicate_at_boundary=False)
+    for mid in (770, 771, 772, 773):
+        fake.tensor_metadata[str(version_id(mid, 0) * 10)] = _listed(sdxl)
+    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
+    asked = {r["path"].split("/")[4] for r in fake.requests if "/tensor-metadata" in r["path"]}
+    assert asked == {str(version_id(770, 0) * 10)}  # the one whose names and base model disagree
+    answer = lookup("civitai:770", db=registry_db, offline=True)
+    assert answer.match.family == "sdxl"
+    with registry_layer.open_reader(registry_db) as reader:
+        (version,) = reader.versions("civitai:770")
+    assert "its file's tensors are Stable Diffusion XL's (its base model says SD 1.5)" in version.evidence
+
+    specs[0]["tags"] = ["photorealistic"]  # the model changed: its page is stored again, from its metadata
+    again = FakeCivitai([item(spec, i) for i, spec in enumerate(specs)], duplicate_at_boundary=False)
+    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(again), token=TOKEN, policy=FAST)
+    assert not [r for r in again.requests if "/tensor-metadata" in r["path"]]  # proven once, by the file's hash
+    assert lookup("civitai:770", db=registry_db, offline=True).match.family == "sdxl"
+
+
+def test_tensors_that_tell_another_size_correct_the_base_model():
+    from crawler.civitai.proof import _family_from
+
+    def told(said, arch):
+        return _family_from({"family": said}, {"arch": arch})
+
+    assert told("flux2-klein-4b", "flux2-klein-9b") == "flux2-klein-9b"  # the 9B's text width
+    assert told("flux2", "flux2-klein-4b") == "flux2-klein-4b"
+    assert told("pony", "sdxl") is None and told("playground-v2", "sdxl") is None  # SDXL's shapes, their lineage
+    assert told("flux2-klein-4b", "flux2") is None  # FLUX.2 with no size the table knows: the base model says
+    assert told("sd1", "sdxl") == "sdxl"
+
+
+def test_a_hub_repo_of_a_klein_base_keeps_its_size_when_the_shapes_agree():
+    from crawler.hf.repos import _family
+
+    assert _family(["black-forest-labs/FLUX.2-klein-4B"], "flux2-klein-4b", None) == ("flux2-klein-4b", None)
+    family, note = _family(["black-forest-labs/FLUX.2-klein-4B"], "flux2-klein-9b", None)
+    assert family == "flux2-klein-9b" and "tensor shapes are flux2-klein-9b" in note

@@ -36,10 +36,17 @@ class ProbeResult:
     model: str | None = None
 
 
-def _diffusers(path: Path) -> tuple[str | None, str, int | None, list[str]]:
-    family, variant, in_ch = layout.from_diffusers_config(read_config(path / "unet" / "config.json", required=True))
-    comps = [c for c in ("unet", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
-    return family, variant or "unknown", in_ch, comps
+def _diffusers(path: Path) -> layout.Layout:
+    """A diffusers folder's layout from its configs: a UNet's (SD 1.x/2.x, SDXL) or a transformer's (FLUX, ...)."""
+    if (path / "unet" / "config.json").exists():
+        unet, transformer = read_config(path / "unet" / "config.json", required=True), None
+    elif (path / "transformer" / "config.json").exists():
+        unet, transformer = None, read_config(path / "transformer" / "config.json", required=True)
+    else:
+        raise CheckpointError(f"{path}: not a diffusers folder (no unet/config.json or transformer/config.json)")
+    lo = layout.from_diffusers_folder(unet, transformer, read_config(path / "scheduler" / "scheduler_config.json"))
+    lo.components = [c for c in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
+    return lo
 
 
 def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
@@ -81,11 +88,7 @@ def probe(path: str | Path, *, with_hash: bool = False) -> ProbeResult:
     path = Path(path)
     t0 = time.perf_counter()
     if path.is_dir():
-        if not (path / "unet" / "config.json").exists():
-            raise CheckpointError(f"{path}: not a diffusers folder (no unet/config.json)")
-        family, variant, in_ch, comps = _diffusers(path)
-        result = ProbeResult(str(path), "diffusers", family, variant, "epsilon", [], "", 0, in_ch, comps,
-                             layout.ARCHITECTURES.get((family, variant)), 0.0)  # fmt: skip
+        result = from_layout(path, _diffusers(path), "diffusers")
     else:
         tensors, fmt = tensor_index(path, torch_fallback=True)
         result = from_layout(path, layout.detect(tensors), fmt)

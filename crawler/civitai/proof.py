@@ -223,7 +223,13 @@ def _wants_proof(row: dict) -> bool:
                                  file_names=[row["file_name"]], model_name=row["model_name"],
                                  model_tags=json.loads(row["tags"] or "[]"))  # fmt: skip
     safetensors = row["format"] in (None, "SafeTensor") and row["file_name"].lower().endswith(".safetensors")
-    return (ambiguous is not None or _family_unknown(row)) and safetensors
+    return (ambiguous is not None or _family_unknown(row) or bool(_contradicted(row))) and safetensors
+
+
+def _contradicted(row: dict) -> list[str]:
+    """Family words of its names that its base model's family contradicts ("XL" in a version said to be SD
+    1.5): its file's tensors are to tell which is right."""
+    return families.contradicting_words(row.get("family"), [row["name"], row["file_name"], row["model_name"]])
 
 
 def _family_unknown(row: dict) -> bool:
@@ -239,10 +245,16 @@ def _family_from(row: dict, proof: dict) -> str | None:
     told = families.family(arch)
     if arch is None or told is None:
         return None
-    said = families.family(row.get("family"))
-    if said is not None and said.get("architecture") == told.get("architecture"):
+    if families.agrees_with_tensors(row.get("family"), arch):
         return None  # Pony's file has SDXL's shapes: the base model names the lineage, the shapes agree
     return arch
+
+
+def _told_why(row: dict, family: str) -> str:
+    """The evidence line of a family the tensors told, against what the base model said."""
+    told = (families.family(family) or {}).get("name", family)
+    said = row.get("base_model") or "no base model"
+    return f"its file's tensors are {told}'s (its base model says {said})"
 
 
 def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
@@ -257,7 +269,9 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
         # versions that merely mention inpainting and agree with themselves are never proven, so they stay in
         # the SQL filter's answer: page past them to the ambiguous ones (enough for the budget's reads, and
         # for the files that may not be read now)
-        while len(wanted) < budget * MAX_ATTEMPTS and (batch := proofs.pending(conn, PENDING_BATCH, offset)):
+        contradictions = families.contradiction_patterns()
+        while len(wanted) < budget * MAX_ATTEMPTS and \
+                (batch := proofs.pending(conn, PENDING_BATCH, offset, contradictions)):  # fmt: skip
             offset += len(batch)
             wanted += [row for row in batch if _wants_proof(row)]
     found: dict[str, dict] = {}
@@ -300,9 +314,10 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
                 found[key] = {"key": key, **proof}
             proof = found[key]
             verdict = _verdict(row, proof)
-            verdicts[row["id"]] = verdict
             if (family := _family_from(row, proof)) is not None:
                 told[row["id"]] = family
+                verdict = (*verdict[:2], [*verdict[2], _told_why(row, family)])
+            verdicts[row["id"]] = verdict
             summary.changed += verdict[0] != bool(row["is_inpainting"])
     with engine.begin() as conn:
         proofs.save(conn, list(found.values()))
@@ -336,6 +351,11 @@ def apply_known(engine: Engine, parsed: dict[str, ParsedModel]) -> None:
             if proof is None:
                 continue
             is_inp, conf, evidence = _verdict(v, proof)
+            if (family := _family_from(v, proof)) is not None:  # what the tensors told, not the base model again
+                evidence.append(_told_why(v, family))
+                v["family"] = family
+                if p.model.get("family") is None or all(o["family"] == family for o in p.versions):
+                    p.model["family"] = family
             touched |= is_inp != v["is_inpainting"]
             v.update(is_inpainting=is_inp, inpaint_confidence=conf, inpaint_evidence=json.dumps(evidence))
         if touched:

@@ -147,8 +147,7 @@ def _family(bases: list[str], arch: str | None, class_family: str | None) -> tup
     they disagree the shapes win."""
     lineage_family = next((f for f in map(families.family_for_hf_repo, bases) if f), None)
     if lineage_family:
-        lineage_arch = families.by_id()[lineage_family]["architecture"]  # an id from the families themselves
-        if arch is None or lineage_arch == arch:
+        if arch is None or families.agrees_with_tensors(lineage_family, arch):
             return lineage_family, None
         return arch, f"declares base {bases[0]} but its tensor shapes are {arch}"
     return arch or class_family, None

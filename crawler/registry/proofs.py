@@ -29,14 +29,20 @@ def known(conn: Connection, keys: list[str]) -> dict[str, dict]:
     return out
 
 
-def pending(conn: Connection, limit: int, offset: int = 0) -> list[dict]:
-    """Civitai versions whose metadata hints at inpainting somewhere (type, names, model name or tags), with
-    their primary file, whose file has no proof yet: ``limit`` of them from ``offset``, the most downloaded
-    models first."""
+def pending(conn: Connection, limit: int, offset: int = 0,
+            contradictions: Sequence[tuple[str, Sequence[str]]] = ()) -> list[dict]:  # fmt: skip
+    """Civitai versions whose metadata hints at inpainting somewhere (type, names, model name or tags), has no
+    family, or names a family word its family contradicts (``contradictions``: each word, with the families it
+    would contradict), with their primary file, whose file has no proof yet: ``limit`` of them from
+    ``offset``, the most downloaded models first."""
     hint = (col(Version.base_model_type) == "Inpainting") | col(Version.family).is_(None)  # or no family known
     for pattern in _HINTS:
         hint = hint | col(Version.name).ilike(pattern) | col(File.name).ilike(pattern) | \
             col(Model.name).ilike(pattern) | col(Model.tags).ilike(pattern)  # fmt: skip
+    for word, contradicted in contradictions:
+        pattern = f"%{word}%"
+        hint = hint | ((col(Version.name).ilike(pattern) | col(File.name).ilike(pattern) |
+                        col(Model.name).ilike(pattern)) & col(Version.family).in_(list(contradicted)))  # fmt: skip
     file_key = func.coalesce(col(File.sha256), literal("file:") + col(File.id))
     rows: Sequence[Row[*tuple[Any, ...]]] = conn.execute(
         select(col(Version.id), col(Version.source_id), col(Version.name), col(Version.base_model_type),
@@ -74,11 +80,14 @@ def set_verdicts(conn: Connection, verdicts: dict[str, tuple[bool, float, list[s
 
 def set_families(conn: Connection, families: dict[str, str]) -> None:
     """Versions whose family their files' tensors tell (a base model of "Other", unknown or contradicted by the
-    file): the version's family, and its model's where the model has none."""
+    file): the version's family, and its model's where the model has none or all its versions now say this."""
     for vid, family in families.items():
         conn.execute(update(Version).where(col(Version.id) == vid).values(family=family))
         model_id = conn.execute(select(col(Version.model_id)).where(col(Version.id) == vid)).scalar()
-        conn.execute(update(Model).where(col(Model.id) == model_id, col(Model.family).is_(None)).values(family=family))
+        other = select(col(Version.id)).where(col(Version.model_id) == model_id,
+                                              func.coalesce(col(Version.family), "") != family)  # fmt: skip
+        conn.execute(update(Model).where(col(Model.id) == model_id, col(Model.family).is_(None) | ~other.exists())
+                     .values(family=family))  # fmt: skip
 
 
 def versions_for_links(conn: Connection, model_id: str) -> list[dict]:
