@@ -16,6 +16,7 @@ from advisor.safety import safe_filename
 from crawler import families, sources
 from crawler.registry.reader import LinkRecord
 from data.settings import Sites
+from merge.distance import BaseDistance
 from merge.layout import MERGEABLE
 
 
@@ -71,6 +72,7 @@ class Subject:
     same_file_models: list[str] = field(default_factory=list)  # the same checkpoint on another source
     same_file_versions: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)  # the source's tags of the model, lower-case
+    distance: BaseDistance | None = None  # its file's UNet against its base's, measured where both are at hand
 
 
 def _release_target(release: Release, sites: Sites) -> Target:
@@ -308,6 +310,7 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
 
     said = " ".join(x for x in (subject.name, subject.version_name, subject.asked) if x)
     marks = routes.markers_of(said, subject.base_model, subject.prediction, subject.family, subject.tags)
+    marks = routes.with_distance(marks, subject.distance)
     weighed: list[Recommendation] = []
     official = families.official_target(subject.family)
     if official is not None:
@@ -331,6 +334,8 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
             if checkpoint is not None:
                 checkpoint.score, penalties = routes.checkpoint_weight(checkpoint.kind, subject.family, marks)
                 checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
+                if subject.distance is not None and "far-from-base" not in marks:
+                    checkpoint.evidence.append(f"measured: its UNet is {subject.distance}")
                 checkpoint.how = [routes.checkpoint_how(official["id"])]
                 weighed.append(checkpoint)
     for release in facts.community[:1]:  # another creator's inpainting version of this very model

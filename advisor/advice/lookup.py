@@ -14,12 +14,14 @@ from pathlib import Path
 
 from advisor.advice import facts, ladder, match
 from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_query, shown
+from advisor.local.base_distance import measure
 from advisor.local.probe import probe
 from crawler import families, registry, sources
 from crawler.names import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
 from data import settings
 from data.errors import InpaintAdvisorError
+from merge.distance import BaseDistance
 
 GOOD_ENOUGH = 80.0  # a candidate batch with a name this close ends the search for wider ones
 OTHER_FAMILY_NAMED = 10.0  # what a name that says another family than the query's costs it
@@ -120,7 +122,8 @@ def _beyond(q: Query, name: str) -> str:
     return " ".join(w for w in re.findall(r"[a-z0-9]+", q.raw.lower()) if w not in own)
 
 
-def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None) -> LookupResult:
+def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = None,
+            distance: BaseDistance | None = None) -> LookupResult:  # fmt: skip
     versions = reg.versions(model.id)
     version = ladder.choose_version(versions, version_id or q.version_id, _beyond(q, model.name))
     family = (version.family if version else None) or model.family
@@ -151,6 +154,7 @@ def _answer(reg: Reader, model: ModelRecord, q: Query, version_id: str | None = 
         version_name=version.name if version else None, versions=versions,
         file=b_file, inpaint_evidence=evidence,
         same_file_models=[t[0] for t in twins], same_file_versions=[t[1] for t in twins], tags=reg.tags(model.id),
+        distance=distance,
     )  # fmt: skip
     known = facts.gather(model.id, subject.version_id, subject.same_file_models, reg, settings.current().sites)
     rec, alts, warns = ladder.recommend(subject, known)
@@ -176,11 +180,12 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
     path = q.path
     if path is None:
         raise QueryError(f"not a local file or folder: {shown(q.raw)}")
+    is_inpaint = p.variant in ("inpaint", "fill")
+    distance = None if is_inpaint or p.media != "image" else measure(path, p.family)
     if reg is not None and sha256 and (hit := reg.by_hash(sha256, "sha256")) and (model := reg.model(hit[0])):
-        result = _answer(reg, model, q, hit[1])
+        result = _answer(reg, model, q, hit[1], distance)
         result.notes.append(f"{path.name} is this registry file (sha256 {sha256[:12]}…)")
         return result
-    is_inpaint = p.variant in ("inpaint", "fill")
     match = Match("file", None, None, path.name, None, None, p.family, is_inpaint)
     subject = ladder.Subject(
         name=path.name,
@@ -190,6 +195,7 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
         local=True,
         prediction=p.markers,
         inpaint_evidence=[f"UNet takes {p.in_channels} input channels"] if is_inpaint else [],
+        distance=distance,
     )
     rec, alts, warns = ladder.recommend(subject, _bare())
     result = LookupResult(q.raw, match, [], rec, alts, warns)

@@ -2,11 +2,17 @@
 fill models and sampler methods, weighed for one model by its family and markers on the same scale as the
 official model and a build, each score with the reasons that moved it."""
 
+from __future__ import annotations
+
 import re
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from crawler import families
+
+if TYPE_CHECKING:
+    from merge.distance import BaseDistance
 
 KINDS = ("patch", "controlnet", "adapter", "lora", "fill-model", "sampler")
 
@@ -72,6 +78,22 @@ def markers_of(name: str, base_model: str | None, header_markers: list[str], fam
     elif fam is not None and fam.get("prediction") == "v":
         found.setdefault("v-prediction", f"{fam['name']} predicts v")
     return found
+
+
+def with_distance(found: dict[str, str], distance: BaseDistance | None) -> dict[str, str]:
+    """The markers once the file's distance from its base was measured (data/routes.json, ``far-from-base``):
+    far, the marker in place of a style that names and tags say; near, no ``stylized`` from them either; in
+    between, names and tags decide."""
+    if distance is None:
+        return found
+    bands = _data()["markers"]["far-from-base"]["measured"]
+    out = dict(found)
+    if distance.relative >= bands["far"]:
+        out.pop("stylized", None)
+        out["far-from-base"] = f"its UNet is {distance}: far from the base ({bands['far']:.0%} or more)"
+    elif distance.relative <= bands["near"]:
+        out.pop("stylized", None)
+    return out
 
 
 def _family_chain(family_id: str | None) -> list[str]:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from advisor.build.batch import BatchResult, run_batch
     from advisor.build.builder import BuildError, BuildPlan, BuildResult, build, plan_build, run_build
-    from advisor.build.cache import files_dir
     from advisor.build.download import Downloaded, DownloadError, Source, fetch
+    from advisor.local.cached_files import files_dir
 
 __all__ = ["BatchResult", "BuildError", "BuildPlan", "BuildResult", "DownloadError", "Downloaded", "Source", "build",
            "fetch", "files_dir", "plan_build", "run_batch", "run_build"]  # fmt: skip

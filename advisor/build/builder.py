@@ -25,8 +25,9 @@ from filelock import FileLock
 
 from advisor.advice import Command, LookupResult, Match, ladder
 from advisor.advice.lookup import lookup
-from advisor.build.cache import download_folder, files_dir, hub_file_path
+from advisor.build.cache import download_folder
 from advisor.build.download import Downloaded, DownloadError, Source, fetch
+from advisor.local.cached_files import files_dir, hub_file_path
 from advisor.safety import safe_filename
 from crawler import families, registry, sources
 from data import settings

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
+from advisor.local.cached_files import files_dir
 from advisor.safety import safe_filename
 from merge import hashing, portable, prepared
 from merge.engine import partial_owner
@@ -83,16 +84,6 @@ class Cleared:
     freed: int
     busy: list[str]  # held by a running build: left alone
     dry_run: bool
-
-
-def files_dir() -> Path:
-    return hashing.cache_dirs()[0] / "files"
-
-
-def hub_file_path(repo: str, path: str) -> Path:
-    """Where the cache keeps a Hub repo's file (the repo's and the path's parts made safe: strangers name them)."""
-    parts = [safe_filename(p, "_") for p in path.split("/")]
-    return files_dir() / "hf" / safe_filename(repo.replace("/", "--"), "repo") / "/".join(parts)
 
 
 def download_folder(file: Download) -> Path:

@@ -20,10 +20,11 @@ from pathlib import Path
 from advisor.advice import ladder, routes
 from advisor.advice.lookup import LookupResult, Match, lookup
 from advisor.build.builder import BuildError, BuildPlan, plan_build, registry_download
-from advisor.build.cache import download_folder, hub_file_path
+from advisor.build.cache import download_folder
 from advisor.get import workflow
 from advisor.get.result import CHECKPOINT_KINDS, Answer, GetError, GetResult, Placement
 from advisor.local import uis
+from advisor.local.cached_files import hub_file_path
 from advisor.local.uis import Install
 from advisor.safety import safe_filename
 from crawler import families, registry

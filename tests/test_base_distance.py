@@ -1,0 +1,102 @@
+"""A fine-tune's distance from its base, measured where both files are at hand, weighs the official model
+against a build (docs/routes.md, "Judgment"): far from the base, a build first; close to it, the official
+model, whatever a name word or tag says of a style; no base at hand, names and tags as before."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from advisor.advice import ladder
+from advisor.advice.lookup import lookup
+from merge.distance import BaseDistance, base_distance
+from tests.sd_layouts import write_checkpoint
+
+BASE = "v1-5-pruned-emaonly.safetensors"  # SD 1.5's official base, as data/families.json names its file
+
+
+def _fine_tune(base_path, path, drift: float, seed: int = 1, dtype=torch.float16) -> None:
+    """The base with every UNet tensor moved by ``drift`` of its own norm (random direction)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = load_file(str(base_path))
+    for k, v in sd.items():
+        if k.startswith("model.diffusion_model.") and v.is_floating_point():
+            noise = torch.randn(v.shape, generator=g)
+            scale = drift * v.float().norm() / max(noise.norm(), 1e-12)
+            sd[k] = (v.float() + noise * scale).to(dtype)
+    save_file(sd, str(path))
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    models = tmp_path / "checkpoints"
+    models.mkdir()
+    write_checkpoint(models / BASE, "sd1", "normal", seed=5)
+    return models
+
+
+@pytest.mark.parametrize("drift", [0.0, 0.02, 0.2])
+def test_the_sampled_distance_is_the_drift(folder, tmp_path, drift):
+    _fine_tune(folder / BASE, tmp_path / "b.safetensors", drift, dtype=torch.float32)
+    d = base_distance(tmp_path / "b.safetensors", folder / BASE, budget=512 * 1024)  # a sample, not every tensor
+    assert d is not None and d.tensors > 10 and d.base == BASE
+    assert d.relative == pytest.approx(drift, abs=0.01 + drift * 0.05)
+
+
+def test_bf16_and_files_of_another_architecture(folder, tmp_path):
+    _fine_tune(folder / BASE, tmp_path / "b.safetensors", 0.1, dtype=torch.bfloat16)
+    assert base_distance(tmp_path / "b.safetensors", folder / BASE).relative == pytest.approx(0.1, abs=0.01)
+    write_checkpoint(tmp_path / "xl.safetensors", "sdxl", "normal", seed=2)
+    assert base_distance(tmp_path / "xl.safetensors", folder / BASE) is None  # no UNet tensor of one shape
+
+
+def _kinds(result) -> list[str]:
+    return [result.recommendation.kind, *(a.kind for a in result.alternatives)]
+
+
+def test_far_from_its_base_a_build_comes_before_the_official_model(folder):
+    _fine_tune(folder / BASE, folder / "myPhotoMix_v3.safetensors", 0.2)
+    result = lookup(str(folder / "myPhotoMix_v3.safetensors"), db=str(folder / "none.db"), offline=True)
+    kinds = _kinds(result)
+    assert kinds.index("build") < kinds.index("official")
+    official = next(a for a in [result.recommendation, *result.alternatives] if a.kind == "official")
+    assert any("far from the base" in e and BASE in e for e in official.evidence)
+
+
+def test_close_to_its_base_the_official_model_stays_first_whatever_its_name_says(folder):
+    _fine_tune(folder / BASE, folder / "anime_mix_v1.safetensors", 0.01)  # "anime": a stylized word
+    result = lookup(str(folder / "anime_mix_v1.safetensors"), db=str(folder / "none.db"), offline=True)
+    assert result.recommendation.kind == "official"
+    assert any(e.startswith("measured: its UNet is 1.") for e in result.recommendation.evidence)
+
+
+def test_without_the_base_at_hand_names_decide_and_nothing_is_measured(folder):
+    _fine_tune(folder / BASE, folder / "anime_mix_v1.safetensors", 0.01)
+    os.remove(folder / BASE)
+    result = lookup(str(folder / "anime_mix_v1.safetensors"), db=str(folder / "none.db"), offline=True)
+    kinds = _kinds(result)
+    assert kinds.index("build") < kinds.index("official")  # the name's "anime", as before
+    assert not any("measured" in e for a in [result.recommendation, *result.alternatives] for e in a.evidence)
+
+
+def test_a_base_in_the_build_cache_is_used(folder, tmp_path):
+    from advisor.local.cached_files import hub_file_path
+
+    cached = hub_file_path("stable-diffusion-v1-5/stable-diffusion-v1-5", BASE)
+    cached.parent.mkdir(parents=True)
+    os.replace(folder / BASE, cached)
+    _fine_tune(cached, tmp_path / "far.safetensors", 0.3)
+    result = lookup(str(tmp_path / "far.safetensors"), db=str(folder / "none.db"), offline=True)
+    assert _kinds(result).index("build") < _kinds(result).index("official")
+
+
+def test_the_ladder_weighs_a_measured_distance_without_files():
+    def first(distance, tags):
+        return ladder.recommend(ladder.Subject("Mix", "sd1", tags=tags, distance=distance))[0].kind
+
+    far, near, middle = (BaseDistance(r, BASE, 40) for r in (0.25, 0.01, 0.06))
+    assert first(None, []) == "official" and first(None, ["anime"]) == "build"
+    assert first(far, []) == "build" and first(near, ["anime"]) == "official"
+    assert first(middle, ["anime"]) == "build" and first(middle, []) == "official"  # between: tags decide
