@@ -37,7 +37,7 @@ def build_registry(db: str, n: int) -> None:
     file per model; a few models get an inpainting version."""
     from crawler import registry
     from crawler.families import family_for_base_model
-    from crawler.names import normalize_name
+    from crawler.registry import normalize_name
     from crawler.registry.schema import File, InpaintLink, Model, Version
     from crawler.registry.upsert import upsert
 
@@ -88,7 +88,7 @@ def build_registry(db: str, n: int) -> None:
 NAIVE = r"""
 import sys
 from rapidfuzz import fuzz
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from crawler.registry import open_reader
 reader = open_reader(sys.argv[1])
 wanted = normalize_name(sys.argv[2])

@@ -54,7 +54,7 @@ def filler_names(popular: list[str], n: int, rng: random.Random) -> list[str]:
 
 def add_filler(db: str, names: list[str], rng: random.Random) -> None:
     from crawler import registry
-    from crawler.names import normalize_name
+    from crawler.registry import normalize_name
     from crawler.registry.schema import File, Model, Version
     from crawler.registry.upsert import upsert
 
@@ -96,8 +96,7 @@ def naive(db: str):
 
     from advisor.advice import parse_query
     from advisor.advice.lookup import LookupResult, Match, lookup
-    from crawler.names import normalize_name
-    from crawler.registry import open_reader
+    from crawler.registry import normalize_name, open_reader
 
     with open_reader(db) as reader:
         names = reader.rows("SELECT id, name_norm, name FROM model")

@@ -193,7 +193,7 @@ _SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15"), (re.compile(r"\bsd ?xl\b"), "
 
 def _name_words(text: str) -> list[str]:
     """A name's words as family words are written: CamelCase split ("juggernautXL"), "SD 1.5" as "sd15"."""
-    from crawler.names import normalize_name
+    from crawler.registry import normalize_name
 
     words = normalize_name(_CAMEL.sub(" ", text))
     for spelled, word in _SPELLED:

@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
 
 from data import settings
 from data.errors import InpaintAdvisorError
-from data.settings import scrub
+from data.settings import redact, scrub
 
 if TYPE_CHECKING:
     import ssl
@@ -42,7 +41,6 @@ def user_agent() -> str:
         return "inpaint-advisor (+https://github.com/inpaint-advisor)"
 
 
-_SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
 
 
 class CrawlError(InpaintAdvisorError):
@@ -83,13 +81,6 @@ class RetriesExhausted(CrawlError):
 
     def __reduce__(self):
         return (RetriesExhausted, (self.url, self.attempts, self.last))
-
-
-def redact(url: str) -> str:
-    """The URL without secret query parameters, for logs and error messages."""
-    parts = urlsplit(url)
-    query = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*,:/")))
 
 
 def retry_wait(response: httpx.Response, now: float | None = None) -> float | None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from rapidfuzz import fuzz
 
 from crawler.detect import strip_inpainting, version_label
-from crawler.names import normalize_name
 from crawler.registry import links as queries
+from crawler.registry import normalize_name
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -142,6 +142,16 @@ def limit_blas_threads() -> None:
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+(@)")
+_SECRET_PARAMS = {"token", "api_key", "apikey", "access_token"}
+
+
+def redact(url: str) -> str:
+    """The URL without secret query parameters, for logs and error messages."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*,:/")))
 
 
 def scrub(text: str) -> str:

@@ -169,3 +169,12 @@ def test_only_the_settings_module_touches_the_environment():
                     and isinstance(node.value, ast.Name) and node.value.id == "os"):  # fmt: skip
                 touching.append(f"{module}:{node.lineno}")
     assert touching == []
+
+
+def test_the_registry_imports_nothing_above_it():
+    """The registry (crawler.registry) owns the schema and every query: it may use data/ and merge/, never the
+    crawlers or the advisor that call it."""
+    above = [f"{module} imports {target}" for module, targets in _graph().items()
+             if module.startswith("crawler.registry")
+             for target in targets if not target.startswith(("crawler.registry", "data", "merge"))]  # fmt: skip
+    assert above == []

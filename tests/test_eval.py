@@ -7,7 +7,7 @@ import re
 
 from advisor.advice.lookup import lookup
 from crawler import families
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from tests import eval_world
 
 

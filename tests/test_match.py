@@ -9,7 +9,7 @@ from advisor.advice import match
 from advisor.advice.lookup import lookup
 from crawler import families
 from crawler import registry as registry_layer
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from tests import eval_world
 
 

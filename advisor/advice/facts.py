@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from crawler.registry.reader import (
     ArtifactRecord,
     LinkRecord,

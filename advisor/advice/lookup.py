@@ -17,7 +17,7 @@ from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_q
 from advisor.local.base_distance import measure
 from advisor.local.probe import probe
 from crawler import families, registry, sources
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from crawler.registry.reader import ModelRecord, Reader
 from data import settings
 from data.errors import InpaintAdvisorError

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from rapidfuzz import fuzz
 
 from crawler import families
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 
 if TYPE_CHECKING:
     from crawler.registry.reader import ModelRecord

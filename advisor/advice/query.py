@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from crawler.civitai.hosts import CIVITAI_HOSTS
-from crawler.names import normalize_name
+from crawler.registry import normalize_name
 from data.errors import InpaintAdvisorError
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")

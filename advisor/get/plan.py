@@ -28,8 +28,8 @@ from advisor.local.cached_files import hub_file_path
 from advisor.local.uis import Install
 from advisor.safety import safe_filename
 from crawler import families, registry
-from crawler.http import redact
 from data import settings
+from data.settings import redact
 from merge import hashing
 from merge.header import CheckpointError
 

@@ -21,9 +21,8 @@ from crawler import detect, families, links
 from crawler.hf.hub import Hub
 from crawler.hf.inspect import Checkpoint, Inspection, config, inspect
 from crawler.http import RetryPolicy
-from crawler.names import normalize_name
 from crawler.registry import lineage as lineage_queries
-from crawler.registry import runs
+from crawler.registry import normalize_name, runs
 from crawler.registry.links import link_same_files
 from crawler.registry.pages import ParsedModel, content_hashes, store_parsed
 from crawler.timestamps import parse_dt

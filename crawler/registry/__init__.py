@@ -25,6 +25,7 @@ from crawler.registry.errors import (  # noqa: F401  (the public surface)
     UnsupportedRegistry,
 )
 from crawler.registry.location import Location, default_db_path, locate  # noqa: F401
+from crawler.registry.names import normalize_name  # noqa: F401  (how names are indexed, and so matched)
 
 
 def connect(db=None):

@@ -309,7 +309,7 @@ async def _run_started(connector, job_id: int, worker: str, attempt: int) -> Non
 
 
 async def _run_failed(connector, job_id: int, error: str) -> None:
-    from crawler.http import scrub
+    from data.settings import scrub
 
     await connector.execute_query_async(query="UPDATE jobrun SET error = %(error)s, at = now() WHERE job_id = "
                                               "%(job_id)s", job_id=job_id, error=scrub(error)[:2000])  # fmt: skip
@@ -359,7 +359,7 @@ class _OneLine(logging.Formatter):
         self.verbose = verbose
 
     def format(self, record: logging.LogRecord) -> str:
-        from crawler.http import scrub
+        from data.settings import scrub
 
         if self.verbose:
             return scrub(super().format(record))

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import overload
 
-from crawler.names import normalize_name
 from crawler.registry import drivers, search
 from crawler.registry.errors import NoRegistry
 from crawler.registry.location import Location, locate
+from crawler.registry.names import normalize_name
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
 MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer

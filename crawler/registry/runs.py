@@ -83,7 +83,7 @@ class RunSummary:
 
     def note_error(self, source: str, url: str, reason: str) -> None:
         """Count an error and keep its detail (the first MAX_ERRORS), tokens and URL secrets removed."""
-        from crawler.http import redact, scrub
+        from data.settings import redact, scrub
 
         self.errors += 1
         if len(self.first_errors) < MAX_ERRORS:
