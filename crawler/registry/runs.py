@@ -6,12 +6,12 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import col
 
-from crawler.registry.schema import CrawlLock, CrawlRun
+from crawler.registry.schema import CrawlLock, CrawlRun, table_of
 from data.errors import InpaintAdvisorError
 from merge import portable
 
@@ -115,65 +115,58 @@ class Started:
         return self.run.id
 
 
+def _run(conn: Connection, *where) -> CrawlRun | None:
+    """The newest run matching ``where``, as a detached record (SQLModel describes the table; Core reads it)."""
+    row = conn.execute(select(table_of(CrawlRun)).where(*where).order_by(col(CrawlRun.id).desc()).limit(1)).first()
+    return CrawlRun(**row._mapping) if row is not None else None
+
+
+def _take_lock(engine: Engine, source: str, host: str, pid: int, now: datetime) -> None:
+    for _ in range(3):
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(table_of(CrawlLock)).values(source=source, run_id=0, host=host, pid=pid,
+                                                                 heartbeat_at=now))  # fmt: skip
+            return
+        except IntegrityError:
+            with engine.begin() as conn:
+                row = conn.execute(select(table_of(CrawlLock)).where(col(CrawlLock.source) == source)).first()
+                if row is None:
+                    continue
+                lock = CrawlLock(**row._mapping)
+                if not _is_stale(lock, host, now):
+                    raise CrawlLocked(lock) from None
+                # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
+                conn.execute(delete(CrawlLock).where(col(CrawlLock.source) == source, col(CrawlLock.pid) == lock.pid))
+    raise RuntimeError(f"could not take the {source} crawl lock")
+
+
 def start(
     engine: Engine, source: str, mode: str, *, since: datetime | None = None, period: str | None = None
 ) -> Started:
     """Take the source's lock, then resume its last stopped, interrupted or failed run or open a new one."""
     host, pid, now = socket.gethostname(), os.getpid(), utcnow()
-    for _ in range(3):
-        try:
-            with Session(engine) as session:
-                session.add(CrawlLock(source=source, run_id=0, host=host, pid=pid, heartbeat_at=now))
-                session.commit()
-            break
-        except IntegrityError:
-            with Session(engine) as session:
-                lock = session.get(CrawlLock, source)
-                if lock is None:
-                    continue
-                if not _is_stale(lock, host, now):
-                    raise CrawlLocked(lock) from None
-                # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
-                session.execute(
-                    delete(CrawlLock).where(col(CrawlLock.source) == source, col(CrawlLock.pid) == lock.pid)
-                )
-                session.commit()
-    else:
-        raise RuntimeError(f"could not take the {source} crawl lock")
-
-    with Session(engine) as session:
-        session.execute(
-            update(CrawlRun)
-            .where(col(CrawlRun.source) == source, col(CrawlRun.status) == "running")
-            .values(status="interrupted", last_error="the process stopped without finishing (killed?)")
-        )
-        last = session.exec(
-            select(CrawlRun).where(CrawlRun.source == source).order_by(col(CrawlRun.id).desc()).limit(1)
-        ).first()
-        resumed = False
-        if last is not None and last.status in RESUMABLE and last.cursor and last.mode == mode:
-            resumed = True
-            run = last
-            run.status, run.host, run.pid, run.heartbeat_at, run.last_error = "running", host, pid, now, None
+    _take_lock(engine, source, host, pid, now)
+    runs = table_of(CrawlRun)
+    with engine.begin() as conn:
+        killed = "the process stopped without finishing (killed?)"
+        conn.execute(update(CrawlRun).where(col(CrawlRun.source) == source, col(CrawlRun.status) == "running")
+                     .values(status="interrupted", last_error=killed))  # fmt: skip
+        last = _run(conn, col(CrawlRun.source) == source)
+        resumed = last is not None and last.status in RESUMABLE and bool(last.cursor) and last.mode == mode
+        taken = {"status": "running", "host": host, "pid": pid, "heartbeat_at": now}
+        if resumed:
+            assert last is not None
+            conn.execute(update(CrawlRun).where(col(CrawlRun.id) == last.id).values(**taken, last_error=None))
+            run_id = last.id
         else:
-            run = CrawlRun(
-                source=source,
-                mode=mode,
-                status="running",
-                started_at=now,
-                heartbeat_at=now,
-                host=host,
-                pid=pid,
-                since=since,
-                period=period,
-            )
-        session.add(run)
-        session.commit()
-        session.refresh(run)
-        session.execute(update(CrawlLock).where(col(CrawlLock.source) == source).values(run_id=run.id))
-        session.commit()
-        session.refresh(run)
-        session.expunge(run)
+            made = conn.execute(insert(runs).values(source=source, mode=mode, started_at=now, since=since,
+                                                    period=period, **taken))  # fmt: skip
+            assert made.inserted_primary_key is not None
+            run_id = made.inserted_primary_key[0]
+        conn.execute(update(CrawlLock).where(col(CrawlLock.source) == source).values(run_id=run_id))
+        run = _run(conn, col(CrawlRun.id) == run_id)
+    assert run is not None
     return Started(run, resumed)
 
 
@@ -181,26 +174,23 @@ def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None,
            summary: RunSummary | None = None) -> None:  # fmt: skip
     """Close the run (``stopped``: at --max-pages, resumed by the next start) and release the lock; with
     ``summary``, its errors are added to the run's (a resumed run keeps those of its earlier starts)."""
-    with Session(engine) as session:
-        values: dict = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
-        if status == "ok":
-            values.update(finished_at=utcnow(), cursor=None)
+    values: dict = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
+    if status == "ok":
+        values.update(finished_at=utcnow(), cursor=None)
+    with engine.begin() as conn:
         if summary is not None:
-            kept = session.exec(select(CrawlRun.first_errors).where(col(CrawlRun.id) == run.id)).first()
+            kept = conn.execute(select(col(CrawlRun.first_errors)).where(col(CrawlRun.id) == run.id)).scalar()
             notes = json.loads(kept) if kept else []
             notes += [asdict(n) for n in summary.first_errors][: max(0, MAX_ERRORS - len(notes))]
             values.update(errors=col(CrawlRun.errors) + summary.errors, first_errors=json.dumps(notes) if notes
                           else None, **summary.run_counts())  # fmt: skip
-        session.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(**values))
-        session.execute(delete(CrawlLock).where(col(CrawlLock.source) == run.source, col(CrawlLock.pid) == run.pid))
-        session.commit()
+        conn.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(**values))
+        conn.execute(delete(CrawlLock).where(col(CrawlLock.source) == run.source, col(CrawlLock.pid) == run.pid))
 
 
 def last_successful(engine: Engine, source: str) -> CrawlRun | None:
-    with Session(engine) as session:
-        return session.exec(
-            select(CrawlRun)
-            .where(CrawlRun.source == source, CrawlRun.status == "ok")
-            .order_by(col(CrawlRun.started_at).desc())
-            .limit(1)
-        ).first()
+    with engine.connect() as conn:
+        ok = (col(CrawlRun.source) == source, col(CrawlRun.status) == "ok")
+        row = conn.execute(select(table_of(CrawlRun)).where(*ok).order_by(col(CrawlRun.started_at).desc())
+                           .limit(1)).first()  # fmt: skip
+    return CrawlRun(**row._mapping) if row is not None else None
