@@ -188,7 +188,11 @@ def agrees_with_tensors(said: str | None, told: str) -> bool:
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15"), (re.compile(r"\bsd ?xl\b"), "sdxl")]
+# (how a family word is spelled out in names, once normalised; the word; a LIKE pattern that finds those
+# spellings in the raw names, for the registry's pre-filter): "SD 1.5", "SDXL1.0", "Flux.2"
+_SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15", "%sd%1%5%"),
+            (re.compile(r"\bsd ?xl(?: ?1 ?0)?\b"), "sdxl", "%sd%xl%"),
+            (re.compile(r"\bflux ?2\b"), "flux2", "%flux%2%")]  # fmt: skip
 
 
 def _name_words(text: str) -> list[str]:
@@ -196,7 +200,7 @@ def _name_words(text: str) -> list[str]:
     from crawler.registry import normalize_name
 
     words = normalize_name(_CAMEL.sub(" ", text))
-    for spelled, word in _SPELLED:
+    for spelled, word, _ in _SPELLED:
         words = spelled.sub(word, words)
     return words.split()
 
@@ -219,10 +223,13 @@ def contradicting_words(family_id: str | None, names: list[str]) -> list[str]:
 
 
 def contradiction_patterns() -> list[tuple[str, list[str]]]:
-    """For the registry's cheap pre-filter of ``contradicting_words``: (a family word, the families that word
-    would contradict), for every family word."""
+    """For the registry's cheap pre-filter of ``contradicting_words``: (a LIKE pattern that finds a family word
+    in raw names, however it is spelled, and the families that word would contradict), for every family word.
+    The pattern finds more than the word ("pixel" for "xl"): ``contradicting_words`` decides."""
+    spelled = {word: pattern for _, word, pattern in _SPELLED}
     out = []
     for word, named in sorted(_word_index().items()):
         archs = {architecture(f) for f in named}
-        out.append((word, sorted(f["id"] for f in all_families() if f.get("architecture") not in archs)))
+        out.append((spelled.get(word, f"%{word}%"),
+                    sorted(f["id"] for f in all_families() if f.get("architecture") not in archs)))  # fmt: skip
     return out

@@ -292,6 +292,9 @@ class DiffusersSource(TensorSource):
             p.close()
 
 
+MAX_CONFIG = 2**20  # bytes: diffusers configs are a few KB
+
+
 def read_config(path: Path, *, required: bool = False) -> dict:
     """A diffusers JSON config (model_index.json, unet/config.json): a dict, or one CheckpointError. A missing
     optional one is {}."""
@@ -299,7 +302,9 @@ def read_config(path: Path, *, required: bool = False) -> dict:
         if required:
             raise CheckpointError(f"{path.parent}: not a diffusers folder (no {path.name})")
         return {}
-    regular_file(path)  # a FIFO named config.json would block the read forever
+    size = regular_file(path).st_size  # a FIFO named config.json would block the read forever
+    if size > MAX_CONFIG:
+        raise CheckpointError(f"{path}: too large for a diffusers config ({size} bytes)")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:

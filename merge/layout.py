@@ -44,15 +44,21 @@ def _family_names() -> dict[str, str]:
 _ATTN2_K = re.compile(r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks).*attn2\.to_k\.weight$")
 
 
+def _diffusers_signature(cfg: dict) -> dict | None:
+    """The signature of data/architectures.json whose diffusers class (and config values) a transformer's
+    ``config.json`` names."""
+    kind = str(cfg.get("_class_name", ""))
+    return next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])
+                 and all(cfg.get(k) == v for k, v in s.get("diffusers_config", {}).items())), None)  # fmt: skip
+
+
 def from_diffusers_config(cfg: dict, *, transformer: bool = False) -> tuple[str | None, str | None, int | None]:
     """(family, variant, input channels) from a diffusers ``unet/config.json`` (cross-attention width and
     input channels, as the single-file shapes say them) or ``transformer/config.json`` (its class, FLUX.1's
     input width, FLUX.2's text width); the variant is None for a transformer this table does not know."""
     channels = cfg.get("in_channels") if isinstance(cfg.get("in_channels"), int) else None
     if transformer:
-        kind = str(cfg.get("_class_name", ""))
-        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])
-                    and all(cfg.get(k) == v for k, v in s.get("diffusers_config", {}).items())), None)  # fmt: skip
+        sig = _diffusers_signature(cfg)
         family = sig.get("family") if sig else None
         if family == "flux1":
             return family, FLUX_VARIANTS.get(channels or 0), channels
@@ -69,11 +75,10 @@ def from_diffusers_folder(unet: dict | None, transformer: dict | None, scheduler
     family, variant, channels = from_diffusers_config(cfg, transformer=unet is None)
     lo = Layout(family, variant or "unknown", in_channels=channels)
     if unet is None:
-        kind = str(cfg.get("_class_name", ""))
-        sig = next((s for s in _signatures()["signatures"] if kind in s.get("diffusers_classes", [])), None)
+        sig = _diffusers_signature(cfg)
         if sig is not None and "media" in sig:
             lo.media, lo.name = sig["media"], sig["name"]
-    if scheduler.get("prediction_type") == "v_prediction":
+    elif scheduler.get("prediction_type") == "v_prediction":  # a UNet's; flow models say their own way
         lo.prediction.append("v_pred")
     return lo
 

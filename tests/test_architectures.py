@@ -160,3 +160,46 @@ def test_probe_names_a_video_model_and_scan_rereads_verdicts_an_older_release_ca
     monkeypatch.setattr(scan_module, "_classifier", lambda: "this-release")
     (r,) = scan_module.scan([models], db=str(tmp_path / "none.db"), offline=True)
     assert [c.family for c in r.checkpoints] == ["z-image"] and r.skipped == []  # classified again, by this release
+
+
+def _flux2_folder(root, *, scheduler: str | None = None):
+    """A FLUX.2 [klein] 9B diffusers pipeline as the Hub has it: model_index.json and a transformer/ whose
+    config says its class and text width (the weights' header-only file is enough to find it)."""
+    (root / "transformer").mkdir(parents=True)
+    (root / "model_index.json").write_text('{"_class_name": "Flux2KleinPipeline"}')
+    (root / "transformer" / "config.json").write_text(json.dumps(
+        {"_class_name": "Flux2Transformer2DModel", "joint_attention_dim": 12288, "in_channels": 128}))
+    _write(root / "transformer" / "diffusion_pytorch_model.safetensors", FILES["flux2-klein-9b"])
+    if scheduler is not None:
+        (root / "scheduler").mkdir()
+        (root / "scheduler" / "scheduler_config.json").write_text(scheduler)
+    return root
+
+
+def test_scan_answers_for_a_transformer_diffusers_folder(tmp_path):
+    from advisor.local.scan import scan
+
+    _flux2_folder(tmp_path / "models" / "FLUX.2-klein-9B")
+    (r,) = scan([tmp_path / "models"], db=str(tmp_path / "none.db"), offline=True)
+    (found,) = r.checkpoints
+    assert found.family == "flux2-klein-9b" and r.skipped == []
+
+
+def test_a_diffusers_folders_scheduler_that_says_nothing_readable_is_left_aside(tmp_path):
+    from advisor.local.probe import probe
+
+    p = probe(_flux2_folder(tmp_path / "a", scheduler="[]"))
+    assert (p.family, p.format) == ("flux2-klein-9b", "diffusers")
+    flow = probe(_flux2_folder(tmp_path / "b", scheduler='{"prediction_type": "v_prediction"}'))
+    assert flow.markers == [] and flow.prediction != "v"  # a flow model's scheduler: not a UNet's v marker
+
+
+def test_a_config_too_large_to_be_one_is_refused_without_reading_it(tmp_path):
+    from merge.checkpoint import MAX_CONFIG, read_config
+    from merge.header import CheckpointError
+
+    big = tmp_path / "config.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_CONFIG + 1)
+    with pytest.raises(CheckpointError, match="too large"):
+        read_config(big)

@@ -63,6 +63,17 @@ def test_two_close_names_are_listed_not_guessed():
     assert isinstance(listed, list) and {s.model.id for s in listed} == {"a", "b"}
 
 
+def test_a_three_letter_first_word_lists_its_names_and_never_answers_alone():
+    """"wai" is the first word of WAI-NSFW-illustrious-SDXL and WAI-ANI-NSFW-PONYXL: both are listed, the most
+    downloaded first; a short name whose first word it is ("WAI Mix") is listed too, not taken for it."""
+    models = [M("ill", "WAI-NSFW-illustrious-SDXL", 800_000), M("pony", "WAI-ANI-NSFW-PONYXL", 300_000),
+              M("other", "Waifu Diffusion", 900_000)]  # fmt: skip
+    listed = decide("wai", models)
+    assert isinstance(listed, list) and [s.model.id for s in listed] == ["ill", "pony"]
+    alone = decide("wai", [M("mix", "WAI Mix", 5_000_000)])
+    assert isinstance(alone, list) and [s.model.id for s in alone] == ["mix"]
+
+
 def test_among_names_about_as_close_the_far_more_downloaded_one_is_meant():
     models = [M("orig", "CyberRealistic Inpainting Collection", 50_000),
               M("copy", "CyberRealistic inpainting merge", 400)]  # fmt: skip

@@ -335,7 +335,7 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
                 checkpoint.score, penalties = routes.checkpoint_weight(checkpoint.kind, subject.family, marks)
                 checkpoint.evidence += [f"weighed down: {p}" for p in penalties]
                 if subject.distance is not None and "far-from-base" not in marks:
-                    checkpoint.evidence.append(f"measured: its UNet is {subject.distance}")
+                    checkpoint.evidence.append(routes.distance_note(subject.distance))
                 checkpoint.how = [routes.checkpoint_how(official["id"])]
                 weighed.append(checkpoint)
     for release in facts.community[:1]:  # another creator's inpainting version of this very model

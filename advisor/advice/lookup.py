@@ -59,6 +59,8 @@ class LookupResult:
     alternatives: list[ladder.Recommendation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # a local file's UNet against its family's official base, where both were at hand (docs/routes.md)
+    distance: BaseDistance | None = None
 
     @property
     def answered(self) -> bool:
@@ -185,6 +187,7 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
     if reg is not None and sha256 and (hit := reg.by_hash(sha256, "sha256")) and (model := reg.model(hit[0])):
         result = _answer(reg, model, q, hit[1], distance)
         result.notes.append(f"{path.name} is this registry file (sha256 {sha256[:12]}…)")
+        result.distance = distance
         return result
     match = Match("file", None, None, path.name, None, None, p.family, is_inpaint)
     subject = ladder.Subject(
@@ -198,7 +201,7 @@ def answer_for_file(q: Query | str | Path, p, reg: Reader | None, sha256: str | 
         distance=distance,
     )
     rec, alts, warns = ladder.recommend(subject, _bare())
-    result = LookupResult(q.raw, match, [], rec, alts, warns)
+    result = LookupResult(q.raw, match, [], rec, alts, warns, distance=distance)
     result.notes.append(f"classified from tensor shapes: {p.family or 'unknown'} {p.variant}, {p.dtype}, "
                         f"{p.params / 1e9:.2f} B parameters")  # fmt: skip
     return result

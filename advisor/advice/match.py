@@ -100,7 +100,7 @@ def name_similarity(query: str, name_norm: str) -> float:
         if len(words) >= 2 and _in_order(words, variant.split()):  # "wai ponyxl": WAI-ANI-NSFW-PONYXL
             best = max(best, 80.0 + 15.0 * len(q_compact) / len(v_compact))
         elif len(words) == 1 and len(q_compact) == 3 and variant.split()[:1] == words:  # "wai": WAI-NSFW-...
-            best = max(best, 70.0 + 10.0 * len(q_compact) / len(v_compact))  # listed, never answered alone
+            best = max(best, min(FLOOR - 1.0, 70.0 + 10.0 * len(q_compact) / len(v_compact)))  # listed, never answered
     return best
 
 

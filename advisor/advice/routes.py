@@ -80,6 +80,14 @@ def markers_of(name: str, base_model: str | None, header_markers: list[str], fam
     return found
 
 
+def distance_note(distance: BaseDistance) -> str:
+    """The evidence line of a measured distance that is not far (far says so in its penalty)."""
+    near = _data()["markers"]["far-from-base"]["measured"]["near"]
+    if distance.relative <= near:
+        return f"its UNet measured {distance}: close to the base (at {near:.0%} or less), whatever names and tags say"
+    return f"its UNet measured {distance}"
+
+
 def with_distance(found: dict[str, str], distance: BaseDistance | None) -> dict[str, str]:
     """The markers once the file's distance from its base was measured (data/routes.json, ``far-from-base``):
     far, the marker in place of a style that names and tags say; near, no ``stylized`` from them either; in
@@ -90,7 +98,7 @@ def with_distance(found: dict[str, str], distance: BaseDistance | None) -> dict[
     out = dict(found)
     if distance.relative >= bands["far"]:
         out.pop("stylized", None)
-        out["far-from-base"] = f"its UNet is {distance}: far from the base ({bands['far']:.0%} or more)"
+        out["far-from-base"] = f"its UNet measured {distance}: far from the base, at {bands['far']:.0%} or more"
     elif distance.relative <= bands["near"]:
         out.pop("stylized", None)
     return out

@@ -35,7 +35,9 @@ def scan(
     that is already on disk. A1111/Forge, ComfyUI (with extra_model_paths.yaml), InvokeAI, SwarmUI and Fooocus
     folders are recognised; LoRAs, VAEs, text encoders, ControlNets and upscalers are listed as set aside.
     Checkpoints are hashed once (cached by path, size, mtime, ctime and inode) and found in the registry by hash; hashes
-    it does not know are asked of Civitai (100 a request) unless --offline, and what it knows is stored.
+    it does not know are asked of Civitai (100 a request) unless --offline, and what it knows is stored. Where
+    the folder holds the official SD 1.5 or SDXL base file, each fine-tune's distance from it is measured
+    (16 MB of each file, kept for the next scan) and weighs the official model against a build.
 
     With --build, every partner still missing is downloaded (a release) or built (the official pair's merge)
     into the folder of its model, named <model>-inpainting.safetensors; the disk needed is shown first; a

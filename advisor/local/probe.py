@@ -44,7 +44,11 @@ def _diffusers(path: Path) -> layout.Layout:
         unet, transformer = None, read_config(path / "transformer" / "config.json", required=True)
     else:
         raise CheckpointError(f"{path}: not a diffusers folder (no unet/config.json or transformer/config.json)")
-    lo = layout.from_diffusers_folder(unet, transformer, read_config(path / "scheduler" / "scheduler_config.json"))
+    try:
+        scheduler = read_config(path / "scheduler" / "scheduler_config.json")
+    except CheckpointError:
+        scheduler = {}  # an optional file that says nothing readable: the prediction is the family's
+    lo = layout.from_diffusers_folder(unet, transformer, scheduler)
     lo.components = [c for c in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2") if (path / c).is_dir()]
     return lo
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from advisor.advice.lookup import Match, answer_for_file
 from advisor.local import uis
 from advisor.local.probe import ProbeResult, from_layout, probe, tensor_index
+from merge.distance import BaseDistance
 from merge.header import CheckpointError, regular_file
 
 WEIGHT_SUFFIXES = {".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"}
@@ -45,6 +46,7 @@ class ScannedCheckpoint:
     sha256: str | None
     match: Match | None
     partner: Partner | None
+    distance: BaseDistance | None = None  # its UNet against its family's official base, where that was at hand
 
 
 @dataclass
@@ -85,7 +87,8 @@ def walk(folders: list[Path]) -> list[Path]:
                 continue
             seen.add(real)
             here = Path(folder)
-            if "model_index.json" in files or ((here / "unet" / "config.json").is_file() and folder != str(top)):
+            pipeline = (here / "unet" / "config.json").is_file() or (here / "transformer" / "config.json").is_file()
+            if "model_index.json" in files or (pipeline and folder != str(top)):
                 out.append(here)
                 dirs[:] = []
                 continue
@@ -120,7 +123,10 @@ def _classify(path: Path) -> tuple[ProbeResult, str | None]:
 
     if path.is_dir():
         p = probe(path)
-        return p, None if "unet" in p.components else "a diffusers folder without a UNet"
+        if p.media != "image":
+            return p, f"a {p.media} model ({p.model}): not an image checkpoint"
+        whole = "unet" in p.components or ("transformer" in p.components and p.family is not None)
+        return p, None if whole else "a diffusers folder without a UNet or a transformer this tool knows"
     tensors, fmt = tensor_index(path, torch_fallback=False)  # a folder of files: no torch.load per pickle
     lo = layout.detect(tensors)
     if lo.media != "image":
@@ -325,4 +331,6 @@ def _pair(path: Path, probed: ProbeResult, sha, local: dict[str, Path], reader) 
         if rec.route is not None and any(alt.kind == "build" for alt in answer.alternatives):
             partner.buildable = True
             partner.reason += " It ranks above a merge for this family; a build is still possible."
-    return ScannedCheckpoint(str(path), family, variant, sha, answer.match, partner)
+    if answer.distance is not None:
+        partner.reason += f" Its UNet measured {answer.distance}."
+    return ScannedCheckpoint(str(path), family, variant, sha, answer.match, partner, answer.distance)

@@ -32,15 +32,14 @@ def known(conn: Connection, keys: list[str]) -> dict[str, dict]:
 def pending(conn: Connection, limit: int, offset: int = 0,
             contradictions: Sequence[tuple[str, Sequence[str]]] = ()) -> list[dict]:  # fmt: skip
     """Civitai versions whose metadata hints at inpainting somewhere (type, names, model name or tags), has no
-    family, or names a family word its family contradicts (``contradictions``: each word, with the families it
-    would contradict), with their primary file, whose file has no proof yet: ``limit`` of them from
+    family, or names a family word its family contradicts (``contradictions``: a LIKE pattern of each word, with
+    the families it would contradict), with their primary file, whose file has no proof yet: ``limit`` of them from
     ``offset``, the most downloaded models first."""
     hint = (col(Version.base_model_type) == "Inpainting") | col(Version.family).is_(None)  # or no family known
     for pattern in _HINTS:
         hint = hint | col(Version.name).ilike(pattern) | col(File.name).ilike(pattern) | \
             col(Model.name).ilike(pattern) | col(Model.tags).ilike(pattern)  # fmt: skip
-    for word, contradicted in contradictions:
-        pattern = f"%{word}%"
+    for pattern, contradicted in contradictions:
         hint = hint | ((col(Version.name).ilike(pattern) | col(File.name).ilike(pattern) |
                         col(Model.name).ilike(pattern)) & col(Version.family).in_(list(contradicted)))  # fmt: skip
     file_key = func.coalesce(col(File.sha256), literal("file:") + col(File.id))
