@@ -37,7 +37,7 @@ def crawl_all(engine, *, incremental: bool = False, civitai_url: str | None = No
               on_retry: Callable[[str], None] | None = None) -> AllSummary:  # fmt: skip
     """Crawl Civitai, then the Hugging Face Hub (with its official-checkpoint checks), into ``engine``.
     A source that fails or is being crawled by someone else is recorded as such, and the next one runs."""
-    from crawler.registry.runs import CrawlLocked
+    from crawler.registry import CrawlLocked
 
     mode = "incremental" if incremental else "full"
     result = AllSummary(mode)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from crawler import families
-from crawler.registry.stats import registry_status, source_runs
+from crawler.registry import registry_status, source_runs
 
 
 @dataclass

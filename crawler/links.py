@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz
 
+from crawler import registry
 from crawler.detect import strip_inpainting, version_label
-from crawler.registry import links as queries
 from crawler.registry import normalize_name
 
 if TYPE_CHECKING:
@@ -74,17 +74,17 @@ def within_model(model: dict, versions: list[dict]) -> list[dict]:
 def link_sibling_models(engine: Engine) -> int:
     """Link every dedicated inpainting model to the creator's model whose name it extends; returns new links."""
     with engine.begin() as conn:
-        dedicated = queries.dedicated_models(conn)
+        dedicated = registry.dedicated_models(conn)
         if not dedicated:
             return 0
-        before = queries.sibling_link_ids(conn)
+        before = registry.sibling_link_ids(conn)
         # a Civitai user and a Hugging Face author of the same name are not the same person
         by_creator: dict[tuple[str, str], list] = defaultdict(list)
         for row in dedicated:
             by_creator[(row.source, row.creator)].append(row)
         rows, parents = [], set()
         for (source, creator), inpaint_models in by_creator.items():
-            candidates = queries.creator_models(conn, source, creator)
+            candidates = registry.creator_models(conn, source, creator)
             if not candidates:
                 continue
             for im in inpaint_models:
@@ -93,7 +93,7 @@ def link_sibling_models(engine: Engine) -> int:
                 score, best = max(scored, key=lambda s: (s[0], -abs(len(s[1].name) - len(im.name))))
                 if score < SIBLING_MIN_SCORE:
                     continue
-                versions = queries.versions_of(conn, [im.id, best.id])
+                versions = registry.versions_of(conn, [im.id, best.id])
                 normals = [v for v in versions if v["model_id"] == best.id and not v["is_inpainting"]]
                 for v in (v for v in versions if v["model_id"] == im.id):
                     parent, why = _pair_version(v, normals)
@@ -108,7 +108,7 @@ def link_sibling_models(engine: Engine) -> int:
                         )
                     )
                 parents.add(best.id)
-        queries.save_sibling_links(conn, rows, parents)
+        registry.save_sibling_links(conn, rows, parents)
         return len({r["id"] for r in rows} - before)
 
 

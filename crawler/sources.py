@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from crawler.http import RetryPolicy
-    from crawler.registry.reader import ModelRecord, VersionRecord
-    from crawler.registry.runs import RunSummary
+    from crawler.registry import ModelRecord, RunSummary, VersionRecord
     from data.settings import Sites
 
 NAMES = ("civitai", "hf")  # every source, in the order `crawl all` runs them

@@ -1,7 +1,7 @@
 """Facts for ladder tests: what `lookup` would gather from a registry, written as a few records."""
 
 from advisor.advice.facts import Facts, Release
-from crawler.registry.reader import LinkRecord, ModelRecord, VersionRecord
+from crawler.registry import LinkRecord, ModelRecord, VersionRecord
 
 
 def releases(name: str, made_for: dict[str, float]) -> Facts:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from advisor.advice import ladder
 from advisor.advice.facts import Facts, Release
-from crawler.registry.reader import LinkRecord, ModelRecord, VersionRecord
+from crawler.registry import LinkRecord, ModelRecord, VersionRecord
 from tests.ladder_facts import releases
 
 VERSIONS = ["v5", "v4", "v3", "v2", "v1"]  # Civitai's order: the newest first

@@ -229,7 +229,7 @@ def test_the_hub_crawl_checks_route_files_and_lookup_says_when_one_is_gone(regis
 
 
 def test_a_mirror_serving_another_file_is_passed_over_for_one_that_serves_the_pinned_one():
-    from crawler.registry.reader import OfficialState
+    from crawler.registry import OfficialState
 
     spec = {"mirrors": [{"repo": "first/mirror", "alive": True}, {"repo": "second/mirror", "alive": True}]}
     checks = {"first/mirror": OfficialState(True, False, "2026-12-01 00:00:00", "sha256 differs"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from crawler import sources
-from crawler.registry.reader import ModelRecord, VersionRecord
+from crawler.registry import ModelRecord, VersionRecord
 from data.settings import Sites
 
 SITES = Sites("https://civitai.example", "https://hub.example")

@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from crawler.registry import normalize_name
-from crawler.registry.reader import (
+from crawler.registry import (
     ArtifactRecord,
     LinkRecord,
     ModelRecord,
     OfficialState,
     RouteFileState,
     VersionRecord,
+    normalize_name,
 )
 from data.settings import Sites
 

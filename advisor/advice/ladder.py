@@ -14,7 +14,7 @@ from advisor.advice.commands import Command, EnvRef
 from advisor.advice.facts import Facts, Release
 from advisor.safety import safe_filename
 from crawler import families, sources
-from crawler.registry.reader import LinkRecord
+from crawler.registry.records import LinkRecord  # a record type: the ladder never reaches the registry
 from data.settings import Sites
 from merge.distance import BaseDistance
 from merge.layout import MERGEABLE

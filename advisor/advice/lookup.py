@@ -17,8 +17,7 @@ from advisor.advice.query import CHECKPOINT_SUFFIXES, Query, QueryError, parse_q
 from advisor.local.base_distance import measure
 from advisor.local.probe import probe
 from crawler import families, registry, sources
-from crawler.registry import normalize_name
-from crawler.registry.reader import ModelRecord, Reader
+from crawler.registry import ModelRecord, Reader, normalize_name
 from data import settings
 from data.errors import InpaintAdvisorError
 from merge.distance import BaseDistance
@@ -269,7 +268,7 @@ class NotFound(InpaintAdvisorError, LookupError):
 @contextlib.contextmanager
 def _scratch_registry():
     """Where a live answer is stored when there is no registry to store it in: a lookup never creates one."""
-    from crawler.registry.engine import forget
+    from crawler.registry import forget
 
     with tempfile.TemporaryDirectory(prefix="inpaint-advisor-") as tmp:
         path = str(Path(tmp) / "registry.db")

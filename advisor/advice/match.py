@@ -24,7 +24,7 @@ from crawler import families
 from crawler.registry import normalize_name
 
 if TYPE_CHECKING:
-    from crawler.registry.reader import ModelRecord
+    from crawler.registry import ModelRecord
 
 ANSWER_AT = 86.0  # similarity a name needs to be answered when a rival is within MARGIN
 MARGIN = 6.0  # a lead this large answers by itself ...

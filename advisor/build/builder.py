@@ -37,7 +37,7 @@ from merge import hashing
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from crawler.registry.reader import ModelRecord, Reader, VersionRecord
+    from crawler.registry import ModelRecord, Reader, VersionRecord
     from crawler.sources import Download
     from merge.prepared import PreparedPair
 
@@ -552,15 +552,10 @@ def _check_space(folder: Path, needed: int) -> None:
 
 def _record(match: Match, path: Path, sha256: str, *, db) -> None:
     """A downloaded release, recorded like a build (so that status lists it)."""
-    from crawler.registry import artifacts
-
-    try:
-        engine = registry.connect(db)
-        artifacts.record(engine, artifacts.Made(key=f"release:{match.version_id}:{sha256}", kind="downloaded-release",
-                                                path=path, sha256=sha256, model_id=match.model_id,
-                                                version_id=match.version_id))  # fmt: skip
-    except registry.RegistryError:
-        pass  # a registry that cannot be written: the file is there all the same
+    made = registry.Made(key=f"release:{match.version_id}:{sha256}", kind="downloaded-release", path=path,
+                         sha256=sha256, model_id=match.model_id, version_id=match.version_id)  # fmt: skip
+    with contextlib.suppress(registry.RegistryError):  # a registry that cannot be written: the file is there
+        registry.record_artifact(registry.connect(db), made)
 
 
 def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation, reader, inpaint, base,
@@ -598,9 +593,7 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
         result.warnings.append(f"the build will not be recorded: {exc}")
     target = plan.out_dir / _output_name(b, match)
     if engine is not None:
-        from crawler.registry import artifacts
-
-        done = artifacts.by_key(engine, key)
+        done = registry.artifact_by_key(engine, key)
         if done is not None:
             result.action = "already-built"
             result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
@@ -689,13 +682,10 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
         result.warnings.append("built from inputs with no known SHA256: unverified (" +
                                ", ".join(r for r, i in result.inputs.items() if not i.verified) + ")")  # fmt: skip
     if engine is not None:
-        from crawler.registry import artifacts
-
-        artifacts.record(engine, artifacts.Made(key=key, kind="built", path=target, sha256=result.output.sha256,
-                                                model_id=match.model_id, version_id=match.version_id,
-                                                a_sha256=result.inputs["A"].sha256, b_sha256=result.inputs["B"].sha256,
-                                                c_sha256=result.inputs["C"].sha256, multiplier=multiplier,
-                                                dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
+        registry.record_artifact(engine, registry.Made(
+            key=key, kind="built", path=target, sha256=result.output.sha256, model_id=match.model_id,
+            version_id=match.version_id, a_sha256=result.inputs["A"].sha256, b_sha256=result.inputs["B"].sha256,
+            c_sha256=result.inputs["C"].sha256, multiplier=multiplier, dtype=dtype, engine=ENGINE_VERSION))
 
 
 def _copy_into(built: Path, target: Path, sha256: str) -> Output:
@@ -761,15 +751,12 @@ def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtyp
     if isinstance(sources, dict) and sources.get("recipe_key") == key:
         output = _output(target)
         if engine is not None:
-            from crawler.registry import artifacts
-
             inputs = recipe.get("inputs", {})
-            artifacts.record(engine, artifacts.Made(key=key, kind="built", path=target, sha256=output.sha256,
-                                                    model_id=match.model_id, version_id=match.version_id,
-                                                    a_sha256=inputs.get("A", {}).get("sha256"),
-                                                    b_sha256=inputs.get("B", {}).get("sha256"),
-                                                    c_sha256=inputs.get("C", {}).get("sha256"), multiplier=multiplier,
-                                                    dtype=dtype, engine=ENGINE_VERSION))  # fmt: skip
+            registry.record_artifact(engine, registry.Made(
+                key=key, kind="built", path=target, sha256=output.sha256, model_id=match.model_id,
+                version_id=match.version_id, a_sha256=inputs.get("A", {}).get("sha256"),
+                b_sha256=inputs.get("B", {}).get("sha256"), c_sha256=inputs.get("C", {}).get("sha256"),
+                multiplier=multiplier, dtype=dtype, engine=ENGINE_VERSION))
         return output
     if isinstance(sources, dict) and sources.get("recipe_key"):
         what = "another recipe's build (other inputs, M or dtype)"

@@ -153,7 +153,7 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
     from advisor.cli.output import err, out, print_json
     from crawler import registry
     from crawler.http import CrawlError
-    from crawler.registry.runs import CrawlLocked
+    from crawler.registry import CrawlLocked
 
     try:
         engine = registry.connect(db)

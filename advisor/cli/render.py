@@ -21,7 +21,7 @@ from data.settings import scrub
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
     from crawler.civitai import CrawlSummary
     from crawler.hf import HfCrawlSummary
-    from crawler.registry.stats import RegistryStatus
+    from crawler.registry import RegistryStatus
 
 
 def _safe(value: object) -> str:

@@ -70,7 +70,7 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
     from advisor.cli.output import out, print_json
     from advisor.team import schedules as schedule
     from crawler import registry
-    from crawler.registry.stats import source_runs
+    from crawler.registry import source_runs
 
     try:
         shown = schedule.show(backend)

@@ -35,7 +35,7 @@ def status(
     """  # noqa: D301
     from advisor.cli import render
     from advisor.cli.output import out, print_json
-    from crawler.registry.stats import registry_status
+    from crawler.registry import registry_status
 
     if check:
         _check(db, max_age, as_json)

@@ -18,7 +18,7 @@ SQLITE_HINT = ("; on one machine, `inpaint-advisor scan --build` and `build --mi
 def team_failure(exc: BaseException, as_json: bool, alone: str | None = None) -> typer.Exit:
     """A queue error as one line; a SQLite registry is told what to use instead (``alone``: what does the
     same work on one machine, where it is not a build)."""
-    from crawler.registry.queue import TeamModeNeedsPostgres
+    from crawler.registry import TeamModeNeedsPostgres
 
     if isinstance(exc, TeamModeNeedsPostgres):
         hint = (f"; on one machine, {alone}" if alone else SQLITE_HINT) if "SQLite" in str(exc) else ""
@@ -55,7 +55,7 @@ def worker(
       inpaint-advisor worker --concurrency 2 --crawl-every 6h --out /mnt/models
     """  # noqa: D301
     from advisor.team import worker as team
-    from crawler.registry.queue import cron_for
+    from crawler.registry import cron_for
 
     if crawl_every is not None:
         try:

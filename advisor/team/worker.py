@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from crawler import sources
-from crawler.registry import queue
-from crawler.registry.queue import JobNews, JobRecord
+from crawler import registry, sources
+from crawler.registry import JobNews, JobRecord
 from data.errors import InpaintAdvisorError, exit_status
 
 # A failure another attempt would meet again: the job fails at once, with its code.
@@ -38,7 +37,7 @@ PERMANENT = frozenset({
     "error",  # an error of ours without a code of its own: a bug, which another run meets again
 })  # fmt: skip
 # A failure of the moment (the network, a server, a full or unmounted disk, the database): retried with backoff,
-# queue.ATTEMPTS runs in all. An "http-error" is transient for HTTP 5xx, 408 and 429 only; a code in neither
+# registry.JOB_ATTEMPTS runs in all. An "http-error" is transient for HTTP 5xx, 408 and 429 only; a code in neither
 # set (an unexpected error) is retried too.
 TRANSIENT = frozenset({
     "network", "disk", "download-failed", "merge-failed", "os-error", "build-failed", "interrupted",
@@ -109,7 +108,7 @@ def enqueue_get(query: str, *, root: str | os.PathLike, ui: str | None = None, r
     NotQueued when it matches nothing or the folder is no UI."""
     from advisor.local import uis
 
-    queue.require(db)
+    registry.require_team(db)
     folder = Path(root).expanduser().resolve()
     install = uis.find(folder, ui) if folder.is_dir() else None
     if install is None or install.ui == "folder":
@@ -118,7 +117,7 @@ def enqueue_get(query: str, *, root: str | os.PathLike, ui: str | None = None, r
     if not isinstance(resolved, _Target):
         raise NotQueued(f"nothing queued: {resolved[1]}", resolved[0])
     key = get_key(resolved.model_id, resolved.version_id, root=str(folder), ui=install.ui, route=route)
-    (got,) = queue.enqueue_builds(db, [(key, {"query": resolved.target, "asked": query, "name": resolved.name,
+    (got,) = registry.enqueue_builds(db, [(key, {"query": resolved.target, "asked": query, "name": resolved.name,
                                               "get_root": str(folder), "ui": install.ui, "route": route})])
     return Queued(query, resolved.target, resolved.name, got.existing if got.already else got.job_id, got.already)
 
@@ -162,7 +161,7 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
     """Queue one build per query, each resolved first (advisor.advice.lookup) to the model and version it means; the
     same resolved recipe is one job, however it was named. NotQueued, and nothing queued, when a query
     matches nothing or several models, or names a file only this host has."""
-    queue.require(db)
+    registry.require_team(db)
     targets: list[_Target] = []
     problems: list[tuple[str, str]] = []
     for q in queries:
@@ -176,7 +175,7 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
         raise NotQueued("nothing queued: " + "; ".join(p[1] for p in problems), code)
     multiplier, force_build = float(multiplier), bool(force_build)
     options = {"multiplier": multiplier, "dtype": dtype, "force_build": force_build}
-    got = queue.enqueue_builds(db, [(build_key(t.model_id, t.version_id, multiplier=multiplier, dtype=dtype,
+    got = registry.enqueue_builds(db, [(build_key(t.model_id, t.version_id, multiplier=multiplier, dtype=dtype,
                                                force_build=force_build),
                                      {"query": t.target, "asked": t.query, "name": t.name, **options})
                                     for t in targets])  # fmt: skip
@@ -201,14 +200,14 @@ def news_line(news: JobNews) -> str:
     task = "get" if news.args.get("get_root") else news.task  # a queued get runs as a build job
     head = f"job {news.job_id}" + (f" {task}" if task != "build" else "")
     if news.kind == "start":
-        again = f", attempt {news.attempt}/{queue.ATTEMPTS}" if news.task == "build" and news.attempt > 1 else ""
+        again = f", attempt {news.attempt}/{registry.JOB_ATTEMPTS}" if news.task == "build" and news.attempt > 1 else ""
         text = f"{head} start: {what}{again}" if what else f"{head} start{again}"
     elif news.kind == "done":
         text = f"{head} done{took}" + (f": {news.detail}" if news.detail else "")
     elif news.kind == "retry":
         reason = news.detail.split(": ", 1)[-1]
         text = (f"{head} failed ({news.code}){took}, runs again in {news.retry_in:g} s (attempt "
-                f"{news.attempt + 1}/{queue.ATTEMPTS}): {reason}")  # fmt: skip
+                f"{news.attempt + 1}/{registry.JOB_ATTEMPTS}): {reason}")  # fmt: skip
     elif news.kind == "failed":
         text = f"{head} failed ({news.code}){took}: {news.detail.split(': ', 1)[-1]}"
     else:  # requeued
@@ -246,10 +245,10 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
                            force_build=force_build, db=db)  # fmt: skip
         except Exception as exc:
             code, message = failure_of(exc)
-            raise queue.JobFailed(code, message, is_transient(code, message)) from exc
+            raise registry.JobFailed(code, message, is_transient(code, message)) from exc
         made = result.output.path if result.output else query
         if not result.verified:
-            raise queue.JobFailed("unverified", f"{made}: {result.action}, but it could not be verified (the "
+            raise registry.JobFailed("unverified", f"{made}: {result.action}, but it could not be verified (the "
                                   "registry records no SHA256 for it)", False)  # fmt: skip
         return made
 
@@ -260,12 +259,11 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
             result = get(query, root=root, ui=ui, route=route, db=db)
         except Exception as exc:
             code, message = failure_of(exc)
-            raise queue.JobFailed(code, message, is_transient(code, message)) from exc
+            raise registry.JobFailed(code, message, is_transient(code, message)) from exc
         placed = [p.path or p.destination for p in result.files] + ([result.checkpoint] if result.checkpoint else [])
         return ", ".join(placed) or result.answer.name
 
     def run_crawl() -> str:
-        from crawler import registry
         from crawler.crawl_all import crawl_all
 
         summary = crawl_all(registry.connect(db), incremental=True)
@@ -273,23 +271,23 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
 
     say(f"worker {me}: builds into {out.resolve()}, {concurrency} at a time"
         + (f", crawls every {crawl_every}" if crawl_every else ""))  # fmt: skip
-    queue.run_worker(db, build=run_build, crawl=run_crawl if crawl_every else None, crawl_every=crawl_every,
+    registry.run_worker(db, build=run_build, crawl=run_crawl if crawl_every else None, crawl_every=crawl_every,
                      concurrency=concurrency, name=me, tell=lambda news: say(news_line(news)),
                      verbose=verbose)  # fmt: skip
     say(f"worker {me}: stopped")
 
 
 def jobs(*, db: str | None = None, status: str | None = None) -> list[JobRecord]:
-    return queue.list_jobs(db, status)
+    return registry.list_jobs(db, status)
 
 
 def show(job_id: int, *, db: str | None = None) -> JobRecord:
-    return queue.show(db, job_id)
+    return registry.show_job(db, job_id)
 
 
 def retry(job_id: int, *, db: str | None = None) -> None:
-    queue.retry(db, job_id)
+    registry.retry_job(db, job_id)
 
 
 def cancel(job_id: int, *, db: str | None = None) -> str:
-    return queue.cancel(db, job_id)
+    return registry.cancel_job(db, job_id)

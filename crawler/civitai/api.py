@@ -12,13 +12,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import crawler.civitai.proof as civitai_proof
-from crawler import links
+from crawler import links, registry
 from crawler.civitai.feed import PageFeed
 from crawler.civitai.items import parse_page
 from crawler.http import ApiError, JsonClient, RetryPolicy
-from crawler.registry import runs
-from crawler.registry.pages import PageResult, store_parsed
-from crawler.registry.stats import record_civitai_base_models
 from data import base_models, settings
 
 if TYPE_CHECKING:
@@ -124,11 +121,11 @@ def fetch_base_models(*, base_url: str | None = None, token: str | None = None,
     return listed[:1000]
 
 
-def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> PageResult:
-    """Parse and write one page of raw `/models` items (see ``store_parsed``), known header proofs applied."""
+def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> registry.PageResult:
+    """Parse and write one page of raw `/models` items (see ``registry.store_page``), known header proofs applied."""
     parsed = parse_page(items)
     civitai_proof.apply_known(engine, parsed)
-    return store_parsed(engine, parsed, run_id, next_cursor)
+    return registry.store_page(engine, parsed, run_id, next_cursor)
 
 
 def period_for(since: datetime | None, now: datetime) -> str | None:
@@ -140,7 +137,7 @@ def period_for(since: datetime | None, now: datetime) -> str | None:
 
 
 @dataclass
-class CrawlSummary(runs.RunSummary):
+class CrawlSummary(registry.RunSummary):
     models: int = 0
     versions: int = 0
     unknown_base_models: set[str] = field(default_factory=set)
@@ -181,10 +178,10 @@ def crawl(
     token = token or token_from_env()
     since = period = None
     if mode == "incremental":
-        last = runs.last_successful(engine, "civitai")
+        last = registry.last_successful_run(engine, "civitai")
         since = last.started_at if last else None
-        period = period_for(since, runs.utcnow())
-    started = runs.start(engine, "civitai", mode, since=since, period=period)
+        period = period_for(since, registry.utcnow())
+    started = registry.start_run(engine, "civitai", mode, since=since, period=period)
     run = started.run
     summary = CrawlSummary(run_id=started.run_id, mode=mode, resumed=started.resumed)
     params = {"types": "Checkpoint", "nsfw": "true", "limit": str(PAGE_SIZE), "sort": SORT}
@@ -201,7 +198,7 @@ def crawl(
                 continue
             parsed, next_cursor, retries = page
             civitai_proof.apply_known(engine, parsed)
-            stored = store_parsed(engine, parsed, run.id, next_cursor)
+            stored = registry.store_page(engine, parsed, run.id, next_cursor)
             summary.pages += 1
             summary.models += stored.models
             summary.versions += stored.versions
@@ -212,8 +209,8 @@ def crawl(
             if on_page:
                 on_page(summary)
         if next_cursor is not None:  # stopped by max_pages: leave the run resumable
-            summary.status, summary.note = "stopped", runs.stopped_note(summary.pages)
-            runs.finish(engine, run, "stopped", None, summary)
+            summary.status, summary.note = "stopped", registry.stopped_note(summary.pages)
+            registry.finish_run(engine, run, "stopped", None, summary)
             return summary
         proved = civitai_proof.prove_pending(engine, base_url, token, budget=proof_budget)
         summary.headers_read, summary.proofs_changed = proved.read, proved.changed
@@ -223,12 +220,12 @@ def crawl(
         summary.new_links = links.link_sibling_models(engine)
         listed = fetch_base_models(base_url=base_url, token=token, policy=policy)
         if listed is not None:
-            record_civitai_base_models(engine, listed)
+            registry.record_civitai_base_models(engine, listed)
             summary.new_base_models = sorted(bm for bm in listed if base_models.civitai_base_model(bm) is None)
         summary.status = "ok"
-        runs.finish(engine, run, "ok", None, summary)
+        registry.finish_run(engine, run, "ok", None, summary)
     except BaseException as exc:
-        runs.record_failure(engine, run, summary, exc)
+        registry.record_run_failure(engine, run, summary, exc)
         raise
     finally:
         feed.close()

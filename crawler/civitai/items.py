@@ -10,8 +10,7 @@ from typing import Any
 
 from crawler import detect, links
 from crawler.families import family_for_base_model
-from crawler.registry import normalize_name
-from crawler.registry.pages import ParsedModel
+from crawler.registry import ParsedModel, normalize_name
 from crawler.timestamps import registry_dt
 
 

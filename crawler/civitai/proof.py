@@ -17,10 +17,9 @@ from urllib.parse import quote
 
 import httpx
 
-from crawler import detect, families, links
+from crawler import detect, families, links, registry
 from crawler.civitai.ids import file_number
 from crawler.http import CrawlError, credentials_allowed, new_client, open_redirected
-from crawler.registry import proofs
 from data import base_models
 from data.settings import Sites
 from merge.header import ITEMSIZE, CheckpointError, TensorInfo, header_length, parse_header_json
@@ -29,7 +28,7 @@ from merge.layout import detect as layout_of
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from crawler.registry.pages import ParsedModel
+    from crawler.registry import ParsedModel
 
 FIRST_READ = 512 * 1024  # an SD 1.5/SDXL/FLUX header is 60-250 KB: usually one request
 MAX_HEADER = 16 * 2**20  # more is not a checkpoint header worth reading
@@ -271,7 +270,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
         # for the files that may not be read now)
         contradictions = families.contradiction_patterns()
         while len(wanted) < budget * MAX_ATTEMPTS and \
-                (batch := proofs.pending(conn, PENDING_BATCH, offset, contradictions)):  # fmt: skip
+                (batch := registry.pending_proofs(conn, PENDING_BATCH, offset, contradictions)):  # fmt: skip
             offset += len(batch)
             wanted += [row for row in batch if _wants_proof(row)]
     found: dict[str, dict] = {}
@@ -281,7 +280,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
     in_a_row = 0
     with new_client(timeout=timeout) as client:
         for row in wanted:
-            key = proofs.key_of(row["sha256"], row["file_id"])
+            key = registry.proof_key(row["sha256"], row["file_id"])
             if key in not_read:
                 continue
             if key not in found:
@@ -320,11 +319,11 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             verdicts[row["id"]] = verdict
             summary.changed += verdict[0] != bool(row["is_inpainting"])
     with engine.begin() as conn:
-        proofs.save(conn, list(found.values()))
-        proofs.set_families(conn, told)
-        for model_id in proofs.set_verdicts(conn, verdicts):
-            versions = proofs.versions_for_links(conn, model_id)
-            proofs.refresh_model(conn, model_id, versions, links.within_model({"id": model_id}, versions))
+        registry.save_proofs(conn, list(found.values()))
+        registry.set_families(conn, told)
+        for model_id in registry.set_verdicts(conn, verdicts):
+            versions = registry.versions_for_links(conn, model_id)
+            registry.refresh_model(conn, model_id, versions, links.within_model({"id": model_id}, versions))
     return summary
 
 
@@ -337,11 +336,11 @@ def apply_known(engine: Engine, parsed: dict[str, ParsedModel]) -> None:
         for v in p.versions:
             f = primary.get(v["id"])
             if f is not None:
-                keyed[v["id"]] = proofs.key_of(f["sha256"], f["id"])
+                keyed[v["id"]] = registry.proof_key(f["sha256"], f["id"])
     if not keyed:
         return
     with engine.connect() as conn:
-        known = proofs.known(conn, sorted(set(keyed.values())))
+        known = registry.known_proofs(conn, sorted(set(keyed.values())))
     if not known:
         return
     for p in parsed.values():

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from crawler import families
+from crawler import families, registry
 from crawler.hf.hub import Hub, RepoUnavailable
 from crawler.hf.inspect import blobs_of
 from crawler.http import ApiError
-from crawler.registry import officials, runs
-from crawler.registry.schema import OfficialCheck, RouteCheck
+from crawler.registry import OfficialCheck, RouteCheck
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -29,7 +28,7 @@ def check_mirror(hub: Hub, family: str, role: str, repo: str, spec: dict,
 
     def check(**found) -> OfficialCheck:
         return OfficialCheck(id=f"{family}:{role}:{repo}", family=family, role=role, repo=repo, file=wanted,
-                             checked_at=runs.utcnow(), **found)  # fmt: skip
+                             checked_at=registry.utcnow(), **found)  # fmt: skip
 
     try:
         info = hub.model_info(repo, files_metadata=True)
@@ -73,7 +72,7 @@ def check_all(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list
                 check = check_mirror(hub, fam["id"], role, mirror["repo"], spec, on_error)
                 if check is not None:
                     checks.append(check)
-    officials.save_checks(engine, checks)
+    registry.save_official_checks(engine, checks)
     return checks
 
 
@@ -104,6 +103,6 @@ def check_routes(engine: Engine, hub: Hub, on_error: OnError | None = None) -> l
             else:
                 continue
             checks.append(RouteCheck(id=f"{route['id']}:{repo}/{wanted}", route=route["id"], repo=repo, file=wanted,
-                                     checked_at=runs.utcnow(), **found))  # fmt: skip
-    officials.save_route_checks(engine, checks)
+                                     checked_at=registry.utcnow(), **found))  # fmt: skip
+    registry.save_route_checks(engine, checks)
     return checks

@@ -17,14 +17,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 import crawler.hf.officials as officials
-from crawler import detect, families, links
+from crawler import detect, families, links, registry
 from crawler.hf.hub import Hub
 from crawler.hf.inspect import Checkpoint, Inspection, config, inspect
 from crawler.http import RetryPolicy
-from crawler.registry import lineage as lineage_queries
-from crawler.registry import normalize_name, runs
-from crawler.registry.links import link_same_files
-from crawler.registry.pages import ParsedModel, content_hashes, store_parsed
+from crawler.registry import ParsedModel, normalize_name
 from crawler.timestamps import parse_dt
 from data import settings
 
@@ -247,7 +244,7 @@ def queries() -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 @dataclass
-class HfCrawlSummary(runs.RunSummary):
+class HfCrawlSummary(registry.RunSummary):
     listed: int = 0
     inspected: int = 0  # new or changed repos whose files were read
     skipped: int = 0  # adapters, ControlNets, ... listed under a base
@@ -294,9 +291,9 @@ def crawl(
     start. A killed or failed run resumes at its last committed page."""
     since = None
     if mode == "incremental":
-        last = runs.last_successful(engine, "hf")
+        last = registry.last_successful_run(engine, "hf")
         since = last.started_at if last else None
-    started = runs.start(engine, "hf", mode, since=since)
+    started = registry.start_run(engine, "hf", mode, since=since)
     run = started.run
     if run.since is not None:
         since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
@@ -321,7 +318,7 @@ def crawl(
             summary.listed += len(repos)
             wanted = [r for r in repos if not _skip(r)]
             summary.skipped += len(repos) - len(wanted)
-            stored = content_hashes(engine, [f"hf:{r.id}" for r in wanted])
+            stored = registry.content_hashes(engine, [f"hf:{r.id}" for r in wanted])
             parsed = {}
             for repo in wanted:
                 if repo.sha and stored.get(f"hf:{repo.id}") == _revision_key(repo.sha):
@@ -340,7 +337,7 @@ def crawl(
                 cursor = {"query": qi + 1, "next": None}
             if cursor["query"] < len(listings):
                 cursor["label"] = listings[cursor["query"]][0]
-            stored_page = store_parsed(engine, parsed, run.id, json.dumps(cursor))
+            stored_page = registry.store_page(engine, parsed, run.id, json.dumps(cursor))
             summary.pages += 1
             summary.written += stored_page.written
             summary.new_inpainting += stored_page.new_inpainting
@@ -351,8 +348,8 @@ def crawl(
             if on_page:
                 on_page(summary)
         if qi < len(listings):  # stopped by max_pages: leave the run resumable
-            summary.status, summary.note = "stopped", runs.stopped_note(summary.pages)
-            runs.finish(engine, run, "stopped", None, summary)
+            summary.status, summary.note = "stopped", registry.stopped_note(summary.pages)
+            registry.finish_run(engine, run, "stopped", None, summary)
             return summary
         if check_officials:
             on_error = lambda url, reason: summary.note_error("hf", url, reason)  # noqa: E731
@@ -362,13 +359,13 @@ def crawl(
             route_checks = officials.check_routes(engine, hub, on_error)
             summary.route_files_missing = sorted(f"{c.repo}/{c.file}" for c in route_checks if not c.file_found)
         resolve_lineage(engine)
-        summary.same_files = link_same_files(engine)
+        summary.same_files = registry.link_same_files(engine)
         summary.new_links = links.link_sibling_models(engine)
         summary.retries = hub.retries
         summary.status = "ok"
-        runs.finish(engine, run, "ok", None, summary)
+        registry.finish_run(engine, run, "ok", None, summary)
     except BaseException as exc:
-        runs.record_failure(engine, run, summary, exc)
+        registry.record_run_failure(engine, run, summary, exc)
         raise
     finally:
         hub.close()
@@ -379,7 +376,7 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
     """Families through chains of Hub repos (base -> fine-tune -> merge of it): a repo whose declared base is
     another crawled repo takes that repo's family when its own is unknown, or when it is the base architecture
     of a more specific one (an SDXL-shaped merge of a Pony fine-tune is Pony). Returns rows changed."""
-    known, parents = lineage_queries.hf_families(engine)
+    known, parents = registry.hf_families(engine)
     before = {model_id: fam for model_id, (_, fam) in known.items()}
     family = dict(before)
     base = {model_id: f"hf:{repo}" for model_id, (repo, _) in known.items() if repo}
@@ -392,7 +389,7 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
         if not moved:
             break
     changed = {m: f for m, f in family.items() if f is not None and f != before[m]}  # moves only set families
-    lineage_queries.set_families(engine, changed)
+    registry.set_hf_families(engine, changed)
     return len(changed)
 
 
@@ -404,7 +401,7 @@ def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, toke
         repo = HubRepo.from_info(info)
         seen = inspect(hub, repo.id, repo.sha or "main", repo.files, known_blobs=repo.blobs)
         parsed = parse_repo(repo, seen, hub.endpoint)
-    store_parsed(engine, {parsed.model["id"]: parsed}, None, None)
+    registry.store_page(engine, {parsed.model["id"]: parsed}, None, None)
     resolve_lineage(engine)
-    link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
+    registry.link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
     return parsed.model["id"]

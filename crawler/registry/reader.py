@@ -9,7 +9,6 @@ scored in Python.
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import overload
 
@@ -17,83 +16,17 @@ from crawler.registry import drivers, search
 from crawler.registry.errors import NoRegistry
 from crawler.registry.location import Location, locate
 from crawler.registry.names import normalize_name
+from crawler.registry.records import (
+    ArtifactRecord,
+    LinkRecord,
+    ModelRecord,
+    OfficialState,
+    RouteFileState,
+    VersionRecord,
+)
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
 MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer
-
-
-@dataclass
-class VersionRecord:
-    id: str
-    model_id: str
-    name: str
-    base_model: str | None
-    family: str | None
-    published_at: str | None  # "YYYY-MM-DD HH:MM:SS.ffffff", UTC, on both engines
-    position: int
-    is_inpainting: bool
-    evidence: list[str] = field(default_factory=list)
-    primary_file: str | None = None
-    sha256: str | None = None
-    download_url: str | None = None
-    size_kb: float | None = None  # of the primary file, as the source records it
-    primary_file_id: str | None = None  # its registry id ("civitai:f<file id>"): a download asks for that file
-
-
-@dataclass
-class ModelRecord:
-    id: str
-    source: str
-    source_id: str
-    name: str
-    creator: str | None
-    base_model: str | None
-    family: str | None
-    is_inpainting: bool
-    has_inpainting: bool
-    score: float = 100.0  # how well a free-text query named it, when it was searched for
-    name_norm: str = ""
-    downloads: int = 0
-
-
-@dataclass
-class LinkRecord:
-    inpaint_version_id: str
-    inpaint_model_id: str
-    parent_model_id: str
-    parent_version_id: str | None
-    kind: str
-    confidence: float
-    evidence: list[str]
-
-
-@dataclass
-class ArtifactRecord:
-    kind: str  # built | downloaded-release
-    path: str
-    size: int
-    sha256: str
-    version_id: str | None
-    created_at: str | None
-
-
-@dataclass
-class OfficialState:
-    alive: bool
-    matches: bool
-    checked_at: str
-    detail: str
-
-
-@dataclass
-class RouteFileState:
-    alive: bool
-    file_found: bool
-    size: int | None
-    sha256: str | None
-    matches: bool
-    checked_at: str
-    detail: str
 
 
 MODEL_COLS = "id, source, source_id, name, creator, base_model, family, is_inpainting, has_inpainting"
