@@ -453,9 +453,17 @@ def _tls_context() -> "ssl.SSLContext":
     """The certificate store, loaded once per process and shared by every client (as httpx would load it:
     SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle). Loading it costs about 30 ms of CPU, which each new
     client paid again: a crawl, a lookup, each download."""
+    import ssl
+
     key = settings.current().cert_store
     if key not in _contexts:
-        _contexts[key] = httpx.create_ssl_context()
+        try:
+            _contexts[key] = httpx.create_ssl_context()
+        except (OSError, ssl.SSLError) as exc:  # a store set by hand that is not there, or not certificates
+            file, folder = key  # httpx reads the file where one is set, else the folder
+            named = f"SSL_CERT_FILE={file}" if file else f"SSL_CERT_DIR={folder}" if folder else "of certifi"
+            raise BadURL(f"the certificate store {named} cannot be loaded "
+                         f"({getattr(exc, 'strerror', None) or exc}): fix or unset it") from None
     return _contexts[key]
 
 

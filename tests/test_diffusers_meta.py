@@ -17,6 +17,7 @@ from tests.hf_fake import safetensors_header
 from tests.sd_layouts import SPECS, UNET, unet_shapes, vae_shapes
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is a dev dependency (pip install -e .[dev])")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # diffusers' own deprecations, inside it
 torch = pytest.importorskip("torch")
 
 SD1 = {"cross_attention_dim": 768, "attention_head_dim": 8}  # runwayml/stable-diffusion-v1-5

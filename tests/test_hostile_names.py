@@ -215,3 +215,14 @@ def test_candidates_listed_for_a_name_print_crafted_names_as_text(tmp_path, regi
     listed = json.loads(as_json.stdout)["candidates"]
     assert {c["model_id"] for c in listed} == {"civitai:920001", "civitai:920002"}
     assert all(c["downloads"] == 500 for c in listed)
+
+
+@pytest.mark.parametrize("query, said", [
+    ("civitai:-1", "not a Civitai model id"), ("civitai:12@x", "not a Civitai model id"),
+    ("civitai:", "not a Civitai model id"), ("hf:a/b/c", "not a Hugging Face repo"), ("hf:", "not a Hugging Face repo"),
+])  # fmt: skip
+def test_a_prefix_that_says_what_a_query_is_is_never_searched_for_as_a_name(query, said):
+    from advisor.advice.query import QueryError, parse_query
+
+    with pytest.raises(QueryError, match=said):
+        parse_query(query)

@@ -382,6 +382,19 @@ def test_clients_share_one_loaded_certificate_store_and_a_new_setting_loads_anot
     assert len(loads) == 2
 
 
+def test_a_certificate_store_that_cannot_be_loaded_is_named(monkeypatch, tmp_path):
+    from crawler import http
+
+    monkeypatch.setattr(http, "_contexts", {})
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(http.BadURL, match=r"SSL_CERT_FILE=.*missing\.pem cannot be loaded \(No such file"):
+        http.new_client()
+    (tmp_path / "not.pem").write_text("not a certificate")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "not.pem"))
+    with pytest.raises(http.BadURL, match=r"not\.pem cannot be loaded"):
+        http.new_client()
+
+
 def test_a_url_no_request_can_go_to_is_one_clear_error():
     from advisor.advice.query import QueryError, parse_query
     from crawler.http import BadURL, new_client

@@ -72,6 +72,8 @@ def parse_query(raw: str) -> Query:
         if (path / "model_index.json").exists() or (path / "unet").is_dir():
             return Query(raw, "file", path=path)
     is_url = "://" in q or q.lower().startswith(_URL_HOSTS)
+    if q.lower().startswith("hf:") and not _HF_REPO.match(q):  # a prefix that says what it is: not a path
+        raise QueryError(f"not a Hugging Face repo: {shown(q)} (expected hf:AUTHOR/NAME)")
     if not is_url and _looks_like_path(q):
         raise QueryError(f"no such file or folder: {shown(q)}")
     if q.lower().startswith("urn:air:"):
@@ -87,6 +89,9 @@ def parse_query(raw: str) -> Query:
         return Query(raw, "civitai", model_id=m["id"], version_id=m["vid"])
     if m := _CIVITAI_ID.match(q):
         return Query(raw, "civitai", model_id=m["id"], version_id=m["vid"])
+    if q.lower().startswith("civitai:"):  # a prefix that says what it is: never searched for as a name
+        raise QueryError(f"not a Civitai model id: {shown(q)} (expected civitai:ID or civitai:ID@VERSION, "
+                         "with numbers)")  # fmt: skip
     if is_url:
         try:
             url = urlsplit(q if "://" in q else "https://" + q)
