@@ -226,3 +226,22 @@ def test_a_prefix_that_says_what_a_query_is_is_never_searched_for_as_a_name(quer
 
     with pytest.raises(QueryError, match=said):
         parse_query(query)
+
+
+def test_a_strangers_long_name_is_shortened_on_screen_and_whole_in_json():
+    import io
+
+    from rich.console import Console
+
+    from advisor.advice import ladder
+    from advisor.advice.lookup import LookupResult, Match
+    from advisor.cli import render
+
+    name = "Mega Merge " + "of everything " * 30 + "V6.0 B1"
+    r = LookupResult(name, Match("civitai", "civitai:1", "civitai:v1", name, "uploader" * 20, "SD 1.5", "sd1", False,
+                                 "v2 " + "x" * 200), recommendation=ladder.Recommendation("build", "Build one."))  # fmt: skip
+    out = io.StringIO()
+    render.lookup_result(Console(file=out, width=400), r)
+    head = out.getvalue().splitlines()[0]
+    assert len(head) < 260 and head.startswith("Mega Merge of everything") and "V6.0 B1 — v2 " in head
+    assert "…" in head

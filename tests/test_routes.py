@@ -196,6 +196,24 @@ def test_every_printed_command_copies_whole_at_any_width(tmp_path, columns, show
     assert max(len(p) for p in printed) > 60  # longer than the narrowest screen, and still whole
 
 
+@pytest.mark.parametrize("columns", [60, 80])
+def test_every_url_of_the_full_view_copies_whole(tmp_path, columns):
+    """--all prints each alternative's page, download and sources after its panel, one whole URL a line: none is
+    folded inside a border."""
+    import json
+    import re
+
+    env = cli_env(INPAINT_ADVISOR_DB=str(tmp_path / "r.db"), COLUMNS=str(columns))
+    text = run_cli("lookup", "SDXL 1.0", "--offline", "--all", env=env).stdout
+    answer = json.loads(run_cli("lookup", "SDXL 1.0", "--offline", "--json", env=env).stdout)
+    sources = {e.removeprefix("source: ") for r in [answer["recommendation"], *answer["alternatives"]]
+               for e in r["evidence"] if e.startswith("source: ")}  # fmt: skip
+    printed = set(re.findall(r"^  source (\S+)$", text, re.M))
+    assert sources and sources == printed
+    assert max(len(u) for u in printed) > columns  # a URL longer than the screen, and still whole
+    assert "│ https://" not in text and "· source:" not in text
+
+
 # -- the Hub crawl checks the routes' files --------------------------------------------------------------------
 
 

@@ -273,7 +273,7 @@ def _command_line(command, prompt: str = "$ ") -> Text:
 
 def _rec_lines(rec) -> list:
     """A recommendation's panel text for --all: its reason, what it points at, how to use it, its evidence (the
-    commands and URLs are printed whole after the panel)."""
+    commands and URLs, its sources' too, are printed whole after the panel)."""
     lines = [t(rec.reason)]
     target = rec.target
     if target is not None:
@@ -283,8 +283,11 @@ def _rec_lines(rec) -> list:
             if value:
                 lines.append(line((f"{label:>9} ", "dim"), value))
     lines += [line(("  how: ", "dim"), how) for how in rec.how]
-    lines += [t(f"  · {ev}", "dim") for ev in rec.evidence]
+    lines += [t(f"  · {ev}", "dim") for ev in rec.evidence if not ev.startswith(_SOURCE)]
     return lines
+
+
+_SOURCE = "source: "  # an evidence line that is a URL: printed whole after the panel, like the page
 
 
 def _commands(rec) -> list:
@@ -334,9 +337,9 @@ def lookup_result(console: Console, r, *, full: bool = False) -> None:
             console.print(line(("nothing matched", "red"), " “", r.query[:200], "”"))
         return
     m = r.match
-    who = f" by {m.creator}" if m.creator else ""
-    version = f" — {m.version_name}" if m.version_name else ""
-    head = line((f"{m.name}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
+    who = f" by {_shortened(m.creator, 40)}" if m.creator else ""
+    version = f" — {_shortened(m.version_name, 60)}" if m.version_name else ""
+    head = line((f"{_shortened(m.name, 100)}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
                 (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
     rec = r.recommendation
     color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
@@ -359,11 +362,23 @@ def lookup_result(console: Console, r, *, full: bool = False) -> None:
         console.print(line(("warning: ", "yellow"), w))
 
 
+def _shortened(text: str, most: int) -> str:
+    """A stranger's name at most ``most`` characters on screen, cut in its middle (its start and its version
+    both stay); --json has it whole."""
+    if len(text) <= most:
+        return text
+    keep = most - 1
+    return text[: keep - keep // 3] + "…" + text[len(text) - keep // 3 :]
+
+
 def _print_after_panel(console: Console, rec) -> None:
     target = rec.target
     for label, url in (("page", target.url), ("download", target.download_url)) if target is not None else ():
         if url:
             _print_whole(console, line((f"  {label} ", "dim"), url))
+    for ev in rec.evidence:
+        if ev.startswith(_SOURCE):
+            _print_whole(console, line(("  source ", "dim"), ev.removeprefix(_SOURCE)))
     for command in [*rec.downloads, *([rec.command] if rec.command else []), *([rec.run] if rec.run else [])]:
         _print_whole(console, _command_line(command, f"{command.label}: $ " if command.label else "$ "))
 
