@@ -238,7 +238,8 @@ def test_a_strangers_long_name_is_shortened_on_screen_and_whole_in_json():
     from advisor.cli import render
 
     name = "Mega Merge " + "of everything " * 30 + "V6.0 B1"
-    match = Match("civitai", "civitai:1", "civitai:v1", name, "uploader" * 20, "SD 1.5", "sd1", False, "v2 " + "x" * 200)
+    version = "v2 " + "x" * 200
+    match = Match("civitai", "civitai:1", "civitai:v1", name, "uploader" * 20, "SD 1.5", "sd1", False, version)
     r = LookupResult(name, match, recommendation=ladder.Recommendation("build", "Build one."))
     out = io.StringIO()
     render.lookup_result(Console(file=out, width=400), r)
