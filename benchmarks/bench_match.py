@@ -54,6 +54,7 @@ def filler_names(popular: list[str], n: int, rng: random.Random) -> list[str]:
 
 def add_filler(db: str, names: list[str], rng: random.Random) -> None:
     from crawler import registry
+    from crawler.families import family_for_base_model
     from crawler.registry import normalize_name
     from crawler.registry.schema import File, Model, Version
     from crawler.registry.upsert import upsert
@@ -66,11 +67,13 @@ def add_filler(db: str, names: list[str], rng: random.Random) -> None:
             base = rng.choice(["SD 1.5", "SDXL 1.0", "Pony", "Illustrious"])
             models.append({"id": mid, "source": "civitai", "source_id": str(10_000_000 + i), "name": name,
                            "name_norm": normalize_name(name), "type": "Checkpoint", "creator": f"user{i % 5000}",
-                           "tags": "[]", "nsfw": False, "mode": None, "base_model": base, "family": None,
+                           "tags": "[]", "nsfw": False, "mode": None, "base_model": base,
+                           "family": family_for_base_model(base),  # as the crawler records it
                            "is_inpainting": False, "has_inpainting": False, "updated_at": None, "content_hash": "",
                            "downloads": rng.randint(0, 3000)})  # fmt: skip
             versions.append({"id": vid, "model_id": mid, "source_id": vid, "name": rng.choice(["v1.0", "v2", "fp16"]),
-                             "base_model": base, "base_model_type": "Standard", "family": None, "published_at": None,
+                             "base_model": base, "base_model_type": "Standard",
+                             "family": family_for_base_model(base), "published_at": None,
                              "updated_at": None, "position": 0, "is_inpainting": False, "inpaint_confidence": 0,
                              "inpaint_evidence": "[]", "download_url": None})  # fmt: skip
             sha = f"{rng.getrandbits(256):064X}"

@@ -211,3 +211,45 @@ def test_the_numbers_of_a_base_models_spelling_are_not_a_version():
 
 def test_a_year_is_not_a_version_number():
     assert match._numbers("realistic vision 2024") == set() and match._numbers("photon mix v5") == {"5"}
+
+
+def test_candidates_leave_out_the_reuploads_of_a_listed_model(registry_db, serve):
+    """Strangers' "majicMIX lux XL 123" and "majicMIXlux_noir_7" are not more choices beside majicMIX lux: the
+    list shows the models themselves, and a look-alike that is no extension of one stays."""
+    eval_world.build(registry_db, serve)
+    engine = registry_layer.connect(registry_db)
+    from crawler.registry.schema import Model, table_of
+    from crawler.registry.upsert import upsert
+
+    fillers = ["majicMIX lux XL 12546", "majicMIXlux_noir_7", "majicMIX lux fp16 5564", "majicMIX sombre 2.0 2692",
+               "majicMIX realistic Mix 3", "majicMIX realistic Lite 4"]  # fmt: skip
+    with engine.begin() as conn:
+        upsert(conn, table_of(Model), [
+            {"id": f"civitai:{9_000_000 + i}", "source": "civitai", "source_id": str(9_000_000 + i), "name": n,
+             "name_norm": normalize_name(n), "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,
+             "mode": None, "base_model": "SD 1.5", "family": "sd1", "is_inpainting": False, "has_inpainting": False,
+             "updated_at": None, "content_hash": "", "downloads": 2000} for i, n in enumerate(fillers)])  # fmt: skip
+    listed = lookup("majicmix", db=registry_db, offline=True).candidates
+    assert {c.model_id for c in listed[:4]} == {"civitai:56967", "civitai:62778", "civitai:41865", "civitai:43331"}
+    assert not any(c.model_id.startswith("civitai:9000") for c in listed)
+
+
+def test_a_family_word_the_name_says_too_is_set_aside_on_both_sides(registry_db, serve):
+    """"dreamshaper sdxl" is DreamShaper XL, not a stranger's SDXL "DreamShaper 2.0 1566" whose name, its numbers
+    aside, is "dreamshaper": with the family word the query and the name share set aside, both are
+    "dreamshaper", and the model with 300x the downloads is meant."""
+    eval_world.build(registry_db, serve)
+    engine = registry_layer.connect(registry_db)
+    from crawler.registry.schema import Model, table_of
+    from crawler.registry.upsert import upsert
+
+    fillers = ["DreamShaper 2.0 1566", "DreamShaper v2 9796", "DreamShaper 2.0 4100"]
+    with engine.begin() as conn:
+        upsert(conn, table_of(Model), [
+            {"id": f"civitai:{9_100_000 + i}", "source": "civitai", "source_id": str(9_100_000 + i), "name": n,
+             "name_norm": normalize_name(n), "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,
+             "mode": None, "base_model": "SDXL 1.0", "family": "sdxl", "is_inpainting": False,
+             "has_inpainting": False, "updated_at": None, "content_hash": "", "downloads": 2000}
+            for i, n in enumerate(fillers)])  # fmt: skip
+    assert lookup("dreamshaper sdxl", db=registry_db, offline=True).match.model_id == "civitai:112902"
+    assert lookup("majicmix realistic sdxl", db=registry_db, offline=True).match is None  # no SDXL majicMIX

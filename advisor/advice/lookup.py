@@ -439,6 +439,9 @@ def _by_name(reg: Reader, q: Query):
     for s in found.values():  # "cyberrealistic sdxl" is CyberRealistic XL, not CyberRealistic Pony
         if _names_another_family(s.model, asked):
             s.similarity -= OTHER_FAMILY_NAMED
+        elif _names_the_family(s.model, asked):  # "DreamShaper XL" for "dreamshaper sdxl": the rest compared
+            bare = " ".join(families.without_family_words((s.model.name_norm or normalize_name(s.model.name)).split()))
+            s.similarity = max(s.similarity, match.name_similarity(plain, bare))
     if asked and not exact and not _listable(found.values()) and (everything or _listable(scored.values())):
         return FamilyMiss(f"its look-alikes in the registry are of other families than “{' '.join(asked[0])}” "
                           "says")  # fmt: skip
@@ -451,7 +454,9 @@ def _by_name(reg: Reader, q: Query):
                    for s in found.values() if s.model.id not in named):  # fmt: skip
             return top, None
     found.update((m.id, match.Scored(m, 100.0)) for m in exact)
-    decided = match.decide(list(found.values()), lambda s: _family_of(reg, s.model))
+    # a re-upload of the best one (its name extended, far fewer downloads) is no rival of it either
+    decided = match.decide(list(found.values()), lambda s: _family_of(reg, s.model) | {
+        o.model.id for o in found.values() if _reupload_of(o.model, s.model)})  # fmt: skip
     if isinstance(decided, match.Scored):
         return decided.model, decided.version.id if decided.version else None
     return _listed(decided) if decided else None
@@ -490,6 +495,15 @@ def _names_another_family(model: ModelRecord, asked: tuple[list[str], set[str]] 
     return bool(own) and not own <= ancestry
 
 
+def _names_the_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> bool:
+    """A candidate whose own name says a family the query's family words say (or one they descend from)."""
+    if asked is None:
+        return False
+    said = families.named_by(asked[0])
+    own = families.named_by((model.name_norm or normalize_name(model.name)).split())
+    return bool(own & {f["id"] for fid in said for f in families.lineage(fid)})
+
+
 def _candidates(reg: Reader, wanted: str, *, widen: bool = True) -> dict:
     """The first batch of candidates for the query, the cheapest for each of its shorter name parts
     ("juggernaut xl" of "juggernaut xl v9"), then wider batches of the whole query until one holds a good
@@ -516,12 +530,27 @@ def _scored(reg: Reader, wanted: str, models: dict) -> dict:
             for mid, m in models.items()}  # fmt: skip
 
 
+LISTED = 8  # candidates shown when none is clearly meant
+
+
 def _listed(scored: list) -> list[ModelRecord]:
-    out = []
-    for s in scored[:8]:
+    """The best ranked candidates, less the re-uploads of one listed already: a name that extends a listed
+    model's name ("majicMIX lux XL 12546" of "majicMIX lux") with far fewer downloads is not another choice."""
+    out: list[ModelRecord] = []
+    for s in scored:
+        if len(out) == LISTED:
+            break
+        if any(_reupload_of(s.model, kept) for kept in out):
+            continue
         s.model.score = s.similarity
         out.append(s.model)
     return out
+
+
+def _reupload_of(model: ModelRecord, original: ModelRecord) -> bool:
+    core = match.name_variants(original.name_norm)[1]  # its Latin name, without an alias in another script
+    extends = model.name_norm.startswith(core + " ") or model.name_norm.split()[:1] == [core.replace(" ", "")]
+    return extends and original.downloads >= match.POPULAR * (model.downloads + 1)
 
 
 def _family_of(reg: Reader, model: ModelRecord) -> set[str]:
