@@ -232,6 +232,13 @@ def test_candidates_leave_out_the_reuploads_of_a_listed_model(registry_db, serve
     listed = lookup("majicmix", db=registry_db, offline=True).candidates
     assert {c.model_id for c in listed[:4]} == {"civitai:56967", "civitai:62778", "civitai:41865", "civitai:43331"}
     assert not any(c.model_id.startswith("civitai:9000") for c in listed)
+    with engine.begin() as conn:  # the creator's own model named after another of theirs is a model of its own
+        upsert(conn, table_of(Model), [{
+            "id": "civitai:9000100", "source": "civitai", "source_id": "9000100", "name": "majicMIX lux XL",
+            "name_norm": "majicmix lux xl", "type": "Checkpoint", "creator": "Merjic", "tags": "[]", "nsfw": False,
+            "mode": None, "base_model": "SDXL 1.0", "family": "sdxl", "is_inpainting": False,
+            "has_inpainting": False, "updated_at": None, "content_hash": "", "downloads": 900}])  # fmt: skip
+    assert "civitai:9000100" in {c.model_id for c in lookup("majicmix", db=registry_db, offline=True).candidates}
 
 
 def test_a_family_word_the_name_says_too_is_set_aside_on_both_sides(registry_db, serve):

@@ -534,8 +534,8 @@ LISTED = 8  # candidates shown when none is clearly meant
 
 
 def _listed(scored: list) -> list[ModelRecord]:
-    """The best ranked candidates, less the re-uploads of one listed already: a name that extends a listed
-    model's name ("majicMIX lux XL 12546" of "majicMIX lux") with far fewer downloads is not another choice."""
+    """The best ranked candidates, less the re-uploads of one listed already: a stranger's name that extends a
+    listed model's ("majicMIX lux XL 12546" of "majicMIX lux") with far fewer downloads is not another choice."""
     out: list[ModelRecord] = []
     for s in scored:
         if len(out) == LISTED:
@@ -548,6 +548,10 @@ def _listed(scored: list) -> list[ModelRecord]:
 
 
 def _reupload_of(model: ModelRecord, original: ModelRecord) -> bool:
+    """A stranger's model named after ``original`` (its name extended) with a tenth of its downloads or fewer.
+    The creator's own "majicMIX lux XL" is a model of its own, whatever its downloads."""
+    if model.creator is not None and model.creator == original.creator:
+        return False
     core = match.name_variants(original.name_norm)[1]  # its Latin name, without an alias in another script
     extends = model.name_norm.startswith(core + " ") or model.name_norm.split()[:1] == [core.replace(" ", "")]
     return extends and original.downloads >= match.POPULAR * (model.downloads + 1)
