@@ -62,3 +62,12 @@ def safe_filename(name: str | None, fallback: str = "model.safetensors") -> str:
     if len(encoded) > budget:
         stem = encoded[:budget].decode("utf-8", "ignore").rstrip()
     return (stem + ext_part) if stem else fallback
+
+
+def shorten(text: str, most: int = 100) -> str:
+    """A stranger's name at most ``most`` characters where it is read as prose or on screen, cut in its middle
+    (its start and its version both stay); --json keeps the whole name where it is a field."""
+    if len(text) <= most:
+        return text
+    keep = most - 1
+    return text[: keep - keep // 3] + "…" + text[len(text) - keep // 3 :]

@@ -192,17 +192,21 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # spellings in the raw names, for the registry's pre-filter): "SD 1.5", "SDXL1.0", "Flux.2"
 _SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15", "%sd%1%5%"),
             (re.compile(r"\bsd ?xl(?: ?1 ?0)?\b"), "sdxl", "%sd%xl%"),
-            (re.compile(r"\bflux ?2\b"), "flux2", "%flux%2%")]  # fmt: skip
+            (re.compile(r"\bflux ?2\b"), "flux2", "%flux%2%"),
+            (re.compile(r"\bsd ?3 ?5\b"), "sd35", "%sd%3%5%")]  # fmt: skip
 
 
 def _name_words(text: str) -> list[str]:
-    """A name's words as family words are written: CamelCase split ("juggernautXL"), "SD 1.5" as "sd15"."""
+    """A name's words as family words are written, read both whole and CamelCase split ("juggernautXL" says
+    "xl", "NoobAI" says "noobai"), with "SD 1.5" as "sd15"."""
     from crawler.registry import normalize_name
 
-    words = normalize_name(_CAMEL.sub(" ", text))
-    for spelled, word, _ in _SPELLED:
-        words = spelled.sub(word, words)
-    return words.split()
+    found: list[str] = []
+    for words in (normalize_name(text), normalize_name(_CAMEL.sub(" ", text))):
+        for spelled, word, _ in _SPELLED:
+            words = spelled.sub(word, words)
+        found += words.split()
+    return list(dict.fromkeys(found))
 
 
 def contradicting_words(family_id: str | None, names: list[str]) -> list[str]:

@@ -74,6 +74,12 @@ class BadURL(CrawlError):
     code = "bad-setting"
 
 
+class CertificateStoreError(CrawlError):
+    """The certificate store set by hand (SSL_CERT_FILE) cannot be loaded: no HTTPS request can be checked."""
+
+    code = "bad-setting"
+
+
 class RetriesExhausted(CrawlError):
     def __init__(self, url: str, attempts: int, last: str):
         self.url, self.attempts, self.last = url, attempts, scrub(last)
@@ -459,11 +465,10 @@ def _tls_context() -> "ssl.SSLContext":
     if key not in _contexts:
         try:
             _contexts[key] = httpx.create_ssl_context()
-        except (OSError, ssl.SSLError) as exc:  # a store set by hand that is not there, or not certificates
-            file, folder = key  # httpx reads the file where one is set, else the folder
-            named = f"SSL_CERT_FILE={file}" if file else f"SSL_CERT_DIR={folder}" if folder else "of certifi"
-            raise BadURL(f"the certificate store {named} cannot be loaded "
-                         f"({getattr(exc, 'strerror', None) or exc}): fix or unset it") from None
+        except (OSError, ssl.SSLError) as exc:  # a file set by hand that is not there, or holds no certificate
+            named = f"SSL_CERT_FILE={key[0]}" if key[0] else "of certifi"  # (httpx skips a folder it cannot read)
+            raise CertificateStoreError(f"the certificate store {named} cannot be loaded "
+                                        f"({getattr(exc, 'strerror', None) or exc}): fix or unset it") from None
     return _contexts[key]
 
 

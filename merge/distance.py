@@ -78,7 +78,8 @@ def base_distance(b_path: str | os.PathLike, c_path: str | os.PathLike, *,
     names = _comparable(b.tensors, c.tensors)
     if not names:
         return None
-    per_tensor = max(MIN_SLICE, budget // (4 * len(names)))  # elements: a float32's bytes bound the budget
+    widest = max(max(_FLOATS[b.tensors[n].dtype], _FLOATS[c.tensors[n].dtype]) for n in names)
+    per_tensor = max(MIN_SLICE, budget // (widest * len(names)))  # elements: neither file is read past budget
     diff = norm = 0.0
     b_fd, c_fd = os.open(b_path, os.O_RDONLY), os.open(c_path, os.O_RDONLY)
     try:

@@ -199,3 +199,22 @@ def test_the_registry_imports_nothing_above_it():
              if module.startswith("crawler.registry")
              for target in targets if not target.startswith(("crawler.registry", "data", "merge"))]  # fmt: skip
     assert above == []
+
+
+def test_the_registry_package_says_each_way_in_alike_to_python_and_to_type_checkers():
+    """crawler/registry/__init__.py names its lazy ways in three times (for Python, for type checkers, for
+    `import *`): the three agree, and each resolves to its module's object."""
+    import importlib
+
+    import crawler.registry as package
+
+    path = _modules()["crawler.registry"]
+    typed = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            typed |= {a.asname or a.name for child in node.body if isinstance(child, ast.ImportFrom)
+                      for a in child.names}  # fmt: skip
+    assert typed == set(package._HOME) and set(package._HOME) <= set(package.__all__)
+    for name, home in package._HOME.items():
+        module, attr = home.split(":")
+        assert getattr(package, name) is getattr(importlib.import_module(f"crawler.registry.{module}"), attr)

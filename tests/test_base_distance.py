@@ -2,6 +2,7 @@
 against a build (docs/routes.md, "Judgment"): far from the base, a build first; close to it, the official
 model, whatever a name word or tag says of a style; no base at hand, names and tags as before."""
 
+import hashlib
 import os
 
 import pytest
@@ -31,7 +32,7 @@ def _fine_tune(base_path, path, drift: float, seed: int = 1, dtype=torch.float16
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
     """A checkpoints folder holding a tiny SD 1.5 base under the official name, taken for the base: the data's
-    size of the official file is made this one's (the size check has a test of its own)."""
+    size and SHA256 of the official file are made this one's (the checks have tests of their own)."""
     from advisor.local import base_distance as where
 
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
@@ -39,7 +40,9 @@ def folder(tmp_path, monkeypatch):
     models.mkdir()
     write_checkpoint(models / BASE, "sd1", "normal", seed=5)
     real, size = where._base_spec, (models / BASE).stat().st_size
-    monkeypatch.setattr(where, "_base_spec", lambda family: {**real(family), "size": size} if real(family) else None)
+    sha256 = hashlib.sha256((models / BASE).read_bytes()).hexdigest()
+    monkeypatch.setattr(where, "_base_spec",
+                        lambda family: {**real(family), "size": size, "sha256": sha256} if real(family) else None)
     return models
 
 
@@ -124,6 +127,21 @@ def test_a_measurement_is_kept_and_shown_by_scan(folder, monkeypatch):
     assert f"Its UNet measured {first.distance}." in first.partner.reason
     monkeypatch.setattr(where, "base_distance", lambda *a, **k: pytest.fail("measured again"))
     assert where.measure(folder / "myPhotoMix_v3.safetensors", "sd1") == first.distance
+    from advisor.build.cache import clear
+
+    assert str(where.kept_dir()) in clear("all").removed and not where.kept_dir().exists()
+
+
+def test_a_file_hashed_here_as_another_than_the_official_base_is_not_the_base(folder, monkeypatch):
+    from advisor.local import base_distance as where
+    from merge.hashing import file_hashes
+
+    _fine_tune(folder / BASE, folder / "far.safetensors", 0.3)
+    real = where._base_spec
+    monkeypatch.setattr(where, "_base_spec", lambda family: {**real(family), "sha256": "AB" * 32})
+    assert where.measure(folder / "far.safetensors", "sd1") is not None  # not hashed here: taken at its word
+    file_hashes(folder / BASE)  # a scan hashed it: its SHA256 is not the official file's
+    assert where.measure(folder / "far.safetensors", "sd1") is None
 
 
 def test_close_to_its_base_the_official_model_stays_first_whatever_its_name_says(folder):

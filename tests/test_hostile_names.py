@@ -246,3 +246,13 @@ def test_a_strangers_long_name_is_shortened_on_screen_and_whole_in_json():
     head = out.getvalue().splitlines()[0]
     assert len(head) < 260 and head.startswith("Mega Merge of everything") and "V6.0 B1 — v2 " in head
     assert "…" in head
+
+
+def test_a_strangers_long_name_is_shortened_in_the_reasons_too():
+    from advisor.advice import ladder
+
+    name = "Zebrastripe " + "Ultra " * 60 + "V3"
+    rec, alternatives, _ = ladder.recommend(ladder.Subject(name, "sd1", tags=["anime"]))
+    build = next(r for r in [rec, *alternatives] if r.kind == "build")
+    assert name not in build.reason and "Zebrastripe Ultra" in build.reason and "…" in build.reason
+    assert build.reason.count("Ultra") < 20 and "Ultra V3 itself" in build.reason

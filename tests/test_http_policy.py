@@ -387,11 +387,11 @@ def test_a_certificate_store_that_cannot_be_loaded_is_named(monkeypatch, tmp_pat
 
     monkeypatch.setattr(http, "_contexts", {})
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
-    with pytest.raises(http.BadURL, match=r"SSL_CERT_FILE=.*missing\.pem cannot be loaded \(No such file"):
+    with pytest.raises(http.CertificateStoreError, match=r"SSL_CERT_FILE=.*missing\.pem cannot be loaded \(No such"):
         http.new_client()
     (tmp_path / "not.pem").write_text("not a certificate")
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "not.pem"))
-    with pytest.raises(http.BadURL, match=r"not\.pem cannot be loaded"):
+    with pytest.raises(http.CertificateStoreError, match=r"not\.pem cannot be loaded"):
         http.new_client()
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from advisor.advice import routes
 from advisor.advice.commands import Command, EnvRef
 from advisor.advice.facts import Facts, Release
-from advisor.safety import safe_filename
+from advisor.safety import safe_filename, shorten
 from crawler import families, sources
 from crawler.registry.records import LinkRecord  # a record type: the ladder never reaches the registry
 from data.settings import Sites
@@ -197,7 +197,7 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
     elif subject.file:
         b = safe_filename(subject.file)
     else:  # a bare family: a placeholder for the user's own file
-        b = f"<{safe_filename(subject.name, 'your')} checkpoint>.safetensors"
+        b = f"<{safe_filename(shorten(subject.name), 'your')} checkpoint>.safetensors"
     name = b.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if not b.endswith("/") and "." in name else name
     out = safe_filename(f"{stem if subject.file else 'my-model'}-inpainting.safetensors")
@@ -212,7 +212,8 @@ def build_recommendation(subject: Subject, fam: dict, facts: Facts, notes: list 
         subject.file if subject.local else None  # fmt: skip
     return Recommendation(
         "build",
-        f"Make an inpainting version of {subject.name} itself: A = {a.repo} (official {fam['name']} inpainting), "
+        f"Make an inpainting version of {shorten(subject.name)} itself: A = {a.repo} (official {fam['name']} "
+        "inpainting), "
         f"B = your model, C = {c.repo} (its base), M = 1.0. Keeps your model's style, unlike the official model.",
         Target(name=out, source="build", repo=a.repo, file=a.file),
         command,
@@ -258,7 +259,7 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
         return (
             Recommendation(
                 "already-inpainting",
-                f"{subject.name} is itself an inpainting model: use it as is.",
+                f"{shorten(subject.name)} is itself an inpainting model: use it as is.",
                 evidence=subject.inpaint_evidence,
             ),
             alternatives,
@@ -287,7 +288,7 @@ def _recommend(subject: Subject, facts: Facts) -> tuple[Recommendation, list[Rec
         if old:
             group = [ln for ln in group if ln not in old]
             made_for = _lineage_end(subject)
-            warnings.append(f"{subject.name} is a new lineage after {made_for}: its inpainting release "
+            warnings.append(f"{shorten(subject.name)} is a new lineage after {made_for}: its inpainting release "
                             f"{facts.releases[old[0].inpaint_version_id].version.name} was made for the old one, "
                             "so it is not offered (ask for that version to get it).")  # fmt: skip
         if not group:

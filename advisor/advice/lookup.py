@@ -440,8 +440,7 @@ def _by_name(reg: Reader, q: Query):
         if _names_another_family(s.model, asked):
             s.similarity -= OTHER_FAMILY_NAMED
         elif _names_the_family(s.model, asked):  # "DreamShaper XL" for "dreamshaper sdxl": the rest compared
-            bare = " ".join(families.without_family_words((s.model.name_norm or normalize_name(s.model.name)).split()))
-            s.similarity = max(s.similarity, match.name_similarity(plain, bare))
+            s.similarity = max(s.similarity, _shared_family_aside(wanted, s.model))
     if asked and not exact and not _listable(found.values()) and (everything or _listable(scored.values())):
         return FamilyMiss(f"its look-alikes in the registry are of other families than “{' '.join(asked[0])}” "
                           "says")  # fmt: skip
@@ -495,6 +494,18 @@ def _names_another_family(model: ModelRecord, asked: tuple[list[str], set[str]] 
     return bool(own) and not own <= ancestry
 
 
+def _shared_family_aside(wanted: str, model: ModelRecord) -> float:
+    """How well the query names the model once the family words both say of one family are set aside on both
+    sides ("dreamshaper sdxl" and "DreamShaper XL" are both "dreamshaper"); a family word only the query says
+    still counts ("dreamshaper xl pony" is not DreamShaper XL)."""
+    query = wanted.split()
+    name = (model.name_norm or normalize_name(model.name)).split()
+    shared = families.named_by(query) & families.named_by(name)
+    query_rest = [w for w in query if not families.named_by([w]) & shared] or query
+    name_rest = [w for w in name if not families.named_by([w]) & shared] or name
+    return match.name_similarity(" ".join(query_rest), " ".join(name_rest))
+
+
 def _names_the_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> bool:
     """A candidate whose own name says a family the query's family words say (or one they descend from)."""
     if asked is None:
@@ -534,7 +545,7 @@ LISTED = 8  # candidates shown when none is clearly meant
 
 
 def _listed(scored: list) -> list[ModelRecord]:
-    """The best ranked candidates, less the re-uploads of one listed already: a stranger's name that extends a
+    """The best ranked candidates, less the re-uploads of one listed already: a stranger's name that holds a
     listed model's ("majicMIX lux XL 12546" of "majicMIX lux") with far fewer downloads is not another choice."""
     out: list[ModelRecord] = []
     for s in scored:
@@ -548,13 +559,14 @@ def _listed(scored: list) -> list[ModelRecord]:
 
 
 def _reupload_of(model: ModelRecord, original: ModelRecord) -> bool:
-    """A stranger's model named after ``original`` (its name extended) with a tenth of its downloads or fewer.
+    """A stranger's model named after ``original`` (its name whole, extended or prefixed: "My majicMIX lux 7")
+    with a tenth of its downloads or fewer.
     The creator's own "majicMIX lux XL" is a model of its own, whatever its downloads."""
     if model.creator is not None and model.creator == original.creator:
         return False
     core = match.name_variants(original.name_norm)[1]  # its Latin name, without an alias in another script
-    extends = model.name_norm.startswith(core + " ") or model.name_norm.split()[:1] == [core.replace(" ", "")]
-    return extends and original.downloads >= match.POPULAR * (model.downloads + 1)
+    holds = f" {core} " in f" {model.name_norm} " or core.replace(" ", "") in model.name_norm.split()[:1]
+    return holds and original.downloads >= match.POPULAR * (model.downloads + 1)
 
 
 def _family_of(reg: Reader, model: ModelRecord) -> set[str]:

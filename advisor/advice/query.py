@@ -69,7 +69,7 @@ def parse_query(raw: str) -> Query:
     if path is not None and _exists(path):
         if q.startswith((".", "/", "~")) or path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
             return Query(raw, "file", path=path)
-        if (path / "model_index.json").exists() or (path / "unet").is_dir():
+        if (path / "model_index.json").exists() or (path / "unet").is_dir() or (path / "transformer").is_dir():
             return Query(raw, "file", path=path)
     is_url = "://" in q or q.lower().startswith(_URL_HOSTS)
     if q.lower().startswith("hf:") and not _HF_REPO.match(q):  # a prefix that says what it is: not a path

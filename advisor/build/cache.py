@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
+from advisor.local.base_distance import kept_dir
 from advisor.local.cached_files import files_dir
 from advisor.safety import safe_filename
 from merge import hashing, portable, prepared
@@ -201,6 +202,11 @@ def clear(what: str = "all", *, dry_run: bool = False) -> Cleared:
     if what == "partial" or (what == "all" and files_kept):
         _clear_merge_partials(files_dir(), done)
         _clear_downloads(done)
+    if what == "all" and (measured := kept_dir()).is_dir():  # fine-tunes' distances from their bases: small
+        done.removed.append(str(measured))
+        done.freed += _size(measured)
+        if not dry_run:
+            shutil.rmtree(measured, ignore_errors=True)
     return done
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from advisor.advice import Command, shell_text
-from advisor.safety import terminal_text
+from advisor.safety import shorten, terminal_text
 from data.settings import scrub
 
 if TYPE_CHECKING:  # imported for annotations only: `lookup` must not pay for httpx and SQLModel
@@ -271,6 +271,9 @@ def _command_line(command, prompt: str = "$ ") -> Text:
     return line((prompt, "dim"), (shell_text(command), "bold cyan"))
 
 
+_SOURCE = "source: "  # an evidence line that is a URL: printed whole after the panel, like the page
+
+
 def _rec_lines(rec) -> list:
     """A recommendation's panel text for --all: its reason, what it points at, how to use it, its evidence (the
     commands and URLs, its sources' too, are printed whole after the panel)."""
@@ -286,8 +289,6 @@ def _rec_lines(rec) -> list:
     lines += [t(f"  · {ev}", "dim") for ev in rec.evidence if not ev.startswith(_SOURCE)]
     return lines
 
-
-_SOURCE = "source: "  # an evidence line that is a URL: printed whole after the panel, like the page
 
 
 def _commands(rec) -> list:
@@ -337,9 +338,9 @@ def lookup_result(console: Console, r, *, full: bool = False) -> None:
             console.print(line(("nothing matched", "red"), " “", r.query[:200], "”"))
         return
     m = r.match
-    who = f" by {_shortened(m.creator, 40)}" if m.creator else ""
-    version = f" — {_shortened(m.version_name, 60)}" if m.version_name else ""
-    head = line((f"{_shortened(m.name, 100)}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
+    who = f" by {shorten(m.creator, 40)}" if m.creator else ""
+    version = f" — {shorten(m.version_name, 60)}" if m.version_name else ""
+    head = line((f"{shorten(m.name, 100)}{version}", "bold"), who, (f"  [{m.family or 'unknown family'}", "dim"),
                 (f", base {m.base_model}]" if m.base_model else "]", "dim"))  # fmt: skip
     rec = r.recommendation
     color = {"none": "red", "build": "yellow"}.get(rec.kind, "green")
@@ -360,15 +361,6 @@ def lookup_result(console: Console, r, *, full: bool = False) -> None:
         console.print(t(f"{more}each with its files, how to use it and sources: --all (or --json)", "dim"))
     for w in r.warnings:
         console.print(line(("warning: ", "yellow"), w))
-
-
-def _shortened(text: str, most: int) -> str:
-    """A stranger's name at most ``most`` characters on screen, cut in its middle (its start and its version
-    both stay); --json has it whole."""
-    if len(text) <= most:
-        return text
-    keep = most - 1
-    return text[: keep - keep // 3] + "…" + text[len(text) - keep // 3 :]
 
 
 def _print_after_panel(console: Console, rec) -> None:

@@ -2,9 +2,11 @@
 the fine-tune (a UI's checkpoints folder often holds it) or in the build cache (a build fetched it as C).
 Nothing is downloaded for it: without the base at hand the advice goes by names and tags.
 
-A file is taken for the base only under the official file's name and with its size (data/families.json): a
-stranger's archive may ship a file of that name. Each measurement is kept by both files' path, size, mtime and
-inode, so a re-scan measures nothing again.
+A file is taken for the base only under the official file's name and with its size (data/families.json), and
+not where its SHA256 is known (a scan hashes it) and is not the official one: a stranger's archive may ship a
+file of that name. A file of that name and size whose hash was never computed is taken at its word (hashing
+4-7 GB to weigh two answers would cost more than the answer is worth). Each measurement is kept by both files'
+path, size, mtime and inode, so a re-scan measures nothing again.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from pathlib import Path
 from advisor.local.cached_files import hub_file_path
 from crawler import families
 from merge.distance import BaseDistance, base_distance
-from merge.hashing import cache_dirs
+from merge.hashing import cache_dirs, cached
 from merge.header import CheckpointError
 
 # the UNet families whose official base is a safetensors file (SD 2.x's is a .ckpt: not measured)
 MEASURED_FAMILIES = ("sd1", "sdxl")
-_KEPT = 1  # the measurement's version: a change to merge/distance.py's sampling makes new entries
+_CACHE_VERSION = 2  # of the kept measurements: a change to merge/distance.py's sampling makes new entries
 
 
 def _base_spec(family_id: str) -> dict | None:
@@ -41,9 +43,14 @@ def _identity(st: os.stat_result, path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+def kept_dir() -> Path:
+    """Where measurements are kept (`cache clear all` empties it)."""
+    return cache_dirs()[0] / "distances"
+
+
 def _kept_at(key: list) -> Path:
     name = hashlib.blake2b(json.dumps(key).encode(), digest_size=16).hexdigest()
-    return cache_dirs()[0] / "distances" / f"{name}.json"
+    return kept_dir() / f"{name}.json"
 
 
 def _kept(key: list) -> BaseDistance | None:
@@ -65,6 +72,12 @@ def _keep(key: list, d: BaseDistance) -> None:
         pass  # a cache that cannot be written only costs the next measurement
 
 
+def _hashed_otherwise(path: Path, base: dict) -> bool:
+    """The file's SHA256 is known here (a scan or a probe --hash computed it) and is not the official base's."""
+    known = cached(path, autov3=False)
+    return known is not None and bool(base.get("sha256")) and known.sha256.lower() != base["sha256"].lower()
+
+
 def measure(path: Path, family_id: str | None) -> BaseDistance | None:
     """The distance of ``path`` (a safetensors fine-tune) from its family's official base, if that base file is
     at hand (its official name and size) and readable; None otherwise, and for the base itself."""
@@ -82,15 +95,15 @@ def measure(path: Path, family_id: str | None) -> BaseDistance | None:
             continue
         if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
             return None  # the file is the base
-        if st.st_size != base["size"]:
+        if st.st_size != base["size"] or _hashed_otherwise(candidate, base):
             continue  # named like the base, and not it
-        key = [_KEPT, *_identity(own, path), *_identity(st, candidate)]
+        key = [_CACHE_VERSION, *_identity(own, path), *_identity(st, candidate)]
         if (kept := _kept(key)) is not None:
             return kept
         try:
             measured = base_distance(path, candidate)
         except (CheckpointError, OSError):
-            continue  # a damaged or unreadable base says nothing: the next one may
+            continue  # a damaged or unreadable file (this base, or the fine-tune) says nothing
         if measured is not None:
             _keep(key, measured)
         return measured

@@ -57,8 +57,8 @@ def from_layout(path: Path, lo: layout.Layout, fmt: str) -> ProbeResult:
     """What a probe says of a file whose tensors were classified (``lo``) by the caller."""
     fam = families.family(lo.family) or {}
     pred = "v" if "v_pred" in lo.prediction else fam.get("prediction") or "epsilon"
-    if lo.media != "image":
-        pred = "unknown"  # a video transformer's, which this tool does not read
+    if lo.media != "image" or (lo.family is None and "unet" not in lo.components):
+        pred = "unknown"  # a video transformer's, or one no signature knows: nothing says how it predicts
     return ProbeResult(str(path), fmt, lo.family, lo.variant, pred, lo.prediction,
                        _DTYPE_NAMES.get(lo.dtype, lo.dtype.lower()), lo.params, lo.in_channels, lo.components,
                        lo.architecture, 0.0, media=lo.media, model=lo.name)  # fmt: skip

@@ -320,7 +320,7 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
             summary.changed += verdict[0] != bool(row["is_inpainting"])
     with engine.begin() as conn:
         registry.save_proofs(conn, list(found.values()))
-        registry.set_families(conn, told)
+        registry.set_proven_families(conn, told)
         for model_id in registry.set_verdicts(conn, verdicts):
             versions = registry.versions_for_links(conn, model_id)
             registry.refresh_model(conn, model_id, versions, links.within_model({"id": model_id}, versions))

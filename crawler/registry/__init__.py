@@ -67,12 +67,14 @@ if TYPE_CHECKING:  # what the names below are, for type checkers
     )
     from crawler.registry.proofs import (
         refresh_model,
-        set_families,
         set_verdicts,
         versions_for_links,
     )
     from crawler.registry.proofs import (
         save as save_proofs,
+    )
+    from crawler.registry.proofs import (
+        set_families as set_proven_families,
     )
     from crawler.registry.queue import (
         ATTEMPTS as JOB_ATTEMPTS,
@@ -132,7 +134,7 @@ __all__ = [
     "sibling_link_ids", "creator_models", "versions_of", "save_sibling_links", "hf_families",
     "set_hf_families", "OfficialCheck", "RouteCheck", "save_official_checks", "save_route_checks", "Made",
     "record_artifact", "artifact_by_key", "proof_key", "known_proofs", "pending_proofs", "save_proofs",
-    "set_verdicts", "set_families", "versions_for_links", "refresh_model", "JobFailed", "JobNews",
+    "set_verdicts", "set_proven_families", "versions_for_links", "refresh_model", "JobFailed", "JobNews",
     "JobRecord", "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "require_team", "enqueue_builds", "list_jobs",
     "show_job", "retry_job", "cancel_job", "run_worker", "cron_for", "forget",
 ]  # fmt: skip
@@ -164,7 +166,7 @@ _HOME = {
     "Made": "artifacts:Made", "record_artifact": "artifacts:record", "artifact_by_key": "artifacts:by_key",
     # header proofs of Civitai versions
     "proof_key": "proofs:key_of", "known_proofs": "proofs:known", "pending_proofs": "proofs:pending",
-    "save_proofs": "proofs:save", "set_verdicts": "proofs:set_verdicts", "set_families": "proofs:set_families",
+    "save_proofs": "proofs:save", "set_verdicts": "proofs:set_verdicts", "set_proven_families": "proofs:set_families",
     "versions_for_links": "proofs:versions_for_links", "refresh_model": "proofs:refresh_model",
     # the team's job queue
     "JobFailed": "queue:JobFailed", "JobNews": "queue:JobNews", "JobRecord": "queue:JobRecord",
