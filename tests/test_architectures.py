@@ -5,6 +5,7 @@ ComfyUI's full checkpoint), diffusers folders by class, video transformers named
 for such a file by what it is, whatever its name."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,13 @@ def test_a_config_too_large_to_be_one_is_refused_without_reading_it(tmp_path):
         f.truncate(MAX_CONFIG + 1)
     with pytest.raises(CheckpointError, match="too large"):
         read_config(big)
+
+
+def test_a_transformer_diffusers_folder_given_by_a_relative_path_is_a_local_folder(tmp_path, monkeypatch):
+    from advisor.advice.query import parse_query
+
+    folder = tmp_path / "models" / "k9"
+    (folder / "transformer").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    q = parse_query("models/k9")  # not the Hub repo "models/k9"
+    assert q.kind == "file" and q.path == Path("models/k9")
