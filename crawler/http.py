@@ -68,16 +68,18 @@ class ApiError(CrawlError):
         return (ApiError, (self.status, self.url, self.detail))
 
 
-class BadURL(CrawlError):
+class BadSetting(CrawlError):
+    """A setting made by hand that no request can be made with: the user's to fix, not the network's."""
+
+    code = "bad-setting"
+
+
+class BadURL(BadSetting):
     """A URL no request can go to: a mirror or endpoint set by hand with a typo."""
 
-    code = "bad-setting"
 
-
-class CertificateStoreError(CrawlError):
+class CertificateStoreError(BadSetting):
     """The certificate store set by hand (SSL_CERT_FILE) cannot be loaded: no HTTPS request can be checked."""
-
-    code = "bad-setting"
 
 
 class RetriesExhausted(CrawlError):

@@ -245,10 +245,10 @@ class Trouble:
 
 def _unanswered(where: str, exc: Exception, token: str) -> Trouble:
     """Why a live lookup got no answer, in one line: a server that refused us is not a network that is down."""
-    from crawler.http import ApiError, BadURL
+    from crawler.http import ApiError, BadSetting
 
-    if isinstance(exc, BadURL):
-        return Trouble(f"{exc}; answering from bundled data", "bad-query")
+    if isinstance(exc, BadSetting):  # a URL or certificate store set by hand: no request could be made
+        return Trouble(f"{exc}; answering from bundled data", exc.code)
     if isinstance(exc, ApiError) and exc.status in (401, 403):
         return Trouble(f"{where} refused the lookup ({exc}): {token} may need to be set to a key with access; "
                        "answering from bundled data", "no-access")  # fmt: skip
