@@ -6,7 +6,7 @@
     python3 tasks.py lint                                # ruff, mypy, and the generated docs checked (cog)
     python3 tasks.py docs                                # regenerate docs/ and README.md parts from the code
     python3 tasks.py wheel                               # build sdist + wheel, run every command from a venv
-    python3 tasks.py bench [crawl|merge|lookup|match|scan|distance|get|build|queue] [options] # benchmarks/, see README
+    python3 tasks.py bench [crawl|merge|lookup|match|scan|distance|proofs|get|build|queue] [options] # benchmarks/, see README
     python3 tasks.py where                               # how to run inpaint-advisor directly
 
 Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
@@ -128,16 +128,16 @@ def main(argv: list[str]) -> int:
     if task == "wheel":  # build the sdist and wheel, install into a clean venv, run every command (.ci/run does)
         return sh(PY, ROOT / ".ci" / "wheel_check.py", *rest, check=False, cwd=ROOT).returncode
     if task == "bench":
-        known = ["crawl", "merge", "lookup", "match", "scan", "distance", "get", "build", "queue"]
+        known = ["crawl", "merge", "lookup", "match", "scan", "distance", "proofs", "get", "build", "queue"]
         names = [n for n in rest if n in known]
         args = rest[len(names) :]  # the rest goes to the scripts: bench merge --cold --families sd1
         if rest[: len(names)] != names:
-            print("usage: tasks.py bench [crawl|merge|lookup|match|scan|distance|get|build|queue ...] "
+            print("usage: tasks.py bench [crawl|merge|lookup|match|scan|distance|proofs|get|build|queue ...] "
                   "[script options]", file=sys.stderr)
             return 2
         return max(
             sh(PY, ROOT / "benchmarks" / f"bench_{n}.py", *args, check=False, cwd=ROOT).returncode
-            for n in names or known[:7]  # build needs ~45 GB of disk, queue a PostgreSQL server: only when named
+            for n in names or known[:8]  # build needs ~45 GB of disk, queue a PostgreSQL server: only when named
         )
     print(f"unknown task {task!r}\n{__doc__}", file=sys.stderr)
     return 2

@@ -256,12 +256,9 @@ def _told_why(row: dict, family: str) -> str:
     return f"its file's tensors are {told}'s (its base model says {said})"
 
 
-def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
-                  timeout: float = 30.0) -> ProofSummary:  # fmt: skip
-    """Read the headers of the ambiguous versions not proven yet (at most ``budget`` files), record the proofs
-    and rewrite those versions' verdicts, their models' flags and same-model links. A file that could not be
-    read (NotRead) is recorded nowhere: it is asked again by the next crawl."""
-    summary = ProofSummary()
+def wanted_versions(engine: Engine, most: int) -> list[dict]:
+    """Up to ``most`` versions whose file a proof should read (``_wants_proof``), the most downloaded first: the
+    registry's SQL pre-filter pages through the candidates, and the exact rules pick among them."""
     wanted: list[dict] = []
     offset = 0
     with engine.connect() as conn:
@@ -269,10 +266,19 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
         # the SQL filter's answer: page past them to the ambiguous ones (enough for the budget's reads, and
         # for the files that may not be read now)
         contradictions = families.contradiction_patterns()
-        while len(wanted) < budget * MAX_ATTEMPTS and \
-                (batch := registry.pending_proofs(conn, PENDING_BATCH, offset, contradictions)):  # fmt: skip
+        while len(wanted) < most and (batch := registry.pending_proofs(conn, PENDING_BATCH, offset, contradictions)):
             offset += len(batch)
             wanted += [row for row in batch if _wants_proof(row)]
+    return wanted
+
+
+def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
+                  timeout: float = 30.0) -> ProofSummary:  # fmt: skip
+    """Read the headers of the ambiguous versions not proven yet (at most ``budget`` files), record the proofs
+    and rewrite those versions' verdicts, their models' flags and same-model links. A file that could not be
+    read (NotRead) is recorded nowhere: it is asked again by the next crawl."""
+    summary = ProofSummary()
+    wanted = wanted_versions(engine, budget * MAX_ATTEMPTS)
     found: dict[str, dict] = {}
     not_read: set[str] = set()
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
