@@ -6,7 +6,7 @@
     python3 tasks.py lint                                # ruff, mypy, and the generated docs checked (cog)
     python3 tasks.py docs                                # regenerate docs/ and README.md parts from the code
     python3 tasks.py wheel                               # build sdist + wheel, run every command from a venv
-    python3 tasks.py bench [crawl|merge|lookup|match|scan|distance|proofs|get|build|queue] [options] # benchmarks/, see README
+    python3 tasks.py bench [crawl|merge|lookup|match|scan|distance|proofs|get|build|queue] [options]  # benchmarks/
     python3 tasks.py where                               # how to run inpaint-advisor directly
 
 Torch is installed first as a CPU build (a bare ``torch`` requirement would pull a multi-GB CUDA build): the
