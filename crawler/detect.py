@@ -24,7 +24,7 @@ TAG = 0.4
 THRESHOLD = 0.5
 
 
-def _words(text: str) -> str:
+def split_camel(text: str) -> str:
     return _CAMEL_RE.sub(" ", text).lower()
 
 
@@ -32,12 +32,12 @@ def _words(text: str) -> str:
 def mentions_inpainting(text: str | None) -> bool:
     if not text:
         return False
-    return _INPAINT_RE.search(_words(text)) is not None
+    return _INPAINT_RE.search(split_camel(text)) is not None
 
 
 def strip_inpainting(text: str) -> str:
     """The name without its inpainting words: "majicMIX realistic v7-inpainting" -> "majicmix realistic v7"."""
-    stripped = _INPAINT_RE.sub(" ", _words(text))
+    stripped = _INPAINT_RE.sub(" ", split_camel(text))
     return re.sub(r"[\s_\-()\[\]]+", " ", stripped).strip()
 
 

@@ -187,7 +187,6 @@ def agrees_with_tensors(said: str | None, told: str) -> bool:
     return architecture(told) == told and architecture(said) == told
 
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # (how a family word is spelled out in names, once normalised; the word; a LIKE pattern that finds those
 # spellings in the raw names, for the registry's pre-filter): "SD 1.5", "SDXL1.0", "Flux.2"
 _SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15", "%sd%1%5%"),
@@ -199,10 +198,11 @@ _SPELLED = [(re.compile(r"\bsd ?1 ?5\b"), "sd15", "%sd%1%5%"),
 def _name_words(text: str) -> list[str]:
     """A name's words as family words are written, read both whole and CamelCase split ("juggernautXL" says
     "xl", "NoobAI" says "noobai"), with "SD 1.5" as "sd15"."""
+    from crawler.detect import split_camel
     from crawler.registry import normalize_name
 
     found: list[str] = []
-    for words in (normalize_name(text), normalize_name(_CAMEL.sub(" ", text))):
+    for words in (normalize_name(text), normalize_name(split_camel(text))):
         for spelled, word, _ in _SPELLED:
             words = spelled.sub(word, words)
         found += words.split()

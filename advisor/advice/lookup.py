@@ -482,6 +482,10 @@ def _of_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> 
     return model.family in allowed or any(w in own for w in words)
 
 
+def _name_words(model: ModelRecord) -> list[str]:
+    return (model.name_norm or normalize_name(model.name)).split()
+
+
 def _names_another_family(model: ModelRecord, asked: tuple[list[str], set[str]] | None) -> bool:
     """A candidate whose own name says a family the query's family words do not, nor one they descend from (a
     Pony variant, asked for SDXL): allowed, as Pony descends from SDXL, but not what the query names first.
@@ -490,7 +494,7 @@ def _names_another_family(model: ModelRecord, asked: tuple[list[str], set[str]] 
         return False
     said = families.named_by(asked[0])
     ancestry = {f["id"] for fid in said for f in families.lineage(fid)}
-    own = families.named_by((model.name_norm or normalize_name(model.name)).split())
+    own = families.named_by(_name_words(model))
     return bool(own) and not own <= ancestry
 
 
@@ -499,7 +503,7 @@ def _shared_family_aside(wanted: str, model: ModelRecord) -> float:
     sides ("dreamshaper sdxl" and "DreamShaper XL" are both "dreamshaper"); a family word only the query says
     still counts ("dreamshaper xl pony" is not DreamShaper XL)."""
     query = wanted.split()
-    name = (model.name_norm or normalize_name(model.name)).split()
+    name = _name_words(model)
     shared = families.named_by(query) & families.named_by(name)
     query_rest = [w for w in query if not families.named_by([w]) & shared] or query
     name_rest = [w for w in name if not families.named_by([w]) & shared] or name
@@ -511,7 +515,7 @@ def _names_the_family(model: ModelRecord, asked: tuple[list[str], set[str]] | No
     if asked is None:
         return False
     said = families.named_by(asked[0])
-    own = families.named_by((model.name_norm or normalize_name(model.name)).split())
+    own = families.named_by(_name_words(model))
     return bool(own & {f["id"] for fid in said for f in families.lineage(fid)})
 
 
