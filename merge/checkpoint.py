@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from merge import diffusers_keys, zip_pickle
 from merge.header import CheckpointError, Header, TensorInfo, read_header, regular_file
-from merge.safetensors_io import dtype_name, read_into, typed_view
+from merge.safetensors_io import SafetensorsWriter, dtype_name, read_into, typed_view
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +109,51 @@ class SafetensorsSource(TensorSource):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class WrittenSource(TensorSource):
+    """The output of a merge that runs in the same pass (``MergePlan.upstream``), read back from its writer's
+    mapping as each tensor is written: the tensor is still in memory, so nothing is read from disk. Its
+    layout is known up front; its bytes only once ``bind`` gives it the writer."""
+
+    kind = "written"
+
+    def __init__(self, path: Path, layout: list[tuple[str, str, tuple[int, ...]]]):
+        self.path = path
+        self.metadata = {}
+        self.tensors = {}
+        offset = 0
+        for name, dtype, shape in layout:  # the writer's own order and offsets
+            size = TensorInfo(dtype, tuple(shape)).nbytes
+            self.tensors[name] = TensorInfo(dtype, tuple(shape), offset, offset + size)
+            offset += size
+        self._writer: SafetensorsWriter | None = None
+
+    def bind(self, writer: SafetensorsWriter) -> None:
+        if {k: (i.dtype, i.shape) for k, i in writer.infos.items()} != {
+                k: (i.dtype, i.shape) for k, i in self.tensors.items()}:  # fmt: skip
+            raise ValueError(f"the writer of {self.path} has another layout than the one planned")
+        self._writer = writer
+
+    def _bound(self) -> SafetensorsWriter:
+        if self._writer is None:
+            raise RuntimeError(f"{self.path} is read before its writer exists")
+        return self._writer
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self._bound().slot(name)
+
+    def segments(self, name: str) -> list[tuple[mmap.mmap, int, int]] | None:
+        mapping, start, end = self._bound().span(name)
+        if mapping is None:
+            return None if end > start else []
+        return [(mapping, start, end)] if end > start else []
+
+    def byte_ranges(self, name: str) -> list[tuple[mmap.mmap, int, int]]:
+        return []  # written just before it is read: in memory
+
+    def files(self) -> list[Path]:
+        return []  # not a file until the merge that writes it commits
 
 
 def _pickle_kind(path: Path) -> str | None:

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from merge import direct, fused, hashing, metadata, pages, portable
+from merge.checkpoint import WrittenSource
 from merge.header import CheckpointError
 from merge.plan import Entry, MergeError, MergePlan, certainly_no_gpu, cuda_available, plan_merge
 from merge.readahead import read_ahead
@@ -123,6 +124,37 @@ def _apply(entry: Entry, slot: torch.Tensor, a, b, c, m: float, s: fused.Scratch
     return True
 
 
+class _Upstream:
+    """The writer and tasks of ``plan.upstream``, run in the same pass as ``plan`` (see MergePlan.upstream)."""
+
+    def __init__(self, plan: MergePlan, sync: bool):
+        assert plan.upstream is not None and plan.upstream_commit is not None
+        self.plan, self.whole_plan, self._commit = plan.upstream, plan, plan.upstream_commit
+        self.entries = {e.name: e for e in self.plan.entries}
+        if not self.entries.keys() <= {e.name for e in plan.entries}:
+            raise MergeError("the upstream merge writes tensors its merge does not read", "inputs")
+        _clean_stale_partials(self.plan.out)
+        layout = [(e.name, e.dtype, e.shape) for e in self.plan.entries]
+        # its recipe names every input's hash (none is computed here): final, so hashed as it is written
+        self.writer = SafetensorsWriter(self.plan.out, layout, metadata.build(self.plan, self.plan.out.stem),
+                                        sync=sync, create=False, hash_output=True)  # fmt: skip
+        self.tasks: dict[str, direct.Task] = {}
+
+    def bind(self) -> None:
+        source = self.whole_plan.a
+        if not isinstance(source, WrittenSource):
+            raise MergeError("a merge with an upstream reads it as its A", "inputs")
+        source.bind(self.writer)
+
+    def commit(self) -> None:
+        try:
+            self.writer.commit()
+        except OSError as exc:
+            self.writer.abort()
+            raise _output_error(self.plan, exc) from None
+        self._commit(self.writer.total_size, self.writer.sha256 or "")
+
+
 def run_merge(
     plan: MergePlan,
     *,
@@ -169,36 +201,49 @@ def run_merge(
     if hash_inputs and header_final:
         meta = metadata.with_hashes(meta, {i: str(v) for i, v in known.items()})
     position, stop = [0], threading.Event()
-    reader = threading.Thread(target=read_ahead, args=(plan, position, stop), daemon=True, name="merge-read-ahead")
+    readers = [threading.Thread(target=read_ahead, args=(p, position, stop), daemon=True, name="merge-read-ahead")
+               for p in (plan, *([plan.upstream] if plan.upstream else []))]  # fmt: skip
     held = pages.Addresses()
     torch: ModuleType | None = None  # imported below only where some tensor needs it
     # From the writer's first byte on, any exit (an error, Ctrl-C, SIGTERM raised here by the CLI's handler)
     # removes the hidden partial file: the writer is held before its file exists, in the block that aborts it.
     writer = SafetensorsWriter(plan.out, [(e.name, e.dtype, e.shape) for e in plan.entries], meta, sync=sync,
                                create=False, hash_output=header_final)  # fmt: skip
+    up = _Upstream(plan, sync) if plan.upstream is not None else None
+    writers = [writer, *([up.writer] if up else [])]
     try:
-        writer.create()
-        reader.start()
-        writer.start_populating()
+        for w in writers:
+            w.create()
+        if up is not None:
+            up.bind()
+        for r in readers:
+            r.start()
+        for w in writers:
+            w.start_populating()
         if plan.device == "auto":
             plan.device = "cpu" if certainly_no_gpu() or not cuda_available() else "cuda"
         fast = fused.kernel() if plan.device == "cpu" else None
         tasks = direct.tasks_for(plan, writer, fast, held) if fast is not None else {}
-        if len(tasks) < len(plan.entries):
+        if up is not None:
+            up.plan.device = plan.device
+            up.tasks = direct.tasks_for(up.plan, up.writer, fast, held) if fast is not None else {}
+        if len(tasks) < len(plan.entries) or (up is not None and len(up.tasks) < len(up.plan.entries)):
             import torch  # ~2 s, while the inputs are read ahead and the output's pages prepared
     except BaseException as exc:
         stop.set()
-        if reader.ident is not None:
-            reader.join()
+        for r in readers:
+            if r.ident is not None:
+                r.join()
         held.close()
-        writer.abort()
+        for w in writers:
+            w.abort()
         if isinstance(exc, OSError):
             raise _output_error(plan, exc) from None
         raise
     local = threading.local()
 
-    def process(entry: Entry) -> bool:
-        task = tasks.get(entry.name)
+    def run(p: MergePlan, p_tasks: dict[str, direct.Task], w: SafetensorsWriter, entry: Entry) -> bool:
+        task = p_tasks.get(entry.name)
         if task is not None:
             try:
                 return task()
@@ -206,9 +251,14 @@ def run_merge(
                 raise MergeError(f"{entry.name}: {exc}") from None
         if not hasattr(local, "scratch"):
             local.scratch = fused.Scratch()
-        tensors = [src.read(entry.name) for src in plan.sources_of(entry)]
+        tensors = [src.read(entry.name) for src in p.sources_of(entry)]
         a, b, c = tensors if len(tensors) == 3 else (tensors[0], None, None)  # a copy or a marker: one input
-        return _apply(entry, writer.slot(entry.name), a, b, c, plan.multiplier, local.scratch, plan.device)
+        return _apply(entry, w.slot(entry.name), a, b, c, p.multiplier, local.scratch, p.device)
+
+    def process(entry: Entry) -> bool:
+        if up is not None and (first := up.entries.get(entry.name)) is not None:
+            run(up.plan, up.tasks, up.writer, first)  # the tensor this one reads (its NaN/Inf are its inputs')
+        return run(plan, tasks, writer, entry)
 
     # Output slots are independent places in the mapped file, so tensors are computed on several threads
     # (the C loop and torch release the GIL) with one torch thread each: cheaper than splitting every op in two.
@@ -223,6 +273,8 @@ def run_merge(
         for i, (entry, future) in enumerate(zip(plan.entries, futures, strict=True)):
             position[0] = i
             finite = future.result()
+            if up is not None and entry.name in up.entries:
+                up.writer.done(entry.name)
             writer.done(entry.name)
             if entry.rule in ("add", "channels") and plan.multiplier != 0.0:
                 added += entry.rule == "add"
@@ -236,11 +288,13 @@ def run_merge(
                 progress(writer.infos[entry.name].nbytes)
         if hasher:
             hasher.join()
-            if hash_failed:
-                raise hash_failed[0]
-            if not header_final:
-                writer.update_metadata(metadata.with_hashes(meta, hashes))
-        held.close()  # the output's mapping is closed by commit
+        held.close()  # the outputs' mappings are closed by commit
+        if up is not None:
+            up.commit()  # whole whatever B turns out to be: it is A's and C's alone
+        if hash_failed:
+            raise hash_failed[0]
+        if hasher and not header_final:
+            writer.update_metadata(metadata.with_hashes(meta, hashes))
         try:
             writer.commit()
         except OSError as exc:  # the disk filled or failed under the final flush: nothing under OUT's name
@@ -249,11 +303,13 @@ def run_merge(
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # no worker may touch the map once it is gone
         held.close()
-        writer.abort()
+        for w in writers:
+            w.abort()
         raise
     finally:
         stop.set()
-        reader.join()  # before the inputs' files are closed
+        for r in readers:
+            r.join()  # before the inputs' files are closed
         pool.shutdown(wait=True)
         if torch:
             torch.set_num_threads(torch_threads)

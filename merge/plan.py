@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,12 @@ class MergePlan:
     # roles hashed from their bytes as the merge reads them, not taken from the hash cache (which vouches for a
     # file by its stat, not by what the merge reads)
     reread: set[str] = field(default_factory=set)
+    # A merge run in the same pass whose output is this plan's A (a ``WrittenSource``): each of its tensors is
+    # written just before this plan's tensor of that name, which reads it from memory (merge.prepared: a
+    # family's first build writes the prepared pair's delta and the build together). Committed before this
+    # plan's output, then ``upstream_commit(bytes written, SHA256)`` is called.
+    upstream: MergePlan | None = None
+    upstream_commit: Callable[[int, str], object] | None = None
 
     @property
     def output_bytes(self) -> int:
@@ -83,6 +90,8 @@ class MergePlan:
     def close(self) -> None:
         for s in (self.a, self.b, self.c):
             s.close()
+        if self.upstream is not None:
+            self.upstream.close()
 
 
 ROLE = {"a": "A (the inpainting model)", "b": "B (the fine-tune)", "c": "C (its base)"}

@@ -9,6 +9,10 @@ Both steps are the merge engine itself, with a source of zeros standing in for t
 ``D = A - M * (C - 0)`` and ``OUT = D - M * (0 - B)``. The zeros are an anonymous read-only mapping: every page
 is the kernel's one zero page, so they cost neither memory nor disk reads.
 
+A family's first build writes D in the pass that makes its output (``plan_first_build``, ``MergePlan.upstream``): each tensor of D
+goes to the cache, and the build's tensor is computed from it at once, in memory, so that A, B and C are read
+once and the output is, bit for bit, the one any later build from the pair gives.
+
 A pair lives in the cache (``prepared/<key>/``, keyed by A's and C's sha256 and M): ``delta.safetensors``,
 written like any merge output (hidden, then renamed), and ``pair.json``, written after it with the delta's
 SHA256; a pair without its record is prepared again. A lock per pair (``prepared/<key>.lock``) makes
@@ -40,7 +44,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from merge import hashing, portable
-from merge.checkpoint import TensorSource, open_checkpoint
+from merge.checkpoint import TensorSource, WrittenSource, open_checkpoint
 from merge.fused import CODES
 from merge.header import TensorInfo
 from merge.plan import MergeError, MergePlan, plan_merge
@@ -286,47 +290,107 @@ def _locked(path: Path) -> Iterator[None]:
 def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 1.0,
             progress: Callable[[int], None] | None = None) -> PreparedPair:  # fmt: skip
     """The prepared pair of A and C (``inpaint``, ``base``: paths), made now unless the cache has it."""
-    from merge.engine import ENGINE_VERSION, run_merge
+    from merge.engine import run_merge
 
     key = key_of(a_sha256, c_sha256, multiplier)
-    folder = root() / key
     with _locked(lock_path(key)):
-        done = _load(folder)
+        done = _load(root() / key)
         if done is not None:
             return done
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in (PAIR_FILE, STAMP_FILE):
-            (folder / name).unlink(missing_ok=True)
-        c = open_checkpoint(base)
-        zeros = ZeroSource(c.tensors)
-        plan = plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
+        plan = _plan_delta(inpaint, base, key, multiplier)
         try:
-            deltas = {e.name: list(c.tensors[e.name].shape) for e in plan.entries if e.rule in ("add", "channels")}
             result = run_merge(plan, progress=progress, hash_inputs=False)
-            pair = PreparedPair(
-                key=key, folder=folder, a={"file": Path(inpaint).name, "sha256": a_sha256.upper()},
-                c={"file": Path(base).name, "sha256": c_sha256.upper()}, multiplier=float(multiplier),
-                family=result.family, deltas=deltas, c_dtype=plan.layouts["c"].dtype,
-                missing_in_c=plan.missing_in_bc, mismatched=plan.mismatched, size=result.bytes_written,
-                created=datetime.now(UTC).isoformat(timespec="seconds"), engine=ENGINE_VERSION,
-            )  # fmt: skip
+            return _record(plan, key, inpaint, base, a_sha256, c_sha256, result.bytes_written, result.sha256 or "")
         finally:
             plan.close()
-        st = pair.delta.stat()
-        # hashed by the merge as it was written; read again only where it could not be (then stamped only if
-        # the file did not change meanwhile)
-        pair.sha256 = result.sha256 or _sha256(pair.delta)
-        if result.sha256 or _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
-            _stamp(folder, pair.sha256, st)
-        # the record appears only once the delta it describes is whole
-        _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
-        return pair
+
+
+def _plan_delta(inpaint, base, key: str, multiplier: float) -> MergePlan:
+    """The merge that writes pair ``key``'s delta, ``D = A - M * (C - 0)``, into its folder (made empty of any
+    earlier record). Call it holding ``lock_path(key)``."""
+    folder = root() / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (PAIR_FILE, STAMP_FILE):
+        (folder / name).unlink(missing_ok=True)
+    c = open_checkpoint(base)
+    zeros = ZeroSource(c.tensors)
+    return plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
+
+
+def _deltas(plan: MergePlan) -> dict[str, list[int]]:
+    return {e.name: list(plan.c.tensors[e.name].shape) for e in plan.entries if e.rule in ("add", "channels")}
+
+
+def _record(plan: MergePlan, key: str, inpaint, base, a_sha256: str, c_sha256: str, size: int,
+            sha256: str) -> PreparedPair:  # fmt: skip
+    """Record the pair whose delta ``plan`` has just written (``sha256``: hashed as it was written, or "" where
+    it could not be, then read again here and stamped only if the file did not change meanwhile). The record
+    appears only once the delta it describes is whole."""
+    from merge.engine import ENGINE_VERSION
+
+    folder = root() / key
+    pair = PreparedPair(
+        key=key, folder=folder, a={"file": Path(inpaint).name, "sha256": a_sha256.upper()},
+        c={"file": Path(base).name, "sha256": c_sha256.upper()}, multiplier=float(plan.multiplier),
+        family=plan.layouts["a"].family or "", deltas=_deltas(plan), c_dtype=plan.layouts["c"].dtype,
+        missing_in_c=plan.missing_in_bc, mismatched=plan.mismatched, size=size,
+        created=datetime.now(UTC).isoformat(timespec="seconds"), engine=ENGINE_VERSION,
+    )  # fmt: skip
+    st = pair.delta.stat()
+    pair.sha256 = sha256 or _sha256(pair.delta)
+    if sha256 or _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
+        _stamp(folder, pair.sha256, st)
+    _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
+    return pair
+
+
+def plan_first_build(inpaint, base, model, out, a_sha256: str, c_sha256: str, *, multiplier: float = 1.0,
+                     dtype: str = "fp16", device: str = "auto", force: bool = False) -> MergePlan | None:  # fmt: skip
+    """A family's first build, preparing its pair in the same pass: each tensor of the delta D is written to
+    the cache, and the build's tensor is computed from it, still in memory (``MergePlan.upstream``). A, B and
+    C are read once, and the output is bit for bit the one a build from the finished pair gives.
+
+    None where the pair was prepared meanwhile (``find`` has it); raises Unusable where B cannot be built
+    from it (``unusable_with``). The plan holds the pair's lock until it is closed: a concurrent build of the
+    family waits, then builds from the pair."""
+    key = key_of(a_sha256, c_sha256, multiplier)
+    hold = contextlib.ExitStack()
+    hold.enter_context(_locked(lock_path(key)))
+    delta: MergePlan | None = None
+    try:
+        if _load(root() / key) is not None:
+            hold.close()
+            return None
+        delta = _plan_delta(inpaint, base, key, multiplier)
+        b = model if isinstance(model, TensorSource) else open_checkpoint(model)
+        deltas = _deltas(delta)
+        why = _unusable(deltas, b)
+        if why is not None:
+            b.close()
+            raise Unusable(f"this model cannot be built from the prepared pair: {why}", "inputs")
+        written = WrittenSource(delta.out, [(e.name, e.dtype, e.shape) for e in delta.entries])
+        plan = _plan_from_delta(written, b, deltas, multiplier, out, hold, dtype=dtype, device=device, force=force)
+    except BaseException:
+        if delta is not None:
+            delta.close()
+        hold.close()
+        raise
+    plan.missing_in_bc, plan.mismatched = list(delta.missing_in_bc), list(delta.mismatched)
+    plan.recorded = {"a": (Path(inpaint).name, a_sha256.upper()), "c": (Path(base).name, c_sha256.upper())}
+    _with_c_dtype(plan, delta.layouts["c"].dtype)
+    plan.upstream = delta
+    plan.upstream_commit = lambda size, sha256: _record(delta, key, inpaint, base, a_sha256, c_sha256, size, sha256)
+    return plan
 
 
 def unusable_with(pair: PreparedPair, model: TensorSource) -> str | None:
     """Why a build of ``model`` (B) cannot come from this pair (None when it can): every tensor the pair holds
     as a delta must be in B with C's shape, or the three-input merge would have copied A's instead."""
-    for name, shape in pair.deltas.items():
+    return _unusable(pair.deltas, model)
+
+
+def _unusable(deltas: dict[str, list[int]], model: TensorSource) -> str | None:
+    for name, shape in deltas.items():
         info = model.tensors.get(name)
         if info is None:
             return f"B has no {name}"
@@ -352,17 +416,29 @@ def plan_build(pair: PreparedPair, model, out, *, dtype: str = "fp16", device: s
     except BaseException:
         b.close()
         raise
-    try:
-        zeros = ZeroSource({k: TensorInfo(b.tensors[k].dtype, tuple(s)) for k, s in pair.deltas.items()}, hold)
-        plan = plan_merge(pair.delta, b, zeros, out, multiplier=pair.multiplier, dtype=dtype, device=device,
-                          force=force)  # fmt: skip
-    except BaseException:
-        hold.close()  # the plan, once made, owns it: closing the plan releases the pair
-        raise
+    plan = _plan_from_delta(pair.delta, b, pair.deltas, pair.multiplier, out, hold, dtype=dtype, device=device,
+                            force=force)  # fmt: skip
     plan.missing_in_bc, plan.mismatched = list(pair.missing_in_c), list(pair.mismatched)
     plan.recorded = {"a": (pair.a["file"], pair.a["sha256"]), "c": (pair.c["file"], pair.c["sha256"])}
-    plan.layouts["c"] = dataclasses.replace(plan.layouts["c"], dtype=pair.c_dtype)
-    if plan.layouts["b"].dtype != pair.c_dtype:
-        plan.warnings.append(f"B is {plan.layouts['b'].dtype} and C is {pair.c_dtype}: the delta carries rounding "
-                             "noise")  # fmt: skip
+    _with_c_dtype(plan, pair.c_dtype)
     return plan
+
+
+def _plan_from_delta(delta, b: TensorSource, deltas: dict[str, list[int]], multiplier: float, out,
+                     hold: contextlib.ExitStack, **options) -> MergePlan:  # fmt: skip
+    """``OUT = D - M * (0 - B)``: the plan owns ``b`` and ``hold`` (released with its zeros when it is closed,
+    or here on failure)."""
+    try:
+        zeros = ZeroSource({k: TensorInfo(b.tensors[k].dtype, tuple(s)) for k, s in deltas.items()}, hold)
+    except BaseException:
+        b.close()
+        hold.close()
+        raise
+    return plan_merge(delta, b, zeros, out, multiplier=multiplier, **options)  # closes its sources on failure
+
+
+def _with_c_dtype(plan: MergePlan, c_dtype: str) -> None:
+    """The plan as the three-input merge's in all a caller sees: C is the base (its dtype), not the zeros."""
+    plan.layouts["c"] = dataclasses.replace(plan.layouts["c"], dtype=c_dtype)
+    if plan.layouts["b"].dtype != c_dtype:
+        plan.warnings.append(f"B is {plan.layouts['b'].dtype} and C is {c_dtype}: the delta carries rounding noise")

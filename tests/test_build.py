@@ -88,11 +88,19 @@ def test_a_second_fine_tune_of_the_family_reuses_a_and_c(world):
 def test_the_family_pair_is_prepared_once_and_later_builds_read_it_not_a_and_c(world):
     from safetensors.torch import load_file
 
+    from merge import engine as merge_engine
+    from merge import prepared
     from merge.engine import merge
 
     out = world["tmp"] / "out"
-    first = build("civitai:600001", out=out, db=world["db"])
-    assert first.pair is not None and first.pair.prepared_now
+    merges, real = [], merge_engine.run_merge
+    with pytest.MonkeyPatch.context() as patch:  # the first build prepares the pair in its own pass
+        patch.setattr(merge_engine, "run_merge", lambda plan, **k: merges.append(plan) or real(plan, **k))
+        patch.setattr(prepared, "prepare", lambda *a, **k: pytest.fail("prepared in a pass of its own"))
+        first = build("civitai:600001", out=out, db=world["db"])
+    assert first.pair is not None and first.pair.prepared_now and len(merges) == 1
+    pair = prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0)
+    assert pair is not None and prepared.check(pair) is None and first.pair.path == str(pair.delta)
     a, c = (first.inputs[r].path for r in "AC")
     os.rename(a, a + ".moved")  # a later build must not need A or C
     os.rename(c, c + ".moved")
@@ -206,6 +214,18 @@ def test_a_model_the_pair_cannot_serve_is_merged_from_a_b_and_c(world, monkeypat
     assert second.action == "built" and second.pair is None and second.verified
     assert any("cannot be built from the prepared pair" in w for w in second.warnings)
     assert second.inputs["A"].path.endswith("sd-v1-5-inpainting.safetensors")
+
+
+def test_a_first_build_the_pair_cannot_serve_prepares_it_and_merges_from_a_b_and_c(world, monkeypatch):
+    from merge import prepared
+
+    real = prepared._unusable
+    monkeypatch.setattr(prepared, "_unusable", lambda deltas, model: "B has no x" if model.path.name.startswith(
+        "tinyModel") else real(deltas, model))  # fmt: skip
+    first = build("civitai:600001", out=world["tmp"] / "out", db=world["db"])
+    assert first.action == "built" and first.pair is None and first.verified
+    assert first.inputs["A"].path.endswith("sd-v1-5-inpainting.safetensors")
+    assert prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0) is not None  # for the next ones
 
 
 def test_build_missing_builds_the_most_downloaded_models_without_a_release(world):

@@ -97,6 +97,122 @@ def test_a_build_from_the_pair_equals_the_three_input_merge_within_one_ulp(offic
     assert recipe["inputs"]["C"]["file"] == "c.safetensors" and recipe["inputs"]["C"]["sha256"] == "C" * 64
 
 
+def _first_build(t, out, **kw):
+    plan = prepared.plan_first_build(t / "a.ckpt", t / "c.safetensors", t / "b.safetensors", out, "A" * 64, "C" * 64,
+                                     **kw)  # fmt: skip
+    assert plan is not None
+    return plan
+
+
+def _data(path) -> bytes:
+    """A safetensors file's tensor bytes (its header holds dates)."""
+    raw = path.read_bytes()
+    return raw[8 + int.from_bytes(raw[:8], "little"):]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["c-loop", "torch"])
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_a_first_build_writes_the_pair_in_its_own_pass_bit_for_bit(official, monkeypatch, kernel, dtype):
+    """The same delta as ``prepare`` writes, and the same output as a build from that pair, from one merge."""
+    from merge import fused
+
+    t = official
+    if not kernel:
+        monkeypatch.setattr(fused, "kernel", lambda: None)
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    plan = prepared.plan_build(pair, t / "b.safetensors", t / "two.safetensors", dtype=dtype)
+    try:
+        run_merge(plan)
+    finally:
+        plan.close()
+    delta, deltas = _data(pair.delta), pair.deltas
+    shutil.rmtree(prepared.root())
+
+    plan = _first_build(t, t / "one.safetensors", dtype=dtype)
+    try:
+        result = run_merge(plan)
+    finally:
+        plan.close()
+    again = prepared.find("A" * 64, "C" * 64, 1.0)
+    assert again is not None and again.deltas == deltas and prepared.check(again) is None
+    assert again.sha256 == hashlib.sha256(again.delta.read_bytes()).hexdigest().upper()
+    assert _data(again.delta) == delta and _data(t / "one.safetensors") == _data(t / "two.safetensors")
+    assert result.input_sha256["A"] == "A" * 64 and result.warnings == plan.warnings
+    assert not [p for p in t.rglob("*") if ".partial-" in p.name]
+
+
+def test_a_first_build_whose_b_fails_its_check_keeps_the_pair_it_wrote(official):
+    t = official
+    plan = _first_build(t, t / "one.safetensors")
+    plan.expected = {"b": "0" * 64}  # B is not the file it was checked to be
+    try:
+        with pytest.raises(MergeError, match="changed since it was checked"):
+            run_merge(plan)
+    finally:
+        plan.close()
+    assert not (t / "one.safetensors").exists()
+    pair = prepared.find("A" * 64, "C" * 64, 1.0)
+    assert pair is not None and prepared.check(pair) is None  # A's and C's alone: whole, and used next time
+
+
+def test_a_first_build_that_fails_midway_leaves_neither_pair_nor_partial_files(official, monkeypatch):
+    from merge.safetensors_io import SafetensorsWriter
+
+    t = official
+    real, seen = SafetensorsWriter.done, [0]
+
+    def done(self, name):
+        seen[0] += 1
+        if seen[0] == 40:
+            raise OSError(5, "Input/output error")
+        real(self, name)
+
+    monkeypatch.setattr(SafetensorsWriter, "done", done)
+    plan = _first_build(t, t / "one.safetensors")
+    try:
+        with pytest.raises(OSError):
+            run_merge(plan)
+    finally:
+        plan.close()
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is None and not (t / "one.safetensors").exists()
+    assert not [p for p in t.rglob("*") if ".partial-" in p.name]
+    monkeypatch.setattr(SafetensorsWriter, "done", real)
+    plan = _first_build(t, t / "one.safetensors")  # the next one starts afresh
+    try:
+        run_merge(plan)
+    finally:
+        plan.close()
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is not None
+
+
+def test_a_build_of_the_family_meanwhile_waits_then_builds_from_the_pair(official):
+    t = official
+    plan = _first_build(t, t / "one.safetensors")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(prepared.plan_first_build(
+        t / "a.ckpt", t / "c.safetensors", t / "b.safetensors", t / "two.safetensors", "A" * 64, "C" * 64)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive()  # the pair's lock is the first build's until its plan is closed
+    try:
+        run_merge(plan)
+    finally:
+        plan.close()
+    waiter.join(10)
+    assert got == [None] and prepared.find("A" * 64, "C" * 64, 1.0) is not None
+
+
+def test_a_first_build_of_a_model_the_pair_cannot_serve_is_refused_before_any_work(official):
+    t = official
+    b = load_file(t / "b.safetensors")
+    save_file({k: v for k, v in b.items() if not k.endswith("out.2.weight")}, t / "pruned.safetensors")
+    with pytest.raises(prepared.Unusable, match="B has no"):
+        prepared.plan_first_build(t / "a.ckpt", t / "c.safetensors", t / "pruned.safetensors", t / "o.safetensors",
+                                  "A" * 64, "C" * 64)  # fmt: skip
+    assert prepared.find("A" * 64, "C" * 64, 1.0) is None and not (t / "o.safetensors").exists()
+    assert prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)  # the lock was let go
+
+
 def test_a_model_without_some_of_the_bases_tensors_cannot_use_the_pair(official):
     t = official
     pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)

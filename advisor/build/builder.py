@@ -836,6 +836,22 @@ def _from_prepared_pair(plan, a: _Need, c: _Need, paths: dict, multiplier: float
                                    "the cache: merged from A, B and C")  # fmt: skip
             return plan
         try:
+            # the pair written in the build's own pass (None: another build prepared it meanwhile)
+            first = prepared.plan_first_build(paths["A"], paths["C"], paths["B"], plan.out, a.identity, c.identity,
+                                              multiplier=multiplier, dtype=dtype, device=device)  # fmt: skip
+            if first is not None:
+                key = prepared.key_of(a.identity, c.identity, multiplier)
+                result.pair = PairUse(key, str(prepared.root() / key / prepared.DELTA_FILE), prepared_now=True)
+                plan.close()
+                return first
+            pair = prepared.find(a.identity, c.identity, multiplier)
+        except prepared.Unusable:  # B lacks some of C's tensors: the pair is prepared for the next builds
+            pair = None
+        except MergeError as exc:
+            result.warnings.append(f"the pair could not be prepared ({exc}): merged from A, B and C")
+            return plan
+    if pair is None:
+        try:
             pair = prepared.prepare(paths["A"], paths["C"], a.identity, c.identity, multiplier=multiplier,
                                     progress=merge_progress)  # fmt: skip
         except MergeError as exc:
