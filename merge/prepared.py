@@ -9,9 +9,10 @@ Both steps are the merge engine itself, with a source of zeros standing in for t
 ``D = A - M * (C - 0)`` and ``OUT = D - M * (0 - B)``. The zeros are an anonymous read-only mapping: every page
 is the kernel's one zero page, so they cost neither memory nor disk reads.
 
-A family's first build writes D in the pass that makes its output (``plan_first_build``, ``MergePlan.upstream``): each tensor of D
-goes to the cache, and the build's tensor is computed from it at once, in memory, so that A, B and C are read
-once and the output is, bit for bit, the one any later build from the pair gives.
+A family's first build writes D in the pass that makes its output (``plan_first_build``,
+``MergePlan.upstream``): each tensor of D goes to the cache, and the build's tensor is computed from it at
+once, in memory, so that A, B and C are read once and the output is, bit for bit, the one any later build
+from the pair gives.
 
 A pair lives in the cache (``prepared/<key>/``, keyed by A's and C's sha256 and M): ``delta.safetensors``,
 written like any merge output (hidden, then renamed), and ``pair.json``, written after it with the delta's
