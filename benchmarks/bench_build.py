@@ -245,7 +245,7 @@ def _registry(files: FileServer, bs: list[Path], hashes: dict, a_path: Path, c_p
         fake.downloads[str(v["id"])] = (f"{files.url}/blob/{v['id']}?sig=1", False)
         items.append(item)
     fake.items = items
-    civitai.crawl(registry.connect(os.environ["INPAINT_ADVISOR_DB"]), base_url=api_url,
+    civitai.crawl(registry.open(os.environ["INPAINT_ADVISOR_DB"]), base_url=api_url,
                   policy=RetryPolicy(attempts=2))  # fmt: skip
     fams = copy.deepcopy(families.all_families())
     sd1 = next(f for f in fams if f["id"] == "sd1")

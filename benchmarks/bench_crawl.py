@@ -63,9 +63,9 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
     from crawler.civitai.items import parse_model
     from crawler.registry.schema import File, Model, Version
 
-    engine = registry.connect(db)
+    reg = registry.open(db)
     seen, cursor = 0, None
-    with httpx.Client(base_url=url) as client, Session(engine) as session:
+    with httpx.Client(base_url=url) as client, Session(reg.engine) as session:
         while seen < max_models:
             params = {"types": "Checkpoint", "nsfw": "true", "limit": "100", "sort": "Oldest"}
             body = client.get("/api/v1/models", params=params | ({"cursor": cursor} if cursor else {})).json()
@@ -84,13 +84,13 @@ def naive_crawl(url: str, db: str, max_models: int) -> int:
     return seen
 
 
-def logical_size(engine) -> int:
+def logical_size(reg) -> int:
     """The committed database's size: on SQLite its pages (WAL included, not double-counted), on PostgreSQL
     pg_database_size."""
     from sqlalchemy import text
 
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
+    with reg.engine.connect() as conn:
+        if reg.engine.dialect.name == "sqlite":
             pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
             return pages * conn.exec_driver_sql("PRAGMA page_size").scalar()
         return conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
@@ -124,21 +124,21 @@ def main() -> None:
             targets.append(("PostgreSQL", *fresh))
         verdicts = []
         for label, db, naive_db in targets:
-            engine = registry.connect(db)
+            reg = registry.open(db)
             growth: list[tuple[int, int]] = []
             marks = {args.models // 4, args.models // 2, 3 * args.models // 4}
 
-            def on_page(s, engine=engine, growth=growth, marks=marks):
+            def on_page(s, reg=reg, growth=growth, marks=marks):
                 if any(s.models - 100 < m <= s.models for m in marks):
-                    growth.append((s.models, logical_size(engine)))
+                    growth.append((s.models, logical_size(reg)))
 
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
-            summary = civitai.crawl(engine, base_url=url, on_page=on_page)
+            summary = civitai.crawl(reg, base_url=url, on_page=on_page)
             elapsed = time.perf_counter() - t0
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            growth.append((summary.models, logical_size(engine)))
-            engine.dispose()
+            growth.append((summary.models, logical_size(reg)))
+            reg.engine.dispose()
             rate = summary.models / elapsed
             print(f"\n{label}: inpaint-advisor crawl: {summary.models:,} models ({summary.pages} pages) in "
                   f"{elapsed:.2f}s = {rate:,.0f} models/s; peak RSS {peak / 1024:.0f} MiB (before crawl "

@@ -41,7 +41,7 @@ def build_registry(db: str, n: int) -> None:
     from crawler.registry.schema import File, InpaintLink, Model, Version
     from crawler.registry.upsert import upsert
 
-    engine = registry.connect(db)
+    reg = registry.open(db)
     rng = random.Random(1)
     batch = 5000
     for start in range(0, n, batch):
@@ -72,16 +72,16 @@ def build_registry(db: str, n: int) -> None:
                     links.append({"id": f"{v}>{mid}", "inpaint_version_id": v, "inpaint_model_id": mid,
                                   "parent_model_id": mid, "parent_version_id": vid, "kind": "same-model",
                                   "confidence": 0.9, "evidence": "[]"})  # fmt: skip
-        with engine.begin() as conn:
+        with reg.engine.begin() as conn:
             upsert(conn, Model.__table__, models)
             upsert(conn, Version.__table__, versions)
             upsert(conn, File.__table__, files)
             upsert(conn, InpaintLink.__table__, links)
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
+    if reg.engine.dialect.name == "postgresql":
+        with reg.engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE")  # as autovacuum would soon after a crawl
             conn.commit()
-    engine.dispose()
+    reg.engine.dispose()
 
 
 # The naive approach: every name through rapidfuzz in a Python loop, over the same driver lookup uses.
@@ -89,8 +89,8 @@ NAIVE = r"""
 import sys
 from rapidfuzz import fuzz
 from crawler.registry import normalize_name
-from crawler.registry import open_reader
-reader = open_reader(sys.argv[1])
+from crawler import registry
+reader = registry.open(sys.argv[1], "lookup")
 wanted = normalize_name(sys.argv[2])
 best = max(reader.rows("SELECT id, name_norm FROM model"), key=lambda r: fuzz.WRatio(wanted, r[1]))
 print(best)
@@ -110,7 +110,7 @@ def measure(label: str, db: str, args) -> float:
     """Times every kind of query against ``db``; returns the slowest median."""
     from crawler import registry
 
-    with registry.open_reader(db) as reader:
+    with registry.open(db, "lookup") as reader:
         name = reader.row("SELECT name FROM model WHERE id = 'civitai:123457'")[0]
         other = reader.row("SELECT name FROM model WHERE id = 'civitai:4243'")[0]
         autov2 = reader.row("SELECT autov2 FROM file WHERE id = 'fcivitai:v99999'")[0]

@@ -59,7 +59,7 @@ def add_filler(db: str, names: list[str], rng: random.Random) -> None:
     from crawler.registry.schema import File, Model, Version
     from crawler.registry.upsert import upsert
 
-    engine = registry.connect(db)
+    reg = registry.open(db)
     for start in range(0, len(names), 5000):
         models, versions, files = [], [], []
         for i, name in enumerate(names[start : start + 5000], start):
@@ -81,15 +81,15 @@ def add_filler(db: str, names: list[str], rng: random.Random) -> None:
                           "size_kb": 2e6, "type": "Model", "format": "SafeTensor", "fp": "fp16", "primary": True,
                           "sha256": sha, "autov1": sha[:8], "autov2": sha[:10], "autov3": sha[10:22], "crc32": None,
                           "blake3": None, "download_url": None})  # fmt: skip
-        with engine.begin() as conn:
+        with reg.engine.begin() as conn:
             upsert(conn, Model.__table__, models)
             upsert(conn, Version.__table__, versions)
             upsert(conn, File.__table__, files)
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
+    if reg.engine.dialect.name == "postgresql":
+        with reg.engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
-    engine.dispose()
+    reg.engine.dispose()
 
 
 def naive(db: str):
@@ -99,9 +99,10 @@ def naive(db: str):
 
     from advisor.advice import parse_query
     from advisor.advice.lookup import LookupResult, Match, lookup
-    from crawler.registry import normalize_name, open_reader
+    from crawler import registry
+    from crawler.registry import normalize_name
 
-    with open_reader(db) as reader:
+    with registry.open(db, "lookup") as reader:
         names = reader.rows("SELECT id, name_norm, name FROM model")
 
     def answer(q: str):

@@ -19,16 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def naive(engine, most: int) -> tuple[list[dict], int]:
+def naive(reg, most: int) -> tuple[list[dict], int]:
     """Every version paged (a pre-filter that lets everything through), each judged by the same rules."""
-    from crawler import families, registry
+    from crawler import families
     from crawler.civitai import proof
 
     everything = [("%", [f["id"] for f in families.all_families()])]
     wanted, offset = [], 0
-    with engine.connect() as conn:
-        while len(wanted) < most and (batch := registry.pending_proofs(conn, proof.PENDING_BATCH, offset,
-                                                                           everything)):  # fmt: skip
+    with reg.snapshot() as tx:
+        while len(wanted) < most and (batch := tx.pending_proofs(proof.PENDING_BATCH, offset, everything)):
             offset += len(batch)
             wanted += [row for row in batch if proof._wants_proof(row)]
     return wanted, offset
@@ -55,12 +54,12 @@ def main() -> None:
             t = time.perf_counter()
             build_registry(db, args.models)
             print(f"{label}: {args.models:,} models generated in {time.perf_counter() - t:.1f} s (SQLite)")
-            engine = registry.connect(db)
+            reg = registry.open(db)
             t = time.perf_counter()
-            picked = wanted_versions(engine, args.most)
+            picked = wanted_versions(reg, args.most)
             filtered = time.perf_counter() - t
             t = time.perf_counter()
-            slow, paged = naive(engine, args.most)
+            slow, paged = naive(reg, args.most)
             every = time.perf_counter() - t
             n = min(len(picked), len(slow))
             same = [r["id"] for r in picked][:n] == [r["id"] for r in slow][:n]
@@ -69,7 +68,7 @@ def main() -> None:
                   f"paged ({every / max(filtered, 1e-9):.1f}x)")  # fmt: skip
             print("  the same versions, in the same order: " + ("yes" if same else "NO"))
             failed |= not same
-            engine.dispose()
+            reg.engine.dispose()
     sys.exit(1 if failed else 0)
 
 

@@ -93,7 +93,7 @@ def fill_registry(db: Path, shas: list[str]) -> None:
         v["files"][0]["hashes"] = {"SHA256": sha}
         items.append(item)
     with Server(FakeCivitai(items)) as url:
-        civitai.crawl(registry.connect(str(db)), base_url=url, policy=RetryPolicy(attempts=2))
+        civitai.crawl(registry.open(str(db)), base_url=url, policy=RetryPolicy(attempts=2))
 
 
 def main() -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crawler import sources
 from crawler.http import CrawlError, RetryPolicy
+
+if TYPE_CHECKING:
+    from crawler.registry import Registry
 
 
 @dataclass
@@ -32,10 +36,11 @@ class AllSummary:
         return {"mode": self.mode, "ok": self.ok, "sources": self.sources}
 
 
-def crawl_all(engine, *, incremental: bool = False, civitai_url: str | None = None, hf_endpoint: str | None = None,
-              policy: RetryPolicy | None = None, on_page: Callable[[str, object], None] | None = None,
+def crawl_all(reg: Registry, *, incremental: bool = False, civitai_url: str | None = None,
+              hf_endpoint: str | None = None, policy: RetryPolicy | None = None,
+              on_page: Callable[[str, object], None] | None = None,
               on_retry: Callable[[str], None] | None = None) -> AllSummary:  # fmt: skip
-    """Crawl Civitai, then the Hugging Face Hub (with its official-checkpoint checks), into ``engine``.
+    """Crawl Civitai, then the Hugging Face Hub (with its official-checkpoint checks), into ``reg``.
     A source that fails or is being crawled by someone else is recorded as such, and the next one runs."""
     from crawler.registry import CrawlLocked
 
@@ -46,7 +51,7 @@ def crawl_all(engine, *, incremental: bool = False, civitai_url: str | None = No
         t0 = time.perf_counter()
         page = (lambda s, source=source: on_page(source, s)) if on_page else None
         try:
-            summary = sources.get(source).crawl(engine, mode=mode, url=urls.get(source), policy=policy,
+            summary = sources.get(source).crawl(reg, mode=mode, url=urls.get(source), policy=policy,
                                                 on_page=page, on_retry=on_retry)  # fmt: skip
             status = "ok" if summary.status == "ok" else "stopped"
             result.sources.append(SourceResult(source, status, time.perf_counter() - t0, summary))

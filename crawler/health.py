@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from crawler import families
-from crawler.registry import registry_status, source_runs
+
+if TYPE_CHECKING:
+    from crawler.registry import Registry
 
 
 @dataclass
@@ -40,10 +43,10 @@ class Health:
     gaps: list[str] = field(default_factory=list)
 
 
-def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
+def check(reg: Registry, max_age: timedelta, *, now: datetime | None = None) -> Health:
     now = now or datetime.now(UTC)
     sources, reasons = [], []
-    for s in source_runs(engine):
+    for s in reg.source_runs():
         h = SourceHealth(s.source, s.models, s.last_success,
                          (now - s.last_success).total_seconds() if s.last_success else None, s.last_status,
                          s.last_error, True)  # fmt: skip
@@ -62,7 +65,7 @@ def check(engine, max_age: timedelta, *, now: datetime | None = None) -> Health:
         reasons += [f"{s.source}: {r}" for r in h.reasons if s.last_status is not None]
     if all(s.last_status is None for s in sources):
         reasons.append("no source was ever crawled into this registry")
-    st = registry_status(engine, recent_runs=0)
+    st = reg.status(recent_runs=0)
     gone = officials_gone(st.officials)
     reasons += [f"official checkpoint gone or changed: {g}" for g in gone]
     coverage = {f.family: round(f.coverage, 4) for f in st.families}

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz
 
-from crawler import registry
 from crawler.detect import strip_inpainting, version_label
 from crawler.registry import normalize_name
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from crawler.registry import Registry
 
 SIBLING_MIN_SCORE = 80.0
 
@@ -71,20 +70,20 @@ def within_model(model: dict, versions: list[dict]) -> list[dict]:
     return rows
 
 
-def link_sibling_models(engine: Engine) -> int:
+def link_sibling_models(reg: Registry) -> int:
     """Link every dedicated inpainting model to the creator's model whose name it extends; returns new links."""
-    with engine.begin() as conn:
-        dedicated = registry.dedicated_models(conn)
+    with reg.transaction() as tx:
+        dedicated = tx.dedicated_models()
         if not dedicated:
             return 0
-        before = registry.sibling_link_ids(conn)
+        before = tx.sibling_link_ids()
         # a Civitai user and a Hugging Face author of the same name are not the same person
         by_creator: dict[tuple[str, str], list] = defaultdict(list)
         for row in dedicated:
             by_creator[(row.source, row.creator)].append(row)
         rows, parents = [], set()
         for (source, creator), inpaint_models in by_creator.items():
-            candidates = registry.creator_models(conn, source, creator)
+            candidates = tx.creator_models(source, creator)
             if not candidates:
                 continue
             for im in inpaint_models:
@@ -93,7 +92,7 @@ def link_sibling_models(engine: Engine) -> int:
                 score, best = max(scored, key=lambda s: (s[0], -abs(len(s[1].name) - len(im.name))))
                 if score < SIBLING_MIN_SCORE:
                     continue
-                versions = registry.versions_of(conn, [im.id, best.id])
+                versions = tx.versions_of([im.id, best.id])
                 normals = [v for v in versions if v["model_id"] == best.id and not v["is_inpainting"]]
                 for v in (v for v in versions if v["model_id"] == im.id):
                     parent, why = _pair_version(v, normals)
@@ -108,7 +107,7 @@ def link_sibling_models(engine: Engine) -> int:
                         )
                     )
                 parents.add(best.id)
-        registry.save_sibling_links(conn, rows, parents)
+        tx.save_sibling_links(rows, parents)
         return len({r["id"] for r in rows} - before)
 
 

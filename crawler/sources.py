@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from crawler.http import RetryPolicy
-    from crawler.registry import ModelRecord, RunSummary, VersionRecord
+    from crawler.registry import ModelRecord, Registry, RunSummary, VersionRecord
     from data.settings import Sites
 
 NAMES = ("civitai", "hf")  # every source, in the order `crawl all` runs them
@@ -77,19 +75,19 @@ class Source(Protocol):
         """Where it is asked: ``url``, else the settings' (credentials included: for requests, not print)."""
         ...
 
-    def crawl(self, engine: Engine, *, mode: str = "full", url: str | None = None,
+    def crawl(self, reg: Registry, *, mode: str = "full", url: str | None = None,
               policy: RetryPolicy | None = None, on_page: Callable | None = None,
               on_retry: Callable[[str], None] | None = None) -> RunSummary:  # fmt: skip
         """Every model of the source into the registry, resumably."""
         ...
 
-    def fetch_one(self, connect: Callable[[], Engine], ref: Ref, *, url: str | None = None) -> None:
+    def fetch_one(self, connect: Callable[[], Registry], ref: Ref, *, url: str | None = None) -> None:
         """Ask the source live about one model and store what it says through ``connect()`` (called only when
         there is something to store). CrawlError when it cannot be asked; ``crawler.http.Unavailable`` when it
         says the model is not there for us."""
         ...
 
-    def fetch_by_hashes(self, connect: Callable[[], Engine], hashes: list[str], *, url: str | None = None) -> int:
+    def fetch_by_hashes(self, connect: Callable[[], Registry], hashes: list[str], *, url: str | None = None) -> int:
         """The models whose files have these SHA256s, stored; how many were found (0 for a source that cannot
         search by hash)."""
         ...

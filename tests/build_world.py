@@ -94,5 +94,5 @@ def sd1_world(tmp_path, monkeypatch, registry_db: str):
                 item["modelVersions"].insert(0, rel)
             items.append(item)
         fake.items = items
-        civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
+        civitai.crawl(registry.open(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
         yield {"db": registry_db, "storage": storage, "hub": hub, "tmp": tmp_path, "b": b, "civitai": fake}

@@ -143,7 +143,7 @@ def build(db: str, serve) -> None:
     from tests.hf_fake import FakeHub, fixture_hub
 
     fast = RetryPolicy(attempts=2, base_delay=0.001)
-    engine = registry_layer.connect(db)
+    engine = registry_layer.open(db)
     civitai.crawl(engine, base_url=serve(FakeCivitai(civitai_items(), duplicate_at_boundary=False)), policy=fast)
     hf.crawl(engine, endpoint=serve(FakeHub(fixture_hub())), policy=fast, check_officials=False,
              sleep=lambda s: None)  # fmt: skip

@@ -49,7 +49,7 @@ def _migrated_template(url: str) -> str:
         name = f"ia_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         with psycopg.connect(_conninfo(url), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
-        registry.connect(_with_database(url, name))
+        registry.open(_with_database(url, name))
         close_all()  # a template may have no open connection while it is copied
         _templates[url] = name
         _drop_at_exit(url, name)

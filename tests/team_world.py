@@ -99,7 +99,7 @@ def world(tmp_path: Path, monkeypatch, db: str, n: int, timings: dict | None = N
             write_checkpoint(b, "sd1", "normal", 100 + i, scale=32)
             items.append(_item(700001 + i, b.read_bytes(), up.storage, up.civitai, up.storage_url))
         up.civitai.items = items
-        civitai.crawl(registry.connect(db), base_url=up.civitai_url, policy=RetryPolicy(attempts=2))
+        civitai.crawl(registry.open(db), base_url=up.civitai_url, policy=RetryPolicy(attempts=2))
         env = cli_env(INPAINT_ADVISOR_DB=db, INPAINT_ADVISOR_CACHE=os.environ["INPAINT_ADVISOR_CACHE"],
                       INPAINT_ADVISOR_CIVITAI_URL=up.civitai_url, HF_ENDPOINT=os.environ["HF_ENDPOINT"],
                       HF_HUB_CACHE=os.environ["HF_HUB_CACHE"], **(timings or {}))  # fmt: skip

@@ -8,7 +8,6 @@ import pytest
 
 from crawler import civitai, families, registry
 from crawler.http import RetryPolicy
-from crawler.registry.stats import registry_status
 from data import load
 from tests.civitai_fake import FakeCivitai, synthetic_item
 
@@ -67,7 +66,7 @@ ENUMS = [b["name"] for b in LISTED["base_models"]] + ["Future Image 5"]  # Civit
 @pytest.fixture
 def crawled(registry_db, serve):
     url = serve(FakeCivitai([_item(i, base) for i, base in BASES.items()], enums=ENUMS))
-    summary = civitai.crawl(registry.connect(registry_db), base_url=url, policy=FAST)
+    summary = civitai.crawl(registry.open(registry_db), base_url=url, policy=FAST)
     assert summary.new_base_models == ["Future Image 5"]  # read from /api/v1/enums, compared with the copy
     # the summary's "unknown base models" are the tool's gaps: not the video, audio and 3D ones it knows as such
     assert not summary.unknown_base_models & {"Wan Video 14B T2V", "ACE Audio", "Trellis.2"}
@@ -122,7 +121,7 @@ def test_status_tells_gaps_from_models_that_are_not_images(crawled):
 
     from advisor.cli import render
 
-    st = registry_status(registry.connect(crawled))
+    st = registry.open(crawled).status()
     assert sorted(st.unknown_base_models) == [("Hyper Future 9000", 2), ("Other", 2)]  # versions, two each
     assert sorted(st.not_image_base_models) == [("ACE Audio", "audio", 2), ("Trellis.2", "3d", 2),
                                                 ("Wan Video 14B T2V", "video", 2)]  # fmt: skip
@@ -140,7 +139,7 @@ def test_status_check_reports_the_gaps_without_failing_on_them(crawled):
 
     from crawler import health
 
-    report = health.check(registry.connect(crawled), timedelta(days=1))
+    report = health.check(registry.open(crawled), timedelta(days=1))
     assert "Civitai lists base model Future Image 5, which this release does not know" in report.gaps
     assert any(g.startswith("no data for base model Hyper Future 9000: 2 versions") for g in report.gaps)
     assert not any("Future" in r for r in report.reasons)  # a gap of the tool is not an unhealthy registry
@@ -205,18 +204,18 @@ def test_a_registry_crawled_before_a_family_was_known_gets_it_on_upgrade(registr
     from crawler.registry.engine import forget
     from crawler.registry.schema import Model, Version
 
-    engine = registry.connect(registry_db)
-    with Session(engine) as session:  # as a crawl with data that knew no Anima stored them
+    reg = registry.open(registry_db)
+    with Session(reg.engine) as session:  # as a crawl with data that knew no Anima stored them
         session.add(Model(id="civitai:77", source="civitai", source_id="77", name="Old Anima Mix",
                           name_norm="old anima mix", base_model="Anima", family=None))  # fmt: skip
         session.commit()
         session.add(Version(id="civitai:v770", model_id="civitai:77", source_id="770", name="v1",
                             base_model=" anima ", family=None, position=0))  # fmt: skip
         session.commit()
-    with engine.begin() as conn:
+    with reg.engine.begin() as conn:
         conn.execute(text("UPDATE meta SET value = 'crawled with older data' WHERE key = 'families'"))
     forget(registry_db)
-    with registry.connect(registry_db).connect() as conn:
+    with registry.open(registry_db).engine.connect() as conn:
         assert conn.execute(text("SELECT family FROM model WHERE id = 'civitai:77'")).scalar_one() == "anima"
         assert conn.execute(text("SELECT family FROM version WHERE id = 'civitai:v770'")).scalar_one() == "anima"
 
@@ -228,7 +227,7 @@ def test_one_checkpoint_per_base_model_civitai_lists_is_answered_for_what_it_is(
 
     listed = LISTED["base_models"]
     items = [_item(920000 + i, b["name"]) for i, b in enumerate(listed)]
-    civitai.crawl(registry.connect(registry_db), base_url=serve(FakeCivitai(items)), policy=FAST)
+    civitai.crawl(registry.open(registry_db), base_url=serve(FakeCivitai(items)), policy=FAST)
     for i, b in enumerate(listed):
         answer = lookup(f"civitai:{920000 + i}", db=registry_db, offline=True)
         rec, fam = answer.recommendation, families.family_for_base_model(b["name"])

@@ -231,10 +231,10 @@ def test_a_first_build_the_pair_cannot_serve_prepares_it_and_merges_from_a_b_and
 def test_build_missing_builds_the_most_downloaded_models_without_a_release(world):
     from advisor.build import batch
 
-    engine = registry.connect(world["db"])
+    reg = registry.open(world["db"])
     from sqlalchemy import text
 
-    with engine.begin() as conn:
+    with reg.engine.begin() as conn:
         conn.execute(text("UPDATE model SET downloads = 50000 WHERE id = 'civitai:600001'"))
     assert batch.missing(world["db"]) == ["civitai:600001"]  # 600002 has a release, 600003 (FLUX) no build route
     assert batch.missing(world["db"], min_downloads=60000) == []

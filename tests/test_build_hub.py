@@ -62,7 +62,7 @@ def sdxl(tmp_path, monkeypatch, registry_db):
         storage.blobs[str(v["id"])] = Blob(b, f["name"])
         fake.downloads[str(v["id"])] = (f"{storage_url}/blob/{v['id']}?sig=1", False)
         fake.items = [item]
-        civitai.crawl(registry.connect(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
+        civitai.crawl(registry.open(registry_db), base_url=civitai_url, policy=RetryPolicy(attempts=2))
         yield {"db": registry_db, "hub": hub, "tmp": tmp_path, "made": made, "b": b}
 
 

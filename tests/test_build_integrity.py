@@ -42,7 +42,7 @@ def _hidden_outputs(folder):
 def test_a_build_killed_between_its_rename_and_its_record_is_adopted_by_the_same_command(files, tmp_path,
                                                                                         monkeypatch):
     db = str(tmp_path / "registry.db")
-    registry.connect(db)  # a registry to record in
+    registry.open(db)  # a registry to record in
     real = artifacts.record
 
     def killed(*args, **kwargs):
@@ -56,7 +56,7 @@ def test_a_build_killed_between_its_rename_and_its_record_is_adopted_by_the_same
     monkeypatch.setattr(artifacts, "record", real)
     again = _build(files, db=db)  # the same command finishes: it adopts the file and records it
     assert again.action == "already-built" and again.output.path == str(target.resolve())
-    assert artifacts.by_key(registry.connect(db), _recipe_key_of(target)) is not None
+    assert registry.open(db).artifact_by_key(_recipe_key_of(target)) is not None
     third = _build(files, db=db)  # and from then on the record answers
     assert third.action == "already-built" and "Built before" in third.reason
 
@@ -95,7 +95,7 @@ def test_another_recipes_build_under_the_name_is_named_as_such_and_kept(files):
 
 def test_two_builds_to_one_output_build_once_and_the_record_matches_the_file(files, tmp_path):
     db = str(tmp_path / "registry.db")
-    registry.connect(db)
+    registry.open(db)
     results, errors = [], []
 
     def run(dtype):
@@ -122,7 +122,7 @@ def _rows(db):
 
     from crawler.registry.schema import Artifact
 
-    with registry.connect(db).connect() as conn:
+    with registry.open(db).engine.connect() as conn:
         return list(conn.execute(select(Artifact)).all())
 
 
@@ -200,8 +200,8 @@ def test_build_missing_never_selects_an_official_base_repo(registry_db):
     from advisor.build import batch
     from crawler.registry.schema import Model
 
-    engine = registry.connect(registry_db)
-    with Session(engine) as session:
+    reg = registry.open(registry_db)
+    with Session(reg.engine) as session:
         for source_id, downloads in (("CompVis/stable-diffusion-v1-4", 10**7), ("Lykon/dreamshaper-8", 10**5)):
             session.add(Model(id=f"hf:{source_id}", source="hf", source_id=source_id, name=source_id,
                               name_norm=source_id.lower(), family="sd1", downloads=downloads))  # fmt: skip
@@ -267,7 +267,7 @@ def test_a_b_rewritten_in_place_with_its_mtime_set_back_is_not_taken_for_the_one
     from pathlib import Path
 
     db = str(tmp_path / "registry.db")
-    registry.connect(db)
+    registry.open(db)
     first = _build(files, db=db)
     b = Path(files["b"])
     st = b.stat()

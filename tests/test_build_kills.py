@@ -108,7 +108,7 @@ def reference(inputs, tmp_path_factory):
 def test_a_build_killed_at_any_step_is_finished_by_the_same_command(inputs, reference, tmp_path, monkeypatch, step):
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
     out, db = tmp_path / "out", str(tmp_path / "registry.db")
-    registry.connect(db)
+    registry.open(db)
     _killed_build(inputs, out, db, step)
 
     result = _build(inputs, out, db)  # the same command
@@ -119,7 +119,7 @@ def test_a_build_killed_at_any_step_is_finished_by_the_same_command(inputs, refe
     assert result.output.sha256 == hashing.file_hashes(target, use_cache=False, autov3=False).sha256
     made = _tensors(target)
     assert made.keys() == tensors.keys() and all(torch.equal(made[k], tensors[k]) for k in tensors)
-    rows = artifacts.by_key(registry.connect(db), _recipe_key(target))
+    rows = registry.open(db).artifact_by_key(_recipe_key(target))
     assert rows is not None and rows.sha256 == result.output.sha256
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == [target.name]
     cache = tmp_path / "cache"

@@ -63,11 +63,11 @@ def world(registry_db, serve):
 
 def crawl(world, **kw):
     fake, _, url, db = world
-    return civitai.crawl(registry_layer.connect(db), base_url=url, token=TOKEN, policy=FAST, **kw)
+    return civitai.crawl(registry_layer.open(db), base_url=url, token=TOKEN, policy=FAST, **kw)
 
 
 def verdict(db, model_id: int, pos: int):
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         v = next(v for v in reader.versions(f"civitai:{model_id}") if v.id == f"civitai:v{version_id(model_id, pos)}")
         conf = reader.row("SELECT inpaint_confidence FROM version WHERE id = ?", (v.id,))[0]
     return v.is_inpainting, conf, v.evidence
@@ -92,7 +92,7 @@ def test_ambiguous_versions_are_decided_by_their_files_headers(world):
     assert read == sorted(str(version_id(m, 0)) for m in (700, 701, 702, 703, 704))
     assert all(r["range"] == "bytes=0-524287" and r["authorization"] is None for r in storage.requests)
     assert fake.auth_headers.count(f"Bearer {TOKEN}") >= 5  # ...but to Civitai's download URL
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         keys = {r[0] for r in reader.rows("SELECT key FROM headerproof")}
         sha = reader.row("SELECT sha256 FROM file WHERE version_id = 'civitai:v7000'")[0]
     assert sha in keys and len(keys) == 5  # by the file's hash
@@ -108,7 +108,7 @@ def test_proofs_move_links_and_answers(world):
     assert r.recommendation.kind == "own-release" and "v1.2.1-inp" in r.recommendation.target.name
     r = lookup("Mislabelled", db=db, offline=True)  # its newest version is not inpainting after all
     assert r.match.version_name == "v2" and r.recommendation.kind != "already-inpainting"
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         assert reader.model("civitai:702").has_inpainting is False and reader.model("civitai:700").is_inpainting
 
 
@@ -126,12 +126,12 @@ def test_a_file_is_read_once_and_its_proof_survives_a_recrawl(world):
 
 
 def proof_keys(db) -> set[str]:
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         return {r[0] for r in reader.rows("SELECT key FROM headerproof")}
 
 
 def last_run(db) -> dict:
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         row = reader.row("SELECT status, errors, first_errors, headers_read, headers_unreadable, headers_deferred "
                          "FROM crawlrun ORDER BY id DESC LIMIT 1")  # fmt: skip
     keys = ("status", "errors", "first_errors", "read", "unreadable", "deferred")
@@ -139,7 +139,7 @@ def last_run(db) -> dict:
 
 
 def sha_of(db, vid: int) -> str:
-    with registry_layer.open_reader(db) as reader:
+    with registry_layer.open(db, "lookup") as reader:
         return reader.row("SELECT sha256 FROM file WHERE version_id = ?", (f"civitai:v{vid}",))[0]
 
 
@@ -300,7 +300,7 @@ def test_a_crafted_header_is_recorded_and_shown_as_text(registry_db, serve):
         fake = FakeCivitai([item(spec, 0)], duplicate_at_boundary=False)
         storage.blobs["7100"] = Blob(struct.pack("<Q", len(raw)) + raw + b"\0")
         fake.downloads["7100"] = (f"{storage_url}/blob/7100?X-Amz-Signature=abc", False)
-        summary = civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), policy=FAST)
+        summary = civitai.crawl(registry_layer.open(registry_db), base_url=serve(fake), policy=FAST)
     assert summary.headers_read == 1 and summary.proofs_unreadable == 1
     is_inp, _, evidence = verdict(registry_db, 710, 0)
     # stored with the tensor name quoted (its escapes as text), the metadata verdict kept
@@ -424,7 +424,7 @@ def test_a_base_model_of_other_is_classified_from_its_files_tensors(registry_db,
         for mid in (760, 761, 762):
             vid = str(version_id(mid, 0))
             fake.downloads[vid] = (f"{storage_url}/blob/{vid}?X-Amz-Signature=abc", True)
-        civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
+        civitai.crawl(registry_layer.open(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
     assert lookup("civitai:760", db=registry_db, offline=True).match.family == "sdxl"
     odd = lookup("civitai:761", db=registry_db, offline=True)
     assert odd.match.family == "qwen-image" and odd.recommendation.route == "qwen-image-controlnet-inpainting"
@@ -449,18 +449,18 @@ def test_a_base_model_its_names_contradict_is_checked_against_the_files_tensors(
     fake = FakeCivitai([item(spec, i) for i, spec in enumerate(specs)], duplicate_at_boundary=False)
     for mid in (770, 771, 772, 773):
         fake.tensor_metadata[str(version_id(mid, 0) * 10)] = _listed(sdxl)
-    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
+    civitai.crawl(registry_layer.open(registry_db), base_url=serve(fake), token=TOKEN, policy=FAST)
     asked = {r["path"].split("/")[4] for r in fake.requests if "/tensor-metadata" in r["path"]}
     assert asked == {str(version_id(770, 0) * 10)}  # the one whose names and base model disagree
     answer = lookup("civitai:770", db=registry_db, offline=True)
     assert answer.match.family == "sdxl"
-    with registry_layer.open_reader(registry_db) as reader:
+    with registry_layer.open(registry_db, "lookup") as reader:
         (version,) = reader.versions("civitai:770")
     assert "its file's tensors are Stable Diffusion XL's (its base model says SD 1.5)" in version.evidence
 
     specs[0]["tags"] = ["photorealistic"]  # the model changed: its page is stored again, from its metadata
     again = FakeCivitai([item(spec, i) for i, spec in enumerate(specs)], duplicate_at_boundary=False)
-    civitai.crawl(registry_layer.connect(registry_db), base_url=serve(again), token=TOKEN, policy=FAST)
+    civitai.crawl(registry_layer.open(registry_db), base_url=serve(again), token=TOKEN, policy=FAST)
     assert not [r for r in again.requests if "/tensor-metadata" in r["path"]]  # proven once, by the file's hash
     assert lookup("civitai:770", db=registry_db, offline=True).match.family == "sdxl"
 

@@ -45,7 +45,7 @@ def test_status_fits_80_columns(tmp_path, serve):
     from tests.hf_fake import FakeHub, fixture_hub
 
     db = str(tmp_path / "registry.db")
-    hf.crawl(registry.connect(db), endpoint=serve(FakeHub(fixture_hub())), policy=RetryPolicy(attempts=2),
+    hf.crawl(registry.open(db), endpoint=serve(FakeHub(fixture_hub())), policy=RetryPolicy(attempts=2),
              sleep=lambda s: None)  # fmt: skip
     result = run_cli("status", env=cli_env(INPAINT_ADVISOR_DB=db, COLUMNS="80"))
     lines = result.stdout.splitlines()

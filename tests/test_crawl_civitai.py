@@ -15,83 +15,82 @@ from crawler import civitai, registry
 from crawler.http import ApiError, JsonClient, RetriesExhausted, RetryPolicy
 from crawler.registry import runs
 from crawler.registry.schema import CrawlLock
-from crawler.registry.stats import registry_status
 from tests.civitai_fake import FakeCivitai, Fault, load_fixture, synthetic_catalogue, synthetic_item
 from tests.conftest import ROOT, cli_env, registry_text, run_cli
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.01)
 
 
-def dump(engine) -> dict:
+def dump(reg) -> dict:
     """Every content table, sorted, for before/after comparisons."""
-    with engine.connect() as conn:
+    with reg.engine.connect() as conn:
         return {
             t: sorted(map(tuple, conn.execute(text(f"SELECT * FROM {t}")).all()), key=repr)
             for t in ("model", "version", "file", "inpaintlink")
         }
 
 
-def one(engine, sql: str, **params):
-    with engine.connect() as conn:
+def one(reg, sql: str, **params):
+    with reg.engine.connect() as conn:
         return conn.execute(text(sql), params).first()
 
 
 @pytest.fixture
-def engine(registry_db):
-    return registry.connect(registry_db)
+def reg(registry_db):
+    return registry.open(registry_db)
 
 
-def test_fixture_crawl_stores_every_checkpoint_once_with_versions_and_files(engine, serve):
+def test_fixture_crawl_stores_every_checkpoint_once_with_versions_and_files(reg, serve):
     fake = FakeCivitai(load_fixture())
-    summary = civitai.crawl(engine, base_url=serve(fake), policy=FAST)
+    summary = civitai.crawl(reg, base_url=serve(fake), policy=FAST)
     checkpoints = [i for i in load_fixture() if i["type"] == "Checkpoint"]
     assert summary.status == "ok"
-    assert one(engine, "SELECT count(*) FROM model")[0] == len(checkpoints) == summary.models
-    assert one(engine, "SELECT count(*) FROM version")[0] == sum(len(i["modelVersions"]) for i in checkpoints)
+    assert one(reg, "SELECT count(*) FROM model")[0] == len(checkpoints) == summary.models
+    assert one(reg, "SELECT count(*) FROM version")[0] == sum(len(i["modelVersions"]) for i in checkpoints)
     # nsfw=true was sent: NSFW models are not silently dropped
-    assert one(engine, "SELECT nsfw FROM model WHERE id='civitai:43331'")[0] == 1
+    assert one(reg, "SELECT nsfw FROM model WHERE id='civitai:43331'")[0] == 1
     listings = [r for r in fake.requests if r["path"] == "/api/v1/models"]
     assert listings and all(r["query"]["nsfw"] == ["true"] and r["query"]["types"] == ["Checkpoint"]
                             for r in listings)  # fmt: skip
     assert all(r["query"]["sort"] == ["Oldest"] for r in listings)
     # each model's download count, for `build --missing`
     item = next(i for i in checkpoints if (i.get("stats") or {}).get("downloadCount"))
-    stored = one(engine, "SELECT downloads FROM model WHERE id = :id", id=f"civitai:{item['id']}")[0]
+    stored = one(reg, "SELECT downloads FROM model WHERE id = :id", id=f"civitai:{item['id']}")[0]
     assert stored == item["stats"]["downloadCount"] > 0
 
 
-def test_shape_drift_is_accepted(engine, serve):
-    civitai.crawl(engine, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
+def test_shape_drift_is_accepted(reg, serve):
+    civitai.crawl(reg, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
     # no creator, no baseModelType, no hashes, no primary, publishedAt without Z
-    aniverse = one(engine, "SELECT creator, family FROM model WHERE id='civitai:107842'")
+    aniverse = one(reg, "SELECT creator, family FROM model WHERE id='civitai:107842'")
     assert aniverse == (None, "sd1")
-    version = one(engine, "SELECT base_model_type, published_at FROM version WHERE id='civitai:v115741'")
+    version = one(reg, "SELECT base_model_type, published_at FROM version WHERE id='civitai:v115741'")
     assert version[0] is None and str(version[1]).startswith("2023-07-10 12:30:00")
-    f = one(engine, "SELECT sha256, autov2, \"primary\" FROM file WHERE id='civitai:f120000'")
+    f = one(reg, "SELECT sha256, autov2, \"primary\" FROM file WHERE id='civitai:f120000'")
     assert f == (None, None, 0)
     # with and without "Z" parse to the same UTC instant
-    z = one(engine, "SELECT published_at FROM version WHERE id='civitai:v176425'")[0]
-    no_z = one(engine, "SELECT published_at FROM version WHERE id='civitai:v221343'")[0]
+    z = one(reg, "SELECT published_at FROM version WHERE id='civitai:v176425'")[0]
+    no_z = one(reg, "SELECT published_at FROM version WHERE id='civitai:v221343'")[0]
     assert str(z).startswith("2023-09-03 13:22:20") and str(no_z).startswith("2023-11-10 01:02:03")
     # lower-case hash keys and values are normalised; unknown enums are stored as written
-    hf = one(engine, "SELECT sha256, type, format FROM file WHERE id='civitai:f900201'")
+    hf = one(reg, "SELECT sha256, type, format FROM file WHERE id='civitai:f900201'")
     assert hf == ("ABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCDEFABCD", "Archive", "GGUF2")
-    assert one(engine, "SELECT count(*) FROM version WHERE model_id='civitai:900002'")[0] == 0
+    assert one(reg, "SELECT count(*) FROM version WHERE model_id='civitai:900002'")[0] == 0
 
 
-def test_unknown_base_models_are_stored_as_is_and_listed(engine, serve):
-    summary = civitai.crawl(engine, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
+def test_unknown_base_models_are_stored_as_is_and_listed(reg, serve):
+    summary = civitai.crawl(reg, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
     assert summary.unknown_base_models == {"Hyper Future 9000"}
-    assert one(engine, "SELECT base_model, family FROM version WHERE id='civitai:v900101'") == (
+    assert one(reg, "SELECT base_model, family FROM version WHERE id='civitai:v900101'") == (
         "Hyper Future 9000",
         None,
     )
-    assert registry_status(engine).unknown_base_models == [("Hyper Future 9000", 1)]
+    assert reg.status().unknown_base_models == [("Hyper Future 9000", 1)]
 
 
-def test_inpainting_releases_are_detected_and_linked(engine, serve):
-    summary = civitai.crawl(engine, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
-    inpaint = {r[0] for r in engine.connect().execute(text("SELECT id FROM version WHERE is_inpainting"))}
+def test_inpainting_releases_are_detected_and_linked(reg, serve):
+    summary = civitai.crawl(reg, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
+    inpaint = {r[0] for r in reg.engine.connect().execute(text("SELECT id FROM version WHERE is_inpainting"))}
     assert inpaint == {
         "civitai:v221343",  # "v7-inpainting" typed Standard
         "civitai:v300001",  # "v1.2.1-inp" typed Standard
@@ -101,48 +100,48 @@ def test_inpainting_releases_are_detected_and_linked(engine, serve):
         "civitai:v15011",  # "CyberRealistic Inpainting Collection"
     }
     assert summary.new_inpainting == 6
-    assert one(engine, "SELECT is_inpainting FROM version WHERE model_id='civitai:500001'")[0] == 0  # ThinPaintLine
+    assert one(reg, "SELECT is_inpainting FROM version WHERE model_id='civitai:500001'")[0] == 0  # ThinPaintLine
     link = one(
-        engine,
+        reg,
         "SELECT parent_model_id, parent_version_id, kind FROM inpaintlink WHERE inpaint_version_id='civitai:v221343'",
     )
     assert link == ("civitai:43331", "civitai:v176425", "same-model")
     sibling = one(
-        engine,
+        reg,
         "SELECT parent_model_id, parent_version_id, kind, evidence FROM inpaintlink "
         "WHERE inpaint_version_id='civitai:v201700'",
     )
     assert sibling[:3] == ("civitai:132632", "civitai:v201259", "sibling-model")
     assert "same creator" in json.loads(sibling[3])[0]
-    assert one(engine, "SELECT has_inpainting FROM model WHERE id='civitai:132632'")[0] == 1
-    evidence = json.loads(one(engine, "SELECT inpaint_evidence FROM version WHERE id='civitai:v221343'")[0])
+    assert one(reg, "SELECT has_inpainting FROM model WHERE id='civitai:132632'")[0] == 1
+    evidence = json.loads(one(reg, "SELECT inpaint_evidence FROM version WHERE id='civitai:v221343'")[0])
     assert any("v7-inpainting" in e for e in evidence)
 
 
-def test_crawling_the_same_data_twice_changes_nothing(engine, serve):
+def test_crawling_the_same_data_twice_changes_nothing(reg, serve):
     url = serve(FakeCivitai(load_fixture()))
-    civitai.crawl(engine, base_url=url, policy=FAST)
-    before = dump(engine)
-    again = civitai.crawl(engine, base_url=url, policy=FAST)
-    assert dump(engine) == before
+    civitai.crawl(reg, base_url=url, policy=FAST)
+    before = dump(reg)
+    again = civitai.crawl(reg, base_url=url, policy=FAST)
+    assert dump(reg) == before
     assert again.written == 0 and again.new_inpainting == 0
 
 
-def test_page_boundary_duplicates_of_the_oldest_sort_are_deduplicated(engine, serve):
+def test_page_boundary_duplicates_of_the_oldest_sort_are_deduplicated(reg, serve):
     fake = FakeCivitai(synthetic_catalogue(250), duplicate_at_boundary=True)
-    summary = civitai.crawl(engine, base_url=serve(fake), policy=FAST)
+    summary = civitai.crawl(reg, base_url=serve(fake), policy=FAST)
     assert summary.pages == 3
     assert summary.models == 252  # two repeats served...
-    assert one(engine, "SELECT count(*) FROM model")[0] == 250  # ...stored once
-    assert one(engine, "SELECT count(*) FROM file")[0] == 250 * 2 * 3
+    assert one(reg, "SELECT count(*) FROM model")[0] == 250  # ...stored once
+    assert one(reg, "SELECT count(*) FROM file")[0] == 250 * 2 * 3
 
 
-def test_429_500_html_and_retry_after_are_retried(engine, serve):
+def test_429_500_html_and_retry_after_are_retried(reg, serve):
     faults = [Fault(429), Fault(500), Fault(200, html=True), Fault(502, html=True), Fault(503, retry_after="0")]
     fake = FakeCivitai(synthetic_catalogue(150), faults=faults)
-    summary = civitai.crawl(engine, base_url=serve(fake), policy=RetryPolicy(attempts=6, base_delay=0.001))
+    summary = civitai.crawl(reg, base_url=serve(fake), policy=RetryPolicy(attempts=6, base_delay=0.001))
     assert summary.status == "ok" and summary.retries == 5
-    assert one(engine, "SELECT count(*) FROM model")[0] == 150
+    assert one(reg, "SELECT count(*) FROM model")[0] == 150
 
 
 def test_retry_after_and_ratelimit_headers_set_the_wait(serve):
@@ -165,24 +164,24 @@ def test_other_4xx_is_not_retried(serve):
     assert len(fake.requests) == 1
 
 
-def test_exhausted_retries_fail_clearly_and_the_next_crawl_resumes(engine, serve):
+def test_exhausted_retries_fail_clearly_and_the_next_crawl_resumes(reg, serve):
     fake = FakeCivitai(synthetic_catalogue(400))
     url = serve(fake)
-    civitai.crawl(engine, base_url=url, policy=FAST, max_pages=2)  # stops resumably after 2 pages
+    civitai.crawl(reg, base_url=url, policy=FAST, max_pages=2)  # stops resumably after 2 pages
     fake.faults = [Fault(500)] * FAST.attempts
     with pytest.raises(RetriesExhausted, match="gave up on .* after 4 attempts: HTTP 500"):
-        civitai.crawl(engine, base_url=url, policy=FAST)
-    run = one(engine, "SELECT status, cursor, pages, errors, first_errors FROM crawlrun ORDER BY id DESC")
+        civitai.crawl(reg, base_url=url, policy=FAST)
+    run = one(reg, "SELECT status, cursor, pages, errors, first_errors FROM crawlrun ORDER BY id DESC")
     assert run[0] == "failed" and run[1] and run[2] == 2 and run[3] == 1
     [note] = json.loads(run[4])  # the error, named in the run record
     assert note["source"] == "civitai" and note["url"] == "/api/v1/models" and "after 4 attempts" in note["reason"]
-    summary = civitai.crawl(engine, base_url=url, policy=FAST)
+    summary = civitai.crawl(reg, base_url=url, policy=FAST)
     assert summary.resumed and summary.status == "ok"
-    assert one(engine, "SELECT count(*) FROM model")[0] == 400
-    assert one(engine, "SELECT count(*) FROM crawlrun")[0] == 1  # the same run, continued
+    assert one(reg, "SELECT count(*) FROM model")[0] == 400
+    assert one(reg, "SELECT count(*) FROM crawlrun")[0] == 1  # the same run, continued
     # ...which keeps the errors of its earlier start, then this one's (the fake serves no file: each ambiguous
     # version's download is gone)
-    errors, stored = one(engine, "SELECT errors, first_errors FROM crawlrun")
+    errors, stored = one(reg, "SELECT errors, first_errors FROM crawlrun")
     assert summary.errors > 0 and errors == 1 + summary.errors
     assert json.loads(stored)[0] == note and len(json.loads(stored)) == min(runs.MAX_ERRORS, errors)
     assert all("HTTP 404: the download is gone" in n["reason"] for n in json.loads(stored)[1:])
@@ -195,13 +194,13 @@ def test_max_pages_stops_as_asked_not_interrupted_and_the_next_crawl_goes_on(reg
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("crawl stopped (run 1, full)") and "interrupted" not in result.stdout
     assert "stopped after 2 pages as asked (--max-pages); run again to go on" in result.stdout
-    engine = registry.connect(registry_db)
-    assert one(engine, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
+    reg = registry.open(registry_db)
+    assert one(reg, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
     as_json = json.loads(run_cli("status", "--json", env=env).stdout)
     assert as_json["last_runs"][0]["status"] == "stopped" and as_json["last_runs"][0]["errors"] == 0
     done = json.loads(run_cli("crawl", "civitai", "--url", url, "--json", env=env).stdout)
     assert done["resumed"] and done["status"] == "ok" and done["note"] is None and done["pages"] == 1
-    assert one(engine, "SELECT count(*) FROM model")[0] == 250
+    assert one(reg, "SELECT count(*) FROM model")[0] == 250
 
 
 def test_an_error_note_has_no_secret_and_the_list_is_bounded(monkeypatch):
@@ -217,10 +216,10 @@ def test_an_error_note_has_no_secret_and_the_list_is_bounded(monkeypatch):
 
 
 def test_a_second_crawl_on_the_same_registry_is_refused(registry_db, serve):
-    engine = registry.connect(registry_db)
+    reg = registry.open(registry_db)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with engine.begin() as conn:
+        with reg.engine.begin() as conn:
             conn.execute(
                 CrawlLock.__table__.insert().values(
                     source="civitai",
@@ -255,7 +254,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _committed_pages(db: str) -> int:
-    with registry.connect(db).connect() as conn:
+    with registry.open(db).engine.connect() as conn:
         return conn.execute(text("SELECT coalesce(max(pages), 0) FROM crawlrun")).scalar_one()
 
 
@@ -271,7 +270,7 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(registry_
     )
     try:
         assert fake.holding.wait(60), "crawler never asked for page 5"
-        # the writer trails the fetch process by up to three queued pages (more on a slower engine): kill once
+        # the writer trails the fetch process by up to three queued pages (more on a slower reg): kill once
         # page 4 is committed, while page 5 is being written or in flight
         deadline = time.monotonic() + 60
         while _committed_pages(registry_db) < 4 and time.monotonic() < deadline:
@@ -287,9 +286,9 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(registry_
     while _processes_mentioning(registry_db) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_mentioning(registry_db), "the fetch process outlived the killed crawl"
-    engine = registry.connect(registry_db)
-    committed = one(engine, "SELECT pages, cursor, status FROM crawlrun")
-    stored = one(engine, "SELECT count(*) FROM model")[0]
+    reg = registry.open(registry_db)
+    committed = one(reg, "SELECT pages, cursor, status FROM crawlrun")
+    stored = one(reg, "SELECT count(*) FROM model")[0]
     assert committed[2] == "running" and committed[1]  # left behind by the killed process
     assert 0 < stored < 1000 and committed[0] in (4, 5)
     fake.hold_page = None
@@ -297,26 +296,26 @@ def test_a_crawl_killed_mid_page_resumes_with_no_loss_and_no_duplicate(registry_
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["resumed"] is True and out["status"] == "ok"
-    assert one(engine, "SELECT count(*) FROM model")[0] == 1000
-    assert one(engine, "SELECT count(*) FROM version")[0] == 2000
-    assert one(engine, "SELECT count(DISTINCT id) FROM file")[0] == one(engine, "SELECT count(*) FROM file")[0] == 6000
-    assert one(engine, "SELECT pages, status, cursor FROM crawlrun") == (committed[0] + out["pages"], "ok", None)
+    assert one(reg, "SELECT count(*) FROM model")[0] == 1000
+    assert one(reg, "SELECT count(*) FROM version")[0] == 2000
+    assert one(reg, "SELECT count(DISTINCT id) FROM file")[0] == one(reg, "SELECT count(*) FROM file")[0] == 6000
+    assert one(reg, "SELECT pages, status, cursor FROM crawlrun") == (committed[0] + out["pages"], "ok", None)
 
 
-def test_incremental_crawl_asks_only_for_recent_changes(engine, serve):
+def test_incremental_crawl_asks_only_for_recent_changes(reg, serve):
     catalogue = synthetic_catalogue(120)
     fake = FakeCivitai(catalogue)
     url = serve(fake)
-    civitai.crawl(engine, base_url=url, policy=FAST)
+    civitai.crawl(reg, base_url=url, policy=FAST)
     fresh = synthetic_item(5000, __import__("random").Random(1), runs.utcnow().replace(tzinfo=None))
     fake.items.append(fresh)
     fake.now = runs.utcnow()
     fake._cache.clear()
     fake.requests.clear()
-    summary = civitai.crawl(engine, mode="incremental", base_url=url, policy=FAST)
+    summary = civitai.crawl(reg, mode="incremental", base_url=url, policy=FAST)
     assert {r["query"].get("period", [None])[0] for r in fake.requests if r["path"] == "/api/v1/models"} == {"Day"}
     assert summary.models == 1 and summary.status == "ok"
-    assert one(engine, "SELECT count(*) FROM model")[0] == 121
+    assert one(reg, "SELECT count(*) FROM model")[0] == 121
 
 
 def test_the_token_is_sent_but_never_printed_or_stored(registry_db, serve):

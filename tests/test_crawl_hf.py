@@ -13,7 +13,6 @@ from advisor.advice import shell_text
 from advisor.advice.lookup import NotFound, lookup
 from crawler import civitai, hf, registry
 from crawler.http import RetriesExhausted, RetryPolicy
-from crawler.registry.stats import registry_status
 from tests.civitai_fake import FakeCivitai, synthetic_item
 from tests.conftest import ROOT, cli_env, option, registry_text, run_cli
 from tests.hf_fake import SD15, ExactFile, FakeHub, Fault, fixture_hub
@@ -28,34 +27,34 @@ def hub_url(serve):
 
 
 @pytest.fixture
-def engine(registry_db):
-    return registry.connect(registry_db)
+def reg(registry_db):
+    return registry.open(registry_db)
 
 
-def rows(engine, sql: str, **params) -> list[tuple]:
-    with engine.connect() as conn:
+def rows(reg, sql: str, **params) -> list[tuple]:
+    with reg.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(sql), params).all()]
 
 
-def one(engine, sql: str, **params):
-    found = rows(engine, sql, **params)
+def one(reg, sql: str, **params):
+    found = rows(reg, sql, **params)
     return found[0] if found else None
 
 
-def dump(engine) -> dict:
-    return {t: sorted(rows(engine, f"SELECT * FROM {t}"), key=repr)
+def dump(reg) -> dict:
+    return {t: sorted(rows(reg, f"SELECT * FROM {t}"), key=repr)
             for t in ("model", "version", "file", "inpaintlink", "samefile")}  # fmt: skip
 
 
-def crawl(engine, url, **kw):
-    return hf.crawl(engine, endpoint=url, policy=kw.pop("policy", FAST), sleep=kw.pop("sleep", lambda s: None), **kw)
+def crawl(reg, url, **kw):
+    return hf.crawl(reg, endpoint=url, policy=kw.pop("policy", FAST), sleep=kw.pop("sleep", lambda s: None), **kw)
 
 
-def test_full_crawl_records_lineage_family_and_proven_inpainting(engine, hub_url):
+def test_full_crawl_records_lineage_family_and_proven_inpainting(reg, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=2)
-    summary = crawl(engine, hub_url(fake))
+    summary = crawl(reg, hub_url(fake))
     assert summary.status == "ok" and summary.errors == 0
-    models = {r[0]: r[1:] for r in rows(engine, "SELECT id, family, base_model, is_inpainting, has_inpainting, mode "
+    models = {r[0]: r[1:] for r in rows(reg, "SELECT id, family, base_model, is_inpainting, has_inpainting, mode "
                                                 "FROM model WHERE source = 'hf'")}  # fmt: skip
     # each crawled repo exactly once (it is listed by several queries); the LoRA skipped
     assert set(models) == {"hf:dreamer/dreamvision", "hf:dreamer/dreamvision-inpainting", "hf:misc/not-really-inpaint",
@@ -66,35 +65,35 @@ def test_full_crawl_records_lineage_family_and_proven_inpainting(engine, hub_url
     assert models["hf:dreamer/dreamvision"][:2] == ("sd1", SD15)
     assert models["hf:xlfan/xl-merge"][:2] == ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
     assert models["hf:xlfan/no-card"][:2] == ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
-    assert one(engine, "SELECT base_model_type FROM version WHERE model_id = 'hf:xlfan/xl-merge'") == ("merge",)
+    assert one(reg, "SELECT base_model_type FROM version WHERE model_id = 'hf:xlfan/xl-merge'") == ("merge",)
     # a fine-tune of a fine-tune: lineage through the registry
     assert models["hf:fan/dreamvision-remix"][:2] == ("sd1", "dreamer/dreamvision")
     # proof from unet/config.json in_channels
     assert models["hf:dreamer/dreamvision-inpainting"][2] == 1
     evidence = one(
-        engine, "SELECT inpaint_evidence FROM version WHERE id = 'hf:dreamer/dreamvision-inpainting@diffusers'"
+        reg, "SELECT inpaint_evidence FROM version WHERE id = 'hf:dreamer/dreamvision-inpainting@diffusers'"
     )
     assert "unet/config.json in_channels 9" in evidence[0]
     # an inpaint-pipeline tag on a 4-channel UNet is only a hint
     assert models["hf:misc/not-really-inpaint"][2:4] == (0, 0)
     assert (
         "hint only"
-        in one(engine, "SELECT inpaint_evidence FROM version WHERE model_id='hf:misc/not-really-inpaint'")[0]
+        in one(reg, "SELECT inpaint_evidence FROM version WHERE model_id='hf:misc/not-really-inpaint'")[0]
     )
     # proof from safetensors header shapes (range reads), no model_index.json, no lineage
     assert models["hf:loner/plain-inpaint"][:4] == ("sdxl", None, 1, 1)
-    realmix = dict(rows(engine, "SELECT name, is_inpainting FROM version WHERE model_id = 'hf:painter/realmix'"))
+    realmix = dict(rows(reg, "SELECT name, is_inpainting FROM version WHERE model_id = 'hf:painter/realmix'"))
     assert realmix == {"realmix_v2": 0, "realmix_v2-inpainting": 1}
-    assert one(engine, "SELECT parent_version_id, kind FROM inpaintlink WHERE parent_model_id = 'hf:painter/realmix'") \
+    assert one(reg, "SELECT parent_version_id, kind FROM inpaintlink WHERE parent_model_id = 'hf:painter/realmix'") \
         == ("hf:painter/realmix@realmix_v2.safetensors", "same-model")  # fmt: skip
     # sibling repo by the same author
-    sibling = one(engine, "SELECT inpaint_model_id, kind FROM inpaintlink WHERE parent_model_id = :m",
+    sibling = one(reg, "SELECT inpaint_model_id, kind FROM inpaintlink WHERE parent_model_id = :m",
                   m="hf:dreamer/dreamvision")  # fmt: skip
     assert sibling == ("hf:dreamer/dreamvision-inpainting", "sibling-model")
     # gated: recorded with what the listing says, not fatal
     assert models["hf:vault/gated-xl"][0] == "sdxl" and models["hf:vault/gated-xl"][4] == "Gated"
     # sizes and lfs sha256 from blobs=true
-    f = one(engine, "SELECT size_kb, sha256 FROM file WHERE id = 'hf:painter/realmix/realmix_v2.safetensors'")
+    f = one(reg, "SELECT size_kb, sha256 FROM file WHERE id = 'hf:painter/realmix/realmix_v2.safetensors'")
     assert f[0] == 2 * 2**20 and len(f[1]) == 64 and f[1] == f[1].upper()
     # the listing asked for lineage per base and relation, with expand fields, and followed absolute Link URLs
     listings = [r for r in fake.requests if r.startswith("/api/models?")]
@@ -103,35 +102,35 @@ def test_full_crawl_records_lineage_family_and_proven_inpainting(engine, hub_url
     assert any("cursor=" in r for r in listings)
 
 
-def test_second_crawl_changes_nothing_and_reads_no_files(engine, hub_url):
+def test_second_crawl_changes_nothing_and_reads_no_files(reg, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=3)
     url = hub_url(fake)
-    crawl(engine, url)
-    before = dump(engine)
+    crawl(reg, url)
+    before = dump(reg)
     fake.requests.clear()
-    again = crawl(engine, url, check_officials=False)
+    again = crawl(reg, url, check_officials=False)
     assert again.inspected == 0 and again.written == 0
     assert all(r.startswith("/api/models?") for r in fake.requests)  # listings only: no config, header, info
-    assert dump(engine) == before
+    assert dump(reg) == before
 
 
-def test_incremental_reads_only_changed_repos_and_stops_early(engine, hub_url):
+def test_incremental_reads_only_changed_repos_and_stops_early(reg, hub_url):
     repos = fixture_hub()
     fake = FakeHub(repos, page_limit=2)
     url = hub_url(fake)
-    crawl(engine, url)
+    crawl(reg, url)
     changed = next(r for r in repos if r.id == "xlfan/no-card")
     changed.touch("2099-01-01T00:00:00.000Z")
     changed.files["unet/config.json"].content = json.dumps({"in_channels": 9, "cross_attention_dim": 2048}).encode()
     fake.requests.clear()
-    summary = crawl(engine, url, mode="incremental", check_officials=False)
+    summary = crawl(reg, url, mode="incremental", check_officials=False)
     assert summary.inspected == 1
-    assert one(engine, "SELECT is_inpainting FROM model WHERE id = 'hf:xlfan/no-card'") == (1,)
+    assert one(reg, "SELECT is_inpainting FROM model WHERE id = 'hf:xlfan/no-card'") == (1,)
     # newest-first listings stop at the first repo older than the last crawl: no walk through every page
     assert not any("cursor=" in r for r in fake.requests)
 
 
-def test_rate_limits_and_faults_are_retried_honouring_the_reset(engine, hub_url):
+def test_rate_limits_and_faults_are_retried_honouring_the_reset(reg, hub_url):
     fake = FakeHub(fixture_hub(), faults=[
         Fault(429, ratelimit_reset=7),  # the very first listing page
         Fault(503, path_prefix="/api/models/"),  # model_info through huggingface_hub
@@ -139,27 +138,27 @@ def test_rate_limits_and_faults_are_retried_honouring_the_reset(engine, hub_url)
         Fault(500, path_prefix="/dreamer/"),  # the resolve endpoint (unet/config.json)
     ])  # fmt: skip
     slept: list[float] = []
-    summary = crawl(engine, hub_url(fake), sleep=slept.append)
+    summary = crawl(reg, hub_url(fake), sleep=slept.append)
     assert summary.status == "ok" and summary.retries == 4
     assert 7.0 in slept  # the RateLimit reset, not a guess
     assert not fake.faults
-    assert one(engine, "SELECT is_inpainting FROM model WHERE id = 'hf:dreamer/dreamvision-inpainting'") == (1,)
+    assert one(reg, "SELECT is_inpainting FROM model WHERE id = 'hf:dreamer/dreamvision-inpainting'") == (1,)
 
 
-def test_retries_run_out_with_a_clear_error_then_resume(engine, hub_url):
+def test_retries_run_out_with_a_clear_error_then_resume(reg, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=2)
     url = hub_url(fake)
-    first = crawl(engine, url, max_pages=5, check_officials=False)
+    first = crawl(reg, url, max_pages=5, check_officials=False)
     assert first.status == "stopped"
     assert first.note == "stopped after 5 pages as asked (--max-pages); run again to go on"
-    assert one(engine, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
+    assert one(reg, "SELECT status, last_error, cursor IS NOT NULL FROM crawlrun") == ("stopped", None, 1)
     fake.faults = [Fault(429, ratelimit_reset=1) for _ in range(4)]
     with pytest.raises(RetriesExhausted, match="gave up on .* after 4 attempts: HTTP 429"):
-        crawl(engine, url)
-    assert one(engine, "SELECT status, cursor IS NOT NULL FROM crawlrun ORDER BY id DESC LIMIT 1") == ("failed", 1)
-    done = crawl(engine, url)
+        crawl(reg, url)
+    assert one(reg, "SELECT status, cursor IS NOT NULL FROM crawlrun ORDER BY id DESC LIMIT 1") == ("failed", 1)
+    done = crawl(reg, url)
     assert done.resumed and done.status == "ok"
-    assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
+    assert one(reg, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
 
 
 def test_kill_mid_crawl_then_resume_stores_every_repo_once(registry_db, hub_url):
@@ -174,23 +173,23 @@ def test_kill_mid_crawl_then_resume_stores_every_repo_once(registry_db, hub_url)
         proc.wait(timeout=30)
     finally:
         fake.release.set()
-    engine = registry.connect(registry_db)
-    committed = one(engine, "SELECT pages, status FROM crawlrun")
+    reg = registry.open(registry_db)
+    committed = one(reg, "SELECT pages, status FROM crawlrun")
     assert committed == (12, "running")  # the held page was never committed
     result = run_cli("crawl", "hf", "--hf-endpoint", url, "--no-officials", "--json", env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["resumed"] is True and summary["status"] == "ok"
-    ids = [r[0] for r in rows(engine, "SELECT id FROM model WHERE source = 'hf'")]
+    ids = [r[0] for r in rows(reg, "SELECT id FROM model WHERE source = 'hf'")]
     assert len(ids) == len(set(ids)) == 9
 
 
-def test_officials_dead_mirror_moves_the_recommendation(engine, registry_db, hub_url):
+def test_officials_dead_mirror_moves_the_recommendation(reg, registry_db, hub_url):
     repos = [r for r in fixture_hub() if r.id != OFFICIAL_SD1]  # the usual SD 1.5 inpainting mirror is gone
     changed = next(r for r in repos if r.id == "stabilityai/stable-diffusion-xl-base-1.0")
     changed.files["sd_xl_base_1.0.safetensors"] = ExactFile(123, "0" * 64)  # replaced by something else
-    crawl(engine, hub_url(FakeHub(repos)))
-    status = {(o.family, o.role, o.repo): o for o in registry_status(engine).officials}
+    crawl(reg, hub_url(FakeHub(repos)))
+    status = {(o.family, o.role, o.repo): o for o in reg.status().officials}
     assert not status[("sd1", "inpaint", OFFICIAL_SD1)].alive
     assert "401" in status[("sd1", "inpaint", OFFICIAL_SD1)].detail
     assert status[("sd1", "inpaint", "sd-legacy/stable-diffusion-inpainting")].matches
@@ -210,17 +209,17 @@ def test_officials_dead_mirror_moves_the_recommendation(engine, registry_db, hub
     assert shell_text(fetch_b) == "hf download --local-dir dreamvision-remix -- fan/dreamvision-remix"
 
 
-def test_same_sha256_on_civitai_and_hf_links_the_two(engine, registry_db, hub_url, serve):
+def test_same_sha256_on_civitai_and_hf_links_the_two(reg, registry_db, hub_url, serve):
     repos = fixture_hub()
     realmix = next(r for r in repos if r.id == "painter/realmix")
     sha = realmix.files["realmix_v2.safetensors"].sha256.upper()
     item = synthetic_item(5150, __import__("random").Random(1), __import__("datetime").datetime(2024, 1, 1))
     item["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = sha
     newest = item["modelVersions"][0]["id"]
-    civitai.crawl(engine, base_url=serve(FakeCivitai([item])), policy=FAST)
-    summary = crawl(engine, hub_url(FakeHub(repos)), check_officials=False)
+    civitai.crawl(reg, base_url=serve(FakeCivitai([item])), policy=FAST)
+    summary = crawl(reg, hub_url(FakeHub(repos)), check_officials=False)
     assert summary.same_files == 1
-    assert one(engine, "SELECT model_a, model_b, version_b FROM samefile") == (
+    assert one(reg, "SELECT model_a, model_b, version_b FROM samefile") == (
         "civitai:5150",
         "hf:painter/realmix",
         "hf:painter/realmix@realmix_v2.safetensors",
@@ -230,16 +229,16 @@ def test_same_sha256_on_civitai_and_hf_links_the_two(engine, registry_db, hub_ur
     assert answer.match.version_id == f"civitai:v{newest}"
 
 
-def test_a_repo_fetched_by_lookup_is_linked_to_its_civitai_twin(engine, registry_db, hub_url, serve, monkeypatch):
+def test_a_repo_fetched_by_lookup_is_linked_to_its_civitai_twin(reg, registry_db, hub_url, serve, monkeypatch):
     repos = fixture_hub()
     sha = next(r for r in repos if r.id == "painter/realmix").files["realmix_v2.safetensors"].sha256.upper()
     item = synthetic_item(5151, __import__("random").Random(2), __import__("datetime").datetime(2024, 1, 1))
     item["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = sha
-    civitai.crawl(engine, base_url=serve(FakeCivitai([item])), policy=FAST)
+    civitai.crawl(reg, base_url=serve(FakeCivitai([item])), policy=FAST)
     monkeypatch.setenv("HF_ENDPOINT", hub_url(FakeHub(repos)))
     answer = lookup("painter/realmix", db=registry_db)
     assert any("civitai model" in n and "civitai:5151" in n for n in answer.notes)
-    assert one(engine, "SELECT model_a, model_b FROM samefile") == ("civitai:5151", "hf:painter/realmix")
+    assert one(reg, "SELECT model_a, model_b FROM samefile") == ("civitai:5151", "hf:painter/realmix")
 
 
 def test_token_is_sent_never_stored_or_printed(registry_db, hub_url):
@@ -252,14 +251,14 @@ def test_token_is_sent_never_stored_or_printed(registry_db, hub_url):
     assert secret not in result.stdout + result.stderr
     assert secret not in registry_text(registry_db)
     # with the token, the gated repo's files are readable
-    engine = registry.connect(registry_db)
-    assert one(engine, "SELECT mode FROM model WHERE id = 'hf:vault/gated-xl'") == (None,)
+    reg = registry.open(registry_db)
+    assert one(reg, "SELECT mode FROM model WHERE id = 'hf:vault/gated-xl'") == (None,)
 
 
 def test_lookup_fetches_an_unknown_repo_live_and_says_so_offline(registry_db, hub_url, monkeypatch):
     fake = FakeHub(fixture_hub())
     monkeypatch.setenv("HF_ENDPOINT", hub_url(fake))
-    registry.connect(registry_db)
+    registry.open(registry_db)
     with pytest.raises(NotFound) as offline:  # a precise reference to nothing: one rule, an error
         lookup("painter/realmix", db=registry_db, offline=True)
     assert offline.value.code == "not-found" and str(offline.value).startswith("painter/realmix is not in the registry")
@@ -297,18 +296,18 @@ def test_unknown_repo_endpoint_is_a_clear_error(registry_db):
     assert "gave up" in result.stderr and "run the same command again to resume" in result.stderr
 
 
-def test_a_cursor_from_another_query_list_restarts_the_listings(engine, hub_url):
+def test_a_cursor_from_another_query_list_restarts_the_listings(reg, hub_url):
     fake = FakeHub(fixture_hub(), page_limit=2)
     url = hub_url(fake)
-    assert crawl(engine, url, max_pages=3, check_officials=False).status == "stopped"
+    assert crawl(reg, url, max_pages=3, check_officials=False).status == "stopped"
     stale = json.dumps({"query": 2, "next": "/api/models?stale=1", "label": "a listing data/ no longer has"})
-    with engine.begin() as conn:
+    with reg.engine.begin() as conn:
         conn.execute(text("UPDATE crawlrun SET cursor = :c"), {"c": stale})
     fake.requests.clear()
-    done = crawl(engine, url, check_officials=False)
+    done = crawl(reg, url, check_officials=False)
     assert done.resumed and done.status == "ok"
     assert not any("stale=1" in r for r in fake.requests)
-    assert one(engine, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
+    assert one(reg, "SELECT count(*) FROM model WHERE source = 'hf'") == (9,)
 
 
 def test_every_error_is_named_in_the_summary_the_run_record_and_status(registry_db, hub_url):
@@ -329,8 +328,8 @@ def test_every_error_is_named_in_the_summary_the_run_record_and_status(registry_
     assert len(shown) == 3 and all("/resolve/" in lines[i + 1] or "/api/models/" in lines[i + 1] for i in shown)
     assert "and 3 more (--json lists the first 50)" in result.stdout
 
-    engine = registry.connect(registry_db)
-    errors, stored = one(engine, "SELECT errors, first_errors FROM crawlrun")
+    reg = registry.open(registry_db)
+    errors, stored = one(reg, "SELECT errors, first_errors FROM crawlrun")
     notes = json.loads(stored)
     assert errors == 6 and len(notes) == 6 and {n["source"] for n in notes} == {"hf"}
     assert sorted(n["url"].split("/resolve/")[0].split("/", 3)[-1] for n in notes if "/resolve/" in n["url"]) \

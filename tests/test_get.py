@@ -523,7 +523,7 @@ def test_a_route_file_with_no_pin_is_checked_against_the_hubs_listing_when_a_cra
     db = str(tmp_path / "r.db")
     repo = "Comfy-Org/Qwen-Image-InstantX-ControlNets"
     name = "split_files/controlnet/Qwen-Image-InstantX-ControlNet-Inpainting.safetensors"
-    with registry.connect(db).begin() as conn:
+    with registry.open(db).engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO routecheck (id, route, repo, file, alive, file_found, size, sha256, matches, detail, "
             "checked_at) VALUES (?, ?, ?, ?, 1, 1, 4096, ?, 0, '', ?)",

@@ -7,7 +7,6 @@ import pytest
 
 from crawler import civitai, health, registry
 from crawler.http import RetriesExhausted, RetryPolicy
-from crawler.registry.officials import save_checks
 from crawler.registry.schema import OfficialCheck
 from tests.civitai_fake import FakeCivitai, Fault, load_fixture, synthetic_catalogue
 from tests.conftest import run_cli
@@ -21,7 +20,7 @@ def _check(db, *extra):
 
 
 def test_a_freshly_crawled_registry_is_healthy_and_a_stale_one_is_not(registry_db, serve):
-    engine = registry.connect(registry_db)
+    engine = registry.open(registry_db)
     civitai.crawl(engine, base_url=serve(FakeCivitai(load_fixture())), policy=FAST)
     code, report = _check(registry_db)
     assert code == 0 and report["healthy"] and report["reasons"] == []
@@ -36,7 +35,7 @@ def test_a_freshly_crawled_registry_is_healthy_and_a_stale_one_is_not(registry_d
 
 
 def test_a_failed_last_crawl_and_a_gone_official_file_are_unhealthy(registry_db, serve):
-    engine = registry.connect(registry_db)
+    engine = registry.open(registry_db)
     fake = FakeCivitai(synthetic_catalogue(300))
     url = serve(fake)
     civitai.crawl(engine, base_url=url, policy=FAST)
@@ -45,7 +44,7 @@ def test_a_failed_last_crawl_and_a_gone_official_file_are_unhealthy(registry_db,
         civitai.crawl(engine, base_url=url, policy=FAST)
     code, report = _check(registry_db)
     assert code == 1 and any("civitai: the last crawl failed" in r for r in report["reasons"])
-    save_checks(engine, [OfficialCheck(id="sd1:inpaint:x/y", family="sd1", role="inpaint", repo="x/y",
+    engine.save_official_checks([OfficialCheck(id="sd1:inpaint:x/y", family="sd1", role="inpaint", repo="x/y",
                                        file="sd-v1-5-inpainting.ckpt", alive=False, detail="repo deleted",
                                        checked_at=datetime.now(UTC))])  # fmt: skip
     code, report = _check(registry_db)
@@ -57,7 +56,7 @@ def test_a_failed_last_crawl_and_a_gone_official_file_are_unhealthy(registry_db,
 def test_no_registry_or_one_never_crawled_is_unhealthy(tmp_path, registry_db):
     result = run_cli("status", "--check", "--db", str(tmp_path / "none.db"), "--json")
     assert result.returncode == 1 and json.loads(result.stdout)["error"]["code"] == "no-registry"
-    registry.connect(registry_db)  # created, never crawled
+    registry.open(registry_db)  # created, never crawled
     code, report = _check(registry_db)
     assert code == 1 and report["reasons"] == ["no source was ever crawled into this registry"]
 
@@ -104,12 +103,12 @@ def _official(repo: str, alive: bool, role: str = "inpaint") -> OfficialCheck:
 
 
 def test_a_mirror_known_to_be_deleted_is_not_news_and_one_live_mirror_keeps_the_checkpoint_healthy(registry_db):
-    engine = registry.connect(registry_db)
+    engine = registry.open(registry_db)
     dead_in_data, live_in_data = "runwayml/stable-diffusion-inpainting", "sd-legacy/stable-diffusion-inpainting"
-    save_checks(engine, [_official(dead_in_data, False), _official(live_in_data, True)])
+    engine.save_official_checks([_official(dead_in_data, False), _official(live_in_data, True)])
     assert health.check(engine, timedelta(days=1)).officials_gone == []
     # a mirror data/ expects alive is gone, and so is every other: that is news
-    save_checks(engine, [_official(dead_in_data, False), _official(live_in_data, False)])
+    engine.save_official_checks([_official(dead_in_data, False), _official(live_in_data, False)])
     gone = health.check(engine, timedelta(days=1)).officials_gone
     assert gone == [f"sd1 inpaint: {live_in_data}/sd-v1-5-inpainting.ckpt (repo deleted)"]
 

@@ -50,13 +50,13 @@ def test_a_catalogue_split_across_two_hosts_is_crawled_whole_from_civitai_red(re
     assert len(nsfw) > 100
 
     partial = str(tmp_path / "com.db")
-    civitai.crawl(registry_layer.connect(partial), base_url=com, policy=FAST)
-    with registry_layer.open_reader(partial) as reader:
+    civitai.crawl(registry_layer.open(partial), base_url=com, policy=FAST)
+    with registry_layer.open(partial, "lookup") as reader:
         seen_on_com = {r[0] for r in reader.rows("SELECT id FROM model")}
     assert seen_on_com.isdisjoint(nsfw)  # what a civitai.com-only crawl misses
 
-    civitai.crawl(registry_layer.connect(registry_db), base_url=red, policy=FAST)
-    with registry_layer.open_reader(registry_db) as reader:
+    civitai.crawl(registry_layer.open(registry_db), base_url=red, policy=FAST)
+    with registry_layer.open(registry_db, "lookup") as reader:
         seen = {r[0] for r in reader.rows("SELECT id FROM model")}
     assert seen == {f"civitai:{i['id']}" for i in items}
     # an NSFW model answers by the URL of either host: ids are the same on both

@@ -24,7 +24,7 @@ def registry(filled_registry):
 
     def crawl(db: str) -> None:
         with Server(FakeCivitai(load_fixture())) as url:
-            civitai.crawl(registry_layer.connect(db), base_url=url, policy=RetryPolicy(attempts=2, base_delay=0.001))
+            civitai.crawl(registry_layer.open(db), base_url=url, policy=RetryPolicy(attempts=2, base_delay=0.001))
 
     return filled_registry("civitai fixture", crawl)[0]
 

@@ -143,7 +143,7 @@ def test_a_file_name_the_registry_knows_answers_with_its_model_and_version(regis
     eval_world.build(registry_db, serve)
     r = lookup("JuggernautXL_v9Rdphoto2Lightning.safetensors", db=registry_db, offline=True)  # case aside
     assert (r.match.model_id, r.match.version_name) == ("civitai:133005", "V9 Lightning")
-    with registry_layer.open_reader(registry_db) as reader:
+    with registry_layer.open(registry_db, "lookup") as reader:
         assert reader.by_file_name("no-such-file.safetensors") == []
 
 
@@ -167,8 +167,8 @@ def test_a_strangers_exact_name_loses_to_a_popular_model_and_version_named_as_we
     from crawler.registry.upsert import upsert
 
     eval_world.build(registry_db, serve)
-    engine = registry_layer.connect(registry_db)
-    with engine.begin() as conn:
+    reg = registry_layer.open(registry_db)
+    with reg.engine.begin() as conn:
         upsert(conn, Model.__table__, [{"id": "civitai:9999999", "source": "civitai", "source_id": "9999999",
                                         "name": "DreamShaper XL Turbo", "name_norm": "dreamshaper xl turbo",
                                         "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,
@@ -217,13 +217,13 @@ def test_candidates_leave_out_the_reuploads_of_a_listed_model(registry_db, serve
     """Strangers' "majicMIX lux XL 123" and "majicMIXlux_noir_7" are not more choices beside majicMIX lux: the
     list shows the models themselves, and a look-alike that is no extension of one stays."""
     eval_world.build(registry_db, serve)
-    engine = registry_layer.connect(registry_db)
+    reg = registry_layer.open(registry_db)
     from crawler.registry.schema import Model, table_of
     from crawler.registry.upsert import upsert
 
     fillers = ["majicMIX lux XL 12546", "majicMIXlux_noir_7", "majicMIX lux fp16 5564", "majicMIX sombre 2.0 2692",
                "majicMIX realistic Mix 3", "majicMIX realistic Lite 4"]  # fmt: skip
-    with engine.begin() as conn:
+    with reg.engine.begin() as conn:
         upsert(conn, table_of(Model), [
             {"id": f"civitai:{9_000_000 + i}", "source": "civitai", "source_id": str(9_000_000 + i), "name": n,
              "name_norm": normalize_name(n), "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,
@@ -232,7 +232,7 @@ def test_candidates_leave_out_the_reuploads_of_a_listed_model(registry_db, serve
     listed = lookup("majicmix", db=registry_db, offline=True).candidates
     assert {c.model_id for c in listed[:4]} == {"civitai:56967", "civitai:62778", "civitai:41865", "civitai:43331"}
     assert not any(c.model_id.startswith("civitai:9000") for c in listed)
-    with engine.begin() as conn:  # the creator's own model named after another of theirs is a model of its own
+    with reg.engine.begin() as conn:  # the creator's own model named after another of theirs is a model of its own
         upsert(conn, table_of(Model), [{
             "id": "civitai:9000100", "source": "civitai", "source_id": "9000100", "name": "majicMIX lux XL",
             "name_norm": "majicmix lux xl", "type": "Checkpoint", "creator": "Merjic", "tags": "[]", "nsfw": False,
@@ -246,12 +246,12 @@ def test_a_family_word_the_name_says_too_is_set_aside_on_both_sides(registry_db,
     aside, is "dreamshaper": with the family word the query and the name share set aside, both are
     "dreamshaper", and the model with 300x the downloads is meant."""
     eval_world.build(registry_db, serve)
-    engine = registry_layer.connect(registry_db)
+    reg = registry_layer.open(registry_db)
     from crawler.registry.schema import Model, table_of
     from crawler.registry.upsert import upsert
 
     fillers = ["DreamShaper 2.0 1566", "DreamShaper v2 9796", "DreamShaper 2.0 4100"]
-    with engine.begin() as conn:
+    with reg.engine.begin() as conn:
         upsert(conn, table_of(Model), [
             {"id": f"civitai:{9_100_000 + i}", "source": "civitai", "source_id": str(9_100_000 + i), "name": n,
              "name_norm": normalize_name(n), "type": "Checkpoint", "creator": "stranger", "tags": "[]", "nsfw": False,

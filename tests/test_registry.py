@@ -32,7 +32,7 @@ def legacy_db(empty_db):
 
 
 def rows_of(db: str) -> dict[str, list]:
-    engine = registry.connect_read_only(db)
+    engine = registry.open(db, "read").engine
     with engine.connect() as conn:
         found = {t: sorted(map(tuple, conn.execute(text(f"SELECT * FROM {t}")).all()), key=repr) for t in CONTENT}
     registry_engine.close_all()
@@ -54,7 +54,7 @@ def test_a_registry_made_by_main_upgrades_in_place_with_every_row_kept(legacy_db
     assert {t: after[t] for t in CONTENT if t not in seeded} == {t: before[t] for t in CONTENT if t not in seeded}
     assert set(before["family"]) <= set(after["family"])  # none lost
     assert [r[0] for r in after["source"]] == [r[0] for r in before["source"]]
-    engine = registry.connect(legacy_db)
+    engine = registry.open(legacy_db).engine
     with engine.connect() as conn:
         assert conn.execute(text("SELECT max(id), count(*) FROM schema_migration")).one() == (SCHEMA_VERSION,) * 2
     # what main could not store on PostgreSQL (a 4 GB official file size) now fits
@@ -72,7 +72,7 @@ def _sqlite_affinity(declared: str) -> str:
 
 
 def _schema(db: str) -> dict:
-    engine = registry.connect(db)
+    engine = registry.open(db).engine
     kind = _sqlite_affinity if engine.dialect.name == "sqlite" else str
     with engine.connect() as conn:
         insp = inspect(conn)
@@ -108,14 +108,14 @@ def test_a_fresh_registry_and_an_upgraded_one_have_the_same_schema(legacy_db, tm
 
 
 def test_a_registry_newer_than_the_code_is_refused_clearly(registry_db):
-    engine = registry.connect(registry_db)
+    engine = registry.open(registry_db).engine
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO schema_migration (id, name, applied_at) VALUES (:id, 'from the future', "
                           "CURRENT_TIMESTAMP)"), {"id": SCHEMA_VERSION + 1})  # fmt: skip
     registry_engine.close_all()
-    for open_it in (registry.connect, registry.connect_read_only, registry.open_reader):
+    for mode in registry.MODES:
         with pytest.raises(registry.NewerRegistry, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
-            open_it(registry_db)
+            registry.open(registry_db, mode)
     env = cli_env(INPAINT_ADVISOR_DB=registry_db)
     for args in (["lookup", "majicmix", "--offline"], ["status"], ["crawl", "civitai", "--max-pages", "1"]):
         result = run_cli(*args, env=env)
@@ -159,7 +159,7 @@ def test_two_processes_opening_an_old_registry_at_once_migrate_it_once(legacy_db
         holder.close()
     assert all(c.returncode == 0 for c in children), results
     assert sorted(int(out) for out, _ in results) == [0, SCHEMA_VERSION]
-    engine = registry.connect(legacy_db)
+    engine = registry.open(legacy_db).engine
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM schema_migration")).scalar_one() == SCHEMA_VERSION
 
@@ -264,7 +264,7 @@ def test_read_only_commands_never_create_a_registry(tmp_path):
 
 def test_an_empty_registry_says_so_once(tmp_path):
     path = tmp_path / "registry.db"
-    registry.connect(str(path))
+    registry.open(str(path))
     result = run_cli("lookup", "majicmix realistic", "--offline", env=cli_env(INPAINT_ADVISOR_DB=str(path)))
     assert result.returncode == 1
     assert "is empty: fill it with" in result.stdout and "offline: Civitai was not asked" in result.stdout
@@ -277,7 +277,7 @@ def test_a_registry_on_a_read_only_medium_can_still_be_read(tmp_path, read_only_
     from tests.civitai_fake import FakeCivitai, load_fixture
 
     def fill(folder):
-        civitai.crawl(registry.connect(str(folder / "registry.db")), base_url=serve(FakeCivitai(load_fixture())),
+        civitai.crawl(registry.open(str(folder / "registry.db")), base_url=serve(FakeCivitai(load_fixture())),
                       policy=RetryPolicy(attempts=2, base_delay=0.001))  # fmt: skip
         registry_engine.close_all()
 
@@ -294,7 +294,7 @@ def test_a_live_lookup_on_a_read_only_registry_answers_without_storing(tmp_path,
 
     from tests.civitai_fake import FakeCivitai, synthetic_item
 
-    folder = read_only_dir(lambda f: (registry.connect(str(f / "registry.db")), registry_engine.close_all()))
+    folder = read_only_dir(lambda f: (registry.open(str(f / "registry.db")), registry_engine.close_all()))
     url = serve(FakeCivitai([synthetic_item(777002, random.Random(4), datetime.datetime(2025, 1, 1))]))
     answer = lookup("civitai:777002", db=str(folder / "registry.db"), civitai_url=url)
     assert answer.match.model_id == "civitai:777002" and answer.recommendation is not None

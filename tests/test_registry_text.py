@@ -31,8 +31,8 @@ def hostile_items() -> list[dict]:
     return items
 
 
-def stored(engine) -> dict:
-    with engine.connect() as conn:
+def stored(reg) -> dict:
+    with reg.engine.connect() as conn:
         return {t: sorted(tuple(r) for r in conn.execute(text(f"SELECT {', '.join(cols)} FROM {t}")).all())
                 for t, cols in TABLES.items()}  # fmt: skip
 
@@ -47,10 +47,10 @@ def test_a_crawl_of_nul_bytes_and_lone_surrogates_stores_every_model_alike_on_bo
                                                                                               tmp_path):  # fmt: skip
     items = hostile_items()
     checkpoints = [i for i in items if i["type"] == "Checkpoint"]
-    summary = civitai.crawl(registry.connect(registry_db), base_url=serve(FakeCivitai(items)), policy=FAST)
-    engine = registry.connect(registry_db)
+    summary = civitai.crawl(registry.open(registry_db), base_url=serve(FakeCivitai(items)), policy=FAST)
+    reg = registry.open(registry_db)
     assert summary.status == "ok" and summary.models == len(checkpoints)
-    rows = stored(engine)
+    rows = stored(reg)
     assert len(rows["model"]) == len(checkpoints)
     assert len(rows["version"]) == sum(len(i["modelVersions"]) for i in checkpoints)
     everything = json.dumps(rows, ensure_ascii=False)
@@ -63,6 +63,6 @@ def test_a_crawl_of_nul_bytes_and_lone_surrogates_stores_every_model_alike_on_bo
     names = {r[1] for r in rows["version"]} | {r[1] for r in rows["file"]}
     assert {"v7", "v\ufffd1", "nulfile.safetensors"} <= names
     # the same text on both engines: a SQLite registry crawled from the same fake is the reference
-    reference = registry.connect(str(tmp_path / "reference.db"))
+    reference = registry.open(str(tmp_path / "reference.db"))
     civitai.crawl(reference, base_url=serve(FakeCivitai(hostile_items())), policy=FAST)
     assert stored(reference) == rows

@@ -227,11 +227,11 @@ def test_the_hub_crawl_checks_route_files_and_lookup_says_when_one_is_gone(regis
     fooocus = FakeRepo("lllyasviel/fooocus_inpaint", files={"inpaint_v26.fooocus.patch": ExactFile(1_323_362_033, sha)})
     promax = FakeRepo("xinsir/controlnet-union-sdxl-1.0", files={"config_promax.json": ExactFile(1260, None)})
     url = serve(FakeHub([*fixture_hub(), fooocus, promax]))  # the head file and the promax weights: gone
-    summary = hf.crawl(registry_layer.connect(registry_db), endpoint=url,
+    summary = hf.crawl(registry_layer.open(registry_db), endpoint=url,
                        policy=RetryPolicy(attempts=2, base_delay=0.001), sleep=lambda s: None)  # fmt: skip
     assert "lllyasviel/fooocus_inpaint/fooocus_inpaint_head.pth" in summary.route_files_missing
     assert "lllyasviel/fooocus_inpaint/inpaint_v26.fooocus.patch" not in summary.route_files_missing
-    reader = registry_layer.open_reader(registry_db)
+    reader = registry_layer.open(registry_db, "lookup")
     try:
         checks = reader.route_checks()
     finally:

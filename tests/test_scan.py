@@ -70,7 +70,7 @@ def known(a1111, registry_db, serve):
     rel["files"][0].update(id=rel["files"][0]["id"] + 1, name="famousMix_v1-inpainting.safetensors",
                            hashes={"SHA256": _sha(sd / "sub" / "its-inpainting.safetensors")})  # fmt: skip
     item["modelVersions"].insert(0, rel)
-    civitai.crawl(registry.connect(registry_db), base_url=serve(FakeCivitai([item])), policy=RetryPolicy(attempts=2))
+    civitai.crawl(registry.open(registry_db), base_url=serve(FakeCivitai([item])), policy=RetryPolicy(attempts=2))
     return registry_db
 
 

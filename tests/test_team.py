@@ -90,8 +90,8 @@ def _enqueue(world, queries=None):
 
 def _version(world, model: str) -> str:
     """The Civitai version id the registry holds for ``model`` (civitai:ID)."""
-    engine = registry.connect(world["db"])
-    with engine.connect() as conn:
+    reg = registry.open(world["db"])
+    with reg.engine.connect() as conn:
         vid = conn.exec_driver_sql("SELECT id FROM version WHERE model_id = %s", (model,)).scalar_one()
     return vid.rsplit(":v", 1)[1]
 
@@ -169,8 +169,8 @@ def test_a_worker_says_one_line_per_job_and_a_permanent_failure_is_not_retried(t
     """A success and a permanent failure (a FLUX model: no build route), each a start line and an end line, no
     traceback, no secret; the failure fails at once; `jobs` fits 80 columns; retry and cancel say why not."""
     db, env = team_world["db"], {**team_world["env"], "CIVITAI_API_TOKEN": SECRET}
-    engine = registry.connect(db)
-    with engine.begin() as conn:  # a stranger's name that echoes the token, on a model no merge can serve
+    reg = registry.open(db)
+    with reg.engine.begin() as conn:  # a stranger's name that echoes the token, on a model no merge can serve
         conn.exec_driver_sql(f"UPDATE model SET name = 'Team Model {SECRET}', family = 'flux1' "
                              "WHERE id = 'civitai:700002'")  # fmt: skip
         conn.exec_driver_sql("UPDATE version SET family = 'flux1', base_model = 'Flux.1 D' "
@@ -283,8 +283,8 @@ def test_a_job_whose_worker_was_killed_and_pruned_is_picked_up_again(team_world)
     first, second = _worker(world), None
     try:
         assert storage.holding.wait(90), "no build reached the held download"
-        engine = registry.connect(db)
-        with engine.connect() as conn:
+        reg = registry.open(db)
+        with reg.engine.connect() as conn:
             dead = conn.exec_driver_sql("SELECT worker_id FROM procrastinate_jobs WHERE id = %s",
                                         (queued.job_id,)).scalar_one()  # fmt: skip
         busy = run_cli("jobs", "retry", str(queued.job_id), env=world["env"])  # its worker is alive: no
@@ -299,7 +299,7 @@ def test_a_job_whose_worker_was_killed_and_pruned_is_picked_up_again(team_world)
     finally:
         storage.release.set()
         said = _stop(first, *([second] if second else []))
-    with engine.connect() as conn:
+    with reg.engine.connect() as conn:
         assert not conn.exec_driver_sql("SELECT 1 FROM procrastinate_workers WHERE id = %s", (dead,)).all()  # pruned
     assert f"job {queued.job_id} queued again: its worker" in said[1], said[1]
     assert f"job {queued.job_id} done in" in said[1]
@@ -356,8 +356,8 @@ def test_four_workers_one_killed_9_mid_build_lose_nothing(team_world):
     assert ranged, "the retried build did not resume its download"
     outs = sorted(p for p in world["out"].iterdir() if not p.name.startswith("."))  # the outputs' locks aside
     assert [p.name.split("-inpainting.v")[0] for p in outs] == sorted(f"teamModel{700001 + i}" for i in range(n))
-    engine = registry.connect(world["db"])
-    with engine.connect() as conn:
+    reg = registry.open(world["db"])
+    with reg.engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT path, sha256 FROM artifact WHERE kind = 'built'").all()
     assert len(rows) == n and len({r[0] for r in rows}) == n  # each output registered exactly once
     recorded = dict(rows)

@@ -223,7 +223,7 @@ def _fetch(q: Query, db: str | None, urls: dict[str, str | None]) -> "Trouble | 
         ref = sources.Ref(file_hash=q.hash, text=q.raw if q.kind == "text" else None)
     url = urls.get(source.name)
     try:
-        source.fetch_one(lambda: registry.connect(db), ref, url=url)
+        source.fetch_one(lambda: registry.open(db), ref, url=url)
     except Unavailable as exc:
         return Trouble(f"{exc.what} is not on {source.label} ({exc.reason})", "not-found")
     except CrawlError as exc:

@@ -61,7 +61,7 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     buildable = [f["id"] for f in families.all_families()
                  if (families.official_target(f["id"]) or {}).get("id") in MERGEABLE]  # an add-difference route
     wanted = [family] if family else buildable
-    with contextlib.closing(registry.open_reader(db)) as reader:
+    with contextlib.closing(registry.open(db, "lookup")) as reader:
         found = reader.without_inpainting(wanted, min_downloads=min_downloads, limit=limit)
     return [sources.get(m.source).query(m.id) for m, _ in found if not sources.get(m.source).is_official(m.id)]
 

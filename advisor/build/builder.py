@@ -35,9 +35,7 @@ from data.errors import InpaintAdvisorError
 from merge import hashing
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from crawler.registry import ModelRecord, Reader, VersionRecord
+    from crawler.registry import ModelRecord, Reader, Registry, VersionRecord
     from crawler.sources import Download
     from merge.prepared import PreparedPair
 
@@ -408,7 +406,7 @@ class _MergeInputs:
     pair: PreparedPair | None  # read instead of A and C when the family's pair is prepared
     key: str  # the recipe key: A, B, C, M and dtype
     target: Path
-    engine: Engine | None  # the registry to record into (None: not recorded)
+    recorder: Registry | None  # the registry to record into (None: not recorded)
     multiplier: float
     dtype: str
     device: str
@@ -441,7 +439,7 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
     # A writing command: with no registry yet it makes one, so that a model found live is stored and its file
     # can be fetched (the two Quickstart commands lead to a first build with no crawl).
     with contextlib.suppress(registry.RegistryError):  # a registry that cannot be made: lookup says why
-        registry.connect(db)
+        registry.open(db)
     found = lookup(query, db=db, offline=offline)
     match, rec = found.match, found.recommendation
     if match is None:
@@ -499,7 +497,7 @@ def run_build(plan: BuildPlan, *, progress: Progress | None = None,
     # the name is free, the merge, the rename and the record happen under it.
     with FileLock(plan.out_dir / f".{m.target.name}.lock"):
         if m.target.exists():
-            adopted = _adopt(m.target, m.key, m.engine, plan.match, m.multiplier, m.dtype)
+            adopted = _adopt(m.target, m.key, m.recorder, plan.match, m.multiplier, m.dtype)
             result.action, result.output, result.verified = "already-built", adopted, True
             result.reason = f"Built before from the same A, B, C, M and dtype (unrecorded until now): {m.target}"
             return result
@@ -555,7 +553,7 @@ def _record(match: Match, path: Path, sha256: str, *, db) -> None:
     made = registry.Made(key=f"release:{match.version_id}:{sha256}", kind="downloaded-release", path=path,
                          sha256=sha256, model_id=match.model_id, version_id=match.version_id)  # fmt: skip
     with contextlib.suppress(registry.RegistryError):  # a registry that cannot be written: the file is there
-        registry.record_artifact(registry.connect(db), made)
+        registry.open(db).record_artifact(made)
 
 
 def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation, reader, inpaint, base,
@@ -586,14 +584,14 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
     result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
                             n.source.size if n.source else None, _state(n), _sha256(n)) for n in (a, b, c)]  # fmt: skip
     result.recipe_key = key
-    engine = None
+    recorder = None
     try:
-        engine = registry.connect(db) if reader is not None else None
+        recorder = registry.open(db) if reader is not None else None
     except registry.RegistryError as exc:
         result.warnings.append(f"the build will not be recorded: {exc}")
     target = plan.out_dir / _output_name(b, match)
-    if engine is not None:
-        done = registry.artifact_by_key(engine, key)
+    if recorder is not None:
+        done = recorder.artifact_by_key(key)
         if done is not None:
             result.action = "already-built"
             result.reason = f"Built before from the same A, B, C, M and dtype: {done.path}"
@@ -601,9 +599,9 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
             result.verified = plan.settled = True
             if Path(done.path).resolve().parent != plan.out_dir.resolve():
                 plan.copy_from, plan.settled = Path(done.path), False
-            plan.merge = _MergeInputs(a, b, c, None, key, target, engine, multiplier, dtype, device, allow_nonfinite)
+            plan.merge = _MergeInputs(a, b, c, None, key, target, recorder, multiplier, dtype, device, allow_nonfinite)
             return
-    plan.merge = _MergeInputs(a, b, c, _prepared_pair(a, c, multiplier), key, target, engine, multiplier, dtype,
+    plan.merge = _MergeInputs(a, b, c, _prepared_pair(a, c, multiplier), key, target, recorder, multiplier, dtype,
                               device, allow_nonfinite)  # fmt: skip
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", _path_of(a), "--model", _path_of(b), "--base",
                             _path_of(c), "--out", str(target), "--multiplier", repr(float(multiplier)), "--dtype",
@@ -622,7 +620,7 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
     names this recipe (adopted by the next run)."""
     from merge.engine import ENGINE_VERSION, MergeError, run_merge
 
-    a, b, c, pair, needs, key, target, engine = m.a, m.b, m.c, m.pair, m.needs, m.key, m.target, m.engine
+    a, b, c, pair, needs, key, target, recorder = m.a, m.b, m.c, m.pair, m.needs, m.key, m.target, m.recorder
     multiplier, dtype, device, allow_nonfinite = m.multiplier, m.dtype, m.device, m.allow_nonfinite
     _check_space(files_dir(), sum(_bytes(n) for n in needs))
     paths = {n.role: _get(n, progress, result.downloads, offline, result.warnings) for n in needs}
@@ -681,8 +679,8 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
     if not result.verified:
         result.warnings.append("built from inputs with no known SHA256: unverified (" +
                                ", ".join(r for r, i in result.inputs.items() if not i.verified) + ")")  # fmt: skip
-    if engine is not None:
-        registry.record_artifact(engine, registry.Made(
+    if recorder is not None:
+        recorder.record_artifact(registry.Made(
             key=key, kind="built", path=target, sha256=result.output.sha256, model_id=match.model_id,
             version_id=match.version_id, a_sha256=result.inputs["A"].sha256, b_sha256=result.inputs["B"].sha256,
             c_sha256=result.inputs["C"].sha256, multiplier=multiplier, dtype=dtype, engine=ENGINE_VERSION))
@@ -737,7 +735,7 @@ def _output_name(b: _Need, match: Match) -> str:
     return safe_filename(source.output_stem(stem, match.model_id, match.version_id) + ".safetensors")
 
 
-def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtype: str) -> Output:
+def _adopt(target: Path, key: str, recorder: Registry | None, match: Match, multiplier: float, dtype: str) -> Output:
     """``target`` exists: it is this recipe's build when its header says so (a build killed between its rename
     and its record), and is then recorded; anything else is never overwritten, and the error says what it is."""
     from merge.engine import ENGINE_VERSION
@@ -750,9 +748,9 @@ def _adopt(target: Path, key: str, engine, match: Match, multiplier: float, dtyp
     sources = recipe.get("sources") if isinstance(recipe, dict) else None
     if isinstance(sources, dict) and sources.get("recipe_key") == key:
         output = _output(target)
-        if engine is not None:
+        if recorder is not None:
             inputs = recipe.get("inputs", {})
-            registry.record_artifact(engine, registry.Made(
+            recorder.record_artifact(registry.Made(
                 key=key, kind="built", path=target, sha256=output.sha256, model_id=match.model_id,
                 version_id=match.version_id, a_sha256=inputs.get("A", {}).get("sha256"),
                 b_sha256=inputs.get("B", {}).get("sha256"), c_sha256=inputs.get("C", {}).get("sha256"),

@@ -52,8 +52,8 @@ def crawl_civitai(
                 f"{s.retries} retries")  # fmt: skip
 
     _run_crawl(
-        lambda engine, on_page, on_retry: civitai.crawl(
-            engine, mode="incremental" if incremental else "full", base_url=url, max_pages=max_pages,
+        lambda reg, on_page, on_retry: civitai.crawl(
+            reg, mode="incremental" if incremental else "full", base_url=url, max_pages=max_pages,
             on_page=on_page, on_retry=on_retry, policy=RetryPolicy(attempts=retries, base_delay=backoff),
         ),
         db, as_json, "crawling civitai", describe, "crawl_summary",
@@ -98,8 +98,8 @@ def crawl_hf(
                 f"{s.new_inpainting:,} new inpainting, {s.retries} retries")  # fmt: skip
 
     _run_crawl(
-        lambda engine, on_page, on_retry: hf.crawl(
-            engine, mode="incremental" if incremental else "full", endpoint=hf_endpoint, max_pages=max_pages,
+        lambda reg, on_page, on_retry: hf.crawl(
+            reg, mode="incremental" if incremental else "full", endpoint=hf_endpoint, max_pages=max_pages,
             check_officials=officials, on_page=on_page, on_retry=on_retry,
             policy=RetryPolicy(attempts=retries, base_delay=backoff),
         ),
@@ -135,8 +135,8 @@ def crawl_all(
         return f"crawl all ({'incremental' if incremental else 'full'})"
 
     summary = _run_crawl(
-        lambda engine, on_page, on_retry: run_all(
-            engine, incremental=incremental, on_retry=on_retry,  # the sites the settings name
+        lambda reg, on_page, on_retry: run_all(
+            reg, incremental=incremental, on_retry=on_retry,  # the sites the settings name
             on_page=lambda source, s: on_page(s), policy=RetryPolicy(attempts=retries, base_delay=backoff),
         ),
         db, as_json, "crawling every source", describe, "crawl_all_summary",
@@ -156,7 +156,7 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
     from crawler.registry import CrawlLocked
 
     try:
-        engine = registry.connect(db)
+        reg = registry.open(db)
     except registry.RegistryError as exc:
         raise die_for(exc, as_json=as_json) from None
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -169,7 +169,7 @@ def _run_crawl(crawl, db, as_json: bool, title: str, describe, renderer: str):
 
     try:
         with progress:
-            summary = crawl(engine, lambda s: progress.update(task, description=describe(s)), on_retry)
+            summary = crawl(reg, lambda s: progress.update(task, description=describe(s)), on_retry)
     except CrawlLocked as exc:
         raise die_for(exc, as_json=as_json) from None
     except (CrawlError, ValueError) as exc:

@@ -70,14 +70,13 @@ def show(backend: BackendOption = "auto", db: DbOption = None, as_json: JsonOpti
     from advisor.cli.output import out, print_json
     from advisor.team import schedules as schedule
     from crawler import registry
-    from crawler.registry import source_runs
 
     try:
         shown = schedule.show(backend)
     except schedule.ScheduleError as exc:
         raise die_for(exc, as_json=as_json) from None
     try:
-        last = source_runs(registry.connect_read_only(db))
+        last = registry.open(db, "read").source_runs()
     except Exception:  # noqa: BLE001 - no registry (yet): the schedule is still worth showing
         last = []
     if as_json:

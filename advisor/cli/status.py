@@ -35,12 +35,12 @@ def status(
     """  # noqa: D301
     from advisor.cli import render
     from advisor.cli.output import out, print_json
-    from crawler.registry import registry_status
 
     if check:
         _check(db, max_age, as_json)
         return
-    st = _read(registry_status, db, as_json, "{}: fill one with `inpaint-advisor crawl civitai` (and `crawl hf`)")
+    st = _read(lambda reg: reg.status(), db, as_json,
+               "{}: fill one with `inpaint-advisor crawl civitai` (and `crawl hf`)")  # fmt: skip
     if as_json:
         print_json(st)
     else:
@@ -52,7 +52,7 @@ def _check(db, max_age: timedelta, as_json: bool) -> None:
     from advisor.cli.output import out, print_json
     from crawler import health
 
-    report = _read(lambda engine: health.check(engine, max_age), db, as_json, "unhealthy: {}", no_registry_exit=1)
+    report = _read(lambda reg: health.check(reg, max_age), db, as_json, "unhealthy: {}", no_registry_exit=1)
     if as_json:
         print_json(report)
     else:
@@ -62,11 +62,11 @@ def _check(db, max_age: timedelta, as_json: bool) -> None:
 
 
 def _read(query, db, as_json: bool, no_registry: str, no_registry_exit: int | None = None):
-    """``query(engine)`` on the registry opened read-only; a missing or broken registry is one line."""
+    """``query(registry)`` on the registry opened read-only; a missing or broken registry is one line."""
     from crawler import registry
 
     try:
-        return query(registry.connect_read_only(db))
+        return query(registry.open(db, "read"))
     except registry.NoRegistry as exc:
         raise die(no_registry.format(exc), code=exc.code, exit_code=no_registry_exit or exc.exit_code,
                   as_json=as_json) from None  # fmt: skip

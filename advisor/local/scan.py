@@ -296,7 +296,7 @@ def _ask_civitai(hashes: list[str], db, result: ScanResult) -> None:
         return
     result.asked_civitai = len(unknown)
     try:
-        found = sources.get("civitai").fetch_by_hashes(lambda: registry.connect(db), unknown)
+        found = sources.get("civitai").fetch_by_hashes(lambda: registry.open(db), unknown)
     except CrawlError as exc:
         result.notes.append(f"could not ask Civitai about {len(unknown)} unknown files ({exc}); scan again online, "
                             "or fill the registry with `inpaint-advisor crawl civitai`")  # fmt: skip

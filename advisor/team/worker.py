@@ -266,7 +266,7 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
     def run_crawl() -> str:
         from crawler.crawl_all import crawl_all
 
-        summary = crawl_all(registry.connect(db), incremental=True)
+        summary = crawl_all(registry.open(db), incremental=True)
         return ", ".join(f"{s.source} {s.status}" for s in summary.sources)
 
     say(f"worker {me}: builds into {out.resolve()}, {concurrency} at a time"

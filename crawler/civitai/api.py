@@ -19,7 +19,7 @@ from crawler.http import ApiError, JsonClient, RetryPolicy
 from data import base_models, settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from crawler.registry import Registry
 
 PAGE_SIZE = 100
 # "Oldest" walks in ascending last-version time then id: it can repeat an item across a page boundary (deduped
@@ -121,11 +121,11 @@ def fetch_base_models(*, base_url: str | None = None, token: str | None = None,
     return listed[:1000]
 
 
-def store_page(engine: Engine, items: list, run_id: int | None, next_cursor: str | None) -> registry.PageResult:
+def store_page(reg: Registry, items: list, run_id: int | None, next_cursor: str | None) -> registry.PageResult:
     """Parse and write one page of raw `/models` items (see ``registry.store_page``), known header proofs applied."""
     parsed = parse_page(items)
-    civitai_proof.apply_known(engine, parsed)
-    return registry.store_page(engine, parsed, run_id, next_cursor)
+    civitai_proof.apply_known(reg, parsed)
+    return reg.store_page(parsed, run_id, next_cursor)
 
 
 def period_for(since: datetime | None, now: datetime) -> str | None:
@@ -160,7 +160,7 @@ class CrawlSummary(registry.RunSummary):
 
 
 def crawl(
-    engine: Engine,
+    reg: Registry,
     *,
     mode: str = "full",
     base_url: str | None = None,
@@ -178,10 +178,10 @@ def crawl(
     token = token or token_from_env()
     since = period = None
     if mode == "incremental":
-        last = registry.last_successful_run(engine, "civitai")
+        last = reg.last_successful_run("civitai")
         since = last.started_at if last else None
         period = period_for(since, registry.utcnow())
-    started = registry.start_run(engine, "civitai", mode, since=since, period=period)
+    started = reg.start_run("civitai", mode, since=since, period=period)
     run = started.run
     summary = CrawlSummary(run_id=started.run_id, mode=mode, resumed=started.resumed)
     params = {"types": "Checkpoint", "nsfw": "true", "limit": str(PAGE_SIZE), "sort": SORT}
@@ -197,8 +197,8 @@ def crawl(
                     on_retry(page)
                 continue
             parsed, next_cursor, retries = page
-            civitai_proof.apply_known(engine, parsed)
-            stored = registry.store_page(engine, parsed, run.id, next_cursor)
+            civitai_proof.apply_known(reg, parsed)
+            stored = reg.store_page(parsed, run.id, next_cursor)
             summary.pages += 1
             summary.models += stored.models
             summary.versions += stored.versions
@@ -210,22 +210,22 @@ def crawl(
                 on_page(summary)
         if next_cursor is not None:  # stopped by max_pages: leave the run resumable
             summary.status, summary.note = "stopped", registry.stopped_note(summary.pages)
-            registry.finish_run(engine, run, "stopped", None, summary)
+            reg.finish_run(run, "stopped", None, summary)
             return summary
-        proved = civitai_proof.prove_pending(engine, base_url, token, budget=proof_budget)
+        proved = civitai_proof.prove_pending(reg, base_url, token, budget=proof_budget)
         summary.headers_read, summary.proofs_changed = proved.read, proved.changed
         summary.proofs_unreadable, summary.proofs_deferred = proved.unreadable, proved.deferred
         for url, reason in proved.failures:
             summary.note_error("civitai", url, reason)
-        summary.new_links = links.link_sibling_models(engine)
+        summary.new_links = links.link_sibling_models(reg)
         listed = fetch_base_models(base_url=base_url, token=token, policy=policy)
         if listed is not None:
-            registry.record_civitai_base_models(engine, listed)
+            reg.record_civitai_base_models(listed)
             summary.new_base_models = sorted(bm for bm in listed if base_models.civitai_base_model(bm) is None)
         summary.status = "ok"
-        registry.finish_run(engine, run, "ok", None, summary)
+        reg.finish_run(run, "ok", None, summary)
     except BaseException as exc:
-        registry.record_run_failure(engine, run, summary, exc)
+        reg.record_run_failure(run, summary, exc)
         raise
     finally:
         feed.close()

@@ -26,9 +26,7 @@ from merge.header import ITEMSIZE, CheckpointError, TensorInfo, header_length, p
 from merge.layout import detect as layout_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from crawler.registry import ParsedModel
+    from crawler.registry import ParsedModel, Registry
 
 FIRST_READ = 512 * 1024  # an SD 1.5/SDXL/FLUX header is 60-250 KB: usually one request
 MAX_HEADER = 16 * 2**20  # more is not a checkpoint header worth reading
@@ -256,29 +254,29 @@ def _told_why(row: dict, family: str) -> str:
     return f"its file's tensors are {told}'s (its base model says {said})"
 
 
-def wanted_versions(engine: Engine, most: int) -> list[dict]:
+def wanted_versions(reg: Registry, most: int) -> list[dict]:
     """Up to ``most`` versions whose file a proof should read (``_wants_proof``), the most downloaded first: the
     registry's SQL pre-filter pages through the candidates, and the exact rules pick among them."""
     wanted: list[dict] = []
     offset = 0
-    with engine.connect() as conn:
+    with reg.snapshot() as tx:
         # versions that merely mention inpainting and agree with themselves are never proven, so they stay in
         # the SQL filter's answer: page past them to the ambiguous ones (enough for the budget's reads, and
         # for the files that may not be read now)
         contradictions = families.contradiction_patterns()
-        while len(wanted) < most and (batch := registry.pending_proofs(conn, PENDING_BATCH, offset, contradictions)):
+        while len(wanted) < most and (batch := tx.pending_proofs(PENDING_BATCH, offset, contradictions)):
             offset += len(batch)
             wanted += [row for row in batch if _wants_proof(row)]
     return wanted
 
 
-def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: int = BUDGET,
+def prove_pending(reg: Registry, base_url: str, token: str | None, *, budget: int = BUDGET,
                   timeout: float = 30.0) -> ProofSummary:  # fmt: skip
     """Read the headers of the ambiguous versions not proven yet (at most ``budget`` files), record the proofs
     and rewrite those versions' verdicts, their models' flags and same-model links. A file that could not be
     read (NotRead) is recorded nowhere: it is asked again by the next crawl."""
     summary = ProofSummary()
-    wanted = wanted_versions(engine, budget * MAX_ATTEMPTS)
+    wanted = wanted_versions(reg, budget * MAX_ATTEMPTS)
     found: dict[str, dict] = {}
     not_read: set[str] = set()
     verdicts: dict[str, tuple[bool, float, list[str]]] = {}
@@ -324,16 +322,16 @@ def prove_pending(engine: Engine, base_url: str, token: str | None, *, budget: i
                 verdict = (*verdict[:2], [*verdict[2], _told_why(row, family)])
             verdicts[row["id"]] = verdict
             summary.changed += verdict[0] != bool(row["is_inpainting"])
-    with engine.begin() as conn:
-        registry.save_proofs(conn, list(found.values()))
-        registry.set_proven_families(conn, told)
-        for model_id in registry.set_verdicts(conn, verdicts):
-            versions = registry.versions_for_links(conn, model_id)
-            registry.refresh_model(conn, model_id, versions, links.within_model({"id": model_id}, versions))
+    with reg.transaction() as tx:
+        tx.save_proofs(list(found.values()))
+        tx.set_proven_families(told)
+        for model_id in tx.set_verdicts(verdicts):
+            versions = tx.versions_for_links(model_id)
+            tx.refresh_model(model_id, versions, links.within_model({"id": model_id}, versions))
     return summary
 
 
-def apply_known(engine: Engine, parsed: dict[str, ParsedModel]) -> None:
+def apply_known(reg: Registry, parsed: dict[str, ParsedModel]) -> None:
     """Before a page is stored: versions whose primary file was proven already get that proof's verdict again
     (a re-crawled model is re-parsed from its metadata)."""
     keyed = {}
@@ -345,8 +343,8 @@ def apply_known(engine: Engine, parsed: dict[str, ParsedModel]) -> None:
                 keyed[v["id"]] = registry.proof_key(f["sha256"], f["id"])
     if not keyed:
         return
-    with engine.connect() as conn:
-        known = registry.known_proofs(conn, sorted(set(keyed.values())))
+    with reg.snapshot() as tx:
+        known = tx.known_proofs(sorted(set(keyed.values())))
     if not known:
         return
     for p in parsed.values():

@@ -11,10 +11,8 @@ from crawler.sources import Download, Ref, Source, Where
 from data import settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from crawler.http import RetryPolicy
-    from crawler.registry import ModelRecord, RunSummary, VersionRecord
+    from crawler.registry import ModelRecord, Registry, RunSummary, VersionRecord
     from data.settings import Sites
 
 
@@ -31,14 +29,14 @@ class Civitai:
 
         return api_url(url)
 
-    def crawl(self, engine: Engine, *, mode: str = "full", url: str | None = None,
+    def crawl(self, reg: Registry, *, mode: str = "full", url: str | None = None,
               policy: RetryPolicy | None = None, on_page: Callable | None = None,
               on_retry: Callable[[str], None] | None = None) -> RunSummary:  # fmt: skip
         from crawler.civitai.api import crawl
 
-        return crawl(engine, mode=mode, base_url=url, policy=policy, on_page=on_page, on_retry=on_retry)
+        return crawl(reg, mode=mode, base_url=url, policy=policy, on_page=on_page, on_retry=on_retry)
 
-    def fetch_one(self, connect: Callable[[], Engine], ref: Ref, *, url: str | None = None) -> None:
+    def fetch_one(self, connect: Callable[[], Registry], ref: Ref, *, url: str | None = None) -> None:
         from crawler.civitai.api import fetch_items, store_page
 
         items = fetch_items(model_id=ref.model, version_id=ref.version, file_hash=ref.file_hash, text=ref.text,
@@ -46,7 +44,7 @@ class Civitai:
         if items:  # Civitai answers a model it lacks with nothing: there is nothing to store, nor a registry to open
             store_page(connect(), items, None, None)
 
-    def fetch_by_hashes(self, connect: Callable[[], Engine], hashes: list[str], *, url: str | None = None) -> int:
+    def fetch_by_hashes(self, connect: Callable[[], Registry], hashes: list[str], *, url: str | None = None) -> int:
         from crawler.civitai.api import fetch_by_hashes, store_page
 
         items = fetch_by_hashes(hashes, base_url=url)

@@ -14,7 +14,7 @@ from crawler.http import ApiError
 from crawler.registry import OfficialCheck, RouteCheck
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from crawler.registry import Registry
 
 
 OnError = Callable[[str, str], None]  # (URL, reason) of a request that failed
@@ -63,7 +63,7 @@ def _file_facts(info, wanted: str, spec: dict) -> dict:
     return {"file_found": found, "size": size, "sha256": sha, "matches": found and not problems, "detail": detail}
 
 
-def check_all(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list[OfficialCheck]:
+def check_all(reg: Registry, hub: Hub, on_error: OnError | None = None) -> list[OfficialCheck]:
     checks = []
     for fam in families.all_families():
         for role in ("inpaint", "base"):
@@ -72,11 +72,11 @@ def check_all(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list
                 check = check_mirror(hub, fam["id"], role, mirror["repo"], spec, on_error)
                 if check is not None:
                     checks.append(check)
-    registry.save_official_checks(engine, checks)
+    reg.save_official_checks(checks)
     return checks
 
 
-def check_routes(engine: Engine, hub: Hub, on_error: OnError | None = None) -> list[RouteCheck]:
+def check_routes(reg: Registry, hub: Hub, on_error: OnError | None = None) -> list[RouteCheck]:
     """The same check for every Hub file of the inpainting routes (data/routes.json), one Hub call per repo."""
     from data import load
 
@@ -104,5 +104,5 @@ def check_routes(engine: Engine, hub: Hub, on_error: OnError | None = None) -> l
                 continue
             checks.append(RouteCheck(id=f"{route['id']}:{repo}/{wanted}", route=route["id"], repo=repo, file=wanted,
                                      checked_at=registry.utcnow(), **found))  # fmt: skip
-    registry.save_route_checks(engine, checks)
+    reg.save_route_checks(checks)
     return checks

@@ -26,7 +26,7 @@ from crawler.timestamps import parse_dt
 from data import settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from crawler.registry import Registry
 
 PAGE_SIZE = 100
 # Bumped when parsing or detection changes, so that the next crawl re-reads repos whose commit did not change.
@@ -275,7 +275,7 @@ def _skip(repo: HubRepo) -> bool:
 
 
 def crawl(
-    engine: Engine,
+    reg: Registry,
     *,
     mode: str = "full",
     endpoint: str | None = None,
@@ -291,9 +291,9 @@ def crawl(
     start. A killed or failed run resumes at its last committed page."""
     since = None
     if mode == "incremental":
-        last = registry.last_successful_run(engine, "hf")
+        last = reg.last_successful_run("hf")
         since = last.started_at if last else None
-    started = registry.start_run(engine, "hf", mode, since=since)
+    started = reg.start_run("hf", mode, since=since)
     run = started.run
     if run.since is not None:
         since = run.since if run.since.tzinfo else run.since.replace(tzinfo=UTC)
@@ -318,7 +318,7 @@ def crawl(
             summary.listed += len(repos)
             wanted = [r for r in repos if not _skip(r)]
             summary.skipped += len(repos) - len(wanted)
-            stored = registry.content_hashes(engine, [f"hf:{r.id}" for r in wanted])
+            stored = reg.content_hashes([f"hf:{r.id}" for r in wanted])
             parsed = {}
             for repo in wanted:
                 if repo.sha and stored.get(f"hf:{repo.id}") == _revision_key(repo.sha):
@@ -337,7 +337,7 @@ def crawl(
                 cursor = {"query": qi + 1, "next": None}
             if cursor["query"] < len(listings):
                 cursor["label"] = listings[cursor["query"]][0]
-            stored_page = registry.store_page(engine, parsed, run.id, json.dumps(cursor))
+            stored_page = reg.store_page(parsed, run.id, json.dumps(cursor))
             summary.pages += 1
             summary.written += stored_page.written
             summary.new_inpainting += stored_page.new_inpainting
@@ -349,34 +349,34 @@ def crawl(
                 on_page(summary)
         if qi < len(listings):  # stopped by max_pages: leave the run resumable
             summary.status, summary.note = "stopped", registry.stopped_note(summary.pages)
-            registry.finish_run(engine, run, "stopped", None, summary)
+            reg.finish_run(run, "stopped", None, summary)
             return summary
         if check_officials:
             on_error = lambda url, reason: summary.note_error("hf", url, reason)  # noqa: E731
-            checks = officials.check_all(engine, hub, on_error)
+            checks = officials.check_all(reg, hub, on_error)
             summary.officials_alive = sum(c.alive and c.matches for c in checks)
             summary.officials_dead = sorted({c.repo for c in checks if not c.alive})
-            route_checks = officials.check_routes(engine, hub, on_error)
+            route_checks = officials.check_routes(reg, hub, on_error)
             summary.route_files_missing = sorted(f"{c.repo}/{c.file}" for c in route_checks if not c.file_found)
-        resolve_lineage(engine)
-        summary.same_files = registry.link_same_files(engine)
-        summary.new_links = links.link_sibling_models(engine)
+        resolve_lineage(reg)
+        summary.same_files = reg.link_same_files()
+        summary.new_links = links.link_sibling_models(reg)
         summary.retries = hub.retries
         summary.status = "ok"
-        registry.finish_run(engine, run, "ok", None, summary)
+        reg.finish_run(run, "ok", None, summary)
     except BaseException as exc:
-        registry.record_run_failure(engine, run, summary, exc)
+        reg.record_run_failure(run, summary, exc)
         raise
     finally:
         hub.close()
     return summary
 
 
-def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
+def resolve_lineage(reg: Registry, max_depth: int = 8) -> int:
     """Families through chains of Hub repos (base -> fine-tune -> merge of it): a repo whose declared base is
     another crawled repo takes that repo's family when its own is unknown, or when it is the base architecture
     of a more specific one (an SDXL-shaped merge of a Pony fine-tune is Pony). Returns rows changed."""
-    known, parents = registry.hf_families(engine)
+    known, parents = reg.hf_families()
     before = {model_id: fam for model_id, (_, fam) in known.items()}
     family = dict(before)
     base = {model_id: f"hf:{repo}" for model_id, (repo, _) in known.items() if repo}
@@ -389,11 +389,11 @@ def resolve_lineage(engine: Engine, max_depth: int = 8) -> int:
         if not moved:
             break
     changed = {m: f for m, f in family.items() if f is not None and f != before[m]}  # moves only set families
-    registry.set_hf_families(engine, changed)
+    reg.set_hf_families(changed)
     return len(changed)
 
 
-def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, token: str | None = None,
+def fetch_one(reg: Registry, repo_id: str, *, endpoint: str | None = None, token: str | None = None,
               policy: RetryPolicy | None = None) -> str:  # fmt: skip
     """Look one repo up live and store it (``lookup`` of a repo the crawl has not seen); returns its model id."""
     with Hub(endpoint, token, policy=policy) as hub:
@@ -401,7 +401,7 @@ def fetch_one(engine: Engine, repo_id: str, *, endpoint: str | None = None, toke
         repo = HubRepo.from_info(info)
         seen = inspect(hub, repo.id, repo.sha or "main", repo.files, known_blobs=repo.blobs)
         parsed = parse_repo(repo, seen, hub.endpoint)
-    registry.store_page(engine, {parsed.model["id"]: parsed}, None, None)
-    resolve_lineage(engine)
-    registry.link_same_files(engine, hf_model=parsed.model["id"])  # lookup's path: not a join over every file
+    reg.store_page({parsed.model["id"]: parsed}, None, None)
+    resolve_lineage(reg)
+    reg.link_same_files(hf_model=parsed.model["id"])  # lookup's path: not a join over every file
     return parsed.model["id"]

@@ -12,10 +12,8 @@ from crawler.sources import Download, Ref, Source, Where
 from data import settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from crawler.http import RetryPolicy
-    from crawler.registry import ModelRecord, RunSummary, VersionRecord
+    from crawler.registry import ModelRecord, Registry, RunSummary, VersionRecord
     from data.settings import Sites
 
 LIVE_POLICY_ATTEMPTS = 2  # a live lookup waits on the user: two tries, short pauses
@@ -32,14 +30,14 @@ class Hub:
 
         return endpoint_from_env(url)
 
-    def crawl(self, engine: Engine, *, mode: str = "full", url: str | None = None,
+    def crawl(self, reg: Registry, *, mode: str = "full", url: str | None = None,
               policy: RetryPolicy | None = None, on_page: Callable | None = None,
               on_retry: Callable[[str], None] | None = None) -> RunSummary:  # fmt: skip
         from crawler.hf.repos import crawl
 
-        return crawl(engine, mode=mode, endpoint=url, policy=policy, on_page=on_page, on_retry=on_retry)
+        return crawl(reg, mode=mode, endpoint=url, policy=policy, on_page=on_page, on_retry=on_retry)
 
-    def fetch_one(self, connect: Callable[[], Engine], ref: Ref, *, url: str | None = None) -> None:
+    def fetch_one(self, connect: Callable[[], Registry], ref: Ref, *, url: str | None = None) -> None:
         from crawler.hf.repos import fetch_one
         from crawler.http import RetryPolicy
 
@@ -47,7 +45,7 @@ class Hub:
         fetch_one(connect(), ref.model, endpoint=url,
                   policy=RetryPolicy(attempts=LIVE_POLICY_ATTEMPTS, base_delay=0.5, max_delay=2.0))  # fmt: skip
 
-    def fetch_by_hashes(self, connect: Callable[[], Engine], hashes: list[str], *, url: str | None = None) -> int:
+    def fetch_by_hashes(self, connect: Callable[[], Registry], hashes: list[str], *, url: str | None = None) -> int:
         return 0
 
     def display_name(self, model: ModelRecord, version: VersionRecord | None) -> str:
