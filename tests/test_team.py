@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from advisor.team import runtime
 from advisor.team import worker as team
 from crawler import registry
-from crawler.registry import queue
 from merge.engine import merge
 from tests import pg
 from tests.conftest import ROOT, cli_env, run_cli
@@ -116,7 +116,7 @@ def test_every_build_error_code_is_either_permanent_or_transient():
     assert team.is_transient("http-error", "B: x: HTTP 503: busy") and team.is_transient("http-error", "HTTP 429")
     assert not team.is_transient("http-error", "B: x: HTTP 400: bad request")
     assert not team.is_transient("not-found") and team.is_transient("some-code-nobody-made")
-    assert queue.retry_wait(0) is not None and queue.retry_wait(queue.ATTEMPTS - 1) is None  # ATTEMPTS runs
+    assert runtime.retry_wait(0) is not None and runtime.retry_wait(registry.JOB_ATTEMPTS - 1) is None  # ATTEMPTS runs
 
 
 def test_the_same_build_enqueued_twice_is_one_job(team_world):
@@ -230,9 +230,9 @@ def test_a_transient_failure_is_retried_then_stops_with_its_error(team_world):
         job = _wait(lambda: next((j for j in _build_jobs(db) if j.status == "failed"), None), 90, "the job to fail")
     finally:
         said = _stop(worker)[0]
-    assert job.id == queued.job_id and job.attempts == queue.ATTEMPTS and job.error.startswith("network: ")
-    assert said.count(f"job {job.id} failed (network)") == queue.ATTEMPTS, said
-    assert f"runs again in 1 s (attempt 2/{queue.ATTEMPTS})" in said and "Traceback" not in said
+    assert job.id == queued.job_id and job.attempts == registry.JOB_ATTEMPTS and job.error.startswith("network: ")
+    assert said.count(f"job {job.id} failed (network)") == registry.JOB_ATTEMPTS, said
+    assert f"runs again in 1 s (attempt 2/{registry.JOB_ATTEMPTS})" in said and "Traceback" not in said
     shown = run_cli("jobs", "--status", "failed", env=team_world["env"]).stdout
     assert "network" in shown and str(job.id) in shown
     assert run_cli("jobs", "retry", str(job.id), env=team_world["env"]).returncode == 0

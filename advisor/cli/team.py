@@ -55,7 +55,7 @@ def worker(
       inpaint-advisor worker --concurrency 2 --crawl-every 6h --out /mnt/models
     """  # noqa: D301
     from advisor.team import worker as team
-    from crawler.registry import cron_for
+    from advisor.team.runtime import cron_for
 
     if crawl_every is not None:
         try:

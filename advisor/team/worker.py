@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from advisor.team.runtime import JobFailed, JobNews, run_worker
 from crawler import registry, sources
-from crawler.registry import JobNews, JobRecord
+from crawler.registry import JobRecord
 from data.errors import InpaintAdvisorError, exit_status
 
 # A failure another attempt would meet again: the job fails at once, with its code.
@@ -108,7 +109,7 @@ def enqueue_get(query: str, *, root: str | os.PathLike, ui: str | None = None, r
     NotQueued when it matches nothing or the folder is no UI."""
     from advisor.local import uis
 
-    registry.require_team(db)
+    queue = registry.open(db, "queue")  # a SQLite registry is refused before anything is resolved
     folder = Path(root).expanduser().resolve()
     install = uis.find(folder, ui) if folder.is_dir() else None
     if install is None or install.ui == "folder":
@@ -117,7 +118,7 @@ def enqueue_get(query: str, *, root: str | os.PathLike, ui: str | None = None, r
     if not isinstance(resolved, _Target):
         raise NotQueued(f"nothing queued: {resolved[1]}", resolved[0])
     key = get_key(resolved.model_id, resolved.version_id, root=str(folder), ui=install.ui, route=route)
-    (got,) = registry.enqueue_builds(db, [(key, {"query": resolved.target, "asked": query, "name": resolved.name,
+    (got,) = queue.enqueue_builds([(key, {"query": resolved.target, "asked": query, "name": resolved.name,
                                               "get_root": str(folder), "ui": install.ui, "route": route})])
     return Queued(query, resolved.target, resolved.name, got.existing if got.already else got.job_id, got.already)
 
@@ -161,7 +162,7 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
     """Queue one build per query, each resolved first (advisor.advice.lookup) to the model and version it means; the
     same resolved recipe is one job, however it was named. NotQueued, and nothing queued, when a query
     matches nothing or several models, or names a file only this host has."""
-    registry.require_team(db)
+    queue = registry.open(db, "queue")  # a SQLite registry is refused before anything is resolved
     targets: list[_Target] = []
     problems: list[tuple[str, str]] = []
     for q in queries:
@@ -175,7 +176,7 @@ def enqueue(queries: list[str], *, db: str | None = None, multiplier: float = 1.
         raise NotQueued("nothing queued: " + "; ".join(p[1] for p in problems), code)
     multiplier, force_build = float(multiplier), bool(force_build)
     options = {"multiplier": multiplier, "dtype": dtype, "force_build": force_build}
-    got = registry.enqueue_builds(db, [(build_key(t.model_id, t.version_id, multiplier=multiplier, dtype=dtype,
+    got = queue.enqueue_builds([(build_key(t.model_id, t.version_id, multiplier=multiplier, dtype=dtype,
                                                force_build=force_build),
                                      {"query": t.target, "asked": t.query, "name": t.name, **options})
                                     for t in targets])  # fmt: skip
@@ -245,10 +246,10 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
                            force_build=force_build, db=db)  # fmt: skip
         except Exception as exc:
             code, message = failure_of(exc)
-            raise registry.JobFailed(code, message, is_transient(code, message)) from exc
+            raise JobFailed(code, message, is_transient(code, message)) from exc
         made = result.output.path if result.output else query
         if not result.verified:
-            raise registry.JobFailed("unverified", f"{made}: {result.action}, but it could not be verified (the "
+            raise JobFailed("unverified", f"{made}: {result.action}, but it could not be verified (the "
                                   "registry records no SHA256 for it)", False)  # fmt: skip
         return made
 
@@ -259,7 +260,7 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
             result = get(query, root=root, ui=ui, route=route, db=db)
         except Exception as exc:
             code, message = failure_of(exc)
-            raise registry.JobFailed(code, message, is_transient(code, message)) from exc
+            raise JobFailed(code, message, is_transient(code, message)) from exc
         placed = [p.path or p.destination for p in result.files] + ([result.checkpoint] if result.checkpoint else [])
         return ", ".join(placed) or result.answer.name
 
@@ -271,23 +272,23 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
 
     say(f"worker {me}: builds into {out.resolve()}, {concurrency} at a time"
         + (f", crawls every {crawl_every}" if crawl_every else ""))  # fmt: skip
-    registry.run_worker(db, build=run_build, crawl=run_crawl if crawl_every else None, crawl_every=crawl_every,
+    run_worker(db, build=run_build, crawl=run_crawl if crawl_every else None, crawl_every=crawl_every,
                      concurrency=concurrency, name=me, tell=lambda news: say(news_line(news)),
                      verbose=verbose)  # fmt: skip
     say(f"worker {me}: stopped")
 
 
 def jobs(*, db: str | None = None, status: str | None = None) -> list[JobRecord]:
-    return registry.list_jobs(db, status)
+    return registry.open(db, "queue").jobs(status)
 
 
 def show(job_id: int, *, db: str | None = None) -> JobRecord:
-    return registry.show_job(db, job_id)
+    return registry.open(db, "queue").job(job_id)
 
 
 def retry(job_id: int, *, db: str | None = None) -> None:
-    registry.retry_job(db, job_id)
+    registry.open(db, "queue").retry(job_id)
 
 
 def cancel(job_id: int, *, db: str | None = None) -> str:
-    return registry.cancel_job(db, job_id)
+    return registry.open(db, "queue").cancel(job_id)

@@ -5,6 +5,7 @@ or PostgreSQL (a team's shared registry).
   one of its methods, and ``transaction()`` groups those that land together. ``open(db, "read")`` never
   creates nor alters the registry; ``open(db, "lookup")`` is `lookup`'s fast ``Reader`` over the plain driver
   (no SQLAlchemy import), and ``open_reader_if_any`` gives None where there is no registry yet;
+  ``open(db, "queue")`` is the team's job ``Queue`` (a PostgreSQL registry's);
 - the modules beside this one hold the queries: ``pages`` (a crawl page), ``runs`` (crawl runs and locks),
   ``links``, ``lineage``, ``officials``, ``proofs``, ``artifacts``, ``stats`` (what `status` shows),
   ``reader``, ``queue`` (the team's jobs).
@@ -50,26 +51,10 @@ if TYPE_CHECKING:  # what the names below are, for type checkers
         ATTEMPTS as JOB_ATTEMPTS,
     )
     from crawler.registry.queue import (
-        JobFailed,
-        JobNews,
         JobRecord,
+        Queue,
+        RunningJob,
         TeamModeNeedsPostgres,
-        cron_for,
-        enqueue_builds,
-        list_jobs,
-        run_worker,
-    )
-    from crawler.registry.queue import (
-        cancel as cancel_job,
-    )
-    from crawler.registry.queue import (
-        require as require_team,
-    )
-    from crawler.registry.queue import (
-        retry as retry_job,
-    )
-    from crawler.registry.queue import (
-        show as show_job,
     )
     from crawler.registry.reader import Reader
     from crawler.registry.runs import (
@@ -87,9 +72,8 @@ __all__ = [
     "ArtifactRecord", "LinkRecord", "ModelRecord", "OfficialState", "RouteFileState", "VersionRecord",
     "MODES", "open", "open_reader_if_any", "describe_error", "Registry", "Transaction", "Reader",
     "CrawlLocked", "RunSummary", "stopped_note", "utcnow", "ParsedModel", "PageResult", "RegistryStatus",
-    "OfficialCheck", "RouteCheck", "Made", "proof_key", "JobFailed", "JobNews",
-    "JobRecord", "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "require_team", "enqueue_builds", "list_jobs",
-    "show_job", "retry_job", "cancel_job", "run_worker", "cron_for", "forget",
+    "OfficialCheck", "RouteCheck", "Made", "proof_key", "Queue", "RunningJob", "JobRecord",
+    "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "forget",
 ]  # fmt: skip
 
 # The rest of the way in, each name from its module on first use (importing the package stays cheap: SQLAlchemy
@@ -104,11 +88,8 @@ _HOME = {
     "RegistryStatus": "stats:RegistryStatus", "OfficialCheck": "schema:OfficialCheck",
     "RouteCheck": "schema:RouteCheck", "Made": "artifacts:Made", "proof_key": "proofs:key_of",
     # the team's job queue (procrastinate's tables, in a PostgreSQL registry)
-    "JobFailed": "queue:JobFailed", "JobNews": "queue:JobNews", "JobRecord": "queue:JobRecord",
+    "Queue": "queue:Queue", "RunningJob": "queue:RunningJob", "JobRecord": "queue:JobRecord",
     "TeamModeNeedsPostgres": "queue:TeamModeNeedsPostgres", "JOB_ATTEMPTS": "queue:ATTEMPTS",
-    "require_team": "queue:require", "enqueue_builds": "queue:enqueue_builds", "list_jobs": "queue:list_jobs",
-    "show_job": "queue:show", "retry_job": "queue:retry", "cancel_job": "queue:cancel",
-    "run_worker": "queue:run_worker", "cron_for": "queue:cron_for",
     # an engine forgotten (a scratch registry removed)
     "forget": "engine:forget",
 }  # fmt: skip
@@ -123,7 +104,7 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"crawler.registry.{module}"), attr)
 
 
-MODES = ("write", "read", "lookup")
+MODES = ("write", "read", "lookup", "queue")
 
 
 def open(db=None, mode: str = "write"):  # noqa: A001 (the registry's own open, as sqlite-utils' Database)
@@ -131,12 +112,18 @@ def open(db=None, mode: str = "write"):  # noqa: A001 (the registry's own open, 
 
     - ``"write"``: a ``Registry`` for commands that write (created where missing, upgraded where old);
     - ``"read"``: a ``Registry`` that is never created nor altered (`status`, `schedule list`);
-    - ``"lookup"``: `lookup`'s fast ``Reader`` over the plain driver (no SQLAlchemy import).
+    - ``"lookup"``: `lookup`'s fast ``Reader`` over the plain driver (no SQLAlchemy import);
+    - ``"queue"``: the team's job ``Queue``; TeamModeNeedsPostgres, before anything is touched, unless the
+      registry is a PostgreSQL one.
     """
     if mode == "lookup":
         from crawler.registry.reader import open_reader
 
         return open_reader(db)
+    if mode == "queue":
+        from crawler.registry.queue import open_queue
+
+        return open_queue(db)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
     from crawler.registry.database import open_registry
