@@ -39,6 +39,11 @@ def test_usage_errors_are_exit_2_and_json_with_json(args):
     assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"]["code"] == "usage"
 
 
+def test_a_json_option_given_a_value_is_a_json_usage_error():
+    done = run_cli("status", "--json=1")
+    assert done.returncode == 2 and "--json" in json.loads(done.stdout)["error"]["message"]
+
+
 def test_status_fits_80_columns(tmp_path, serve):
     from crawler import hf, registry
     from crawler.http import RetryPolicy

@@ -23,7 +23,7 @@ def run(argv: list[str]) -> int:
     try:
         code = app(args=argv, prog_name="inpaint-advisor", standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors (typer vendors click): bad options, missing args
-        if "--json" in argv:
+        if _asks_json(argv):
             return fail(exc.format_message(), code="usage", exit_code=getattr(exc, "exit_code", USAGE),
                         as_json=True)  # fmt: skip
         exc.show()  # type: ignore[attr-defined]  # click's ClickException.show, which typer's stubs do not declare
@@ -33,6 +33,12 @@ def run(argv: list[str]) -> int:
     except typer.Abort:
         return 130
     return code if isinstance(code, int) else 0
+
+
+def _asks_json(argv: list[str]) -> bool:
+    """``--json`` among the options (``--json=1`` too, which is itself the usage error), not after ``--``."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return any(a == "--json" or a.startswith("--json=") for a in options)
 
 
 def main(argv: list[str] | None = None) -> None:
