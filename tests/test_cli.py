@@ -39,6 +39,15 @@ def test_usage_errors_are_exit_2_and_json_with_json(args):
     assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"]["code"] == "usage"
 
 
+def test_a_malformed_postgresql_url_is_one_line_that_shows_no_part_of_its_password():
+    env = cli_env(INPAINT_ADVISOR_DB="postgresql+psycopg://team:Pa[s3cret]W0rd@127.0.0.1:5432/reg")
+    for args in (["status"], ["jobs"], ["lookup", "anything"]):
+        plain, as_json = run_cli(*args, env=env), run_cli(*args, "--json", env=env)
+        assert plain.returncode == 2 and "Traceback" not in plain.stderr and "s3cret" not in plain.stderr, args
+        assert "percent-encoded" in " ".join(plain.stderr.split()), plain.stderr
+        assert json.loads(as_json.stdout)["error"]["code"] == "unsupported-registry" and "s3cret" not in as_json.stdout
+
+
 def test_a_json_option_given_a_value_is_a_json_usage_error():
     done = run_cli("status", "--json=1")
     assert done.returncode == 2 and "--json" in json.loads(done.stdout)["error"]["message"]

@@ -64,7 +64,16 @@ def locate(db: str | os.PathLike | None = None) -> Location:
             raise UnsupportedRegistry(f"{value}: a SQLite registry needs a file path (sqlite:///path/to/registry.db)")
         return Location("sqlite", path=Path(rest[1:]).expanduser())
     if scheme in _POSTGRES_SCHEMES:
-        return Location("postgresql", url="postgresql+psycopg://" + value.split("://", 1)[1])
+        url = "postgresql+psycopg://" + value.split("://", 1)[1]
+        try:  # what every later use parses: a malformed URL is refused here, without a word of it shown
+            parts = urlsplit(url)
+            _ = parts.hostname, parts.port
+        except ValueError:
+            raise UnsupportedRegistry("the PostgreSQL registry URL is malformed: its port must be a number up to "
+                                      "65535, and the characters URLs reserve must be percent-encoded in its user "
+                                      "name and password ([ as %5B, ] as %5D, @ as %40, / as %2F, : as %3A)") \
+                from None  # fmt: skip
+        return Location("postgresql", url=url)
     if scheme.startswith("postgresql+"):
         raise UnsupportedRegistry(
             f"registry URL scheme {scheme!r}: the PostgreSQL registry uses the psycopg driver "
