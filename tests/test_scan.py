@@ -163,6 +163,15 @@ def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):
     assert a_file.returncode == 2 and "not a folder" in a_file.stderr and "lookup FILE" in a_file.stderr
 
 
+def test_a_registry_that_is_not_one_is_one_line(a1111, tmp_path):
+    (tmp_path / "text.db").write_text("not a database\n")
+    env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"), INPAINT_ADVISOR_DB=str(tmp_path / "text.db"))
+    for args in (["scan", str(a1111), "--offline"], ["scan", str(a1111), "--offline", "--build", "--dry-run"]):
+        plain, as_json = run_cli(*args, env=env), run_cli(*args, "--json", env=env)
+        assert plain.returncode == 2 and "Traceback" not in plain.stderr and "not a SQLite database" in plain.stderr
+        assert json.loads(as_json.stdout)["error"]["code"] == "not-a-registry"
+
+
 def test_unknown_hashes_are_asked_of_civitai_in_batches_and_stored(a1111, registry_db, serve, monkeypatch):
     sd = a1111 / "models" / "Stable-diffusion"
     item = synthetic_item(630001, random.Random(4), datetime.datetime(2025, 1, 1))

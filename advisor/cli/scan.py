@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from advisor.cli.app import PlainCommand, app
-from advisor.cli.common import DbOption, JsonOption, die, run_batch_and_report
+from advisor.cli.common import DbOption, JsonOption, die, die_for, run_batch_and_report
 
 
 @app.command(cls=PlainCommand)
@@ -69,9 +69,12 @@ def scan(
     progress = Progress("identifying", BarColumn(), MofNCompleteColumn(), console=err,
                         disable=as_json or not err.is_terminal)  # fmt: skip
     task = progress.add_task("scan", total=None)
-    with progress:
-        results = do_scan(paths, db=db, offline=offline,
-                          progress=lambda done, total: progress.update(task, completed=done, total=total))
+    try:
+        with progress:
+            results = do_scan(paths, db=db, offline=offline,
+                              progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except Exception as exc:  # the registry unreadable or unreachable, ...: one line, as every command says it
+        raise die_for(exc, as_json=as_json) from None
     if do_build and do_get:
         raise die("--build or --get, not both", code="usage", exit_code=2, as_json=as_json)
     if do_build:
