@@ -190,6 +190,16 @@ def test_meaningless_or_wrong_kind_queries_are_usage_errors(registry_db, query, 
     assert as_json.returncode == 2 and json.loads(as_json.stdout)["error"]["code"] == "bad-query"
 
 
+def test_a_query_that_is_not_utf8_is_one_usage_line_never_a_codec_error(registry_db):
+    env = cli_env(INPAINT_ADVISOR_DB=registry_db)
+    query = b"a\x9bb\x1b[31m".decode("utf-8", "surrogateescape")  # bytes a shell passes on as they are
+    for args in (["lookup", query], ["build", query, "--dry-run", "--offline"]):
+        result = run_cli(*args, "--json", env=env, fresh=True)  # fresh: argv as the kernel hands it over
+        error = json.loads(result.stdout)["error"]
+        assert result.returncode == 2 and error["code"] == "bad-query", result.stdout
+        assert "not valid UTF-8: a\\x9bb\\x1b[31m" in error["message"] and "codec" not in error["message"]
+
+
 def test_a_version_of_another_model_or_none_is_an_error(hostile):
     env, _, _ = hostile
     other = run_cli("lookup", "civitai:910001@9100020", "--offline", env=env)

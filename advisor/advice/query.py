@@ -71,6 +71,12 @@ def parse_query(raw: str) -> Query:
             return Query(raw, "file", path=path)
         if (path / "model_index.json").exists() or (path / "unet").is_dir() or (path / "transformer").is_dir():
             return Query(raw, "file", path=path)
+    try:  # a file's name may be any bytes (it was found above); a name, URL or hash is text
+        q.encode("utf-8")
+    except UnicodeEncodeError:
+        bytes_shown = repr(q.encode("utf-8", "surrogateescape"))[2:-1]  # every byte that is not printable, escaped
+        raise QueryError(f"not valid UTF-8: {shown(bytes_shown)} (a model name, URL or hash is text; a file's "
+                         "name must be of a file that exists)") from None  # fmt: skip
     is_url = "://" in q or q.lower().startswith(_URL_HOSTS)
     if q.lower().startswith("hf:") and not _HF_REPO.match(q):  # a prefix that says what it is: not a path
         raise QueryError(f"not a Hugging Face repo: {shown(q)} (expected hf:AUTHOR/NAME)")
