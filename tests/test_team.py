@@ -103,6 +103,7 @@ def test_team_mode_on_sqlite_says_it_needs_postgresql_and_what_to_use(tmp_path):
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         text = done.stdout + done.stderr
         assert "needs a PostgreSQL registry" in text and "scan --build" in text and "build --missing" in text
+        assert "worker " not in done.stderr, done.stderr  # refused before a worker says it has started
     assert json.loads(run_cli("jobs", "--json", env=env).stdout)["error"]["code"] == "needs-postgres"
 
 
@@ -206,11 +207,15 @@ def test_a_worker_says_one_line_per_job_and_a_permanent_failure_is_not_retried(t
     tail = " ".join(failed.error.split()[-3:])  # the end of the error: cut in the table, whole in `jobs show`
     assert tail not in "\n".join(table) and tail in " ".join(shown.stdout.split()), (tail, shown.stdout)
     detail = json.loads(run_cli("jobs", "show", str(bad.job_id), "--json", env=narrow).stdout)
+    beyond = run_cli("jobs", "show", str(2**70), "--json", env=narrow)
+    assert beyond.returncode == 1 and json.loads(beyond.stdout)["error"]["code"] == "not-found", beyond.stdout
     assert detail["error"] == failed.error and [e["type"] for e in detail["events"]][-1] == "failed"
 
     for verb in ("retry", "cancel"):  # a job that is not there, and one that succeeded: why not, never a DB error
         missing = run_cli("jobs", verb, "987654", env=narrow)
         assert missing.returncode == 1 and "no job 987654" in missing.stderr, missing.stderr
+        beyond = run_cli("jobs", verb, str(2**70), env=narrow)  # no bigint holds it: still "no job"
+        assert beyond.returncode == 1 and f"no job {2**70}" in beyond.stderr, beyond.stderr
         assert json.loads(run_cli("jobs", verb, "987654", "--json", env=narrow).stdout)["error"]["code"] == "not-found"
         finished = run_cli("jobs", verb, str(ok.job_id), env=narrow)
         assert finished.returncode == 1 and "succeeded" in finished.stderr, finished.stderr

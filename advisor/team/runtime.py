@@ -73,10 +73,6 @@ def retry_wait(attempts: int) -> float | None:
     return settings.current().retry_wait ** (attempts + 1)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _retry_at(exc: BaseException, attempts: int) -> float | None:
     """The queue's retry rule: a permanent JobFailed never runs again; anything else counts as transient."""
     if isinstance(exc, JobFailed) and not exc.transient:
@@ -141,7 +137,7 @@ def run_worker(db: str | None, *, build: Callable[..., object], crawl: Callable[
         try:
             made = await sync_to_async(function, thread_sensitive=False)(**kwargs)
         except Exception as exc:
-            failed = exc if isinstance(exc, JobFailed) else JobFailed(code, _first_line(exc), transient)
+            failed = exc if isinstance(exc, JobFailed) else JobFailed(code, registry.first_line(exc), transient)
             await job.failed(str(failed))
             wait = retry_wait(job.attempt - 1) if failed.transient and job.task == "build" else None
             say(JobNews("retry" if wait is not None else "failed", job.id, job.task, args, job.attempt,

@@ -270,6 +270,7 @@ def work(*, db: str | None = None, out: str | os.PathLike = ".", concurrency: in
         summary = crawl_all(registry.open(db), incremental=True)
         return ", ".join(f"{s.source} {s.status}" for s in summary.sources)
 
+    registry.open(db, "queue")  # a registry that cannot hold the queue is refused before the worker says a word
     say(f"worker {me}: builds into {out.resolve()}, {concurrency} at a time"
         + (f", crawls every {crawl_every}" if crawl_every else ""))  # fmt: skip
     run_worker(db, build=run_build, crawl=run_crawl if crawl_every else None, crawl_every=crawl_every,

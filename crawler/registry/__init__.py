@@ -41,7 +41,7 @@ from crawler.registry.records import (
 
 if TYPE_CHECKING:  # what the names below are, for type checkers
     from crawler.registry.artifacts import Made
-    from crawler.registry.database import Registry, Transaction
+    from crawler.registry.database import Registry, Snapshot, Transaction
     from crawler.registry.engine import forget
     from crawler.registry.pages import PageResult, ParsedModel
     from crawler.registry.proofs import (
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers
         Queue,
         RunningJob,
         TeamModeNeedsPostgres,
+        first_line,
     )
     from crawler.registry.reader import Reader
     from crawler.registry.runs import (
@@ -70,10 +71,10 @@ __all__ = [
     "MissingDriver", "NewerRegistry", "NoRegistry", "NotARegistry", "ReadOnlyRegistry", "RegistryError",
     "RegistryUnreachable", "UnsupportedRegistry", "Location", "default_db_path", "locate", "normalize_name",
     "ArtifactRecord", "LinkRecord", "ModelRecord", "OfficialState", "RouteFileState", "VersionRecord",
-    "MODES", "open", "open_reader_if_any", "describe_error", "Registry", "Transaction", "Reader",
+    "MODES", "open", "open_reader_if_any", "describe_error", "Registry", "Snapshot", "Transaction", "Reader",
     "CrawlLocked", "RunSummary", "stopped_note", "utcnow", "ParsedModel", "PageResult", "RegistryStatus",
     "OfficialCheck", "RouteCheck", "Made", "proof_key", "Queue", "RunningJob", "JobRecord",
-    "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "forget",
+    "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "first_line", "forget",
 ]  # fmt: skip
 
 # The rest of the way in, each name from its module on first use (importing the package stays cheap: SQLAlchemy
@@ -81,7 +82,8 @@ __all__ = [
 # of the registry (tests/test_architecture.py). Public name -> "module:name there".
 _HOME = {
     # an opened registry: its queries are methods
-    "Registry": "database:Registry", "Transaction": "database:Transaction", "Reader": "reader:Reader",
+    "Registry": "database:Registry", "Transaction": "database:Transaction", "Snapshot": "database:Snapshot",
+    "Reader": "reader:Reader",
     # what those methods take and give
     "CrawlLocked": "runs:CrawlLocked", "RunSummary": "runs:RunSummary", "stopped_note": "runs:stopped_note",
     "utcnow": "runs:utcnow", "ParsedModel": "pages:ParsedModel", "PageResult": "pages:PageResult",
@@ -90,6 +92,7 @@ _HOME = {
     # the team's job queue (procrastinate's tables, in a PostgreSQL registry)
     "Queue": "queue:Queue", "RunningJob": "queue:RunningJob", "JobRecord": "queue:JobRecord",
     "TeamModeNeedsPostgres": "queue:TeamModeNeedsPostgres", "JOB_ATTEMPTS": "queue:ATTEMPTS",
+    "first_line": "queue:first_line",
     # an engine forgotten (a scratch registry removed)
     "forget": "engine:forget",
 }  # fmt: skip
@@ -111,7 +114,7 @@ def open(db=None, mode: str = "write"):  # noqa: A001 (the registry's own open, 
     """The registry ``db`` (a path, an URL, or None for ``$INPAINT_ADVISOR_DB`` / the default), opened:
 
     - ``"write"``: a ``Registry`` for commands that write (created where missing, upgraded where old);
-    - ``"read"``: a ``Registry`` that is never created nor altered (`status`, `schedule list`);
+    - ``"read"``: a ``Registry`` that is never created nor altered (`status`, `schedule show`);
     - ``"lookup"``: `lookup`'s fast ``Reader`` over the plain driver (no SQLAlchemy import);
     - ``"queue"``: the team's job ``Queue``; TeamModeNeedsPostgres, before anything is touched, unless the
       registry is a PostgreSQL one.

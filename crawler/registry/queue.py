@@ -124,6 +124,13 @@ _STALLED = """SELECT j.id, j.task_name FROM procrastinate_jobs j LEFT JOIN procr
  ORDER BY j.id"""
 
 
+def _known_id(job_id: int) -> int:
+    """``job_id``, or NoSuchJob where no job can have it (procrastinate's ids are positive bigints)."""
+    if not 0 < job_id < 2**63:
+        raise NoSuchJob(f"no job {job_id}")
+    return job_id
+
+
 def _state(app, job_id: int) -> dict:
     rows = app.connector.get_sync_connector().execute_query_all(
         query=_STATE, job_id=job_id, stall=settings.current().worker_stall_after)  # fmt: skip
@@ -258,6 +265,7 @@ class Queue:
 
     def job(self, job_id: int) -> JobRecord:
         """One job with its history; NoSuchJob when there is none."""
+        _known_id(job_id)
         with self._opened() as app:
             connector = app.connector.get_sync_connector()
             found = app.job_manager.list_jobs(id=job_id)
@@ -272,6 +280,7 @@ class Queue:
     def retry(self, job_id: int) -> None:
         """A failed job, or a running one whose worker has gone silent (killed, pruned), queued again now;
         NoSuchJob or QueueError (saying why) otherwise."""
+        _known_id(job_id)
         with self._opened() as app:
             state = _state(app, job_id)
             if not (state["status"] == "failed" or (state["status"] == "doing" and not state["alive"])):
@@ -291,6 +300,7 @@ class Queue:
     def cancel(self, job_id: int) -> str:
         """A queued job removed ("cancelled"), a running one asked to stop ("stopping"); NoSuchJob or
         QueueError (saying why) for a job that is not there or has ended."""
+        _known_id(job_id)
         with self._opened() as app:
             state = _state(app, job_id)
             if state["status"] not in ("todo", "doing"):
