@@ -122,7 +122,7 @@ def fetch_base_models(*, base_url: str | None = None, token: str | None = None,
 
 
 def store_page(reg: Registry, items: list, run_id: int | None, next_cursor: str | None) -> registry.PageResult:
-    """Parse and write one page of raw `/models` items (see ``registry.store_page``), known header proofs applied."""
+    """Parse and write one page of raw `/models` items (see ``Registry.store_page``), known header proofs applied."""
     parsed = parse_page(items)
     civitai_proof.apply_known(reg, parsed)
     return reg.store_page(parsed, run_id, next_cursor)

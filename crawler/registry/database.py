@@ -1,6 +1,7 @@
 """One registry, opened: ``Registry`` (like sqlite-utils' ``Database``) holds the connection pool and is the way
 in for the commands that write, crawl or report, each query a method; ``Transaction`` groups queries that must
-land together (a crawl's header proofs, a crawl's links between models).
+land together (a crawl's header proofs, a crawl's links between models), and ``Snapshot`` reads on one
+connection.
 
 `lookup`'s fast reader (``reader.Reader``, the plain driver without SQLAlchemy) is the other way in, for
 reading alone: ``registry.open(db, "lookup")`` gives it.
@@ -46,10 +47,10 @@ class Registry:
             yield Transaction(conn)
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Transaction]:
-        """Queries that read one consistent state (nothing written)."""
+    def snapshot(self) -> Iterator[Snapshot]:
+        """Queries that read on one connection (a Snapshot has no method that writes)."""
         with self.engine.connect() as conn:
-            yield Transaction(conn)
+            yield Snapshot(conn)
 
     # -- crawl runs and their lock ---------------------------------------------------------------------------------
     def start_run(self, source: str, mode: str, *, since=None, period: str | None = None) -> runs.Started:
@@ -110,8 +111,8 @@ class Registry:
         return artifacts.recent(self.engine, limit)
 
 
-class Transaction:
-    """Queries on one connection, inside ``Registry.transaction`` or ``Registry.snapshot``."""
+class Snapshot:
+    """Queries that read, on one connection (``Registry.snapshot``; a Transaction reads the same way)."""
 
     def __init__(self, conn: Connection):
         self._conn = conn
@@ -129,9 +130,6 @@ class Transaction:
     def versions_of(self, model_ids: list[str]) -> list[dict]:
         return links.versions_of(self._conn, model_ids)
 
-    def save_sibling_links(self, rows: list[dict], parents: set[str]) -> None:
-        links.save_sibling_links(self._conn, rows, parents)
-
     # -- header proofs of Civitai versions ---------------------------------------------------------------------
     def known_proofs(self, keys: list[str]) -> dict[str, dict]:
         return proofs.known(self._conn, keys)
@@ -139,6 +137,16 @@ class Transaction:
     def pending_proofs(self, limit: int, offset: int = 0,
                        contradictions: Sequence[tuple[str, Sequence[str]]] = ()) -> list[dict]:  # fmt: skip
         return proofs.pending(self._conn, limit, offset, contradictions)
+
+    def versions_for_links(self, model_id: str) -> list[dict]:
+        return proofs.versions_for_links(self._conn, model_id)
+
+
+class Transaction(Snapshot):
+    """Queries that land together or not at all (``Registry.transaction``): a Snapshot's reads, and writes."""
+
+    def save_sibling_links(self, rows: list[dict], parents: set[str]) -> None:
+        links.save_sibling_links(self._conn, rows, parents)
 
     def save_proofs(self, rows: list[dict]) -> None:
         proofs.save(self._conn, rows)
@@ -148,9 +156,6 @@ class Transaction:
 
     def set_proven_families(self, families: dict[str, str]) -> None:
         proofs.set_families(self._conn, families)
-
-    def versions_for_links(self, model_id: str) -> list[dict]:
-        return proofs.versions_for_links(self._conn, model_id)
 
     def refresh_model(self, model_id: str, versions: list[dict], same_model_links: list[dict]) -> None:
         proofs.refresh_model(self._conn, model_id, versions, same_model_links)
