@@ -170,6 +170,9 @@ def run_merge(
     title = title or plan.out.stem
     hashes: dict[int, str] = {}
     hash_failed: list[Exception] = []
+    # an upstream (a prepared pair's delta) is A's and C's alone: kept whole whatever B turns out to be
+    unwritten = "nothing was written" if plan.upstream is None else \
+        f"{plan.out.name} was not written (the prepared pair of A and C was, and is kept)"  # fmt: skip
 
     def hash_all():
         try:
@@ -182,9 +185,9 @@ def run_merge(
                 hashes[i] = hashing.file_hashes(path, autov3=False, use_cache=role not in plan.reread).sha256
                 if expected and hashes[i].lower() != expected.lower():
                     hash_failed.append(MergeError(f"{path} changed since it was checked: SHA256 {hashes[i][:12]}..., "
-                                                  f"expected {expected[:12]}...; nothing was written", "changed"))
+                                                  f"expected {expected[:12]}...; {unwritten}", "changed"))
         except CheckpointError as exc:  # it changed while it was read
-            hash_failed.append(MergeError(f"{exc}; nothing was written", "changed"))
+            hash_failed.append(MergeError(f"{exc}; {unwritten}", "changed"))
         except OSError as exc:  # reported by the merge if it gets that far; a failed merge has its own error
             hash_failed.append(exc)
 

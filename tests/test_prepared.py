@@ -146,10 +146,11 @@ def test_a_first_build_whose_b_fails_its_check_keeps_the_pair_it_wrote(official)
     plan = _first_build(t, t / "one.safetensors")
     plan.expected = {"b": "0" * 64}  # B is not the file it was checked to be
     try:
-        with pytest.raises(MergeError, match="changed since it was checked"):
+        with pytest.raises(MergeError, match="changed since it was checked") as failed:
             run_merge(plan)
     finally:
         plan.close()
+    assert "one.safetensors was not written (the prepared pair of A and C was, and is kept)" in str(failed.value)
     assert not (t / "one.safetensors").exists()
     pair = prepared.find("A" * 64, "C" * 64, 1.0)
     assert pair is not None and prepared.check(pair) is None  # A's and C's alone: whole, and used next time
