@@ -201,6 +201,7 @@ class Queue:
     opens procrastinate, with the registry created or upgraded first (its jobrun table), and closes it."""
 
     def __init__(self, location: Location):
+        self.location = location
         if location.dialect != "postgresql":
             raise TeamModeNeedsPostgres(f"team mode (a shared build queue) needs a PostgreSQL registry; the "
                                         f"registry {location.display} is SQLite")  # fmt: skip
@@ -209,7 +210,6 @@ class Queue:
         except ImportError:
             raise TeamModeNeedsPostgres("team mode needs its job queue: pip install 'inpaint-advisor[postgres]'") \
                 from None  # fmt: skip
-        self.location = location
 
     def __repr__(self) -> str:
         return f"<Queue {self.location.display}>"
@@ -372,6 +372,11 @@ class Queue:
 
 
 def open_queue(db: str | None = None) -> Queue:
-    """The job queue of the registry ``db``; TeamModeNeedsPostgres unless it can hold one (checked before
-    anything is touched, so that no work is done for nothing)."""
-    return Queue(locate(db))
+    """The job queue of the registry ``db``, which is created or upgraded where it needs to be; TeamModeNeedsPostgres
+    unless it can hold one (checked before anything is touched), and the registry's own errors (unreachable, newer
+    than this code, ...) before any work is done for nothing."""
+    from crawler.registry.engine import connect
+
+    queue = Queue(locate(db))
+    connect(queue.location.url)
+    return queue
