@@ -7,10 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from crawler.registry.reader import unchanged
-from crawler.registry.schema import Artifact, table_of
+from crawler.registry.schema import ARTIFACT, Artifact
 from crawler.registry.upsert import upsert
 
 
@@ -38,13 +37,13 @@ def record(engine: Engine, made: Made) -> None:
            "path": str(made.path.resolve()), "size": st.st_size, "sha256": made.sha256, "mtime_ns": st.st_mtime_ns,
            "host": socket.gethostname(), "created_at": datetime.now(UTC)}  # fmt: skip
     with engine.begin() as conn:
-        upsert(conn, table_of(Artifact), [row])
+        upsert(conn, ARTIFACT, [row])
 
 
 def by_key(engine: Engine, key: str) -> Artifact | None:
     """The artifact of this recipe, if its file is still there unchanged."""
     with engine.connect() as conn:
-        row = conn.execute(select(Artifact).where(col(Artifact.id) == key)).first()
+        row = conn.execute(select(ARTIFACT).where(ARTIFACT.c.id == key)).first()
     if row is None or not unchanged(row.path, row.size, row.mtime_ns):
         return None
     return Artifact(**row._mapping)
@@ -52,5 +51,5 @@ def by_key(engine: Engine, key: str) -> Artifact | None:
 
 def recent(engine: Engine, limit: int = 10) -> list[Artifact]:
     with engine.connect() as conn:
-        rows = conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(limit)).all()
+        rows = conn.execute(select(ARTIFACT).order_by(ARTIFACT.c.created_at.desc()).limit(limit)).all()
     return [Artifact(**r._mapping) for r in rows]

@@ -2,18 +2,17 @@
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
-from crawler.registry.schema import Family, Model, Version
+from crawler.registry.schema import FAMILY, MODEL, VERSION
 
 
 def hf_families(engine: Engine) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, str | None]]:
     """({hf model id: (declared base repo, family)}, {family: parent family})."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(col(Model.id), col(Model.base_model), col(Model.family)).where(col(Model.source) == "hf")
+            select(MODEL.c.id, MODEL.c.base_model, MODEL.c.family).where(MODEL.c.source == "hf")
         ).all()
-        parents: dict[str, str | None] = dict(conn.execute(select(col(Family.id), col(Family.parent))).all())
+        parents: dict[str, str | None] = dict(conn.execute(select(FAMILY.c.id, FAMILY.c.parent)).all())
     return {r.id: (r.base_model, r.family) for r in rows}, parents
 
 
@@ -23,5 +22,5 @@ def set_families(engine: Engine, changed: dict[str, str]) -> None:
         return
     with engine.begin() as conn:
         for model_id, family in changed.items():
-            conn.execute(update(Model).where(col(Model.id) == model_id).values(family=family))
-            conn.execute(update(Version).where(col(Version.model_id) == model_id).values(family=family))
+            conn.execute(update(MODEL).where(MODEL.c.id == model_id).values(family=family))
+            conn.execute(update(VERSION).where(VERSION.c.model_id == model_id).values(family=family))

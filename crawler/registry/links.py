@@ -5,44 +5,43 @@ from collections.abc import Sequence
 
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlmodel import col
 
-from crawler.registry.schema import InpaintLink, Model, Version, table_of
+from crawler.registry.schema import INPAINT_LINK, MODEL, VERSION
 from crawler.registry.upsert import upsert
 
 
 def dedicated_models(conn: Connection) -> Sequence[Row[str, str, str | None, str]]:
     """(id, name, creator, source) of every model whose versions are all inpainting releases."""
     return conn.execute(
-        select(col(Model.id), col(Model.name), col(Model.creator), col(Model.source)).where(
-            col(Model.is_inpainting).is_(True), col(Model.creator).is_not(None)
+        select(MODEL.c.id, MODEL.c.name, MODEL.c.creator, MODEL.c.source).where(
+            MODEL.c.is_inpainting.is_(True), MODEL.c.creator.is_not(None)
         )
     ).all()
 
 
 def sibling_link_ids(conn: Connection) -> set[str]:
-    return set(conn.execute(select(col(InpaintLink.id)).where(col(InpaintLink.kind) == "sibling-model")).scalars())
+    return set(conn.execute(select(INPAINT_LINK.c.id).where(INPAINT_LINK.c.kind == "sibling-model")).scalars())
 
 
 def creator_models(conn: Connection, source: str, creator: str) -> Sequence[Row[str, str]]:
     """(id, name) of the creator's models on that source that are not inpainting models themselves."""
     return conn.execute(
-        select(col(Model.id), col(Model.name)).where(
-            col(Model.source) == source, col(Model.creator) == creator, col(Model.is_inpainting).is_(False)
+        select(MODEL.c.id, MODEL.c.name).where(
+            MODEL.c.source == source, MODEL.c.creator == creator, MODEL.c.is_inpainting.is_(False)
         )
     ).all()
 
 
 def versions_of(conn: Connection, model_ids: list[str]) -> list[dict]:
-    cols = [col(Version.id), col(Version.model_id), col(Version.name), col(Version.published_at),
-            col(Version.is_inpainting), col(Version.inpaint_confidence)]  # fmt: skip
-    return [dict(r._mapping) for r in conn.execute(select(*cols).where(col(Version.model_id).in_(model_ids)))]
+    cols = [VERSION.c.id, VERSION.c.model_id, VERSION.c.name, VERSION.c.published_at,
+            VERSION.c.is_inpainting, VERSION.c.inpaint_confidence]  # fmt: skip
+    return [dict(r._mapping) for r in conn.execute(select(*cols).where(VERSION.c.model_id.in_(model_ids)))]
 
 
 def save_sibling_links(conn: Connection, rows: list[dict], parents: set[str]) -> None:
-    upsert(conn, table_of(InpaintLink), rows)
+    upsert(conn, INPAINT_LINK, rows)
     if parents:
-        conn.execute(update(Model).where(col(Model.id).in_(parents)).values(has_inpainting=True))
+        conn.execute(update(MODEL).where(MODEL.c.id.in_(parents)).values(has_inpainting=True))
 
 
 def link_same_files(engine: Engine, hf_model: str | None = None) -> int:

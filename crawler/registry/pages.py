@@ -5,10 +5,16 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import col
 
 from crawler.registry import runs
-from crawler.registry.schema import CrawlLock, CrawlRun, File, InpaintLink, Model, Version, table_of
+from crawler.registry.schema import (
+    CRAWL_LOCK,
+    CRAWL_RUN,
+    FILE,
+    INPAINT_LINK,
+    MODEL,
+    VERSION,
+)
 from crawler.registry.upsert import upsert
 from data import base_models
 
@@ -34,7 +40,7 @@ class PageResult:
 def _content_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
-    return dict(conn.execute(select(col(Model.id), col(Model.content_hash)).where(col(Model.id).in_(ids))).all())
+    return dict(conn.execute(select(MODEL.c.id, MODEL.c.content_hash).where(MODEL.c.id.in_(ids))).all())
 
 
 def content_hashes(engine: Engine, ids: list[str]) -> dict[str, str]:
@@ -61,30 +67,30 @@ def store_parsed(
             changed_ids = [p.model["id"] for p in changed]
             was_inpaint = set(
                 conn.execute(
-                    select(col(Version.id)).where(
-                        col(Version.model_id).in_(changed_ids), col(Version.is_inpainting).is_(True)
+                    select(VERSION.c.id).where(
+                        VERSION.c.model_id.in_(changed_ids), VERSION.c.is_inpainting.is_(True)
                     )
                 ).scalars()
             )
             result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
-            upsert(conn, table_of(Model), [p.model for p in changed])
-            upsert(conn, table_of(Version), [v for p in changed for v in p.versions])
-            upsert(conn, table_of(File), [f for p in changed for f in p.files])
-            upsert(conn, table_of(InpaintLink), [link for p in changed for link in p.links])
+            upsert(conn, MODEL, [p.model for p in changed])
+            upsert(conn, VERSION, [v for p in changed for v in p.versions])
+            upsert(conn, FILE, [f for p in changed for f in p.files])
+            upsert(conn, INPAINT_LINK, [link for p in changed for link in p.links])
         result.written = len(changed)
         if run_id is not None:
             now = runs.utcnow()
             conn.execute(
-                update(CrawlRun)
-                .where(col(CrawlRun.id) == run_id)
+                update(CRAWL_RUN)
+                .where(CRAWL_RUN.c.id == run_id)
                 .values(
                     cursor=next_cursor,
-                    pages=CrawlRun.pages + 1,
-                    items=CrawlRun.items + result.models,
-                    versions=CrawlRun.versions + result.versions,
-                    new_inpainting=CrawlRun.new_inpainting + result.new_inpainting,
+                    pages=CRAWL_RUN.c.pages + 1,
+                    items=CRAWL_RUN.c["items"] + result.models,
+                    versions=CRAWL_RUN.c.versions + result.versions,
+                    new_inpainting=CRAWL_RUN.c.new_inpainting + result.new_inpainting,
                     heartbeat_at=now,
                 )
             )
-            conn.execute(update(CrawlLock).where(col(CrawlLock.run_id) == run_id).values(heartbeat_at=now))
+            conn.execute(update(CRAWL_LOCK).where(CRAWL_LOCK.c.run_id == run_id).values(heartbeat_at=now))
     return result

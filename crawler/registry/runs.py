@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
 
-from crawler.registry.schema import CrawlLock, CrawlRun, table_of
+from crawler.registry.schema import CRAWL_LOCK, CRAWL_RUN, CrawlLock, CrawlRun
 from data.errors import InpaintAdvisorError
 from merge import portable
 
@@ -117,7 +116,7 @@ class Started:
 
 def _run(conn: Connection, *where) -> CrawlRun | None:
     """The newest run matching ``where``, as a detached record (SQLModel describes the table; Core reads it)."""
-    row = conn.execute(select(table_of(CrawlRun)).where(*where).order_by(col(CrawlRun.id).desc()).limit(1)).first()
+    row = conn.execute(select(CRAWL_RUN).where(*where).order_by(CRAWL_RUN.c.id.desc()).limit(1)).first()
     return CrawlRun(**row._mapping) if row is not None else None
 
 
@@ -125,19 +124,19 @@ def _take_lock(engine: Engine, source: str, host: str, pid: int, now: datetime) 
     for _ in range(3):
         try:
             with engine.begin() as conn:
-                conn.execute(insert(table_of(CrawlLock)).values(source=source, run_id=0, host=host, pid=pid,
+                conn.execute(insert(CRAWL_LOCK).values(source=source, run_id=0, host=host, pid=pid,
                                                                  heartbeat_at=now))  # fmt: skip
             return
         except IntegrityError:
             with engine.begin() as conn:
-                row = conn.execute(select(table_of(CrawlLock)).where(col(CrawlLock.source) == source)).first()
+                row = conn.execute(select(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source)).first()
                 if row is None:
                     continue
                 lock = CrawlLock(**row._mapping)
                 if not _is_stale(lock, host, now):
                     raise CrawlLocked(lock) from None
                 # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
-                conn.execute(delete(CrawlLock).where(col(CrawlLock.source) == source, col(CrawlLock.pid) == lock.pid))
+                conn.execute(delete(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source, CRAWL_LOCK.c.pid == lock.pid))
     raise RuntimeError(f"could not take the {source} crawl lock")
 
 
@@ -147,25 +146,25 @@ def start(
     """Take the source's lock, then resume its last stopped, interrupted or failed run or open a new one."""
     host, pid, now = socket.gethostname(), os.getpid(), utcnow()
     _take_lock(engine, source, host, pid, now)
-    runs = table_of(CrawlRun)
+    runs = CRAWL_RUN
     with engine.begin() as conn:
         killed = "the process stopped without finishing (killed?)"
-        conn.execute(update(CrawlRun).where(col(CrawlRun.source) == source, col(CrawlRun.status) == "running")
+        conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.source == source, CRAWL_RUN.c.status == "running")
                      .values(status="interrupted", last_error=killed))  # fmt: skip
-        last = _run(conn, col(CrawlRun.source) == source)
+        last = _run(conn, CRAWL_RUN.c.source == source)
         resumed = last is not None and last.status in RESUMABLE and bool(last.cursor) and last.mode == mode
         taken = {"status": "running", "host": host, "pid": pid, "heartbeat_at": now}
         if resumed:
             assert last is not None
-            conn.execute(update(CrawlRun).where(col(CrawlRun.id) == last.id).values(**taken, last_error=None))
+            conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.id == last.id).values(**taken, last_error=None))
             run_id = last.id
         else:
             made = conn.execute(insert(runs).values(source=source, mode=mode, started_at=now, since=since,
                                                     period=period, **taken))  # fmt: skip
             assert made.inserted_primary_key is not None
             run_id = made.inserted_primary_key[0]
-        conn.execute(update(CrawlLock).where(col(CrawlLock.source) == source).values(run_id=run_id))
-        run = _run(conn, col(CrawlRun.id) == run_id)
+        conn.execute(update(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source).values(run_id=run_id))
+        run = _run(conn, CRAWL_RUN.c.id == run_id)
     assert run is not None
     return Started(run, resumed)
 
@@ -179,18 +178,18 @@ def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None,
         values.update(finished_at=utcnow(), cursor=None)
     with engine.begin() as conn:
         if summary is not None:
-            kept = conn.execute(select(col(CrawlRun.first_errors)).where(col(CrawlRun.id) == run.id)).scalar()
+            kept = conn.execute(select(CRAWL_RUN.c.first_errors).where(CRAWL_RUN.c.id == run.id)).scalar()
             notes = json.loads(kept) if kept else []
             notes += [asdict(n) for n in summary.first_errors][: max(0, MAX_ERRORS - len(notes))]
-            values.update(errors=col(CrawlRun.errors) + summary.errors, first_errors=json.dumps(notes) if notes
+            values.update(errors=CRAWL_RUN.c.errors + summary.errors, first_errors=json.dumps(notes) if notes
                           else None, **summary.run_counts())  # fmt: skip
-        conn.execute(update(CrawlRun).where(col(CrawlRun.id) == run.id).values(**values))
-        conn.execute(delete(CrawlLock).where(col(CrawlLock.source) == run.source, col(CrawlLock.pid) == run.pid))
+        conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.id == run.id).values(**values))
+        conn.execute(delete(CRAWL_LOCK).where(CRAWL_LOCK.c.source == run.source, CRAWL_LOCK.c.pid == run.pid))
 
 
 def last_successful(engine: Engine, source: str) -> CrawlRun | None:
     with engine.connect() as conn:
-        ok = (col(CrawlRun.source) == source, col(CrawlRun.status) == "ok")
-        row = conn.execute(select(table_of(CrawlRun)).where(*ok).order_by(col(CrawlRun.started_at).desc())
+        ok = (CRAWL_RUN.c.source == source, CRAWL_RUN.c.status == "ok")
+        row = conn.execute(select(CRAWL_RUN).where(*ok).order_by(CRAWL_RUN.c.started_at.desc())
                            .limit(1)).first()  # fmt: skip
     return CrawlRun(**row._mapping) if row is not None else None

@@ -251,3 +251,22 @@ class HeaderProof(SQLModel, table=True):
     how: str = ""
     problem: str | None = None
     checked_at: datetime
+
+
+# The Core tables every query is written against (the classes above describe them, and carry rows they read).
+SOURCE = table_of(Source)
+FAMILY = table_of(Family)
+MODEL = table_of(Model)
+VERSION = table_of(Version)
+FILE = table_of(File)
+INPAINT_LINK = table_of(InpaintLink)
+SAME_FILE = table_of(SameFile)
+OFFICIAL_CHECK = table_of(OfficialCheck)
+JOB_RUN = table_of(JobRun)
+ROUTE_CHECK = table_of(RouteCheck)
+CRAWL_RUN = table_of(CrawlRun)
+CRAWL_LOCK = table_of(CrawlLock)
+META = table_of(Meta)
+ARTIFACT = table_of(Artifact)
+SCHEMA_MIGRATION = table_of(SchemaMigration)
+HEADER_PROOF = table_of(HeaderProof)

@@ -6,23 +6,22 @@ from datetime import datetime
 
 from sqlalchemy import case, func, inspect, select
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlmodel import col
 
 from crawler.registry.engine import where
 from crawler.registry.reader import unchanged
 from crawler.registry.runs import ErrorNote
 from crawler.registry.schema import (
-    Artifact,
-    CrawlRun,
-    Family,
-    File,
-    InpaintLink,
-    Meta,
-    Model,
-    OfficialCheck,
-    SameFile,
-    Version,
-    table_of,
+    ARTIFACT,
+    CRAWL_RUN,
+    FAMILY,
+    FILE,
+    INPAINT_LINK,
+    META,
+    MODEL,
+    OFFICIAL_CHECK,
+    SAME_FILE,
+    SOURCE,
+    VERSION,
 )
 from data import base_models
 
@@ -76,7 +75,7 @@ def run_columns(conn: Connection) -> list:
     from sqlalchemy import inspect
 
     have = {c["name"] for c in inspect(conn).get_columns("crawlrun")}
-    return [c for c in table_of(CrawlRun).c if c.name in have]
+    return [c for c in CRAWL_RUN.c if c.name in have]
 
 
 @dataclass
@@ -138,7 +137,7 @@ def record_civitai_base_models(engine: Engine, names: list[str]) -> None:
     from crawler.registry.upsert import upsert
 
     with engine.begin() as conn:
-        upsert(conn, table_of(Meta), [{"key": CIVITAI_BASE_MODELS, "value": json.dumps(names)}])
+        upsert(conn, META, [{"key": CIVITAI_BASE_MODELS, "value": json.dumps(names)}])
 
 
 def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
@@ -146,34 +145,34 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         count = lambda table: conn.execute(select(func.count()).select_from(table)).scalar_one()  # noqa: E731
         status = RegistryStatus(
             db=where(engine),
-            models=count(Model),
-            versions=count(Version),
-            files=count(File),
+            models=count(MODEL),
+            versions=count(VERSION),
+            files=count(FILE),
             inpainting_versions=conn.execute(
-                select(func.count()).select_from(Version).where(col(Version.is_inpainting).is_(True))
+                select(func.count()).select_from(VERSION).where(VERSION.c.is_inpainting.is_(True))
             ).scalar_one(),
-            links=count(InpaintLink),
-            same_files=count(SameFile),
+            links=count(INPAINT_LINK),
+            same_files=count(SAME_FILE),
         )
         status.per_source = dict(
-            conn.execute(select(col(Model.source), func.count()).group_by(col(Model.source))).all()
+            conn.execute(select(MODEL.c.source, func.count()).group_by(MODEL.c.source)).all()
         )
         status.officials = [
             OfficialInfo(r.family, r.role, r.repo, r.file, r.alive, r.matches, r.detail, r.checked_at)
-            for r in conn.execute(select(OfficialCheck).order_by(col(OfficialCheck.id))).all()
+            for r in conn.execute(select(OFFICIAL_CHECK).order_by(OFFICIAL_CHECK.c.id)).all()
         ]
         per_family = conn.execute(
             select(
-                col(Model.family),
+                MODEL.c.family,
                 func.count(),
                 func.sum(
-                    case((col(Model.has_inpainting).is_(True) & col(Model.is_inpainting).is_(False), 1), else_=0)
+                    case((MODEL.c.has_inpainting.is_(True) & MODEL.c.is_inpainting.is_(False), 1), else_=0)
                 ),
             )
-            .where(col(Model.is_inpainting).is_(False))
-            .group_by(col(Model.family))
+            .where(MODEL.c.is_inpainting.is_(False))
+            .group_by(MODEL.c.family)
         ).all()
-        names = {f.id: f for f in conn.execute(select(Family)).all()}
+        names = {f.id: f for f in conn.execute(select(FAMILY)).all()}
         for fam, n, covered in per_family:
             info = names.get(fam)
             status.families.append(
@@ -188,9 +187,9 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
         status.families.sort(key=lambda f: -f.models)
         popular = "downloads" in {c["name"] for c in inspect(conn).get_columns("model")}  # an old registry lacks it
         for bm, n in conn.execute(
-            select(col(Version.base_model), func.count())
-            .where(col(Version.family).is_(None), col(Version.base_model).is_not(None))
-            .group_by(col(Version.base_model))
+            select(VERSION.c.base_model, func.count())
+            .where(VERSION.c.family.is_(None), VERSION.c.base_model.is_not(None))
+            .group_by(VERSION.c.base_model)
             .order_by(func.count().desc())
         ).all():
             if bm is None:  # as the query asks
@@ -206,20 +205,20 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 media = (base_models.civitai_base_model(bm) or {}).get("media", "other")
                 status.not_image_base_models.append((bm, media, n))
         columns = run_columns(conn)
-        for r in conn.execute(select(*columns).order_by(col(CrawlRun.id).desc()).limit(recent_runs)).all():
+        for r in conn.execute(select(*columns).order_by(CRAWL_RUN.c.id.desc()).limit(recent_runs)).all():
             status.runs.append(_run_info(r))
-        newest = select(func.max(col(CrawlRun.id))).group_by(col(CrawlRun.source)).scalar_subquery()
-        for r in conn.execute(select(*columns).where(col(CrawlRun.id).in_(newest)).order_by(col(CrawlRun.source))):
+        newest = select(func.max(CRAWL_RUN.c.id)).group_by(CRAWL_RUN.c.source).scalar_subquery()
+        for r in conn.execute(select(*columns).where(CRAWL_RUN.c.id.in_(newest)).order_by(CRAWL_RUN.c.source)):
             status.last_runs.append(_run_info(r))
     tables = status_tables(engine)
     if "meta" in tables:
         with engine.connect() as conn:
-            listed = conn.execute(select(col(Meta.value)).where(col(Meta.key) == CIVITAI_BASE_MODELS)).scalar()
+            listed = conn.execute(select(META.c.value).where(META.c.key == CIVITAI_BASE_MODELS)).scalar()
         status.civitai_lists_unknown = [bm for bm in json.loads(listed or "[]")
                                         if base_models.civitai_base_model(bm) is None]  # fmt: skip
     if "artifact" in tables:
         with engine.connect() as conn:
-            for a in conn.execute(select(Artifact).order_by(col(Artifact.created_at).desc()).limit(recent_runs * 2)):
+            for a in conn.execute(select(ARTIFACT).order_by(ARTIFACT.c.created_at.desc()).limit(recent_runs * 2)):
                 status.builds.append(BuildInfo(a.kind, a.model_id, a.path, a.size,
                                                unchanged(a.path, a.size, a.mtime_ns), a.created_at, a.version_id,
                                                a.b_sha256, a.sha256))  # fmt: skip
@@ -228,10 +227,10 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
 
 def _examples(conn: Connection, base_model: str, popular: bool) -> list[str]:
     """A few models of this base model, the most downloaded first where the registry counts downloads."""
-    order = (col(Model.downloads).desc(), col(Model.id)) if popular else (col(Model.id),)
+    order = (MODEL.c.downloads.desc(), MODEL.c.id) if popular else (MODEL.c.id,)
     return list(conn.execute(
-        select(col(Model.name)).where(col(Model.id).in_(
-            select(col(Version.model_id)).where(col(Version.base_model) == base_model, col(Version.family).is_(None))))
+        select(MODEL.c.name).where(MODEL.c.id.in_(
+            select(VERSION.c.model_id).where(VERSION.c.base_model == base_model, VERSION.c.family.is_(None))))
         .order_by(*order).limit(3)).scalars())  # fmt: skip
 
 
@@ -252,21 +251,20 @@ class SourceRuns:
 
 def source_runs(engine: Engine) -> list[SourceRuns]:
     """Per source of the registry: its newest crawl and newest successful one (what a health check needs)."""
-    from crawler.registry.schema import Source
 
     with engine.connect() as conn:
         models: dict[str, int] = dict(
-            conn.execute(select(col(Model.source), func.count()).group_by(col(Model.source))).all()
+            conn.execute(select(MODEL.c.source, func.count()).group_by(MODEL.c.source)).all()
         )
         ok: dict[str, datetime | None] = dict(
-            conn.execute(select(col(CrawlRun.source), func.max(col(CrawlRun.finished_at)))
-                         .where(col(CrawlRun.status) == "ok").group_by(col(CrawlRun.source))).all()
+            conn.execute(select(CRAWL_RUN.c.source, func.max(CRAWL_RUN.c.finished_at))
+                         .where(CRAWL_RUN.c.status == "ok").group_by(CRAWL_RUN.c.source)).all()
         )  # fmt: skip
         newest: dict[str, Row] = {}
-        for r in conn.execute(select(*run_columns(conn)).order_by(col(CrawlRun.id).desc())).all():
+        for r in conn.execute(select(*run_columns(conn)).order_by(CRAWL_RUN.c.id.desc())).all():
             newest.setdefault(r.source, r)
         out = []
-        for (sid,) in conn.execute(select(col(Source.id)).order_by(col(Source.id))).all():
+        for (sid,) in conn.execute(select(SOURCE.c.id).order_by(SOURCE.c.id)).all():
             last = newest.get(sid)
             out.append(SourceRuns(sid, int(models.get(sid, 0)), _aware(ok.get(sid)), last.status if last else None,
                                   last.last_error if last else None, _aware(last.started_at) if last else None))
