@@ -168,6 +168,8 @@ def parse(path: Path) -> Parsed | None:
 
 def _parse(f, z: zipfile.ZipFile, file_size: int) -> Parsed | None:
     infos = {i.filename: i for i in z.infolist()}
+    if len(infos) != len(z.infolist()):  # torch reads the first of two same-named members, zipfile the last
+        raise Unsupported("two zip members of one name")
     pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
         return None
@@ -186,15 +188,20 @@ def _parse(f, z: zipfile.ZipFile, file_size: int) -> Parsed | None:
     if not refs:
         return None
     starts: dict[str, int] = {}
+    kinds: dict[str, tuple[str, int]] = {}
     tensors: dict[str, TensorInfo] = {}
     for name, ref in refs.items():
         key = ref.storage.key
+        # torch loads a storage once, as its first mention says; a later mention of another type or size
+        # would be read differently here: such a file is torch's to read (or refuse)
+        if kinds.setdefault(key, (ref.storage.dtype, ref.storage.numel)) != (ref.storage.dtype, ref.storage.numel):
+            raise Unsupported("a storage named with two types or sizes")
         if key not in starts:
             entry = infos.get(f"{root}/data/{key}")
             if entry is None or entry.compress_type != zipfile.ZIP_STORED:
                 return None
-            if entry.file_size < ref.storage.numel * ITEMSIZE[ref.storage.dtype]:
-                raise Unsupported("a storage shorter than its tensors")
+            if entry.file_size != ref.storage.numel * ITEMSIZE[ref.storage.dtype]:  # torch refuses both too
+                raise Unsupported("a storage shorter or longer than its member")
             starts[key] = _data_range(f, entry, file_size)
         size = ITEMSIZE[ref.storage.dtype]
         # every byte the tensor covers lies inside its storage: nothing before it (offset >= 0, checked when

@@ -155,8 +155,8 @@ def test_a_real_module_state_dict_with_its_metadata_is_read_here(tmp_path):
 
 
 class _Storage:
-    def __init__(self, numel):
-        self.numel = numel
+    def __init__(self, numel, key="0", kind="FloatStorage"):
+        self.numel, self.key, self.kind = numel, key, kind
 
 
 class _Tensor:
@@ -164,23 +164,26 @@ class _Tensor:
         self.args = (storage, offset, shape, stride, False, OrderedDict())
 
 
-def _crafted(path, tensors: dict, numel: int):
-    """A torch.save archive whose pickle says what ``tensors`` say (storage "0" of ``numel`` floats)."""
+def _crafted(path, tensors: dict, numel: int, real: dict | None = None):
+    """A torch.save archive whose pickle says what ``tensors`` say (storage "0" of ``numel`` floats, or the
+    storages of ``real`` saved in order: "0", "1", ...)."""
     import io
     import pickle
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel) if isinstance(obj, _Storage) else None
+            if not isinstance(obj, _Storage):
+                return None
+            return ("storage", getattr(torch, obj.kind), obj.key, "cpu", obj.numel)
 
         def reducer_override(self, obj):
             return (torch._utils._rebuild_tensor_v2, obj.args) if isinstance(obj, _Tensor) else NotImplemented
 
-    real = path.with_name("real.ckpt")
-    torch.save({"x": torch.zeros(numel)}, real)
+    saved = path.with_name("real.ckpt")
+    torch.save(real or {"x": torch.zeros(numel)}, saved)
     buf = io.BytesIO()
     Pickler(buf, protocol=2).dump(tensors)
-    return _with_pickle(real, path, buf.getvalue())
+    return _with_pickle(saved, path, buf.getvalue())
 
 
 @pytest.mark.parametrize("offset, shape, stride", [(-(2**28), (4,), (1,)), (-1, (2,), (1,)), (60, (8,), (1,)),
@@ -224,3 +227,55 @@ def test_probe_and_lookup_classify_a_zip_ckpt_as_merge_reads_it(tmp_path):
     answer = lookup(str(path), db=str(tmp_path / "none.db"), offline=True)
     assert answer.match is not None and answer.match.family == "sd1"
     assert answer.recommendation is not None and answer.recommendation.kind == "already-inpainting"
+
+
+def _torch_reads(path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - torch refused it
+        return None
+
+
+def test_a_storage_mentioned_again_with_another_size_or_type_is_read_as_torch_reads_it_or_refused(tmp_path):
+    real = {"x": torch.arange(8, dtype=torch.float16), "y": torch.arange(4, dtype=torch.float16) + 100}
+    x, y = _Storage(8, "0", "HalfStorage"), _Storage(4, "1", "HalfStorage")
+    ok = _crafted(tmp_path / "ok.ckpt", {"x": _Tensor(x, 0, (8,), (1,)), "y": _Tensor(y, 0, (4,), (1,))}, 0, real)
+    assert parse(ok) is not None  # the control
+    crafted = {  # y on x's storage: a bigger size, reading on into the next member; or another type
+        "next": {"x": _Tensor(x, 0, (8,), (1,)), "y": _Tensor(_Storage(12, "0", "HalfStorage"), 8, (4,), (1,))},
+        "dtype": {"x": _Tensor(x, 0, (8,), (1,)), "y": _Tensor(_Storage(4, "0", "FloatStorage"), 0, (4,), (1,))},
+    }
+    for what, tensors in crafted.items():
+        path = _crafted(tmp_path / f"{what}.ckpt", tensors, 0, real)
+        assert parse(path) is None, what  # left to torch, which reads it its way or refuses it
+        by_torch = _torch_reads(path)
+        if by_torch is None:
+            with pytest.raises(CheckpointError):
+                open_checkpoint(path)
+            continue
+        src = open_checkpoint(path)
+        try:
+            assert all(torch.equal(src.read(k), v) for k, v in by_torch.items()), what
+        finally:
+            src.close()
+
+
+def test_a_member_of_another_size_than_its_storage_or_a_name_twice_is_left_to_torch(tmp_path):
+    path = tmp_path / "m.ckpt"
+    torch.save({"w": torch.ones(16)}, path)
+    longer = _rewritten(path, tmp_path / "long.ckpt",
+                        lambda name, data: data + b"\0" * 64 if "/data/" in name else data)  # fmt: skip
+    assert parse(longer) is None and _torch_reads(longer) is None
+    twice = tmp_path / "twice.ckpt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(twice, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        member = next(n for n in src.namelist() if "/data/" in n)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            dst.writestr(member, torch.full((16,), 0.5).numpy().tobytes())  # a second copy, read last by zipfile
+    assert parse(twice) is None
+    src = open_checkpoint(twice)
+    try:
+        assert torch.equal(src.read("w"), _torch_reads(twice)["w"])  # torch's reading: the first copy
+    finally:
+        src.close()
