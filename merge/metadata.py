@@ -57,6 +57,7 @@ def build(plan: MergePlan, title: str, sources: dict | None = None) -> dict[str,
         "sd_merge_models": json.dumps(models),
         "inpaint_advisor.recipe": json.dumps(own),
         "format": "pt",
+        **plan.extra_metadata,
     }
 
 

@@ -78,6 +78,8 @@ class MergePlan:
     # plan's output, then ``upstream_commit(bytes written, SHA256)`` is called.
     upstream: MergePlan | None = None
     upstream_commit: Callable[[int, str], object] | None = None
+    # more of the output's own metadata (merge.prepared: the pair's record, under the delta's SHA256)
+    extra_metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def output_bytes(self) -> int:

@@ -47,7 +47,7 @@ from filelock import FileLock, Timeout
 from merge import hashing, portable
 from merge.checkpoint import TensorSource, WrittenSource, open_checkpoint
 from merge.fused import CODES
-from merge.header import TensorInfo
+from merge.header import CheckpointError, TensorInfo, read_header
 from merge.plan import MergeError, MergePlan, plan_merge
 
 DELTA_FILE = "delta.safetensors"
@@ -57,7 +57,8 @@ USERS = ".users"  # prepared/<key>.users/: a lock file per build that holds the 
 # Of pair.json and the delta's meaning. 2: the delta's SHA256 is recorded. A pair of format 1 is prepared
 # again rather than hashed now: its delta was only ever checked by size, so hashing it would bless whatever
 # it holds today, the same-size damage included.
-FORMAT = 2
+FORMAT = 3  # 3: the record's facts are in the delta's own metadata too, under its SHA256
+PAIR_METADATA = "inpaint_advisor.pair"
 
 
 class Unusable(MergeError):
@@ -128,6 +129,23 @@ class PreparedPair:
     def delta(self) -> Path:
         return self.folder / DELTA_FILE
 
+    def facts(self) -> dict:
+        """What a build takes from the record: the delta keeps the same in its metadata (``_facts``)."""
+        return _facts(self.key, self.a["sha256"], self.c["sha256"], self.multiplier, self.family, self.deltas,
+                      self.c_dtype, self.missing_in_c, self.mismatched)  # fmt: skip
+
+
+def _facts(key: str, a_sha256: str, c_sha256: str, multiplier: float, family: str, deltas: dict,
+           c_dtype: str, missing_in_c: list, mismatched: list) -> dict:  # fmt: skip
+    return {"key": key, "a_sha256": a_sha256.upper(), "c_sha256": c_sha256.upper(), "multiplier": float(multiplier),
+            "family": family, "deltas": {k: list(v) for k, v in deltas.items()}, "c_dtype": c_dtype,
+            "missing_in_c": list(missing_in_c), "mismatched": list(mismatched)}  # fmt: skip
+
+
+def _plan_facts(plan: MergePlan, key: str, a_sha256: str, c_sha256: str) -> dict:
+    return _facts(key, a_sha256, c_sha256, plan.multiplier, plan.layouts["a"].family or "", _deltas(plan),
+                  plan.layouts["c"].dtype, plan.missing_in_bc, plan.mismatched)  # fmt: skip
+
 
 def root() -> Path:
     return hashing.cache_dirs()[0] / "prepared"
@@ -155,6 +173,9 @@ def _load(folder: Path) -> PreparedPair | None:
             return None
         pair = PreparedPair(**{**data, "folder": folder})
         if not _is_sha256(pair.sha256) or pair.delta.stat().st_size != pair.size:
+            return None
+        # the record names the folder it is in: one copied under another key (another M) is no pair of it
+        if pair.key != folder.name or key_of(pair.a["sha256"], pair.c["sha256"], pair.multiplier) != folder.name:
             return None
         return pair
     except (OSError, ValueError, TypeError, UnicodeDecodeError, RecursionError):
@@ -201,17 +222,28 @@ def check(pair: PreparedPair) -> str | None:
         st = pair.delta.stat()
         if st.st_size != pair.size:
             return f"{DELTA_FILE} is {st.st_size} bytes, not {pair.size}"
-        if _stamped(pair.folder) == {"sha256": pair.sha256, "stat": _stat_stamp(st)}:
-            return None
-        digest = _sha256(pair.delta)
-        if digest != pair.sha256:
-            return (f"the SHA256 of its {DELTA_FILE} is {digest[:16]}..., not the {pair.sha256[:16]}... it was "
-                    "prepared with")  # fmt: skip
-        if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):  # unchanged while it was read
-            _stamp(pair.folder, digest, st)
+        if _stamped(pair.folder) != {"sha256": pair.sha256, "stat": _stat_stamp(st)}:
+            digest = _sha256(pair.delta)
+            if digest != pair.sha256:
+                return (f"the SHA256 of its {DELTA_FILE} is {digest[:16]}..., not the {pair.sha256[:16]}... it was "
+                        "prepared with")  # fmt: skip
+            if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):  # unchanged while it was read
+                _stamp(pair.folder, digest, st)
+        # the record a build goes by says what the delta (its bytes checked above) says of itself
+        if _delta_facts(pair.delta) != pair.facts():
+            return f"its {PAIR_FILE} does not say what its {DELTA_FILE} was prepared as"
         return None
+    except CheckpointError:
+        return f"the header of its {DELTA_FILE} cannot be read"
     except OSError as exc:
         return f"{DELTA_FILE} cannot be read: {exc.strerror or exc}"
+
+
+def _delta_facts(delta: Path) -> dict | None:
+    try:
+        return json.loads(read_header(delta).metadata.get(PAIR_METADATA) or "null")
+    except (ValueError, RecursionError):
+        return None
 
 
 def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
@@ -221,6 +253,11 @@ def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
     live: list[Path] = []
     stale: list[Path] = []
     folder = users_dir(key)
+    if (folder.exists() or folder.is_symlink()) and not (folder.is_dir() and not folder.is_symlink()):
+        stale.append(folder)  # no users' folder but something in its place: it would stop every build's hold
+        if clean:
+            folder.unlink(missing_ok=True)
+        return live, stale
     for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
         try:
             with FileLock(path, timeout=0):
@@ -298,7 +335,7 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
         done = _load(root() / key)
         if done is not None:
             return done
-        plan = _plan_delta(inpaint, base, key, multiplier)
+        plan = _plan_delta(inpaint, base, key, multiplier, a_sha256, c_sha256)
         try:
             result = run_merge(plan, progress=progress, hash_inputs=False)
             return _record(plan, key, inpaint, base, a_sha256, c_sha256, result.bytes_written, result.sha256 or "")
@@ -306,16 +343,23 @@ def prepare(inpaint, base, a_sha256: str, c_sha256: str, *, multiplier: float = 
             plan.close()
 
 
-def _plan_delta(inpaint, base, key: str, multiplier: float) -> MergePlan:
+def _plan_delta(inpaint, base, key: str, multiplier: float, a_sha256: str, c_sha256: str) -> MergePlan:
     """The merge that writes pair ``key``'s delta, ``D = A - M * (C - 0)``, into its folder (made empty of any
     earlier record). Call it holding ``lock_path(key)``."""
     folder = root() / key
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        folder.unlink()  # something else under the pair's name: the pair is made in a folder of its own
     folder.mkdir(parents=True, exist_ok=True)
     for name in (PAIR_FILE, STAMP_FILE):
-        (folder / name).unlink(missing_ok=True)
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            shutil.rmtree(folder / name)  # a folder in the record's place would fail every preparation
+        else:
+            (folder / name).unlink(missing_ok=True)
     c = open_checkpoint(base)
     zeros = ZeroSource(c.tensors)
-    return plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
+    plan = plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
+    plan.extra_metadata = {PAIR_METADATA: json.dumps(_plan_facts(plan, key, a_sha256, c_sha256))}
+    return plan
 
 
 def _deltas(plan: MergePlan) -> dict[str, list[int]]:
@@ -362,7 +406,7 @@ def plan_first_build(inpaint, base, model, out, a_sha256: str, c_sha256: str, *,
         if _load(root() / key) is not None:
             hold.close()
             return None
-        delta = _plan_delta(inpaint, base, key, multiplier)
+        delta = _plan_delta(inpaint, base, key, multiplier, a_sha256, c_sha256)
         b = model if isinstance(model, TensorSource) else open_checkpoint(model)
         deltas = _deltas(delta)
         why = _unusable(deltas, b)

@@ -401,13 +401,54 @@ def test_a_pair_of_the_old_format_is_prepared_again(official):
     t = official
     pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
     record = json.loads((pair.folder / prepared.PAIR_FILE).read_text())
-    assert record["format"] == prepared.FORMAT == 2 and record["sha256"] == pair.sha256
-    old = {k: v for k, v in record.items() if k != "sha256"} | {"format": 1}
+    assert record["format"] == prepared.FORMAT == 3 and record["sha256"] == pair.sha256
+    old = record | {"format": 2}  # before the delta kept the record's facts in its own metadata
     (pair.folder / prepared.PAIR_FILE).write_text(json.dumps(old))
     assert prepared.find("A" * 64, "C" * 64, 1.0) is None and prepared.leftovers() == [pair.folder]
     again = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
-    assert json.loads((again.folder / prepared.PAIR_FILE).read_text())["format"] == 2
+    assert json.loads((again.folder / prepared.PAIR_FILE).read_text())["format"] == 3
     assert _is_hex(again.sha256) and prepared.leftovers() == []
+
+
+@pytest.mark.parametrize("edit", ["multiplier", "deltas", "family", "c_dtype"])
+def test_a_record_edited_to_say_other_than_its_delta_is_never_built_from(official, edit):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    record = json.loads((pair.folder / prepared.PAIR_FILE).read_text())
+    if edit == "multiplier":  # the key then names another M: not this folder's pair at all
+        record["multiplier"] = 2.0
+    elif edit == "deltas":  # one delta fewer: that tensor would be taken from B as it is
+        record["deltas"].pop(sorted(record["deltas"])[-1])
+    else:
+        record[edit] = "sdxl" if edit == "family" else "F16"
+    (pair.folder / prepared.PAIR_FILE).write_text(json.dumps(record))
+    found = prepared.find("A" * 64, "C" * 64, 1.0)
+    if found is None:
+        assert edit == "multiplier" and prepared.leftovers() == [pair.folder]
+        return
+    with pytest.raises(prepared.Gone, match="does not say what its delta.safetensors was prepared as"):
+        prepared.plan_build(found, t / "b.safetensors", t / "o.safetensors")
+    assert not pair.folder.exists() and not (t / "o.safetensors").exists()
+
+
+def test_a_pair_copied_under_another_key_is_not_that_keys_pair(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    shutil.copytree(pair.folder, prepared.root() / prepared.key_of("A" * 64, "C" * 64, 0.5))
+    assert prepared.find("A" * 64, "C" * 64, 0.5) is None and prepared.find("A" * 64, "C" * 64, 1.0) is not None
+
+
+def test_things_in_the_place_of_a_pairs_files_are_cleared_not_failed_on(official):
+    t = official
+    pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    prepared.users_dir(pair.key).write_text("")  # a file where the users' folder goes
+    with prepared.using(pair) as held:
+        assert held.key == pair.key and prepared.users_dir(pair.key).is_dir()
+    shutil.rmtree(pair.folder)
+    (pair.folder / prepared.PAIR_FILE).mkdir(parents=True)  # folders where the record and stamp go
+    (pair.folder / prepared.STAMP_FILE).mkdir()
+    again = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
+    assert (again.folder / prepared.PAIR_FILE).is_file() and prepared.check(again) is None
 
 
 def test_a_pair_removed_after_it_was_found_is_gone_not_a_failed_merge(official):
