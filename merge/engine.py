@@ -299,7 +299,10 @@ def run_merge(
         if hasher and not header_final:
             writer.update_metadata(metadata.with_hashes(meta, hashes))
         try:
-            writer.commit()
+            writer.commit(replace=plan.replace)
+        except FileExistsError:  # another run's output took the name meanwhile: it stays, this one goes
+            writer.abort()
+            raise MergeError(f"{plan.out} exists: another run wrote it meanwhile; {unwritten}", "exists") from None
         except OSError as exc:  # the disk filled or failed under the final flush: nothing under OUT's name
             writer.abort()
             raise _output_error(plan, exc) from None

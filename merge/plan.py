@@ -78,6 +78,7 @@ class MergePlan:
     # plan's output, then ``upstream_commit(bytes written, SHA256)`` is called.
     upstream: MergePlan | None = None
     upstream_commit: Callable[[int, str], object] | None = None
+    replace: bool = False  # the output may take the place of a file there (force): never one written meanwhile
     # more of the output's own metadata (merge.prepared: the pair's record, under the delta's SHA256)
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
@@ -263,6 +264,7 @@ def plan_merge(
         if lay["b"].dtype != lay["c"].dtype:
             plan.warnings.append(f"B is {lay['b'].dtype} and C is {lay['c'].dtype}: the delta carries rounding noise")
         _check_output(plan.out, sources, force, plan.output_bytes + 2 * 2**20)
+        plan.replace = force
         return plan
     except BaseException:
         for s in sources:

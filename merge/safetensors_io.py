@@ -11,6 +11,7 @@ preparing the output's pages) while torch's import, ~2 s, runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import mmap
@@ -271,7 +272,9 @@ class SafetensorsWriter:
             raise RuntimeError("updated metadata does not fit the reserved header")
         self._write_at(raw + b" " * (self.header_len - len(raw)), 8)
 
-    def commit(self) -> Path:
+    def commit(self, *, replace: bool = True) -> Path:
+        """The file under its final name, whole. ``replace=False``: never over a file that got there meanwhile
+        (FileExistsError, and the partial stays for ``abort``)."""
         self._join_populator()
         self._stop_hashing()
         if self._flusher is not None:
@@ -285,7 +288,10 @@ class SafetensorsWriter:
             os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        os.replace(self.tmp, self.path)
+        if replace:
+            os.replace(self.tmp, self.path)
+        else:
+            _rename_no_replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -301,3 +307,18 @@ class SafetensorsWriter:
             os.close(self._fd)
             self._fd = -1
         self.tmp.unlink(missing_ok=True)
+
+
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """``source`` renamed to ``target`` unless a file is there (FileExistsError): a hard link is made only where
+    the name is free, atomically; where links are not allowed, the name is checked just before the rename."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.replace(source, target)
+        return
+    os.unlink(source)

@@ -472,3 +472,41 @@ def test_tensors_longer_than_a_step_are_merged_exactly_across_steps(tmp_path, ar
     o = load_file(out)
     for k in big:
         assert torch.equal(o[k], expected(a[k], b[k], c[k])), k
+
+
+def test_an_output_another_run_wrote_meanwhile_is_kept_and_this_run_refuses_with_exists(tmp_path):
+    """Two merges to one output: the one that finishes second finds the name taken and leaves it alone."""
+    from merge.engine import plan_merge, run_merge
+
+    (pa, pb, pc), _ = trio(tmp_path)
+    out = tmp_path / "out.safetensors"
+    plan = plan_merge(pa, pb, pc, out)  # the name is free when planned
+    try:
+        out.write_bytes(b"the other run's output")
+        with pytest.raises(MergeError, match="exists: another run wrote it meanwhile") as failed:
+            run_merge(plan)
+    finally:
+        plan.close()
+    assert failed.value.reason == "exists" and out.read_bytes() == b"the other run's output"
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+    forced = plan_merge(pa, pb, pc, out, force=True)  # --force: the output takes the name, whatever is there
+    try:
+        run_merge(forced)
+    finally:
+        forced.close()
+    assert set(load_file(out)) and out.read_bytes() != b"the other run's output"
+
+
+def test_two_merges_to_one_output_at_once_leave_one_whole_output_and_one_refusal(tmp_path):
+    (pa, pb, pc), _ = trio(tmp_path)
+    write_checkpoint(tmp_path / "b2.safetensors", "sd1", "normal", 7)
+    out = tmp_path / "both.safetensors"
+    runs = [subprocess.Popen([sys.executable, "-m", "advisor", "merge", "-a", str(pa), "-b", str(b), "-c", str(pc),
+                              "-o", str(out), "--json"], stdout=subprocess.PIPE, text=True, env=cli_env())
+            for b in (pb, tmp_path / "b2.safetensors")]  # fmt: skip
+    done = [(p.wait(timeout=120), json.loads(p.stdout.read())) for p in runs]
+    assert sorted(rc for rc, _ in done)[0] == 0 and sorted(rc for rc, _ in done)[1] != 0, done
+    loser = next(j for rc, j in done if rc != 0)  # refused at planning or at its rename: the same refusal
+    assert loser["error"]["code"] == "merge-refused" and " exists" in loser["error"]["message"], loser
+    assert "--force" in loser["error"]["message"] and [p for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+    assert load_file(out)  # whole: the winner's

@@ -86,6 +86,8 @@ def merge(
             task = progress.add_task(f"merging{on}", total=plan.output_bytes)
             result = run_merge(plan, title=title, progress=lambda n: progress.advance(task, n), sync=sync)
     except MergeError as exc:
+        if exc.reason == "exists":  # another run's output took the name meanwhile: refused, as at planning
+            raise die(f"{exc}{_HINTS['exists']}", code="merge-refused", as_json=as_json) from None
         raise die(str(exc), code="merge-failed", as_json=as_json) from None
     except _Stopped as exc:
         raise die(f"stopped by {exc}; nothing was written to {out}", code="interrupted", exit_code=130,
