@@ -1,6 +1,7 @@
 """advisor.build.download against real local servers: Civitai's 307 to signed storage, the Hub's resolve URLs, and
 every way a download goes wrong."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -348,13 +349,59 @@ def test_a_partial_file_swapped_for_a_link_or_a_fifo_before_a_resume_starts_over
     victim.write_bytes(b"keep")
     partial.data.symlink_to(victim)
     assert partial.state("http://127.0.0.1:9/x.safetensors") is None  # a link is never resumed
-    with pytest.raises(Retryable, match="not a regular file"):
+    with pytest.raises(Retryable, match="not a file of its own"):
         partial.open(resume=True)  # (swapped in after the state was read)
     assert not os.path.lexists(partial.data) and victim.read_bytes() == b"keep"
     os.mkfifo(partial.data)
-    with pytest.raises(Retryable, match="not a regular file"):
+    with pytest.raises(Retryable, match="not a file of its own"):
         partial.open(resume=True)  # at once: never waits for a writer
     assert not os.path.lexists(partial.data)
+
+
+def test_a_partial_file_planted_as_a_hard_link_is_not_written_through(tmp_path, civitai, storage):
+    blob = Blob(DATA, "m.safetensors")
+    source = _offer(civitai, storage, "125", blob)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(DATA[:1000])  # looks like the start of the download: a resume would append to it
+    part, _meta = _planted(tmp_path / "out", source.url, data=None, validator=blob.etag)
+    os.link(victim, part)
+    got = fetch(source, tmp_path / "out", policy=FAST)
+    assert got.path.read_bytes() == DATA and victim.read_bytes() == DATA[:1000]
+
+
+def test_a_sidecar_names_a_resumed_file_only_of_its_kind_and_never_a_file_whose_name_is_ours(tmp_path, civitai,
+                                                                                            storage):  # fmt: skip
+    blob = Blob(DATA, "m.safetensors")
+    for vid, planted, keep in (("126", "webui-user.sh", False), ("127", "other.safetensors", True)):
+        source = _offer(civitai, storage, vid, blob)
+        if keep:
+            source = dataclasses.replace(source, name="ours.safetensors", keep_name=True)
+        _planted(tmp_path / vid, source.url, data=DATA[:1000], validator=blob.etag, name=planted)
+        got = fetch(source, tmp_path / vid, policy=FAST)
+        assert got.path.read_bytes() == DATA and not (tmp_path / vid / planted).exists(), vid
+        assert got.path.name == ("ours.safetensors" if keep else "m.safetensors"), got.path
+
+
+def test_a_recorded_download_changed_in_place_with_its_mtime_set_back_is_not_reused(tmp_path, civitai, storage):
+    blob = Blob(DATA, "m.safetensors")
+    source = _offer(civitai, storage, "128", blob)
+    first = fetch(source, tmp_path / "out", policy=FAST)
+    st = first.path.stat()
+    with open(first.path, "r+b") as f:
+        f.seek(-4096, os.SEEK_END)
+        f.write(b"\xff" * 4096)
+    os.utime(first.path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were
+    with pytest.raises(DownloadError) as failed:  # the file under its name is not the one downloaded
+        fetch(source, tmp_path / "out", policy=FAST)
+    assert failed.value.code == "exists", failed.value
+
+
+def test_an_empty_body_or_one_that_is_no_model_with_nothing_to_check_it_is_not_saved(tmp_path, storage):
+    for vid, body, said in (("e", b"", "an empty body"), ("t", b"\x00\x01", "does not start as a model file")):
+        storage.blobs[vid] = Blob(body)
+        with pytest.raises(DownloadError, match=said) as refused:  # no SHA256, no size: nothing else to go by
+            fetch(Source(f"{storage.url}/blob/{vid}", name="m.safetensors"), tmp_path / "out", policy=FAST)
+        assert refused.value.code == "not-a-model" and not list((tmp_path / "out").glob("*.safetensors"))
 
 
 # -- pages where a model was expected, whatever the Content-Type says --------------------------------------------

@@ -307,11 +307,13 @@ class _Partial:
             if exc.errno not in (errno.ELOOP, errno.EMLINK):  # (ELOOP, or EMLINK on BSDs: a link)
                 raise
             fd = -1
-        if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at: start over
+        # a link (replaced since it was looked at), or a file with another name too (a hard link planted in a
+        # shared folder: writing would change that file): started over, as a new file of its own
+        if fd < 0 or not stat.S_ISREG((st := os.fstat(fd)).st_mode) or st.st_nlink != 1:
             if fd >= 0:
                 os.close(fd)
             self.clear()
-            raise Retryable("the partial file is not a regular file: starting over", 0)
+            raise Retryable("the partial file is not a file of its own: starting over", 0)
         return os.fdopen(fd, "r+b")
 
     def clear(self) -> None:
@@ -403,17 +405,17 @@ def _recorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | N
         return None
     if not isinstance(record, dict):
         return None
-    where, size, mtime, sha = record.get("path"), record.get("size"), record.get("mtime_ns"), record.get("sha256")
-    if not (isinstance(where, str) and _int(size) and _int(mtime) and isinstance(sha, str)):
-        return None
+    where, stamp, sha = record.get("path"), record.get("stamp"), record.get("sha256")
+    if not (isinstance(where, str) and isinstance(stamp, list) and isinstance(sha, str)):
+        return None  # a record of an older release (size and mtime only): the file is hashed again instead
     path = Path(where)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # the file itself: a link put in its place is not the file downloaded
         inside = path.parent == folder.resolve()
     except OSError:
         return None
-    if not inside or not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime:
-        return None
+    if not inside or not stat.S_ISREG(st.st_mode) or _stamp(st) != stamp:
+        return None  # rewritten in place, swapped, or its mtime set back: ctime and inode tell
     if source.sha256 and sha.upper() != source.sha256.upper():
         return None
     return Downloaded(path, redact(source.url), 0, st.st_size, sha.upper(), False, record.get("verified") is True,
@@ -428,7 +430,8 @@ def _complete_unrecorded(partial: _Partial, source: Source, folder: Path) -> Dow
         return None
     expected = source.sha256.upper()
     sidecar = partial.sidecar(source.url)
-    names = [sidecar["name"] if sidecar else None, _safe_name(safe_filename(source.name)) if source.name else None]
+    own = _safe_name(safe_filename(source.name)) if source.name else None
+    names = [_resumed_name(sidecar, source, own) if own else None, own]
     for name in dict.fromkeys(n for n in names if n):
         path = folder / name
         try:
@@ -453,12 +456,27 @@ def _complete_unrecorded(partial: _Partial, source: Source, folder: Path) -> Dow
     return None
 
 
+def _resumed_name(state: dict | None, source: Source, fresh: str) -> str | None:
+    """The name a resumed download keeps (the one it started under, as its sidecar says), where the sidecar may
+    choose one at all: never for a file whose name is ours (``keep_name``), and only of the kind of file this
+    is (its suffix), so a sidecar planted in a shared folder cannot make a model ``webui-user.sh``."""
+    name = state.get("name") if state else None
+    if not name or (source.keep_name and source.name):
+        return None
+    return name if Path(name).suffix.lower() == Path(fresh).suffix.lower() else None
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    """What changes with a file's bytes, whoever changes them (no user-level call sets ctime back)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def _record(partial: _Partial, target: Path, st: os.stat_result, sha: str, verified: bool) -> list[str]:
     """Record a finished download, so that the next run finds it; best effort: a full disk leaves the file good
     and done (the next run finds it by its SHA256, or fetches it again where none is known), and a warning."""
     try:
-        _write_json(partial.done, {"path": str(target.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                   "sha256": sha, "verified": verified})  # fmt: skip
+        _write_json(partial.done, {"path": str(target.resolve()), "stamp": _stamp(st), "sha256": sha,
+                                   "verified": verified})  # fmt: skip
     except OSError as exc:  # the sidecar stays: it names the file for the next run
         return [f"{target.name}: complete and {'verified' if verified else 'unverified'}, but the record of the "
                 f"download could not be written in {partial.done.parent} ({exc.strerror or exc}): a later run may "
@@ -506,10 +524,9 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             partial.clear()
             raise Retryable("the file changed on the server: starting over", 0)
         total = _total(response, start)
-        name = state.get("name") if state and start else None
         served = None if source.keep_name and source.name else _filename(response)
-        name = name or safe_filename(served or source.name
-                                     or unquote(urlsplit(str(response.url)).path.rsplit("/", 1)[-1]))  # fmt: skip
+        fresh = safe_filename(served or source.name or unquote(urlsplit(str(response.url)).path.rsplit("/", 1)[-1]))
+        name = _resumed_name(state if start else None, source, fresh) or fresh
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise DownloadError(f"{what}: the server sent a {encoding}-encoded body although none was asked for: "
@@ -525,6 +542,13 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             if kind:
                 excerpt = terminal_text(" ".join(first[:160].decode("utf-8", "replace").split()))
                 raise DownloadError(f"{what}: the server answered with {kind} page, not a model file ({excerpt})",
+                                    "not-a-model")  # fmt: skip
+            if source.weights and not first:
+                raise DownloadError(f"{what}: the server answered with an empty body, not a model file: not saved",
+                                    "not-a-model")  # fmt: skip
+            if source.weights and not (source.sha256 or source.size) and not _is_model(first):
+                raise DownloadError(f"{what}: the body does not start as a model file does (safetensors, a torch "
+                                    "zip or pickle), and no SHA256 or size is recorded to check it: not saved",
                                     "not-a-model")  # fmt: skip
             _check_size(source, total, what)
         _check_space(partial.data.parent, (total or 0) - start, what)
