@@ -268,6 +268,8 @@ def test_scan_build_cli_summary_and_exit_status(a1111, known, hub_pair, tmp_path
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)
     assert planned["dry_run"] and len(planned["items"]) == 2 and planned["disk_needed"] > 0
+    each = [i["disk_needed"] for i in planned["items"]]  # each build fetches the family's A and C ...
+    assert planned["disk_needed"] < sum(each) and planned["disk_needed"] >= max(each)  # ... the batch once
     # a child process does not see this test's fake official pair: its builds fail, one row each, exit 1
     one = run_cli("scan", str(a1111), "--build", "--limit", "1", env=env)
     assert one.returncode == 1 and "done 0, skipped 0, failed 1" in one.stdout, one.stdout + one.stderr

@@ -10,7 +10,7 @@ that was interrupted; one failure is reported and the rest go on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,16 @@ def missing(db: str | None, *, family: str | None = None, min_downloads: int = 0
     return [sources.get(m.source).query(m.id) for m, _ in found if not sources.get(m.source).is_official(m.id)]
 
 
+def disk_for(results: Iterable[BuildResult]) -> int:
+    """The disk that builds need together: each their own (B, the output), A's and C's downloads once, which
+    every build of a family shares."""
+    own, shared = 0, {}
+    for r in results:
+        own += r.disk_needed - sum(r.shared_disk.values())
+        shared.update(r.shared_disk)
+    return own + sum(shared.values())
+
+
 def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False, offline: bool = False,
               out: str | Path | None = None, on_item: Callable[[BatchItem], None] | None = None,
               **build_options) -> BatchResult:  # fmt: skip
@@ -81,7 +91,7 @@ def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False,
             plans[path] = exc
         except Exception as exc:  # noqa: BLE001 - a lookup or registry error is this item's, not the batch's
             plans[path] = BuildError(str(exc))
-    result.disk_needed = sum(p.disk_needed for p in plans.values() if isinstance(p, BuildResult))
+    result.disk_needed = disk_for(p for p in plans.values() if isinstance(p, BuildResult))
     for path in paths:
         plan = plans[path]
         item = BatchItem(path, "planned")

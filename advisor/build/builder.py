@@ -108,6 +108,9 @@ class BuildResult:
     merge: Command | None = None  # what the merge runs, as the CLI's command would say it
     recipe_key: str | None = None  # A, B, C, M and dtype: a build of the same key is the same file
     disk_needed: int = 0
+    # of that, what A and C need fetched, by what each is (its SHA256, or its URL): the same for every build
+    # of a family, so a batch counts each once (``batch.disk_for``)
+    shared_disk: dict[str, int] = field(default_factory=dict)
     pair: PairUse | None = None
     verified: bool = False
     nonfinite: int = 0  # output tensors holding NaN/Inf (kept only with allow_nonfinite, or inherited from inputs)
@@ -612,6 +615,8 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
             if item.role in ("A", "C"):
                 item.state, item.size = "prepared", None
     result.disk_needed = sum(_bytes(n) for n in plan.merge.needs) + estimate
+    result.shared_disk = {_sha256(n) or _describe(n): _bytes(n) for n in plan.merge.needs
+                          if n.role in ("A", "C") and _bytes(n)}  # fmt: skip
 
 
 def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline: bool, result: BuildResult) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from advisor.build.batch import disk_for
 from advisor.get.plan import GetPlan, plan_get
 from advisor.get.result import Placement
 from advisor.get.run import run_get
@@ -76,12 +77,13 @@ def _share(plans: dict[str, GetPlan | Exception], batch: GetBatch) -> None:
     """Count each destination once: the disk needed, and (for the run) every later plan's copy of a shared file
     points at the first one's, so the second model finds it placed."""
     first: dict[str, Placement] = {}
-    builds = 0
+    built = []
     for plan in plans.values():
         if isinstance(plan, Exception):
             continue
         r = plan.result
-        builds += r.build.disk_needed if r.build is not None and plan.build is not None else 0
+        if r.build is not None and plan.build is not None:
+            built.append(r.build)
         for i, p in enumerate(r.files):
             if p.destination in first:
                 r.files[i] = first[p.destination]  # the same Placement: placed once, found placed after
@@ -89,7 +91,8 @@ def _share(plans: dict[str, GetPlan | Exception], batch: GetBatch) -> None:
                 first[p.destination] = p
         batch.needs += [n for n in r.needs if n not in batch.needs]
     batch.files = len(first)
-    batch.disk_needed = builds + sum(p.size or p.approx_size or 0 for p in first.values() if p.state != "present")
+    fetched = sum(p.size or p.approx_size or 0 for p in first.values() if p.state != "present")
+    batch.disk_needed = disk_for(built) + fetched
 
 
 def _run_one(path: str, plan: GetPlan | Exception, dry_run: bool, progress) -> GetItem:
