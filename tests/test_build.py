@@ -334,3 +334,24 @@ def test_a_dry_run_says_the_multiplier_it_was_asked(tmp_path):
     plan = build(str(tmp_path / "mine.safetensors"), out=tmp_path / "out", db=str(tmp_path / "r.db"), offline=True,
                  multiplier=0.5, dry_run=True)  # fmt: skip
     assert "M = 0.5" in plan.reason and "M = 1.0" not in plan.reason
+
+
+def test_a_batch_does_not_fetch_again_for_the_next_model_what_failed_for_the_last(world, monkeypatch):
+    from advisor.build import batch, builder
+
+    asked = []
+
+    def unreachable(source, folder, **kw):
+        asked.append(source.url)
+        raise builder.DownloadError(f"{source.label}: cannot reach the Hub (after 8 attempts)", "network")
+
+    monkeypatch.setattr(builder, "fetch", unreachable)
+    made = world["tmp"] / "made"
+    done = batch.run_batch([str(made / "b.safetensors"), str(made / "b2.safetensors")], db=world["db"],
+                           out=world["tmp"] / "out")  # fmt: skip
+    assert [i.status for i in done.items] == ["failed", "failed"]
+    assert len(asked) == len(set(asked)) == 1, asked  # A, once: the second model is told at once
+    assert "not tried again: it failed for an earlier model of this batch" in done.items[1].reason
+    assert "cannot reach the Hub" in done.items[1].reason
+    again = batch.run_batch([str(made / "b.safetensors")], db=world["db"], out=world["tmp"] / "out")
+    assert len(asked) == 2 and "not tried again" not in again.items[0].reason  # a new batch tries again

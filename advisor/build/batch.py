@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor.build.builder import BuildError, BuildResult, plan_build, run_build
+from advisor.build.builder import BuildError, BuildResult, one_batch, plan_build, run_build
 from advisor.local import ScanResult
 
 NEEDS_WORK = ("own-release", "sibling-release", "community-release", "official", "build")
@@ -92,21 +92,22 @@ def run_batch(paths: list[str], *, db: str | None = None, dry_run: bool = False,
         except Exception as exc:  # noqa: BLE001 - a lookup or registry error is this item's, not the batch's
             plans[path] = BuildError(str(exc))
     result.disk_needed = disk_for(p for p in plans.values() if isinstance(p, BuildResult))
-    for path in paths:
-        plan = plans[path]
-        item = BatchItem(path, "planned")
-        if isinstance(plan, BuildError):
-            item.status, item.reason = "failed", str(plan)
-        elif plan.action in ("already-built", "already-inpainting"):
-            item.status, item.action, item.reason = "skipped", plan.action, plan.reason
-            item.output = plan.output.path if plan.output else None
-        elif dry_run:
-            item.reason, item.disk_needed = plan.reason, plan.disk_needed
-        else:
-            item = _build_one(path, where[path], db, offline, build_options)
-        result.items.append(item)
-        if on_item:
-            on_item(item)
+    with one_batch():  # the family's A or C, failed for one model, is not fetched again for the next
+        for path in paths:
+            plan = plans[path]
+            item = BatchItem(path, "planned")
+            if isinstance(plan, BuildError):
+                item.status, item.reason = "failed", str(plan)
+            elif plan.action in ("already-built", "already-inpainting"):
+                item.status, item.action, item.reason = "skipped", plan.action, plan.reason
+                item.output = plan.output.path if plan.output else None
+            elif dry_run:
+                item.reason, item.disk_needed = plan.reason, plan.disk_needed
+            else:
+                item = _build_one(path, where[path], db, offline, build_options)
+            result.items.append(item)
+            if on_item:
+                on_item(item)
     return result
 
 

@@ -16,7 +16,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +109,7 @@ class BuildResult:
     merge: Command | None = None  # what the merge runs, as the CLI's command would say it
     recipe_key: str | None = None  # A, B, C, M and dtype: a build of the same key is the same file
     disk_needed: int = 0
-    # of that, what A and C need fetched, by what each is (its SHA256, or its URL): the same for every build
+    # of that, what A and C need fetched, by what each is (its SHA256, or where it comes from): the same for every build
     # of a family, so a batch counts each once (``batch.disk_for``)
     shared_disk: dict[str, int] = field(default_factory=dict)
     pair: PairUse | None = None
@@ -321,6 +322,21 @@ def _bytes(need: _Need) -> int:
     return (need.source.size or 0) if need.source is not None and _state(need) != "cached" else 0
 
 
+# Downloads that failed in the batch of builds running now (``one_batch``), by URL: the family's A and C are not
+# fetched again, to fail again, for each of its models (a Hub that cannot be reached costs minutes of retries).
+_failed_in_batch: ContextVar[dict[str, BuildError] | None] = ContextVar("failed_in_batch", default=None)
+
+
+@contextlib.contextmanager
+def one_batch() -> Iterator[None]:
+    """Builds run one after another as one batch: a download that failed is not tried again by the next."""
+    token = _failed_in_batch.set({})
+    try:
+        yield
+    finally:
+        _failed_in_batch.reset(token)
+
+
 def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], offline: bool,
          warnings: list[str] | None = None) -> Path:  # fmt: skip
     """The need's path on disk, downloading what is missing."""
@@ -338,11 +354,18 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
         raise BuildError(f"{need.role}: {need.source.name or need.source.url} is not in the cache, and the build is "
                          "offline", "offline")  # fmt: skip
     label = f"{need.role}: {need.source.name or ''}".strip()
+    failed = _failed_in_batch.get()
+    if failed is not None and need.source.url in failed:
+        earlier = failed[need.source.url]
+        raise BuildError(f"{earlier} (not tried again: it failed for an earlier model of this batch)", earlier.code)
     try:
         got: Downloaded = fetch(need.source, need.folder,
                                 progress=(lambda done, total: progress(label, done, total)) if progress else None)
     except DownloadError as exc:
-        raise BuildError(str(exc), exc.code) from None
+        error = BuildError(str(exc), exc.code)
+        if failed is not None:
+            failed[need.source.url] = error
+        raise error from None
     verified = got.verified or (need.git_oid is not None and _check_git_oid(need, got.path))
     records.append(FetchRecord(got.url, str(got.path), got.bytes, got.resumed, verified, got.reused))
     if warnings is not None:

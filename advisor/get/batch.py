@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from advisor.build.batch import disk_for
+from advisor.build.builder import one_batch
 from advisor.get.plan import GetPlan, plan_get
 from advisor.get.result import Placement
 from advisor.get.run import run_get
@@ -65,11 +66,12 @@ def get_folder(scan: ScanResult, *, ui: str | None = None, family: str | None = 
         except Exception as exc:  # noqa: BLE001 - a lookup, registry or UI problem is this item's, not the batch's
             plans[c.path] = exc
     _share(plans, batch)
-    for c in wanted:
-        item = _run_one(c.path, plans[c.path], dry_run, progress)
-        batch.items.append(item)
-        if on_item:
-            on_item(item)
+    with one_batch():  # a build's A or C, failed for one model, is not fetched again for the next
+        for c in wanted:
+            item = _run_one(c.path, plans[c.path], dry_run, progress)
+            batch.items.append(item)
+            if on_item:
+                on_item(item)
     return batch
 
 
