@@ -518,3 +518,17 @@ def test_a_file_of_the_registry_name_with_another_hash_is_not_reused(tmp_path, c
     with pytest.raises(DownloadError) as refused:
         fetch(source, tmp_path / "out", policy=FAST)
     assert refused.value.code == "exists" and len(storage.requests) == 1
+
+
+def test_the_same_file_fetched_again_where_nothing_records_its_hash_is_the_file_there(tmp_path, storage, monkeypatch):
+    body = (8).to_bytes(8, "little") + b"{}      " + DATA  # starts as a safetensors file does
+    storage.blobs["same"] = Blob(body, "m.safetensors")
+    source = Source(f"{storage.url}/blob/same", name="m.safetensors")  # no SHA256, no size recorded
+    first = fetch(source, tmp_path / "out", policy=FAST)
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "another-cache"))  # a cleared cache, another host
+    again = fetch(source, tmp_path / "out", policy=FAST)
+    assert again.path == first.path and again.path.read_bytes() == body and again.sha256 == first.sha256
+    (tmp_path / "out" / "m.safetensors").write_bytes(os.urandom(len(body)))  # another file of that name and size
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "third-cache"))
+    with pytest.raises(DownloadError, match="exists and is another file"):
+        fetch(source, tmp_path / "out", policy=FAST)

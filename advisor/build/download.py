@@ -668,7 +668,10 @@ def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: 
                             "hash-mismatch")  # fmt: skip
     target = folder / name
     if target.exists():
-        there = hashing.cached(target)
+        there = hashing.cached(target, autov3=False)
+        if there is None and _same_size(target, partial.data):  # perhaps this very file, fetched before: read
+            with contextlib.suppress(OSError, CheckpointError):
+                there = hashing.file_hashes(target, autov3=False)
         if there is None or there.sha256.upper() != sha:
             partial.clear()
             raise DownloadError(f"{target} exists and is another file: not replaced (move it away and run again)",
@@ -680,6 +683,13 @@ def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: 
     st = target.stat()
     warnings += _record(partial, target, st, sha, expected is not None)
     return Downloaded(target, shown, fetched, st.st_size, sha, resumed, expected is not None, warnings=warnings)
+
+
+def _same_size(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_size == os.stat(b).st_size
+    except OSError:
+        return False
 
 
 def _remember(target: Path, hashes: FileHashes) -> str | None:
