@@ -168,6 +168,17 @@ def _pickle_kind(path: Path) -> str | None:
     return None
 
 
+def pickle_kind(path: Path) -> str:
+    """``_pickle_kind``, or a CheckpointError that says what the file looks like where it is no checkpoint."""
+    kind = _pickle_kind(path)
+    if kind is None:
+        with open(path, "rb") as f:
+            start = f.read(16)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {start!r}: an error page or "
+                              "a text file saved under a model's name?)")  # fmt: skip
+    return kind
+
+
 class ZipPickleSource(TensorSource):
     """A torch zip checkpoint whose tensors are ranges of its stored entries (merge.zip_pickle): mapped and
     read like a safetensors file; a tensor stored with other strides is made contiguous through torch."""
@@ -213,12 +224,7 @@ class StateDictSource(TensorSource):
     kind = "pickle"
 
     def __init__(self, path: Path):
-        kind = _pickle_kind(path)
-        if kind is None:
-            with open(path, "rb") as f:
-                start = f.read(16)
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {start!r}: an error page or "
-                                  "a text file saved under a model's name?)")  # fmt: skip
+        kind = pickle_kind(path)
         import torch
 
         self.path = path

@@ -163,6 +163,19 @@ def test_the_cli_table_and_a_missing_folder(a1111, known, tmp_path):
     assert a_file.returncode == 2 and "not a folder" in a_file.stderr and "lookup FILE" in a_file.stderr
 
 
+def test_an_error_page_saved_as_a_ckpt_is_said_to_be_one_by_scan_as_by_probe(tmp_path):
+    from advisor.local.probe import probe
+    from merge.header import CheckpointError
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "html.ckpt").write_text("<html>nope</html>")
+    (r,) = scan([tmp_path / "models"], db=str(tmp_path / "none.db"), offline=True)
+    (skipped,) = r.skipped
+    assert "an error page or a text file" in skipped.reason and "only torch" not in skipped.reason
+    with pytest.raises(CheckpointError, match="an error page or a text file"):
+        probe(tmp_path / "models" / "html.ckpt")
+
+
 def test_a_registry_that_is_not_one_is_one_line(a1111, tmp_path):
     (tmp_path / "text.db").write_text("not a database\n")
     env = cli_env(INPAINT_ADVISOR_CACHE=str(tmp_path / "cache"), INPAINT_ADVISOR_DB=str(tmp_path / "text.db"))

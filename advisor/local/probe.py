@@ -80,9 +80,11 @@ def tensor_index(path: Path, *, torch_fallback: bool) -> tuple[dict, str]:
     parsed = parse(path)
     if parsed is not None:
         return parsed.tensors, "pickle"
+    from merge.checkpoint import open_checkpoint, pickle_kind
+
+    pickle_kind(path)  # an error page saved as a .ckpt is said to be one, by scan as by probe
     if not torch_fallback:
         raise CheckpointError("a pickle that only torch could read: convert it to .safetensors to scan it")
-    from merge.checkpoint import open_checkpoint
 
     with open_checkpoint(path) as source:  # torch.load(weights_only=True): refuses anything but weights
         return dict(source.tensors), "pickle"
