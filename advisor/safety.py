@@ -9,15 +9,9 @@ the folder they are meant for, start an option, or be empty.
 import re
 import unicodedata
 
-# ESC-introduced sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and two-byte escapes; plus the
-# 8-bit CSI/OSC introducers. Removed whole, so nothing of them reaches the terminal.
-_SEQUENCE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (hyperlinks, titles), terminated or not
-    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC
-    r"|\x1b[@-Z\\-_]?"  # two-byte escapes, or a lone ESC
-    r"|\x9b[0-?]*[ -/]*[@-~]|\x9d[^\x07\x9c]*[\x07\x9c]?"
-)
+from data.terminal import ESCAPE_SEQUENCE
+
+_SEQUENCE = ESCAPE_SEQUENCE  # removed whole, so nothing of them reaches the terminal
 _INVISIBLE = {"Cc", "Cf", "Zl", "Zp"}  # controls, format characters (bidi overrides, zero-width), separators
 MAX_FILENAME_BYTES = 180  # well under the 255 of common filesystems, leaving room for ".partial-..." suffixes
 

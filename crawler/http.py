@@ -23,6 +23,7 @@ import orjson
 from data import settings
 from data.errors import InpaintAdvisorError
 from data.settings import redact, scrub
+from data.terminal import ESCAPE_SEQUENCE
 
 if TYPE_CHECKING:
     import ssl
@@ -115,7 +116,7 @@ ERROR_BODY_SECONDS = 10.0  # and no longer than this, however slowly it drips
 
 
 def _short(text: str, limit: int = 160) -> str:
-    text = re.sub(r"\s+", " ", _CONTROL.sub("", text)).strip()
+    text = re.sub(r"\s+", " ", _CONTROL.sub("", ESCAPE_SEQUENCE.sub("", text))).strip()
     return text[:limit] + ("…" if len(text) > limit else "")
 
 

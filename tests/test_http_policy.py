@@ -290,6 +290,8 @@ def test_the_error_body_reader_scrubs_secrets_and_reads_a_bounded_excerpt(monkey
 
     assert error_body(httpx.Response(500, content=endless(), request=request), 20) == "x" * 20 + "…"
     assert len(chunks) == 1  # a hostile error body is not read to its end
+    sequences = b"denied \x1b[2J\x1b]8;;http://x\x07link\x1b]8;;\x07 \x1b[31mdone"  # clear, hyperlink, colour
+    assert error_body(httpx.Response(403, content=sequences, request=request)) == "denied link done"
 
 
 @pytest.mark.parametrize("path, raised", [("/echo", ApiError), ("/busy", RetriesExhausted)])
