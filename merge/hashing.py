@@ -52,6 +52,12 @@ def file_stamp(path: Path) -> tuple[str, str]:
     return str(path.resolve()), f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
+def stat_stamp(st: os.stat_result) -> list[int]:
+    """What changes when a file's bytes may have, whoever changed them: ctime too, which no user-level call can
+    set back, and the inode and device (another file put in its place)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 _loaded: dict[Path, tuple[tuple[int, int], dict]] = {}  # cache file -> (its size and mtime, its entries)
 
 

@@ -191,11 +191,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest().upper()
 
 
-def _stat_stamp(st: os.stat_result) -> list[int]:
-    """What changes when a file's bytes may have: ctime too, which no user-level call can set back."""
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-
-
 def _write_json(target: Path, record: dict) -> None:
     """``record`` under ``target``'s name only once whole (a hidden ``.<name>.partial-<pid>`` first)."""
     staged = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -204,7 +199,7 @@ def _write_json(target: Path, record: dict) -> None:
 
 
 def _stamp(folder: Path, sha256: str, st: os.stat_result) -> None:
-    _write_json(folder / STAMP_FILE, {"sha256": sha256, "stat": _stat_stamp(st)})
+    _write_json(folder / STAMP_FILE, {"sha256": sha256, "stat": hashing.stat_stamp(st)})
 
 
 def _stamped(folder: Path):
@@ -222,12 +217,12 @@ def check(pair: PreparedPair) -> str | None:
         st = pair.delta.stat()
         if st.st_size != pair.size:
             return f"{DELTA_FILE} is {st.st_size} bytes, not {pair.size}"
-        if _stamped(pair.folder) != {"sha256": pair.sha256, "stat": _stat_stamp(st)}:
+        if _stamped(pair.folder) != {"sha256": pair.sha256, "stat": hashing.stat_stamp(st)}:
             digest = _sha256(pair.delta)
             if digest != pair.sha256:
                 return (f"the SHA256 of its {DELTA_FILE} is {digest[:16]}..., not the {pair.sha256[:16]}... it was "
                         "prepared with")  # fmt: skip
-            if _stat_stamp(pair.delta.stat()) == _stat_stamp(st):  # unchanged while it was read
+            if hashing.stat_stamp(pair.delta.stat()) == hashing.stat_stamp(st):  # unchanged while it was read
                 _stamp(pair.folder, digest, st)
         # the record a build goes by says what the delta (its bytes checked above) says of itself
         if _delta_facts(pair.delta) != pair.facts():
@@ -253,7 +248,7 @@ def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
     live: list[Path] = []
     stale: list[Path] = []
     folder = users_dir(key)
-    if (folder.exists() or folder.is_symlink()) and not (folder.is_dir() and not folder.is_symlink()):
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         stale.append(folder)  # no users' folder but something in its place: it would stop every build's hold
         if clean:
             folder.unlink(missing_ok=True)
@@ -383,7 +378,7 @@ def _record(plan: MergePlan, key: str, inpaint, base, a_sha256: str, c_sha256: s
     )  # fmt: skip
     st = pair.delta.stat()
     pair.sha256 = sha256 or _sha256(pair.delta)
-    if sha256 or _stat_stamp(pair.delta.stat()) == _stat_stamp(st):
+    if sha256 or hashing.stat_stamp(pair.delta.stat()) == hashing.stat_stamp(st):
         _stamp(folder, pair.sha256, st)
     _write_json(folder / PAIR_FILE, {k: v for k, v in asdict(pair).items() if k != "folder"})
     return pair

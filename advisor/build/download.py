@@ -414,7 +414,7 @@ def _recorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | N
         inside = path.parent == folder.resolve()
     except OSError:
         return None
-    if not inside or not stat.S_ISREG(st.st_mode) or _stamp(st) != stamp:
+    if not inside or not stat.S_ISREG(st.st_mode) or hashing.stat_stamp(st) != stamp:
         return None  # rewritten in place, swapped, or its mtime set back: ctime and inode tell
     if source.sha256 and sha.upper() != source.sha256.upper():
         return None
@@ -466,16 +466,11 @@ def _resumed_name(state: dict | None, source: Source, fresh: str) -> str | None:
     return name if Path(name).suffix.lower() == Path(fresh).suffix.lower() else None
 
 
-def _stamp(st: os.stat_result) -> list[int]:
-    """What changes with a file's bytes, whoever changes them (no user-level call sets ctime back)."""
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-
-
 def _record(partial: _Partial, target: Path, st: os.stat_result, sha: str, verified: bool) -> list[str]:
     """Record a finished download, so that the next run finds it; best effort: a full disk leaves the file good
     and done (the next run finds it by its SHA256, or fetches it again where none is known), and a warning."""
     try:
-        _write_json(partial.done, {"path": str(target.resolve()), "stamp": _stamp(st), "sha256": sha,
+        _write_json(partial.done, {"path": str(target.resolve()), "stamp": hashing.stat_stamp(st), "sha256": sha,
                                    "verified": verified})  # fmt: skip
     except OSError as exc:  # the sidecar stays: it names the file for the next run
         return [f"{target.name}: complete and {'verified' if verified else 'unverified'}, but the record of the "
