@@ -2,6 +2,7 @@
 every way a download goes wrong."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -532,3 +533,53 @@ def test_the_same_file_fetched_again_where_nothing_records_its_hash_is_the_file_
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "third-cache"))
     with pytest.raises(DownloadError, match="exists and is another file"):
         fetch(source, tmp_path / "out", policy=FAST)
+
+
+def _model_body() -> bytes:
+    return (8).to_bytes(8, "little") + b"{}      " + DATA  # starts as a safetensors file does
+
+
+def test_a_planted_partial_that_is_a_page_is_refused_on_resume_too(tmp_path, storage):
+    body = _model_body()
+    storage.blobs["page"] = Blob(body, "m.safetensors")
+    url = f"{storage.url}/blob/page"
+    page = b"<html>not a model</html>" + b" " * 1000
+    _planted(tmp_path / "out", url, data=page, sidecar=json.dumps({"url": url, "validator": None, "size": len(body),
+                                                                  "name": "m.safetensors"}))  # fmt: skip
+    with pytest.raises(DownloadError, match="an HTML page") as refused:
+        fetch(Source(url, name="m.safetensors"), tmp_path / "out", policy=FAST)  # nothing recorded to check it
+    assert refused.value.code == "not-a-model" and not (tmp_path / "out" / "m.safetensors").exists()
+    got = fetch(Source(url, name="m.safetensors"), tmp_path / "out", policy=FAST)  # the planted part is gone
+    assert got.path.read_bytes() == body
+
+
+def test_a_finished_partial_swapped_before_it_takes_its_name_is_not_kept(tmp_path, storage, monkeypatch):
+    from advisor.build import download
+
+    body = _model_body()
+    storage.blobs["swap"] = Blob(body, "m.safetensors")
+    real_finish = download._finish
+
+    def swapped_first(source, partial, *args, **kw):
+        forged = partial.data.with_name("forged")
+        forged.write_bytes(os.urandom(len(body)))
+        os.replace(forged, partial.data)  # another file at the partial's name, after it was hashed
+        return real_finish(source, partial, *args, **kw)
+
+    monkeypatch.setattr(download, "_finish", swapped_first)
+    source = Source(f"{storage.url}/blob/swap", name="m.safetensors", sha256=hashlib.sha256(body).hexdigest())
+    with pytest.raises(DownloadError, match="replaced before it got its name"):
+        fetch(source, tmp_path / "out", policy=FAST)
+    assert not (tmp_path / "out" / "m.safetensors").exists()
+
+
+def test_a_finished_download_that_was_only_touched_is_reused_without_a_hash_to_go_by(tmp_path, storage):
+    body = _model_body()
+    storage.blobs["touch"] = Blob(body, "m.safetensors")
+    source = Source(f"{storage.url}/blob/touch", name="m.safetensors", size=len(body))  # no SHA256 recorded
+    first = fetch(source, tmp_path / "out", policy=FAST)
+    os.chmod(first.path, 0o444)  # a new ctime, the same bytes
+    os.link(first.path, tmp_path / "out" / "second-name.safetensors")
+    again = fetch(source, tmp_path / "out", policy=FAST)
+    assert again.reused and again.bytes == 0 and again.sha256 == first.sha256
+    assert len([r for r in storage.requests if r["path"].endswith("/touch")]) == 1, storage.requests

@@ -374,12 +374,12 @@ def fetch(source: Source, folder: str | os.PathLike, *, policy: RetryPolicy | No
             if done is not None:
                 return done
 
-            def attempt() -> tuple[str, FileHashes]:
+            def attempt() -> tuple[str, FileHashes, tuple[int, int]]:
                 return _transfer(client, source, partial, what, fetched, resumed, progress)
 
             kwargs = {"sleep": sleep} if sleep else {}
-            name, hashes = retrying(attempt, policy, what, **kwargs)
-            return _finish(source, partial, folder, name, hashes, shown, fetched[0], resumed[0])
+            name, hashes, written = retrying(attempt, policy, what, **kwargs)
+            return _finish(source, partial, folder, name, hashes, written, shown, fetched[0], resumed[0])
     except DownloadError:
         raise
     except OSError as exc:
@@ -398,7 +398,9 @@ def _already_done(partial: _Partial, source: Source, folder: Path) -> Downloaded
 
 
 def _recorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | None:
-    """The record of this download, where the file it names is still as it was (size and mtime)."""
+    """The record of this download, where the file it names is still the one checked: its stat as recorded
+    (size, mtime, ctime, inode, device: free to tell), or else its bytes hashed again to the recorded SHA256 (a
+    chmod, a new link to it, a record of an older release, the file moved elsewhere and linked back)."""
     try:
         record = json.loads(_read_small(partial.done) or b"null")
     except (ValueError, RecursionError):
@@ -406,18 +408,26 @@ def _recorded(partial: _Partial, source: Source, folder: Path) -> Downloaded | N
     if not isinstance(record, dict):
         return None
     where, stamp, sha = record.get("path"), record.get("stamp"), record.get("sha256")
-    if not (isinstance(where, str) and isinstance(stamp, list) and isinstance(sha, str)):
-        return None  # a record of an older release (size and mtime only): the file is hashed again instead
+    if not (isinstance(where, str) and isinstance(sha, str)):
+        return None
+    if source.sha256 and sha.upper() != source.sha256.upper():
+        return None
     path = Path(where)
     try:
-        st = os.lstat(path)  # the file itself: a link put in its place is not the file downloaded
+        st = os.stat(path)  # through a link: the inode and device say which file it is
         inside = path.parent == folder.resolve()
     except OSError:
         return None
-    if not inside or not stat.S_ISREG(st.st_mode) or hashing.stat_stamp(st) != stamp:
-        return None  # rewritten in place, swapped, or its mtime set back: ctime and inode tell
-    if source.sha256 and sha.upper() != source.sha256.upper():
+    if not inside or not stat.S_ISREG(st.st_mode):
         return None
+    if hashing.stat_stamp(st) != stamp:  # changed, swapped, or only touched: its bytes say which
+        try:
+            now = (hashing.cached(path, autov3=False) or hashing.file_hashes(path, autov3=False)).sha256
+        except (OSError, CheckpointError):
+            return None
+        if now.upper() != sha.upper():
+            return None
+        _record(partial, path, os.stat(path), now.upper(), record.get("verified") is True)
     return Downloaded(path, redact(source.url), 0, st.st_size, sha.upper(), False, record.get("verified") is True,
                       reused=True)  # fmt: skip
 
@@ -456,6 +466,34 @@ def _complete_unrecorded(partial: _Partial, source: Source, folder: Path) -> Dow
     return None
 
 
+def _check_start(source: Source, content_type: str, first: bytes, what: str) -> None:
+    """DownloadError unless a model file may start with ``first``: no page (HTML, JSON, text), not empty, and
+    where no SHA256 or size is recorded to check the rest, the start of a model file."""
+    kind = _body_kind(content_type, first)
+    if kind:
+        excerpt = terminal_text(" ".join(first[:160].decode("utf-8", "replace").split()))
+        raise DownloadError(f"{what}: the server answered with {kind} page, not a model file ({excerpt})",
+                            "not-a-model")  # fmt: skip
+    if not first:
+        raise DownloadError(f"{what}: the server answered with an empty body, not a model file: not saved",
+                            "not-a-model")  # fmt: skip
+    if not (source.sha256 or source.size) and not _is_model(first):
+        raise DownloadError(f"{what}: the body does not start as a model file does (safetensors, a torch zip or "
+                            "pickle), and no SHA256 or size is recorded to check it: not saved", "not-a-model")
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a partial file being resumed; none where it is no longer a regular file of its own."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _BINARY)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, SNIFF) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+
+
 def _resumed_name(state: dict | None, source: Source, fresh: str) -> str | None:
     """The name a resumed download keeps (the one it started under, as its sidecar says), where the sidecar may
     choose one at all: never for a file whose name is ours (``keep_name``), and only of the kind of file this
@@ -463,14 +501,16 @@ def _resumed_name(state: dict | None, source: Source, fresh: str) -> str | None:
     name = state.get("name") if state else None
     if not name or (source.keep_name and source.name):
         return None
-    return name if Path(name).suffix.lower() == Path(fresh).suffix.lower() else None
+    kind = Path(fresh).suffix.lower()
+    return name if kind and Path(name).suffix.lower() == kind else None
 
 
 def _record(partial: _Partial, target: Path, st: os.stat_result, sha: str, verified: bool) -> list[str]:
     """Record a finished download, so that the next run finds it; best effort: a full disk leaves the file good
     and done (the next run finds it by its SHA256, or fetches it again where none is known), and a warning."""
     try:
-        _write_json(partial.done, {"path": str(target.resolve()), "stamp": hashing.stat_stamp(st), "sha256": sha,
+        where = target.parent.resolve() / target.name  # the name in the folder, not where a link leads
+        _write_json(partial.done, {"path": str(where), "stamp": hashing.stat_stamp(st), "sha256": sha,
                                    "verified": verified})  # fmt: skip
     except OSError as exc:  # the sidecar stays: it names the file for the next run
         return [f"{target.name}: complete and {'verified' if verified else 'unverified'}, but the record of the "
@@ -482,8 +522,9 @@ def _record(partial: _Partial, target: Path, st: os.stat_result, sha: str, verif
 
 
 def _transfer(client, source: Source, partial: _Partial, what: str, fetched: list, resumed: list,
-              progress) -> tuple[str, FileHashes]:  # fmt: skip
-    """One attempt: resume or start, stream to the partial file; (final name, its hashes) when complete."""
+              progress) -> tuple[str, FileHashes, tuple[int, int]]:  # fmt: skip
+    """One attempt: resume or start, stream to the partial file; (final name, its hashes, the partial file's
+    inode and device) when complete."""
     state = partial.state(source.url)
     offset = partial.data.stat().st_size if state else 0
     # the bytes as stored: a compressed body would be decoded past every size check (a 2 MB gzip -> 2 GiB)
@@ -532,19 +573,14 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
             first = _first_bytes(iterator)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise Retryable(type(exc).__name__) from None
+        if source.weights:  # a resumed file's start is what was kept of it: a partial planted there is checked too
+            head = first if start == 0 else _head(partial.data)
+            try:
+                _check_start(source, response.headers.get("content-type", "") if start == 0 else "", head, what)
+            except DownloadError:
+                partial.clear()
+                raise
         if start == 0:
-            kind = _body_kind(response.headers.get("content-type", ""), first) if source.weights else None
-            if kind:
-                excerpt = terminal_text(" ".join(first[:160].decode("utf-8", "replace").split()))
-                raise DownloadError(f"{what}: the server answered with {kind} page, not a model file ({excerpt})",
-                                    "not-a-model")  # fmt: skip
-            if source.weights and not first:
-                raise DownloadError(f"{what}: the server answered with an empty body, not a model file: not saved",
-                                    "not-a-model")  # fmt: skip
-            if source.weights and not (source.sha256 or source.size) and not _is_model(first):
-                raise DownloadError(f"{what}: the body does not start as a model file does (safetensors, a torch "
-                                    "zip or pickle), and no SHA256 or size is recorded to check it: not saved",
-                                    "not-a-model")  # fmt: skip
             _check_size(source, total, what)
         _check_space(partial.data.parent, (total or 0) - start, what)
         resumed[0] = resumed[0] or bool(start)
@@ -573,9 +609,10 @@ def _transfer(client, source: Source, partial: _Partial, what: str, fetched: lis
                 raise
             out.flush()
             os.fsync(out.fileno())
+            written = os.fstat(out.fileno())
         if total is not None and done != total:
             raise Retryable(f"the connection ended at byte {done:,} of {total:,}; resuming", 0)
-        return name, hasher.result()
+        return name, hasher.result(), (written.st_ino, written.st_dev)
     finally:
         response.close()
         if hasher is not None:
@@ -652,8 +689,8 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
         raise DownloadError(f"{what}: needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free in {folder}", "disk")
 
 
-def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: FileHashes, shown: str,
-            fetched: int, resumed: bool) -> Downloaded:  # fmt: skip
+def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: FileHashes,
+            written: tuple[int, int], shown: str, fetched: int, resumed: bool) -> Downloaded:  # fmt: skip
     sha = hashes.sha256
     expected = source.sha256.upper() if source.sha256 else None
     if expected and sha != expected:
@@ -671,13 +708,31 @@ def _finish(source: Source, partial: _Partial, folder: Path, name: str, hashes: 
             partial.clear()
             raise DownloadError(f"{target} exists and is another file: not replaced (move it away and run again)",
                                 "exists")  # fmt: skip
+    # the file hashed as it was written, still: one swapped in at the partial's name (a shared folder) never
+    # takes the final name, or is taken back off it where the swap came between this look and the rename
+    if not _is_file(partial.data, written):
+        partial.clear()
+        raise DownloadError(f"{target}: the downloaded file was replaced before it got its name: not kept",
+                            "hash-mismatch")  # fmt: skip
     os.replace(partial.data, target)
+    if not _is_file(target, written):
+        target.unlink(missing_ok=True)
+        raise DownloadError(f"{target}: the downloaded file was replaced as it got its name: removed",
+                            "hash-mismatch")  # fmt: skip
     # Done: the file is complete, verified where a hash is known, under its final name. What follows is
     # bookkeeping, and a disk full by now (or a cache that cannot be written) makes it a warning, not a failure.
     warnings = [problem] if (problem := _remember(target, hashes)) else []  # never read again to hash it
     st = target.stat()
     warnings += _record(partial, target, st, sha, expected is not None)
     return Downloaded(target, shown, fetched, st.st_size, sha, resumed, expected is not None, warnings=warnings)
+
+
+def _is_file(path: Path, identity: tuple[int, int]) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_dev) == identity
 
 
 def _same_size(a: Path, b: Path) -> bool:
