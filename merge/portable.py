@@ -4,9 +4,12 @@ time, so every module imports on every OS, and a test can take the calls away to
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import threading
+from pathlib import Path
 
 # seek-then-read on a shared descriptor is not atomic: threads of the fallback take turns
 _seek_lock = threading.Lock()
@@ -108,3 +111,21 @@ def _windows_pid_alive(pid: int) -> bool:
         return code.value == 259  # STILL_ACTIVE
     finally:
         kernel32.CloseHandle(handle)
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """``source`` renamed to ``target`` unless a file is there (FileExistsError): a hard link is made only where
+    the name is free, atomically; where links are not allowed, the name is checked just before the rename.
+    Once the link is made the file has its name: a source that cannot be unlinked then stays as a stale
+    partial for the next run's clean-up, never an error for a file that is in place."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.replace(source, target)
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(source)

@@ -11,7 +11,6 @@ preparing the output's pages) while torch's import, ~2 s, runs.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import mmap
@@ -291,7 +290,7 @@ class SafetensorsWriter:
         if replace:
             os.replace(self.tmp, self.path)
         else:
-            _rename_no_replace(self.tmp, self.path)
+            portable.rename_no_replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -307,18 +306,3 @@ class SafetensorsWriter:
             os.close(self._fd)
             self._fd = -1
         self.tmp.unlink(missing_ok=True)
-
-
-def _rename_no_replace(source: Path, target: Path) -> None:
-    """``source`` renamed to ``target`` unless a file is there (FileExistsError): a hard link is made only where
-    the name is free, atomically; where links are not allowed, the name is checked just before the rename."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        if target.exists() or target.is_symlink():
-            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
-        os.replace(source, target)
-        return
-    os.unlink(source)

@@ -58,9 +58,11 @@ def _kill_at(step: str) -> None:
         real_json = prepared._write_json
         prepared._write_json = lambda target, record: die() if target.name == prepared.PAIR_FILE else \
             real_json(target, record)
-    elif step == "merged":
-        real_replace = os.replace
-        os.replace = lambda src, dst: die() if ".build-" in str(src) else real_replace(src, dst)
+    elif step == "merged":  # the output whole, not yet under its name
+        from merge import portable
+
+        real_rename = portable.rename_no_replace
+        portable.rename_no_replace = lambda src, dst: die() if ".build-" in str(src) else real_rename(src, dst)
     elif step == "renamed":
         artifacts.record = lambda *a, **k: die()
     elif step == "recorded":
@@ -131,3 +133,46 @@ def _recipe_key(path) -> str:
 
     with safe_open(str(path), "pt") as f:
         return json.loads(f.metadata()["inpaint_advisor.recipe"])["sources"]["recipe_key"]
+
+
+def test_a_file_that_takes_the_outputs_name_while_the_build_runs_is_left_as_it_is(inputs, tmp_path, monkeypatch):
+    """The output's lock keeps out builds, not a `merge --out` or a copy: the name is taken only where free."""
+    from merge import portable
+
+    monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
+    real_rename = portable.rename_no_replace
+
+    def taken_first(src, dst):
+        if ".build-" in src.name and ".build-" not in dst.name:  # the output, as it is named (not the merge's)
+            dst.write_bytes(b"someone else's file")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(portable, "rename_no_replace", taken_first)
+    with pytest.raises(build_module.BuildError, match="another file took the name while this build ran") as failed:
+        _build(inputs, tmp_path / "out", str(tmp_path / "r.db"))
+    assert failed.value.code == "exists"
+    (taken,) = (tmp_path / "out").glob("*.safetensors")
+    assert taken.read_bytes() == b"someone else's file" and not list((tmp_path / "out").glob(".*build-*"))
+
+
+def test_a_name_is_taken_only_where_free_with_or_without_hard_links(tmp_path, monkeypatch):
+    from merge import portable
+
+    for links in (True, False):
+        src, dst = tmp_path / f"src-{links}", tmp_path / f"dst-{links}"
+        if not links:
+            monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(1, "no links")))
+        src.write_bytes(b"new")
+        portable.rename_no_replace(src, dst)
+        assert dst.read_bytes() == b"new" and not src.exists()
+        src.write_bytes(b"newer")
+        with pytest.raises(FileExistsError):
+            portable.rename_no_replace(src, dst)
+        assert dst.read_bytes() == b"new" and src.read_bytes() == b"newer"
+    monkeypatch.undo()
+    src, dst = tmp_path / "stuck", tmp_path / "named"
+    src.write_bytes(b"whole")
+    monkeypatch.setattr(os, "unlink", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "held open")))
+    portable.rename_no_replace(src, dst)  # the file has its name: a source left behind is no failure
+    monkeypatch.undo()
+    assert dst.read_bytes() == b"whole"

@@ -363,7 +363,7 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
                                 progress=(lambda done, total: progress(label, done, total)) if progress else None)
     except DownloadError as exc:
         error = BuildError(str(exc), exc.code)
-        if failed is not None:
+        if failed is not None and exc.code != "exists":  # a name taken in one folder says nothing of the next
             failed[need.source.url] = error
         raise error from None
     verified = got.verified or (need.git_oid is not None and _check_git_oid(need, got.path))
@@ -696,7 +696,7 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
                                  "keep such a file)", "nonfinite")  # fmt: skip
             result.warnings.append(f"NaN/Inf in {len(merged.nonfinite)} output tensors"
                                    + (" (its inputs hold them too)" if inherited else ", kept as asked"))
-        os.replace(staged, target)
+        _name(staged, target)
     finally:
         staged.unlink(missing_ok=True)
     # hashed as it was written where every input's hash was known up front; read again otherwise
@@ -732,10 +732,22 @@ def _copy_into(built: Path, target: Path, sha256: str) -> Output:
             if copied.sha256.upper() != sha256.upper():
                 raise BuildError(f"{built} changed since it was built (SHA256 {copied.sha256[:12]}, recorded "
                                  f"{sha256[:12]}): not copied", "hash-mismatch")  # fmt: skip
-            os.replace(staged, target)
+            _name(staged, target)
         finally:
             staged.unlink(missing_ok=True)
     return _output(target)
+
+
+def _name(staged: Path, target: Path) -> None:
+    """The finished output under its name, never over a file put there meanwhile (the lock keeps out builds,
+    not a `merge`, a copy or a user)."""
+    from merge import portable
+
+    try:
+        portable.rename_no_replace(staged, target)
+    except FileExistsError:
+        raise BuildError(f"{target} exists: another file took the name while this build ran; it is left as it is",
+                         "exists") from None
 
 
 def _remove_stale_staged(target: Path) -> None:
