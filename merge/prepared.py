@@ -131,20 +131,22 @@ class PreparedPair:
 
     def facts(self) -> dict:
         """What a build takes from the record: the delta keeps the same in its metadata (``_facts``)."""
-        return _facts(self.key, self.a["sha256"], self.c["sha256"], self.multiplier, self.family, self.deltas,
-                      self.c_dtype, self.missing_in_c, self.mismatched)  # fmt: skip
+        return _facts(self.key, self.a, self.c, self.multiplier, self.family, self.deltas, self.c_dtype,
+                      self.missing_in_c, self.mismatched)  # fmt: skip
 
 
-def _facts(key: str, a_sha256: str, c_sha256: str, multiplier: float, family: str, deltas: dict,
-           c_dtype: str, missing_in_c: list, mismatched: list) -> dict:  # fmt: skip
-    return {"key": key, "a_sha256": a_sha256.upper(), "c_sha256": c_sha256.upper(), "multiplier": float(multiplier),
+def _facts(key: str, a: dict, c: dict, multiplier: float, family: str, deltas: dict, c_dtype: str,
+           missing_in_c: list, mismatched: list) -> dict:  # fmt: skip
+    return {"key": key, "a": {"file": a["file"], "sha256": a["sha256"].upper()},
+            "c": {"file": c["file"], "sha256": c["sha256"].upper()}, "multiplier": float(multiplier),
             "family": family, "deltas": {k: list(v) for k, v in deltas.items()}, "c_dtype": c_dtype,
             "missing_in_c": list(missing_in_c), "mismatched": list(mismatched)}  # fmt: skip
 
 
-def _plan_facts(plan: MergePlan, key: str, a_sha256: str, c_sha256: str) -> dict:
-    return _facts(key, a_sha256, c_sha256, plan.multiplier, plan.layouts["a"].family or "", _deltas(plan),
-                  plan.layouts["c"].dtype, plan.missing_in_bc, plan.mismatched)  # fmt: skip
+def _plan_facts(plan: MergePlan, key: str, inpaint, base, a_sha256: str, c_sha256: str) -> dict:
+    return _facts(key, {"file": Path(inpaint).name, "sha256": a_sha256}, {"file": Path(base).name, "sha256": c_sha256},
+                  plan.multiplier, plan.layouts["a"].family or "", _deltas(plan), plan.layouts["c"].dtype,
+                  plan.missing_in_bc, plan.mismatched)  # fmt: skip
 
 
 def root() -> Path:
@@ -345,15 +347,15 @@ def _plan_delta(inpaint, base, key: str, multiplier: float, a_sha256: str, c_sha
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         folder.unlink()  # something else under the pair's name: the pair is made in a folder of its own
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (PAIR_FILE, STAMP_FILE):
+    for name in (PAIR_FILE, STAMP_FILE, DELTA_FILE):
         if (folder / name).is_dir() and not (folder / name).is_symlink():
-            shutil.rmtree(folder / name)  # a folder in the record's place would fail every preparation
+            shutil.rmtree(folder / name)  # a folder in a file's place would fail every preparation
         else:
             (folder / name).unlink(missing_ok=True)
     c = open_checkpoint(base)
     zeros = ZeroSource(c.tensors)
     plan = plan_merge(inpaint, zeros, c, folder / DELTA_FILE, multiplier=multiplier, dtype="fp32", force=True)
-    plan.extra_metadata = {PAIR_METADATA: json.dumps(_plan_facts(plan, key, a_sha256, c_sha256))}
+    plan.extra_metadata = {PAIR_METADATA: json.dumps(_plan_facts(plan, key, inpaint, base, a_sha256, c_sha256))}
     return plan
 
 

@@ -410,7 +410,7 @@ def test_a_pair_of_the_old_format_is_prepared_again(official):
     assert _is_hex(again.sha256) and prepared.leftovers() == []
 
 
-@pytest.mark.parametrize("edit", ["multiplier", "deltas", "family", "c_dtype"])
+@pytest.mark.parametrize("edit", ["multiplier", "deltas", "family", "c_dtype", "a_file", "missing_in_c"])
 def test_a_record_edited_to_say_other_than_its_delta_is_never_built_from(official, edit):
     t = official
     pair = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
@@ -419,6 +419,10 @@ def test_a_record_edited_to_say_other_than_its_delta_is_never_built_from(officia
         record["multiplier"] = 2.0
     elif edit == "deltas":  # one delta fewer: that tensor would be taken from B as it is
         record["deltas"].pop(sorted(record["deltas"])[-1])
+    elif edit == "a_file":  # the name every output's recipe gives A
+        record["a"]["file"] = "someone-elses.safetensors"
+    elif edit == "missing_in_c":
+        record["missing_in_c"] = ["model.diffusion_model.out.2.weight"]
     else:
         record[edit] = "sdxl" if edit == "family" else "F16"
     (pair.folder / prepared.PAIR_FILE).write_text(json.dumps(record))
@@ -445,8 +449,9 @@ def test_things_in_the_place_of_a_pairs_files_are_cleared_not_failed_on(official
     with prepared.using(pair) as held:
         assert held.key == pair.key and prepared.users_dir(pair.key).is_dir()
     shutil.rmtree(pair.folder)
-    (pair.folder / prepared.PAIR_FILE).mkdir(parents=True)  # folders where the record and stamp go
+    (pair.folder / prepared.PAIR_FILE).mkdir(parents=True)  # folders where the record, stamp and delta go
     (pair.folder / prepared.STAMP_FILE).mkdir()
+    (pair.folder / prepared.DELTA_FILE).mkdir()
     again = prepared.prepare(t / "a.ckpt", t / "c.safetensors", "A" * 64, "C" * 64)
     assert (again.folder / prepared.PAIR_FILE).is_file() and prepared.check(again) is None
 
