@@ -301,6 +301,24 @@ def test_scan_get_fetches_a_shared_route_once_goes_on_after_a_failure_and_resume
     assert sum(PATCH in r for r in _fetches(hub)) == 1
 
 
+def test_scan_get_does_not_fetch_again_for_the_next_model_a_shared_file_that_failed(tmp_path, hub):
+    from advisor.get.batch import get_folder
+    from advisor.local.scan import scan
+    from tests.sd_layouts import write_checkpoint
+
+    root = _install(tmp_path, "comfyui", ["comfy"])
+    checkpoints = root / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for i in range(3):
+        write_checkpoint(checkpoints / f"xl{i}.safetensors", "sdxl", "normal", 50 + i, scale=32)
+    del hub.repo("lllyasviel/fooocus_inpaint").files[PATCH]  # the Hub lost the patch: 404
+    db = str(tmp_path / "r.db")
+    batch = get_folder(scan([root], db=db, offline=True)[0], db=db)
+    assert [i.status for i in batch.items] == ["failed"] * 3
+    assert sum(PATCH in r for r in _fetches(hub)) == 1  # asked once, for the first model
+    assert sum("not tried again" in i.reason for i in batch.items) == 2, [i.reason for i in batch.items]
+
+
 def _check_workflow(graph: dict, root) -> None:
     """Every node is one data/comfy_nodes.json defines (read from the node packs' source), with exactly its
     inputs; every link joins an output to an input of the same type; every file a loader names is in the

@@ -40,6 +40,8 @@ class Placement:
     _fetch_url: str = field(default="", repr=False)  # with credentials (a mirror's user), never printed
     _token: str | None = field(default=None, repr=False)
     _cached: tuple[str, ...] = field(default=(), repr=False)  # build-cache paths that may already hold it
+    # why placing it failed in this batch (a Placement is shared by the models of a batch): not tried again
+    _failed: tuple[str, str] | None = field(default=None, repr=False)  # (message, code)
 
     @property
     def destination(self) -> str:

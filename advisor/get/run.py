@@ -72,6 +72,17 @@ def _write_workflow(path: Path, graph: dict, warnings: list[str]) -> None:
 
 
 def _place(p: Placement, offline: bool, progress: Progress | None, warnings: list[str]) -> None:
+    if p._failed is not None:  # a file two models of a batch need, which failed for the first
+        raise GetError(f"{p._failed[0]} (not tried again: it failed for an earlier model of this batch)", p._failed[1])
+    try:
+        _place_once(p, offline, progress, warnings)
+    except GetError as exc:
+        if exc.code != "exists":  # a name taken says nothing of the next model's folder
+            p._failed = (str(exc), exc.code)
+        raise
+
+
+def _place_once(p: Placement, offline: bool, progress: Progress | None, warnings: list[str]) -> None:
     folder = Path(p.folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
