@@ -275,16 +275,25 @@ def test_flux_fill_is_a_diffusion_model_where_the_ui_keeps_them(tmp_path, hub):
     assert [p.destination for p in plan.result.files] == [str(fill)]
 
 
-def test_scan_get_fetches_a_shared_route_once_goes_on_after_a_failure_and_resumes(tmp_path, hub):
-    from advisor.get.batch import get_folder
-    from advisor.local.scan import scan
+def _comfyui_with_three_sdxl_models(tmp_path, seed: int):
+    """A ComfyUI install whose checkpoints folder holds xl0..xl2 (SDXL fine-tunes that share a route)."""
     from tests.sd_layouts import write_checkpoint
 
     root = _install(tmp_path, "comfyui", ["comfy"])
     checkpoints = root / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
     for i in range(3):
-        write_checkpoint(checkpoints / f"xl{i}.safetensors", "sdxl", "normal", 30 + i, scale=32)
+        write_checkpoint(checkpoints / f"xl{i}.safetensors", "sdxl", "normal", seed + i, scale=32)
+    return root
+
+
+def test_scan_get_fetches_a_shared_route_once_goes_on_after_a_failure_and_resumes(tmp_path, hub):
+    from advisor.get.batch import get_folder
+    from advisor.local.scan import scan
+    from tests.sd_layouts import write_checkpoint
+
+    root = _comfyui_with_three_sdxl_models(tmp_path, 30)
+    checkpoints = root / "models" / "checkpoints"
     write_checkpoint(checkpoints / "old.safetensors", "sd2", "normal", 40)  # its official model is not served
     db = str(tmp_path / "r.db")
     (scanned,) = scan([root], db=db, offline=True)
@@ -304,13 +313,8 @@ def test_scan_get_fetches_a_shared_route_once_goes_on_after_a_failure_and_resume
 def test_scan_get_does_not_fetch_again_for_the_next_model_a_shared_file_that_failed(tmp_path, hub):
     from advisor.get.batch import get_folder
     from advisor.local.scan import scan
-    from tests.sd_layouts import write_checkpoint
 
-    root = _install(tmp_path, "comfyui", ["comfy"])
-    checkpoints = root / "models" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    for i in range(3):
-        write_checkpoint(checkpoints / f"xl{i}.safetensors", "sdxl", "normal", 50 + i, scale=32)
+    root = _comfyui_with_three_sdxl_models(tmp_path, 50)
     del hub.repo("lllyasviel/fooocus_inpaint").files[PATCH]  # the Hub lost the patch: 404
     db = str(tmp_path / "r.db")
     batch = get_folder(scan([root], db=db, offline=True)[0], db=db)
