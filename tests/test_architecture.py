@@ -96,7 +96,11 @@ def test_no_module_imports_itself_back():
 def test_importing_a_module_from_its_package_is_an_import_of_that_module(tmp_path):
     (tmp_path / "m.py").write_text("from crawler.registry import runs\nfrom crawler.registry import connect, runs\n")
     assert _imports(tmp_path / "m.py", runtime_only=False) == [
-        "crawler.registry.runs", "crawler.registry", "crawler.registry.connect", "crawler.registry.runs"]
+        "crawler.registry.runs",
+        "crawler.registry",
+        "crawler.registry.connect",
+        "crawler.registry.runs",
+    ]
 
 
 def test_imports_run_one_way():
@@ -218,3 +222,42 @@ def test_the_registry_package_says_each_way_in_alike_to_python_and_to_type_check
     for name, home in package._HOME.items():
         module, attr = home.split(":")
         assert getattr(package, name) is getattr(importlib.import_module(f"crawler.registry.{module}"), attr)
+
+
+# The registry's one query style (crawler.registry.sql): SQL text with %(name)s placeholders on the driver.
+# SQLAlchemy is its pool and its schema (SQLModel, create_all), never a query builder; and no statement is written
+# with positional placeholders.
+QUERY_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "case", "literal", "inspect", "and_",
+                  "or_", "not_", "exists", "bindparam"}  # fmt: skip
+POSITIONAL = ("= ?", "(?", "?)", "?,", "%s")
+
+
+def test_the_registry_speaks_one_query_style():
+    builders, positional = [], []
+    for module, path in _modules().items():
+        if not module.startswith("crawler.registry"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("sqlalchemy", "sqlmodel"):
+                ddl = module == "crawler.registry.schema"  # an index on an expression: text() of the schema
+                builders += [
+                    f"{module}: {a.name}" for a in node.names if a.name in QUERY_BUILDERS - ({"text"} if ddl else set())
+                ]
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("c", "exec_driver_sql")
+                and module not in ("crawler.registry.sql", "crawler.registry.schema")  # the tables' own columns
+            ):
+                positional.append(f"{module}:{node.lineno} uses .{node.attr} (a Core column or a bare driver call)")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "SELECT" in node.value.upper():
+                positional += [f"{module}:{node.lineno} {mark!r}" for mark in POSITIONAL if mark in node.value]
+    assert builders == []
+    assert positional == []
+
+
+def test_the_query_style_check_sees_a_core_query():
+    tree = ast.parse("from sqlalchemy import select\nq = 'SELECT id FROM model WHERE id = ?'\n")
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert set(names) & QUERY_BUILDERS and any(m in s for s in strings for m in POSITIONAL)

@@ -69,7 +69,7 @@ def crawl(world, **kw):
 def verdict(db, model_id: int, pos: int):
     with registry_layer.open(db, "lookup") as reader:
         v = next(v for v in reader.versions(f"civitai:{model_id}") if v.id == f"civitai:v{version_id(model_id, pos)}")
-        conf = reader.row("SELECT inpaint_confidence FROM version WHERE id = ?", (v.id,))[0]
+        conf = reader.row("SELECT inpaint_confidence FROM version WHERE id = %(id)s", id=v.id)[0]
     return v.is_inpainting, conf, v.evidence
 
 
@@ -140,7 +140,7 @@ def last_run(db) -> dict:
 
 def sha_of(db, vid: int) -> str:
     with registry_layer.open(db, "lookup") as reader:
-        return reader.row("SELECT sha256 FROM file WHERE version_id = ?", (f"civitai:v{vid}",))[0]
+        return reader.row("SELECT sha256 FROM file WHERE version_id = %(id)s", id=f"civitai:v{vid}")[0]
 
 
 @pytest.mark.parametrize("trouble", ["503", "dropped connection"])

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from crawler.registry.reader import unchanged
-from crawler.registry.schema import ARTIFACT, Artifact
+from crawler.registry.schema import ARTIFACT, Artifact, as_record
+from crawler.registry.sql import execute
 from crawler.registry.upsert import upsert
 
 
@@ -43,13 +43,13 @@ def record(engine: Engine, made: Made) -> None:
 def by_key(engine: Engine, key: str) -> Artifact | None:
     """The artifact of this recipe, if its file is still there unchanged."""
     with engine.connect() as conn:
-        row = conn.execute(select(ARTIFACT).where(ARTIFACT.c.id == key)).first()
+        row = execute(conn, "SELECT * FROM artifact WHERE id = %(key)s", key=key).first()
     if row is None or not unchanged(row.path, row.size, row.mtime_ns):
         return None
-    return Artifact(**row._mapping)
+    return as_record(Artifact, row)
 
 
 def recent(engine: Engine, limit: int = 10) -> list[Artifact]:
     with engine.connect() as conn:
-        rows = conn.execute(select(ARTIFACT).order_by(ARTIFACT.c.created_at.desc()).limit(limit)).all()
-    return [Artifact(**r._mapping) for r in rows]
+        rows = execute(conn, "SELECT * FROM artifact ORDER BY created_at DESC LIMIT %(limit)s", limit=limit).all()
+    return [as_record(Artifact, r) for r in rows]

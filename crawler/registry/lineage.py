@@ -1,18 +1,15 @@
 """The queries behind families through chains of Hugging Face repos (``crawler.hf.resolve_lineage``)."""
 
-from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from crawler.registry.schema import FAMILY, MODEL, VERSION
+from crawler.registry.sql import execute
 
 
 def hf_families(engine: Engine) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, str | None]]:
     """({hf model id: (declared base repo, family)}, {family: parent family})."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(MODEL.c.id, MODEL.c.base_model, MODEL.c.family).where(MODEL.c.source == "hf")
-        ).all()
-        parents: dict[str, str | None] = dict(conn.execute(select(FAMILY.c.id, FAMILY.c.parent)).all())
+        rows = execute(conn, "SELECT id, base_model, family FROM model WHERE source = 'hf'").all()
+        parents: dict[str, str | None] = dict(execute(conn, "SELECT id, parent FROM family").all())
     return {r.id: (r.base_model, r.family) for r in rows}, parents
 
 
@@ -22,5 +19,5 @@ def set_families(engine: Engine, changed: dict[str, str]) -> None:
         return
     with engine.begin() as conn:
         for model_id, family in changed.items():
-            conn.execute(update(MODEL).where(MODEL.c.id == model_id).values(family=family))
-            conn.execute(update(VERSION).where(VERSION.c.model_id == model_id).values(family=family))
+            execute(conn, "UPDATE model SET family = %(family)s WHERE id = %(id)s", family=family, id=model_id)
+            execute(conn, "UPDATE version SET family = %(family)s WHERE model_id = %(id)s", family=family, id=model_id)

@@ -3,52 +3,47 @@ models, and the links themselves; and the same checkpoint published on both sour
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 
-from crawler.registry.schema import INPAINT_LINK, MODEL, VERSION
+from crawler.registry.schema import INPAINT_LINK, VERSION, typed
+from crawler.registry.sql import execute
 from crawler.registry.upsert import upsert
 
 
-def dedicated_models(conn: Connection) -> Sequence[Row[str, str, str | None, str]]:
+def dedicated_models(conn: Connection) -> Sequence[Row]:
     """(id, name, creator, source) of every model whose versions are all inpainting releases."""
-    return conn.execute(
-        select(MODEL.c.id, MODEL.c.name, MODEL.c.creator, MODEL.c.source).where(
-            MODEL.c.is_inpainting.is_(True), MODEL.c.creator.is_not(None)
-        )
+    return execute(
+        conn, "SELECT id, name, creator, source FROM model WHERE is_inpainting AND creator IS NOT NULL"
     ).all()
 
 
 def sibling_link_ids(conn: Connection) -> set[str]:
-    return set(conn.execute(select(INPAINT_LINK.c.id).where(INPAINT_LINK.c.kind == "sibling-model")).scalars())
+    return set(execute(conn, "SELECT id FROM inpaintlink WHERE kind = 'sibling-model'").scalars())
 
 
-def creator_models(conn: Connection, source: str, creator: str) -> Sequence[Row[str, str]]:
+def creator_models(conn: Connection, source: str, creator: str) -> Sequence[Row]:
     """(id, name) of the creator's models on that source that are not inpainting models themselves."""
-    return conn.execute(
-        select(MODEL.c.id, MODEL.c.name).where(
-            MODEL.c.source == source, MODEL.c.creator == creator, MODEL.c.is_inpainting.is_(False)
-        )
-    ).all()
+    sql = "SELECT id, name FROM model WHERE source = %(source)s AND creator = %(creator)s AND NOT is_inpainting"
+    return execute(conn, sql, source=source, creator=creator).all()
 
 
 def versions_of(conn: Connection, model_ids: list[str]) -> list[dict]:
-    cols = [VERSION.c.id, VERSION.c.model_id, VERSION.c.name, VERSION.c.published_at,
-            VERSION.c.is_inpainting, VERSION.c.inpaint_confidence]  # fmt: skip
-    return [dict(r._mapping) for r in conn.execute(select(*cols).where(VERSION.c.model_id.in_(model_ids)))]
+    sql = ("SELECT id, model_id, name, published_at, is_inpainting, inpaint_confidence FROM version "
+           "WHERE model_id IN (%(ids)s)")  # fmt: skip
+    return [typed(VERSION, r) for r in execute(conn, sql, ids=model_ids)]
 
 
 def save_sibling_links(conn: Connection, rows: list[dict], parents: set[str]) -> None:
     upsert(conn, INPAINT_LINK, rows)
     if parents:
-        conn.execute(update(MODEL).where(MODEL.c.id.in_(parents)).values(has_inpainting=True))
+        execute(conn, "UPDATE model SET has_inpainting = %(yes)s WHERE id IN (%(ids)s)", yes=True, ids=list(parents))
 
 
 def link_same_files(engine: Engine, hf_model: str | None = None) -> int:
     """Record every Civitai file and Hugging Face file with the same SHA256 (one checkpoint published twice), or
-    only those of ``hf_model``; returns how many pairs are new. Plain SQL that SQLite and PostgreSQL both run."""
-    only = " AND mb.id = :hf_model" if hf_model else ""
-    sql = text(
+    only those of ``hf_model``; returns how many pairs are new."""
+    only = " AND mb.id = %(hf_model)s" if hf_model else ""
+    sql = (
         "INSERT INTO samefile (id, sha256, model_a, model_b, version_a, version_b) "
         "SELECT a.id || '=' || b.id, a.sha256, va.model_id, vb.model_id, va.id, vb.id "
         "FROM file a JOIN version va ON va.id = a.version_id JOIN model ma ON ma.id = va.model_id "
@@ -58,4 +53,4 @@ def link_same_files(engine: Engine, hf_model: str | None = None) -> int:
         "ON CONFLICT (id) DO NOTHING"
     )
     with engine.begin() as conn:
-        return conn.execute(sql, {"hf_model": hf_model} if hf_model else {}).rowcount or 0
+        return execute(conn, sql, hf_model=hf_model).rowcount or 0

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from crawler.registry import schema
+from crawler.registry.sql import columns, execute, execute_many
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 from crawler.registry.upsert import upsert
 from data import base_models, load
@@ -60,12 +60,12 @@ _PG_SEARCH_INDEX = [
 def _search_index(conn: Connection, *, rebuild: bool) -> None:
     if conn.dialect.name == "sqlite":
         for statement in _SQLITE_SEARCH_INDEX:
-            conn.exec_driver_sql(statement)
+            execute(conn, statement)
         if rebuild:  # index the rows written before the index existed
-            conn.exec_driver_sql("INSERT INTO model_fts(model_fts) VALUES ('rebuild')")
+            execute(conn, "INSERT INTO model_fts(model_fts) VALUES ('rebuild')")
     else:
         for statement in _PG_SEARCH_INDEX:
-            conn.exec_driver_sql(statement)
+            execute(conn, statement)
 
 
 # -- the migrations, oldest first -------------------------------------------------------------------------------
@@ -78,9 +78,9 @@ def m001_schema_5(conn: Connection) -> None:
     the SQLite name index they lack, and lose the AutoV2 index (AutoV2 is found through the sha256 index)."""
     tables = [SQLModel.metadata.tables[name] for name in _SCHEMA_5_TABLES]
     SQLModel.metadata.create_all(conn, tables=tables)
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_file_autov2")
+    execute(conn, "DROP INDEX IF EXISTS ix_file_autov2")
     if conn.dialect.name == "sqlite":
-        had_index = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'model_fts'").first()
+        had_index = execute(conn, "SELECT 1 FROM sqlite_master WHERE name = 'model_fts'").first()
         _search_index(conn, rebuild=had_index is None)
 
 
@@ -88,7 +88,7 @@ def m002_official_sizes_64_bit(conn: Connection) -> None:
     """Official checkpoints are 4-7 GB: PostgreSQL's INTEGER (32-bit) refused their sizes. (SQLite's INTEGER
     is 64-bit already.)"""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ALTER TABLE officialcheck ALTER COLUMN size TYPE BIGINT")
+        execute(conn, "ALTER TABLE officialcheck ALTER COLUMN size TYPE BIGINT")
 
 
 def m003_postgresql_name_search(conn: Connection) -> None:
@@ -104,10 +104,8 @@ def m004_artifacts(conn: Connection) -> None:
 
 def m005_model_downloads(conn: Connection) -> None:
     """Each model's download count (what `build --missing` ranks by)."""
-    from sqlalchemy import inspect
-
-    if "downloads" not in {c["name"] for c in inspect(conn).get_columns("model")}:  # m001 may have made it
-        conn.exec_driver_sql("ALTER TABLE model ADD COLUMN downloads BIGINT DEFAULT '0' NOT NULL")
+    if "downloads" not in columns(conn, "model"):  # m001 may have made it
+        execute(conn, "ALTER TABLE model ADD COLUMN downloads BIGINT DEFAULT '0' NOT NULL")
 
 
 def m006_route_checks(conn: Connection) -> None:
@@ -123,8 +121,8 @@ def m007_job_runs(conn: Connection) -> None:
 def m008_name_indexes(conn: Connection) -> None:
     """Files found by their name, case aside (``lookup dreamshaper_8.safetensors``), and models by their name
     without spaces (``lookup juggernautxl``)."""
-    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_file_name_lower ON file (lower(name))")
-    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_model_name_compact ON model (replace(name_norm, ' ', ''))")
+    execute(conn, "CREATE INDEX IF NOT EXISTS ix_file_name_lower ON file (lower(name))")
+    execute(conn, "CREATE INDEX IF NOT EXISTS ix_model_name_compact ON model (replace(name_norm, ' ', ''))")
 
 
 def m009_header_proofs(conn: Connection) -> None:
@@ -135,14 +133,12 @@ def m009_header_proofs(conn: Connection) -> None:
 def m010_crawl_run_errors(conn: Connection) -> None:
     """Each crawl run's errors in detail (the first 50) and its header reads counted apart: read, unreadable,
     not read yet."""
-    from sqlalchemy import inspect
-
-    have = {c["name"] for c in inspect(conn).get_columns("crawlrun")}  # m001 may have made them
+    have = columns(conn, "crawlrun")  # m001 may have made them
     if "first_errors" not in have:
-        conn.exec_driver_sql("ALTER TABLE crawlrun ADD COLUMN first_errors VARCHAR")
+        execute(conn, "ALTER TABLE crawlrun ADD COLUMN first_errors VARCHAR")
     for name in ("headers_read", "headers_unreadable", "headers_deferred"):
         if name not in have:
-            conn.exec_driver_sql(f"ALTER TABLE crawlrun ADD COLUMN {name} INTEGER DEFAULT '0' NOT NULL")
+            execute(conn, f"ALTER TABLE crawlrun ADD COLUMN {name} INTEGER DEFAULT '0' NOT NULL")
 
 
 @dataclass(frozen=True)
@@ -178,13 +174,13 @@ def _families_digest() -> str:
 
 def state_of(conn: Connection, where: str) -> State:
     """The registry's state (crawler.registry.state) through an SQLAlchemy connection."""
-    return read_state(lambda sql: [tuple(r) for r in conn.exec_driver_sql(sql).all()], conn.dialect.name, where)
+    return read_state(lambda sql: [tuple(r) for r in execute(conn, sql).all()], conn.dialect.name, where)
 
 
 def _seeded(conn: Connection, state: State) -> bool:
     if state.fresh or "meta" not in state.tables:
         return False
-    row = conn.execute(text("SELECT value FROM meta WHERE key = 'families'")).first()
+    row = execute(conn, "SELECT value FROM meta WHERE key = 'families'").first()
     return row is not None and row[0] == _families_digest()
 
 
@@ -206,16 +202,16 @@ def _remap(conn: Connection) -> None:
     families, and an incremental crawl never sees the models that did not change."""
     mapping = [{"family": f["id"], "key": base_models.key(bm)} for f in _families() for bm in f["civitai_base_models"]]
     for table in ("version", "model"):
-        conn.execute(text(f"UPDATE {table} SET family = :family "  # noqa: S608 - a table name of ours
-                          "WHERE lower(trim(base_model)) = :key AND (family IS NULL OR family <> :family)"),
+        execute_many(conn, f"UPDATE {table} SET family = %(family)s "  # noqa: S608 - a table name of ours
+                     "WHERE lower(trim(base_model)) = %(key)s AND (family IS NULL OR family <> %(family)s)",
                      mapping)  # fmt: skip
 
 
 def _lock(conn: Connection) -> None:
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, not at the first write: one migrator
+        execute(conn, "BEGIN IMMEDIATE")  # the write lock now, not at the first write: one migrator
     else:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+        execute(conn, "SELECT pg_advisory_xact_lock(%(key)s)", key=_PG_LOCK)
 
 
 def upgrade(engine: Engine, where: str) -> list[str]:
@@ -241,13 +237,12 @@ def upgrade(engine: Engine, where: str) -> list[str]:
             if schema.SchemaMigration.__tablename__ not in state.tables:
                 SQLModel.metadata.create_all(conn, tables=[schema.table_of(schema.SchemaMigration)])
         now = datetime.now(UTC)
-        record = schema.table_of(schema.SchemaMigration).insert()
-        for migration in pending:
-            conn.execute(record.values(id=migration.id, name=migration.name, applied_at=now))
+        execute_many(conn, "INSERT INTO schema_migration (id, name, applied_at) VALUES (%(id)s, %(name)s, %(now)s)",
+                     [{"id": m.id, "name": m.name, "now": now} for m in pending])  # fmt: skip
         if not _seeded(conn, state):
             _seed(conn)
         conn.commit()
     if applied and engine.dialect.name == "sqlite":
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA optimize")
+            execute(conn, "PRAGMA optimize")
     return applied

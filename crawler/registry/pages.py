@@ -3,18 +3,11 @@ each model, and the crawl run's next cursor, all in one transaction (a kill leav
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
 from crawler.registry import runs
-from crawler.registry.schema import (
-    CRAWL_LOCK,
-    CRAWL_RUN,
-    FILE,
-    INPAINT_LINK,
-    MODEL,
-    VERSION,
-)
+from crawler.registry.schema import FILE, INPAINT_LINK, MODEL, VERSION
+from crawler.registry.sql import execute
 from crawler.registry.upsert import upsert
 from data import base_models
 
@@ -40,7 +33,7 @@ class PageResult:
 def _content_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
-    return dict(conn.execute(select(MODEL.c.id, MODEL.c.content_hash).where(MODEL.c.id.in_(ids))).all())
+    return dict(execute(conn, "SELECT id, content_hash FROM model WHERE id IN (%(ids)s)", ids=ids).all())
 
 
 def content_hashes(engine: Engine, ids: list[str]) -> dict[str, str]:
@@ -56,8 +49,12 @@ def store_parsed(
     result = PageResult(models=len(parsed), versions=sum(len(p.versions) for p in parsed.values()))
     for p in parsed.values():
         result.unknown_base_models.update(  # the tool's gaps: video, audio, API-only and joke bases are known
-            v["base_model"] for v in p.versions if v["family"] is None and v["base_model"]
-            and base_models.is_image(v["base_model"]) and not base_models.api_only(v["base_model"])
+            v["base_model"]
+            for v in p.versions
+            if v["family"] is None
+            and v["base_model"]
+            and base_models.is_image(v["base_model"])
+            and not base_models.api_only(v["base_model"])
         )
     with engine.begin() as conn:
         ids = list(parsed)
@@ -65,13 +62,8 @@ def store_parsed(
         changed = [p for mid, p in parsed.items() if known.get(mid) != p.model["content_hash"]]
         if changed:
             changed_ids = [p.model["id"] for p in changed]
-            was_inpaint = set(
-                conn.execute(
-                    select(VERSION.c.id).where(
-                        VERSION.c.model_id.in_(changed_ids), VERSION.c.is_inpainting.is_(True)
-                    )
-                ).scalars()
-            )
+            sql = "SELECT id FROM version WHERE model_id IN (%(ids)s) AND is_inpainting"
+            was_inpaint = set(execute(conn, sql, ids=changed_ids).scalars())
             result.new_inpainting = sum(len(p.inpaint_versions - was_inpaint) for p in changed)
             upsert(conn, MODEL, [p.model for p in changed])
             upsert(conn, VERSION, [v for p in changed for v in p.versions])
@@ -80,17 +72,9 @@ def store_parsed(
         result.written = len(changed)
         if run_id is not None:
             now = runs.utcnow()
-            conn.execute(
-                update(CRAWL_RUN)
-                .where(CRAWL_RUN.c.id == run_id)
-                .values(
-                    cursor=next_cursor,
-                    pages=CRAWL_RUN.c.pages + 1,
-                    items=CRAWL_RUN.c["items"] + result.models,
-                    versions=CRAWL_RUN.c.versions + result.versions,
-                    new_inpainting=CRAWL_RUN.c.new_inpainting + result.new_inpainting,
-                    heartbeat_at=now,
-                )
-            )
-            conn.execute(update(CRAWL_LOCK).where(CRAWL_LOCK.c.run_id == run_id).values(heartbeat_at=now))
+            execute(conn, "UPDATE crawlrun SET cursor = %(cursor)s, pages = pages + 1, items = items + %(models)s, "
+                    "versions = versions + %(versions)s, new_inpainting = new_inpainting + %(new)s, "
+                    "heartbeat_at = %(now)s WHERE id = %(id)s", cursor=next_cursor, models=result.models,
+                    versions=result.versions, new=result.new_inpainting, now=now, id=run_id)  # fmt: skip
+            execute(conn, "UPDATE crawllock SET heartbeat_at = %(now)s WHERE run_id = %(id)s", now=now, id=run_id)
     return result

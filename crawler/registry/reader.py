@@ -24,6 +24,8 @@ from crawler.registry.records import (
     RouteFileState,
     VersionRecord,
 )
+from crawler.registry.sql import SQLITE_TIME
+from crawler.registry.sql import run as sql_run
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
 MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer
@@ -47,7 +49,7 @@ def _text_time(value: datetime | str) -> str: ...
 def _text_time(value: None) -> None: ...
 def _text_time(value: datetime | str | None) -> str | None:
     """Timestamps as SQLite stores them; PostgreSQL hands back datetimes."""
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+    return value.strftime(SQLITE_TIME) if isinstance(value, datetime) else value
 
 
 class Reader:
@@ -71,14 +73,12 @@ class Reader:
     def __exit__(self, *exc):
         self.close()
 
-    def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        """``sql`` with ``?`` placeholders, on either driver."""
-        if self.dialect == "postgresql":
-            sql = sql.replace("?", "%s")
-        return list(self.conn.execute(sql, params).fetchall())
+    def rows(self, sql: str, **params) -> list[tuple]:
+        """``sql`` in the registry's query style (``crawler.registry.sql``), on either driver."""
+        return sql_run(self.conn, self.dialect, sql, params)
 
-    def row(self, sql: str, params: tuple | list = ()) -> tuple | None:
-        found = self.rows(sql, params)
+    def row(self, sql: str, **params) -> tuple | None:
+        found = self.rows(sql, **params)
         return found[0] if found else None
 
     def model_record(self, row: tuple) -> ModelRecord:
@@ -86,7 +86,7 @@ class Reader:
 
     def tags(self, model_id: str) -> list[str]:
         """The model's tags as its source lists them (Civitai's "anime", "photorealistic", ...), lower-case."""
-        row = self.row("SELECT tags FROM model WHERE id = ?", (model_id,))
+        row = self.row("SELECT tags FROM model WHERE id = %(id)s", id=model_id)
         try:
             found = json.loads(row[0]) if row and row[0] else []
         except ValueError:
@@ -94,10 +94,10 @@ class Reader:
         return [t.lower() for t in found if isinstance(t, str)] if isinstance(found, list) else []
 
     def model(self, model_id: str) -> ModelRecord | None:
-        row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE id = ?", (model_id,))
+        row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE id = %(id)s", id=model_id)
         if row is None and model_id.startswith("hf:"):  # Hub repo ids are case-insensitive
-            row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE source = 'hf' AND lower(source_id) = ? LIMIT 1",
-                           (model_id[3:].lower(),))  # fmt: skip
+            row = self.row(f"SELECT {MODEL_COLS} FROM model WHERE source = 'hf' AND lower(source_id) = %(repo)s "
+                           "LIMIT 1", repo=model_id[3:].lower())  # fmt: skip
         return self.model_record(row) if row else None
 
     def official_checks(self) -> dict[str, OfficialState]:
@@ -118,16 +118,16 @@ class Reader:
     def same_files(self, model_id: str) -> list[tuple[str, str, str]]:
         """(other model id, its version id, sha256) for each file published on both sources."""
         rows = self.rows(
-            "SELECT model_b, version_b, sha256 FROM samefile WHERE model_a = ? UNION "
-            "SELECT model_a, version_a, sha256 FROM samefile WHERE model_b = ?",
-            (model_id, model_id),
+            "SELECT model_b, version_b, sha256 FROM samefile WHERE model_a = %(id)s UNION "
+            "SELECT model_a, version_a, sha256 FROM samefile WHERE model_b = %(id)s",
+            id=model_id,
         )
         return [tuple(r) for r in rows]
 
     def model_of_version(self, version_id: str) -> ModelRecord | None:
         cols = ", ".join("m." + c for c in MODEL_COLS.split(", "))
-        row = self.row(f"SELECT {cols} FROM model m JOIN version v ON v.model_id = m.id WHERE v.id = ?",
-                       (version_id,))  # fmt: skip
+        row = self.row(f"SELECT {cols} FROM model m JOIN version v ON v.model_id = m.id WHERE v.id = %(id)s",
+                       id=version_id)  # fmt: skip
         return self.model_record(row) if row else None
 
     def versions(self, model_id: str) -> list[VersionRecord]:
@@ -138,8 +138,8 @@ class Reader:
             '(SELECT f.sha256 FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
             '(SELECT f.size_kb FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1), '
             '(SELECT f.id FROM file f WHERE f.version_id = v.id ORDER BY f."primary" DESC, f.id LIMIT 1) '
-            "FROM version v WHERE v.model_id = ? ORDER BY v.position",
-            (model_id,),
+            "FROM version v WHERE v.model_id = %(id)s ORDER BY v.position",
+            id=model_id,
         )
         return [
             VersionRecord(r[0], r[1], r[2], r[3], r[4], _text_time(r[5]), r[6], bool(r[7]), json.loads(r[8] or "[]"),
@@ -154,19 +154,19 @@ class Reader:
         if kind == "autov2":
             # AutoV2 is the first 10 hex digits of the SHA256: a prefix range on its index. "G" sorts after every
             # hex digit in binary and in linguistic collations alike, so it ends the range on both engines.
-            row = self.row(sql.format("f.sha256 >= ? AND f.sha256 < ?"), (value, value + "G"))
+            row = self.row(sql.format("f.sha256 >= %(low)s AND f.sha256 < %(high)s"), low=value, high=value + "G")
             if row is None:  # a file Civitai lists with an AutoV2 but no SHA256 (rare): a scan
-                row = self.row(sql.format("f.autov2 = ?"), (value,))
+                row = self.row(sql.format("f.autov2 = %(value)s"), value=value)
         else:
             column = {"sha256": "sha256", "autov1": "autov1", "autov3": "autov3"}[kind]
-            row = self.row(sql.format(f"f.{column} = ?"), (value,))
+            row = self.row(sql.format(f"f.{column} = %(value)s"), value=value)
         return (row[0], row[1]) if row else None
 
     def _links(self, column: str, model_id: str) -> list[LinkRecord]:
         rows = self.rows(
             "SELECT inpaint_version_id, inpaint_model_id, parent_model_id, parent_version_id, kind, confidence, "
-            f"evidence FROM inpaintlink WHERE {column} = ? ORDER BY confidence DESC, inpaint_version_id",
-            (model_id,),
+            f"evidence FROM inpaintlink WHERE {column} = %(id)s ORDER BY confidence DESC, inpaint_version_id",
+            id=model_id,
         )
         return [LinkRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "[]")) for r in rows]
 
@@ -181,7 +181,7 @@ class Reader:
         if self.state.version < 4:  # a registry from before builds were recorded
             return []
         rows = self.rows("SELECT kind, path, size, sha256, mtime_ns, version_id, created_at FROM artifact "
-                         "WHERE model_id = ? ORDER BY created_at DESC", (model_id,))  # fmt: skip
+                         "WHERE model_id = %(id)s ORDER BY created_at DESC", id=model_id)  # fmt: skip
         found = [ArtifactRecord(r[0], r[1], r[2], r[3], r[5], _text_time(r[6])) for r in rows
                  if unchanged(r[1], r[2], r[4])]  # fmt: skip
         return sorted(found, key=lambda a: a.version_id != version_id)
@@ -192,10 +192,10 @@ class Reader:
         if not families:
             return []
         downloads = "downloads" if self.state.version >= 5 else "0"
-        marks = ", ".join("?" for _ in families)
-        rows = self.rows(f"SELECT {MODEL_COLS}, {downloads} FROM model WHERE family IN ({marks}) "
-                         f"AND NOT has_inpainting AND NOT is_inpainting AND {downloads} >= ? "
-                         f"ORDER BY {downloads} DESC, id LIMIT ?", (*families, min_downloads, limit))  # fmt: skip
+        rows = self.rows(f"SELECT {MODEL_COLS}, {downloads} FROM model WHERE family IN (%(families)s) "
+                         f"AND NOT has_inpainting AND NOT is_inpainting AND {downloads} >= %(least)s "
+                         f"ORDER BY {downloads} DESC, id LIMIT %(limit)s", families=families, least=min_downloads,
+                         limit=limit)  # fmt: skip
         return [(self.model_record(r), int(r[9])) for r in rows]
 
     def built_from(self, b_sha256: str) -> list[ArtifactRecord]:
@@ -204,16 +204,16 @@ class Reader:
         if self.state.version < 4:
             return []
         rows = self.rows("SELECT kind, path, size, sha256, mtime_ns, version_id, created_at FROM artifact "
-                         "WHERE kind = 'built' AND upper(b_sha256) = ? ORDER BY created_at DESC",
-                         (b_sha256.upper(),))  # fmt: skip
+                         "WHERE kind = 'built' AND upper(b_sha256) = %(sha256)s ORDER BY created_at DESC",
+                         sha256=b_sha256.upper())  # fmt: skip
         return [ArtifactRecord(r[0], r[1], r[2], r[3], r[5], _text_time(r[6])) for r in rows
                 if unchanged(r[1], r[2], r[4])]  # fmt: skip
 
     def exact(self, text: str) -> list[ModelRecord]:
         """The models whose normalised name is ``text``'s (re-uploads share names), most downloaded first."""
         cols = MODEL_COLS + (", name_norm, downloads" if self.state.version >= 5 else ", name_norm, 0")
-        rows = self.rows(f"SELECT {cols} FROM model WHERE name_norm = ? ORDER BY 11 DESC, id LIMIT 20",
-                         (normalize_name(text)[:MAX_QUERY],))  # fmt: skip
+        rows = self.rows(f"SELECT {cols} FROM model WHERE name_norm = %(name)s ORDER BY 11 DESC, id LIMIT 20",
+                         name=normalize_name(text)[:MAX_QUERY])  # fmt: skip
         return [self._candidate(r) for r in rows]
 
     def is_empty(self) -> bool:
@@ -236,8 +236,8 @@ class Reader:
         out: dict[str, list] = {m: [] for m in model_ids}
         for i in range(0, len(model_ids), 500):
             chunk = model_ids[i : i + 500]
-            rows = self.rows(f"SELECT model_id, id, name, is_inpainting, position FROM version WHERE model_id IN "
-                             f"({','.join('?' * len(chunk))}) ORDER BY model_id, position", chunk)  # fmt: skip
+            rows = self.rows("SELECT model_id, id, name, is_inpainting, position FROM version WHERE model_id IN "
+                             "(%(ids)s) ORDER BY model_id, position", ids=chunk)  # fmt: skip
             for r in rows:
                 out[r[0]].append((r[1], r[2], bool(r[3]), r[4]))
         return out
@@ -246,8 +246,8 @@ class Reader:
         """(model id, version id) of the files called ``name`` (case aside), primary files and newer versions
         first; through migration 8's index on lower(name)."""
         rows = self.rows("SELECT v.model_id, v.id FROM file f JOIN version v ON v.id = f.version_id "
-                         'WHERE lower(f.name) = ? ORDER BY f."primary" DESC, v.position LIMIT 20',
-                         (name.lower(),))  # fmt: skip
+                         'WHERE lower(f.name) = %(name)s ORDER BY f."primary" DESC, v.position LIMIT 20',
+                         name=name.lower())  # fmt: skip
         return [tuple(r) for r in rows]
 
 
@@ -261,7 +261,7 @@ def open_reader(db: str | os.PathLike | None = None) -> Reader:
             conn = drivers.open_sqlite(loc.file, read_only=True)
         else:
             conn = drivers.open_postgres(loc, read_only=True)
-        state = read_state(lambda sql: list(conn.execute(sql).fetchall()), loc.dialect, loc.display)
+        state = read_state(lambda sql: sql_run(conn, loc.dialect, sql), loc.dialect, loc.display)
         if state.fresh:
             raise NoRegistry(f"no registry at {loc.display} yet (the database is empty)")
         return Reader(conn, loc, state)

@@ -6,11 +6,11 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from crawler.registry.schema import CRAWL_LOCK, CRAWL_RUN, CrawlLock, CrawlRun
+from crawler.registry.schema import CrawlLock, CrawlRun, as_record
+from crawler.registry.sql import execute, insert
 from data.errors import InpaintAdvisorError
 from merge import portable
 
@@ -114,29 +114,35 @@ class Started:
         return self.run.id
 
 
-def _run(conn: Connection, *where) -> CrawlRun | None:
-    """The newest run matching ``where``, as a detached record (SQLModel describes the table; Core reads it)."""
-    row = conn.execute(select(CRAWL_RUN).where(*where).order_by(CRAWL_RUN.c.id.desc()).limit(1)).first()
-    return CrawlRun(**row._mapping) if row is not None else None
+def _run(conn: Connection, where: str, **params) -> CrawlRun | None:
+    """The newest run matching ``where``, as a detached record."""
+    row = execute(conn, f"SELECT * FROM crawlrun WHERE {where} ORDER BY id DESC LIMIT 1", params).first()
+    return as_record(CrawlRun, row) if row is not None else None
 
 
 def _take_lock(engine: Engine, source: str, host: str, pid: int, now: datetime) -> None:
     for _ in range(3):
         try:
             with engine.begin() as conn:
-                conn.execute(insert(CRAWL_LOCK).values(source=source, run_id=0, host=host, pid=pid,
-                                                                 heartbeat_at=now))  # fmt: skip
+                execute(conn, "INSERT INTO crawllock (source, run_id, host, pid, heartbeat_at) "
+                        "VALUES (%(source)s, 0, %(host)s, %(pid)s, %(now)s)", source=source, host=host, pid=pid,
+                        now=now)  # fmt: skip
             return
         except IntegrityError:
             with engine.begin() as conn:
-                row = conn.execute(select(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source)).first()
+                row = execute(conn, "SELECT * FROM crawllock WHERE source = %(source)s", source=source).first()
                 if row is None:
                     continue
-                lock = CrawlLock(**row._mapping)
+                lock = as_record(CrawlLock, row)
                 if not _is_stale(lock, host, now):
                     raise CrawlLocked(lock) from None
                 # Compare-and-delete: only the abandoned holder's row, so two starters cannot both take over.
-                conn.execute(delete(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source, CRAWL_LOCK.c.pid == lock.pid))
+                execute(
+                    conn,
+                    "DELETE FROM crawllock WHERE source = %(source)s AND pid = %(pid)s",
+                    source=source,
+                    pid=lock.pid,
+                )
     raise RuntimeError(f"could not take the {source} crawl lock")
 
 
@@ -146,25 +152,24 @@ def start(
     """Take the source's lock, then resume its last stopped, interrupted or failed run or open a new one."""
     host, pid, now = socket.gethostname(), os.getpid(), utcnow()
     _take_lock(engine, source, host, pid, now)
-    runs = CRAWL_RUN
     with engine.begin() as conn:
-        killed = "the process stopped without finishing (killed?)"
-        conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.source == source, CRAWL_RUN.c.status == "running")
-                     .values(status="interrupted", last_error=killed))  # fmt: skip
-        last = _run(conn, CRAWL_RUN.c.source == source)
+        execute(conn, "UPDATE crawlrun SET status = 'interrupted', last_error = %(killed)s "
+                "WHERE source = %(source)s AND status = 'running'",
+                killed="the process stopped without finishing (killed?)", source=source)  # fmt: skip
+        last = _run(conn, "source = %(source)s", source=source)
         resumed = last is not None and last.status in RESUMABLE and bool(last.cursor) and last.mode == mode
-        taken = {"status": "running", "host": host, "pid": pid, "heartbeat_at": now}
+        taken = {"host": host, "pid": pid, "now": now}
         if resumed:
             assert last is not None
-            conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.id == last.id).values(**taken, last_error=None))
+            execute(conn, "UPDATE crawlrun SET status = 'running', host = %(host)s, pid = %(pid)s, "
+                    "heartbeat_at = %(now)s, last_error = NULL WHERE id = %(id)s", taken, id=last.id)  # fmt: skip
             run_id = last.id
         else:
-            made = conn.execute(insert(runs).values(source=source, mode=mode, started_at=now, since=since,
-                                                    period=period, **taken))  # fmt: skip
-            assert made.inserted_primary_key is not None
-            run_id = made.inserted_primary_key[0]
-        conn.execute(update(CRAWL_LOCK).where(CRAWL_LOCK.c.source == source).values(run_id=run_id))
-        run = _run(conn, CRAWL_RUN.c.id == run_id)
+            new = CrawlRun(source=source, mode=mode, started_at=now, since=since, period=period, status="running",
+                           host=host, pid=pid, heartbeat_at=now)  # fmt: skip
+            run_id = insert(conn, "crawlrun", new.model_dump(exclude={"id"}), returning="id")
+        execute(conn, "UPDATE crawllock SET run_id = %(id)s WHERE source = %(source)s", id=run_id, source=source)
+        run = _run(conn, "id = %(id)s", id=run_id)
     assert run is not None
     return Started(run, resumed)
 
@@ -176,20 +181,24 @@ def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None,
     values: dict = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
     if status == "ok":
         values.update(finished_at=utcnow(), cursor=None)
+    added = ""  # counts added to the run's, which its earlier starts began
     with engine.begin() as conn:
         if summary is not None:
-            kept = conn.execute(select(CRAWL_RUN.c.first_errors).where(CRAWL_RUN.c.id == run.id)).scalar()
+            kept = execute(conn, "SELECT first_errors FROM crawlrun WHERE id = %(id)s", id=run.id).scalar()
             notes = json.loads(kept) if kept else []
             notes += [asdict(n) for n in summary.first_errors][: max(0, MAX_ERRORS - len(notes))]
-            values.update(errors=CRAWL_RUN.c.errors + summary.errors, first_errors=json.dumps(notes) if notes
-                          else None, **summary.run_counts())  # fmt: skip
-        conn.execute(update(CRAWL_RUN).where(CRAWL_RUN.c.id == run.id).values(**values))
-        conn.execute(delete(CRAWL_LOCK).where(CRAWL_LOCK.c.source == run.source, CRAWL_LOCK.c.pid == run.pid))
+            values.update(first_errors=json.dumps(notes) if notes else None, **summary.run_counts())
+            added = ", errors = errors + %(added_errors)s"
+            values["added_errors"] = summary.errors
+        assigned = ", ".join(f"{name} = %({name})s" for name in values if name != "added_errors")
+        execute(conn, f"UPDATE crawlrun SET {assigned}{added} WHERE id = %(id)s", values, id=run.id)
+        execute(
+            conn, "DELETE FROM crawllock WHERE source = %(source)s AND pid = %(pid)s", source=run.source, pid=run.pid
+        )
 
 
 def last_successful(engine: Engine, source: str) -> CrawlRun | None:
     with engine.connect() as conn:
-        ok = (CRAWL_RUN.c.source == source, CRAWL_RUN.c.status == "ok")
-        row = conn.execute(select(CRAWL_RUN).where(*ok).order_by(CRAWL_RUN.c.started_at.desc())
-                           .limit(1)).first()  # fmt: skip
-    return CrawlRun(**row._mapping) if row is not None else None
+        row = execute(conn, "SELECT * FROM crawlrun WHERE source = %(source)s AND status = 'ok' "
+                      "ORDER BY started_at DESC LIMIT 1", source=source).first()  # fmt: skip
+    return as_record(CrawlRun, row) if row is not None else None

@@ -10,10 +10,13 @@ PostgreSQL (no SQLite-only types; JSON is stored as text).
 """
 
 from datetime import datetime
-from typing import cast
+from functools import cache
+from typing import TypeVar, cast
 
-from sqlalchemy import BigInteger, Index, Table, text
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Table, text
 from sqlmodel import Field, SQLModel
+
+from crawler.registry.sql import read_time
 
 
 def table_of(model: type[SQLModel]) -> Table:
@@ -270,3 +273,34 @@ META = table_of(Meta)
 ARTIFACT = table_of(Artifact)
 SCHEMA_MIGRATION = table_of(SchemaMigration)
 HEADER_PROOF = table_of(HeaderProof)
+
+
+Record = TypeVar("Record", bound=SQLModel)
+
+
+@cache
+def _kinds(table: Table) -> tuple[frozenset[str], frozenset[str]]:
+    def is_a(column, kind: type) -> bool:
+        return isinstance(getattr(column.type, "impl", column.type), kind)  # SQLModel's UTCDateTime decorates
+
+    times = frozenset(c.name for c in table.c if is_a(c, DateTime))
+    flags = frozenset(c.name for c in table.c if is_a(c, Boolean))
+    return times, flags
+
+
+def typed(table: Table, row) -> dict:
+    """A row of ``table`` as the driver gave it (see ``crawler.registry.sql``), with the Python types its record
+    holds: SQLite hands timestamps back as text and booleans as 0 and 1."""
+    values = dict(getattr(row, "_mapping", row))
+    times, flags = _kinds(table)
+    for name in values.keys() & times:
+        values[name] = read_time(values[name])
+    for name in values.keys() & flags:
+        if values[name] is not None:
+            values[name] = bool(values[name])
+    return values
+
+
+def as_record(model: type[Record], row) -> Record:
+    """The record of a row read from ``model``'s table."""
+    return model(**typed(table_of(model), row))

@@ -50,21 +50,22 @@ class SqliteNames:
     def _models(self, ids: list[int]) -> list:
         if not ids:
             return []
-        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE rowid IN ({','.join('?' * len(ids))})", ids)
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE rowid IN (%(ids)s)", ids=ids)
 
     def _substring(self, wanted: str) -> list:
         """Short queries, or a registry without the index: a bounded substring scan. (Normalised names and
         queries hold no LIKE wildcards: punctuation is a space.)"""
-        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE ? LIMIT ?",
-                                (f"%{wanted}%", CANDIDATES))  # fmt: skip
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE %(pattern)s LIMIT %(limit)s",
+                                pattern=f"%{wanted}%", limit=CANDIDATES)  # fmt: skip
 
     def _rarest_trigrams(self, wanted: str, widen: bool = False) -> list[int]:
         """Rowids of names sharing the query's rarest trigrams. Ranking cost grows with the posting lists ORed
         together, so the rarest trigrams are taken up to a budget of postings (``widen`` spends more)."""
         grams = _trigrams(wanted)
         if grams and self.has_vocab:
-            marks = ",".join("?" * len(grams))
-            counts = dict(self.reader.rows(f"SELECT term, doc FROM model_fts_vocab WHERE term IN ({marks})", grams))
+            counts = dict(
+                self.reader.rows("SELECT term, doc FROM model_fts_vocab WHERE term IN (%(grams)s)", grams=grams)
+            )
             chosen: list[str] = []
             spent = 0
             for doc, g in sorted((counts[g], g) for g in grams if g in counts):
@@ -76,12 +77,12 @@ class SqliteNames:
         if not grams:
             return []
         match = " OR ".join('"' + g.replace('"', '""') + '"' for g in grams)
-        sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH ? ORDER BY rank LIMIT ?"
-        return [r[0] for r in self.reader.rows(sql, (match, CANDIDATES))]
+        sql = "SELECT rowid FROM model_fts WHERE model_fts MATCH %(match)s ORDER BY rank LIMIT %(limit)s"
+        return [r[0] for r in self.reader.rows(sql, match=match, limit=CANDIDATES)]
 
     def _spaceless(self, wanted: str) -> list:
-        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE replace(name_norm, ' ', '') = ? LIMIT ?",
-                                (wanted.replace(" ", ""), CANDIDATES))  # fmt: skip
+        return self.reader.rows(f"SELECT {self.cols} FROM model WHERE replace(name_norm, ' ', '') = %(compact)s "
+                                "LIMIT %(limit)s", compact=wanted.replace(" ", ""), limit=CANDIDATES)  # fmt: skip
 
     def _all_trigrams(self, wanted: str) -> list[int]:
         """Rowids of names containing every trigram of the query (posting lists intersected), the most
@@ -91,9 +92,9 @@ class SqliteNames:
             return []
         match = " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
         order = "downloads DESC, " if self.reader.state.version >= 5 else ""
-        sql = (f"SELECT rowid FROM model WHERE rowid IN (SELECT rowid FROM model_fts WHERE model_fts MATCH ?) "
-               f"ORDER BY {order}rowid LIMIT ?")  # fmt: skip
-        return [r[0] for r in self.reader.rows(sql, (match, CANDIDATES))]
+        sql = (f"SELECT rowid FROM model WHERE rowid IN (SELECT rowid FROM model_fts WHERE model_fts MATCH %(match)s) "
+               f"ORDER BY {order}rowid LIMIT %(limit)s")  # fmt: skip
+        return [r[0] for r in self.reader.rows(sql, match=match, limit=CANDIDATES)]
 
 
 class PostgresNames:
@@ -103,13 +104,13 @@ class PostgresNames:
     as such). No threshold to tune: the 300 nearest go to rapidfuzz."""
 
     _NEAREST = [
-        "SELECT {cols} FROM model ORDER BY name_norm <-> %s LIMIT %s",
-        "SELECT {cols} FROM model ORDER BY %s <<-> name_norm LIMIT %s",
+        "SELECT {cols} FROM model ORDER BY name_norm <-> %(wanted)s LIMIT %(limit)s",
+        "SELECT {cols} FROM model ORDER BY %(wanted)s <<-> name_norm LIMIT %(limit)s",
     ]
     # the names holding the query, the most downloaded first (a popular name among its thousand look-alikes),
     # and those that are the query without spaces
-    _POPULAR = ("SELECT {cols} FROM model WHERE name_norm LIKE %s ORDER BY downloads DESC LIMIT %s",
-                "SELECT {cols} FROM model WHERE replace(name_norm, ' ', '') = %s LIMIT %s")  # fmt: skip
+    _POPULAR = ("SELECT {cols} FROM model WHERE name_norm LIKE %(pattern)s ORDER BY downloads DESC LIMIT %(limit)s",
+                "SELECT {cols} FROM model WHERE replace(name_norm, ' ', '') = %(compact)s LIMIT %(limit)s")  # fmt: skip
 
     def __init__(self, reader):
         self.reader = reader
@@ -118,10 +119,10 @@ class PostgresNames:
     def candidates(self, wanted: str) -> Iterator[list]:
         if _long_enough(wanted) and self.reader.state.version >= 5:
             holding, spaceless = (sql.format(cols=self.cols) for sql in self._POPULAR)
-            yield list(self.reader.conn.execute(holding, (f"%{wanted}%", CANDIDATES)).fetchall()) + \
-                list(self.reader.conn.execute(spaceless, (wanted.replace(" ", ""), CANDIDATES)).fetchall())  # fmt: skip
+            yield self.reader.rows(holding, pattern=f"%{wanted}%", limit=CANDIDATES) + \
+                self.reader.rows(spaceless, compact=wanted.replace(" ", ""), limit=CANDIDATES)  # fmt: skip
         if _long_enough(wanted) and self.reader.state.version >= 3:  # migration 3 made the index
             for sql in self._NEAREST:
-                yield list(self.reader.conn.execute(sql.format(cols=self.cols), (wanted, CANDIDATES)).fetchall())
-        yield self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE ? LIMIT ?",
-                               (f"%{wanted}%", CANDIDATES))  # fmt: skip
+                yield self.reader.rows(sql.format(cols=self.cols), wanted=wanted, limit=CANDIDATES)
+        yield self.reader.rows(f"SELECT {self.cols} FROM model WHERE name_norm LIKE %(pattern)s LIMIT %(limit)s",
+                               pattern=f"%{wanted}%", limit=CANDIDATES)  # fmt: skip

@@ -15,8 +15,9 @@ SCHEMA_VERSION = 10  # len(migrations.MIGRATIONS); checked there
 MIGRATION_TABLE = "schema_migration"
 LEGACY_TABLES = {"model", "meta"}  # what a registry made before migrations always has
 
-_TABLES = {
-    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+# in the registry's query style (crawler.registry.sql): ``%%`` is a literal percent sign
+TABLES = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%%'",
     "postgresql": "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()",
 }
 
@@ -35,9 +36,9 @@ class State:
 
 
 def read_state(query: Query, dialect: str, where: str) -> State:
-    """``query(sql)`` returns all rows. Raises NotARegistry for another program's database and NewerRegistry
-    for a registry this code cannot safely read or change."""
-    tables = {row[0] for row in query(_TABLES[dialect])}
+    """``query(sql)`` runs a query of the registry's style and returns all its rows. Raises NotARegistry for
+    another program's database and NewerRegistry for a registry this code cannot safely read or change."""
+    tables = {row[0] for row in query(TABLES[dialect])}
     if not tables:
         return State(0, True)
     if MIGRATION_TABLE in tables:

@@ -4,25 +4,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, func, inspect, select
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Engine
 
 from crawler.registry.engine import where
 from crawler.registry.reader import unchanged
 from crawler.registry.runs import ErrorNote
-from crawler.registry.schema import (
-    ARTIFACT,
-    CRAWL_RUN,
-    FAMILY,
-    FILE,
-    INPAINT_LINK,
-    META,
-    MODEL,
-    OFFICIAL_CHECK,
-    SAME_FILE,
-    SOURCE,
-    VERSION,
-)
+from crawler.registry.schema import CRAWL_RUN, META, OFFICIAL_CHECK, Artifact, CrawlRun, as_record, typed
+from crawler.registry.sql import columns, execute, read_time, tables
 from data import base_models
 
 
@@ -60,22 +48,20 @@ class RunInfo:
 
 def _run_info(r) -> RunInfo:
     """A ``crawlrun`` row as read by ``run_columns`` (an older registry lacks the newer columns)."""
-    m = r._mapping
+    m = typed(CRAWL_RUN, r)
     try:
         notes = [ErrorNote(**n) for n in json.loads(m.get("first_errors") or "[]")]
     except (ValueError, TypeError):
         notes = []
-    return RunInfo(r.id, r.source, r.mode, r.status, r.started_at, r.finished_at, r.pages, r.items, r.errors,
-                   r.cursor, r.last_error, notes, m.get("headers_read", 0), m.get("headers_unreadable", 0),
-                   m.get("headers_deferred", 0))  # fmt: skip
+    return RunInfo(m["id"], m["source"], m["mode"], m["status"], m["started_at"], m["finished_at"], m["pages"],
+                   m["items"], m["errors"], m["cursor"], m["last_error"], notes, m.get("headers_read", 0),
+                   m.get("headers_unreadable", 0), m.get("headers_deferred", 0))  # fmt: skip
 
 
-def run_columns(conn: Connection) -> list:
-    """The ``crawlrun`` columns this registry has: `status` reads an older one as it is."""
-    from sqlalchemy import inspect
-
-    have = {c["name"] for c in inspect(conn).get_columns("crawlrun")}
-    return [c for c in CRAWL_RUN.c if c.name in have]
+def run_columns(conn: Connection) -> str:
+    """The ``crawlrun`` columns this registry has, for a SELECT: `status` reads an older one as it is."""
+    have = columns(conn, "crawlrun")
+    return ", ".join(name for name in CrawlRun.model_fields if name in have)
 
 
 @dataclass
@@ -142,37 +128,24 @@ def record_civitai_base_models(engine: Engine, names: list[str]) -> None:
 
 def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
     with engine.connect() as conn:
-        count = lambda table: conn.execute(select(func.count()).select_from(table)).scalar_one()  # noqa: E731
+        count = lambda table: execute(conn, f"SELECT count(*) FROM {table}").scalar_one()  # noqa: E731
         status = RegistryStatus(
             db=where(engine),
-            models=count(MODEL),
-            versions=count(VERSION),
-            files=count(FILE),
-            inpainting_versions=conn.execute(
-                select(func.count()).select_from(VERSION).where(VERSION.c.is_inpainting.is_(True))
-            ).scalar_one(),
-            links=count(INPAINT_LINK),
-            same_files=count(SAME_FILE),
+            models=count("model"),
+            versions=count("version"),
+            files=count("file"),
+            inpainting_versions=execute(conn, "SELECT count(*) FROM version WHERE is_inpainting").scalar_one(),
+            links=count("inpaintlink"),
+            same_files=count("samefile"),
         )
-        status.per_source = dict(
-            conn.execute(select(MODEL.c.source, func.count()).group_by(MODEL.c.source)).all()
-        )
-        status.officials = [
-            OfficialInfo(r.family, r.role, r.repo, r.file, r.alive, r.matches, r.detail, r.checked_at)
-            for r in conn.execute(select(OFFICIAL_CHECK).order_by(OFFICIAL_CHECK.c.id)).all()
-        ]
-        per_family = conn.execute(
-            select(
-                MODEL.c.family,
-                func.count(),
-                func.sum(
-                    case((MODEL.c.has_inpainting.is_(True) & MODEL.c.is_inpainting.is_(False), 1), else_=0)
-                ),
-            )
-            .where(MODEL.c.is_inpainting.is_(False))
-            .group_by(MODEL.c.family)
-        ).all()
-        names = {f.id: f for f in conn.execute(select(FAMILY)).all()}
+        status.per_source = dict(execute(conn, "SELECT source, count(*) FROM model GROUP BY source").all())
+        for r in execute(conn, "SELECT * FROM officialcheck ORDER BY id"):
+            c = typed(OFFICIAL_CHECK, r)
+            status.officials.append(OfficialInfo(c["family"], c["role"], c["repo"], c["file"], c["alive"],
+                                                 c["matches"], c["detail"], c["checked_at"]))  # fmt: skip
+        per_family = execute(conn, "SELECT family, count(*), sum(CASE WHEN has_inpainting THEN 1 ELSE 0 END) "
+                             "FROM model WHERE NOT is_inpainting GROUP BY family").all()  # fmt: skip
+        names = {f.id: f for f in execute(conn, "SELECT * FROM family").all()}
         for fam, n, covered in per_family:
             info = names.get(fam)
             status.families.append(
@@ -185,15 +158,9 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                 )
             )
         status.families.sort(key=lambda f: -f.models)
-        popular = "downloads" in {c["name"] for c in inspect(conn).get_columns("model")}  # an old registry lacks it
-        for bm, n in conn.execute(
-            select(VERSION.c.base_model, func.count())
-            .where(VERSION.c.family.is_(None), VERSION.c.base_model.is_not(None))
-            .group_by(VERSION.c.base_model)
-            .order_by(func.count().desc())
-        ).all():
-            if bm is None:  # as the query asks
-                continue
+        popular = "downloads" in columns(conn, "model")  # an old registry lacks it
+        for bm, n in execute(conn, "SELECT base_model, count(*) FROM version WHERE family IS NULL AND base_model IS "
+                             "NOT NULL GROUP BY base_model ORDER BY count(*) DESC").all():  # fmt: skip
             if base_models.api_only(bm):  # answered as such: no weights, no gap of the tool
                 status.not_image_base_models.append((bm, "api-only", n))
             elif base_models.not_an_image_model(bm):
@@ -204,21 +171,22 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
             else:
                 media = (base_models.civitai_base_model(bm) or {}).get("media", "other")
                 status.not_image_base_models.append((bm, media, n))
-        columns = run_columns(conn)
-        for r in conn.execute(select(*columns).order_by(CRAWL_RUN.c.id.desc()).limit(recent_runs)).all():
-            status.runs.append(_run_info(r))
-        newest = select(func.max(CRAWL_RUN.c.id)).group_by(CRAWL_RUN.c.source).scalar_subquery()
-        for r in conn.execute(select(*columns).where(CRAWL_RUN.c.id.in_(newest)).order_by(CRAWL_RUN.c.source)):
-            status.last_runs.append(_run_info(r))
-    tables = status_tables(engine)
-    if "meta" in tables:
+        listed = run_columns(conn)
+        recent = execute(conn, f"SELECT {listed} FROM crawlrun ORDER BY id DESC LIMIT %(n)s", n=recent_runs)
+        status.runs.extend(_run_info(r) for r in recent)
+        newest = execute(conn, f"SELECT {listed} FROM crawlrun WHERE id IN (SELECT max(id) FROM crawlrun "
+                         "GROUP BY source) ORDER BY source")  # fmt: skip
+        status.last_runs.extend(_run_info(r) for r in newest)
+    present = status_tables(engine)
+    if "meta" in present:
         with engine.connect() as conn:
-            listed = conn.execute(select(META.c.value).where(META.c.key == CIVITAI_BASE_MODELS)).scalar()
+            listed = execute(conn, "SELECT value FROM meta WHERE key = %(key)s", key=CIVITAI_BASE_MODELS).scalar()
         status.civitai_lists_unknown = [bm for bm in json.loads(listed or "[]")
                                         if base_models.civitai_base_model(bm) is None]  # fmt: skip
-    if "artifact" in tables:
+    if "artifact" in present:
         with engine.connect() as conn:
-            for a in conn.execute(select(ARTIFACT).order_by(ARTIFACT.c.created_at.desc()).limit(recent_runs * 2)):
+            made = execute(conn, "SELECT * FROM artifact ORDER BY created_at DESC LIMIT %(n)s", n=recent_runs * 2)
+            for a in (as_record(Artifact, r) for r in made):
                 status.builds.append(BuildInfo(a.kind, a.model_id, a.path, a.size,
                                                unchanged(a.path, a.size, a.mtime_ns), a.created_at, a.version_id,
                                                a.b_sha256, a.sha256))  # fmt: skip
@@ -227,16 +195,15 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
 
 def _examples(conn: Connection, base_model: str, popular: bool) -> list[str]:
     """A few models of this base model, the most downloaded first where the registry counts downloads."""
-    order = (MODEL.c.downloads.desc(), MODEL.c.id) if popular else (MODEL.c.id,)
-    return list(conn.execute(
-        select(MODEL.c.name).where(MODEL.c.id.in_(
-            select(VERSION.c.model_id).where(VERSION.c.base_model == base_model, VERSION.c.family.is_(None))))
-        .order_by(*order).limit(3)).scalars())  # fmt: skip
+    order = "downloads DESC, id" if popular else "id"
+    sql = ("SELECT name FROM model WHERE id IN (SELECT model_id FROM version WHERE base_model = %(base)s AND "
+           f"family IS NULL) ORDER BY {order} LIMIT 3")  # fmt: skip
+    return list(execute(conn, sql, base=base_model).scalars())
 
 
 def status_tables(engine: Engine) -> set[str]:
     with engine.connect() as conn:
-        return set(inspect(conn).get_table_names())
+        return tables(conn)
 
 
 @dataclass
@@ -253,26 +220,18 @@ def source_runs(engine: Engine) -> list[SourceRuns]:
     """Per source of the registry: its newest crawl and newest successful one (what a health check needs)."""
 
     with engine.connect() as conn:
-        models: dict[str, int] = dict(
-            conn.execute(select(MODEL.c.source, func.count()).group_by(MODEL.c.source)).all()
-        )
-        ok: dict[str, datetime | None] = dict(
-            conn.execute(select(CRAWL_RUN.c.source, func.max(CRAWL_RUN.c.finished_at))
-                         .where(CRAWL_RUN.c.status == "ok").group_by(CRAWL_RUN.c.source)).all()
-        )  # fmt: skip
-        newest: dict[str, Row] = {}
-        for r in conn.execute(select(*run_columns(conn)).order_by(CRAWL_RUN.c.id.desc())).all():
-            newest.setdefault(r.source, r)
+        models: dict[str, int] = dict(execute(conn, "SELECT source, count(*) FROM model GROUP BY source").all())
+        ok: dict[str, datetime | None] = {
+            source: read_time(finished) for source, finished in execute(
+                conn, "SELECT source, max(finished_at) FROM crawlrun WHERE status = 'ok' GROUP BY source")
+        }  # fmt: skip
+        newest: dict[str, dict] = {}
+        for r in execute(conn, f"SELECT {run_columns(conn)} FROM crawlrun ORDER BY id DESC"):
+            newest.setdefault(r.source, typed(CRAWL_RUN, r))
         out = []
-        for (sid,) in conn.execute(select(SOURCE.c.id).order_by(SOURCE.c.id)).all():
+        for (sid,) in execute(conn, "SELECT id FROM source ORDER BY id").all():
             last = newest.get(sid)
-            out.append(SourceRuns(sid, int(models.get(sid, 0)), _aware(ok.get(sid)), last.status if last else None,
-                                  last.last_error if last else None, _aware(last.started_at) if last else None))
+            out.append(SourceRuns(sid, int(models.get(sid, 0)), ok.get(sid),
+                                  last["status"] if last else None, last["last_error"] if last else None,
+                                  last["started_at"] if last else None))  # fmt: skip
         return out
-
-
-def _aware(when: datetime | None) -> datetime | None:
-    """Times are stored in UTC; SQLite gives them back without a zone."""
-    from datetime import UTC
-
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
