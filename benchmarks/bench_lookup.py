@@ -8,10 +8,13 @@ every name and score it in a Python loop) in the same run; on SQLite, and with -
 --db names a PostgreSQL server to measure beside SQLite: the registry is built in a scratch database created
 next to the one named (which is not touched) and dropped at the end. --keep PATH keeps the SQLite registry.
 
-Target (issues #4, #12): under 0.5 s wall on a 2-core machine, on both engines.
+Targets: under 0.5 s wall on a 2-core machine on both engines (issues #4, #12); under 0.3 s on SQLite (#26).
+The project's modules are byte-compiled first, as installing the wheel does: a run that compiles them from
+source each time (PYTHONDONTWRITEBYTECODE, a read-only checkout) measures the compiler, not the lookup.
 """
 
 import argparse
+import compileall
 import contextlib
 import os
 import random
@@ -106,6 +109,9 @@ def timed(cmd: list[str], env: dict, runs: int) -> tuple[float, int]:
     return statistics.median(walls), rc
 
 
+TARGETS = {"SQLite": 0.3, "PostgreSQL": 0.5}  # seconds, slowest query
+
+
 def measure(label: str, db: str, args) -> float:
     """Times every kind of query against ``db``; returns the slowest median."""
     from crawler import registry
@@ -130,7 +136,9 @@ def measure(label: str, db: str, args) -> float:
         print(f"  {kind:<24} {wall * 1000:7.0f} ms   exit {rc}")
     naive, _ = timed([sys.executable, "-c", NAIVE, db, typo], env, args.runs)
     print(f"  naive: every name scored in a Python loop: {naive * 1000:.0f} ms ({naive / worst:.1f}x the slowest)")
-    print(f"  target < 500 ms: {'MET' if worst < 0.5 else 'NOT MET'} (slowest {worst * 1000:.0f} ms)")
+    target = TARGETS[label]
+    verdict = "MET" if worst < target else "NOT MET"
+    print(f"  target < {target * 1000:.0f} ms: {verdict} (slowest {worst * 1000:.0f} ms)")
     return worst
 
 
@@ -154,6 +162,8 @@ def main() -> None:
             if not ready:
                 build_registry(db, args.models)
             print(f"{label} registry: {args.models:,} models, built in {time.perf_counter() - t0:.0f}s")
+        for package in ("advisor", "crawler", "merge", "data"):
+            compileall.compile_dir(ROOT / package, quiet=1)
         baseline, _ = timed([sys.executable, "-c", "pass"], dict(os.environ), args.runs)
         print(f"(python startup alone: {baseline * 1000:.0f} ms)")
         for label, db, _ in targets:
