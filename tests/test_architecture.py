@@ -96,11 +96,7 @@ def test_no_module_imports_itself_back():
 def test_importing_a_module_from_its_package_is_an_import_of_that_module(tmp_path):
     (tmp_path / "m.py").write_text("from crawler.registry import runs\nfrom crawler.registry import connect, runs\n")
     assert _imports(tmp_path / "m.py", runtime_only=False) == [
-        "crawler.registry.runs",
-        "crawler.registry",
-        "crawler.registry.connect",
-        "crawler.registry.runs",
-    ]
+        "crawler.registry.runs", "crawler.registry", "crawler.registry.connect", "crawler.registry.runs"]
 
 
 def test_imports_run_one_way():

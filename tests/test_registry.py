@@ -326,3 +326,14 @@ def test_a_reused_postgresql_registry_starts_each_test_as_a_fresh_one():
         sql(again, "CREATE TABLE stray (x int)")
     with pg.reused_registry() as fresh:
         assert fresh != url and sql(fresh, "SELECT to_regclass('stray') IS NULL") == [(True,)]
+
+
+def test_a_registry_opened_to_read_has_its_reads_and_no_way_to_write(empty_db):
+    written = registry.open(empty_db)
+    view = registry.open(empty_db, "read")
+    assert isinstance(view, registry.RegistryView) and not isinstance(view, registry.Registry)
+    assert view.status().models == 0 and view.recent_artifacts() == []
+    writes = {"transaction", "start_run", "finish_run", "store_page", "record_artifact", "save_official_checks",
+              "save_route_checks", "set_hf_families", "link_same_files", "record_civitai_base_models"}  # fmt: skip
+    assert {w for w in writes if hasattr(view, w)} == set()
+    assert all(callable(getattr(written, w)) for w in writes)

@@ -2,13 +2,14 @@
 or PostgreSQL (a team's shared registry).
 
 - ``open(db)``: a ``Registry`` (crawler.registry.database), the way in for commands that write; each query is
-  one of its methods, and ``transaction()`` groups those that land together. ``open(db, "read")`` never
-  creates nor alters the registry; ``open(db, "lookup")`` is `lookup`'s fast ``Reader`` over the plain driver
-  (no SQLAlchemy import), and ``open_reader_if_any`` gives None where there is no registry yet;
-  ``open(db, "queue")`` is the team's job ``Queue`` (a PostgreSQL registry's);
-- the modules beside this one hold the queries: ``pages`` (a crawl page), ``runs`` (crawl runs and locks),
-  ``links``, ``lineage``, ``officials``, ``proofs``, ``artifacts``, ``stats`` (what `status` shows),
-  ``reader``, ``queue`` (the team's jobs).
+  one of its methods, and ``transaction()`` groups those that land together. ``open(db, "read")`` is a
+  ``RegistryView``, its reads alone, which never creates nor alters the registry; ``open(db, "lookup")`` is
+  `lookup`'s fast ``Reader`` over the plain driver (no SQLAlchemy import), and ``open_reader_if_any`` gives
+  None where there is no registry yet; ``open(db, "queue")`` is the team's job ``Queue`` (a PostgreSQL
+  registry's);
+- the modules beside this one hold the queries, each written in the one style of ``sql``: ``pages`` (a crawl
+  page), ``runs`` (crawl runs and locks), ``links``, ``lineage``, ``officials``, ``proofs``, ``artifacts``,
+  ``stats`` (what `status` shows), ``reader``, ``queue`` (the team's jobs).
 
 ``db`` is a path, an URL (``postgresql+psycopg://...``) or None for ``$INPAINT_ADVISOR_DB`` / the default.
 Every failure to open is a ``RegistryError`` (``crawler.registry.errors``) that says what is wrong.
@@ -16,7 +17,8 @@ Every failure to open is a ``RegistryError`` (``crawler.registry.errors``) that 
 Importing this package is cheap: SQLAlchemy and the drivers load with the function that needs them.
 """
 
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Literal, overload
 
 from crawler.registry.errors import (
     MissingDriver,
@@ -41,7 +43,7 @@ from crawler.registry.records import (
 
 if TYPE_CHECKING:  # what the names below are, for type checkers
     from crawler.registry.artifacts import Made
-    from crawler.registry.database import Registry, Snapshot, Transaction
+    from crawler.registry.database import Registry, RegistryView, Snapshot, Transaction
     from crawler.registry.engine import forget
     from crawler.registry.pages import PageResult, ParsedModel
     from crawler.registry.proofs import (
@@ -71,7 +73,8 @@ __all__ = [
     "MissingDriver", "NewerRegistry", "NoRegistry", "NotARegistry", "ReadOnlyRegistry", "RegistryError",
     "RegistryUnreachable", "UnsupportedRegistry", "Location", "default_db_path", "locate", "normalize_name",
     "ArtifactRecord", "LinkRecord", "ModelRecord", "OfficialState", "RouteFileState", "VersionRecord",
-    "MODES", "open", "open_reader_if_any", "describe_error", "Registry", "Snapshot", "Transaction", "Reader",
+    "MODES", "open", "open_reader_if_any", "describe_error", "Registry", "RegistryView", "Snapshot", "Transaction",
+    "Reader",
     "CrawlLocked", "RunSummary", "stopped_note", "utcnow", "ParsedModel", "PageResult", "RegistryStatus",
     "OfficialCheck", "RouteCheck", "Made", "proof_key", "Queue", "RunningJob", "JobRecord",
     "TeamModeNeedsPostgres", "JOB_ATTEMPTS", "first_line", "forget",
@@ -82,7 +85,8 @@ __all__ = [
 # of the registry (tests/test_architecture.py). Public name -> "module:name there".
 _HOME = {
     # an opened registry: its queries are methods
-    "Registry": "database:Registry", "Transaction": "database:Transaction", "Snapshot": "database:Snapshot",
+    "Registry": "database:Registry", "RegistryView": "database:RegistryView",
+    "Transaction": "database:Transaction", "Snapshot": "database:Snapshot",
     "Reader": "reader:Reader",
     # what those methods take and give
     "CrawlLocked": "runs:CrawlLocked", "RunSummary": "runs:RunSummary", "stopped_note": "runs:stopped_note",
@@ -110,11 +114,20 @@ def __getattr__(name: str):
 MODES = ("write", "read", "lookup", "queue")
 
 
+@overload
+def open(db: str | os.PathLike | None = None, mode: Literal["write"] = "write") -> "Registry": ...  # noqa: A001
+@overload
+def open(db: str | os.PathLike | None, mode: Literal["read"]) -> "RegistryView": ...  # noqa: A001
+@overload
+def open(db: str | os.PathLike | None, mode: Literal["lookup"]) -> "Reader": ...  # noqa: A001
+@overload
+def open(db: str | os.PathLike | None, mode: Literal["queue"]) -> "Queue": ...  # noqa: A001
 def open(db=None, mode: str = "write"):  # noqa: A001 (the registry's own open, as sqlite-utils' Database)
     """The registry ``db`` (a path, an URL, or None for ``$INPAINT_ADVISOR_DB`` / the default), opened:
 
     - ``"write"``: a ``Registry`` for commands that write (created where missing, upgraded where old);
-    - ``"read"``: a ``Registry`` that is never created nor altered (`status`, `schedule show`);
+    - ``"read"``: a ``RegistryView``, a Registry's reads alone: never created nor altered (`status`,
+      `schedule show`);
     - ``"lookup"``: `lookup`'s fast ``Reader`` over the plain driver (no SQLAlchemy import);
     - ``"queue"``: the team's job ``Queue``; TeamModeNeedsPostgres, before anything is touched, unless the
       registry is a PostgreSQL one.
@@ -129,9 +142,9 @@ def open(db=None, mode: str = "write"):  # noqa: A001 (the registry's own open, 
         return open_queue(db)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
-    from crawler.registry.database import open_registry
+    from crawler.registry.database import open_registry, open_view
 
-    return open_registry(db, read_only=mode == "read")
+    return open_view(db) if mode == "read" else open_registry(db)
 
 
 def open_reader_if_any(db=None):

@@ -1,5 +1,6 @@
 """One registry, opened: ``Registry`` (like sqlite-utils' ``Database``) holds the connection pool and is the way
-in for the commands that write, crawl or report, each query a method; ``Transaction`` groups queries that must
+in for the commands that write, crawl or build, each query a method (``RegistryView``: its reads alone, for
+those that only report); ``Transaction`` groups queries that must
 land together (a crawl's header proofs, a crawl's links between models), and ``Snapshot`` reads on one
 connection.
 
@@ -23,34 +24,62 @@ if TYPE_CHECKING:
     from crawler.registry.schema import Artifact, CrawlRun, OfficialCheck, RouteCheck
 
 
-class Registry:
-    """The registry at ``location``, through ``engine`` (SQLAlchemy's pool: shared by every Registry of one
-    database in a process). Methods open and close their own transactions."""
+class RegistryView:
+    """The registry at ``location``, opened to read (``open(db, "read")``: `status`, `schedule show`): the
+    queries that read, through ``engine`` (SQLAlchemy's pool: shared by every Registry of one database in a
+    process). A ``Registry`` adds those that write."""
 
     def __init__(self, engine_: Engine, location: Location):
         self.engine = engine_  # for the registry's own tests and tools: code elsewhere goes through the methods
         self.location = location
 
     def __repr__(self) -> str:
-        return f"<Registry {self.location.display}>"
+        return f"<{type(self).__name__} {self.location.display}>"
 
     @property
     def where(self) -> str:
         """The registry as messages show it (a path, or a URL without its password)."""
         return self.location.display
 
-    # -- grouping ----------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Queries that land together or not at all."""
-        with self.engine.begin() as conn:
-            yield Transaction(conn)
-
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """Queries that read on one connection (a Snapshot has no method that writes)."""
         with self.engine.connect() as conn:
             yield Snapshot(conn)
+
+    def last_successful_run(self, source: str) -> CrawlRun | None:
+        return runs.last_successful(self.engine, source)
+
+    def content_hashes(self, ids: list[str]) -> dict[str, str]:
+        return pages.content_hashes(self.engine, ids)
+
+    # -- what `status` shows -----------------------------------------------------------------------------------
+    def status(self, *, recent_runs: int = 5) -> stats.RegistryStatus:
+        return stats.registry_status(self.engine, recent_runs=recent_runs)
+
+    def source_runs(self) -> list[stats.SourceRuns]:
+        return stats.source_runs(self.engine)
+
+    def hf_families(self) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, str | None]]:
+        return lineage.hf_families(self.engine)
+
+    # -- builds made here --------------------------------------------------------------------------------------
+    def artifact_by_key(self, key: str) -> Artifact | None:
+        return artifacts.by_key(self.engine, key)
+
+    def recent_artifacts(self, limit: int = 10) -> list[Artifact]:
+        return artifacts.recent(self.engine, limit)
+
+
+class Registry(RegistryView):
+    """The registry opened for the commands that write, crawl or build (``open(db)``): a RegistryView's reads,
+    and the writes. Methods open and close their own transactions."""
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Queries that land together or not at all."""
+        with self.engine.begin() as conn:
+            yield Transaction(conn)
 
     # -- crawl runs and their lock ---------------------------------------------------------------------------------
     def start_run(self, source: str, mode: str, *, since=None, period: str | None = None) -> runs.Started:
@@ -63,33 +92,16 @@ class Registry:
     def record_run_failure(self, run: CrawlRun, summary: runs.RunSummary, exc: BaseException) -> None:
         runs.record_failure(self.engine, run, summary, exc)
 
-    def last_successful_run(self, source: str) -> CrawlRun | None:
-        return runs.last_successful(self.engine, source)
-
-    # -- crawled pages -----------------------------------------------------------------------------------------
+    # -- crawled pages, links, lineage and checks --------------------------------------------------------------
     def store_page(self, parsed: dict[str, pages.ParsedModel], run_id: int | None,
                    next_cursor: str | None) -> pages.PageResult:  # fmt: skip
         return pages.store_parsed(self.engine, parsed, run_id, next_cursor)
 
-    def content_hashes(self, ids: list[str]) -> dict[str, str]:
-        return pages.content_hashes(self.engine, ids)
-
-    # -- what `status` shows -----------------------------------------------------------------------------------
-    def status(self, *, recent_runs: int = 5) -> stats.RegistryStatus:
-        return stats.registry_status(self.engine, recent_runs=recent_runs)
-
-    def source_runs(self) -> list[stats.SourceRuns]:
-        return stats.source_runs(self.engine)
-
     def record_civitai_base_models(self, names: list[str]) -> None:
         stats.record_civitai_base_models(self.engine, names)
 
-    # -- links, lineage and checks -----------------------------------------------------------------------------
     def link_same_files(self, hf_model: str | None = None) -> int:
         return links.link_same_files(self.engine, hf_model)
-
-    def hf_families(self) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, str | None]]:
-        return lineage.hf_families(self.engine)
 
     def set_hf_families(self, changed: dict[str, str]) -> None:
         lineage.set_families(self.engine, changed)
@@ -103,12 +115,6 @@ class Registry:
     # -- builds made here --------------------------------------------------------------------------------------
     def record_artifact(self, made: artifacts.Made) -> None:
         artifacts.record(self.engine, made)
-
-    def artifact_by_key(self, key: str) -> Artifact | None:
-        return artifacts.by_key(self.engine, key)
-
-    def recent_artifacts(self, limit: int = 10) -> list[Artifact]:
-        return artifacts.recent(self.engine, limit)
 
 
 class Snapshot:
@@ -161,8 +167,12 @@ class Transaction(Snapshot):
         proofs.refresh_model(self._conn, model_id, versions, same_model_links)
 
 
-def open_registry(db: str | os.PathLike | None = None, *, read_only: bool = False) -> Registry:
-    """The registry ``db`` (a path, an URL, or None for the configured one): for writing (created where missing,
-    upgraded where old), or ``read_only`` (never created, never altered)."""
-    opened = engine.connect_read_only(db) if read_only else engine.connect(db)
-    return Registry(opened, locate(db))
+def open_registry(db: str | os.PathLike | None = None) -> Registry:
+    """The registry ``db`` (a path, an URL, or None for the configured one) for writing: created where missing,
+    upgraded where old."""
+    return Registry(engine.connect(db), locate(db))
+
+
+def open_view(db: str | os.PathLike | None = None) -> RegistryView:
+    """The registry ``db`` to read: never created, never altered."""
+    return RegistryView(engine.connect_read_only(db), locate(db))
