@@ -327,6 +327,11 @@ def _bytes(need: _Need) -> int:
 _failed_in_batch: ContextVar[dict[str, BuildError] | None] = ContextVar("failed_in_batch", default=None)
 
 
+def failed_earlier(why: str) -> str:
+    """What a batch says of a file that failed for one of its earlier models, which it does not fetch again."""
+    return f"{why} (not tried again: it failed for an earlier model of this batch)"
+
+
 @contextlib.contextmanager
 def one_batch() -> Iterator[None]:
     """Builds run one after another as one batch: a download that failed is not tried again by the next."""
@@ -357,7 +362,7 @@ def _get(need: _Need, progress: Progress | None, records: list[FetchRecord], off
     failed = _failed_in_batch.get()
     if failed is not None and need.source.url in failed:
         earlier = failed[need.source.url]
-        raise BuildError(f"{earlier} (not tried again: it failed for an earlier model of this batch)", earlier.code)
+        raise BuildError(failed_earlier(str(earlier)), earlier.code)
     try:
         got: Downloaded = fetch(need.source, need.folder,
                                 progress=(lambda done, total: progress(label, done, total)) if progress else None)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from advisor.build.builder import BuildError, run_build
+from advisor.build.builder import BuildError, failed_earlier, run_build
 from advisor.build.download import DownloadError, Source, fetch
 from advisor.get.plan import GetPlan
 from advisor.get.result import GetError, GetResult, Placement
@@ -73,7 +73,7 @@ def _write_workflow(path: Path, graph: dict, warnings: list[str]) -> None:
 
 def _place(p: Placement, offline: bool, progress: Progress | None, warnings: list[str]) -> None:
     if p._failed is not None:  # a file two models of a batch need, which failed for the first
-        raise GetError(f"{p._failed[0]} (not tried again: it failed for an earlier model of this batch)", p._failed[1])
+        raise GetError(failed_earlier(p._failed[0]), p._failed[1])
     try:
         _place_once(p, offline, progress, warnings)
     except GetError as exc:
