@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from advisor.cli.main import app
 from crawler.civitai.hosts import CIVITAI_HOSTS
 from data.settings import CIVITAI as DEFAULT_URL
+from tests.conftest import ROOT
 
 
 def command_paths(command=None, path: tuple[str, ...] = ()):
@@ -78,3 +79,19 @@ def test_every_command_shows_an_example(path):
     if getattr(command, "commands", None) and not getattr(command, "invoke_without_command", False):
         return  # a group: its commands have them (README.md shows a group by its first command's)
     assert "Examples:" in help_at_80(path).output
+
+
+def test_every_option_with_a_metavar_declares_its_flags():
+    # typer 0.27 (with click 8.5), which the requirement allows, named an option without declared flags after
+    # its metavar (`--URL` for `url` with metavar URL): an option whose metavar is set names its flags itself
+    import ast
+
+    undeclared = []
+    for path in (ROOT / "advisor" / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Option":
+                has_metavar = any(k.arg == "metavar" for k in node.keywords)
+                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                if has_metavar and not any(f.startswith("-") for f in flags):
+                    undeclared.append(f"{path.name}:{node.lineno}")
+    assert undeclared == []

@@ -10,9 +10,11 @@ from advisor.cli.common import DbOption, JsonOption, die, die_for, http_url
 IncrementalOption = Annotated[
     bool, typer.Option("--incremental/--full", help="Only what changed since the last successful crawl.")
 ]
-MaxPagesOption = Annotated[int | None, typer.Option(min=1, metavar="N", help="Stop after N pages (resumable later).")]
-RetriesOption = Annotated[int, typer.Option(min=1, metavar="N", help="Attempts per request before giving up.")]
-BackoffOption = Annotated[float, typer.Option(min=0.0, metavar="SECONDS",
+MaxPagesOption = Annotated[int | None, typer.Option("--max-pages", min=1, metavar="N",
+                                                    help="Stop after N pages (resumable later).")]  # fmt: skip
+RetriesOption = Annotated[int, typer.Option("--retries", min=1, metavar="N",
+                                             help="Attempts per request before giving up.")]  # fmt: skip
+BackoffOption = Annotated[float, typer.Option("--backoff", min=0.0, metavar="SECONDS",
                                               help="First retry delay (doubles each time, at most 30 s).")]  # fmt: skip
 
 
@@ -22,7 +24,7 @@ def crawl_civitai(
     max_pages: MaxPagesOption = None,
     url: Annotated[
         str | None,
-        typer.Option(envvar="INPAINT_ADVISOR_CIVITAI_URL", show_default="https://civitai.com", metavar="URL",
+        typer.Option("--url", envvar="INPAINT_ADVISOR_CIVITAI_URL", show_default="https://civitai.com", metavar="URL",
                      callback=http_url, help="Civitai base URL (a mirror or a local replay)."),
     ] = None,
     retries: RetriesOption = 6,

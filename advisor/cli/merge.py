@@ -29,11 +29,13 @@ def merge(
     base: Annotated[Path, typer.Option("--base", "-c", metavar="C", help="C: the base model B was trained from.")],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT", help="Output .safetensors file.")],
     multiplier: Annotated[float, typer.Option("--multiplier", "-m", metavar="M", help="M in A + (B - C) * M.")] = 1.0,
-    device: Annotated[str, typer.Option(metavar="auto|cpu|cuda", help="Where the arithmetic runs.")] = "auto",
-    dtype: Annotated[str, typer.Option(metavar="fp16|bf16|fp32",
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda",
+                                        help="Where the arithmetic runs.")] = "auto",  # fmt: skip
+    dtype: Annotated[str, typer.Option("--dtype", metavar="fp16|bf16|fp32",
                                        help="Output precision (the arithmetic is fp32 always).")] = "fp16",
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
-    title: Annotated[str | None, typer.Option(metavar="TEXT", help="modelspec.title (default: OUT's name).")] = None,
+    title: Annotated[str | None, typer.Option("--title", metavar="TEXT",
+                                              help="modelspec.title (default: OUT's name).")] = None,  # fmt: skip
     sync: Annotated[bool, typer.Option("--sync/--no-sync", help="fsync OUT before it appears: durable across a "
                                        "power loss, but bound by the disk's write speed.")] = True,
     as_json: JsonOption = False,
