@@ -28,4 +28,5 @@ def registry_dt(value) -> str | None:
     if m := _ISO_UTC.fullmatch(value.strip()):
         return f"{m[1]} {m[2]}.{(m[3] or '').ljust(6, '0')}"
     parsed = parse_dt(value)
-    return parsed.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if parsed else None
+    # isoformat, not strftime: %Y writes year 999 as "999", which no parser reads back
+    return parsed.replace(tzinfo=None).isoformat(" ", "microseconds") if parsed else None

@@ -337,3 +337,30 @@ def test_a_registry_opened_to_read_has_its_reads_and_no_way_to_write(empty_db):
               "save_route_checks", "set_hf_families", "link_same_files", "record_civitai_base_models"}  # fmt: skip
     assert {w for w in writes if hasattr(view, w)} == set()
     assert all(callable(getattr(written, w)) for w in writes)
+
+
+def test_a_list_parameter_expands_and_an_empty_one_is_a_set_of_no_rows(empty_db):
+    from crawler.registry.sql import execute
+
+    engine = registry.open(empty_db).engine
+    with engine.connect() as conn:
+        asked = "SELECT id FROM family WHERE id {} (%(ids)s) ORDER BY id"
+        everyone = [r[0] for r in execute(conn, "SELECT id FROM family ORDER BY id")]
+        assert [r[0] for r in execute(conn, asked.format("IN"), ids=["sdxl", "sd1"])] == ["sd1", "sdxl"]
+        assert execute(conn, asked.format("IN"), ids=[]).all() == []
+        assert [r[0] for r in execute(conn, asked.format("NOT IN"), ids=[])] == everyone
+        # a value is never SQL, whatever it holds
+        odd = "%(ids)s :ids ? %% ' \\"
+        assert execute(conn, "SELECT %(v)s, 'a%%b'", v=odd).one() == (odd, "a%b")
+
+
+def test_timestamps_of_any_year_are_stored_and_read_back():
+    from datetime import UTC, datetime
+
+    from crawler.registry.sql import read_time, sqlite_time
+    from crawler.timestamps import registry_dt
+
+    early = datetime(999, 6, 1, 12, 0, tzinfo=UTC)
+    assert sqlite_time(early) == "0999-06-01 12:00:00.000000" and read_time(sqlite_time(early)) == early
+    assert registry_dt("0999-06-01T12:00:00+00:00") == "0999-06-01 12:00:00.000000"
+    assert registry_dt("2023-01-01T00:03:00.5+02:00") == "2022-12-31 22:03:00.500000"

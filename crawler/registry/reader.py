@@ -24,7 +24,7 @@ from crawler.registry.records import (
     RouteFileState,
     VersionRecord,
 )
-from crawler.registry.sql import SQLITE_TIME
+from crawler.registry.sql import sqlite_time
 from crawler.registry.sql import run as sql_run
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
@@ -49,7 +49,7 @@ def _text_time(value: datetime | str) -> str: ...
 def _text_time(value: None) -> None: ...
 def _text_time(value: datetime | str | None) -> str | None:
     """Timestamps as SQLite stores them; PostgreSQL hands back datetimes."""
-    return value.strftime(SQLITE_TIME) if isinstance(value, datetime) else value
+    return sqlite_time(value) if isinstance(value, datetime) else value
 
 
 class Reader:

@@ -31,7 +31,7 @@ class SqliteNames:
     def __init__(self, reader):
         self.reader = reader
         self.cols = _columns(reader)
-        tables = {r[0] for r in reader.rows("SELECT name FROM sqlite_master WHERE name LIKE 'model_fts%'")}
+        tables = {r[0] for r in reader.rows("SELECT name FROM sqlite_master WHERE name LIKE 'model_fts%%'")}
         self.has_fts = "model_fts" in tables
         self.has_vocab = "model_fts_vocab" in tables
 

@@ -2,7 +2,7 @@
 procrastinate's queries use too), handed to the driver itself on either engine, through SQLAlchemy's pool
 (``execute``) or on `lookup`'s bare connection (``run``). For SQLite the placeholders become ``:name``.
 
-A list value is expanded in place (``id IN (%(ids)s)``); an empty one matches nothing. Timestamps are stored
+A list value is expanded in place (``id IN (%(ids)s)``), an empty one to a query of no rows. Timestamps are stored
 as SQLAlchemy's SQLite type stores them (naive UTC text), so rows written before this module read the same.
 
 No SQLAlchemy import here: `lookup` starts without it.
@@ -26,7 +26,7 @@ def sqlite_time(value: Any) -> Any:
         return value
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.strftime(SQLITE_TIME)
+    return value.isoformat(" ", "microseconds")  # SQLITE_TIME, the year in 4 digits (strftime's %Y is not padded)
 
 
 def read_time(value: datetime | str | None) -> datetime | None:
@@ -48,7 +48,7 @@ def _text(sql: str, dialect: str, lengths: tuple[tuple[str, int], ...]) -> str:
             return "%%" if dialect == "postgresql" else "%"
         names = [name] if name not in sizes else [f"{name}_{i}" for i in range(sizes[name])]
         if not names:
-            return "NULL"  # x IN (NULL) holds for no x
+            return "SELECT NULL WHERE 1 = 0"  # no row: x IN it holds for no x, x NOT IN it for every x
         return ", ".join(f"%({n})s" if dialect == "postgresql" else f":{n}" for n in names)
 
     return _PLACEHOLDER.sub(placeholder, sql)

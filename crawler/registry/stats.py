@@ -157,7 +157,7 @@ def registry_status(engine: Engine, *, recent_runs: int = 5) -> RegistryStatus:
                     bool(info and info.has_official_inpaint),
                 )
             )
-        status.families.sort(key=lambda f: -f.models)
+        status.families.sort(key=lambda f: (-f.models, f.family))  # ties in one order on both engines
         popular = "downloads" in columns(conn, "model")  # an old registry lacks it
         for bm, n in execute(conn, "SELECT base_model, count(*) FROM version WHERE family IS NULL AND base_model IS "
                              "NOT NULL GROUP BY base_model ORDER BY count(*) DESC").all():  # fmt: skip
