@@ -24,8 +24,8 @@ from crawler.registry.records import (
     RouteFileState,
     VersionRecord,
 )
-from crawler.registry.sql import sqlite_time
 from crawler.registry.sql import run as sql_run
+from crawler.registry.sql import sqlite_time
 from crawler.registry.state import SCHEMA_VERSION, State, read_state
 
 MAX_QUERY = 200  # characters of a normalised query that are matched: no model name is longer
