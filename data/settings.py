@@ -26,6 +26,15 @@ def _public(url: str) -> str:
     return parts._replace(netloc=host).geturl()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def url_part(text: str, safe: str = "/") -> str:
+    """A stranger's name (a repo id, a file name) as part of a URL's path: ``?`` and ``#`` escaped, and a lone
+    surrogate, which no URL can carry, as U+FFFD (as the registry stores it)."""
+    return quote(_SURROGATE.sub("\ufffd", text), safe=safe)
+
+
 def _set(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
@@ -63,10 +72,10 @@ class Sites:
         return url + (f"?fileId={quote(file_id, safe='')}" if file_id else "")
 
     def hub_page(self, repo: str) -> str:
-        return f"{self.hf_endpoint}/{repo}"
+        return f"{self.hf_endpoint}/{url_part(repo)}"
 
     def hub_file(self, repo: str, file: str) -> str:
-        return f"{self.hf_endpoint}/{repo}/resolve/main/{quote(file)}"
+        return f"{self.hf_endpoint}/{url_part(repo)}/resolve/main/{url_part(file)}"
 
 
 @dataclass(frozen=True)

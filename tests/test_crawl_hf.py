@@ -344,3 +344,27 @@ def test_every_error_is_named_in_the_summary_the_run_record_and_status(registry_
     human = run_cli("status", env=env).stdout
     assert "errors of the last hf crawl" in human and "and 3 more" in human
     assert sum(line.strip().startswith("hf: HTTP 400") for line in human.splitlines()) == 3
+
+
+def test_a_repo_huggingface_hub_cannot_read_is_that_repos_error_and_the_crawl_goes_on(reg, hub_url):
+    """An id huggingface_hub refuses or a date it cannot parse is one error of its repo, named with it; a file name
+    that is not text is a file not read. The crawl ends ok with every other repo stored, and so does the next."""
+    from tests.hf_fake import FakeFile, FakeRepo, lineage_tags
+
+    def single_file(repo: str, when: str, name: str = "model.safetensors") -> FakeRepo:
+        return FakeRepo(repo, last_modified=when, tags=lineage_tags(SD15, library=None),
+                        files={name: FakeFile(b"x" * 64, size=2 << 30)})  # fmt: skip
+
+    bad = [single_file("odd:author/name", "2025-07-01T00:00:00.000Z"),
+           single_file("when/never", "2025-13-45T99:99:99Z"),
+           single_file("names/not-text", "2025-07-02T00:00:00.000Z", "a\ud800b.safetensors")]  # fmt: skip
+    fake = FakeHub(fixture_hub() + bad)
+    summary = crawl(reg, hub_url(fake), check_officials=False)
+    assert summary.status == "ok"
+    reasons = {note.url: note.reason for note in summary.first_errors}
+    for repo in ("odd:author/name", "when/never"):
+        assert any(url.endswith(f"/api/models/{repo}") for url in reasons), (repo, reasons)
+    assert all("huggingface_hub cannot read" in r for r in reasons.values()) and summary.errors == 2
+    stored = {row[0].removeprefix("hf:") for row in rows(reg, "SELECT id FROM model WHERE source = 'hf'")}
+    assert {"dreamer/dreamvision", "painter/realmix", "xlfan/xl-merge", "names/not-text"} <= stored
+    assert crawl(reg, hub_url(fake), check_officials=False).status == "ok"

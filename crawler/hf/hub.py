@@ -167,6 +167,10 @@ class Hub:
                 raise _failure(exc, what) from None
             except OfflineModeIsEnabled:
                 raise CrawlError("HF_HUB_OFFLINE is set: unset it to reach the Hugging Face Hub") from None
+            except ValueError as exc:
+                # a stranger's repo huggingface_hub cannot take: an id it refuses (HFValidationError), a date it
+                # cannot parse, a file name that is not text (UnicodeEncodeError): this repo's error, not the crawl's
+                raise ApiError(200, what, f"an answer huggingface_hub cannot read: {_first_line(exc)}") from None
 
         return retrying(attempt, self.policy, what, sleep=self._sleep, on_retry=self._count_retry)
 
@@ -181,7 +185,8 @@ class Hub:
     def read_json(self, repo: str, revision: str, path: str) -> dict:
         """A small JSON file of a repo (``unet/config.json``) through the resolve endpoint."""
         try:
-            body, _ = self._json.get(f"/{repo}/resolve/{revision}/{path}")
+            body, _ = self._json.get(f"/{settings.url_part(repo)}/resolve/{settings.url_part(revision)}/"
+                                     f"{settings.url_part(path)}")  # fmt: skip
         except ApiError as exc:
             if exc.status in (401, 403):
                 raise RepoUnavailable(repo, "gated or private", exc.status) from None
@@ -201,6 +206,11 @@ class Hub:
             path,
         )
         return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in meta.tensors.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def _failure(exc, what: str) -> Exception:
