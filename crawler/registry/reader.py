@@ -49,7 +49,7 @@ def _text_time(value: datetime | str) -> str: ...
 def _text_time(value: None) -> None: ...
 def _text_time(value: datetime | str | None) -> str | None:
     """Timestamps as SQLite stores them; PostgreSQL hands back datetimes."""
-    return sqlite_time(value) if isinstance(value, datetime) else value
+    return sqlite_time(value)
 
 
 class Reader:

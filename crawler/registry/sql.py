@@ -17,7 +17,6 @@ from typing import Any
 from crawler.registry.state import TABLES
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
-SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def sqlite_time(value: Any) -> Any:
@@ -26,7 +25,7 @@ def sqlite_time(value: Any) -> Any:
         return value
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ", "microseconds")  # SQLITE_TIME, the year in 4 digits (strftime's %Y is not padded)
+    return value.isoformat(" ", "microseconds")  # "0999-01-02 03:04:05.000000": strftime's %Y would not pad 999
 
 
 def read_time(value: datetime | str | None) -> datetime | None:
