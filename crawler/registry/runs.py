@@ -181,17 +181,17 @@ def finish(engine: Engine, run: CrawlRun, status: str, error: str | None = None,
     values: dict = {"status": status, "last_error": error, "heartbeat_at": utcnow()}
     if status == "ok":
         values.update(finished_at=utcnow(), cursor=None)
-    added = ""  # counts added to the run's, which its earlier starts began
+    added = 0  # errors added to the run's count, which its earlier starts began
     with engine.begin() as conn:
         if summary is not None:
             kept = execute(conn, "SELECT first_errors FROM crawlrun WHERE id = %(id)s", id=run.id).scalar()
             notes = json.loads(kept) if kept else []
             notes += [asdict(n) for n in summary.first_errors][: max(0, MAX_ERRORS - len(notes))]
             values.update(first_errors=json.dumps(notes) if notes else None, **summary.run_counts())
-            added = ", errors = errors + %(added_errors)s"
-            values["added_errors"] = summary.errors
-        assigned = ", ".join(f"{name} = %({name})s" for name in values if name != "added_errors")
-        execute(conn, f"UPDATE crawlrun SET {assigned}{added} WHERE id = %(id)s", values, id=run.id)
+            added = summary.errors
+        assigned = ", ".join(f"{name} = %({name})s" for name in values)
+        execute(conn, f"UPDATE crawlrun SET {assigned}, errors = errors + %(added)s WHERE id = %(id)s", values,
+                added=added, id=run.id)  # fmt: skip
         execute(
             conn, "DELETE FROM crawllock WHERE source = %(source)s AND pid = %(pid)s", source=run.source, pid=run.pid
         )
