@@ -33,7 +33,7 @@ from advisor.safety import safe_filename
 from crawler import families, registry, sources
 from data import settings
 from data.errors import InpaintAdvisorError
-from merge import hashing
+from merge import hashing, portable
 
 if TYPE_CHECKING:
     from crawler.registry import ModelRecord, Reader, Registry, VersionRecord
@@ -746,8 +746,6 @@ def _copy_into(built: Path, target: Path, sha256: str) -> Output:
 def _name(staged: Path, target: Path) -> None:
     """The finished output under its name, never over a file put there meanwhile (the lock keeps out builds,
     not a `merge`, a copy or a user)."""
-    from merge import portable
-
     try:
         portable.rename_no_replace(staged, target)
     except FileExistsError:
