@@ -243,6 +243,11 @@ def _delta_facts(delta: Path) -> dict | None:
         return None
 
 
+def _in_place_of_a_folder(path: Path) -> bool:
+    """Something other than a folder of its own (a file, a link) where the cache keeps a folder."""
+    return path.is_symlink() or (path.exists() and not path.is_dir())
+
+
 def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
     """The lock files of the users that hold pair ``key`` now, and the stale ones of users that died (their lock
     went with their process, a zombie's too), removed unless ``clean`` is False. Call it holding
@@ -250,7 +255,7 @@ def holders(key: str, *, clean: bool = True) -> tuple[list[Path], list[Path]]:
     live: list[Path] = []
     stale: list[Path] = []
     folder = users_dir(key)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+    if _in_place_of_a_folder(folder):
         stale.append(folder)  # no users' folder but something in its place: it would stop every build's hold
         if clean:
             folder.unlink(missing_ok=True)
@@ -344,7 +349,7 @@ def _plan_delta(inpaint, base, key: str, multiplier: float, a_sha256: str, c_sha
     """The merge that writes pair ``key``'s delta, ``D = A - M * (C - 0)``, into its folder (made empty of any
     earlier record). Call it holding ``lock_path(key)``."""
     folder = root() / key
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+    if _in_place_of_a_folder(folder):
         folder.unlink()  # something else under the pair's name: the pair is made in a folder of its own
     folder.mkdir(parents=True, exist_ok=True)
     for name in (PAIR_FILE, STAMP_FILE, DELTA_FILE):
