@@ -9,10 +9,10 @@ Both steps are the merge engine itself, with a source of zeros standing in for t
 ``D = A - M * (C - 0)`` and ``OUT = D - M * (0 - B)``. The zeros are an anonymous read-only mapping: every page
 is the kernel's one zero page, so they cost neither memory nor disk reads.
 
-A family's first build writes D in the pass that makes its output (``plan_first_build``,
-``MergePlan.upstream``): each tensor of D goes to the cache, and the build's tensor is computed from it at
-once, in memory, so that A, B and C are read once and the output is, bit for bit, the one any later build
-from the pair gives.
+A build asked to prepare the pair (`build --prepare-pair`; not the default: D is twice an fp16 output's bytes)
+writes D in the pass that makes its output (``plan_first_build``, ``MergePlan.upstream``): each tensor of D
+goes to the cache, and the build's tensor is computed from it at once, in memory, so that A, B and C are read
+once and the output is, bit for bit, the one any later build from the pair gives.
 
 A pair lives in the cache (``prepared/<key>/``, keyed by A's and C's sha256 and M): ``delta.safetensors``,
 written like any merge output (hidden, then renamed), and ``pair.json``, written after it with the delta's
@@ -67,7 +67,8 @@ class Unusable(MergeError):
 
 class Gone(Unusable):
     """The pair cannot serve any build: removed meanwhile (`cache clear`), or its delta is not the file it was
-    prepared as (then removed here). Prepared again from A and C, it can."""
+    prepared as (then removed here). The build merges from A, B and C instead (and prepares the pair again if
+    asked to)."""
 
 
 class ZeroSource(TensorSource):
@@ -284,13 +285,13 @@ def using(pair: PreparedPair) -> Iterator[PreparedPair]:
     with _locked(lock_path(pair.key)):
         current = _load(pair.folder)
         if current is None:
-            raise Gone(f"the prepared pair {pair.key} was removed meanwhile: it is prepared again from A and C",
+            raise Gone(f"the prepared pair {pair.key} was removed meanwhile: merged from A, B and C",
                        "inputs")  # fmt: skip
         why = check(current)
         if why is not None:
             shutil.rmtree(current.folder, ignore_errors=True)
-            raise Gone(f"the prepared pair {pair.key} failed its check ({why}): removed, and prepared again from A "
-                       "and C", "inputs")  # fmt: skip
+            raise Gone(f"the prepared pair {pair.key} failed its check ({why}): removed; merged from A, B and "
+                       "C", "inputs")  # fmt: skip
         holders(pair.key)  # stale users' files go
         hold = FileLock(users_dir(pair.key) / f"{os.getpid()}-{secrets.token_hex(6)}.lock")
         hold.acquire()

@@ -85,6 +85,23 @@ def test_a_second_fine_tune_of_the_family_reuses_a_and_c(world):
     assert {d.reused for d in second.downloads if "/resolve/" in d.url} <= {True}
 
 
+def test_a_build_writes_its_output_only_unless_asked_to_prepare_the_pair(world):
+    """The pair's fp32 delta is twice an fp16 output's bytes: a build writes it only when asked to."""
+    from safetensors.torch import load_file
+
+    from merge import prepared
+    from merge.engine import merge
+
+    first = build("civitai:600001", out=world["tmp"] / "out", db=world["db"])
+    assert first.action == "built" and first.verified and first.pair is None
+    assert prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0) is None
+    assert not [p for p in (world["tmp"] / "cache").rglob("*") if p.name == prepared.DELTA_FILE]
+    three = world["tmp"] / "three.safetensors"  # it is the three-input merge, bit for bit
+    merge(*(first.inputs[r].path for r in "ABC"), three)
+    x, y = load_file(three), load_file(first.output.path)
+    assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def test_the_family_pair_is_prepared_once_and_later_builds_read_it_not_a_and_c(world):
     from safetensors.torch import load_file
 
@@ -97,7 +114,7 @@ def test_the_family_pair_is_prepared_once_and_later_builds_read_it_not_a_and_c(w
     with pytest.MonkeyPatch.context() as patch:  # the first build prepares the pair in its own pass
         patch.setattr(merge_engine, "run_merge", lambda plan, **k: merges.append(plan) or real(plan, **k))
         patch.setattr(prepared, "prepare", lambda *a, **k: pytest.fail("prepared in a pass of its own"))
-        first = build("civitai:600001", out=out, db=world["db"])
+        first = build("civitai:600001", out=out, db=world["db"], prepare_pair=True)
     assert first.pair is not None and first.pair.prepared_now and len(merges) == 1
     pair = prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0)
     assert pair is not None and prepared.check(pair) is None and first.pair.path == str(pair.delta)
@@ -154,6 +171,11 @@ def test_the_cli_builds_from_local_files_with_json(tmp_path):
     assert data["action"] == "built" and data["verified"] is True
     assert set(data) >= {"query", "action", "match", "output", "inputs", "downloads", "warnings"}
     assert data["output"]["path"].endswith("b-inpainting.safetensors") and data["inputs"]["B"]["source"] == "local"
+    assert data["pair"] is None  # a plain build writes its output only
+    paired = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
+                     str(tmp_path / "paired"), "--dtype", "bf16", "--prepare-pair", "--json", env=env)  # fmt: skip
+    assert paired.returncode == 0, paired.stderr
+    assert json.loads(paired.stdout)["action"] == "built" and json.loads(paired.stdout)["pair"]["prepared_now"]
     human = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
                     str(tmp_path / "out2"), "--dtype", "fp32", "--dry-run", env=env)  # another recipe: a plan
     assert human.returncode == 0 and "plan" in human.stdout and "merge:" in human.stdout
@@ -208,7 +230,7 @@ def test_a_model_the_pair_cannot_serve_is_merged_from_a_b_and_c(world, monkeypat
     from merge import prepared
 
     out = world["tmp"] / "out"
-    build("civitai:600001", out=out, db=world["db"])
+    build("civitai:600001", out=out, db=world["db"], prepare_pair=True)
     monkeypatch.setattr(prepared, "unusable_with", lambda pair, model: "B has no model.diffusion_model.out.2.weight")
     second = build("civitai:600002", out=out, db=world["db"], force_build=True)
     assert second.action == "built" and second.pair is None and second.verified
@@ -222,7 +244,7 @@ def test_a_first_build_the_pair_cannot_serve_prepares_it_and_merges_from_a_b_and
     real = prepared._unusable
     monkeypatch.setattr(prepared, "_unusable", lambda deltas, model: "B has no x" if model.path.name.startswith(
         "tinyModel") else real(deltas, model))  # fmt: skip
-    first = build("civitai:600001", out=world["tmp"] / "out", db=world["db"])
+    first = build("civitai:600001", out=world["tmp"] / "out", db=world["db"], prepare_pair=True)
     assert first.action == "built" and first.pair is None and first.verified
     assert first.inputs["A"].path.endswith("sd-v1-5-inpainting.safetensors")
     assert prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0) is not None  # for the next ones

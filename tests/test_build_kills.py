@@ -21,6 +21,8 @@ from merge import hashing
 from tests.sd_layouts import write_checkpoint
 
 STEPS = ["locked", "preparing-pair", "pair-unrecorded", "merging", "merged", "renamed", "recorded"]
+# a default build merges A, B and C; one asked to prepare the family's pair has two more steps to be killed at
+CASES = [(step, False) for step in STEPS if "pair" not in step] + [(step, True) for step in STEPS]
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +77,17 @@ def _kill_at(step: str) -> None:
         artifacts.record = record
 
 
-def _build(inputs, out, db):
-    return build(inputs["b"], inpaint=inputs["a"], base=inputs["c"], out=out, db=db, offline=True)
+def _build(inputs, out, db, prepare_pair=False):
+    return build(inputs["b"], inpaint=inputs["a"], base=inputs["c"], out=out, db=db, offline=True,
+                 prepare_pair=prepare_pair)  # fmt: skip
 
 
-def _killed_build(inputs, out, db, step: str) -> None:
+def _killed_build(inputs, out, db, step: str, prepare_pair: bool) -> None:
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             _kill_at(step)
-            _build(inputs, out, db)
+            _build(inputs, out, db, prepare_pair)
         finally:
             os._exit(3)  # the step was never reached
     _, status = os.waitpid(pid, 0)
@@ -98,23 +101,28 @@ def _tensors(path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory):
-    """The same build, never killed: what every killed build must end up as."""
-    folder = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("INPAINT_ADVISOR_CACHE", str(folder / "cache"))
-        result = _build(inputs, folder / "out", str(folder / "registry.db"))
-    return result, _tensors(result.output.path)
+    """The same build, never killed (each way): what every killed build must end up as."""
+    made = {}
+    for prepare_pair in (False, True):
+        folder = tmp_path_factory.mktemp("reference")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("INPAINT_ADVISOR_CACHE", str(folder / "cache"))
+            result = _build(inputs, folder / "out", str(folder / "registry.db"), prepare_pair)
+        assert (result.pair is not None) == prepare_pair
+        made[prepare_pair] = result, _tensors(result.output.path)
+    return made
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_a_build_killed_at_any_step_is_finished_by_the_same_command(inputs, reference, tmp_path, monkeypatch, step):
+@pytest.mark.parametrize(("step", "prepare_pair"), CASES)
+def test_a_build_killed_at_any_step_is_finished_by_the_same_command(inputs, reference, tmp_path, monkeypatch, step,
+                                                                    prepare_pair):  # fmt: skip
     monkeypatch.setenv("INPAINT_ADVISOR_CACHE", str(tmp_path / "cache"))
     out, db = tmp_path / "out", str(tmp_path / "registry.db")
     registry.open(db)
-    _killed_build(inputs, out, db, step)
+    _killed_build(inputs, out, db, step, prepare_pair)
 
-    result = _build(inputs, out, db)  # the same command
-    expected, tensors = reference
+    result = _build(inputs, out, db, prepare_pair)  # the same command
+    expected, tensors = reference[prepare_pair]
     target = out / expected.output.path.rsplit("/", 1)[1]
     assert result.action in ("built", "already-built") and result.verified
     assert result.output.path == str(target.resolve())

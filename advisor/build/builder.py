@@ -442,6 +442,7 @@ class _MergeInputs:
     dtype: str
     device: str
     allow_nonfinite: bool
+    prepare_pair: bool = False  # fold A and C into the family's pair in this build's pass (when it has none)
 
     @property
     def needs(self) -> tuple[_Need, ...]:
@@ -451,12 +452,13 @@ class _MergeInputs:
 def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
           multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
           dry_run: bool = False, offline: bool = False, db: str | None = None, progress: Progress | None = None,
-          merge_progress: Callable[[int], None] | None = None,
-          allow_nonfinite: bool = False) -> BuildResult:  # fmt: skip
+          merge_progress: Callable[[int], None] | None = None, allow_nonfinite: bool = False,
+          prepare_pair: bool = False) -> BuildResult:  # fmt: skip
     """The Python API behind `inpaint-advisor build`: ``plan_build``, then (unless ``dry_run``) ``run_build``.
     Raises BuildError (and lookup's errors) when it cannot."""
     plan = plan_build(query, out=out, inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, device=device,
-                      force_build=force_build, offline=offline, db=db, allow_nonfinite=allow_nonfinite)  # fmt: skip
+                      force_build=force_build, offline=offline, db=db, allow_nonfinite=allow_nonfinite,
+                      prepare_pair=prepare_pair)  # fmt: skip
     if dry_run or plan.settled:
         return plan.result
     return run_build(plan, progress=progress, merge_progress=merge_progress)
@@ -464,9 +466,15 @@ def build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = Non
 
 def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None = None, base: str | None = None,
                multiplier: float = 1.0, dtype: str = "fp16", device: str = "auto", force_build: bool = False,
-               offline: bool = False, db: str | None = None, allow_nonfinite: bool = False) -> BuildPlan:  # fmt: skip
+               offline: bool = False, db: str | None = None, allow_nonfinite: bool = False,
+               prepare_pair: bool = False) -> BuildPlan:  # fmt: skip
     """What building ``query`` takes: the model it means, and a download of its release or the merge's A, B and C
-    with where each comes from. Touches no file but the registry (a model found live is stored there)."""
+    with where each comes from. Touches no file but the registry (a model found live is stored there).
+
+    ``prepare_pair``: where the family has no prepared pair yet, this build writes one (``merge.prepared``) in
+    the pass that makes its output, for later builds to read instead of A and C. Off by default: a build then
+    writes its output only (the pair's fp32 delta is twice an fp16 output's bytes); a pair made before is used
+    either way."""
     # A writing command: with no registry yet it makes one, so that a model found live is stored and its file
     # can be fetched (the two Quickstart commands lead to a first build with no crawl).
     with contextlib.suppress(registry.RegistryError):  # a registry that cannot be made: lookup says why
@@ -493,6 +501,8 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
     try:
         if force_build or not _plan_fetch(plan, found, rec, reader):
             _plan_merge(plan, found, rec, reader, inpaint, base, multiplier, dtype, device, db, allow_nonfinite)
+            if plan.merge is not None:
+                plan.merge.prepare_pair = prepare_pair
     finally:
         if reader is not None:
             reader.close()
@@ -677,7 +687,7 @@ def _run_merge(m: _MergeInputs, match: Match, progress, merge_progress, offline:
     staged = target.with_name(f".{target.stem}.build-{os.getpid()}.safetensors")
     try:
         plan = _plan(pair, a, b, c, paths, staged, multiplier, dtype, device, progress, merge_progress, offline,
-                     result)  # fmt: skip
+                     result, prepare_pair=m.prepare_pair)  # fmt: skip
         # the inputs must be the files checked (downloads, the user's files): one swapped since then fails the
         # build before the output has a name. B is hashed from its bytes as the merge reads them; A and C,
         # official files, by their cached hashes (a prepared pair has its own checks).
@@ -835,8 +845,9 @@ def _prepared_pair(a: _Need, c: _Need, multiplier: float) -> PreparedPair | None
 
 
 def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multiplier: float, dtype: str, device: str,
-          progress, merge_progress, offline: bool, result: BuildResult):  # fmt: skip
-    """The merge to run: from the prepared pair where there is one (or one can be made now), else A, B, C."""
+          progress, merge_progress, offline: bool, result: BuildResult, prepare_pair: bool):  # fmt: skip
+    """The merge to run: from the prepared pair where there is one (or, asked to, one can be made now), else A,
+    B, C."""
     from merge import prepared
     from merge.engine import plan_merge
 
@@ -845,7 +856,7 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
             plan = prepared.plan_build(pair, paths["B"], target, dtype=dtype, device=device)
             result.pair = PairUse(pair.key, str(pair.delta), prepared_now=False)
             return plan
-        except prepared.Unusable as exc:  # Gone (removed meanwhile, or failed its check): prepared again below
+        except prepared.Unusable as exc:  # Gone (removed meanwhile, or failed its check): A, B, C below
             pair = None if isinstance(exc, prepared.Gone) else pair
             result.warnings.append(str(exc) if pair is None else f"{exc}: merged from A, B and C")
             for n in (a, c):
@@ -853,7 +864,7 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,
                                                    n.source.url if n.source else "local", _verified(n))  # fmt: skip
     plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype, device=device)
-    if pair is not None:
+    if pair is not None or not prepare_pair:
         return plan
     return _from_prepared_pair(plan, a, c, paths, multiplier, dtype, device, merge_progress, result)
 
