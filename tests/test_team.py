@@ -154,6 +154,10 @@ def test_enqueue_queues_nothing_when_a_query_matches_nothing_or_names_a_file_onl
         given = run_cli("build", "civitai:700001", "--enqueue", flag, str(team_world["a"]), "--json", env=env)
         error = json.loads(given.stdout)["error"]
         assert given.returncode == 2 and error["code"] == "usage" and "official A and C" in error["message"]
+    for flag in ("--prepare-pair", "--allow-nonfinite"):  # asks a queued build cannot carry: refused, not dropped
+        asked = run_cli("build", "civitai:700001", "--enqueue", flag, "--json", env=env)
+        error = json.loads(asked.stdout)["error"]
+        assert asked.returncode == 2 and error["code"] == "usage" and error["message"].startswith(flag)
     assert _build_jobs(team_world["db"]) == []  # nothing queued by any of them
 
 

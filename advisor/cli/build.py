@@ -84,7 +84,8 @@ def build(
                   code="usage", exit_code=2, as_json=as_json)  # fmt: skip
     if enqueue:
         _enqueue(queries, missing, family, min_downloads, limit, db, as_json,
-                 dict(inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, force_build=force_build))
+                 dict(inpaint=inpaint, base=base, multiplier=multiplier, dtype=dtype, force_build=force_build,
+                      allow_nonfinite=allow_nonfinite, prepare_pair=prepare_pair))  # fmt: skip
         return
     if missing:
         _build_missing(out, family, min_downloads, limit, dry_run, offline, db, as_json,
@@ -155,6 +156,11 @@ def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db,
         raise die("--inpaint/--base name files on this host, which the workers cannot read: a queued build uses "
                   "its family's official A and C (build here, without --enqueue, to use your own)", code="usage",
                   exit_code=2, as_json=as_json)  # fmt: skip
+    here_only = [flag for flag, key in (("--allow-nonfinite", "allow_nonfinite"), ("--prepare-pair", "prepare_pair"))
+                 if options.get(key)]  # fmt: skip
+    if here_only:
+        raise die(f"{'/'.join(here_only)} applies to a build on this host; a queued build is the workers' (build here, "
+                  "without --enqueue, to use it)", code="usage", exit_code=2, as_json=as_json)  # fmt: skip
     recipe = {k: options[k] for k in ("multiplier", "dtype", "force_build")}
     try:
         if missing:
