@@ -74,7 +74,7 @@ class MergePlan:
     reread: set[str] = field(default_factory=set)
     # A merge run in the same pass whose output is this plan's A (a ``WrittenSource``): each of its tensors is
     # written just before this plan's tensor of that name, which reads it from memory (merge.prepared: a
-    # family's first build writes the prepared pair's delta and the build together). Committed before this
+    # build asked to prepare the pair writes the pair's delta and the build together). Committed before this
     # plan's output, then ``upstream_commit(bytes written, SHA256)`` is called.
     upstream: MergePlan | None = None
     upstream_commit: Callable[[int, str], object] | None = None

@@ -285,13 +285,11 @@ def using(pair: PreparedPair) -> Iterator[PreparedPair]:
     with _locked(lock_path(pair.key)):
         current = _load(pair.folder)
         if current is None:
-            raise Gone(f"the prepared pair {pair.key} was removed meanwhile: merged from A, B and C",
-                       "inputs")  # fmt: skip
+            raise Gone(f"the prepared pair {pair.key} was removed meanwhile", "inputs")
         why = check(current)
         if why is not None:
             shutil.rmtree(current.folder, ignore_errors=True)
-            raise Gone(f"the prepared pair {pair.key} failed its check ({why}): removed; merged from A, B and "
-                       "C", "inputs")  # fmt: skip
+            raise Gone(f"the prepared pair {pair.key} failed its check ({why}): removed", "inputs")
         holders(pair.key)  # stale users' files go
         hold = FileLock(users_dir(pair.key) / f"{os.getpid()}-{secrets.token_hex(6)}.lock")
         hold.acquire()
@@ -394,9 +392,10 @@ def _record(plan: MergePlan, key: str, inpaint, base, a_sha256: str, c_sha256: s
 
 def plan_first_build(inpaint, base, model, out, a_sha256: str, c_sha256: str, *, multiplier: float = 1.0,
                      dtype: str = "fp16", device: str = "auto", force: bool = False) -> MergePlan | None:  # fmt: skip
-    """A family's first build, preparing its pair in the same pass: each tensor of the delta D is written to
-    the cache, and the build's tensor is computed from it, still in memory (``MergePlan.upstream``). A, B and
-    C are read once, and the output is bit for bit the one a build from the finished pair gives.
+    """A build that prepares the family's pair in the same pass (``build --prepare-pair``): each tensor of the
+    delta D is written to the cache, and the build's tensor is computed from it, still in memory
+    (``MergePlan.upstream``). A, B and C are read once, and the output is bit for bit the one a build from the
+    finished pair gives.
 
     None where the pair was prepared meanwhile (``find`` has it); raises Unusable where B cannot be built
     from it (``unusable_with``). The plan holds the pair's lock until it is closed: a concurrent build of the

@@ -350,13 +350,49 @@ def test_a_same_size_tamper_is_caught_and_the_build_prepares_the_pair_again(offi
                    out=t / "out", db=str(t / "r.db"), offline=True, prepare_pair=True)  # fmt: skip
     assert second.action == "built" and second.verified
     assert second.pair is not None and second.pair.prepared_now and second.pair.key == pair.key
-    assert any("failed its check" in w and "merged from A, B and C" in w for w in second.warnings), second.warnings
+    assert any("failed its check" in w and "prepared again from A and C" in w for w in second.warnings), second.warnings
     again = prepared.find(pair.a["sha256"], pair.c["sha256"], 1.0)
     assert again is not None and again.sha256 == hashlib.sha256(again.delta.read_bytes()).hexdigest().upper()
     merge(t / "a.ckpt", t / "b2.safetensors", t / "c.safetensors", t / "three.safetensors")
     three, two = load_file(t / "three.safetensors"), load_file(second.output.path)
     assert set(three) == set(two) and max(_max_ulps(three[k], two[k]) for k in three) <= 1
     assert all(bool(torch.isfinite(v).all()) for v in two.values() if v.is_floating_point())
+
+
+def test_without_the_flag_a_failed_pair_is_merged_around_and_not_made_again(official):
+    from advisor.build import build
+
+    t = official
+    write_checkpoint(t / "b2.safetensors", "sd1", "normal", 5)
+    kw = dict(inpaint=str(t / "a.ckpt"), base=str(t / "c.safetensors"), out=t / "out", db=str(t / "r.db"),
+              offline=True)  # fmt: skip
+    first = build(str(t / "b.safetensors"), prepare_pair=True, **kw)
+    _tamper(prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0).delta)
+    second = build(str(t / "b2.safetensors"), **kw)
+    assert second.action == "built" and second.verified and second.pair is None
+    assert any("failed its check" in w and "merged from A, B and C" in w for w in second.warnings), second.warnings
+    assert prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0) is None  # removed, not made
+    merge(t / "a.ckpt", t / "b2.safetensors", t / "c.safetensors", t / "three.safetensors")
+    three, built = load_file(t / "three.safetensors"), load_file(second.output.path)
+    assert set(three) == set(built) and all(torch.equal(three[k], built[k]) for k in three)
+
+
+def test_asking_for_the_pair_shows_it_in_the_plan_or_says_why_none_is_made(official):
+    from advisor.build import build
+
+    t = official
+    kw = dict(inpaint=str(t / "a.ckpt"), base=str(t / "c.safetensors"), out=t / "out", db=str(t / "r.db"),
+              offline=True)  # fmt: skip
+    plain = build(str(t / "b.safetensors"), dry_run=True, **kw)
+    planned = build(str(t / "b.safetensors"), dry_run=True, prepare_pair=True, **kw)
+    (pair,) = [i for i in planned.plan if i.role == "pair"]
+    assert pair.state == "to prepare" and pair.size == 2 * (t / "b.safetensors").stat().st_size
+    assert planned.disk_needed == plain.disk_needed + pair.size and not [i for i in plain.plan if i.role == "pair"]
+    assert not (t / "cache" / "prepared").exists()  # a plan writes nothing
+    build(str(t / "b.safetensors"), **kw)
+    again = build(str(t / "b.safetensors"), prepare_pair=True, **kw)  # done before: nothing is merged
+    assert again.action == "already-built" and again.pair is None
+    assert "no prepared pair is made: this build merges nothing" in again.warnings
 
 
 def test_a_tamper_that_sets_the_mtime_back_is_caught_too(official):

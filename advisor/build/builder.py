@@ -72,7 +72,7 @@ class FetchRecord:
 
 @dataclass
 class PlanItem:
-    role: str  # A | B | C | release
+    role: str  # A | B | C | release | pair (asked to prepare it: its disk is about twice an fp16 B's)
     what: str
     source: str
     size: int | None
@@ -93,7 +93,7 @@ class PairUse:
 
     key: str
     path: str
-    prepared_now: bool  # made by this build (the family's first)
+    prepared_now: bool  # made by this build (asked to prepare it), in the pass that made its output
 
 
 @dataclass
@@ -501,12 +501,35 @@ def plan_build(query: str, *, out: str | os.PathLike = ".", inpaint: str | None 
     try:
         if force_build or not _plan_fetch(plan, found, rec, reader):
             _plan_merge(plan, found, rec, reader, inpaint, base, multiplier, dtype, device, db, allow_nonfinite)
-            if plan.merge is not None:
-                plan.merge.prepare_pair = prepare_pair
     finally:
         if reader is not None:
             reader.close()
+    if prepare_pair:
+        _plan_pair(plan)
     return plan
+
+
+def _plan_pair(plan: BuildPlan) -> None:
+    """A build asked to prepare the family's pair: the pair as a line of the plan, with its disk, or why this
+    build makes none."""
+    from merge import prepared
+
+    m, result = plan.merge, plan.result
+    if m is None or plan.settled or plan.copy_from is not None:
+        result.warnings.append("no prepared pair is made: this build merges nothing")
+        return
+    if len(m.a.identity) != 64 or len(m.c.identity) != 64:
+        result.warnings.append("no prepared pair is made: a pair is keyed by A's and C's SHA256, and one is unknown")
+        return
+    m.prepare_pair = True  # also where the family has one: made again if it turns out gone or damaged
+    if m.pair is not None:
+        return  # read, not made
+    b = m.b.local.stat().st_size if m.b.local is not None and m.b.local.is_file() else _bytes(m.b) or \
+        (m.b.source.size if m.b.source else 0)  # fmt: skip
+    size = 2 * (b or 0)  # D is fp32: twice an fp16 B's bytes
+    result.plan.append(PlanItem("pair", "the family's prepared pair, D = A - M*C in fp32, for later builds",
+                                str(prepared.root()), size or None, "to prepare"))  # fmt: skip
+    result.disk_needed += size
 
 
 def run_build(plan: BuildPlan, *, progress: Progress | None = None,
@@ -858,7 +881,8 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
             return plan
         except prepared.Unusable as exc:  # Gone (removed meanwhile, or failed its check): A, B, C below
             pair = None if isinstance(exc, prepared.Gone) else pair
-            result.warnings.append(str(exc) if pair is None else f"{exc}: merged from A, B and C")
+            again = pair is None and prepare_pair  # (prepared below, or a warning says why not)
+            result.warnings.append(f"{exc}: {'prepared again from A and C' if again else 'merged from A, B and C'}")
             for n in (a, c):
                 paths[n.role] = _get(n, progress, result.downloads, offline, result.warnings)
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,

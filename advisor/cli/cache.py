@@ -44,7 +44,8 @@ def clear(
 ) -> None:
     """Remove prepared pairs, fetched files, or both (the default); `partial` removes only the partial files
     whose owner is gone (interrupted downloads, unfinished pairs, hidden files of killed merges). What a
-    running build holds is left alone and named. The next build fetches or prepares again what it needs.
+    running build holds is left alone and named. The next build fetches again what it needs (and prepares the
+    pair again only when asked to, `build --prepare-pair`).
 
     \b
     Examples:

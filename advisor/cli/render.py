@@ -454,7 +454,7 @@ def cache_report(console: Console, r) -> None:
             table.add_row(p.family, t(p.inpaint), t(p.base), f"{p.multiplier:g}", _gb(p.size), p.created[:16])
         console.print(table)
     else:
-        console.print(line(("no prepared pairs", "dim"), ": the first build of a family makes one"))
+        console.print(line(("no prepared pairs", "dim"), ": build with --prepare-pair to make one"))
     if r.files:
         table = _compact("Fetched files")
         for col in ("file", "size", "state"):
