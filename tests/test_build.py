@@ -172,6 +172,8 @@ def test_the_cli_builds_from_local_files_with_json(tmp_path):
     assert set(data) >= {"query", "action", "match", "output", "inputs", "downloads", "warnings"}
     assert data["output"]["path"].endswith("b-inpainting.safetensors") and data["inputs"]["B"]["source"] == "local"
     assert data["pair"] is None  # a plain build writes its output only
+    assert f"A = {paths['a']} (yours)" in data["reason"] and "official" not in data["reason"]  # not the advice's
+    assert not [w for w in data["warnings"] if "official inpainting model" in w]  # nor the official pair's caveat
     paired = run_cli("build", str(paths["b"]), "-a", str(paths["a"]), "-c", str(paths["c"]), "--out",
                      str(tmp_path / "paired"), "--dtype", "bf16", "--prepare-pair", "--json", env=env)  # fmt: skip
     assert paired.returncode == 0, paired.stderr

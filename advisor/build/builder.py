@@ -639,9 +639,16 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
     else:
         b = _registry_file("B", reader, match.model_id, match.version_id, offline=offline)
     key = _recipe_key(a, b, c, multiplier, dtype)
-    result.reason = (build_rec.reason if build_rec else f"Build from the given A and C: {match.name}.")
-    if multiplier != 1.0:  # the advice speaks of the default merge; this one is asked with another M
-        result.reason = result.reason.replace("M = 1.0", f"M = {multiplier:g}")
+    if inpaint or base:  # the advice speaks of the official pair; this build takes the user's file(s)
+        a_is, c_is = (f"{_describe(n)} ({'yours' if given else 'official'})" for n, given in ((a, inpaint), (c, base)))
+        result.reason = (f"Make an inpainting version of {match.name}: A = {a_is}, B = your model, C = {c_is}, "
+                         f"M = {multiplier:g}.")  # fmt: skip
+        if inpaint and base:  # the family's caveats are about its official pair, which this build does not use
+            caveats = set((families.family(match.family) or {}).get("caveats", []))
+            result.warnings = [w for w in result.warnings if w not in caveats]
+    else:
+        assert build_rec is not None  # (checked above)
+        result.reason = build_rec.reason.replace("M = 1.0", f"M = {multiplier:g}")  # the advice's M is the default
     if rec.route is not None:  # built as asked; the advice says where a route does better
         result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip
