@@ -524,9 +524,9 @@ def _plan_pair(plan: BuildPlan) -> None:
     m.prepare_pair = True  # also where the family has one: made again if it turns out gone or damaged
     if m.pair is not None:
         return  # read, not made
-    b = m.b.local.stat().st_size if m.b.local is not None and m.b.local.is_file() else _bytes(m.b) or \
-        (m.b.source.size if m.b.source else 0)  # fmt: skip
-    size = 2 * (b or 0)  # D is fp32: twice an fp16 B's bytes
+    b = m.b.local.stat().st_size if m.b.local is not None and m.b.local.is_file() else \
+        (m.b.source.size or 0) if m.b.source else 0  # fmt: skip
+    size = 2 * b  # D is fp32: twice an fp16 B's bytes
     result.plan.append(PlanItem("pair", "the family's prepared pair, D = A - M*C in fp32, for later builds",
                                 str(prepared.root()), size or None, "to prepare"))  # fmt: skip
     result.disk_needed += size
