@@ -20,6 +20,12 @@ def _visible(ch: str) -> str:
     return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
+def invisible(ch: str) -> bool:
+    """A character a terminal does not show as itself: a control, a format character (a bidi override, a
+    zero-width space) or a line or paragraph separator; ZWJ, which joins emoji, aside."""
+    return unicodedata.category(ch) in _INVISIBLE and ch != "\u200d"
+
+
 def terminal_text(value: object, *, keep_newlines: bool = False) -> str:
     """``value`` as text that prints as itself: escape sequences removed, other control and format characters
     shown as ``\\xNN`` / ``\\uNNNN``. Tabs become spaces; newlines too unless ``keep_newlines``."""
@@ -30,7 +36,7 @@ def terminal_text(value: object, *, keep_newlines: bool = False) -> str:
             out.append(ch)
         elif ch in "\t\n\r":
             out.append(" ")
-        elif unicodedata.category(ch) in _INVISIBLE and ch not in "\u200d":  # ZWJ joins emoji: harmless
+        elif invisible(ch):
             out.append(_visible(ch))
         else:
             out.append(ch)

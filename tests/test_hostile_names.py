@@ -133,6 +133,18 @@ def test_every_printed_command_runs_as_data(hostile, tmp_path, model):
                 assert len(value.encode()) <= MAX_FILENAME_BYTES, value
 
 
+@pytest.mark.parametrize("name", ["a\nb.safetensors", "x\x1b[2J\x1b]8;;http://e\x07y", "r\u202egnp.exe", "q'u\\ote $HOME",
+                                  "\x85c1\x7f", "tag\U000e0001", "tab\there", "plain name.safetensors"])  # fmt: skip
+def test_a_printed_command_shows_every_character_and_gives_the_shell_the_same_argument(name):
+    from advisor.advice.commands import Command, shell_text
+
+    shown = shell_text(Command(["printf", "%s", name]))
+    assert terminal_text(shown) == shown  # nothing for a terminal to act on, nothing a printer drops
+    pasted = subprocess.run(["bash", "-c", shown], capture_output=True, env={"PATH": "/usr/bin:/bin",
+                                                                             "LC_ALL": "C.UTF-8"})  # fmt: skip
+    assert pasted.returncode == 0 and pasted.stdout == name.encode("utf-8"), (shown, pasted)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("../../etc/x.safetensors", "x.safetensors"),
     ("-rf --output=/etc/passwd.safetensors", "passwd.safetensors"),

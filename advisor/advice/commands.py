@@ -6,6 +6,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from advisor.safety import invisible
+
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
@@ -48,4 +50,22 @@ class Command:
 
 
 def shell_text(command: Command) -> str:
-    return " ".join(a.shell() if isinstance(a, EnvRef) else shlex.quote(a) for a in command.argv)
+    return " ".join(a.shell() if isinstance(a, EnvRef) else _quoted(a) for a in command.argv)
+
+
+_C_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
+
+
+def _quoted(arg: str) -> str:
+    """POSIX-quoted; an argument with a character a terminal does not show as itself (a newline, an escape
+    sequence or a bidi override in a stranger's file name) in ANSI-C quotes, ``$'...'`` (bash, zsh, ksh, POSIX
+    sh since 2024), that character escaped: the command then prints as itself, and pasted, gives the shell the
+    same argument back. Plain quotes would carry it raw, for the terminal to act on or the printer to drop."""
+    if not any(invisible(ch) for ch in arg):
+        return shlex.quote(arg)
+    return "$'" + "".join(_C_ESCAPES.get(ch) or (_escape(ch) if invisible(ch) else ch) for ch in arg) + "'"
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)  # \x is a byte: any character past ASCII goes as its code point, which bash writes as UTF-8
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
