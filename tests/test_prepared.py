@@ -372,6 +372,7 @@ def test_without_the_flag_a_failed_pair_is_merged_around_and_not_made_again(offi
     assert second.action == "built" and second.verified and second.pair is None
     assert any("failed its check" in w and "merged from A, B and C" in w for w in second.warnings), second.warnings
     assert prepared.find(first.inputs["A"].sha256, first.inputs["C"].sha256, 1.0) is None  # removed, not made
+    assert {i.role: i.state for i in second.plan}["A"] == "local"  # what it read, not the pair it planned to
     merge(t / "a.ckpt", t / "b2.safetensors", t / "c.safetensors", t / "three.safetensors")
     three, built = load_file(t / "three.safetensors"), load_file(second.output.path)
     assert set(three) == set(built) and all(torch.equal(three[k], built[k]) for k in three)
@@ -388,6 +389,7 @@ def test_asking_for_the_pair_shows_it_in_the_plan_or_says_why_none_is_made(offic
     (pair,) = [i for i in planned.plan if i.role == "pair"]
     assert pair.state == "to prepare" and pair.size == 2 * (t / "b.safetensors").stat().st_size
     assert planned.disk_needed == plain.disk_needed + pair.size and not [i for i in plain.plan if i.role == "pair"]
+    assert plain.disk_needed == (t / "b.safetensors").stat().st_size  # the output, about B's size
     assert not (t / "cache" / "prepared").exists()  # a plan writes nothing
     build(str(t / "b.safetensors"), **kw)
     again = build(str(t / "b.safetensors"), prepare_pair=True, **kw)  # done before: nothing is merged

@@ -316,6 +316,15 @@ def _state(need: _Need) -> str:
     return "missing"
 
 
+def _size(need: _Need) -> int:
+    """The file's bytes: on disk where it is, else as its source says (0 where neither knows)."""
+    if need.files:
+        return sum(_size(p) for p in need.files)
+    if need.local is not None and need.local.is_file():
+        return need.local.stat().st_size
+    return (need.source.size or 0) if need.source is not None else 0
+
+
 def _bytes(need: _Need) -> int:
     if need.files:
         return sum(_bytes(p) for p in need.files)
@@ -524,9 +533,7 @@ def _plan_pair(plan: BuildPlan) -> None:
     m.prepare_pair = True  # also where the family has one: made again if it turns out gone or damaged
     if m.pair is not None:
         return  # read, not made
-    b = m.b.local.stat().st_size if m.b.local is not None and m.b.local.is_file() else \
-        (m.b.source.size or 0) if m.b.source else 0  # fmt: skip
-    size = 2 * b  # D is fp32: twice an fp16 B's bytes
+    size = 2 * _size(m.b)  # D is fp32: twice an fp16 B's bytes
     result.plan.append(PlanItem("pair", "the family's prepared pair, D = A - M*C in fp32, for later builds",
                                 str(prepared.root()), size or None, "to prepare"))  # fmt: skip
     result.disk_needed += size
@@ -642,13 +649,13 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
     if inpaint or base:  # the advice speaks of the official pair; this build takes the user's file(s)
         a_is, c_is = (f"{_describe(n)} ({'yours' if given else 'official'})" for n, given in ((a, inpaint), (c, base)))
         result.reason = (f"Make an inpainting version of {match.name}: A = {a_is}, B = your model, C = {c_is}, "
-                         f"M = {multiplier:g}.")  # fmt: skip
+                         f"M = {float(multiplier)!r}.")  # fmt: skip
         if inpaint and base:  # the family's caveats are about its official pair, which this build does not use
             caveats = set((families.family(match.family) or {}).get("caveats", []))
             result.warnings = [w for w in result.warnings if w not in caveats]
     else:
         assert build_rec is not None  # (checked above)
-        result.reason = build_rec.reason.replace("M = 1.0", f"M = {multiplier:g}")  # the advice's M is the default
+        result.reason = build_rec.reason.replace("M = 1.0", f"M = {float(multiplier)!r}")  # the advice's: the default
     if rec.route is not None:  # built as asked; the advice says where a route does better
         result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip
@@ -677,7 +684,7 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
     result.merge = Command(["inpaint-advisor", "merge", "--inpaint", _path_of(a), "--model", _path_of(b), "--base",
                             _path_of(c), "--out", str(target), "--multiplier", repr(float(multiplier)), "--dtype",
                             dtype], "build")  # fmt: skip
-    estimate = (b.source.size or 0) if b.source else 0  # the output is about B's size (fp16 like most fine-tunes)
+    estimate = _size(b)  # the output is about B's size (fp16 like most fine-tunes)
     if plan.merge.pair is not None:
         for item in result.plan:
             if item.role in ("A", "C"):
@@ -888,16 +895,24 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
             return plan
         except prepared.Unusable as exc:  # Gone (removed meanwhile, or failed its check): A, B, C below
             pair = None if isinstance(exc, prepared.Gone) else pair
-            again = pair is None and prepare_pair  # (prepared below, or a warning says why not)
-            result.warnings.append(f"{exc}: {'prepared again from A and C' if again else 'merged from A, B and C'}")
+            unusable = str(exc)
             for n in (a, c):
                 paths[n.role] = _get(n, progress, result.downloads, offline, result.warnings)
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,
                                                    n.source.url if n.source else "local", _verified(n))  # fmt: skip
+            for item in result.plan:  # the plan said "prepared": what this build reads instead
+                if item.role in ("A", "C"):
+                    need = a if item.role == "A" else c
+                    item.state, item.size = _state(need), need.source.size if need.source else None
+    else:
+        unusable = None
     plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype, device=device)
-    if pair is not None or not prepare_pair:
-        return plan
-    return _from_prepared_pair(plan, a, c, paths, multiplier, dtype, device, merge_progress, result)
+    if pair is None and prepare_pair:
+        plan = _from_prepared_pair(plan, a, c, paths, multiplier, dtype, device, merge_progress, result)
+    if unusable is not None:  # said once it is known what the build did instead
+        again = result.pair is not None and result.pair.prepared_now
+        result.warnings.append(f"{unusable}: {'prepared again from A and C' if again else 'merged from A, B and C'}")
+    return plan
 
 
 def _from_prepared_pair(plan, a: _Need, c: _Need, paths: dict, multiplier: float, dtype: str, device: str,
