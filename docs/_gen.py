@@ -233,7 +233,8 @@ _OVERRIDES = {
 # Notes for keys a ``__json__`` method adds to the fields, or whose field has no comment to say it.
 _NOTES = {
     ("Command", "argv"): "the argument list, to run without a shell (a variable for the shell to expand as `$NAME`)",
-    ("Command", "shell"): "the command POSIX-quoted, to paste into a shell (`$NAME` left for the shell to expand)",
+    ("Command", "shell"): "the command quoted to paste into a shell (`$NAME` left for the shell to expand; an "
+                          "argument with a control character as `$'...'`)",
     ("Command", "env"): "the environment variables it expects",
     ("BatchResult", "done"): "items done",
     ("BatchResult", "skipped"): "items skipped",

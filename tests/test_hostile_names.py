@@ -133,8 +133,9 @@ def test_every_printed_command_runs_as_data(hostile, tmp_path, model):
                 assert len(value.encode()) <= MAX_FILENAME_BYTES, value
 
 
-@pytest.mark.parametrize("name", ["a\nb.safetensors", "x\x1b[2J\x1b]8;;http://e\x07y", "r\u202egnp.exe", "q'u\\ote $HOME",
-                                  "\x85c1\x7f", "tag\U000e0001", "tab\there", "plain name.safetensors"])  # fmt: skip
+@pytest.mark.parametrize("name", ["a\nb.safetensors", "x\x1b[2J\x1b]8;;http://e\x07y", "r\u202egnp.exe",
+                                  "q'u\\ote $HOME", "\x85c1\x7f", "tag\U000e0001", "tab\there",
+                                  "plain name.safetensors"])  # fmt: skip
 def test_a_printed_command_shows_every_character_and_gives_the_shell_the_same_argument(name):
     from advisor.advice.commands import Command, shell_text
 
