@@ -96,6 +96,9 @@ def test_team_mode_on_sqlite_says_it_needs_postgresql_and_what_to_use(tmp_path):
         assert "needs a PostgreSQL registry" in text and "scan --build" in text and "build --missing" in text
         assert "worker " not in done.stderr, done.stderr  # refused before a worker says it has started
     assert json.loads(run_cli("jobs", "--json", env=env).stdout)["error"]["code"] == "needs-postgres"
+    folder = run_cli("jobs", "--db", str(tmp_path), "--json", env=env)  # a folder is no SQLite registry either
+    error = json.loads(folder.stdout)["error"]
+    assert folder.returncode == 2 and error["message"].endswith(f"{tmp_path} is a folder, not a registry")
 
 
 def test_every_build_error_code_is_either_permanent_or_transient():

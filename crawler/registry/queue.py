@@ -203,8 +203,9 @@ class Queue:
     def __init__(self, location: Location):
         self.location = location
         if location.dialect != "postgresql":
-            raise TeamModeNeedsPostgres(f"team mode (a shared build queue) needs a PostgreSQL registry; the "
-                                        f"registry {location.display} is SQLite")  # fmt: skip
+            what = "a folder, not a registry" if location.file.is_dir() else "SQLite"
+            raise TeamModeNeedsPostgres(f"team mode (a shared build queue) needs a PostgreSQL registry; "
+                                        f"{location.display} is {what}")  # fmt: skip
         try:
             import procrastinate  # noqa: F401
         except ImportError:
