@@ -183,6 +183,17 @@ def test_the_cli_builds_from_local_files_with_json(tmp_path):
     assert human.returncode == 0 and "plan" in human.stdout and "merge:" in human.stdout
 
 
+def test_with_the_users_own_a_the_official_models_caveat_is_not_given(tmp_path):
+    for role, variant, seed in (("a", "inpaint", 1), ("b", "normal", 2), ("c", "normal", 3)):
+        write_checkpoint(tmp_path / f"{role}.safetensors", "sd1", variant, seed)
+    kw = dict(out=tmp_path / "out", db=str(tmp_path / "r.db"), offline=True, dry_run=True)
+    official_a = build(str(tmp_path / "b.safetensors"), base=str(tmp_path / "c.safetensors"), **kw)
+    own_a = build(str(tmp_path / "b.safetensors"), inpaint=str(tmp_path / "a.safetensors"), **kw)
+    caveat = "The official inpainting model was resumed from SD 1.2"  # sd1's, about its official A
+    assert any(caveat in w for w in official_a.warnings) and "A = " in official_a.reason
+    assert not any(caveat in w for w in own_a.warnings) and "(yours)" in own_a.reason and "(official)" in own_a.reason
+
+
 BUILD = """
 import sys
 from advisor.build import build

@@ -650,7 +650,7 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
         a_is, c_is = (f"{_describe(n)} ({'yours' if given else 'official'})" for n, given in ((a, inpaint), (c, base)))
         result.reason = (f"Make an inpainting version of {match.name}: A = {a_is}, B = your model, C = {c_is}, "
                          f"M = {float(multiplier)!r}.")  # fmt: skip
-        if inpaint and base:  # the family's caveats are about its official pair, which this build does not use
+        if inpaint:  # the family's caveats are about its official inpainting model (and pair): not this build's A
             caveats = set((families.family(match.family) or {}).get("caveats", []))
             result.warnings = [w for w in result.warnings if w not in caveats]
     else:
