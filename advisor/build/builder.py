@@ -316,6 +316,12 @@ def _state(need: _Need) -> str:
     return "missing"
 
 
+def _plan_item(n: _Need) -> PlanItem:
+    """A merge input as a line of the plan: what it is, where from, its size and cache state."""
+    return PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
+                    n.source.size if n.source else None, _state(n), _sha256(n))  # fmt: skip
+
+
 def _size(need: _Need) -> int:
     """The file's bytes: on disk where it is, else as its source says (0 where neither knows)."""
     if need.files:
@@ -659,8 +665,7 @@ def _plan_merge(plan: BuildPlan, found: LookupResult, rec: ladder.Recommendation
     if rec.route is not None:  # built as asked; the advice says where a route does better
         result.warnings.append(f"{rec.reason.split(':', 1)[0]} ranks above a merge for this model ({rec.kind}); "
                                "building as asked.")  # fmt: skip
-    result.plan = [PlanItem(n.role, _describe(n), n.source.url if n.source else str(n.local or n.folder),
-                            n.source.size if n.source else None, _state(n), _sha256(n)) for n in (a, b, c)]  # fmt: skip
+    result.plan = [_plan_item(n) for n in (a, b, c)]
     result.recipe_key = key
     recorder = None
     try:
@@ -900,10 +905,8 @@ def _plan(pair, a: _Need, b: _Need, c: _Need, paths: dict, target: Path, multipl
                 paths[n.role] = _get(n, progress, result.downloads, offline, result.warnings)
                 result.inputs[n.role] = BuildInput(n.role, str(paths[n.role]), n.identity,
                                                    n.source.url if n.source else "local", _verified(n))  # fmt: skip
-            for item in result.plan:  # the plan said "prepared": what this build reads instead
-                if item.role in ("A", "C"):
-                    need = a if item.role == "A" else c
-                    item.state, item.size = _state(need), need.source.size if need.source else None
+            read = {"A": a, "C": c}  # the plan said "prepared": what this build reads instead
+            result.plan = [_plan_item(read[i.role]) if i.role in read else i for i in result.plan]
     else:
         unusable = None
     plan = plan_merge(paths["A"], paths["B"], paths["C"], target, multiplier=multiplier, dtype=dtype, device=device)

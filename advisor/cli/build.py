@@ -159,10 +159,10 @@ def _enqueue(queries, missing: bool, family, min_downloads: int, limit: int, db,
     here_only = [flag for flag, key in (("--allow-nonfinite", "allow_nonfinite"), ("--prepare-pair", "prepare_pair"))
                  if options.get(key)]  # fmt: skip
     if here_only:
-        one = len(here_only) == 1
-        raise die(f"{' and '.join(here_only)} {'applies' if one else 'apply'} to a build on this host only: a queued "
-                  f"build cannot carry {'it' if one else 'them'} (build here, without --enqueue, to use "
-                  f"{'it' if one else 'them'})", code="usage", exit_code=2, as_json=as_json)  # fmt: skip
+        verb, them = ("applies", "it") if len(here_only) == 1 else ("apply", "them")
+        raise die(f"{' and '.join(here_only)} {verb} to a build on this host only: a queued build cannot carry "
+                  f"{them} (build here, without --enqueue, to use {them})", code="usage", exit_code=2,
+                  as_json=as_json)  # fmt: skip
     recipe = {k: options[k] for k in ("multiplier", "dtype", "force_build")}
     try:
         if missing:
